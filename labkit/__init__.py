@@ -1,0 +1,37 @@
+"""labkit: run an experiment as N parallel instances, watch them, average what they measured.
+
+``import labkit as lk`` gives the core (runner, policies, GPU pool, sandboxes,
+experiments, averaging, store). The UI modules ``lk.plots``, ``lk.widgets`` and
+``lk.report`` are imported on first use, so the core works without the
+``jupyter`` extra installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from labkit import errors
+from labkit.clock import Clock, SystemClock
+
+__version__ = "0.1.0"
+
+_LAZY_MODULES = frozenset({"plots", "widgets", "report"})
+
+__all__ = (
+    "Clock",
+    "SystemClock",
+    "errors",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_MODULES:
+        module = importlib.import_module(f"labkit.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'labkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_MODULES})

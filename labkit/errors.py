@@ -1,0 +1,167 @@
+"""labkit's exception tree.
+
+Every error labkit raises on purpose derives from :class:`LabkitError`; option
+errors are also ``ValueError`` and timeouts are also ``TimeoutError``, so code
+that already catches the built-ins keeps working::
+
+    LabkitError
+     +-- ConfigError (ValueError)           a bad option: names it, its value, what is allowed
+     +-- MissingDependency (ImportError)    an optional extra is not installed
+     +-- TaskFailed                         raised by RunReport.raise_for_errors() (in a group)
+     +-- GPUError
+     |    +-- GPUUnavailable                no NVML, no driver, or a request no fleet can meet
+     |    +-- GPUTimeout (TimeoutError)     waited longer than `timeout` for GPUs
+     +-- SandboxError
+     |    +-- SandboxStartError             a sandbox could not be created
+     |    +-- SandboxAuthError              the E2B key is missing or rejected (names E2B_API_KEY)
+     |    +-- SandboxRateLimited            the provider asked us to slow down (retryable)
+     |    +-- SandboxPathError (ValueError) a file path escapes the sandbox
+     |    +-- SandboxClosed                 the sandbox was used after close()
+     +-- StoreError                         the experiment store cannot be read or written
+     +-- ExperimentError                    an experiment as a whole could not run
+
+    RunInterrupted (KeyboardInterrupt)      Ctrl-C during a blocking run; carries `.report`
+
+``RunInterrupted`` is deliberately outside ``LabkitError``: an ``except Exception``
+must never swallow a Ctrl-C.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from labkit.runner import RunReport
+
+__all__ = (
+    "ConfigError",
+    "ExperimentError",
+    "GPUError",
+    "GPUTimeout",
+    "GPUUnavailable",
+    "LabkitError",
+    "MissingDependency",
+    "RunInterrupted",
+    "SandboxAuthError",
+    "SandboxClosed",
+    "SandboxError",
+    "SandboxPathError",
+    "SandboxRateLimited",
+    "SandboxStartError",
+    "StoreError",
+    "TaskFailed",
+)
+
+
+class LabkitError(Exception):
+    """Root of every error labkit raises on purpose."""
+
+
+class ConfigError(LabkitError, ValueError):
+    """An option has a value labkit cannot accept.
+
+    Args:
+        option: The option's name as the user wrote it (``"max_concurrency"``).
+        value: The value that was given.
+        allowed: What would have been accepted, in words (``"an integer >= 1"``).
+    """
+
+    def __init__(self, option: str, value: Any, allowed: str) -> None:
+        self.option = option
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{option}={value!r} is not allowed: expected {allowed}")
+
+
+def check(condition: bool, option: str, value: Any, allowed: str) -> None:
+    """Raise :class:`ConfigError` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(option, value, allowed)
+
+
+class MissingDependency(LabkitError, ImportError):
+    """An optional dependency is missing; the message says which extra installs it.
+
+    Args:
+        package: The import name that failed (``"pynvml"``).
+        extra: The labkit extra that provides it (``"gpu"``).
+        purpose: What it is needed for, in a few words.
+    """
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{purpose} needs the '{package}' package: pip install 'labkit[{extra}]'",
+            name=package,
+        )
+
+
+class TaskFailed(LabkitError):
+    """One failed task, as raised inside ``RunReport.raise_for_errors()``'s group.
+
+    The original exception is the ``__cause__``; ``index`` and ``item`` say which task.
+    """
+
+    def __init__(self, index: int, item: Any, error: BaseException) -> None:
+        self.index = index
+        self.item = item
+        self.error = error
+        super().__init__(f"task {index} ({item!r:.60}) failed: {type(error).__name__}: {error}")
+
+
+class GPUError(LabkitError):
+    """Base of GPU pool errors."""
+
+
+class GPUUnavailable(GPUError):
+    """NVML is unusable here, or a request could never be met by this fleet."""
+
+
+class GPUTimeout(GPUError, TimeoutError):
+    """A GPU request waited longer than its ``timeout``."""
+
+
+class SandboxError(LabkitError):
+    """Base of sandbox errors."""
+
+
+class SandboxStartError(SandboxError):
+    """A sandbox could not be created or started."""
+
+
+class SandboxAuthError(SandboxError):
+    """The sandbox provider's key is missing or was rejected."""
+
+
+class SandboxRateLimited(SandboxError):
+    """The provider refused the call for now (HTTP 429 or 503); retrying later may work."""
+
+
+class SandboxPathError(SandboxError, ValueError):
+    """A file path would leave the sandbox's directory."""
+
+
+class SandboxClosed(SandboxError):
+    """The sandbox was used after it was closed."""
+
+
+class StoreError(LabkitError):
+    """The experiment store cannot be opened, read or written."""
+
+
+class ExperimentError(LabkitError):
+    """An experiment could not run at all (as opposed to an instance failing)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a blocking run; ``report`` holds what had finished.
+
+    Tasks that had not finished appear in the report as failed with a
+    ``CancelledError``. Being a ``KeyboardInterrupt``, it still stops a script.
+    """
+
+    def __init__(self, report: RunReport) -> None:
+        self.report = report
+        stats = report.stats
+        super().__init__(f"interrupted: {stats.completed} of {stats.submitted} tasks had completed")

@@ -1,0 +1,80 @@
+"""Frozen event records and the tiny bus the UI subscribes to.
+
+The core never calls the UI: it emits events, and a widget, a progress bar or a
+user's ``on_event`` callback subscribes. Events are ``NamedTuple`` records: frozen,
+cheap to create (the runner emits several per task) and easy to print.
+
+Times are seconds on the emitter's clock (:mod:`labkit.clock`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+__all__ = ("EventBus", "TaskEvent", "TaskEventKind", "Unsubscribe")
+
+log = logging.getLogger("labkit.events")
+
+TaskEventKind = Literal["queued", "started", "retrying", "succeeded", "failed", "cancelled"]
+
+
+class TaskEvent(NamedTuple):
+    """One step in a task's life.
+
+    Attributes:
+        kind: ``queued``, ``started`` (an attempt began), ``retrying`` (an attempt
+            failed and another follows after ``delay``), ``succeeded``, ``failed``
+            or ``cancelled``.
+        task: The task's index (its position in the input).
+        time: When it happened, in seconds on the runner's clock.
+        attempt: The attempt number (1-based; 0 while only queued).
+        error: The exception of a failed attempt, else ``None``.
+        delay: For ``retrying``, the backoff before the next attempt (seconds).
+        duration: For ``succeeded``/``failed``, seconds since the first attempt began.
+    """
+
+    kind: TaskEventKind
+    task: int
+    time: float
+    attempt: int = 0
+    error: BaseException | None = None
+    delay: float = 0.0
+    duration: float = 0.0
+
+
+Unsubscribe = Callable[[], None]
+
+
+class EventBus:
+    """Fan-out of events to subscribers, in subscription order.
+
+    A subscriber that raises is logged and kept: watching must never break the
+    work being watched.
+    """
+
+    __slots__ = ("_subscribers",)
+
+    def __init__(self) -> None:
+        self._subscribers: tuple[Callable[[Any], object], ...] = ()
+
+    def subscribe(self, callback: Callable[[Any], object]) -> Unsubscribe:
+        """Call ``callback(event)`` for every event from now on; returns an unsubscriber."""
+        self._subscribers = (*self._subscribers, callback)
+
+        def unsubscribe() -> None:
+            self._subscribers = tuple(s for s in self._subscribers if s is not callback)
+
+        return unsubscribe
+
+    def __bool__(self) -> bool:
+        return bool(self._subscribers)
+
+    def emit(self, event: Any) -> None:
+        """Deliver ``event`` to every subscriber."""
+        for callback in self._subscribers:
+            try:
+                callback(event)
+            except Exception:
+                log.exception("event subscriber %r raised; event dropped for it", callback)
