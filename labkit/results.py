@@ -1,0 +1,336 @@
+"""What an experiment produced: plain data shared by experiments, the store and the UI.
+
+:class:`InstanceResult` is one instance's outcome (its timeline and summary, or its
+error); :class:`ExperimentResult` gathers the instances with their average. Both
+are plain data: ``to_dict()`` gives JSON-safe builtins (no pickle), ``from_dict()``
+rebuilds them, so the store and the report never need the code that ran them.
+
+:class:`ExperimentRecorder` is the protocol ``run_experiment`` records through;
+``labkit.store.Store`` implements it, and tests can pass a small in-memory one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+__all__ = (
+    "ExperimentRecorder",
+    "ExperimentResult",
+    "InstanceResult",
+    "error_text",
+    "frame_from_dict",
+    "frame_to_dict",
+)
+
+ROUND_TO_INT = ("errors",)
+"""Metrics that count events; their averages are rounded to whole numbers."""
+
+
+def error_text(error: BaseException) -> str:
+    """The one-line form of an error kept in results: ``"TypeName: message"``."""
+    message = str(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def frame_to_dict(frame: pd.DataFrame) -> dict[str, list[Any]]:
+    """A DataFrame as ``{column: [values]}`` with NaN as ``None`` (JSON-safe)."""
+    return {str(column): _jsonable(frame[column].tolist()) for column in frame.columns}
+
+
+def frame_from_dict(data: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
+    """The inverse of :func:`frame_to_dict`; ``None`` becomes NaN, empty columns are float."""
+    columns: dict[str, np.ndarray] = {}
+    for name, values in data.items():
+        if any(value is None for value in values) or not values:
+            columns[name] = np.array(
+                [np.nan if value is None else value for value in values], dtype=float
+            )
+        else:
+            columns[name] = np.asarray(values)
+    return pd.DataFrame(columns)
+
+
+def _jsonable(value: Any) -> Any:
+    """Builtins only: numpy scalars unwrapped, NaN/inf as ``None``, tuples as lists."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_jsonable(item) for item in value]
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return str(value)
+
+
+def _empty_timeline() -> pd.DataFrame:
+    return pd.DataFrame({"t": np.array([], dtype=float)})
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class InstanceResult:
+    """One instance of an experiment, finished or failed.
+
+    Attributes:
+        index: The instance's number, from 0.
+        ok: Whether the instance's function returned normally.
+        error: ``"TypeName: message"`` when it failed, else ``None``.
+        timeline: Samples as a DataFrame: ``t`` (seconds since the instance
+            started) and one column per metric (NaN where a sample lacks it).
+        summary: Per-instance figures: ``cpu_peak``, ``memory_peak``,
+            ``error_count``, ``recovery_time`` and whatever the function returned.
+        started: When the instance began, seconds on the run's clock.
+        finished: When it ended, seconds on the run's clock.
+        gpu_uuids: The GPUs it held.
+        sandbox_id: The sandbox it ran in, if any.
+        attempts: How many attempts the runner made (retries included).
+    """
+
+    index: int
+    ok: bool
+    error: str | None
+    timeline: pd.DataFrame = field(default_factory=_empty_timeline)
+    summary: dict[str, Any] = field(default_factory=dict)
+    started: float | None = None
+    finished: float | None = None
+    gpu_uuids: tuple[str, ...] = ()
+    sandbox_id: str | None = None
+    attempts: int = 1
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish, when both are known."""
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe builtins; :meth:`from_dict` rebuilds the result."""
+        return {
+            "index": self.index,
+            "ok": self.ok,
+            "error": self.error,
+            "timeline": frame_to_dict(self.timeline),
+            "summary": _jsonable(self.summary),
+            "started": _jsonable(self.started),
+            "finished": _jsonable(self.finished),
+            "gpu_uuids": list(self.gpu_uuids),
+            "sandbox_id": self.sandbox_id,
+            "attempts": self.attempts,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InstanceResult:
+        """Rebuild an instance from :meth:`to_dict`'s output."""
+        return cls(
+            index=int(data["index"]),
+            ok=bool(data["ok"]),
+            error=data.get("error"),
+            timeline=frame_from_dict(data.get("timeline") or {"t": []}),
+            summary=dict(data.get("summary") or {}),
+            started=data.get("started"),
+            finished=data.get("finished"),
+            gpu_uuids=tuple(data.get("gpu_uuids") or ()),
+            sandbox_id=data.get("sandbox_id"),
+            attempts=int(data.get("attempts", 1)),
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ExperimentResult:
+    """Every instance of an experiment, and their average over those that succeeded.
+
+    Build one with :meth:`build`, which computes ``averaged``, ``summary`` and
+    ``outliers`` from the instances the same way wherever it is called (in
+    ``run_experiment`` and when the store loads a stored run).
+
+    Attributes:
+        name: The experiment's name.
+        params: The parameters every instance received.
+        instances: Every instance, failed ones included, by index.
+        averaged: The averaged timeline: ``t``, ``n`` and for each metric ``m``:
+            ``m``, ``m_std``, ``m_min``, ``m_max``. Empty when no instance succeeded.
+        summary: Averaged figures in the form ``{"cpu_peak": .., "memory_peak": ..,
+            "error_count": .., "num_instances": N, "num_failed": k,
+            "recovery_times": [..], "errors": {index: text}}``.
+        outliers: Instances whose figures stand apart from the others, one dict
+            each (``instance``, ``metric``, ``value``, ``score``).
+        config: How it ran (instances, duration, GPUs per instance, ...).
+        experiment_id: The store's key for this run, when it was recorded.
+    """
+
+    name: str
+    params: dict[str, Any]
+    instances: tuple[InstanceResult, ...]
+    averaged: pd.DataFrame
+    summary: dict[str, Any]
+    outliers: list[dict[str, Any]]
+    config: dict[str, Any]
+    experiment_id: str | None = None
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        params: Mapping[str, Any],
+        instances: Sequence[InstanceResult],
+        config: Mapping[str, Any],
+        *,
+        experiment_id: str | None = None,
+    ) -> ExperimentResult:
+        """Average the instances that succeeded and keep the failures.
+
+        Args:
+            name: The experiment's name.
+            params: The parameters the instances ran with.
+            instances: Every instance, in any order (sorted by index here).
+            config: How the run was configured (JSON-safe values).
+            experiment_id: The store's key, if recorded.
+
+        Returns:
+            The result, with ``summary["all_failed"]`` true when nothing succeeded.
+        """
+        # Imported here so that results.py stays importable on its own.
+        from labkit import timeline as tl
+
+        ordered = tuple(sorted(instances, key=lambda instance: instance.index))
+        succeeded = [instance for instance in ordered if instance.ok]
+        failed = [instance for instance in ordered if not instance.ok]
+        if succeeded:
+            metrics = {
+                column for instance in succeeded for column in instance.timeline if column != "t"
+            }
+            averaged = tl.average_timelines(
+                [instance.timeline for instance in succeeded],
+                round_to_int=tuple(m for m in ROUND_TO_INT if m in metrics),
+            )
+            summary = dict(tl.average_summaries([instance.summary for instance in succeeded]))
+            outliers = _outliers(tl, succeeded)
+        else:
+            averaged = pd.DataFrame({"t": np.array([], dtype=float), "n": np.array([], dtype=int)})
+            summary = {}
+            outliers = []
+        summary.update(
+            num_instances=len(ordered),
+            num_succeeded=len(succeeded),
+            num_failed=len(failed),
+            all_failed=not succeeded,
+            recovery_times=[
+                instance.summary["recovery_time"]
+                for instance in succeeded
+                if instance.summary.get("recovery_time") is not None
+            ],
+            errors={instance.index: instance.error for instance in failed},
+        )
+        return cls(
+            name=name,
+            params=dict(params),
+            instances=ordered,
+            averaged=averaged,
+            summary=summary,
+            outliers=outliers,
+            config=dict(config),
+            experiment_id=experiment_id,
+        )
+
+    @property
+    def ok(self) -> bool:
+        """Whether every instance succeeded."""
+        return all(instance.ok for instance in self.instances)
+
+    @property
+    def all_failed(self) -> bool:
+        """Whether no instance succeeded (``averaged`` is then empty)."""
+        return not any(instance.ok for instance in self.instances)
+
+    @property
+    def failed(self) -> tuple[InstanceResult, ...]:
+        """The instances that failed."""
+        return tuple(instance for instance in self.instances if not instance.ok)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe builtins; :meth:`from_dict` rebuilds the result without recomputing."""
+        return {
+            "name": self.name,
+            "params": _jsonable(self.params),
+            "instances": [instance.to_dict() for instance in self.instances],
+            "averaged": frame_to_dict(self.averaged),
+            "summary": _jsonable(self.summary),
+            "outliers": _jsonable(self.outliers),
+            "config": _jsonable(self.config),
+            "experiment_id": self.experiment_id,
+        }
+
+    def to_json(self, **dumps_options: Any) -> str:
+        """:meth:`to_dict` as a JSON string (NaN written as ``null``)."""
+        return json.dumps(self.to_dict(), allow_nan=False, **dumps_options)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExperimentResult:
+        """Rebuild a result from :meth:`to_dict`'s output."""
+        summary = dict(data.get("summary") or {})
+        if isinstance(summary.get("errors"), Mapping):
+            # JSON object keys are strings; instance indices are ints.
+            summary["errors"] = {int(key): text for key, text in summary["errors"].items()}
+        return cls(
+            name=str(data["name"]),
+            params=dict(data.get("params") or {}),
+            instances=tuple(InstanceResult.from_dict(item) for item in data["instances"]),
+            averaged=frame_from_dict(data.get("averaged") or {"t": [], "n": []}),
+            summary=summary,
+            outliers=[dict(item) for item in data.get("outliers") or ()],
+            config=dict(data.get("config") or {}),
+            experiment_id=data.get("experiment_id"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ExperimentResult:
+        """Rebuild a result from :meth:`to_json`'s output."""
+        return cls.from_dict(json.loads(text))
+
+
+def _outliers(tl: Any, succeeded: Sequence[InstanceResult]) -> list[dict[str, Any]]:
+    found = tl.detect_outliers([instance.summary for instance in succeeded])
+    return [dict(item) for item in found]
+
+
+@runtime_checkable
+class ExperimentRecorder(Protocol):
+    """How ``run_experiment`` records a run; ``labkit.store.Store`` implements it."""
+
+    def begin(
+        self,
+        *,
+        name: str,
+        params: Mapping[str, Any],
+        instances: int,
+        config: Mapping[str, Any],
+        resume: bool,
+    ) -> tuple[str, dict[int, InstanceResult]]:
+        """Create (or, with ``resume=True``, find by fingerprint of name+params+instances)
+        the experiment; returns its id and the instances already finished (to load,
+        not rerun)."""
+        ...
+
+    def sample(
+        self, experiment_id: str, instance: int, t: float, metrics: Mapping[str, float]
+    ) -> None:
+        """Buffer one timeline sample (non-blocking; committed in batches)."""
+        ...
+
+    async def finish_instance(self, experiment_id: str, result: InstanceResult) -> None:
+        """Commit the finished instance (and its buffered samples) durably before returning."""
+        ...
+
+    async def finish(self, experiment_id: str, result: ExperimentResult) -> None:
+        """Mark the experiment finished with its summary."""
+        ...
