@@ -162,8 +162,8 @@ class ExperimentResult:
         summary: Averaged figures in the form ``{"cpu_peak": .., "memory_peak": ..,
             "error_count": .., "num_instances": N, "num_failed": k,
             "recovery_times": [..], "errors": {index: text}}``.
-        outliers: Instances whose figures stand apart from the others, one dict
-            each (``instance``, ``metric``, ``value``, ``score``).
+        outliers: For each metric where some instances stand apart from the
+            others, the indices of those instances (``{"cpu": [2]}``).
         config: How it ran (instances, duration, GPUs per instance, ...).
         experiment_id: The store's key for this run, when it was recorded.
     """
@@ -173,7 +173,7 @@ class ExperimentResult:
     instances: tuple[InstanceResult, ...]
     averaged: pd.DataFrame
     summary: dict[str, Any]
-    outliers: list[dict[str, Any]]
+    outliers: dict[str, list[int]]
     config: dict[str, Any]
     experiment_id: str | None = None
 
@@ -218,7 +218,7 @@ class ExperimentResult:
         else:
             averaged = pd.DataFrame({"t": np.array([], dtype=float), "n": np.array([], dtype=int)})
             summary = {}
-            outliers = []
+            outliers = {}
         summary.update(
             num_instances=len(ordered),
             num_succeeded=len(succeeded),
@@ -287,7 +287,10 @@ class ExperimentResult:
             instances=tuple(InstanceResult.from_dict(item) for item in data["instances"]),
             averaged=frame_from_dict(data.get("averaged") or {"t": [], "n": []}),
             summary=summary,
-            outliers=[dict(item) for item in data.get("outliers") or ()],
+            outliers={
+                str(metric): [int(index) for index in indices]
+                for metric, indices in (data.get("outliers") or {}).items()
+            },
             config=dict(data.get("config") or {}),
             experiment_id=data.get("experiment_id"),
         )
@@ -298,9 +301,13 @@ class ExperimentResult:
         return cls.from_dict(json.loads(text))
 
 
-def _outliers(tl: Any, succeeded: Sequence[InstanceResult]) -> list[dict[str, Any]]:
+def _outliers(tl: Any, succeeded: Sequence[InstanceResult]) -> dict[str, list[int]]:
     found = tl.detect_outliers([instance.summary for instance in succeeded])
-    return [dict(item) for item in found]
+    # detect_outliers speaks in positions among the instances it was given.
+    return {
+        str(metric): [succeeded[position].index for position in positions]
+        for metric, positions in found.items()
+    }
 
 
 @runtime_checkable
