@@ -1,0 +1,195 @@
+"""Charts: instances against the average, bands, failures, outliers, decimation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from labkit.errors import ConfigError
+from labkit.plots import band_bounds, decimate_indices, metric_names, timeline_figure
+from labkit.results import ExperimentResult, InstanceResult
+
+
+def _timelines(count: int = 3, samples: int = 20) -> list[pd.DataFrame]:
+    t = np.arange(samples, dtype=float) * 0.5
+    return [
+        pd.DataFrame({"t": t, "cpu": 10.0 * i + t, "memory": 100.0 + i + 0.0 * t})
+        for i in range(count)
+    ]
+
+
+def _average(timelines: list[pd.DataFrame]) -> pd.DataFrame:
+    """A hand-made averaged timeline, so these tests do not depend on timeline.py."""
+    averaged = pd.DataFrame({"t": timelines[0]["t"], "n": len(timelines)})
+    for metric in ("cpu", "memory"):
+        stack = np.stack([frame[metric].to_numpy() for frame in timelines])
+        averaged[metric] = stack.mean(axis=0)
+        averaged[f"{metric}_std"] = stack.std(axis=0)
+        averaged[f"{metric}_min"] = stack.min(axis=0)
+        averaged[f"{metric}_max"] = stack.max(axis=0)
+        averaged[f"{metric}_ci95"] = 2 * stack.std(axis=0)
+    return averaged
+
+
+def _result(timelines: list[pd.DataFrame], failed: int | None = None) -> ExperimentResult:
+    instances = [
+        InstanceResult(index=i, ok=True, error=None, timeline=frame)
+        for i, frame in enumerate(timelines)
+    ]
+    if failed is not None:
+        instances.append(InstanceResult(index=failed, ok=False, error="RuntimeError: boom"))
+    return ExperimentResult(
+        name="demo",
+        params={},
+        instances=tuple(instances),
+        averaged=_average(timelines),
+        summary={},
+        outliers={"cpu_peak": [2]},
+        config={},
+    )
+
+
+def _traces(fig: go.Figure, name: str) -> list[go.Scatter]:
+    return [trace for trace in fig.data if trace.name == name]
+
+
+def test_one_subplot_per_metric_sharing_time_axis() -> None:
+    timelines = _timelines()
+    fig = timeline_figure(timelines, averaged=_average(timelines))
+
+    averages = _traces(fig, "average")
+    assert [trace.yaxis for trace in averages] == ["y", "y2"]
+    assert fig.layout.xaxis.matches == "x2" or fig.layout.xaxis2.matches == "x"
+    assert [a.text for a in fig.layout.annotations] == ["cpu", "memory"]
+
+
+def test_instances_thin_translucent_grouped_and_average_thick() -> None:
+    timelines = _timelines()
+    fig = timeline_figure(timelines, averaged=_average(timelines), band=None, outliers=[])
+
+    instance_traces = [t for t in fig.data if t.name.startswith("instance")]
+    assert len(instance_traces) == 3 * 2  # three instances, two metrics
+    average = _traces(fig, "average")[0]
+    for trace in instance_traces:
+        assert trace.opacity < 1
+        assert trace.line.width < average.line.width
+    # One legend entry per instance; clicking it toggles the instance in every subplot.
+    groups = {t.legendgroup for t in instance_traces}
+    assert groups == {"instance-0", "instance-1", "instance-2"}
+    assert sum(bool(t.showlegend) for t in instance_traces) == 3
+    assert "instance 1" in _traces(fig, "instance 1")[0].hovertemplate
+    np.testing.assert_allclose(average.y, _average(timelines)["cpu"])
+
+
+def test_show_instances_false_draws_only_the_average() -> None:
+    timelines = _timelines()
+    fig = timeline_figure(timelines, averaged=_average(timelines), show_instances=False)
+
+    assert not [t for t in fig.data if t.name.startswith("instance")]
+    assert len(_traces(fig, "average")) == 2
+
+
+@pytest.mark.parametrize(
+    ("band", "lower", "upper"),
+    [
+        ("std", lambda a: a["cpu"] - a["cpu_std"], lambda a: a["cpu"] + a["cpu_std"]),
+        ("minmax", lambda a: a["cpu_min"], lambda a: a["cpu_max"]),
+        ("ci95", lambda a: a["cpu"] - a["cpu_ci95"], lambda a: a["cpu"] + a["cpu_ci95"]),
+    ],
+)
+def test_band_filled_around_the_average(band, lower, upper) -> None:  # type: ignore[no-untyped-def]
+    timelines = _timelines()
+    averaged = _average(timelines)
+    fig = timeline_figure(timelines, metrics="cpu", averaged=averaged, band=band)
+
+    names = [t.name for t in fig.data]
+    low_at = names.index(f"average ({band})")
+    high = fig.data[low_at + 1]
+    assert high.fill == "tonexty"  # fills down to the lower edge drawn just before it
+    np.testing.assert_allclose(fig.data[low_at].y, lower(averaged))
+    np.testing.assert_allclose(high.y, upper(averaged))
+
+
+def test_no_band() -> None:
+    timelines = _timelines()
+    fig = timeline_figure(timelines, averaged=_average(timelines), band=None)
+    assert not [t for t in fig.data if t.fill]
+
+
+def test_experiment_result_failed_left_out_and_named_outliers_highlighted() -> None:
+    fig = timeline_figure(_result(_timelines(), failed=3), metrics=["cpu"])
+
+    names = [t.name for t in fig.data]
+    assert not [n for n in names if n.startswith("instance 3")]
+    assert "instance 3" in fig.layout.title.text
+    assert "RuntimeError: boom" in fig.layout.title.text
+    assert "demo" in fig.layout.title.text
+    outlier = _traces(fig, "instance 2 (outlier: cpu_peak)")[0]
+    normal = _traces(fig, "instance 1")[0]
+    assert outlier.line.color != normal.line.color
+    assert outlier.opacity > normal.opacity
+
+
+def test_unknown_band_or_metric_raises_config_error() -> None:
+    timelines = _timelines()
+    with pytest.raises(ConfigError, match="band"):
+        timeline_figure(timelines, averaged=_average(timelines), band="iqr")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="gpu"):
+        timeline_figure(timelines, averaged=_average(timelines), metrics=["gpu"])
+    with pytest.raises(ConfigError, match="averaged"):
+        timeline_figure(timelines)
+    averaged = _average(timelines).drop(columns=["cpu_ci95"])
+    with pytest.raises(ConfigError, match="cpu_ci95"):
+        band_bounds(averaged, "cpu", "ci95")
+
+
+def test_metric_names_skip_time_count_and_statistics() -> None:
+    assert metric_names(_average(_timelines())) == ["cpu", "memory"]
+    assert metric_names(pd.DataFrame({"t": [0.0], "errors": [1], "net_max": [2]})) == [
+        "errors",
+        "net_max",
+    ]
+
+
+def test_decimation_bounds_length_and_keeps_extremes() -> None:
+    rng = np.random.default_rng(7)
+    values = rng.normal(size=1_000_000)
+    values[123_457] = 50.0
+    values[876_543] = -50.0
+    values[500_000] = np.nan
+
+    keep = decimate_indices(values, 2000)
+
+    assert len(keep) <= 2000
+    assert keep[0] == 0 and keep[-1] == len(values) - 1
+    assert np.all(np.diff(keep) > 0)
+    assert {123_457, 876_543} <= set(keep.tolist())
+    # Every bucket's extremes survive: the decimated range equals the full range.
+    assert np.nanmax(values[keep]) == np.nanmax(values)
+    assert np.nanmin(values[keep]) == np.nanmin(values)
+
+
+def test_short_series_kept_whole() -> None:
+    np.testing.assert_array_equal(decimate_indices(np.arange(10.0), 2000), np.arange(10))
+    with pytest.raises(ConfigError, match="max_points"):
+        decimate_indices(np.arange(10.0), 3)
+
+
+def test_million_sample_result_renders_bounded() -> None:
+    n = 1_000_000
+    t = np.arange(n) * 0.001
+    rng = np.random.default_rng(1)
+    timelines = [pd.DataFrame({"t": t, "cpu": rng.random(n)}) for _ in range(2)]
+    timelines[1].loc[654_321, "cpu"] = 9.0
+    averaged = pd.DataFrame(
+        {"t": t, "n": 2, "cpu": (timelines[0]["cpu"] + timelines[1]["cpu"]) / 2, "cpu_std": 0.1}
+    )
+
+    fig = timeline_figure(timelines, averaged=averaged)
+
+    assert all(len(trace.x) <= 2000 for trace in fig.data)
+    peak = _traces(fig, "instance 1")[0]
+    assert max(peak.y) == 9.0
+    assert 654.321 in np.round(np.asarray(peak.x), 6)
