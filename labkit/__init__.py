@@ -13,6 +13,19 @@ from typing import Any
 
 from labkit import errors
 from labkit.clock import Clock, SystemClock
+from labkit.events import EventBus, TaskEvent
+from labkit.policies import RateLimit, Retry
+from labkit.runner import (
+    Runner,
+    RunnerStats,
+    RunReport,
+    RunStats,
+    TaskHandle,
+    TaskResult,
+    parallel_map,
+    run_parallel,
+    run_parallel_sync,
+)
 
 __version__ = "0.1.0"
 
@@ -20,8 +33,21 @@ _LAZY_MODULES = frozenset({"plots", "widgets", "report"})
 
 __all__ = (
     "Clock",
+    "EventBus",
+    "RateLimit",
+    "Retry",
+    "RunReport",
+    "RunStats",
+    "Runner",
+    "RunnerStats",
     "SystemClock",
+    "TaskEvent",
+    "TaskHandle",
+    "TaskResult",
     "errors",
+    "parallel_map",
+    "run_parallel",
+    "run_parallel_sync",
 )
 
 

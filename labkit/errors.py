@@ -8,6 +8,7 @@ that already catches the built-ins keeps working::
      +-- ConfigError (ValueError)           a bad option: names it, its value, what is allowed
      +-- MissingDependency (ImportError)    an optional extra is not installed
      +-- TaskFailed                         raised by RunReport.raise_for_errors() (in a group)
+     +-- TaskTimeout (TimeoutError)         one attempt of a task ran past the run's `timeout`
      +-- GPUError
      |    +-- GPUUnavailable                no NVML, no driver, or a request no fleet can meet
      |    +-- GPUTimeout (TimeoutError)     waited longer than `timeout` for GPUs
@@ -50,6 +51,7 @@ __all__ = (
     "SandboxStartError",
     "StoreError",
     "TaskFailed",
+    "TaskTimeout",
 )
 
 
@@ -110,6 +112,22 @@ class TaskFailed(LabkitError):
         super().__init__(f"task {index} ({item!r:.60}) failed: {type(error).__name__}: {error}")
 
 
+class TaskTimeout(LabkitError, TimeoutError):
+    """An attempt ran past the run's ``timeout`` and was cancelled.
+
+    Attributes:
+        index: The task's position in the input.
+        attempt: Which attempt timed out (1-based).
+        timeout: The limit, in seconds.
+    """
+
+    def __init__(self, index: int, attempt: int, timeout: float) -> None:
+        self.index = index
+        self.attempt = attempt
+        self.timeout = timeout
+        super().__init__(f"task {index}, attempt {attempt}: timed out after {timeout} s")
+
+
 class GPUError(LabkitError):
     """Base of GPU pool errors."""
 
@@ -161,7 +179,7 @@ class RunInterrupted(KeyboardInterrupt):
     ``CancelledError``. Being a ``KeyboardInterrupt``, it still stops a script.
     """
 
-    def __init__(self, report: RunReport) -> None:
+    def __init__(self, report: RunReport[Any]) -> None:
         self.report = report
         stats = report.stats
         super().__init__(f"interrupted: {stats.completed} of {stats.submitted} tasks had completed")

@@ -15,8 +15,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PUBLIC_NAMES = {
     "Clock",
+    "EventBus",
+    "RateLimit",
+    "Retry",
+    "RunReport",
+    "RunStats",
+    "Runner",
+    "RunnerStats",
     "SystemClock",
+    "TaskEvent",
+    "TaskHandle",
+    "TaskResult",
     "errors",
+    "parallel_map",
+    "run_parallel",
+    "run_parallel_sync",
 }
 
 UI_MODULES = ("ipywidgets", "IPython", "traitlets", "anywidget", "plotly")

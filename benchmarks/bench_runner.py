@@ -1,0 +1,141 @@
+"""Runner overhead against hand-written asyncio baselines, measured in one run.
+
+1. 20,000 tasks that ``await asyncio.sleep(0)`` and return a small dict, at
+   max_concurrency=64, against (a) 64 worker coroutines pulling from a shared
+   iterator and (b) ``asyncio.gather`` over a ``Semaphore(64)``. labkit runs with
+   its results, stats and events on (a subscriber counting events by kind, and a
+   retry policy that never fires). Goal: <= 2x (a) and <= 0.5x (b).
+2. 10,240 tasks of ``asyncio.sleep(0.01)`` at max_concurrency 64, 256 and 1024
+   against the ideal ``ceil(N/k) * 10 ms``. Goal: within 1.1x, 1.2x, 1.3x.
+3. Peak memory (tracemalloc) of a lazy run of 200,000 items: it must grow with the
+   concurrency and the stored results, not with pending tasks.
+
+Each timing is the best of several repetitions. Run: ``python benchmarks/bench_runner.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+import tracemalloc
+
+import labkit as lk
+
+N = 20_000
+K = 64
+REPEAT = 5
+
+
+async def tiny(i: int) -> dict[str, int]:
+    await asyncio.sleep(0)
+    return {"i": i}
+
+
+async def baseline_workers() -> float:
+    items = iter(range(N))
+    out: list[object] = [None] * N
+
+    async def worker() -> None:
+        for i in items:
+            out[i] = await tiny(i)
+
+    start = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(K):
+            group.create_task(worker())
+    return time.perf_counter() - start
+
+
+async def baseline_semaphore() -> float:
+    semaphore = asyncio.Semaphore(K)
+
+    async def one(i: int) -> dict[str, int]:
+        async with semaphore:
+            return await tiny(i)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(N)))
+    return time.perf_counter() - start
+
+
+async def labkit_run(events: bool) -> float:
+    counts: collections.Counter[str] = collections.Counter()
+
+    def on_event(event: lk.TaskEvent) -> None:
+        counts[event.kind] += 1
+
+    start = time.perf_counter()
+    report = await lk.run_parallel(
+        tiny,
+        range(N),
+        max_concurrency=K,
+        retry=lk.Retry(attempts=3) if events else None,
+        on_event=on_event if events else None,
+    )
+    elapsed = time.perf_counter() - start
+    assert report.stats.completed == N and report.values[-1] == {"i": N - 1}
+    assert report.stats.peak_concurrency == K
+    if events:
+        assert counts["succeeded"] == N and counts["queued"] == N, counts
+    return elapsed
+
+
+async def best(make: object, *args: object) -> float:
+    return min([await make(*args) for _ in range(REPEAT)])  # type: ignore[operator]
+
+
+async def overhead() -> None:
+    a = await best(baseline_workers)
+    b = await best(baseline_semaphore)
+    plain = await best(labkit_run, False)
+    full = await best(labkit_run, True)
+    us = 1e6 / N
+    print(f"1. {N} tiny tasks at max_concurrency={K} (best of {REPEAT}, µs per task)")
+    print(f"   (a) workers on a shared iterator   {a * us:6.2f}")
+    print(f"   (b) gather over a Semaphore        {b * us:6.2f}")
+    print(f"   labkit, no subscribers             {plain * us:6.2f}   {plain / a:.2f}x (a)")
+    print(
+        f"   labkit, results+stats+events+retry {full * us:6.2f}   "
+        f"{full / a:.2f}x (a) [goal <= 2]   {full / b:.2f}x (b) [goal <= 0.5]"
+    )
+
+
+async def sleeping() -> None:
+    n = 10_240
+    print(f"2. {n} tasks of asyncio.sleep(0.01) against ceil(N/k) x 10 ms")
+
+    async def nap(_: int) -> None:
+        await asyncio.sleep(0.01)
+
+    for k, goal in ((64, 1.1), (256, 1.2), (1024, 1.3)):
+        ideal = math.ceil(n / k) * 0.01
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            await lk.run_parallel(nap, range(n), max_concurrency=k)
+            times.append(time.perf_counter() - start)
+        ratio = min(times) / ideal
+        print(f"   k={k:5d}: {min(times):.3f} s vs ideal {ideal:.3f} s = {ratio:.3f}x [goal <= {goal}]")
+
+
+async def memory() -> None:
+    print("3. peak traced memory of a lazy run (generator input), by size")
+    for n in (50_000, 200_000):
+        tracemalloc.start()
+        report = await lk.run_parallel(tiny, (i for i in range(n)), max_concurrency=K)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert report.stats.completed == n
+        print(f"   {n:7d} items: {peak / 1e6:6.1f} MB peak, {peak / n:5.0f} B per stored result")
+
+
+def main() -> None:
+    asyncio.run(overhead())
+    asyncio.run(sleeping())
+    asyncio.run(memory())
+
+
+if __name__ == "__main__":
+    main()
