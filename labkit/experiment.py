@@ -34,10 +34,12 @@ from labkit.errors import check
 from labkit.events import EventBus
 from labkit.results import ExperimentRecorder, ExperimentResult, InstanceResult, error_text
 from labkit.sampling import ResourceSampler
+from labkit.timeline import instances_needed, summarize_timeline
 
 if TYPE_CHECKING:
     from labkit.gpu import GPUPool
-    from labkit.sandbox import Sandbox, SandboxPool
+    from labkit.sandbox.base import Sandbox
+    from labkit.sandbox.pool import SandboxPool
 
 __all__ = (
     "E2B_PRICE_PER_GIB_SECOND",
@@ -50,7 +52,6 @@ __all__ = (
     "InstanceEventKind",
     "estimate_cost",
     "run_experiment",
-    "summarize_timeline",
 )
 
 MAX_INSTANCES = 1024
@@ -218,6 +219,20 @@ class InstanceContext:
         Raises:
             ConfigError: A value is not a real number, or a name is ``t``.
         """
+        self.record_at(self.elapsed, **metrics)
+
+    def record_at(self, t: float, /, **metrics: float) -> None:
+        """Add one timeline sample at offset ``t``: for values measured elsewhere, read late.
+
+        Args:
+            t: Seconds since the instance started when the values were measured.
+            **metrics: Numeric values by metric name, as for :meth:`record`.
+
+        Raises:
+            ConfigError: ``t`` is not a finite number, a value is not a real
+                number, or a name is ``t``.
+        """
+        check(_finite(t), "t", t, "a finite number of seconds")
         values: dict[str, float] = {}
         for name, value in metrics.items():
             check(name != "t", "metric name", name, "any name but 't' (the time column)")
@@ -231,7 +246,7 @@ class InstanceContext:
             values[name] = float(value)
         if not values:
             return
-        offset = self.elapsed
+        offset = float(t)
         self._samples.append((offset, values))
         self._deliver(
             InstanceEvent("sample", self.index, self._clock.now(), offset, metrics=values)
@@ -277,28 +292,6 @@ def _samples_to_frame(samples: Sequence[tuple[float, Mapping[str, float]]]) -> p
     frame = pd.DataFrame.from_records([{"t": t, **values} for t, values in samples])
     # Samples from the sampler and from the function interleave; keep time order.
     return frame.sort_values("t", kind="stable", ignore_index=True).astype(float)
-
-
-def summarize_timeline(timeline: pd.DataFrame) -> dict[str, float]:
-    """An instance's figures from its timeline.
-
-    Returns:
-        ``{metric}_peak`` (the largest value) for every metric but ``errors``, and
-        ``error_count``: the sum of the ``errors`` samples (0 without any).
-    """
-    summary: dict[str, float] = {}
-    for column in timeline.columns:
-        if column == "t":
-            continue
-        values = timeline[column].to_numpy(dtype=float)
-        values = values[~np.isnan(values)]
-        if column == "errors":
-            continue
-        if values.size:
-            summary[f"{column}_peak"] = float(values.max())
-    errors = timeline["errors"].to_numpy(dtype=float) if "errors" in timeline else np.array([])
-    summary["error_count"] = int(np.nansum(errors))
-    return summary
 
 
 def estimate_cost(
@@ -458,7 +451,8 @@ class _Run:
         attempt = self.attempts.get(index, _Attempt())
         ctx = attempt.context
         timeline = ctx.timeline() if ctx is not None else _samples_to_frame(())
-        summary: dict[str, Any] = {**summarize_timeline(timeline), **attempt.extra}
+        summary: dict[str, Any] = {"error_count": 0, **summarize_timeline(timeline)}
+        summary.update(attempt.extra)
         return InstanceResult(
             index=index,
             ok=error is None,
@@ -665,7 +659,8 @@ async def run_experiment(
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(runner)
         if sandbox_pool is None and experiment.needs_sandbox:
-            from labkit.sandbox import LocalSandbox, SandboxPool
+            from labkit.sandbox.local import LocalSandbox
+            from labkit.sandbox.pool import SandboxPool
 
             sandbox_pool = SandboxPool(LocalSandbox, max_size=planned)
             stack.push_async_callback(sandbox_pool.close)
@@ -728,8 +723,6 @@ def _instances_needed(
     results: Sequence[InstanceResult], metric: str | None, rel_half_width: float
 ) -> int | None:
     """How many successful instances the target needs, or None when it cannot be told."""
-    from labkit.timeline import instances_needed
-
     summaries = [result.summary for result in results if result.ok]
     if not summaries:
         return None

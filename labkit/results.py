@@ -20,6 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
+from labkit import timeline
+
 __all__ = (
     "ExperimentRecorder",
     "ExperimentResult",
@@ -199,45 +201,41 @@ class ExperimentResult:
         Returns:
             The result, with ``summary["all_failed"]`` true when nothing succeeded.
         """
-        # Imported here so that results.py stays importable on its own.
-        from labkit import timeline as tl
-
         ordered = tuple(sorted(instances, key=lambda instance: instance.index))
         succeeded = [instance for instance in ordered if instance.ok]
-        failed = [instance for instance in ordered if not instance.ok]
         if succeeded:
             metrics = {
                 column for instance in succeeded for column in instance.timeline if column != "t"
             }
-            averaged = tl.average_timelines(
+            averaged = timeline.average_timelines(
                 [instance.timeline for instance in succeeded],
                 round_to_int=tuple(m for m in ROUND_TO_INT if m in metrics),
             )
-            summary = dict(tl.average_summaries([instance.summary for instance in succeeded]))
-            outliers = _outliers(tl, succeeded)
         else:
             averaged = pd.DataFrame({"t": np.array([], dtype=float), "n": np.array([], dtype=int)})
-            summary = {}
-            outliers = {}
-        summary.update(
-            num_instances=len(ordered),
-            num_succeeded=len(succeeded),
-            num_failed=len(failed),
-            all_failed=not succeeded,
-            recovery_times=[
-                instance.summary["recovery_time"]
-                for instance in succeeded
-                if instance.summary.get("recovery_time") is not None
-            ],
-            errors={instance.index: instance.error for instance in failed},
-        )
+        summary: dict[str, Any] = {}
+        if ordered:
+            summary = timeline.average_summaries(
+                [
+                    instance.summary if instance.ok else {"ok": False, "error": instance.error}
+                    for instance in ordered
+                ]
+            )
+            # average_summaries speaks in positions; results speak in instance indices.
+            summary["errors"] = {
+                ordered[position].index: text for position, text in summary["errors"].items()
+            }
+        summary["num_instances"] = len(ordered)
+        summary["num_succeeded"] = len(succeeded)
+        summary["num_failed"] = len(ordered) - len(succeeded)
+        summary["all_failed"] = not succeeded
         return cls(
             name=name,
             params=dict(params),
             instances=ordered,
             averaged=averaged,
             summary=summary,
-            outliers=outliers,
+            outliers=_outliers(succeeded),
             config=dict(config),
             experiment_id=experiment_id,
         )
@@ -301,13 +299,20 @@ class ExperimentResult:
         return cls.from_dict(json.loads(text))
 
 
-def _outliers(tl: Any, succeeded: Sequence[InstanceResult]) -> dict[str, list[int]]:
-    found = tl.detect_outliers([instance.summary for instance in succeeded])
-    # detect_outliers speaks in positions among the instances it was given.
-    return {
-        str(metric): [succeeded[position].index for position in positions]
-        for metric, positions in found.items()
-    }
+def _outliers(succeeded: Sequence[InstanceResult]) -> dict[str, list[int]]:
+    """Instances that stand apart, by summary figure and by timeline shape."""
+    found: dict[str, list[int]] = {}
+    for data in (
+        [instance.summary for instance in succeeded],
+        [instance.timeline for instance in succeeded],
+    ):
+        for outlier in timeline.detect_outliers(data):
+            # detect_outliers speaks in positions among the instances it was given.
+            indices = found.setdefault(outlier.metric, [])
+            index = succeeded[outlier.instance].index
+            if index not in indices:
+                indices.append(index)
+    return {metric: sorted(indices) for metric, indices in found.items()}
 
 
 @runtime_checkable
