@@ -12,7 +12,6 @@ import html
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ th { background: #f5f5f5; } td.num { text-align: right; font-variant-numeric: ta
 .banner.warn { background: #fff4e5; border: 1px solid #f0b86e; }
 .banner.bad { background: #fdecea; border: 1px solid #e57373; }
 .banner.good { background: #edf7ed; border: 1px solid #81c784; }
+.scroll { overflow-x: auto; }
 code, .error { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; font-size: 0.85rem; }
 """
 
@@ -55,13 +55,12 @@ def write_html(result: ExperimentResult, path: str | os.PathLike[str]) -> Path:
     """
     target = Path(path)
     page = render_html(result)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(page)
+        temporary.write_text(page, encoding="utf-8")
         os.replace(temporary, target)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return target
 
@@ -195,7 +194,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
         + "</tr>"
         for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll">{table}</div>'
 
 
 def _numeric(cell: str) -> bool:

@@ -1,0 +1,561 @@
+"""The ``labkit`` command line: ``demo``, ``run``, ``history`` and ``monitor``.
+
+Exit status: 0 when every instance succeeded, 1 when some failed (the report is
+still written), 2 on bad usage, with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from labkit.errors import ConfigError, LabkitError
+from labkit.events import TaskEvent
+from labkit.experiment import (
+    MAX_INSTANCES,
+    Experiment,
+    InstanceEvent,
+    estimate_cost,
+    run_experiment,
+)
+from labkit.results import ExperimentResult
+
+__all__ = ("main",)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+_DEMO_SCENARIO = "error_burst"
+
+
+class UsageError(Exception):
+    """A bad command line; the message says what to fix (exit status 2)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``labkit`` command; returns its exit status.
+
+    Args:
+        argv: The arguments after the program name; ``sys.argv[1:]`` by default.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except (UsageError, ConfigError) as exc:
+        print(f"labkit {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LabkitError as exc:
+        print(f"labkit {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"labkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+# -- argument parsing -------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="labkit",
+        description="Run an experiment as N parallel instances, watch them, average them.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a built-in scenario with 3 local instances and write a report",
+        description="Run a built-in scenario (real subprocesses, about 20 s), print the "
+        "averaged summary, write a standalone HTML report and record the run.",
+    )
+    from labkit.scenarios import INTENSITIES, SCENARIOS
+
+    demo.add_argument("--scenario", choices=sorted(SCENARIOS), default=_DEMO_SCENARIO)
+    demo.add_argument("--intensity", choices=INTENSITIES, default="medium")
+    demo.add_argument("-n", "--instances", type=_positive_int, default=3, metavar="N")
+    demo.add_argument("--duration", type=_positive_float, default=20.0, metavar="SECONDS")
+    demo.add_argument("--report", default="labkit-demo.html", metavar="PATH")
+    _common_outputs(demo)
+    demo.set_defaults(handler=_demo)
+
+    run = commands.add_parser(
+        "run",
+        help="run MODULE:FUNCTION as parallel instances",
+        description="Run MODULE:FUNCTION as parallel instances. FUNCTION is an Experiment, "
+        "a function taking the instance context (async or not), or a function with no "
+        "required arguments that returns an Experiment (labkit.scenarios:cpu_stress).",
+    )
+    run.add_argument("target", metavar="MODULE:FUNCTION")
+    run.add_argument(
+        "-n",
+        "--instances",
+        type=_instances,
+        default=1,
+        metavar="N",
+        help=f"instances, 1 to {MAX_INSTANCES}, or 'auto' (default: 1)",
+    )
+    run.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS")
+    run.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter for ctx.params (VALUE is read as JSON when it parses); repeatable",
+    )
+    run.add_argument("--gpus-per-instance", type=_non_negative_int, default=0, metavar="G")
+    run.add_argument(
+        "--sandbox",
+        choices=("auto", "none", "local", "e2b"),
+        default="auto",
+        help="where instances run: 'auto' gives local sandboxes to experiments that need "
+        "one; 'e2b' uses E2B cloud sandboxes (E2B_API_KEY) and shows their cost first",
+    )
+    run.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS")
+    run.add_argument("--retries", type=_non_negative_int, default=0, metavar="N")
+    run.add_argument("--sample-every", type=_positive_float, default=1.0, metavar="SECONDS")
+    run.add_argument("--report", default=None, metavar="PATH")
+    _common_outputs(run)
+    run.set_defaults(handler=_run)
+
+    history = commands.add_parser("history", help="list the experiments recorded in a store")
+    history.add_argument("--db", default="labkit.db", metavar="PATH")
+    history.add_argument("--limit", type=_positive_int, default=20, metavar="N")
+    history.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    history.set_defaults(handler=_history)
+
+    monitor = commands.add_parser(
+        "monitor", help="show the GPU fleet, the machine and running experiments"
+    )
+    monitor.add_argument("--db", default="labkit.db", metavar="PATH")
+    monitor.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="refresh every SECONDS until Ctrl-C (default: show once)",
+    )
+    monitor.set_defaults(handler=_monitor)
+    return parser
+
+
+def _common_outputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default="labkit.db", metavar="PATH", help="record the run here")
+    parser.add_argument("--no-db", action="store_true", help="do not record the run")
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as JSON on stdout (no table)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
+def _instances(text: str) -> int | str:
+    if text == "auto":
+        return text
+    value = _int(text)
+    if not 1 <= value <= MAX_INSTANCES:
+        raise argparse.ArgumentTypeError(
+            f"expected 1 to {MAX_INSTANCES} (the cap) or 'auto', got {text!r}"
+        )
+    return value
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` as ``{"a": 1, "b": "x"}``: values are JSON when they parse.
+
+    Raises:
+        UsageError: A pair has no ``=`` or an empty key.
+    """
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param expects KEY=VALUE, got {pair!r}")
+        try:
+            params[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            params[key.strip()] = text
+    return params
+
+
+def load_target(target: str) -> Experiment:
+    """The experiment that ``MODULE:FUNCTION`` names (see ``labkit run --help``).
+
+    The current directory is importable, as with ``python -m``.
+
+    Raises:
+        UsageError: The target is malformed, cannot be imported, or is not usable.
+    """
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise UsageError(f"expected MODULE:FUNCTION (like mypkg.exp:train), got {target!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import module {module_name!r}: {exc}") from exc
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise UsageError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if isinstance(obj, Experiment):
+        return obj
+    if not callable(obj):
+        raise UsageError(f"{target} is a {type(obj).__name__}, not an Experiment or a function")
+    if _required_arguments(obj) == 0:
+        made = obj()
+        if not isinstance(made, Experiment):
+            raise UsageError(f"{target}() returned a {type(made).__name__}, not an Experiment")
+        return made
+    return Experiment(attribute.rsplit(".", 1)[-1], obj)
+
+
+def _required_arguments(fn: Callable[..., Any]) -> int:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return 1
+    return sum(
+        1
+        for parameter in signature.parameters.values()
+        if parameter.default is inspect.Parameter.empty
+        and parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+    )
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from labkit.scenarios import scenario
+
+    experiment = scenario(args.scenario, args.intensity)
+    return _execute(
+        args,
+        experiment,
+        instances=args.instances,
+        duration=args.duration,
+        report=args.report,
+        options={"sample_every": 1.0 if args.duration >= 5 else 0.25},
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    experiment = load_target(args.target)
+    params = parse_params(args.param)
+    if params:
+        experiment = experiment.with_params(**params)
+    options: dict[str, Any] = {
+        "gpus_per_instance": args.gpus_per_instance,
+        "sample_every": args.sample_every,
+    }
+    if args.timeout is not None:
+        options["timeout"] = args.timeout
+    if args.retries:
+        from labkit.policies import Retry
+
+        options["retry"] = Retry(attempts=args.retries + 1)
+    if args.sandbox == "none" and experiment.needs_sandbox:
+        raise UsageError(f"{experiment.name} runs in a sandbox: use --sandbox local or e2b")
+    options["sandbox"] = args.sandbox
+    return _execute(
+        args,
+        experiment,
+        instances=args.instances,
+        duration=args.duration,
+        report=args.report,
+        options=options,
+    )
+
+
+def _execute(
+    args: argparse.Namespace,
+    experiment: Experiment,
+    *,
+    instances: int | str,
+    duration: float | None,
+    report: str | None,
+    options: dict[str, Any],
+) -> int:
+    human = sys.stderr if args.json else sys.stdout
+    if report is not None and not Path(report).resolve().parent.is_dir():
+        raise UsageError(f"--report {report}: the directory {Path(report).parent} does not exist")
+    result = asyncio.run(
+        _run_with_progress(
+            experiment,
+            instances=instances,
+            duration=duration,
+            db=None if args.no_db else args.db,
+            progress=not args.no_progress,
+            out=human,
+            options=options,
+        )
+    )
+    if args.json:
+        print(result.to_json(), file=sys.stdout)
+    else:
+        print(format_summary(result), file=human)
+    if report is not None:
+        from labkit.report import write_html
+
+        written = write_html(result, report)
+        print(f"report: {written}", file=human)
+    if result.experiment_id is not None:
+        print(f"recorded in {args.db} as {result.experiment_id}", file=human)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+async def _run_with_progress(
+    experiment: Experiment,
+    *,
+    instances: int | str,
+    duration: float | None,
+    db: str | None,
+    progress: bool,
+    out: TextIO,
+    options: dict[str, Any],
+) -> ExperimentResult:
+    sandbox_kind = options.pop("sandbox", "auto")
+    planned = instances if isinstance(instances, int) else options.get("max_instances", 32)
+    sandbox_pool = None
+    if sandbox_kind == "local":
+        from labkit.sandbox.local import LocalSandbox
+        from labkit.sandbox.pool import SandboxPool
+
+        sandbox_pool = SandboxPool(LocalSandbox, max_size=planned)
+    elif sandbox_kind == "e2b":
+        from labkit.sandbox.e2b import E2BSandbox
+        from labkit.sandbox.pool import SandboxPool
+
+        cost = estimate_cost(instances=planned, duration=duration or 300.0)
+        print(
+            f"E2B: {planned} sandboxes x {duration or 300.0:g} s: about ${cost:.4f} "
+            "at E2B's published rates (2 vCPU, 512 MiB each)",
+            file=out,
+        )
+        sandbox_pool = SandboxPool(E2BSandbox, max_size=planned)
+    bars = _ProgressBars(duration, enabled=progress)
+    store = None
+    if db is not None:
+        from labkit.store import Store
+
+        store = Store(db)
+    try:
+        return await run_experiment(
+            experiment,
+            instances=instances,  # type: ignore[arg-type]
+            duration=duration,
+            sandbox_pool=sandbox_pool,
+            store=store,
+            on_event=bars,
+            **options,
+        )
+    finally:
+        bars.close()
+        if sandbox_pool is not None:
+            await sandbox_pool.close()
+        if store is not None:
+            store.close()
+
+
+class _ProgressBars:
+    """One tqdm bar per instance, advanced by its samples (seconds of ``duration``)."""
+
+    def __init__(self, duration: float | None, *, enabled: bool) -> None:
+        self._duration = duration
+        # tqdm draws only in a terminal; a pipe or a file gets no bars.
+        self._enabled = enabled and sys.stderr.isatty()
+        self._bars: dict[int, Any] = {}
+
+    def __call__(self, event: InstanceEvent | TaskEvent) -> None:
+        if not self._enabled:
+            return
+        if isinstance(event, TaskEvent):
+            if event.kind == "retrying" and event.task in self._bars:
+                self._bars[event.task].set_postfix_str(f"retry in {event.delay:.1f} s")
+            return
+        bar = self._bars.get(event.instance)
+        if event.kind == "started":
+            if bar is None:
+                from tqdm import tqdm  # type: ignore[import-untyped]
+
+                bar = self._bars[event.instance] = tqdm(
+                    total=self._duration,
+                    desc=f"instance {event.instance}",
+                    position=event.instance,
+                    unit="s",
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s {postfix}"
+                    if self._duration
+                    else "{desc}: {n:.0f} s {postfix}",
+                    leave=True,
+                    file=sys.stderr,
+                )
+            bar.reset(total=self._duration)
+            bar.set_postfix_str("running")
+        elif bar is None:
+            return
+        elif event.kind == "sample":
+            bar.n = min(event.offset, self._duration or event.offset)
+            bar.refresh()
+        elif event.kind == "finished":
+            bar.n = self._duration or event.offset
+            bar.set_postfix_str("ok")
+        elif event.kind == "failed":
+            bar.set_postfix_str(f"failed: {(event.message or '')[:60]}")
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+def format_summary(result: ExperimentResult) -> str:
+    """The averaged summary as a two-column text table, then the failures."""
+    summary = result.summary
+    lines = [f"{result.name}: {len(result.instances)} instances"]
+    if result.all_failed:
+        lines.append("ALL INSTANCES FAILED: there is no average.")
+    elif result.failed:
+        lines.append(
+            f"{len(result.failed)} of {len(result.instances)} instances failed; "
+            f"averaged over the {len(result.instances) - len(result.failed)} that succeeded."
+        )
+    rows = [
+        (key, _cell(value))
+        for key, value in summary.items()
+        if key not in ("errors", "all_failed") and not isinstance(value, Mapping)
+    ]
+    if rows:
+        width = max(len(key) for key, _ in rows)
+        lines.append("")
+        lines += [f"  {key.ljust(width)}  {value}" for key, value in rows]
+    for instance in result.failed:
+        lines.append(f"  instance {instance.index} failed: {instance.error}")
+    if result.outliers:
+        marks = ", ".join(
+            f"{metric}: {', '.join(map(str, indices))}"
+            for metric, indices in result.outliers.items()
+        )
+        lines.append(f"  outliers: {marks}")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_cell(item) for item in value) + "]"
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def _history(args: argparse.Namespace) -> int:
+    if not Path(args.db).exists():
+        print(f"no experiments recorded yet: {args.db} does not exist", file=sys.stderr)
+        return EXIT_OK
+    from labkit.store import Store
+
+    with Store(args.db) as store:
+        frame = store.experiments()
+    frame = frame.tail(args.limit)
+    if args.json:
+        print(frame.to_json(orient="records", date_format="iso", default_handler=str))
+        return EXIT_OK
+    if frame.empty:
+        print(f"no experiments recorded in {args.db}")
+        return EXIT_OK
+    columns = ["id", "name", "status", "instances", "succeeded", "failed", "created"]
+    print(frame[[column for column in columns if column in frame]].to_string(index=False))
+    return EXIT_OK
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    while True:
+        text = _monitor_text(args.db)
+        if args.interval is None:
+            print(text)
+            return EXIT_OK
+        # Clear the terminal and redraw, like `watch`.
+        print("\033[2J\033[H" + text, flush=True)
+        time.sleep(args.interval)
+
+
+def _monitor_text(db: str) -> str:
+    import psutil
+
+    from labkit.gpu import GPUPool
+
+    lines = [
+        f"machine: cpu {psutil.cpu_percent(interval=0.1):.0f}% of {psutil.cpu_count()} cores, "
+        f"memory {psutil.virtual_memory().percent:.0f}% used"
+    ]
+    gpus = GPUPool().stats().gpus
+    if not gpus:
+        lines.append("GPUs: none found (no NVIDIA driver, or nvidia-ml-py not installed)")
+    for gpu in gpus:
+        used = "N/A" if gpu.memory_used_mb is None else f"{gpu.memory_used_mb}"
+        total = "N/A" if gpu.memory_total_mb is None else f"{gpu.memory_total_mb}"
+        load = "N/A" if gpu.utilization is None else f"{gpu.utilization:.0%}"
+        lines.append(f"GPU {gpu.index} {gpu.name}: memory {used}/{total} MB, load {load}")
+    if Path(db).exists():
+        from labkit.store import Store
+
+        with Store(db) as store:
+            frame = store.experiments()
+        running = frame[frame["status"] == "running"] if not frame.empty else frame
+        lines.append(f"experiments running in {db}: {len(running)}")
+        for row in running.to_dict("records"):
+            done = int(row["succeeded"]) + int(row["failed"])
+            lines.append(f"  {row['id']} {row['name']}: {done}/{row['instances']} instances done")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
