@@ -57,6 +57,11 @@ def score(gpu: GPU) -> float:
     return 0.6 * free_fraction + 0.4 * (1.0 - utilization)
 
 
+def _rank(gpu: GPU) -> tuple[float, int]:
+    """Best score first; the lower index breaks ties, so choices are reproducible."""
+    return -score(gpu), gpu.index
+
+
 def _has_memory(gpu: GPU, min_memory_mb: int) -> bool:
     if min_memory_mb <= 0:
         return True
@@ -267,6 +272,8 @@ class GPUPool:
         self._active: dict[int, GPUAllocation] = {}
         self._holder: dict[str, GPUAllocation] = {}  # uuid -> allocation holding it
         self._last_devices: tuple[GPU, ...] = ()
+        self._ranked_from: Sequence[GPU] | None = None
+        self._ranked: list[GPU] = []
         self._poller: asyncio.Task[None] | None = None
         self._granted = 0
         self._wait_total = 0.0
@@ -407,7 +414,11 @@ class GPUPool:
                 return self._grant(chosen, owner, wait_s=0.0)
         if max_wait == 0:
             self._timeouts += 1
-            raise GPUTimeout(f"no {gpus} GPU(s) free now and timeout=0 allows no waiting")
+            raise GPUTimeout(
+                f"gpus={gpus} with min_memory_mb={min_memory_mb} cannot be served now "
+                f"({len(self._holder)} GPUs held, {len(self._active)} allocations, "
+                f"{len(self._waiters)} queued) and timeout=0 allows no waiting"
+            )
         waiter = _Waiter(
             gpus=gpus,
             min_memory_mb=min_memory_mb,
@@ -474,20 +485,27 @@ class GPUPool:
     def _choose(
         self, devices: Sequence[GPU], gpus: int, min_memory_mb: int
     ) -> tuple[GPU, ...] | None:
+        """The ``gpus`` best free devices with enough memory, or ``None`` if too few."""
+        if devices is not self._ranked_from:
+            # An inventory that has not changed returns the same tuple: rank it once.
+            self._ranked = sorted(devices, key=_rank)
+            self._ranked_from = devices
         holder = self._holder
-        fitting = [g for g in devices if g.uuid not in holder and _has_memory(g, min_memory_mb)]
-        if len(fitting) < gpus:
-            return None
-        fitting.sort(key=lambda g: (-score(g), g.index))
-        return tuple(fitting[:gpus])
+        chosen = []
+        for gpu in self._ranked:
+            if gpu.uuid not in holder and _has_memory(gpu, min_memory_mb):
+                chosen.append(gpu)
+                if len(chosen) == gpus:
+                    return tuple(chosen)
+        return None
 
     def _grant(
         self, chosen: tuple[GPU, ...], owner: Hashable | None, wait_s: float
     ) -> GPUAllocation:
         allocation = GPUAllocation(
             id=next(_allocation_ids),
-            indices=tuple(g.index for g in chosen),
-            uuids=tuple(g.uuid for g in chosen),
+            indices=tuple([g.index for g in chosen]),
+            uuids=tuple([g.uuid for g in chosen]),
             owner=owner,
             devices=chosen,
             wait_s=wait_s,
