@@ -354,7 +354,7 @@ def _average_traces(
                 y=lower[keep],
                 mode="lines",
                 line={"width": 0},
-                name=f"average ({band})",
+                name=f"band ({band}) lower",
                 legendgroup="average-band",
                 showlegend=False,
                 hoverinfo="skip",

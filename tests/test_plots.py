@@ -105,7 +105,7 @@ def test_band_filled_around_the_average(band, lower, upper) -> None:  # type: ig
     fig = timeline_figure(timelines, metrics="cpu", averaged=averaged, band=band)
 
     names = [t.name for t in fig.data]
-    low_at = names.index(f"average ({band})")
+    low_at = names.index(f"band ({band}) lower")
     high = fig.data[low_at + 1]
     assert high.fill == "tonexty"  # fills down to the lower edge drawn just before it
     np.testing.assert_allclose(fig.data[low_at].y, lower(averaged))

@@ -1,0 +1,19 @@
+"""Jupyter widgets: views over labkit's events and ``stats()`` snapshots.
+
+- :class:`InstanceSlider`: how many parallel instances ("Nx", results averaged).
+- :class:`ExperimentPanel`: choose and configure an experiment, Start and Stop it,
+  watch one progress bar per instance, a live chart and the averaged summary.
+- :class:`PoolMonitor`: live GPU, sandbox-pool and runner tables.
+- :class:`LiveTimeline`: the live chart alone, as an ``on_event`` callback.
+
+Needs the ``jupyter`` extra (ipywidgets, anywidget, plotly).
+"""
+
+from __future__ import annotations
+
+from labkit.widgets.live import LiveTimeline
+from labkit.widgets.monitor import PoolMonitor
+from labkit.widgets.panel import ExperimentPanel
+from labkit.widgets.slider import InstanceSlider
+
+__all__ = ("ExperimentPanel", "InstanceSlider", "LiveTimeline", "PoolMonitor")

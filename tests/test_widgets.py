@@ -1,0 +1,373 @@
+"""Widget logic without a browser: slider, live chart, pool monitor, experiment panel."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from labkit.errors import ConfigError
+from labkit.events import TaskEvent
+from labkit.experiment import Experiment, InstanceContext, InstanceEvent
+from labkit.gpu import GPU, GPUPool, StaticInventory, static_fleet
+from labkit.results import ExperimentResult
+from labkit.testing import FakeClock
+from labkit.widgets import ExperimentPanel, InstanceSlider, LiveTimeline, PoolMonitor
+
+# -- InstanceSlider --------------------------------------------------------------------
+
+
+def test_slider_shows_multiplier_and_note_above_one() -> None:
+    slider = InstanceSlider(max=5)
+
+    assert slider.slider.description == "Parallel instances"
+    assert (slider.slider.min, slider.slider.max, slider.value) == (1, 5, 1)
+    assert slider.badge.value == "" and slider.note.value == ""
+
+    slider.value = 4
+    assert "4x" in slider.badge.value
+    assert "averaged" in slider.note.value
+
+    slider.slider.value = 1  # as the browser would set it
+    assert slider.badge.value == "" and slider.note.value == ""
+
+
+def test_slider_rejects_bad_bounds() -> None:
+    with pytest.raises(ConfigError, match="max"):
+        InstanceSlider(max=0)
+    with pytest.raises(ConfigError, match="value"):
+        InstanceSlider(max=3, value=4)
+
+
+# -- LiveTimeline ----------------------------------------------------------------------
+
+
+def _sample(instance: int, offset: float, **metrics: float) -> InstanceEvent:
+    return InstanceEvent("sample", instance, offset, offset, metrics=metrics)
+
+
+def _by_name(chart: LiveTimeline, name: str) -> list[object]:
+    return [trace for trace in chart.figure.data if trace.name == name]
+
+
+@pytest.mark.asyncio
+async def test_live_chart_batches_and_throttles_updates() -> None:
+    chart = LiveTimeline(updates_per_s=2.0)
+    for step in range(300):
+        for instance in range(3):
+            chart.handle(_sample(instance, step * 0.01, cpu=float(instance + step)))
+            chart.handle(TaskEvent("started", instance, 0.0))  # ignored cheaply
+
+    assert chart.flushes == 0  # nothing drawn while the loop was busy recording
+    await asyncio.sleep(0.05)
+    assert chart.flushes == 1  # 900 samples, one redraw
+    assert chart.metrics == ("cpu",)
+    assert [len(trace.x) for trace in _by_name(chart, "instance 1")] == [300]
+
+    chart.handle(_sample(0, 3.0, cpu=1.0))
+    chart.handle(_sample(0, 3.01, cpu=1.0))
+    await asyncio.sleep(0.05)
+    assert chart.flushes == 1  # the next redraw waits out the 0.5 s interval
+    await asyncio.sleep(0.6)
+    assert chart.flushes == 2
+    assert len(_by_name(chart, "instance 0")[0].x) == 302
+    chart.close()
+
+
+@pytest.mark.asyncio
+async def test_live_chart_average_band_and_failed_instance() -> None:
+    chart = LiveTimeline(metrics=["cpu", "memory"], band="minmax")
+    for step in range(5):
+        chart.handle(_sample(0, float(step), cpu=10.0, memory=1.0))
+        chart.handle(_sample(1, float(step), cpu=20.0, memory=3.0))
+    chart.handle(_sample(1, 0.5, gpu=1.0))  # not one of the chosen metrics: ignored
+    chart.flush()
+
+    assert chart.metrics == ("cpu", "memory")
+    averages = _by_name(chart, "average")
+    np.testing.assert_allclose(averages[0].y, 15.0)
+    np.testing.assert_allclose(averages[1].y, 2.0)
+    upper = _by_name(chart, "band (minmax)")[0]
+    np.testing.assert_allclose(upper.y, 20.0)
+    # Average and band are drawn after (on top of) the instances.
+    names = [trace.name for trace in chart.figure.data]
+    assert names.index("average") > max(i for i, n in enumerate(names) if n.startswith("instance"))
+
+    chart.handle(InstanceEvent("failed", 1, 5.0, 5.0, message="RuntimeError: boom"))
+    chart.flush()
+    failed = _by_name(chart, "instance 1 (failed)")
+    assert len(failed) == 2 and failed[0].line.dash == "dot"
+    chart.close()
+
+
+def test_live_chart_decimates_long_instances() -> None:
+    chart = LiveTimeline(max_points=100)
+    rng = np.random.default_rng(3)
+    values = rng.random(5000)
+    values[4321] = 7.0
+    for i, value in enumerate(values):
+        chart._pending.append((0, i * 0.001, {"cpu": float(value)}))
+    chart.flush()  # no loop running: draws at once
+
+    trace = _by_name(chart, "instance 0")[0]
+    assert len(trace.x) <= 100
+    assert max(trace.y) == 7.0
+    chart.close()
+
+
+def test_live_chart_options_checked() -> None:
+    with pytest.raises(ConfigError, match="updates_per_s"):
+        LiveTimeline(updates_per_s=0)
+    with pytest.raises(ConfigError, match="band"):
+        LiveTimeline(band="iqr")  # type: ignore[arg-type]
+
+
+# -- PoolMonitor -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _SandboxStats:
+    pool_size: int = 2
+    active: int = 1
+    idle: int = 1
+    total_created: int = 2
+    total_reused: int = 5
+    hits: int = 5
+    misses: int = 2
+    avg_startup_ms: float = 41.0
+    reuse_rate: float = 5 / 7
+
+
+@dataclass(frozen=True, slots=True)
+class _RunnerStats:
+    queued: int = 3
+    running: int = 2
+    done: int = 10
+    failed: int = 1
+    retries: int = 4
+    throughput: float = 12.5
+    peak_concurrency: int = 2
+    elapsed: float = 1.0
+
+
+class _Source:
+    """Anything with ``stats()``; counts reads and can fail."""
+
+    def __init__(self, snapshot: object) -> None:
+        self.snapshot = snapshot
+        self.reads = 0
+        self.error: Exception | None = None
+
+    def stats(self) -> object:
+        self.reads += 1
+        if self.error is not None:
+            raise self.error
+        return self.snapshot
+
+
+def test_monitor_renders_gpus_sandboxes_and_runner() -> None:
+    inventory = StaticInventory(
+        [
+            GPU(0, "GPU-a", "H100", memory_total_mb=80000, memory_free_mb=60000, utilization=0.5),
+            GPU(1, "MIG-b", "H100 MIG 1g.10gb", memory_total_mb=None, utilization=None),
+        ]
+    )
+    monitor = PoolMonitor(
+        gpu_pool=GPUPool(inventory),
+        sandbox_pool=_Source(_SandboxStats()),
+        runner=_Source(_RunnerStats()),
+    )
+
+    assert not monitor.running  # no loop: refreshed once, by hand from now on
+    gpus = monitor.gpus.value
+    assert "H100" in gpus and "20,000 / 80,000 MB" in gpus and "50%" in gpus
+    assert gpus.count("N/A") == 2  # the MIG row knows neither memory nor utilisation
+    assert "free" in gpus
+    sandboxes = monitor.sandboxes.value
+    assert all(s in sandboxes for s in (">2<", ">5<", "71%", "41 ms"))
+    assert "12.5/s" in monitor.runner_stats.value and ">10<" in monitor.runner_stats.value
+    monitor.close()
+
+
+def test_monitor_shows_na_without_nvml_and_without_pools() -> None:
+    monitor = PoolMonitor(gpu_pool=GPUPool(StaticInventory([])))
+    assert "N/A" in monitor.gpus.value and "no GPU found" in monitor.gpus.value
+    assert "N/A" in monitor.sandboxes.value and "N/A" in monitor.runner_stats.value
+    monitor.close()
+
+
+def test_monitor_degrades_when_stats_fail_and_skips_unchanged() -> None:
+    runner = _Source(_RunnerStats())
+    monitor = PoolMonitor(runner=runner)
+    monitor.runner_stats.value = "sentinel"
+    monitor.refresh()
+    assert monitor.runner_stats.value == "sentinel"  # same snapshot: no redraw
+
+    runner.error = RuntimeError("gone")
+    monitor.refresh()  # must not raise
+    assert "N/A" in monitor.runner_stats.value
+    runner.error = None
+    monitor.refresh()
+    assert "12.5/s" in monitor.runner_stats.value
+    monitor.close()
+
+
+@pytest.mark.asyncio
+async def test_monitor_refreshes_on_the_loop_and_stops() -> None:
+    clock = FakeClock()
+    pool = GPUPool(static_fleet(2))
+    monitor = PoolMonitor(gpu_pool=pool, interval=0.5, clock=clock)
+    assert monitor.running
+    await asyncio.sleep(0)
+
+    allocation = await pool.acquire(gpus=1, owner="trainer-7")
+    clock.advance(0.5)
+    await asyncio.sleep(0)
+    assert "trainer-7" in monitor.gpus.value  # the refresh task saw the new owner
+    refreshes = monitor.refreshes
+
+    monitor.stop()
+    await asyncio.sleep(0)
+    assert not monitor.running
+    pool.release(allocation)
+    clock.advance(5.0)
+    await asyncio.sleep(0)
+    assert monitor.refreshes == refreshes
+    assert "trainer-7" in monitor.gpus.value
+
+    monitor.start()
+    assert monitor.running
+    monitor.close()  # closing stops it too
+    await asyncio.sleep(0)
+    assert not monitor.running
+    assert clock.pending == 0
+
+
+# -- ExperimentPanel -------------------------------------------------------------------
+
+
+async def _steady(ctx: InstanceContext) -> dict[str, float]:
+    for step in range(10):
+        ctx.record(loss=1.0 / (step + 1) + ctx.index, step=float(step))
+        await ctx.sleep(0.1)
+    return {"final": float(ctx.index)}
+
+
+async def _forever(ctx: InstanceContext) -> None:
+    ctx.record(loss=1.0)
+    await asyncio.Event().wait()
+
+
+async def _until_started(panel: ExperimentPanel, count: int) -> None:
+    for _ in range(500):
+        if sum(row.status.value == "running" for row in panel._rows.values()) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("instances never started")
+
+
+@pytest.mark.asyncio
+async def test_panel_start_runs_on_the_loop_and_shows_results() -> None:
+    clock = FakeClock(autojump=True)
+    panel = ExperimentPanel(
+        {"steady": Experiment("steady", _steady), "forever": Experiment("forever", _forever)},
+        duration=1.0,
+        clock=clock,
+    )
+    assert panel.experiment.options == ("steady", "forever")
+    assert panel.gpus.disabled  # no GPU pool
+    panel.instances.value = 3
+
+    task = panel.start()
+    assert panel.running and panel.start_button.disabled and not panel.stop_button.disabled
+    assert len(panel.progress.children) == 3
+    result = await task
+
+    assert isinstance(result, ExperimentResult) and panel.result is result
+    assert len(result.instances) == 3
+    assert all(
+        row.bar.value == 1.0 and row.bar.bar_style == "success" for row in panel._rows.values()
+    )
+    assert "3 of 3" in panel.message.value
+    assert "num_instances" in panel.summary.value and "loss_peak" in panel.summary.value
+    assert not panel.start_button.disabled and panel.stop_button.disabled
+    names = [trace.name for trace in panel.chart.figure.data]
+    assert {"instance 0", "instance 1", "instance 2", "average"} <= set(names)
+    average = next(t for t in panel.chart.figure.data if t.name == "average")
+    np.testing.assert_allclose(
+        average.y[: len(result.averaged)], result.averaged["loss"].to_numpy()[: len(average.y)]
+    )
+    panel.close()
+
+
+@pytest.mark.asyncio
+async def test_panel_stop_cancels_and_gives_gpus_back() -> None:
+    pool = GPUPool(static_fleet(2))
+    panel = ExperimentPanel(Experiment("forever", _forever), gpu_pool=pool, duration=2.0)
+    assert not panel.gpus.disabled and panel.gpus.max == 2
+    panel.instances.value = 2
+    panel.gpus.value = 1
+
+    task = panel.start()
+    await _until_started(panel, 2)
+    assert pool.stats().gpus_allocated == 2
+    other = asyncio.ensure_future(asyncio.sleep(0, result="kernel still responsive"))
+    assert await other == "kernel still responsive"
+
+    panel.stop_button.click()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pool.stats().gpus_allocated == 0
+    assert "Stopped" in panel.message.value
+    assert {row.status.value for row in panel._rows.values()} == {"stopped"}
+    assert not panel.running and not panel.start_button.disabled
+    panel.close()
+
+
+@pytest.mark.asyncio
+async def test_panel_shows_errors_and_failed_instances() -> None:
+    async def broken(experiment: Experiment, **options: object) -> ExperimentResult:
+        raise ConfigError("instances", 0, "an integer >= 1")
+
+    panel = ExperimentPanel(Experiment("steady", _steady), run=broken)
+    assert await panel.start() is None
+    assert "ConfigError" in panel.message.value and "instances=0" in panel.message.value
+
+    async def flaky(ctx: InstanceContext) -> None:
+        ctx.record(loss=1.0)
+        if ctx.index == 1:
+            raise RuntimeError("instance one broke")
+
+    panel = ExperimentPanel(Experiment("flaky", flaky), clock=FakeClock(autojump=True))
+    panel.instances.value = 2
+    result = await panel.start()
+    assert result is not None and not result.ok
+    assert panel._rows[1].bar.bar_style == "danger"
+    assert "instance one broke" in panel._rows[1].status.value
+    assert "1 of 2" in panel.message.value and "instance one broke" in panel.summary.value
+    panel.close()
+
+
+def test_panel_intensity_control_follows_the_experiment() -> None:
+    from labkit.scenarios import SCENARIOS
+
+    panel = ExperimentPanel(SCENARIOS)
+    assert "cpu_stress" in panel.experiment.options
+    assert panel.intensity.layout.display == ""
+    panel.intensity.value = "high"
+    assert panel._chosen().params["intensity"] == "high"
+    panel.close()
+
+    plain = ExperimentPanel(Experiment("steady", _steady))
+    assert plain.intensity.layout.display == "none"
+    assert plain.experiment.layout.display == "none"  # one experiment: no chooser
+    plain.close()
+    with pytest.raises(ConfigError, match="experiments"):
+        ExperimentPanel({})
+
+
+def test_monitor_interval_checked() -> None:
+    with pytest.raises(ConfigError, match="interval"):
+        PoolMonitor(interval=0)
