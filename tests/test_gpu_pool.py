@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import random
 
 import pandas as pd
@@ -515,3 +516,39 @@ async def test_stats_survive_an_unreadable_inventory() -> None:
     assert len(stats.gpus) == 2 and stats.gpus[0].owner == "x"
     pool.release(alloc)  # serving the (empty) queue must not raise either
     assert pool.stats().gpus_allocated == 0
+
+
+# --- real clock, several event loops ---------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_timeout_on_the_real_clock() -> None:
+    pool = GPUPool(static_fleet(1))
+    async with pool.acquire():
+        with pytest.raises(GPUTimeout):
+            await pool.acquire(timeout=0.01)
+    assert pool.stats().timeouts == 1 and pool.stats().queue_length == 0
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_pool_outlives_an_event_loop_closed_with_a_waiter() -> None:
+    pool = GPUPool(static_fleet(1))
+
+    async def take() -> GPUAllocation:
+        return await pool.acquire()
+
+    held = asyncio.run(take())
+    loop = asyncio.new_event_loop()
+    abandoned = loop.create_task(take())
+    for _ in range(5):
+        loop.run_until_complete(asyncio.sleep(0))
+    assert pool.stats().queue_length == 1
+    loop.close()  # torn down without cancelling the waiter
+    pool.release(held)
+    assert pool.stats().queue_length == 0
+    again = asyncio.run(take())  # a fresh loop is served, not stuck behind the dead waiter
+    assert again.indices == (0,)
+    assert not abandoned.done()
+    del abandoned
+    gc.collect()  # closes the dead waiter's coroutine: its cleanup must not raise
+    assert pool.stats().active == 1

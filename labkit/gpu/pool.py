@@ -408,7 +408,7 @@ class GPUPool:
         if gpus:
             devices = self._read()
             self._check_possible(devices, gpus, min_memory_mb)
-        if not self._waiters and self._has_room():
+        if not self._prune_head() and self._has_room():
             chosen = self._choose(devices, gpus, min_memory_mb) if gpus else ()
             if chosen is not None:
                 return self._grant(chosen, owner, wait_s=0.0)
@@ -445,17 +445,19 @@ class GPUPool:
             raise
 
     def _abandon(self, waiter: _Waiter) -> None:
-        """Clean up after a waiter that stops waiting (timeout, cancellation)."""
+        """Clean up after a waiter that stops waiting (timeout, cancellation, loop gone)."""
         future = waiter.future
         if future.done() and not future.cancelled():
             # Granted in the same instant as the waiter gave up: hand it back.
             self.release(future.result())
             return
-        future.cancel()
         try:
             self._waiters.remove(waiter)
         except ValueError:
             return
+        if future.get_loop().is_closed():
+            return  # its loop is gone (the coroutine is being closed): nothing to wake there
+        future.cancel()
         # The leaver may have blocked the head of the queue.
         self._dispatch()
 
@@ -522,11 +524,8 @@ class GPUPool:
         """Serve waiters from the head of the queue until one does not fit."""
         devices: tuple[GPU, ...] | None = None
         waiters = self._waiters
-        while waiters and self._has_room():
+        while self._prune_head() and self._has_room():
             waiter = waiters[0]
-            if waiter.future.done():
-                waiters.popleft()
-                continue
             chosen: tuple[GPU, ...] = ()
             if waiter.gpus:
                 if devices is None:
@@ -545,8 +544,20 @@ class GPUPool:
                 self._grant(chosen, waiter.owner, wait_s=self._clock.now() - waiter.since)
             )
         if not waiters and self._poller is not None:
-            self._poller.cancel()
-            self._poller = None
+            poller, self._poller = self._poller, None
+            if not poller.get_loop().is_closed():
+                poller.cancel()
+
+    def _prune_head(self) -> bool:
+        """Drop finished waiters from the head; whether anyone still waits.
+
+        A waiter whose event loop was closed under it (a notebook's loop torn down
+        mid-wait) would otherwise block the head of the queue for ever.
+        """
+        waiters = self._waiters
+        while waiters and (waiters[0].future.done() or waiters[0].future.get_loop().is_closed()):
+            waiters.popleft()
+        return bool(waiters)
 
     def _start_polling(self) -> None:
         if self._poller is None or self._poller.done():
