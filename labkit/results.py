@@ -203,10 +203,13 @@ class ExperimentResult:
         """
         ordered = tuple(sorted(instances, key=lambda instance: instance.index))
         succeeded = [instance for instance in ordered if instance.ok]
-        if succeeded:
-            metrics = {
-                column for instance in succeeded for column in instance.timeline if column != "t"
-            }
+        metrics = {
+            column
+            for instance in succeeded
+            for column in instance.timeline
+            if column != "t" and instance.timeline[column].notna().any()
+        }
+        if metrics:
             averaged = timeline.average_timelines(
                 [instance.timeline for instance in succeeded],
                 round_to_int=tuple(m for m in ROUND_TO_INT if m in metrics),
@@ -235,7 +238,7 @@ class ExperimentResult:
             instances=ordered,
             averaged=averaged,
             summary=summary,
-            outliers=_outliers(succeeded),
+            outliers=_outliers(succeeded, timelines=bool(metrics)),
             config=dict(config),
             experiment_id=experiment_id,
         )
@@ -299,13 +302,13 @@ class ExperimentResult:
         return cls.from_dict(json.loads(text))
 
 
-def _outliers(succeeded: Sequence[InstanceResult]) -> dict[str, list[int]]:
-    """Instances that stand apart, by summary figure and by timeline shape."""
+def _outliers(succeeded: Sequence[InstanceResult], *, timelines: bool) -> dict[str, list[int]]:
+    """Instances that stand apart, by summary figure and (with metrics) by timeline shape."""
     found: dict[str, list[int]] = {}
-    for data in (
-        [instance.summary for instance in succeeded],
-        [instance.timeline for instance in succeeded],
-    ):
+    kinds: list[list[Any]] = [[instance.summary for instance in succeeded]]
+    if timelines:
+        kinds.append([instance.timeline for instance in succeeded])
+    for data in kinds:
         for outlier in timeline.detect_outliers(data):
             # detect_outliers speaks in positions among the instances it was given.
             indices = found.setdefault(outlier.metric, [])
