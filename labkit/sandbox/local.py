@@ -186,7 +186,7 @@ class LocalSandbox:
         try:
             if not root.is_dir():
                 root.mkdir(mode=0o700)
-            elif any(os.scandir(root)):
+            elif _has_entries(root):
                 await asyncio.to_thread(_empty_dir, root)
         except OSError as exc:
             raise SandboxError(f"cannot clean {self._id}'s directory {root}: {exc}") from exc
@@ -466,8 +466,15 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path)
 
 
+def _has_entries(root: Path) -> bool:
+    with os.scandir(root) as entries:
+        return next(entries, None) is not None
+
+
 def _empty_dir(root: Path) -> None:
-    for entry in os.scandir(root):
+    with os.scandir(root) as scan:
+        entries = list(scan)
+    for entry in entries:
         if entry.is_dir(follow_symlinks=False):
             _remove_tree(Path(entry.path))
         else:
