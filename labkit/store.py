@@ -45,6 +45,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -787,7 +788,8 @@ class _Writer:
     def add(self, row: Row) -> None:
         # deque.append is atomic: no lock on the hot path.
         self.samples.append(row)
-        if len(self.samples) >= self._batch_rows:
+        # is_set() takes no lock; set() does, so call it once per batch, not per sample.
+        if len(self.samples) >= self._batch_rows and not self._wake.is_set():
             self._wake.set()
 
     def submit(
@@ -935,13 +937,12 @@ def _result(future: concurrent.futures.Future[T]) -> T:
 
 def _columns(rows: Sequence[Row]) -> dict[str, list[Any]]:
     """Samples as columns: ``{"t": [...], metric: [...]}``, ``None`` where missing."""
-    names: dict[str, None] = {}
-    for row in rows:
-        names.update(dict.fromkeys(row[3]))
+    metrics = [row[3] for row in rows]
+    names = dict.fromkeys(itertools.chain.from_iterable(metrics))
     names.pop("t", None)
     columns: dict[str, list[Any]] = {"t": [row[2] for row in rows]}
     for name in names:
-        columns[name] = [row[3].get(name) for row in rows]
+        columns[name] = [values.get(name) for values in metrics]
     return columns
 
 
