@@ -1,0 +1,129 @@
+"""The ``labkit`` command line: exit codes, files, messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from labkit.cli import load_target, main, parse_params
+from labkit.experiment import Experiment
+from labkit.store import Store
+
+WORKLOAD = textwrap.dedent(
+    """
+    import asyncio
+
+    async def work(ctx):
+        for step in range(3):
+            ctx.record(value=float(step + ctx.index))
+            await asyncio.sleep(0.05)
+        if ctx.index == ctx.params.get("fail"):
+            raise RuntimeError("instance asked to fail")
+        return {"scale": ctx.params.get("scale", 1)}
+    """
+)
+
+
+def labkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "labkit.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+def test_demo_prints_the_summary_writes_the_report_and_records_the_run(tmp_path: Path) -> None:
+    done = labkit(
+        "demo", "--duration", "2", "--report", "demo.html", "--db", "lab.db", cwd=tmp_path
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "error_burst: 3 instances" in done.stdout
+    assert "num_instances" in done.stdout and "recovery_times" in done.stdout
+    assert (tmp_path / "demo.html").stat().st_size > 1_000_000
+    with Store(tmp_path / "lab.db") as store:
+        frame = store.experiments()
+    assert list(frame["name"]) == ["error_burst"]
+    assert list(frame["succeeded"]) == [3]
+
+
+def test_run_exits_1_when_an_instance_fails_and_still_writes_everything(tmp_path: Path) -> None:
+    (tmp_path / "workload.py").write_text(WORKLOAD)
+    done = labkit(
+        "run", "workload:work", "-n", "3", "--duration", "1", "--param", "fail=1",
+        "--param", "scale=2.5", "--report", "out.html", "--db", "lab.db", "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 1, done.stderr
+    result = json.loads(done.stdout)  # --json: stdout is the result, nothing else
+    assert result["summary"]["num_failed"] == 1
+    assert result["summary"]["errors"] == {"1": "RuntimeError: instance asked to fail"}
+    assert result["summary"]["scale"] == 2.5
+    assert result["params"] == {"fail": 1, "scale": 2.5}
+    assert (tmp_path / "out.html").exists()
+
+    assert main(["history", "--db", str(tmp_path / "lab.db")]) == 0
+
+
+def test_bad_usage_exits_2_and_says_what_to_fix(tmp_path: Path) -> None:
+    done = labkit("run", "no_such_module:fn", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "cannot import module 'no_such_module'" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "workload:work", "-n", "0"], "1 to 1024"),
+        (["run", "workload:work", "--duration", "-3"], "seconds > 0"),
+        (["run", "workload:work", "--param", "novalue"], "KEY=VALUE"),
+        (["run", "workload"], "MODULE:FUNCTION"),
+        (["run", "workload:missing"], "no attribute 'missing'"),
+        (["run", "workload:work", "--report", "no/such/dir/r.html"], "does not exist"),
+        (["run", "labkit.scenarios:cpu_stress", "--sandbox", "none"], "--sandbox local"),
+        (["demo", "--scenario", "nope"], "invalid choice"),
+        ([], "usage"),
+    ],
+)
+def test_each_usage_error_exits_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "workload.py").write_text(WORKLOAD)
+    sys.path.insert(0, str(tmp_path))
+    sys.modules.pop("workload", None)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            raise SystemExit(main(argv))
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("workload", None)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_targets_resolve_to_experiments() -> None:
+    assert load_target("labkit.scenarios:cpu_stress").name == "cpu_stress"  # a factory
+    experiment = load_target("labkit.scenarios:recovery_time")  # treated as fn(ctx, ...)
+    assert isinstance(experiment, Experiment) and experiment.name == "recovery_time"
+    assert parse_params(["a=1", "b=x", "c=[1, 2]", "d="]) == {
+        "a": 1,
+        "b": "x",
+        "c": [1, 2],
+        "d": "",
+    }
+
+
+def test_history_and_monitor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["history", "--db", str(tmp_path / "none.db")]) == 0
+    assert "no experiments recorded yet" in capsys.readouterr().err
+    assert main(["monitor", "--db", str(tmp_path / "none.db")]) == 0
+    out = capsys.readouterr().out
+    assert "machine: cpu" in out and "GPU" in out
