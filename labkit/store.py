@@ -280,15 +280,15 @@ class Store:
         self._reader = self._connect()
         try:
             self._migrate(self._reader)
+            self._writer = _Writer(
+                self._connect,
+                batch_rows=batch_rows,
+                flush_interval=flush_interval,
+                checkpoint_interval=checkpoint_interval,
+            )
         except BaseException:
             self._reader.close()
             raise
-        self._writer = _Writer(
-            self._connect,
-            batch_rows=batch_rows,
-            flush_interval=flush_interval,
-            checkpoint_interval=checkpoint_interval,
-        )
         # Close the writer and reader even if the store is dropped without close().
         self._finalizer = weakref.finalize(self, _shutdown, self._writer, self._reader)
 

@@ -90,6 +90,7 @@ def kill_after_commits(tmp_path: Path, run: str, commits: int) -> None:
     assert child.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_sigkill_loses_no_finished_instance_and_resume_reruns_only_the_rest(
     tmp_path: Path,
 ) -> None:
