@@ -193,6 +193,30 @@ def test_deferred_transactions_would_fail_where_immediate_ones_wait(tmp_path: Pa
         reader.close()
 
 
+@pytest.mark.asyncio
+async def test_every_write_transaction_begins_immediate(tmp_path: Path) -> None:
+    statements: list[str] = []
+    with Store(tmp_path / "labkit.db") as store:
+        store._writer._conn.set_trace_callback(statements.append)
+        experiment_id = begin(store, resume=True)
+        store.sample(experiment_id, 0, 0.0, {"cpu": 1.0})
+        store.flush()
+        await store.finish_instance(experiment_id, instance(0))
+        begin(store, resume=True)
+        store.delete(experiment_id)
+    heads = [s.split()[0].upper() for s in statements]
+    assert heads.count("INSERT") >= 3 and "UPDATE" in heads and "DELETE" in heads
+    inside = False
+    for statement, head in zip(statements, heads, strict=True):
+        if head == "BEGIN":
+            assert statement.upper() == "BEGIN IMMEDIATE"
+            inside = True
+        elif head in ("COMMIT", "ROLLBACK"):
+            inside = False
+        elif head in ("INSERT", "UPDATE", "DELETE", "SELECT"):
+            assert inside, f"{statement!r} ran outside a BEGIN IMMEDIATE transaction"
+
+
 # -- samples -------------------------------------------------------------------------
 
 
