@@ -189,8 +189,9 @@ def timeline_figure(
         show_instances: Draw the per-instance lines (the average is always drawn).
         averaged: The averaged timeline when ``result`` is a list of timelines;
             overrides ``result.averaged`` otherwise.
-        outliers: Instances to highlight, as ``{metric: [indices]}`` (the form of
-            ``ExperimentResult.outliers``, its default) or plain indices.
+        outliers: Instances to highlight: ``{metric: [indices]}`` (the form of
+            ``ExperimentResult.outliers``, the default), the records
+            ``timeline.detect_outliers`` returns, or plain indices.
         title: The figure title; default: the experiment's name.
         max_points: The most points drawn per trace.
 
@@ -271,7 +272,7 @@ def _read_result(
 
 
 def _outlier_metrics(outliers: Any) -> dict[int, tuple[str, ...]]:
-    """Instance index -> the metrics it is an outlier in (``()`` for plain indices)."""
+    """Instance index -> the metrics it is an outlier in (``()`` when not said)."""
     if outliers is None:
         return {}
     if isinstance(outliers, Mapping):
@@ -280,7 +281,14 @@ def _outlier_metrics(outliers: Any) -> dict[int, tuple[str, ...]]:
             for index in indices:
                 found[int(index)] = (*found.get(int(index), ()), str(metric))
         return found
-    return {int(index): () for index in outliers}
+    found = {}
+    for item in outliers:
+        if hasattr(item, "instance"):  # timeline.Outlier records, straight from detect_outliers
+            index = int(item.instance)
+            found[index] = (*found.get(index, ()), str(item.metric))
+        else:
+            found.setdefault(int(item), ())
+    return found
 
 
 def _error_text(error: Any) -> str:

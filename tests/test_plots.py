@@ -193,3 +193,16 @@ def test_million_sample_result_renders_bounded() -> None:
     peak = _traces(fig, "instance 1")[0]
     assert max(peak.y) == 9.0
     assert 654.321 in np.round(np.asarray(peak.x), 6)
+
+
+def test_outlier_records_from_detect_outliers_are_highlighted() -> None:
+    from labkit.timeline import detect_outliers
+
+    timelines = _timelines(count=5)
+    timelines[4]["cpu"] += 500.0
+    averaged = _average(timelines)
+    found = detect_outliers(timelines, metrics=["cpu"])
+
+    fig = timeline_figure(timelines, averaged=averaged, metrics="cpu", outliers=found)
+
+    assert [t.name for t in fig.data if "outlier" in t.name] == ["instance 4 (outlier: cpu)"]
