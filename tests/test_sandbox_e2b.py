@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+import sys
 from typing import Any, ClassVar
 
 import e2b
@@ -17,7 +18,13 @@ import httpx
 import pytest
 import respx
 
-from labkit.errors import SandboxAuthError, SandboxClosed, SandboxError, SandboxRateLimited
+from labkit.errors import (
+    MissingDependency,
+    SandboxAuthError,
+    SandboxClosed,
+    SandboxError,
+    SandboxRateLimited,
+)
 from labkit.policies import Retry
 from labkit.runner import run_parallel
 from labkit.sandbox import CommandResult, E2BSandbox, ResourceSample, Sandbox, SandboxPool
@@ -415,3 +422,10 @@ async def test_pooled_e2b_sandboxes_are_reset_and_killed(
         (vm,) = fake_sdk.created
         assert len(vm.timeouts) == 3  # each reset renewed the lifetime
     assert vm.killed == 1
+
+
+async def test_without_the_sdk_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "e2b", None)  # makes `import e2b` fail
+    sb = E2BSandbox(api_key=KEY)
+    with pytest.raises(MissingDependency, match=r"labkit\[e2b\]"):
+        await sb.start()

@@ -25,6 +25,15 @@ def alive(pid: int) -> bool:
         return False
 
 
+async def dies(pid: int) -> bool:
+    """Whether ``pid`` is gone within a second: SIGKILL takes effect asynchronously."""
+    for _ in range(100):
+        if not alive(pid):
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
 async def wait_for_file(sb: LocalSandbox, name: str) -> str:
     """Poll until a background command has written ``name`` (a pid, usually)."""
     for _ in range(200):
@@ -99,11 +108,7 @@ async def test_timeout_kills_the_whole_tree_and_reports_it() -> None:
         assert result.timed_out and result.exit_code == 124 and not result.ok
         assert result.stdout == "started\n"  # what it wrote before the kill is kept
         pid = int((await sb.read_file("grandchild.pid")).decode())
-        for _ in range(100):
-            if not alive(pid):
-                break
-            await asyncio.sleep(0.01)
-        assert not alive(pid)
+        assert await dies(pid)
 
 
 async def test_background_processes_do_not_hold_the_result_and_die_at_close() -> None:
@@ -118,7 +123,7 @@ async def test_background_processes_do_not_hold_the_result_and_die_at_close() ->
     assert path is not None
     await sb.close()
     assert not path.exists()
-    assert not alive(pid)
+    assert await dies(pid)
     assert not sb.healthy
     with pytest.raises(SandboxClosed):
         await sb.run("true")
@@ -134,7 +139,7 @@ async def test_close_finds_daemons_that_left_the_session() -> None:
     await sb.run("true")
     assert alive(pid)
     await sb.close()
-    assert not alive(pid)
+    assert await dies(pid)
 
 
 async def test_reset_kills_processes_and_empties_the_directory() -> None:
@@ -144,7 +149,7 @@ async def test_reset_kills_processes_and_empties_the_directory() -> None:
         pid = int(await wait_for_file(sb, "bg.pid"))
         await sb.reset()
         assert sb.path is not None and list(sb.path.iterdir()) == []
-        assert not alive(pid)
+        assert await dies(pid)
         assert sb.healthy
         assert (await sb.run("echo again")).stdout == "again\n"
 
@@ -199,7 +204,7 @@ async def test_cancelling_run_kills_its_tree() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert not alive(pid)
+        assert await dies(pid)
 
 
 async def test_bad_timeout_is_a_config_error() -> None:

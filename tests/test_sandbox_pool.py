@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import psutil
 import pytest
@@ -27,6 +26,18 @@ class Factory:
         sb = FakeSandbox(clock=self.clock, **self.options)  # type: ignore[arg-type]
         self.made.append(sb)
         return sb
+
+
+async def dies(pid: int) -> bool:
+    """Gone (or a zombie: this container's init does not reap) within a second."""
+    for _ in range(100):
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        await asyncio.sleep(0.01)
+    return False
 
 
 async def settle() -> None:
@@ -305,6 +316,5 @@ async def test_real_local_sandboxes_are_reused_and_cleaned_up() -> None:
         assert all(leftover == "" for leftover, _ in outcomes)  # each session starts clean
         pids = [int(pid) for _, pid in outcomes]
     assert len(paths) == 2 and all(p is not None and not p.exists() for p in paths)
-    for pid in pids:  # dead: gone, or a zombie this container's init does not reap
-        with contextlib.suppress(psutil.NoSuchProcess):
-            assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    for pid in pids:
+        assert await dies(pid)
