@@ -5,7 +5,9 @@ returns an awaitable. Async functions are awaited on the running loop; sync
 functions never block the loop: they run in a thread pool sized to the
 concurrency cap (``executor="async"`` or ``"thread"``), in a process pool
 (``executor="process"``, for CPU-bound work; the function and items must pickle),
-or in a ``concurrent.futures.Executor`` the caller passes in.
+or in a ``concurrent.futures.Executor`` the caller passes in. A
+``distributed.Client`` (or a :class:`labkit.cluster.DaskExecutor`) sends every
+call to a Dask cluster as one task (:mod:`labkit.cluster`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import inspect
 import multiprocessing
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labkit.errors import ConfigError
 
-__all__ = ("ExecutorKind", "Backend", "is_async_callable", "make_backend")
+if TYPE_CHECKING:
+    from labkit.cluster import DaskBackend
+
+__all__ = ("ExecutorKind", "Backend", "is_async_callable", "is_dask_client", "make_backend")
 
 ExecutorKind = str
 Call = Callable[[Any], Awaitable[Any]]
@@ -37,11 +42,29 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
     )
 
 
+def is_dask_client(obj: object) -> bool:
+    """True for a ``distributed.Client`` (or a subclass), without importing ``distributed``."""
+    return any(
+        cls.__name__ == "Client" and cls.__module__.partition(".")[0] == "distributed"
+        for cls in type(obj).__mro__
+    )
+
+
+def _is_dask_executor(obj: object) -> bool:
+    cls = type(obj)
+    return cls.__name__ == "DaskExecutor" and cls.__module__ == "labkit.cluster"
+
+
 class Backend:
     """The executor a run uses, and the pools it owns.
 
     Pools are created on first use and shut down by :meth:`close`; a pool passed in
-    by the caller is never shut down by labkit.
+    by the caller is never shut down by labkit, nor is a Dask client.
+
+    Raises:
+        ConfigError: ``executor`` is none of the accepted kinds.
+        MissingDependency: ``executor`` is a Dask client or executor and
+            ``distributed`` cannot be imported.
     """
 
     def __init__(self, executor: Any, max_workers: int) -> None:
@@ -49,17 +72,25 @@ class Backend:
         self._max_workers = max_workers
         self._owned: concurrent.futures.Executor | None = None
         self._external: concurrent.futures.Executor | None = None
-        if isinstance(executor, concurrent.futures.Executor):
+        self._dask: DaskBackend | None = None
+        if is_dask_client(executor) or _is_dask_executor(executor):
+            from labkit.cluster import DaskBackend
+
+            self._dask = DaskBackend(executor)
+        elif isinstance(executor, concurrent.futures.Executor):
             self._external = executor
-        elif executor not in _NAMES:
+        elif not isinstance(executor, str) or executor not in _NAMES:
             raise ConfigError(
                 "executor",
                 executor,
-                "'async', 'thread', 'process' or a concurrent.futures.Executor",
+                "'async', 'thread', 'process', a concurrent.futures.Executor "
+                "or a distributed.Client",
             )
 
     @property
     def kind(self) -> str:
+        if self._dask is not None:
+            return "dask"
         return "external" if self._external is not None else str(self.spec)
 
     def _pool(self) -> concurrent.futures.Executor:
@@ -85,7 +116,13 @@ class Backend:
             mode: How the argument is passed: ``"item"`` as ``fn(item)``,
                 ``"kwargs"`` as ``fn(**item)``, ``"none"`` as ``fn()`` (the argument
                 is ignored; for calls whose arguments are already bound).
+
+        Raises:
+            ConfigError: An async function with ``executor="process"``, or an
+                asynchronous Dask client bound to another event loop.
         """
+        if self._dask is not None:
+            return self._dask.make_call(fn, mode=mode)
         if is_async_callable(fn):
             if self.spec == "process":
                 raise ConfigError(
@@ -114,8 +151,10 @@ class Backend:
         """Shut the owned pool down; with ``cancel``, drop queued work and stop processes.
 
         A running thread cannot be killed: it finishes its current call and then exits.
-        Worker processes are terminated.
+        Worker processes are terminated. A Dask client stays open.
         """
+        if self._dask is not None:
+            self._dask.close(cancel=cancel)
         pool, self._owned = self._owned, None
         if pool is None:
             return

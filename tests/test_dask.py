@@ -1,0 +1,460 @@
+"""The Dask backend, on a real LocalCluster of two worker processes.
+
+One cluster serves the whole module (starting one takes about half a second to a
+few seconds); async tests connect their own asynchronous client to it. Functions
+shipped to workers live at module level, so that they pickle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("distributed")
+
+from distributed import Client, LocalCluster, get_worker
+
+import labkit as lk
+from labkit.cluster import DaskExecutor, gpu_cluster, publish, subscribe
+from labkit.errors import ConfigError, GPUUnavailable, LabkitError, MissingDependency, TaskTimeout
+from labkit.gpu import GPU, StaticInventory
+
+# -- functions that run on the workers -----------------------------------------------
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+async def async_square(x: int) -> int:
+    await asyncio.sleep(0.001)
+    return x * x
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def pid_of(_: Any) -> int:
+    return os.getpid()
+
+
+def difference(a: int, b: int) -> int:
+    return a - b
+
+
+def fail_on_multiples_of_three(i: int) -> int:
+    if i % 3 == 0:
+        raise ValueError(f"bad {i}")
+    return i
+
+
+def append_line(path: str) -> int:
+    with open(path, "a") as file:
+        file.write("x\n")
+    return 1
+
+
+def succeed_on_third_attempt(path: str) -> str:
+    """Fails twice, then succeeds; the attempts are counted in a file all workers see."""
+    with open(path, "a") as file:
+        file.write("x")
+    attempts = len(Path(path).read_text())
+    if attempts < 3:
+        raise ConnectionError(f"attempt {attempts} failed")
+    return f"ok after {attempts}"
+
+
+async def sleep_async(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+def sleep_blocking(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def chatty(job: tuple[str, str, int]) -> bool:
+    """Publishes one message, waits until the caller has seen it, then publishes more.
+
+    Returns whether the caller's acknowledgement came while the task still ran:
+    only possible if messages stream back before the task ends.
+    """
+    topic, ack_dir, task = job
+    publish(topic, {"task": task, "step": 0})
+    ack = Path(ack_dir) / str(task)
+    deadline = time.monotonic() + 20
+    while not ack.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for step in range(1, 200):
+        publish(topic, {"task": task, "step": step})
+    return ack.exists()
+
+
+def publish_an_object(_: Any) -> None:
+    publish("labkit-test-bad", object())
+
+
+def gpu_env(_: Any) -> tuple[str, str]:
+    time.sleep(0.05)  # long enough for both workers to get tasks
+    return str(get_worker().name), os.environ["CUDA_VISIBLE_DEVICES"]
+
+
+def visible_devices() -> str:
+    return os.environ["CUDA_VISIBLE_DEVICES"]
+
+
+def executing_tasks(dask_worker: Any) -> int:
+    return len(dask_worker.state.executing)
+
+
+def processing_tasks(dask_scheduler: Any) -> int:
+    return sum(len(ws.processing) for ws in dask_scheduler.workers.values())
+
+
+# -- fixtures --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def sync_client(cluster: LocalCluster) -> Iterator[Client]:
+    with Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture
+async def client(cluster: LocalCluster) -> AsyncIterator[Client]:
+    async with Client(cluster.scheduler_address, asynchronous=True) as client:
+        yield client
+
+
+async def settle(client: Client, *, deadline: float = 15.0) -> tuple[int, int]:
+    """Poll until the scheduler and the workers run nothing; return what was seen last."""
+    end = time.monotonic() + deadline
+    while True:
+        processing = await client.run_on_scheduler(processing_tasks)
+        executing = sum((await client.run(executing_tasks)).values())
+        if (processing, executing) == (0, 0) or time.monotonic() > end:
+            return processing, executing
+        await asyncio.sleep(0.05)
+
+
+# -- results and errors ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", [square, async_square])
+async def test_values_match_the_local_executor(client: Client, fn: Any) -> None:
+    local = await lk.run_parallel(fn, range(12), max_concurrency=4)
+    remote = await lk.run_parallel(fn, range(12), max_concurrency=4, executor=client)
+    assert remote.values == local.values == [i * i for i in range(12)]
+    assert [r.index for r in remote.results] == list(range(12))
+    assert all(r.ok and r.attempts == 1 for r in remote.results)
+    assert (remote.stats.completed, remote.stats.failed) == (12, 0)
+
+
+async def test_tasks_run_in_the_worker_processes(client: Client) -> None:
+    pids = await lk.run_parallel(pid_of, range(8), max_concurrency=2, executor=client)
+    worker_pids = set((await client.run(os.getpid)).values())
+    assert set(pids.values) <= worker_pids
+    assert os.getpid() not in pids.values
+
+
+async def test_items_reach_the_function_untouched(client: Client) -> None:
+    # A tuple starting with a callable is a task in Dask's old graph format.
+    items: list[Any] = [(len, "abc"), [1, (2, 3)], {"a": 1}, None]
+    report = await lk.run_parallel(identity, items, executor=client)
+    assert report.values == items
+
+
+async def test_identical_items_each_run(client: Client, tmp_path: Path) -> None:
+    path = str(tmp_path / "runs")
+    report = await lk.run_parallel(append_line, [path] * 6, executor=client)
+    assert report.values == [1] * 6
+    lines = await asyncio.to_thread(Path(path).read_text)
+    assert lines.count("x") == 6  # not collapsed into one key
+
+
+async def test_errors_match_the_local_executor(client: Client) -> None:
+    fn = fail_on_multiples_of_three
+    local = await lk.run_parallel(fn, range(7), executor="thread")
+    remote = await lk.run_parallel(fn, range(7), executor=client)
+    assert remote.values == local.values == [1, 2, 4, 5]
+    assert [(type(e), str(e)) for e in remote.errors] == [(type(e), str(e)) for e in local.errors]
+    assert [r.index for r in remote.failures] == [0, 3, 6]
+    assert (remote.stats.completed, remote.stats.failed) == (4, 3)
+    with pytest.raises(ExceptionGroup) as caught:
+        remote.raise_for_errors()
+    assert isinstance(caught.value.exceptions[0].__cause__, ValueError)
+
+
+async def test_map_kwargs_and_submit(client: Client) -> None:
+    async with lk.Runner(executor=client) as runner:
+        report = await runner.map_kwargs(difference, [{"a": 5, "b": 1}, {"a": 1, "b": 5}])
+        handle = runner.submit(difference, 10, b=3)
+        result = await handle
+    assert report.values == [4, -4]
+    assert result.ok and result.value == 7 and result.item == (10,)
+
+
+async def test_cap_and_priorities_hold_on_the_cluster(client: Client) -> None:
+    started: list[int] = []
+
+    def on_event(event: lk.TaskEvent) -> None:
+        if event.kind == "started":
+            started.append(event.task)
+
+    one_at_a_time = await lk.run_parallel(
+        square,
+        range(6),
+        max_concurrency=1,
+        priority=lambda x: x,  # the largest first
+        on_event=on_event,
+        executor=client,
+    )
+    assert started == [5, 4, 3, 2, 1, 0]
+    assert one_at_a_time.values == [i * i for i in range(6)]
+    capped = await lk.run_parallel(sleep_async, [0.05] * 6, max_concurrency=2, executor=client)
+    assert capped.stats.peak_concurrency == 2
+
+
+# -- retries, timeouts, cancellation ---------------------------------------------------
+
+
+async def test_retries_behave_as_locally(client: Client, tmp_path: Path) -> None:
+    retry = lk.Retry(attempts=3, initial=0.01, jitter=0.0, retry_on=(ConnectionError,))
+    local = await lk.run_parallel(
+        succeed_on_third_attempt, [str(tmp_path / "local")], retry=retry, executor="thread"
+    )
+    remote = await lk.run_parallel(
+        succeed_on_third_attempt, [str(tmp_path / "remote")], retry=retry, executor=client
+    )
+    assert remote.values == local.values == ["ok after 3"]
+    assert remote.results[0].attempts == local.results[0].attempts == 3
+    assert remote.stats.retries == 2
+
+
+async def test_a_timed_out_async_task_is_cancelled_on_the_worker(client: Client) -> None:
+    report = await lk.run_parallel(sleep_async, [60.0, 0.01], timeout=1.0, executor=client)
+    assert isinstance(report.results[0].error, TaskTimeout)
+    assert report.results[1].ok and report.values == [0.01]
+    # Nothing keeps running: not on the scheduler, not in a worker's thread.
+    assert await settle(client) == (0, 0)
+
+
+async def test_cancelling_the_caller_leaves_no_running_task(client: Client) -> None:
+    runner = lk.Runner(executor=client, max_concurrency=4)
+    run = asyncio.create_task(runner.map(sleep_async, [60.0] * 4))
+    end = time.monotonic() + 15
+    while True:
+        busy = await client.run_on_scheduler(processing_tasks)
+        if busy >= 2 or time.monotonic() > end:
+            break
+        await asyncio.sleep(0.05)
+    assert busy >= 2  # both workers run a task
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    await runner.aclose()
+    assert runner.last_report is not None
+    assert all(r.cancelled for r in runner.last_report.results)
+    assert await settle(client) == (0, 0)
+
+
+# -- synchronous clients ---------------------------------------------------------------
+
+
+def test_run_parallel_sync_with_a_sync_client(sync_client: Client) -> None:
+    report = lk.run_parallel_sync(fail_on_multiples_of_three, range(4), executor=sync_client)
+    assert report.values == [1, 2]
+    assert [str(e) for e in report.errors] == ["bad 0", "bad 3"]
+    assert lk.run_parallel_sync(async_square, [3], executor=sync_client).values == [9]
+
+
+async def test_a_sync_client_never_blocks_the_callers_loop(sync_client: Client) -> None:
+    ticks = 0
+    running = True
+
+    async def tick() -> None:
+        nonlocal ticks
+        while running:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.create_task(tick())
+    report = await lk.run_parallel(sleep_blocking, [0.3] * 4, executor=sync_client)
+    running = False
+    await ticker
+    assert report.values == [0.3] * 4
+    assert ticks >= 10  # the loop kept turning while the tasks ran (>= 0.6 s)
+
+
+async def test_a_sync_client_timeout_cancels_the_future(sync_client: Client) -> None:
+    report = await lk.run_parallel(sleep_async, [60.0], timeout=0.5, executor=sync_client)
+    assert isinstance(report.results[0].error, TaskTimeout)
+    async with Client(sync_client.scheduler.address, asynchronous=True) as observer:
+        assert await settle(observer) == (0, 0)
+
+
+async def test_an_async_client_works_from_another_thread(client: Client) -> None:
+    # run_parallel_sync in a thread runs a loop of its own; the client's loop runs here.
+    report = await asyncio.to_thread(lk.run_parallel_sync, square, [1, 2], executor=client)
+    assert report.values == [1, 4]
+
+
+async def test_a_closed_client_is_refused_before_anything_runs(cluster: LocalCluster) -> None:
+    async with Client(cluster.scheduler_address, asynchronous=True) as closed:
+        pass
+    with pytest.raises(ConfigError, match="running Client"):
+        await lk.run_parallel(square, [1], executor=closed)
+
+
+# -- events from workers ---------------------------------------------------------------
+
+
+async def test_events_stream_back_while_tasks_run(client: Client, tmp_path: Path) -> None:
+    topic = "labkit-test-stream"
+    received: list[dict[str, int]] = []
+    threads: set[int] = set()
+
+    def on_message(message: dict[str, int]) -> None:
+        received.append(message)
+        threads.add(threading.get_ident())
+        if message["step"] == 0:
+            (tmp_path / str(message["task"])).touch()
+
+    unsubscribe = subscribe(client, topic, on_message)
+    try:
+        jobs = [(topic, str(tmp_path), task) for task in range(2)]
+        report = await lk.run_parallel(chatty, jobs, executor=client)
+    finally:
+        unsubscribe()
+    assert report.values == [True, True]  # each task saw its acknowledgement mid-run
+    for task in range(2):
+        steps = [m["step"] for m in received if m["task"] == task]
+        assert steps == list(range(200))  # all of them, in order, before the result
+    batches = await client.get_events(topic)
+    assert 2 <= len(batches) <= 20  # 400 messages, a handful of scheduler events
+    assert threads == {threading.get_ident()}
+
+
+async def test_a_sync_clients_events_arrive_on_the_callers_loop(
+    sync_client: Client, tmp_path: Path
+) -> None:
+    received: list[dict[str, int]] = []
+    threads: set[int] = set()
+    bus = lk.EventBus()
+    bus.subscribe(received.append)
+    bus.subscribe(lambda _: threads.add(threading.get_ident()))
+    bus.subscribe(lambda message: (tmp_path / str(message["task"])).touch())
+    unsubscribe = subscribe(sync_client, "labkit-test-sync", bus.emit)
+    try:
+        jobs = [("labkit-test-sync", str(tmp_path), 0)]
+        report = await lk.run_parallel(chatty, jobs, executor=sync_client)
+    finally:
+        unsubscribe()
+    assert report.values == [True]
+    assert [m["step"] for m in received] == list(range(200))
+    assert threads == {threading.get_ident()}
+
+
+async def test_publish_rejects_what_msgpack_cannot_carry(client: Client) -> None:
+    report = await lk.run_parallel(publish_an_object, [0], executor=client)
+    assert isinstance(report.errors[0], TypeError)
+    assert "plain data" in str(report.errors[0])
+
+
+def test_publish_outside_a_worker_raises() -> None:
+    with pytest.raises(LabkitError, match="Dask worker"):
+        publish("topic", {"x": 1})
+
+
+# -- options ---------------------------------------------------------------------------
+
+
+def test_bad_executors_name_the_client_option() -> None:
+    with pytest.raises(ConfigError, match=r"distributed\.Client") as caught:
+        lk.Runner(executor=object())
+    assert caught.value.option == "executor"
+
+
+def test_dask_executor_validates_its_options(sync_client: Client) -> None:
+    with pytest.raises(ConfigError) as caught:
+        DaskExecutor(sync_client, gpus=-1)
+    assert caught.value.option == "gpus"
+    with pytest.raises(ConfigError) as caught:
+        DaskExecutor("tcp://127.0.0.1:8786")
+    assert caught.value.option == "client"
+    with pytest.raises(ConfigError) as caught:
+        DaskExecutor(sync_client, resources={"memory": 0})
+    assert caught.value.option == "resources"
+    executor = DaskExecutor(sync_client, gpus=2, resources={"memory": 1e9})
+    assert executor.task_resources == {"memory": 1e9, "GPU": 2}
+    assert DaskExecutor(sync_client).task_resources is None
+
+
+def test_without_distributed_the_error_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, sync_client: Client
+) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(MissingDependency, match=r"labkit\[dask\]"):
+        subscribe(sync_client, "topic", print)
+
+
+async def test_gpus_no_worker_offers_fail_fast(client: Client) -> None:
+    report = await lk.run_parallel(square, [1, 2], executor=DaskExecutor(client, gpus=1))
+    assert [type(e) for e in report.errors] == [GPUUnavailable, GPUUnavailable]
+    assert "GPU" in str(report.errors[0])
+
+
+# -- GPU workers -----------------------------------------------------------------------
+
+FLEET = StaticInventory(
+    [
+        GPU(index=0, uuid="GPU-00000000-1111-2222-3333-444444444444", name="Fake A"),
+        GPU(index=1, uuid="GPU-55555555-6666-7777-8888-999999999999", name="Fake B"),
+    ]
+)
+
+
+async def test_gpu_cluster_pins_one_gpu_per_worker() -> None:
+    expected = {"gpu-0": FLEET[0].uuid, "gpu-1": FLEET[1].uuid}
+    async with (
+        gpu_cluster(FLEET, asynchronous=True, dashboard_address=None) as cluster,
+        Client(cluster, asynchronous=True) as client,
+    ):
+        seen = await lk.run_parallel(
+            gpu_env, range(6), max_concurrency=2, executor=DaskExecutor(client, gpus=1)
+        )
+        assert seen.ok
+        assert all(expected[name] == devices for name, devices in seen.values)
+        assert set((await client.run(visible_devices)).values()) == set(expected.values())
+        identity = await client.scheduler.identity(n_workers=-1)
+        workers = identity["workers"].values()
+        assert sorted(w["name"] for w in workers) == ["gpu-0", "gpu-1"]
+        assert all(w["resources"] == {"GPU": 1} for w in workers)
+        too_many = await lk.run_parallel(square, [1], executor=DaskExecutor(client, gpus=2))
+        assert isinstance(too_many.errors[0], GPUUnavailable)
+
+
+def test_gpu_cluster_refuses_a_fleet_it_cannot_split() -> None:
+    with pytest.raises(ConfigError) as caught:
+        gpu_cluster(FLEET, gpus_per_worker=3)
+    assert caught.value.option == "gpus_per_worker"
+    with pytest.raises(GPUUnavailable):
+        gpu_cluster(StaticInventory())
