@@ -3,7 +3,8 @@
 ``import labkit as lk`` gives the core (runner, policies, GPU pool, sandboxes,
 experiments, averaging, store). The UI modules ``lk.plots``, ``lk.widgets`` and
 ``lk.report`` are imported on first use, so the core works without the
-``jupyter`` extra installed.
+``jupyter`` extra installed; ``lk.scenarios`` (built-in workloads) and
+``lk.testing`` (fakes for tests) likewise.
 """
 
 from __future__ import annotations
@@ -12,9 +13,29 @@ import importlib
 from typing import Any
 
 from labkit import errors
+from labkit.adaptive import AutoConcurrency
 from labkit.clock import Clock, SystemClock
 from labkit.events import EventBus, TaskEvent
+from labkit.experiment import (
+    Experiment,
+    InstanceContext,
+    InstanceEvent,
+    estimate_cost,
+    run_experiment,
+)
+from labkit.gpu import (
+    GPU,
+    GPUAllocation,
+    GPUPool,
+    GPUPoolStats,
+    GPUStats,
+    NVMLInventory,
+    StaticInventory,
+)
+from labkit.graph import run_graph
+from labkit.guard import ResourceLimits
 from labkit.policies import RateLimit, Retry
+from labkit.results import ExperimentRecorder, ExperimentResult, InstanceResult
 from labkit.runner import (
     Runner,
     RunnerStats,
@@ -26,28 +47,79 @@ from labkit.runner import (
     run_parallel,
     run_parallel_sync,
 )
+from labkit.sandbox import (
+    CommandResult,
+    E2BSandbox,
+    LocalSandbox,
+    ResourceSample,
+    Sandbox,
+    SandboxPool,
+    SandboxPoolStats,
+)
+from labkit.store import Store, StoreStats
+from labkit.sweep import Strategy, StudyStrategy, sweep
+from labkit.timeline import (
+    average_summaries,
+    average_timelines,
+    detect_outliers,
+    instances_needed,
+)
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = frozenset({"plots", "widgets", "report"})
+_LAZY_MODULES = frozenset({"plots", "widgets", "report", "scenarios", "testing"})
 
 __all__ = (
+    "GPU",
+    "AutoConcurrency",
     "Clock",
+    "CommandResult",
+    "E2BSandbox",
     "EventBus",
+    "Experiment",
+    "ExperimentRecorder",
+    "ExperimentResult",
+    "GPUAllocation",
+    "GPUPool",
+    "GPUPoolStats",
+    "GPUStats",
+    "InstanceContext",
+    "InstanceEvent",
+    "InstanceResult",
+    "LocalSandbox",
+    "NVMLInventory",
     "RateLimit",
+    "ResourceLimits",
+    "ResourceSample",
     "Retry",
     "RunReport",
     "RunStats",
     "Runner",
     "RunnerStats",
+    "Sandbox",
+    "SandboxPool",
+    "SandboxPoolStats",
+    "StaticInventory",
+    "Store",
+    "StoreStats",
+    "Strategy",
+    "StudyStrategy",
     "SystemClock",
     "TaskEvent",
     "TaskHandle",
     "TaskResult",
+    "average_summaries",
+    "average_timelines",
+    "detect_outliers",
     "errors",
+    "estimate_cost",
+    "instances_needed",
     "parallel_map",
+    "run_experiment",
+    "run_graph",
     "run_parallel",
     "run_parallel_sync",
+    "sweep",
 )
 
 

@@ -9,6 +9,9 @@ that already catches the built-ins keeps working::
      +-- MissingDependency (ImportError)    an optional extra is not installed
      +-- TaskFailed                         raised by RunReport.raise_for_errors() (in a group)
      +-- TaskTimeout (TimeoutError)         one attempt of a task ran past the run's `timeout`
+     +-- DependencyFailed                   a task did not run: a task it depends on failed
+     +-- GraphError (ValueError)            a task graph has a cycle or an unknown name
+     +-- ResourceUnavailable                a task needs more than the host could ever give
      +-- GPUError
      |    +-- GPUUnavailable                no NVML, no driver, or a request no fleet can meet
      |    +-- GPUTimeout (TimeoutError)     waited longer than `timeout` for GPUs
@@ -36,12 +39,15 @@ if TYPE_CHECKING:
 
 __all__ = (
     "ConfigError",
+    "DependencyFailed",
     "ExperimentError",
     "GPUError",
     "GPUTimeout",
     "GPUUnavailable",
+    "GraphError",
     "LabkitError",
     "MissingDependency",
+    "ResourceUnavailable",
     "RunInterrupted",
     "SandboxAuthError",
     "SandboxClosed",
@@ -126,6 +132,54 @@ class TaskTimeout(LabkitError, TimeoutError):
         self.attempt = attempt
         self.timeout = timeout
         super().__init__(f"task {index}, attempt {attempt}: timed out after {timeout} s")
+
+
+class DependencyFailed(LabkitError):
+    """A task was not run because a task it depends on failed or was cancelled.
+
+    Attributes:
+        dependency: The failed dependency's name (``run_graph``) or index (``submit``).
+        error: The dependency's own error.
+    """
+
+    def __init__(self, dependency: object, error: BaseException | None) -> None:
+        self.dependency = dependency
+        self.error = error
+        what = "was cancelled" if error is None or _is_cancel(error) else "failed"
+        detail = "" if error is None else f": {type(error).__name__}: {error}"
+        super().__init__(f"not run: dependency {dependency!r} {what}{detail}")
+
+
+def _is_cancel(error: BaseException) -> bool:
+    import asyncio
+
+    return isinstance(error, asyncio.CancelledError)
+
+
+class GraphError(LabkitError, ValueError):
+    """A task graph cannot run: it has a cycle or names an unknown task.
+
+    Attributes:
+        cycle: The tasks of one cycle, in order, the first repeated at the end.
+        unknown: ``{task: [unknown dependency names]}``.
+    """
+
+    def __init__(
+        self, *, cycle: list[str] | None = None, unknown: dict[str, list[str]] | None = None
+    ) -> None:
+        self.cycle = cycle or []
+        self.unknown = unknown or {}
+        parts = []
+        if self.unknown:
+            named = "; ".join(f"{task!r} depends on {deps}" for task, deps in self.unknown.items())
+            parts.append(f"unknown task names: {named}")
+        if self.cycle:
+            parts.append("cycle: " + " -> ".join(repr(n) for n in self.cycle))
+        super().__init__("task graph refused, nothing ran: " + "; ".join(parts))
+
+
+class ResourceUnavailable(LabkitError):
+    """A task declares more resources than the host could ever provide."""
 
 
 class GPUError(LabkitError):

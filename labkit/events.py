@@ -13,7 +13,14 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
-__all__ = ("EventBus", "TaskEvent", "TaskEventKind", "Unsubscribe")
+__all__ = (
+    "ConcurrencyEvent",
+    "EventBus",
+    "GuardEvent",
+    "TaskEvent",
+    "TaskEventKind",
+    "Unsubscribe",
+)
 
 log = logging.getLogger("labkit.events")
 
@@ -42,6 +49,43 @@ class TaskEvent(NamedTuple):
     error: BaseException | None = None
     delay: float = 0.0
     duration: float = 0.0
+
+
+class GuardEvent(NamedTuple):
+    """The resource guard held starts back, or let them go again.
+
+    Attributes:
+        kind: ``held`` (a start waits for the host) or ``resumed``.
+        time: When, in seconds on the runner's clock.
+        reason: What was over its limit: ``cpu`` or ``memory``.
+        task: The index of the task whose start waited.
+        waited: For ``resumed``, how long that start waited, in seconds.
+    """
+
+    kind: Literal["held", "resumed"]
+    time: float
+    reason: str
+    task: int
+    waited: float = 0.0
+
+
+class ConcurrencyEvent(NamedTuple):
+    """An adaptive runner changed its concurrency limit.
+
+    Attributes:
+        time: When, in seconds on the runner's clock.
+        limit: The new limit.
+        previous: The limit before.
+        throughput: The throughput measured at ``previous``, in tasks per second.
+        reason: ``probe`` (raising to measure), ``back-off`` (throughput fell) or
+            ``pressure`` (the resource guard held starts back).
+    """
+
+    time: float
+    limit: int
+    previous: int
+    throughput: float
+    reason: str
 
 
 Unsubscribe = Callable[[], None]

@@ -21,14 +21,32 @@ import functools
 import itertools
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence, Sized
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+    Sized,
+)
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from labkit.adaptive import AutoConcurrency, ConcurrencyController
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import ConfigError, TaskFailed, TaskTimeout, check
-from labkit.events import EventBus, TaskEvent, Unsubscribe
+from labkit.errors import (
+    ConfigError,
+    DependencyFailed,
+    ResourceUnavailable,
+    TaskFailed,
+    TaskTimeout,
+    check,
+)
+from labkit.events import ConcurrencyEvent, EventBus, TaskEvent, Unsubscribe
 from labkit.executors import Backend, Call
+from labkit.guard import Cost, HostProbe, ResourceGuard, ResourceLimits, cost_of
 from labkit.loop import run_sync
 from labkit.policies import RateLimit, RateLimiter, Retry
 
@@ -63,7 +81,7 @@ class RunOptions:
         ConfigError: If an option is out of range (the message names it).
     """
 
-    max_concurrency: int = 8
+    max_concurrency: int | str | AutoConcurrency = 8
     timeout: float | None = None
     retry: Retry | None = None
     rate_limit: RateLimit | None = None
@@ -74,15 +92,22 @@ class RunOptions:
     on_event: Callable[[TaskEvent], object] | None = None
     clock: Clock = SYSTEM_CLOCK
     rng: random.Random | None = None
+    limits: ResourceLimits | None = None
+    cost: Cost | None = None
+    probe: HostProbe | None = None
 
     def __post_init__(self) -> None:
+        auto = self.max_concurrency == "auto" or isinstance(self.max_concurrency, AutoConcurrency)
         check(
-            isinstance(self.max_concurrency, int)
-            and not isinstance(self.max_concurrency, bool)
-            and self.max_concurrency >= 1,
+            auto
+            or (
+                isinstance(self.max_concurrency, int)
+                and not isinstance(self.max_concurrency, bool)
+                and self.max_concurrency >= 1
+            ),
             "max_concurrency",
             self.max_concurrency,
-            "an integer >= 1",
+            "an integer >= 1, 'auto', or a labkit.AutoConcurrency",
         )
         check(
             self.timeout is None or (isinstance(self.timeout, int | float) and self.timeout > 0),
@@ -122,6 +147,33 @@ class RunOptions:
             "None or a callable taking an event",
         )
         check(isinstance(self.clock, Clock), "clock", self.clock, "a labkit.Clock")
+        check(
+            self.limits is None or isinstance(self.limits, ResourceLimits),
+            "limits",
+            self.limits,
+            "None or a labkit.ResourceLimits",
+        )
+        check(
+            self.cost is None or callable(self.cost) or isinstance(self.cost, Mapping),
+            "cost",
+            self.cost,
+            "None, a mapping like {'memory_mb': 2048}, or a callable item -> mapping",
+        )
+        if isinstance(self.cost, Mapping):
+            cost_of(self.cost, None)  # validates the keys now
+
+    @property
+    def auto(self) -> AutoConcurrency | None:
+        """The adaptive policy, when ``max_concurrency`` is ``"auto"`` or one."""
+        if isinstance(self.max_concurrency, AutoConcurrency):
+            return self.max_concurrency
+        return AutoConcurrency() if self.max_concurrency == "auto" else None
+
+    @property
+    def worker_cap(self) -> int:
+        """The most tasks that may ever run at once."""
+        auto = self.auto
+        return auto.max if auto is not None else int(self.max_concurrency)  # type: ignore[arg-type]
 
 
 @dataclass(slots=True)
@@ -200,7 +252,10 @@ class RunnerStats:
         throughput: Finished items per second since the runner's first item.
         peak_concurrency: The most items running at once.
         elapsed: Seconds since the runner's first item.
-        max_concurrency: The concurrency cap.
+        max_concurrency: The concurrency limit now (it moves with ``"auto"``).
+        held_back: Starts the resource guard made wait.
+        held_seconds: Seconds those starts waited, summed.
+        held_reason: Why starts wait right now (``"cpu"``, ``"memory"``), or None.
     """
 
     queued: int
@@ -212,6 +267,9 @@ class RunnerStats:
     peak_concurrency: int
     elapsed: float
     max_concurrency: int
+    held_back: int = 0
+    held_seconds: float = 0.0
+    held_reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -296,11 +354,22 @@ class _Slots:
     path a single ``map`` call takes (it never runs more workers than slots).
     """
 
-    __slots__ = ("_waiters", "free")
+    __slots__ = ("_waiters", "free", "size")
 
     def __init__(self, size: int) -> None:
+        self.size = size
         self.free = size
         self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def resize(self, size: int) -> None:
+        """Change the cap; above the new cap, holders finish before anyone else starts."""
+        self.free += size - self.size
+        self.size = size
+        while self.free > 0 and self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                self.free -= 1
+                future.set_result(None)
 
     async def acquire(self) -> None:
         if self.free > 0 and not self._waiters:
@@ -313,26 +382,31 @@ class _Slots:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release()  # the slot was handed over just as we were cancelled
-            else:
+            elif future in self._waiters:
                 self._waiters.remove(future)
             raise
 
     def release(self) -> None:
-        while self._waiters:
-            future = self._waiters.popleft()
-            if not future.done():
-                future.set_result(None)
-                return
+        if self.free >= 0:  # below zero, the cap shrank: this slot is gone
+            while self._waiters:
+                future = self._waiters.popleft()
+                if not future.done():
+                    future.set_result(None)
+                    return
         self.free += 1
 
 
 class TaskHandle(Generic[T]):
     """A task started with :meth:`Runner.submit`; ``await handle`` gives its TaskResult."""
 
-    __slots__ = ("_task", "index")
+    __slots__ = ("_task", "index", "label")
 
-    def __init__(self, index: int, task: asyncio.Task[TaskResult[T]]) -> None:
+    def __init__(
+        self, index: int, task: asyncio.Task[TaskResult[T]], label: str | None = None
+    ) -> None:
         self.index = index
+        self.label = label
+        """The task's name in a :func:`labkit.run_graph` graph, else None."""
         self._task = task
 
     def __await__(self) -> Generator[Any, None, TaskResult[T]]:
@@ -340,6 +414,14 @@ class TaskHandle(Generic[T]):
 
     def done(self) -> bool:
         return self._task.done()
+
+    def result(self) -> TaskResult[T]:
+        """The TaskResult of a finished task.
+
+        Raises:
+            asyncio.InvalidStateError: If the task has not finished yet.
+        """
+        return self._task.result()
 
     def cancel(self) -> bool:
         """Cancel the task; its result then carries a ``CancelledError``."""
@@ -375,16 +457,23 @@ class Runner:
         self.options = opts = RunOptions(**options)
         self._clock = opts.clock
         self._rng = opts.rng or random.Random()
-        self._backend = Backend(opts.executor, opts.max_concurrency)
+        self._backend = Backend(opts.executor, opts.worker_cap)
         self._limiter = (
             RateLimiter(opts.rate_limit, clock=opts.clock, rng=self._rng)
             if opts.rate_limit
             else None
         )
-        self._slots = _Slots(opts.max_concurrency)
+        auto = opts.auto
+        self._controller = ConcurrencyController(auto) if auto is not None else None
+        self._slots = _Slots(self._controller.limit if self._controller else opts.worker_cap)
         self._bus = EventBus()
         if opts.on_event is not None:
             self._bus.subscribe(opts.on_event)
+        self._guard = (
+            ResourceGuard(opts.limits, probe=opts.probe, clock=opts.clock, bus=self._bus)
+            if opts.limits is not None
+            else None
+        )
         self._submitted_tasks: set[asyncio.Task[Any]] = set()
         self._submit_counter = itertools.count()
         self.last_report: RunReport[Any] | None = None
@@ -395,14 +484,25 @@ class Runner:
 
     # -- observation -------------------------------------------------------------------
 
-    def subscribe(self, callback: Callable[[TaskEvent], object]) -> Unsubscribe:
-        """Receive every :class:`TaskEvent` from now on; returns an unsubscriber."""
+    def subscribe(self, callback: Callable[[Any], object]) -> Unsubscribe:
+        """Receive every event from now on; returns an unsubscriber.
+
+        Events are :class:`TaskEvent` records, plus :class:`labkit.events.GuardEvent`
+        when ``limits`` hold starts back and :class:`labkit.events.ConcurrencyEvent`
+        when ``max_concurrency="auto"`` moves the limit.
+        """
         return self._bus.subscribe(callback)
+
+    @property
+    def concurrency(self) -> int:
+        """The concurrency limit in force now."""
+        return self._slots.size
 
     def stats(self) -> RunnerStats:
         """A frozen snapshot of the runner's counters."""
         elapsed = 0.0 if self._first_start is None else self._clock.now() - self._first_start
         finished = self._done + self._failed
+        guard = self._guard
         return RunnerStats(
             queued=self._queued,
             running=self._running,
@@ -412,7 +512,10 @@ class Runner:
             throughput=finished / elapsed if elapsed > 0 else 0.0,
             peak_concurrency=self._peak,
             elapsed=elapsed,
-            max_concurrency=self.options.max_concurrency,
+            max_concurrency=self._slots.size,
+            held_back=guard.held_starts if guard else 0,
+            held_seconds=guard.held_seconds if guard else 0.0,
+            held_reason=guard.reason if guard else None,
         )
 
     # -- running -----------------------------------------------------------------------
@@ -445,12 +548,37 @@ class Runner:
         call = self._backend.make_call(fn, mode="kwargs")
         return await self._run(call, kwargs_list, priority or self.options.priority)
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        depends_on: Iterable[TaskHandle[Any]] = (),
+        **kwargs: Any,
+    ) -> TaskHandle[Any]:
         """Start ``fn(*args, **kwargs)`` under this runner's cap, retries and limits.
 
         Must be called with an event loop running. Returns at once; ``await`` the
-        handle for the :class:`TaskResult`.
+        handle for the :class:`TaskResult` (its ``item`` is ``args``).
+
+        Args:
+            fn: An async or sync function.
+            *args: Its positional arguments.
+            depends_on: Handles that must succeed first. If one fails or is
+                cancelled, ``fn`` is not run and the result's error is a
+                :class:`labkit.errors.DependencyFailed` naming it.
+            **kwargs: Its keyword arguments (``depends_on`` is taken by labkit).
         """
+        return self._submit(fn, args, kwargs, tuple(depends_on), None)
+
+    def _submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        depends_on: tuple[TaskHandle[Any], ...],
+        label: str | None,
+    ) -> TaskHandle[Any]:
         index = next(self._submit_counter)
         call = self._backend.make_call(functools.partial(fn, *args, **kwargs), mode="none")
         results: dict[int, TaskResult[Any]] = {}
@@ -459,22 +587,31 @@ class Runner:
 
         async def run_one() -> TaskResult[Any]:
             # This task is the submitted unit: its cancellation becomes its result.
+            for dependency in depends_on:
+                outcome = await dependency
+                if not outcome.ok:
+                    name = dependency.label if dependency.label is not None else dependency.index
+                    return self._not_run(index, args, DependencyFailed(name, outcome.error))
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker(call, iter(((index, None),)), results, counted_queue=True)
+                await self._worker(call, iter(((index, args),)), results, counted_queue=True)
             result = results.get(index)
             if result is None:  # cancelled while waiting for a slot
-                self._queued -= 1
-                self._failed += 1
-                now = self._clock.now()
                 cancelled = asyncio.CancelledError("cancelled before it started")
-                result = TaskResult(index, args, False, None, cancelled, 0, now, now)
-            result.item = args
+                return self._not_run(index, args, cancelled)
             return result
 
         task = asyncio.get_running_loop().create_task(run_one(), name=f"labkit-task-{index}")
         self._submitted_tasks.add(task)
         task.add_done_callback(self._submitted_tasks.discard)
-        return TaskHandle(index, task)
+        return TaskHandle(index, task, label)
+
+    def _not_run(self, index: int, item: Any, error: BaseException) -> TaskResult[Any]:
+        self._queued -= 1
+        self._failed += 1
+        now = self._clock.now()
+        if self._bus:
+            self._bus.emit(TaskEvent("failed", index, now, 0, error))
+        return TaskResult(index, item, False, None, error, 0, now, now)
 
     async def __aenter__(self) -> Runner:
         return self
@@ -605,7 +742,7 @@ class Runner:
         results: _Results,
         counted_queue: bool,
     ) -> None:
-        cap = self.options.max_concurrency
+        cap = self.options.worker_cap
         workers = cap if size is None else min(cap, size)
         if workers == 0:
             return
@@ -633,6 +770,9 @@ class Runner:
         timeout = self.options.timeout
         limiter = self._limiter
         bus = self._bus
+        guard = self._guard
+        cost = self.options.cost
+        controller = self._controller
         make_event = tuple.__new__
         for index, item in order:
             if not counted_queue:
@@ -647,7 +787,18 @@ class Runner:
                 self._peak = self._running
             attempts = 0
             started = now()
+            admitted = 0.0
             try:
+                if guard is not None:
+                    try:
+                        needed = cost_of(cost, item)
+                        if await guard.admit(needed, index) and controller is not None:
+                            self._apply_limit(controller.pressure(now()))
+                        admitted = needed
+                    except (ConfigError, ResourceUnavailable) as refusal:
+                        self._record_refusal(results, index, item, refusal, started)
+                        continue
+                    started = now()  # waiting for the host is not part of the task
                 while True:
                     attempts += 1
                     if limiter is not None:
@@ -730,10 +881,37 @@ class Runner:
                 raise
             finally:
                 self._running -= 1
+                if admitted:
+                    guard.release(admitted)  # type: ignore[union-attr]
                 if waiters:
                     slots.release()
                 else:
                     slots.free += 1
+            if controller is not None:
+                self._apply_limit(controller.completed(now()))
+
+    def _record_refusal(
+        self,
+        results: _Results,
+        index: int,
+        item: Any,
+        error: BaseException,
+        started: float,
+    ) -> None:
+        finished = self._clock.now()
+        results[index] = TaskResult(index, item, False, None, error, 0, started, finished)
+        self._failed += 1
+        if self._bus:
+            self._bus.emit(TaskEvent("failed", index, finished, 0, error))
+
+    def _apply_limit(self, change: tuple[int, float, str] | None) -> None:
+        if change is None:
+            return
+        limit, throughput, reason = change
+        previous = self._slots.size
+        self._slots.resize(limit)
+        if self._bus:
+            self._bus.emit(ConcurrencyEvent(self._clock.now(), limit, previous, throughput, reason))
 
 
 def _stable_descending(keys: Sequence[float]) -> list[int]:
@@ -750,7 +928,7 @@ async def run_parallel(
     fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
     items: Iterable[Any],
     *,
-    max_concurrency: int = 8,
+    max_concurrency: int | str | AutoConcurrency = 8,
     timeout: float | None = None,
     retry: Retry | None = None,
     rate_limit: RateLimit | None = None,
@@ -761,6 +939,9 @@ async def run_parallel(
     on_event: Callable[[TaskEvent], object] | None = None,
     clock: Clock = SYSTEM_CLOCK,
     rng: random.Random | None = None,
+    limits: ResourceLimits | None = None,
+    cost: Cost | None = None,
+    probe: HostProbe | None = None,
 ) -> RunReport[T]:
     """Run ``fn`` over ``items`` in parallel; one TaskResult per item, in input order.
 
@@ -768,7 +949,9 @@ async def run_parallel(
         fn: An async function, or a sync one (run in a thread pool sized to the cap,
             or a process pool with ``executor="process"``; never on the event loop).
         items: The inputs; consumed lazily unless ``priority`` needs them all.
-        max_concurrency: The most items in flight at once (>= 1).
+        max_concurrency: The most items in flight at once (>= 1), or ``"auto"`` /
+            a :class:`labkit.AutoConcurrency` to let the runner find the level with
+            the most throughput.
         timeout: Seconds each attempt may take; a timed-out attempt is cancelled and
             counts as a ``TimeoutError`` (:class:`labkit.errors.TaskTimeout`),
             retried if ``retry.retry_on`` allows.
@@ -784,6 +967,12 @@ async def run_parallel(
         on_event: Called with every :class:`labkit.events.TaskEvent`.
         clock: The clock for backoff, rate limits, timeouts and timestamps.
         rng: The random source for jitter (seed it for repeatable runs).
+        limits: Host limits (:class:`labkit.ResourceLimits`): no item starts while
+            the host's CPU or memory is over them.
+        cost: What each item needs, ``{"memory_mb": 2048}`` or a callable
+            ``item -> mapping``; with ``limits``, an item starts only when that much
+            memory is free, and it stays reserved until the item ends.
+        probe: Where host readings come from (default psutil; tests pass a fake).
 
     Returns:
         The :class:`RunReport`. A failing item is a result, never an exception of
@@ -806,6 +995,9 @@ async def run_parallel(
         on_event=on_event,
         clock=clock,
         rng=rng,
+        limits=limits,
+        cost=cost,
+        probe=probe,
     ) as runner:
         return await runner.map(fn, items)
 

@@ -12,7 +12,10 @@ import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-__all__ = ("FakeClock",)
+from labkit.gpu.inventory import static_fleet
+from labkit.sandbox.fake import FakeSandbox
+
+__all__ = ("FakeClock", "FakeSandbox", "static_fleet")
 
 
 class FakeClock:
