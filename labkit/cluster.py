@@ -257,7 +257,8 @@ class DaskBackend:
                 :meth:`labkit.executors.Backend.make_call`.
 
         Raises:
-            ConfigError: The client is asynchronous and bound to another event loop.
+            ConfigError: The client is closed, or its event loop neither is this one
+                nor runs in another thread (then no call could ever finish).
         """
         client = self._client
         running = asyncio.get_running_loop()
@@ -298,7 +299,19 @@ class DaskBackend:
         """Fail fast when no worker could ever run the tasks (Dask would wait forever)."""
         if self._resource_check is None:
             self._resource_check = asyncio.ensure_future(self._find_resources())
-        await asyncio.shield(self._resource_check)
+            # Read its outcome even if every call waiting for it was cancelled.
+            self._resource_check.add_done_callback(
+                lambda done: done.cancelled() or done.exception()
+            )
+        check_task = self._resource_check
+        try:
+            await asyncio.shield(check_task)
+        except GPUUnavailable as exc:
+            raise GPUUnavailable(str(exc)) from None  # one exception object per task
+        except Exception:
+            if self._resource_check is check_task:
+                self._resource_check = None  # the scheduler did not answer: ask again
+            raise
 
     async def _find_resources(self) -> None:
         client = self._client
@@ -340,7 +353,7 @@ async def _outcome(client: Any, future: Any) -> Any:
         # that fail later with nobody to retrieve their exception.)
         return await future
     except asyncio.CancelledError:
-        await client.cancel([future], asynchronous=True, reason="cancelled by labkit")
+        await client.cancel([future], asynchronous=True)
         raise
 
 

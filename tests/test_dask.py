@@ -100,6 +100,14 @@ def chatty(job: tuple[str, str, int]) -> bool:
     return ack.exists()
 
 
+async def count_aloud(job: tuple[str, int]) -> int:
+    topic, task = job
+    for step in range(3):
+        publish(topic, {"task": task, "step": step})
+        await asyncio.sleep(0)
+    return task
+
+
 def publish_an_object(_: Any) -> None:
     publish("labkit-test-bad", object())
 
@@ -371,6 +379,20 @@ async def test_a_sync_clients_events_arrive_on_the_callers_loop(
     assert report.values == [True]
     assert [m["step"] for m in received] == list(range(200))
     assert threads == {threading.get_ident()}
+
+
+async def test_async_functions_publish_too(client: Client) -> None:
+    received: list[dict[str, int]] = []
+    unsubscribe = subscribe(client, "labkit-test-async", received.append)
+    try:
+        jobs = [("labkit-test-async", task) for task in range(3)]
+        report = await lk.run_parallel(count_aloud, jobs, executor=client)
+    finally:
+        unsubscribe()
+    assert report.values == [0, 1, 2]
+    assert sorted((m["task"], m["step"]) for m in received) == [
+        (task, step) for task in range(3) for step in range(3)
+    ]
 
 
 async def test_publish_rejects_what_msgpack_cannot_carry(client: Client) -> None:
