@@ -1,0 +1,234 @@
+"""The widgets in a real browser: JupyterLab on loopback, driven in Debian's Chromium.
+
+Runs a notebook that shows the experiment panel, a chart and the pool monitor,
+checks that they render without error output, presses Start and watches the
+progress bars and the live chart move. A screenshot is kept in
+``artifacts/browser-panel.png`` for people to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        shutil.which("chromium") is None, reason="Debian's chromium is not installed"
+    ),
+]
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+CELLS = [
+    """\
+import numpy as np
+import pandas as pd
+
+import labkit as lk
+from labkit.gpu import static_fleet
+
+
+async def wave(ctx):
+    for step in range(30):
+        ctx.record(signal=np.sin(step / 4) + ctx.index * 0.2)
+        await ctx.sleep(0.1)
+
+
+pool = lk.GPUPool(static_fleet(2))""",
+    """\
+panel = lk.widgets.ExperimentPanel(lk.Experiment("wave", wave), gpu_pool=pool, duration=3.0)
+panel.instances.value = 3
+panel.gpus.value = 1
+panel""",
+    """\
+t = np.arange(50) * 0.1
+timelines = [pd.DataFrame({"t": t, "cpu": 50 + 10 * np.sin(t + i)}) for i in range(3)]
+lk.plots.timeline_figure(timelines, averaged=lk.average_timelines(timelines))""",
+    """\
+monitor = lk.widgets.PoolMonitor(gpu_pool=pool, interval=0.2)
+monitor""",
+]
+
+
+def _notebook(path: Path) -> None:
+    cells = [
+        {
+            "cell_type": "code",
+            "id": f"cell-{i}",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": source,
+        }
+        for i, source in enumerate(CELLS)
+    ]
+    notebook = {
+        "cells": cells,
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(notebook), encoding="utf-8")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def jupyterlab(tmp_path: Path) -> Iterator[str]:
+    """A JupyterLab server on loopback serving ``tmp_path``; yields its base URL."""
+    home = tmp_path / "jupyter"
+    env = dict(os.environ)
+    for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
+        env[name] = str(home / name.lower())
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # No "notified about Jupyter news?" prompt over the screenshot.
+    labconfig = home / "jupyter_config_dir" / "labconfig"
+    labconfig.mkdir(parents=True)
+    (labconfig / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
+    )
+    port = _free_port()
+    _notebook(tmp_path / "widgets.ipynb")
+    log = (tmp_path / "jupyterlab.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--allow-root",
+            "--no-browser",
+            "--ServerApp.token=",
+            "--ServerApp.password=",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.root_dir={tmp_path}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/status", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    pytest.fail((tmp_path / "jupyterlab.log").read_text()[-3000:])
+                time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+@pytest.mark.timeout(180)
+def test_panel_chart_and_monitor_render_and_run(jupyterlab: str) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 2600})
+        try:
+            page.goto(f"{jupyterlab}/lab/tree/widgets.ipynb?reset")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            # The menu acts on the notebook's session: wait until its kernel is up.
+            page.wait_for_selector("text=Python 3 (ipykernel) | Idle", timeout=60_000)
+            page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").click()
+            page.locator(".lm-Menu-itemLabel", has_text="Restart Kernel and Run All Cells").click()
+            page.locator(".jp-Dialog .jp-mod-accept").click()
+
+            # Every cell ran and the widgets rendered.
+            page.wait_for_selector(".labkit-pool-monitor .labkit-gpus", timeout=90_000)
+            page.wait_for_selector(".widget-slider", timeout=30_000)
+            page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=30_000)
+            static_traces = page.locator(".js-plotly-plot .scatterlayer .trace").count()
+            assert static_traces >= 4  # three instances and the average
+            assert page.locator(".labkit-experiment-panel .widget-slider").count() == 3
+            assert "3x" in page.locator(".labkit-instance-slider").inner_text()
+            assert "NVIDIA H100" in page.locator(".labkit-gpus").inner_text()
+            errors = page.locator(
+                '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
+            )
+            assert errors.count() == 0, errors.all_inner_texts()
+
+            # Start: the bars and the live chart move while it runs.
+            panel = page.locator(".labkit-experiment-panel")
+            panel.locator("button", has_text="Start").click()
+            bars = panel.locator(".progress-bar")
+            page.wait_for_function(
+                """() => [...document.querySelectorAll(
+                    '.labkit-experiment-panel .progress-bar')]
+                    .some(bar => parseFloat(bar.style.width) > 5)""",
+                timeout=30_000,
+            )
+            assert bars.count() == 3
+            live = panel.locator(".js-plotly-plot .scatterlayer .trace path.js-line")
+            page.wait_for_function(
+                """() => document.querySelectorAll(
+                    '.labkit-experiment-panel .js-plotly-plot .scatterlayer .trace').length >= 3""",
+                timeout=30_000,
+            )
+            first = live.first.get_attribute("d") or ""
+            # The monitor follows the pool: instances hold the GPUs by name.
+            page.wait_for_function(
+                """() => document.querySelector('.labkit-gpus').textContent.includes('wave[')""",
+                timeout=30_000,
+            )
+            page.wait_for_function(
+                """() => (document.querySelector('.labkit-panel-message') || {}).textContent
+                    ?.includes('Done')""",
+                timeout=60_000,
+            )
+            last = live.first.get_attribute("d") or ""
+            assert len(last) > len(first)  # the instance's line grew
+            assert panel.locator(".progress-bar-success").count() == 3
+            assert "3 of 3" in panel.locator(".labkit-panel-message").inner_text()
+            assert "num_instances" in panel.locator(".labkit-summary").inner_text()
+            assert errors.count() == 0, errors.all_inner_texts()
+            page.screenshot(path=str(ARTIFACTS / "browser-panel.png"), full_page=True)
+        except Exception:
+            # What the browser showed when it went wrong, for whoever reads the failure.
+            page.screenshot(path=str(ARTIFACTS / "browser-failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
