@@ -118,8 +118,8 @@ class Backend:
                 is ignored; for calls whose arguments are already bound).
 
         Raises:
-            ConfigError: An async function with ``executor="process"``, or an
-                asynchronous Dask client bound to another event loop.
+            ConfigError: An async function with ``executor="process"``, or a Dask
+                client that is closed or whose event loop does not run.
         """
         if self._dask is not None:
             return self._dask.make_call(fn, mode=mode)
