@@ -15,6 +15,7 @@ from typing import Any
 from labkit import errors
 from labkit.adaptive import AutoConcurrency
 from labkit.clock import Clock, SystemClock
+from labkit.cluster import DaskExecutor, gpu_cluster
 from labkit.events import EventBus, TaskEvent
 from labkit.experiment import (
     Experiment,
@@ -74,6 +75,7 @@ __all__ = (
     "AutoConcurrency",
     "Clock",
     "CommandResult",
+    "DaskExecutor",
     "E2BSandbox",
     "EventBus",
     "Experiment",
@@ -113,6 +115,7 @@ __all__ = (
     "detect_outliers",
     "errors",
     "estimate_cost",
+    "gpu_cluster",
     "instances_needed",
     "parallel_map",
     "run_experiment",

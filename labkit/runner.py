@@ -962,8 +962,9 @@ async def run_parallel(
         batch_delay: Seconds to pause between batches.
         priority: A callable ``item -> number`` or one number per item; higher
             starts first, ties in input order.
-        executor: ``"async"`` (default), ``"thread"``, ``"process"``, or a
-            ``concurrent.futures.Executor``.
+        executor: ``"async"`` (default), ``"thread"``, ``"process"``, a
+            ``concurrent.futures.Executor``, or a ``distributed.Client`` /
+            :class:`labkit.DaskExecutor` to run every attempt as one Dask task.
         on_event: Called with every :class:`labkit.events.TaskEvent`.
         clock: The clock for backoff, rate limits, timeouts and timestamps.
         rng: The random source for jitter (seed it for repeatable runs).
