@@ -121,4 +121,9 @@ class EventBus:
             try:
                 callback(event)
             except Exception:
-                log.exception("event subscriber %r raised; event dropped for it", callback)
+                self.report(callback)
+
+    @staticmethod
+    def report(callback: Callable[[Any], object]) -> None:
+        """Log the exception a subscriber just raised (call from its ``except``)."""
+        log.exception("event subscriber %r raised; event dropped for it", callback)

@@ -71,6 +71,7 @@ R = TypeVar("R")
 
 Priority = Callable[[Any], float] | Sequence[float]
 _Results = list[Any] | dict[int, Any]
+_NO_OUTCOME = (None, 0.0, 0.0)  # a TaskEvent's error, delay and duration when there are none
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -674,8 +675,9 @@ class Runner:
             self._queued += size
             if self._bus:
                 emit = self._bus.emit
+                make_event = tuple.__new__
                 for index in range(size):
-                    emit(TaskEvent("queued", index, start))
+                    emit(make_event(TaskEvent, ("queued", index, start, 0, *_NO_OUTCOME)))
         counted_queue = size is not None
         try:
             if opts.batch_size is None:
@@ -803,12 +805,23 @@ class Runner:
                     attempts += 1
                     if limiter is not None:
                         await limiter.acquire()
-                    if bus._subscribers:
-                        bus.emit(
-                            make_event(
-                                TaskEvent, ("started", index, now(), attempts, None, 0.0, 0.0)
-                            )
+                    if subscribers := bus._subscribers:
+                        # Delivered inline (this runs per attempt); EventBus.emit does the same.
+                        event = make_event(
+                            TaskEvent,
+                            (
+                                "started",
+                                index,
+                                started if attempts == 1 else now(),
+                                attempts,
+                                *_NO_OUTCOME,
+                            ),
                         )
+                        for callback in subscribers:
+                            try:
+                                callback(event)
+                            except Exception:
+                                bus.report(callback)
                     try:
                         if timeout is None:
                             value = await call(item)
@@ -854,21 +867,16 @@ class Runner:
                         index, item, True, value, None, attempts, started, finished
                     )
                     self._done += 1
-                    if bus._subscribers:
-                        bus.emit(
-                            make_event(
-                                TaskEvent,
-                                (
-                                    "succeeded",
-                                    index,
-                                    finished,
-                                    attempts,
-                                    None,
-                                    0.0,
-                                    finished - started,
-                                ),
-                            )
+                    if subscribers := bus._subscribers:
+                        event = make_event(
+                            TaskEvent,
+                            ("succeeded", index, finished, attempts, None, 0.0, finished - started),
                         )
+                        for callback in subscribers:
+                            try:
+                                callback(event)
+                            except Exception:
+                                bus.report(callback)
                     break
             except asyncio.CancelledError as exc:
                 finished = now()
