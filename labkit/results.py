@@ -210,8 +210,12 @@ class ExperimentResult:
             if column != "t" and instance.timeline[column].notna().any()
         }
         if metrics:
+            # A metric no succeeded instance measured (all NaN) is left out, not an error.
             averaged = timeline.average_timelines(
-                [instance.timeline for instance in succeeded],
+                [
+                    instance.timeline[["t", *(c for c in instance.timeline if c in metrics)]]
+                    for instance in succeeded
+                ],
                 round_to_int=tuple(m for m in ROUND_TO_INT if m in metrics),
             )
         else:
