@@ -209,14 +209,14 @@ class ExperimentResult:
             for column in instance.timeline
             if column != "t" and instance.timeline[column].notna().any()
         }
+        # A metric no succeeded instance measured (all NaN) is left out, not an error.
+        frames = [
+            instance.timeline[["t", *(c for c in instance.timeline if c in metrics)]]
+            for instance in succeeded
+        ]
         if metrics:
-            # A metric no succeeded instance measured (all NaN) is left out, not an error.
             averaged = timeline.average_timelines(
-                [
-                    instance.timeline[["t", *(c for c in instance.timeline if c in metrics)]]
-                    for instance in succeeded
-                ],
-                round_to_int=tuple(m for m in ROUND_TO_INT if m in metrics),
+                frames, round_to_int=tuple(m for m in ROUND_TO_INT if m in metrics)
             )
         else:
             averaged = pd.DataFrame({"t": np.array([], dtype=float), "n": np.array([], dtype=int)})
@@ -242,7 +242,7 @@ class ExperimentResult:
             instances=ordered,
             averaged=averaged,
             summary=summary,
-            outliers=_outliers(succeeded, timelines=bool(metrics)),
+            outliers=_outliers(succeeded, frames if metrics else None),
             config=dict(config),
             experiment_id=experiment_id,
         )
@@ -306,12 +306,14 @@ class ExperimentResult:
         return cls.from_dict(json.loads(text))
 
 
-def _outliers(succeeded: Sequence[InstanceResult], *, timelines: bool) -> dict[str, list[int]]:
-    """Instances that stand apart, by summary figure and (with metrics) by timeline shape."""
+def _outliers(
+    succeeded: Sequence[InstanceResult], frames: Sequence[pd.DataFrame] | None
+) -> dict[str, list[int]]:
+    """Instances that stand apart, by summary figure and (given frames) by timeline shape."""
     found: dict[str, list[int]] = {}
-    kinds: list[list[Any]] = [[instance.summary for instance in succeeded]]
-    if timelines:
-        kinds.append([instance.timeline for instance in succeeded])
+    kinds: list[Sequence[Any]] = [[instance.summary for instance in succeeded]]
+    if frames is not None:
+        kinds.append(frames)
     for data in kinds:
         for outlier in timeline.detect_outliers(data):
             # detect_outliers speaks in positions among the instances it was given.
