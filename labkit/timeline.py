@@ -1116,6 +1116,7 @@ def detect_outliers(
     data: Sequence[pd.DataFrame] | Sequence[Mapping[str, Any] | None],
     *,
     threshold: float = 3.5,
+    min_relative: float = 0.1,
     metrics: Iterable[str] | None = None,
     step: float | None = None,
     method: Method | Mapping[str, Method] = "linear",
@@ -1129,7 +1130,11 @@ def detect_outliers(
     each grid point (where at least 3 have a value), and each instance's RMS
     distance to it is compared across instances; unusually *large* distances are
     flagged. The score is the robust z-score ``(x - median) / (1.4826 * MAD)``
-    of Iglewicz and Hoaglin, whose threshold 3.5 is the default.
+    of Iglewicz and Hoaglin, whose threshold 3.5 is the default. With few
+    instances the MAD is only the smallest gap between them, so a difference must
+    also matter in practice: an instance is flagged only when it lies more than
+    ``min_relative`` of the metric's typical magnitude from the median (for
+    summaries, of ``|median|``; for timelines, of the median curve's mean ``|value|``).
 
     Timeline mode holds instances x grid values per metric at once (a median is
     not a running statistic): pass a coarser ``step`` for very long timelines.
@@ -1138,6 +1143,8 @@ def detect_outliers(
         data: Either timelines (one DataFrame per instance) or summaries (one
             mapping per instance, ``None`` or ``ok=False`` for a failed one).
         threshold: The robust z-score above which an instance is flagged.
+        min_relative: The smallest deviation worth flagging, as a fraction of the
+            metric's typical magnitude (0 disables this floor).
         metrics: Only look at these metrics (summary keys or timeline columns).
         step: Timelines only: the grid step (see :func:`average_timelines`).
         method: Timelines only: ``"linear"``, ``"previous"`` or per metric.
@@ -1155,6 +1162,10 @@ def detect_outliers(
         isinstance(threshold, int | float) and math.isfinite(threshold) and threshold > 0
     ):
         raise ConfigError("threshold", threshold, "a finite number > 0 (a robust z-score)")
+    if isinstance(min_relative, bool) or not (
+        isinstance(min_relative, int | float) and 0 <= min_relative < math.inf
+    ):
+        raise ConfigError("min_relative", min_relative, "a fraction >= 0")
     if isinstance(data, pd.DataFrame | Mapping):
         raise ConfigError(
             "data", _Shown(f"a single {type(data).__name__}"), "a sequence, one item per instance"
@@ -1165,12 +1176,13 @@ def detect_outliers(
         found = _timeline_outliers(
             [item for item in items if isinstance(item, pd.DataFrame)],
             threshold,
+            min_relative,
             metrics,
             step,
             method,
         )
     elif not any(frames):
-        found = _summary_outliers(items, threshold, metrics)
+        found = _summary_outliers(items, threshold, min_relative, metrics)
     else:
         raise ConfigError("data", _Shown("a mix of DataFrames and summaries"), "one kind")
     found.sort(key=lambda o: (-abs(o.score), o.instance, o.metric))
@@ -1178,7 +1190,7 @@ def detect_outliers(
 
 
 def _summary_outliers(
-    items: Sequence[Any], threshold: float, metrics: Iterable[str] | None
+    items: Sequence[Any], threshold: float, min_relative: float, metrics: Iterable[str] | None
 ) -> list[Outlier]:
     columns: dict[str, list[tuple[int, float]]] = {}
     for position, summary in enumerate(items):
@@ -1202,8 +1214,9 @@ def _summary_outliers(
             continue
         values = np.array([value for _, value in pairs])
         scores, median = _robust_scores(values)
+        floor = min_relative * abs(median)
         for (position, value), score in zip(pairs, scores, strict=True):
-            if abs(score) > threshold:
+            if abs(score) > threshold and abs(value - median) > floor:
                 found.append(Outlier(position, key, float(score), value, median))
     return found
 
@@ -1211,6 +1224,7 @@ def _summary_outliers(
 def _timeline_outliers(
     frames: Sequence[pd.DataFrame],
     threshold: float,
+    min_relative: float,
     metrics: Iterable[str] | None,
     step: float | None,
     method: Any,
@@ -1254,8 +1268,9 @@ def _timeline_outliers(
         if usable.size < 3:
             continue
         scores, median = _robust_scores(distance[usable])
+        floor = min_relative * float(np.mean(np.abs(median_curve)))
         for index, score in zip(usable.tolist(), scores.tolist(), strict=True):
-            if score > threshold:
+            if score > threshold and distance[index] > floor:
                 position = instances[index].position
                 found.append(Outlier(position, name, score, float(distance[index]), median))
     return found

@@ -844,3 +844,25 @@ def test_instances_needed_errors(args: tuple, option: str) -> None:
     with pytest.raises(ConfigError) as caught:
         instances_needed(*args)
     assert caught.value.option == option
+
+
+def test_outliers_must_also_matter_in_practice() -> None:
+    # With three instances the MAD is the smallest gap: 52.8 scores far above 3.5,
+    # yet it lies within 10 % of the median and is ordinary run-to-run noise.
+    near = [{"cpu_peak": 48.1}, {"cpu_peak": 48.7}, {"cpu_peak": 52.8}]
+    assert detect_outliers(near) == []
+    flagged = detect_outliers(near, min_relative=0)
+    assert [(o.instance, o.metric) for o in flagged] == [(2, "cpu_peak")]
+    far = [{"cpu_peak": 48.1}, {"cpu_peak": 48.7}, {"cpu_peak": 95.0}]
+    assert [o.instance for o in detect_outliers(far)] == [2]
+    with pytest.raises(ConfigError, match="min_relative"):
+        detect_outliers(near, min_relative=-1)
+
+
+def test_timeline_outliers_ignore_small_wobbles() -> None:
+    t = np.arange(0.0, 10.0, 0.5)
+    frames = [pd.DataFrame({"t": t, "cpu": 50.0 + offset}) for offset in (0.0, 0.1, 2.0)]
+    assert detect_outliers(frames) == []
+    frames.append(pd.DataFrame({"t": t, "cpu": 50.0 + 0.05}))
+    frames.append(pd.DataFrame({"t": t, "cpu": 90.0}))
+    assert [o.instance for o in detect_outliers(frames)] == [4]
