@@ -246,7 +246,9 @@ class DaskBackend:
         self._resources = executor.task_resources
         self._resource_check: asyncio.Task[None] | None = None
 
-    def make_call(self, fn: Callable[..., Any], *, mode: str = "item") -> Call:
+    def make_call(
+        self, fn: Callable[..., Any], *, mode: str = "item", name: str | None = None
+    ) -> Call:
         """Wrap ``fn`` as a call whose every invocation submits one Dask task.
 
         Must be called on the loop that will await the calls.
@@ -255,6 +257,8 @@ class DaskBackend:
             fn: The user's function, async or sync; it runs on a worker.
             mode: ``"item"``, ``"kwargs"`` or ``"none"``, as for
                 :meth:`labkit.executors.Backend.make_call`.
+            name: The prefix of the tasks' keys, as the dashboard shows them
+                (default: ``fn``'s name).
 
         Raises:
             ConfigError: The client is closed, or its event loop neither is this one
@@ -273,7 +277,7 @@ class DaskBackend:
                 "thread (a synchronous Client, or an asynchronous one whose loop runs)",
             )
         task = _run_async_task if is_async_callable(fn) else _run_sync_task
-        name = _task_name(fn)
+        name = name or _task_name(fn)
         resources = self._resources
 
         async def call(argument: Any) -> Any:

@@ -12,16 +12,23 @@ kept beside them.
 Instance-level events (:class:`InstanceEvent`) go to ``on_event`` together with
 the runner's :class:`~labkit.events.TaskEvent`, so a progress bar or a widget can
 follow every instance live.
+
+With a Dask executor, the instances run on a cluster's workers instead: each
+attempt is one task, its samples stream back as the worker records them, and
+everything else (the runner, the events, the store, the averaging) stays here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import math
+import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -29,14 +36,16 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import numpy as np
 import pandas as pd
 
-from labkit.clock import SYSTEM_CLOCK, Clock
+from labkit.clock import SYSTEM_CLOCK, Clock, SystemClock
 from labkit.errors import check
 from labkit.events import EventBus
+from labkit.executors import is_async_callable, is_dask_client
 from labkit.results import ExperimentRecorder, ExperimentResult, InstanceResult, error_text
 from labkit.sampling import ResourceSampler
 from labkit.timeline import instances_needed, summarize_timeline
 
 if TYPE_CHECKING:
+    from labkit.cluster import DaskBackend
     from labkit.gpu import GPUPool
     from labkit.sandbox.base import Sandbox
     from labkit.sandbox.pool import SandboxPool
@@ -190,7 +199,9 @@ class InstanceContext:
         self._samples: list[tuple[float, dict[str, float]]] = []
         self._lines: list[str] = []
         self._started = clock.now()
-        self._loop = asyncio.get_running_loop()
+        # On a Dask worker a sync function runs in the task thread with no loop at
+        # all; its samples are then published straight from that thread.
+        self._loop: asyncio.AbstractEventLoop | None = _running_loop()
         self._loop_thread = threading.get_ident()
 
     @property
@@ -277,13 +288,20 @@ class InstanceContext:
     def _call_on_loop(self, fn: Callable[..., object], *args: Any) -> None:
         # A sync instance function runs in a worker thread; subscribers and the
         # store expect to be called on the event loop's thread.
-        if threading.get_ident() == self._loop_thread:
+        if self._loop is None or threading.get_ident() == self._loop_thread:
             fn(*args)
         else:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def __repr__(self) -> str:
         return f"InstanceContext(index={self.index}, attempt={self.attempt}, gpus={self.gpus})"
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _samples_to_frame(samples: Sequence[tuple[float, Mapping[str, float]]]) -> pd.DataFrame:
@@ -355,6 +373,8 @@ class _Attempt:
     sandbox_id: str | None = None
     attempts: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    """Timeline samples of an attempt that ran on a Dask worker (``context`` is ``None``)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -371,6 +391,7 @@ class _Run:
     sample_every: float
     clock: Clock
     emit: Callable[[Any], None]
+    remote: Callable[[Any], Awaitable[Any]] | None = None
     attempts: dict[int, _Attempt] = field(default_factory=dict)
 
     async def instance(self, index: int) -> Any:
@@ -442,6 +463,73 @@ class _Run:
             await self.recorder.finish_instance(self.experiment_id, self.result(index, None))
         return value
 
+    async def remote_instance(self, index: int) -> Any:
+        """One attempt of one instance as a task on a Dask worker.
+
+        The worker streams the attempt's start, samples and log lines back
+        (:meth:`on_message`) and returns its value with every sample it recorded;
+        the returned samples, not the streamed ones, make the final timeline.
+        """
+        assert self.remote is not None
+        attempt = self.attempts.setdefault(index, _Attempt())
+        attempt.attempts += 1
+        attempt.context = None
+        attempt.extra = {}
+        attempt.samples = []
+        attempt.gpu_uuids = ()
+        attempt.started = attempt.finished = None
+        try:
+            value, samples, gpus = await self.remote((index, attempt.attempts))
+        except BaseException as exc:
+            now = self.clock.now()
+            attempt.finished = now
+            offset = 0.0 if attempt.started is None else now - attempt.started
+            self.emit(InstanceEvent("failed", index, now, offset, message=_describe(exc)))
+            raise
+        # Started messages arrive before the result; this only covers a lost one.
+        started = self._remote_started(attempt, index, gpus)
+        attempt.samples = [(float(t), dict(metrics)) for t, metrics in samples]
+        attempt.gpu_uuids = tuple(gpus)
+        attempt.finished = self.clock.now()
+        attempt.extra = _extra_summary(value)
+        self.emit(InstanceEvent("finished", index, attempt.finished, attempt.finished - started))
+        if self.recorder is not None and self.experiment_id is not None:
+            await self.recorder.finish_instance(self.experiment_id, self.result(index, None))
+        return value
+
+    def on_message(self, message: Mapping[str, Any]) -> None:
+        """Handle one message a worker published for this run, on the caller's loop."""
+        index = int(message["i"])
+        attempt = self.attempts.get(index)
+        if attempt is None or attempt.attempts != message["a"] or attempt.finished is not None:
+            # From an attempt that has ended here (timed out, retried) but still
+            # runs on its worker: it must not leak into the current timeline.
+            return
+        kind = message["kind"]
+        if kind == "started":
+            self._remote_started(attempt, index, message.get("gpus", ()))
+        elif kind == "sample":
+            offset = float(message["t"])
+            metrics = {str(name): float(value) for name, value in message["m"].items()}
+            attempt.samples.append((offset, metrics))
+            self.emit(InstanceEvent("sample", index, self.clock.now(), offset, metrics=metrics))
+            if self.recorder is not None:
+                self._sample(index, offset, metrics)
+        elif kind == "log":
+            self.emit(
+                InstanceEvent(
+                    "log", index, self.clock.now(), float(message["t"]), message=message["log"]
+                )
+            )
+
+    def _remote_started(self, attempt: _Attempt, index: int, gpus: Sequence[str]) -> float:
+        """Note that the attempt runs on its worker (once); returns when it started."""
+        if attempt.started is None:
+            attempt.started = self.clock.now()
+            attempt.gpu_uuids = tuple(gpus)
+            self.emit(InstanceEvent("started", index, attempt.started))
+        return attempt.started
+
     def _sample(self, index: int, t: float, metrics: Mapping[str, float]) -> None:
         assert self.recorder is not None and self.experiment_id is not None
         self.recorder.sample(self.experiment_id, index, t, metrics)
@@ -450,7 +538,7 @@ class _Run:
         """The instance's result from its last attempt (``error`` set when it failed)."""
         attempt = self.attempts.get(index, _Attempt())
         ctx = attempt.context
-        timeline = ctx.timeline() if ctx is not None else _samples_to_frame(())
+        timeline = ctx.timeline() if ctx is not None else _samples_to_frame(attempt.samples)
         summary: dict[str, Any] = {"error_count": 0, **summarize_timeline(timeline)}
         summary.update(attempt.extra)
         return InstanceResult(
@@ -501,6 +589,139 @@ async def _call(fn: InstanceFunction, ctx: InstanceContext) -> Any:
     return result
 
 
+# -- instances on a Dask worker ---------------------------------------------------------
+#
+# These run in a worker's process, so they are module-level (they pickle by name) and
+# receive only plain data: the function, its parameters and the run's topic.
+
+_Job = tuple[int, int]
+"""What the caller sends per attempt: the instance's index and the attempt's number."""
+
+_Outcome = tuple[Any, list[tuple[float, dict[str, float]]], tuple[str, ...]]
+"""What a worker returns: the function's value, every sample it recorded, its GPUs."""
+
+
+def _worker_context(
+    job: _Job, params: Mapping[str, Any], duration: float | None, gpus: int, topic: str
+) -> InstanceContext:
+    """The instance's context on a worker: samples and log lines go out on ``topic``."""
+    from labkit.cluster import publish
+
+    index, number = job
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpus:
+        # The worker was pinned to its GPUs (gpu_cluster, or by hand) before it started.
+        env = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+        uuids = tuple(uuid for uuid in (visible or "").split(",") if uuid)
+    else:
+        env, uuids = {"CUDA_VISIBLE_DEVICES": ""}, ()
+
+    def emit(event: InstanceEvent) -> None:
+        head = {"i": index, "a": number, "t": event.offset}
+        if event.kind == "sample":
+            publish(topic, {**head, "kind": "sample", "m": dict(event.metrics or {})})
+        elif event.kind == "log":
+            publish(topic, {**head, "kind": "log", "log": event.message})
+
+    ctx = InstanceContext(
+        index=index,
+        params=params,
+        duration=duration,
+        env=env,
+        gpus=uuids,
+        sandbox=None,
+        attempt=number,
+        clock=SYSTEM_CLOCK,
+        emit=emit,
+        recorder=None,
+    )
+    publish(topic, {"i": index, "a": number, "kind": "started", "gpus": list(uuids)})
+    return ctx
+
+
+async def _remote_async(
+    fn: InstanceFunction,
+    params: Mapping[str, Any],
+    duration: float | None,
+    gpus: int,
+    topic: str,
+    job: _Job,
+) -> _Outcome:
+    """An async instance function's attempt, in the worker's loop for this task."""
+    ctx = _worker_context(job, params, duration, gpus, topic)
+    value = await fn(ctx)
+    return value, list(ctx._samples), ctx.gpus
+
+
+def _remote_sync(
+    fn: InstanceFunction,
+    params: Mapping[str, Any],
+    duration: float | None,
+    gpus: int,
+    topic: str,
+    job: _Job,
+) -> _Outcome:
+    """A sync instance function's attempt, in the worker's task thread."""
+    ctx = _worker_context(job, params, duration, gpus, topic)
+    value = fn(ctx)
+    if inspect.isawaitable(value):
+        value = asyncio.run(_await(value))
+    return value, list(ctx._samples), ctx.gpus
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _cluster_options(
+    executor: Any,
+    gpus_per_instance: int,
+    experiment: Experiment,
+    gpu_pool: GPUPool | None,
+    sandbox_pool: SandboxPool | None,
+    clock: Clock | None,
+) -> Any:
+    """Check what a run on Dask cannot take; return the ``DaskExecutor`` to submit with."""
+    from labkit.cluster import DaskExecutor
+
+    on_dask = "with a Dask executor"
+    check(
+        gpu_pool is None,
+        "gpu_pool",
+        gpu_pool,
+        f"None {on_dask}: the cluster's workers own their GPUs (ask with gpus_per_instance)",
+    )
+    check(
+        sandbox_pool is None,
+        "sandbox_pool",
+        sandbox_pool,
+        f"None {on_dask}: instances run in the workers' processes",
+    )
+    check(
+        not experiment.needs_sandbox,
+        "needs_sandbox",
+        experiment.needs_sandbox,
+        f"False {on_dask}: instances run in the workers' processes",
+    )
+    check(
+        clock is None or isinstance(clock, SystemClock),
+        "clock",
+        clock,
+        f"None or the system clock {on_dask}: workers stamp samples in real time",
+    )
+    if not isinstance(executor, DaskExecutor):
+        return DaskExecutor(executor, gpus=gpus_per_instance)
+    check(
+        gpus_per_instance in (0, executor.gpus) or executor.gpus == 0,
+        "gpus_per_instance",
+        gpus_per_instance,
+        f"0 or {executor.gpus} (the DaskExecutor's gpus)",
+    )
+    if gpus_per_instance:
+        return replace(executor, gpus=gpus_per_instance)
+    return executor
+
+
 async def run_experiment(
     experiment: Experiment,
     *,
@@ -535,6 +756,21 @@ async def run_experiment(
     ``target_rel_half_width`` of the mean (``timeline.instances_needed``) or
     ``max_instances`` have run.
 
+    With ``executor=`` a ``distributed.Client`` or a
+    :class:`labkit.cluster.DaskExecutor`, every attempt of an instance is one task
+    on the Dask cluster, and the runner's cap, retries, timeouts and events stay
+    here as for a local run. ``experiment.fn`` (and what it returns) must pickle
+    and labkit must be importable on the workers. Each instance's ``ctx.record``
+    samples are stamped on its worker and streamed back while it runs
+    (:func:`labkit.cluster.publish`), so ``on_event`` sees ``sample`` and ``log``
+    events live and ``store`` records them; the final timeline is the one the
+    worker returns. The cluster's workers own their GPUs: ``gpus_per_instance``
+    becomes the Dask resource ``{"GPU": n}`` (start GPU workers with
+    :func:`labkit.cluster.gpu_cluster`), ``ctx.gpus`` and ``ctx.env`` come from the
+    worker's ``CUDA_VISIBLE_DEVICES``, and an instance that no worker can place
+    fails with ``GPUUnavailable``. A local ``gpu_pool``, a sandbox and a test clock
+    do not travel to workers and are refused.
+
     Args:
         experiment: What to run.
         instances: How many instances (1 to :data:`MAX_INSTANCES`), or ``"auto"``.
@@ -558,7 +794,10 @@ async def run_experiment(
         max_instances: For ``"auto"``: the cap on instances run.
         auto_metric: For ``"auto"``: the summary figure to estimate (default:
             ``cpu_peak``, else ``memory_peak``, else the first numeric figure).
-        **runner_options: Passed to :class:`labkit.Runner`.
+        **runner_options: Passed to :class:`labkit.Runner`, except ``executor``:
+            ``None`` (instances run on this event loop, a sync function in a
+            thread), a ``distributed.Client`` or a
+            :class:`labkit.cluster.DaskExecutor` (instances run on the cluster).
 
     Returns:
         The :class:`~labkit.results.ExperimentResult`.
@@ -566,7 +805,9 @@ async def run_experiment(
     Raises:
         ConfigError: An option is out of range (before anything starts), such as
             ``instances`` below 1 or above the cap, or more GPUs per instance than
-            the fleet has.
+            the fleet has; with a Dask executor, ``gpu_pool``, ``sandbox_pool``,
+            an experiment that ``needs_sandbox``, a clock other than the system's,
+            or ``gpus_per_instance`` unlike the ``DaskExecutor``'s ``gpus``.
         asyncio.CancelledError: The caller was cancelled; every instance was
             cancelled and gave its GPUs and sandbox back.
     """
@@ -608,7 +849,23 @@ async def run_experiment(
         gpus_per_instance,
         "an int >= 0",
     )
-    if gpus_per_instance:
+    executor = runner_options.pop("executor", None)
+    cluster: Any = None
+    if executor is not None:
+        check(
+            _on_dask(executor),
+            "executor",
+            executor,
+            "None (instances run on the event loop, a sync function in a thread), "
+            "a distributed.Client or a labkit.cluster.DaskExecutor",
+        )
+        # The cluster's workers own their GPUs: no local fleet to check against; a
+        # request no worker can meet fails each instance with GPUUnavailable.
+        cluster = _cluster_options(
+            executor, gpus_per_instance, experiment, gpu_pool, sandbox_pool, clock
+        )
+        gpus_per_instance = cluster.gpus
+    elif gpus_per_instance:
         if gpu_pool is None:
             from labkit.gpu import GPUPool
 
@@ -625,12 +882,6 @@ async def run_experiment(
     if on_event is not None and not isinstance(on_event, EventBus):
         check(callable(on_event), "on_event", on_event, "a callable or an EventBus")
         bus.subscribe(on_event)
-    check(
-        "executor" not in runner_options,
-        "executor",
-        runner_options.get("executor"),
-        "no executor: instances run on the event loop (a sync function in a thread)",
-    )
     runner_options.setdefault("max_concurrency", planned)
     from labkit.runner import Runner
 
@@ -648,6 +899,22 @@ async def run_experiment(
     }
     if adaptive:
         config.update(target_rel_half_width=target_rel_half_width, max_instances=max_instances)
+
+    backend: DaskBackend | None = None
+    remote: Callable[[Any], Awaitable[Any]] | None = None
+    topic = f"labkit-exp-{uuid.uuid4().hex}"  # this run's samples, and no other's
+    if cluster is not None:
+        from labkit.cluster import DaskBackend
+
+        config["executor"] = "dask"
+        backend = DaskBackend(cluster)
+        on_worker = _remote_async if is_async_callable(experiment.fn) else _remote_sync
+        # Each attempt is one Dask task; the runner here keeps the cap, retries,
+        # timeouts and events, as for any call it makes.
+        remote = backend.make_call(
+            functools.partial(on_worker, experiment.fn, params, duration, gpus_per_instance, topic),
+            name=experiment.name,
+        )
 
     experiment_id: str | None = None
     done: dict[int, InstanceResult] = {}
@@ -677,14 +944,20 @@ async def run_experiment(
             sample_every=sample_every,
             clock=clock,
             emit=bus.emit,
+            remote=remote,
         )
+        if backend is not None:
+            from labkit.cluster import subscribe
+
+            stack.callback(backend.close)
+            stack.callback(subscribe(backend.executor.client, topic, run.on_message))
         results = dict(done)
 
         async def run_indices(indices: Sequence[int]) -> None:
             todo = [index for index in indices if index not in results]
             if not todo:
                 return
-            report = await runner.map(run.instance, todo)
+            report = await runner.map(run.instance if remote is None else run.remote_instance, todo)
             for task in report.results:
                 index = int(task.item)
                 if task.ok:
@@ -740,6 +1013,12 @@ def _instances_needed(
     if len(values) < 2:
         return None
     return int(instances_needed(values, rel_half_width=rel_half_width))
+
+
+def _on_dask(executor: Any) -> bool:
+    from labkit.cluster import DaskExecutor
+
+    return is_dask_client(executor) or isinstance(executor, DaskExecutor)
 
 
 def _fleet_size(pool: GPUPool) -> int:

@@ -8,6 +8,7 @@ shipped to workers live at module level, so that they pickle.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
 import threading
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 pytest.importorskip("distributed")
@@ -25,7 +27,9 @@ from distributed import Client, LocalCluster, get_worker
 import labkit as lk
 from labkit.cluster import DaskExecutor, gpu_cluster, publish, subscribe
 from labkit.errors import ConfigError, GPUUnavailable, LabkitError, MissingDependency, TaskTimeout
-from labkit.gpu import GPU, StaticInventory
+from labkit.gpu import GPU, StaticInventory, static_fleet
+from labkit.sandbox.fake import FakeSandbox
+from labkit.testing import FakeClock
 
 # -- functions that run on the workers -----------------------------------------------
 
@@ -127,6 +131,62 @@ def executing_tasks(dask_worker: Any) -> int:
 
 def processing_tasks(dask_scheduler: Any) -> int:
     return sum(len(ws.processing) for ws in dask_scheduler.workers.values())
+
+
+def ramp_on_a_worker(ctx: lk.InstanceContext) -> dict[str, int]:
+    """Records x = step + index at t = step, for 5 steps; returns the worker's pid."""
+    for step in range(5):
+        ctx.record_at(float(step), x=step + ctx.index, errors=1)
+    ctx.log("ramp done")
+    return {"pid": os.getpid()}
+
+
+async def async_ramp_on_a_worker(ctx: lk.InstanceContext) -> dict[str, int]:
+    for step in range(5):
+        ctx.record_at(float(step), x=step + ctx.index, errors=1)
+        await ctx.sleep(0.001)
+    ctx.log("ramp done")
+    return {"pid": os.getpid()}
+
+
+def wait_for_the_caller(ctx: lk.InstanceContext) -> dict[str, bool]:
+    """Records a sample, then waits until the caller has seen it (it touches a file).
+
+    Returns whether the acknowledgement came while the instance still ran: only
+    possible if samples stream back before the instance ends.
+    """
+    ack = Path(ctx.params["ack_dir"]) / str(ctx.index)
+    ctx.record(step=0.0)
+    deadline = time.monotonic() + 20
+    while not ack.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ctx.record(step=1.0)
+    return {"acknowledged": ack.exists()}
+
+
+def second_instance_breaks(ctx: lk.InstanceContext) -> None:
+    ctx.record_at(0.0, x=10.0 * (ctx.index + 1))
+    ctx.record_at(1.0, x=10.0 * (ctx.index + 1))
+    if ctx.index == 1:
+        raise ValueError("instance 1 broke")
+
+
+def first_attempt_breaks(ctx: lk.InstanceContext) -> None:
+    for step in range(3):
+        ctx.record_at(float(step), attempt=ctx.attempt)
+    if ctx.attempt == 1:
+        raise ConnectionError("first attempt lost its link")
+
+
+async def first_instance_hangs(ctx: lk.InstanceContext) -> None:
+    ctx.record(x=1.0)
+    await ctx.sleep(60.0 if ctx.index == 0 else 0.01)
+    ctx.record(x=2.0)
+
+
+def what_the_instance_sees(ctx: lk.InstanceContext) -> None:
+    time.sleep(0.05)  # long enough for both workers to get one
+    ctx.record_at(0.0, visible=len(ctx.env["CUDA_VISIBLE_DEVICES"].split(",")))
 
 
 # -- fixtures --------------------------------------------------------------------------
@@ -480,3 +540,189 @@ def test_gpu_cluster_refuses_a_fleet_it_cannot_split() -> None:
     assert caught.value.option == "gpus_per_worker"
     with pytest.raises(GPUUnavailable):
         gpu_cluster(StaticInventory())
+
+
+# -- experiments on the cluster ------------------------------------------------------
+
+
+def instance_events(events: list[Any], index: int, kind: str | None = None) -> list[Any]:
+    return [
+        event
+        for event in events
+        if isinstance(event, lk.InstanceEvent)
+        and event.instance == index
+        and (kind is None or event.kind == kind)
+    ]
+
+
+@pytest.mark.parametrize("fn", [ramp_on_a_worker, async_ramp_on_a_worker])
+async def test_an_experiment_is_averaged_from_worker_side_samples(
+    client: Client, fn: Any, tmp_path: Path
+) -> None:
+    events: list[Any] = []
+    with lk.Store(tmp_path / "runs.db") as store:
+        result = await lk.run_experiment(
+            lk.Experiment("ramp", fn),
+            instances=3,
+            executor=client,
+            store=store,
+            on_event=events.append,
+        )
+        stored = store.load(str(result.experiment_id))
+
+    assert result.ok and result.summary["num_instances"] == 3
+    averaged = result.averaged
+    assert averaged["n"].max() == 3
+    assert list(averaged["t"]) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    # x = step + index: the mean over indices 0, 1, 2 is step + 1, the spread 1.
+    assert list(averaged["x"]) == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert list(averaged["x_std"]) == pytest.approx([1.0] * 5)
+    assert result.summary["error_count"] == 5
+
+    worker_pids = set((await client.run(os.getpid)).values())
+    for instance in result.instances:
+        index = instance.index
+        assert list(instance.timeline["x"]) == [step + index for step in range(5)]
+        assert instance.summary["pid"] in worker_pids and instance.summary["pid"] != os.getpid()
+        # Every sample was streamed live, and the final timeline is exactly those.
+        streamed = [(e.offset, e.metrics["x"]) for e in instance_events(events, index, "sample")]
+        assert streamed == list(zip(instance.timeline["t"], instance.timeline["x"], strict=True))
+        kinds = [event.kind for event in instance_events(events, index)]
+        assert kinds == ["started"] + ["sample"] * 5 + ["log", "finished"]
+        assert instance_events(events, index, "log")[0].message == "ramp done"
+        # The store holds what was averaged.
+        pd.testing.assert_frame_equal(stored.instances[index].timeline, instance.timeline)
+
+
+async def test_samples_stream_back_while_instances_run(client: Client, tmp_path: Path) -> None:
+    events: list[Any] = []
+
+    def on_event(event: Any) -> None:
+        events.append(event)
+        if isinstance(event, lk.InstanceEvent) and event.kind == "sample":
+            (tmp_path / str(event.instance)).touch()
+
+    experiment = lk.Experiment("live", wait_for_the_caller, params={"ack_dir": str(tmp_path)})
+    result = await lk.run_experiment(experiment, instances=3, executor=client, on_event=on_event)
+
+    assert result.ok
+    # Each instance saw the caller's acknowledgement of its first sample mid-run.
+    assert [i.summary["acknowledged"] for i in result.instances] == [True, True, True]
+    for index in range(3):
+        kinds = [event.kind for event in instance_events(events, index)]
+        assert kinds.index("sample") < kinds.index("finished")
+        assert list(result.instances[index].timeline["step"]) == [0.0, 1.0]
+
+
+async def test_a_failing_instance_is_recorded_and_the_others_averaged(client: Client) -> None:
+    events: list[Any] = []
+    result = await lk.run_experiment(
+        lk.Experiment("breaks", second_instance_breaks),
+        instances=3,
+        executor=client,
+        on_event=events.append,
+    )
+
+    assert [i.ok for i in result.instances] == [True, False, True]
+    failed = result.instances[1]
+    assert failed.error == "ValueError: instance 1 broke"
+    # Its timeline is what it streamed before failing.
+    assert list(failed.timeline["x"]) == [20.0, 20.0]
+    assert result.summary["num_instances"] == 3 and result.summary["num_failed"] == 1
+    assert result.averaged["n"].max() == 2
+    assert list(result.averaged["x"]) == pytest.approx([20.0, 20.0])  # (10 + 30) / 2
+    assert list(result.averaged["x_std"]) == pytest.approx([10.0 * math.sqrt(2)] * 2)
+    assert [e.message for e in instance_events(events, 1, "failed")] == [failed.error]
+
+
+async def test_a_retried_instance_keeps_only_its_last_attempt(client: Client) -> None:
+    retry = lk.Retry(attempts=2, initial=0.01, jitter=0.0, retry_on=(ConnectionError,))
+    result = await lk.run_experiment(
+        lk.Experiment("retried", first_attempt_breaks), instances=2, executor=client, retry=retry
+    )
+    assert result.ok
+    for instance in result.instances:
+        assert instance.attempts == 2
+        assert list(instance.timeline["attempt"]) == [2.0, 2.0, 2.0]
+
+
+async def test_a_timed_out_instance_leaves_no_running_task(client: Client) -> None:
+    result = await lk.run_experiment(
+        lk.Experiment("hangs", first_instance_hangs), instances=2, executor=client, timeout=1.0
+    )
+    assert [i.ok for i in result.instances] == [False, True]
+    assert str(result.instances[0].error).startswith("TaskTimeout")
+    assert list(result.instances[0].timeline["x"]) == [1.0]
+    assert list(result.instances[1].timeline["x"]) == [1.0, 2.0]
+    assert await settle(client) == (0, 0)
+
+
+async def test_a_sync_clients_samples_arrive_on_the_callers_loop(sync_client: Client) -> None:
+    threads: set[int] = set()
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, lk.InstanceEvent):
+            threads.add(threading.get_ident())
+
+    result = await lk.run_experiment(
+        lk.Experiment("ramp", ramp_on_a_worker),
+        instances=2,
+        executor=sync_client,
+        on_event=on_event,
+    )
+    assert result.ok and result.averaged["n"].max() == 2
+    assert list(result.averaged["x"]) == pytest.approx([0.5, 1.5, 2.5, 3.5, 4.5])
+    assert threads == {threading.get_ident()}
+
+
+async def test_an_experiment_on_a_cluster_refuses_local_resources(client: Client) -> None:
+    events: list[Any] = []
+    experiment = lk.Experiment("ramp", ramp_on_a_worker)
+    refused = {
+        "gpu_pool": {"gpu_pool": lk.GPUPool(static_fleet(2))},
+        "sandbox_pool": {"sandbox_pool": lk.SandboxPool(FakeSandbox, max_size=1)},
+        "clock": {"clock": FakeClock()},
+        "gpus_per_instance": {
+            "executor": DaskExecutor(client, gpus=1),
+            "gpus_per_instance": 2,
+        },
+    }
+    for option, options in refused.items():
+        options.setdefault("executor", client)
+        with pytest.raises(ConfigError, match=option) as caught:
+            await lk.run_experiment(experiment, on_event=events.append, **options)
+        assert caught.value.option == option
+    needs_sandbox = lk.Experiment("ramp", ramp_on_a_worker, needs_sandbox=True)
+    with pytest.raises(ConfigError) as caught:
+        await lk.run_experiment(needs_sandbox, executor=client, on_event=events.append)
+    assert caught.value.option == "needs_sandbox"
+    with pytest.raises(ConfigError) as caught:
+        await lk.run_experiment(experiment, executor="thread", on_event=events.append)
+    assert caught.value.option == "executor" and "distributed.Client" in str(caught.value)
+    assert events == []  # nothing started
+
+
+async def test_an_experiments_gpus_become_dask_resources(client: Client) -> None:
+    # No worker of this cluster offers GPUs: no local fleet check, each instance
+    # fails fast instead of waiting forever.
+    result = await lk.run_experiment(
+        lk.Experiment("ramp", ramp_on_a_worker), instances=2, gpus_per_instance=1, executor=client
+    )
+    assert result.all_failed
+    assert all(str(i.error).startswith("GPUUnavailable") for i in result.instances)
+
+    uuids = {gpu.uuid for gpu in FLEET.devices()}
+    async with (
+        gpu_cluster(FLEET, asynchronous=True, dashboard_address=None) as cluster,
+        Client(cluster, asynchronous=True) as gpu_client,
+    ):
+        result = await lk.run_experiment(
+            lk.Experiment("pinned", what_the_instance_sees),
+            instances=4,
+            gpus_per_instance=1,
+            executor=gpu_client,
+        )
+    assert result.ok
+    assert {i.gpu_uuids for i in result.instances} == {(uuid,) for uuid in uuids}
+    assert all(list(i.timeline["visible"]) == [1.0] for i in result.instances)
+    assert result.to_dict()["config"]["gpus_per_instance"] == 1
