@@ -318,3 +318,273 @@ async def test_real_local_sandboxes_are_reused_and_cleaned_up() -> None:
     assert len(paths) == 2 and all(p is not None and not p.exists() for p in paths)
     for pid in pids:
         assert await dies(pid)
+
+
+# -- auto-scaling: target size, growth ahead of demand, min_size, capacity -----------
+
+
+class Holders:
+    """Sessions that enter the pool, note when and with what, and stay until released."""
+
+    def __init__(self, pool: SandboxPool, clock: FakeClock) -> None:
+        self.pool = pool
+        self.clock = clock
+        self.release = asyncio.Event()
+        self.entered: list[float] = []
+        self.got: list[FakeSandbox] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def add(self, n: int = 1) -> None:
+        self.tasks += [asyncio.create_task(self._hold()) for _ in range(n)]
+
+    async def _hold(self) -> None:
+        async with self.pool.session() as sb:
+            assert isinstance(sb, FakeSandbox)
+            self.entered.append(self.clock.now())
+            self.got.append(sb)
+            await self.release.wait()
+
+    async def finish(self) -> list[object]:
+        self.release.set()
+        return await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def test_min_size_is_validated() -> None:
+    with pytest.raises(ConfigError, match="min_size"):
+        SandboxPool(FakeSandbox, max_size=2, min_size=3)
+    with pytest.raises(ConfigError, match="min_size"):
+        SandboxPool(FakeSandbox, max_size=2, min_size=-1)
+
+
+async def test_waiting_sessions_get_sandboxes_started_concurrently() -> None:
+    clock = FakeClock()
+    factory = Factory(clock, start_latency=1.0)
+    pool = SandboxPool(factory, max_size=4, clock=clock)
+    t0 = clock.now()
+    users = Holders(pool, clock)
+    users.add(4)
+    await settle()
+    stats = pool.stats()
+    assert (stats.waiting, stats.starting, stats.target_size) == (4, 4, 4)
+    assert clock.sleeps == [1.0] * 4  # four starts in flight at once
+    clock.advance(1.0)  # one start time serves all four: serial starts would serve one
+    await settle()
+    assert users.entered == [t0 + 1.0] * 4
+    stats = pool.stats()
+    assert (stats.active, stats.waiting, stats.misses, stats.total_created) == (4, 0, 4, 4)
+    await users.finish()
+    await pool.close()
+
+
+async def test_one_waiting_session_starts_one_sandbox() -> None:
+    clock = FakeClock()
+    factory = Factory(clock, start_latency=1.0)
+    pool = SandboxPool(factory, max_size=8, clock=clock)
+    users = Holders(pool, clock)
+    users.add()
+    await settle()
+    assert (pool.stats().target_size, pool.stats().pool_size) == (1, 1)
+    assert pool.capacity() == 7  # its start holds one slot; the waiter is not counted twice
+    clock.advance(1.0)
+    await settle()
+    assert len(factory.made) == 1 and pool.stats().idle == 0
+    await users.finish()
+    await pool.close()
+
+
+async def test_a_burst_of_waiters_starts_headroom_ahead_of_demand() -> None:
+    clock = FakeClock()
+    factory = Factory(clock, start_latency=1.0)
+    pool = SandboxPool(factory, max_size=8, clock=clock)
+    users = Holders(pool, clock)
+    users.add(4)
+    await settle()
+    stats = pool.stats()
+    assert (stats.waiting, stats.starting, stats.target_size) == (4, 8, 8)
+    clock.advance(1.0)
+    await settle()
+    stats = pool.stats()
+    assert (stats.active, stats.idle, stats.misses) == (4, 4, 4)
+    users.add()  # the next arrival finds a sandbox already started
+    await settle()
+    stats = pool.stats()
+    assert (stats.active, stats.hits, stats.total_created, stats.starting) == (5, 1, 8, 0)
+    await users.finish()
+    await pool.close()
+
+
+async def test_headroom_never_exceeds_max_size() -> None:
+    clock = FakeClock()
+    factory = Factory(clock, start_latency=1.0)
+    pool = SandboxPool(factory, max_size=5, clock=clock)
+    users = Holders(pool, clock)
+    users.add(4)
+    await settle()
+    assert (pool.stats().pool_size, pool.stats().target_size) == (5, 5)
+    clock.advance(1.0)
+    await settle()
+    assert len(factory.made) == 5 and pool.stats().idle == 1
+    await users.finish()
+    await pool.close()
+
+
+async def test_a_returned_sandbox_serves_a_waiter_before_its_start_ends() -> None:
+    clock = FakeClock()
+    factory = Factory(clock, start_latency=10.0)
+    pool = SandboxPool(factory, max_size=2, clock=clock)
+    first = Holders(pool, clock)
+    first.add()
+    await settle()
+    clock.advance(10.0)
+    await settle()
+    assert first.got == [factory.made[0]]
+    second = Holders(pool, clock)
+    second.add()
+    await settle()
+    assert pool.stats().starting == 1  # a second sandbox is on its way
+    clock.advance(1.0)
+    await first.finish()
+    await settle()
+    # Served by the returned sandbox 9 s before the new one is up.
+    assert second.got == [factory.made[0]] and second.entered == [first.entered[0] + 1.0]
+    assert pool.stats().starting == 1 and pool.stats().hits == 1
+    clock.advance(9.0)
+    await settle()
+    stats = pool.stats()
+    assert (stats.idle, stats.active, stats.pool_size, stats.misses) == (1, 1, 2, 1)
+    await second.finish()
+    await pool.close()
+
+
+async def test_idle_sandboxes_shrink_back_to_min_size() -> None:
+    clock = FakeClock()
+    factory = Factory(clock)
+    pool = SandboxPool(factory, max_size=4, min_size=1, max_idle=30.0, clock=clock)
+    async with pool:
+        users = Holders(pool, clock)
+        users.add(5)
+        await settle()
+        assert (pool.stats().active, pool.stats().waiting, pool.stats().pool_size) == (4, 1, 4)
+        await users.finish()
+        await settle()
+        stats = pool.stats()
+        assert (stats.idle, stats.target_size) == (4, 4)
+        clock.advance(31.0)
+        await settle()
+        stats = pool.stats()
+        assert (stats.idle, stats.pool_size, stats.expired) == (1, 1, 3)
+        assert (stats.target_size, stats.min_size) == (1, 1)
+        kept = [sb for sb in factory.made if not sb.closed]
+        assert len(kept) == 1
+        clock.advance(300.0)  # min_size is kept however long it idles
+        await settle()
+        assert pool.stats().idle == 1 and not kept[0].closed and len(factory.made) == 4
+        before = pool.stats()
+        async with pool.session() as sb:
+            assert sb is kept[0]
+        after = pool.stats()
+        assert (after.hits, after.misses) == (before.hits + 1, before.misses)
+    assert kept[0].closed
+
+
+async def test_min_size_is_started_on_open_and_refilled() -> None:
+    clock = FakeClock(autojump=True)
+    factory = Factory(clock, start_latency=0.5)
+    async with SandboxPool(factory, max_size=4, min_size=2, clock=clock) as pool:
+        stats = pool.stats()
+        assert (stats.idle, stats.pool_size, stats.target_size) == (2, 2, 2)
+        async with pool.session() as sb:
+            sb.crash()
+        await asyncio.sleep(0.01)  # the replacement starts in the background
+        stats = pool.stats()
+        assert (stats.replaced, stats.idle, stats.pool_size, stats.total_created) == (1, 2, 2, 3)
+        assert stats.misses == 0
+
+
+async def test_capacity_before_while_and_after_sessions() -> None:
+    clock = FakeClock()
+    factory = Factory(clock)
+    pool = SandboxPool(factory, max_size=3, prewarm=1, clock=clock)
+    assert pool.capacity() == 3
+    async with pool:
+        assert pool.stats().idle == 1 and pool.capacity() == 3
+        users = Holders(pool, clock)
+        users.add(2)
+        await settle()
+        assert pool.capacity() == 1
+        assert int(pool.capacity() * 0.8) == 0  # the 80% rule holds off at one free
+        users.add(3)
+        await settle()
+        assert (pool.stats().active, pool.stats().waiting) == (3, 2)
+        assert pool.capacity() == 0
+        await users.finish()
+        await settle()
+        assert pool.stats().idle == 3 and pool.capacity() == 3
+    assert pool.capacity() == 0
+
+
+async def test_a_batch_sized_by_capacity_is_served_in_one_start_time() -> None:
+    clock = FakeClock()
+    factory = Factory(clock, start_latency=1.0)
+    pool = SandboxPool(factory, max_size=10, prewarm=2, clock=clock)
+    busy = Holders(pool, clock)
+    busy.add(1)
+    await settle()
+    clock.advance(1.0)
+    await settle()
+    assert pool.stats().active == 1 and pool.capacity() == 9
+    n = int(pool.capacity() * 0.8)
+    batch = Holders(pool, clock)
+    batch.add(n)
+    await settle()
+    stats = pool.stats()
+    # The idle one serves at once; the other six start together, with headroom.
+    assert n == 7 and (stats.active, stats.waiting, stats.starting) == (2, 6, 8)
+    clock.advance(1.0)
+    await settle()
+    stats = pool.stats()
+    assert (stats.active, stats.waiting, stats.idle) == (8, 0, 2)
+    assert max(batch.entered) == busy.entered[0] + 1.0
+    assert pool.capacity() == 2
+    await busy.finish()
+    await batch.finish()
+    await pool.close()
+
+
+async def test_failing_starts_fail_their_waiters_without_retrying() -> None:
+    clock = FakeClock(autojump=True)
+    factory = Factory(clock, start_latency=1.0, start_error=SandboxStartError("no capacity"))
+    pool = SandboxPool(factory, max_size=6, clock=clock)
+
+    async def user() -> None:
+        async with pool.session():
+            pass
+
+    async with clock.timeout(100.0):  # a pool retrying in a loop never lets them fail
+        results = await asyncio.gather(*(user() for _ in range(3)), return_exceptions=True)
+        await clock.sleep(10.0)
+    assert all(isinstance(r, SandboxStartError) for r in results)
+    assert len(factory.made) == 6  # 3 for the waiters, 3 headroom; nothing retried
+    assert all(sb.closed for sb in factory.made)
+    assert pool.stats().pool_size == 0 and pool.stats().waiting == 0
+    await pool.close()
+
+
+async def test_a_cancelled_waiter_leaves_its_sandbox_to_the_pool() -> None:
+    clock = FakeClock()
+    factory = Factory(clock, start_latency=5.0)
+    pool = SandboxPool(factory, max_size=2, clock=clock)
+    users = Holders(pool, clock)
+    users.add()
+    await settle()
+    users.tasks[0].cancel()
+    await asyncio.gather(*users.tasks, return_exceptions=True)
+    assert pool.stats().waiting == 0 and pool.stats().starting == 1
+    assert pool.capacity() == 1  # the slot of the start in flight is not free
+    clock.advance(5.0)
+    await settle()
+    stats = pool.stats()
+    assert (stats.idle, stats.pool_size) == (1, 1) and pool.capacity() == 2
+    async with pool.session() as sb:
+        assert sb is factory.made[0]
+    await pool.close()

@@ -2,8 +2,31 @@
 
 Starting a sandbox is the slow part (a temporary directory locally, a VM boot on
 E2B), so the pool keeps returned sandboxes, resets them, and hands them to the
-next session. Sessions that find no idle sandbox and no room to start one wait in
-FIFO order.
+next session. Sessions that find no idle sandbox wait in FIFO order for the next
+sandbox to come free, whether one a session returned or one the pool started.
+
+Sizing policy. The pool steers its live sandboxes towards a *target size*::
+
+    target_size = clamp(busy + waiting + headroom, min_size, max_size)
+
+where ``busy`` counts sandboxes in a session and ``waiting`` the queued sessions.
+
+- Growth: whenever a session has to wait, the pool starts enough sandboxes to reach
+  the target, all at once and in the background, so ``n`` waiters cost one start
+  time, not ``n``. A started sandbox goes to the first waiter; if a returned one
+  served that waiter sooner, the new one stays idle for the next session.
+- Headroom, ahead of demand: one session waiting says little, but when two or more
+  wait at once, arrivals outpace the pool, and ``headroom`` rises to the number
+  waiting (4 waiters on an empty pool start 8 sandboxes: 4 for them, 4 for whoever
+  comes next), never past ``max_size``.
+- Shrinking: a sandbox idle for ``max_idle`` seconds is closed, and each such
+  expiry lowers the headroom by one (an idle sandbox that long was not needed).
+  Expiry stops at ``min_size`` live sandboxes, which the pool starts when it opens
+  and starts again when one is replaced.
+
+Live sandboxes above the target (after ``prewarm()``, or once a burst is over) are
+not closed early; they leave through idle expiry. ``capacity()`` tells a caller how
+many sessions could start now without queueing behind others.
 """
 
 from __future__ import annotations
@@ -13,11 +36,11 @@ import contextlib
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import SandboxClosed, check
@@ -40,18 +63,23 @@ class SandboxPoolStats:
         pool_size: Live sandboxes: ``active + idle + starting``.
         active: Sandboxes in a session now.
         idle: Started sandboxes waiting for a session.
-        starting: Sandboxes being created or started now.
+        starting: Sandboxes being created, started or closed now.
         waiting: Sessions queued for a sandbox.
         total_created: Sandboxes the factory made, ever.
         total_reused: Sessions that got a sandbox a previous session had used.
-        hits: Sessions served by an already started sandbox (prewarmed or returned).
-        misses: Sessions that had to start a new sandbox.
+        hits: Sessions served by an already started sandbox (prewarmed, started
+            ahead of demand, or returned).
+        misses: Sessions that had to wait for a new sandbox to start.
         replaced: Sandboxes thrown away because they were unhealthy or their reset
             failed (their slot goes to a new one).
         expired: Idle sandboxes closed after ``max_idle`` seconds unused.
         avg_startup_ms: Mean time to create and start one sandbox, in milliseconds
             (0.0 before the first).
         reuse_rate: ``hits / (hits + misses)``, 0.0 before the first session.
+        min_size: The floor idle expiry keeps.
+        target_size: The live sandboxes the pool is steering towards now:
+            ``busy + waiting + headroom``, within ``[min_size, max_size]`` (see the
+            module's sizing policy).
     """
 
     max_size: int
@@ -68,6 +96,8 @@ class SandboxPoolStats:
     expired: int
     avg_startup_ms: float
     reuse_rate: float
+    min_size: int = 0
+    target_size: int = 0
 
 
 class _Entry:
@@ -81,26 +111,25 @@ class _Entry:
         self.idle_since = 0.0
 
 
-_CREATE = None
-"""What a waiter receives instead of an entry: a free slot, start your own sandbox."""
-
-
 class SandboxPool:
-    """A pool of started sandboxes, reused across sessions.
+    """A pool of started sandboxes, reused across sessions, that grows and shrinks.
 
     ::
 
-        async with lk.SandboxPool(lk.LocalSandbox, max_size=4, prewarm=4) as pool:
+        async with lk.SandboxPool(lk.LocalSandbox, min_size=2, max_size=16) as pool:
+            n = int(pool.capacity() * 0.8)  # size a batch to 80% of what is free
             async with pool.session() as sb:
                 result = await sb.run("python train.py")
 
-    A session gets an idle sandbox when there is one (a *hit*), else starts a new
-    one while fewer than ``max_size`` are live (a *miss*), else waits; waiting
-    sessions are served first come, first served. When a session ends, however it
-    ends (an error, a cancellation mid-command), the sandbox is reset (processes
-    killed, directory emptied) before anyone else gets it; a sandbox that is
-    unhealthy or whose reset fails is closed and replaced. Idle sandboxes unused for
-    ``max_idle`` seconds are closed. ``close()`` closes every sandbox, busy ones
+    A session gets an idle sandbox when there is one (a *hit*); otherwise it waits,
+    first come, first served, while the pool starts sandboxes for the waiters
+    concurrently within ``max_size`` (a *miss* when the session then gets a new
+    one), plus some headroom when several wait at once; the module docstring spells
+    out the sizing policy. When a session ends, however it ends (an error, a
+    cancellation mid-command), the sandbox is reset (processes killed, directory
+    emptied) before anyone else gets it; a sandbox that is unhealthy or whose reset
+    fails is closed and replaced. Idle sandboxes unused for ``max_idle`` seconds are
+    closed, down to ``min_size``. ``close()`` closes every sandbox, busy ones
     included, so nothing outlives the pool.
 
     Args:
@@ -110,8 +139,11 @@ class SandboxPool:
         max_size: The most sandboxes alive at once (>= 1).
         prewarm: Sandboxes started by ``async with pool`` or the first
             ``session()`` (<= ``max_size``).
-        max_idle: Seconds an idle sandbox is kept before it is closed; ``None``
-            keeps it until ``close()``.
+        min_size: Sandboxes kept live once the pool is open: started with the
+            prewarmed ones, never expired, started again after a replacement
+            (<= ``max_size``).
+        max_idle: Seconds an idle sandbox is kept before it is closed (while more
+            than ``min_size`` are live); ``None`` keeps it until ``close()``.
         clock: The clock for idle expiry and startup times.
 
     Raises:
@@ -124,6 +156,7 @@ class SandboxPool:
         *,
         max_size: int,
         prewarm: int = 0,
+        min_size: int = 0,
         max_idle: float | None = 60.0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
@@ -135,20 +168,28 @@ class SandboxPool:
             prewarm,
             f"an int from 0 to max_size ({max_size})",
         )
+        check(
+            isinstance(min_size, int) and 0 <= min_size <= max_size,
+            "min_size",
+            min_size,
+            f"an int from 0 to max_size ({max_size})",
+        )
         check(max_idle is None or max_idle > 0, "max_idle", max_idle, "None or seconds > 0")
         self._factory = factory
         self._max_size = max_size
-        self._prewarm_target = prewarm
-        self._prewarmed = prewarm == 0
+        self._min_size = min_size
+        self._prewarm_target = max(prewarm, min_size)
+        self._prewarmed = self._prewarm_target == 0
         self._max_idle = max_idle
         self._clock = clock
         self._idle: deque[_Entry] = deque()  # oldest first; reuse takes the newest
         self._active: set[_Entry] = set()
         self._handed: set[_Entry] = set()  # given to a waiter that has not resumed yet
         # Starts, resets and retirements in flight: close() waits for them.
-        self._transitions: set[asyncio.Future[None]] = set()
-        self._waiters: deque[asyncio.Future[_Entry | None]] = deque()
-        self._live = 0  # idle + active + starting (including slots handed to waiters)
+        self._transitions: set[asyncio.Future[Any]] = set()
+        self._waiters: deque[asyncio.Future[_Entry]] = deque()
+        self._live = 0  # idle + active + handed + starting + closing
+        self._headroom = 0
         self._closed = False
         self._reaper: asyncio.Task[None] | None = None
         self._created = self._reused = self._hits = self._misses = 0
@@ -158,8 +199,8 @@ class SandboxPool:
     def __repr__(self) -> str:
         s = self.stats()
         return (
-            f"SandboxPool(max_size={s.max_size}, active={s.active}, idle={s.idle}, "
-            f"waiting={s.waiting}, closed={self._closed})"
+            f"SandboxPool(max_size={s.max_size}, target_size={s.target_size}, "
+            f"active={s.active}, idle={s.idle}, waiting={s.waiting}, closed={self._closed})"
         )
 
     async def __aenter__(self) -> Self:
@@ -185,9 +226,9 @@ class SandboxPool:
         return SandboxPoolStats(
             max_size=self._max_size,
             pool_size=self._live,
-            active=len(self._active) + len(self._handed),
+            active=self._busy(),
             idle=len(self._idle),
-            starting=self._live - len(self._active) - len(self._handed) - len(self._idle),
+            starting=self._starting(),
             waiting=len(self._waiters),
             total_created=self._created,
             total_reused=self._reused,
@@ -197,7 +238,29 @@ class SandboxPool:
             expired=self._expired,
             avg_startup_ms=1000.0 * self._startup_total / self._created if self._created else 0.0,
             reuse_rate=self._hits / sessions if sessions else 0.0,
+            min_size=self._min_size,
+            target_size=self._target_size(),
         )
+
+    def capacity(self) -> int:
+        """How many sessions could start right now without queueing behind others.
+
+        Idle sandboxes plus the room left under ``max_size`` to start new ones; the
+        sessions already waiting hold the slots of the starts made for them, so they
+        are not free. 0 once closed. Sandboxes starting as headroom are not counted
+        until they are up. A batch can size itself to what is free instead of piling
+        up in the queue::
+
+            n = int(pool.capacity() * 0.8)  # leave 20% for other users of the pool
+            await asyncio.gather(*(job(pool, item) for item in items[:n]))
+
+        It is a snapshot: other sessions may take the capacity before yours start.
+        """
+        if self._closed:
+            return 0
+        # Waiters need no subtracting: every waiter either has a start in flight (its
+        # slot is in _live) or waits because the pool is full (no room to count).
+        return len(self._idle) + self._max_size - self._live
 
     # -- sessions -------------------------------------------------------------------
 
@@ -211,7 +274,7 @@ class SandboxPool:
         Raises:
             SandboxClosed: The pool is closed (or closes while this session waits).
             Exception: Whatever the factory or the sandbox's ``start()`` raised when a
-                new one had to be started (for E2B: SandboxAuthError,
+                sandbox started for this session failed (for E2B: SandboxAuthError,
                 SandboxRateLimited, SandboxStartError).
         """
         await self._ensure_prewarmed()
@@ -245,10 +308,11 @@ class SandboxPool:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 errors.append(outcome)
-                self._free_slot()
+                self._live -= 1
             else:
                 self._put_idle(outcome)
         if errors:
+            self._grow()  # sessions that waited on these starts get their own
             raise errors[0]
         return count
 
@@ -259,37 +323,22 @@ class SandboxPool:
 
     async def _acquire(self) -> _Entry:
         self._check_open()
-        handed: _Entry | None
-        if self._waiters:
-            handed = await self._wait_turn()
-        elif self._idle:
-            handed = self._idle.pop()
-        elif self._live < self._max_size:
-            self._live += 1
-            handed = _CREATE
-        else:
-            handed = await self._wait_turn()
-
-        if handed is not _CREATE and not handed.sandbox.healthy:
-            # Keep its slot for the replacement: freeing it could let a later
-            # session take it first.
+        front = False
+        while True:
+            if self._idle:  # never while sessions wait: _put_idle serves them first
+                entry, waited = self._idle.pop(), False
+            else:
+                entry, waited = await self._wait_turn(front=front), True
+            if entry.sandbox.healthy:
+                break
+            # Died while idle: close it in the background and wait again at the head
+            # of the queue, so its replacement cannot go to a later session.
             self._replaced += 1
-            try:
-                await _close_quietly(handed.sandbox)
-            except BaseException:
-                self._free_slot()
-                raise
-            handed = _CREATE
-        if handed is _CREATE:
+            self._spawn(self._retire(entry))
+            front = True
+        if waited and not entry.sessions:
             self._misses += 1
-            try:
-                self._check_open()
-                entry = await self._create()
-            except BaseException:
-                self._free_slot()
-                raise
         else:
-            entry = handed
             self._hits += 1
             if entry.sessions:
                 self._reused += 1
@@ -297,29 +346,74 @@ class SandboxPool:
         self._active.add(entry)
         return entry
 
-    async def _wait_turn(self) -> _Entry | None:
-        waiter: asyncio.Future[_Entry | None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+    async def _wait_turn(self, *, front: bool) -> _Entry:
+        waiter: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
+        if front:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
+        if len(self._waiters) >= 2:  # arrivals outpace the pool: start ahead of them
+            self._headroom = max(self._headroom, len(self._waiters))
+        self._grow()
         try:
-            handed = await waiter
+            entry = await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                # Served just as we were cancelled: pass the sandbox or slot on.
-                handed = waiter.result()
-                if handed is _CREATE:
-                    self._free_slot()
-                elif handed in self._handed:
-                    self._handed.discard(handed)
-                    self._put_idle(handed)
+                # Served just as we were cancelled: pass the sandbox on.
+                entry = waiter.result()
+                if entry in self._handed:
+                    self._handed.discard(entry)
+                    self._put_idle(entry)
             else:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             raise
-        if handed is not _CREATE:
-            if handed not in self._handed:  # close() took it meanwhile
-                raise SandboxClosed("the sandbox pool was closed")
-            self._handed.discard(handed)
-        return handed
+        if entry not in self._handed:  # close() took it meanwhile
+            raise SandboxClosed("the sandbox pool was closed")
+        self._handed.discard(entry)
+        return entry
+
+    # -- sizing ---------------------------------------------------------------------
+
+    def _busy(self) -> int:
+        return len(self._active) + len(self._handed)
+
+    def _starting(self) -> int:
+        """Slots held by starts (and closes) in flight."""
+        return self._live - self._busy() - len(self._idle)
+
+    def _target_size(self) -> int:
+        demand = self._busy() + len(self._waiters) + self._headroom
+        return min(self._max_size, max(self._min_size, demand))
+
+    def _grow(self) -> None:
+        """Start, concurrently and in the background, what the target lacks."""
+        if self._closed:
+            return
+        for _ in range(self._target_size() - self._live):
+            self._live += 1
+            self._spawn(self._start_one())
+
+    async def _start_one(self) -> None:
+        """Start a sandbox in a slot already reserved; it goes to a waiter or idles."""
+        try:
+            entry = await self._create()
+        except Exception as exc:
+            self._live -= 1
+            if self._closed:
+                return
+            if len(self._waiters) > self._starting():
+                # A waiter is left with no sandbox coming: it gets the error, as it
+                # would have starting its own. No retry here: a failing factory must
+                # not spin.
+                self._fail_first_waiter(exc)
+            else:
+                log.warning("starting a sandbox ahead of demand failed: %r", exc)
+            return
+        except BaseException:
+            self._live -= 1
+            raise
+        self._put_idle(entry)
 
     async def _create(self) -> _Entry:
         """Make and start one sandbox; the caller has already reserved its slot."""
@@ -371,10 +465,18 @@ class SandboxPool:
         await self._retire(entry)
 
     async def _retire(self, entry: _Entry) -> None:
+        """Close ``entry``, then free its slot (a waiter or ``min_size`` may refill it)."""
         await _close_quietly(entry.sandbox)
-        self._free_slot()
+        self._live -= 1
+        self._grow()
 
-    async def _in_background(self, work: Awaitable[None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task that close() waits for."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._transitions.add(task)
+        task.add_done_callback(self._transitions.discard)
+
+    async def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` as a task that close() waits for and cancellation cannot cut."""
         task = asyncio.ensure_future(work)
         self._transitions.add(task)
@@ -393,14 +495,12 @@ class SandboxPool:
         self._idle.append(entry)
         self._start_reaper()
 
-    def _free_slot(self) -> None:
-        """A live sandbox is gone: let the first waiter start one, or shrink."""
+    def _fail_first_waiter(self, exc: Exception) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(_CREATE)
+                waiter.set_exception(exc)
                 return
-        self._live -= 1
 
     # -- idle expiry ----------------------------------------------------------------
 
@@ -412,7 +512,8 @@ class SandboxPool:
         )
 
     async def _reap(self, max_idle: float) -> None:
-        while self._idle and not self._closed:
+        # Stops at min_size; the next sandbox to go idle starts it again.
+        while self._idle and not self._closed and self._live > self._min_size:
             oldest = self._idle[0]
             wait = oldest.idle_since + max_idle - self._clock.now()
             if wait > 0:
@@ -420,6 +521,9 @@ class SandboxPool:
                 continue
             self._idle.popleft()
             self._expired += 1
+            # Kept no higher than the idle ones left, so the target never rises above
+            # the live count and the expiry cannot trigger a start.
+            self._headroom = max(0, min(self._headroom - 1, len(self._idle)))
             await self._in_background(self._retire(oldest))
 
     # -- shutdown -------------------------------------------------------------------
