@@ -54,7 +54,7 @@ def _by_name(chart: LiveTimeline, name: str) -> list[object]:
 
 @pytest.mark.asyncio
 async def test_live_chart_batches_and_throttles_updates() -> None:
-    chart = LiveTimeline(updates_per_s=2.0)
+    chart = LiveTimeline(updates_per_s=2.0, max_load=1.0)
     for step in range(300):
         for instance in range(3):
             chart.handle(_sample(instance, step * 0.01, cpu=float(instance + step)))
@@ -62,6 +62,8 @@ async def test_live_chart_batches_and_throttles_updates() -> None:
 
     assert chart.flushes == 0  # nothing drawn while the loop was busy recording
     await asyncio.sleep(0.05)
+    assert chart.flushes == 0  # the first redraw waits out the 0.5 s interval too
+    await asyncio.sleep(0.6)
     assert chart.flushes == 1  # 900 samples, one redraw
     assert chart.metrics == ("cpu",)
     assert [len(trace.x) for trace in _by_name(chart, "instance 1")] == [300]
@@ -69,10 +71,27 @@ async def test_live_chart_batches_and_throttles_updates() -> None:
     chart.handle(_sample(0, 3.0, cpu=1.0))
     chart.handle(_sample(0, 3.01, cpu=1.0))
     await asyncio.sleep(0.05)
-    assert chart.flushes == 1  # the next redraw waits out the 0.5 s interval
+    assert chart.flushes == 1
     await asyncio.sleep(0.6)
     assert chart.flushes == 2
     assert len(_by_name(chart, "instance 0")[0].x) == 302
+    chart.close()
+
+
+@pytest.mark.asyncio
+async def test_live_chart_slow_redraws_back_off() -> None:
+    # A budget of 0.01 % of the loop: a redraw of even 1 ms waits 10 s for the next.
+    chart = LiveTimeline(updates_per_s=20.0, max_load=0.0001)
+    chart.handle(_sample(0, 0.0, cpu=1.0))
+    await asyncio.sleep(0.2)
+    assert chart.flushes == 1
+
+    chart.handle(_sample(0, 1.0, cpu=2.0))
+    await asyncio.sleep(0.3)  # six nominal intervals
+    assert chart.flushes == 1
+    chart.flush()  # an explicit flush still draws at once
+    assert chart.flushes == 2
+    assert len(_by_name(chart, "instance 0")[0].x) == 2
     chart.close()
 
 
@@ -108,8 +127,8 @@ def test_live_chart_decimates_long_instances() -> None:
     values = rng.random(5000)
     values[4321] = 7.0
     for i, value in enumerate(values):
-        chart._pending.append((0, i * 0.001, {"cpu": float(value)}))
-    chart.flush()  # no loop running: draws at once
+        chart.handle(_sample(0, i * 0.001, cpu=float(value)))
+    chart.flush()  # no loop: what came after the last timed redraw waits for flush()
 
     trace = _by_name(chart, "instance 0")[0]
     assert len(trace.x) <= 100
@@ -122,6 +141,8 @@ def test_live_chart_options_checked() -> None:
         LiveTimeline(updates_per_s=0)
     with pytest.raises(ConfigError, match="band"):
         LiveTimeline(band="iqr")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_load"):
+        LiveTimeline(max_load=0)
 
 
 # -- PoolMonitor -----------------------------------------------------------------------

@@ -3,8 +3,9 @@
 :class:`LiveTimeline` is an ``on_event`` callback and a plotly ``FigureWidget``:
 pass it (or :meth:`LiveTimeline.handle`) to ``run_experiment(on_event=...)`` and
 display :attr:`LiveTimeline.figure`. Samples are buffered and drawn in one batch
-at most ``updates_per_s`` times a second, so a fast experiment does not flood the
-browser or slow the instances down. The running average is recomputed from what
+at most ``updates_per_s`` times a second, and less often when redrawing is slow:
+redraws take at most ``max_load`` of the loop's time, so a fast experiment
+neither floods the browser nor slows its instances down. The running average is recomputed from what
 is drawn (decimated timelines) with :func:`labkit.timeline.average_timelines`;
 :meth:`LiveTimeline.show_result` replaces it with the exact average at the end.
 """
@@ -12,7 +13,8 @@ is drawn (decimated timelines) with :func:`labkit.timeline.average_timelines`;
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,9 @@ _FAILED_COLOR = "#e45756"
 _GAP = 0.06  # vertical space between subplots, as a fraction of the plot area
 
 
+_UNSEEN: Any = object()
+
+
 class _Series:
     """One instance's samples of one metric, grown in place."""
 
@@ -64,11 +69,14 @@ class LiveTimeline:
         band: The band drawn around the running average (``"std"``, ``"minmax"``,
             ``"ci95"`` or ``None``).
         updates_per_s: The most redraws per second; samples in between are batched.
+        max_load: The largest fraction of the event loop's time redraws may take
+            (0.02: after a 10 ms redraw the next waits at least 0.5 s).
         max_points: The most points drawn per trace (min-max decimation).
         title: The chart's title.
 
     Raises:
-        ConfigError: If ``band``, ``updates_per_s`` or ``max_points`` is invalid.
+        ConfigError: If ``band``, ``updates_per_s``, ``max_load`` or ``max_points``
+            is invalid.
     """
 
     def __init__(
@@ -77,6 +85,7 @@ class LiveTimeline:
         *,
         band: Band | None = "std",
         updates_per_s: float = 4.0,
+        max_load: float = 0.02,
         max_points: int = DEFAULT_MAX_POINTS,
         title: str = "",
     ) -> None:
@@ -84,20 +93,26 @@ class LiveTimeline:
             raise ConfigError("band", band, "'std', 'minmax', 'ci95' or None")
         if not updates_per_s > 0:
             raise ConfigError("updates_per_s", updates_per_s, "a number > 0")
+        if not 0 < max_load <= 1:
+            raise ConfigError("max_load", max_load, "a fraction > 0 and <= 1")
         if max_points < 4:
             raise ConfigError("max_points", max_points, "an integer >= 4")
         self.band = band
         self.max_points = max_points
         self._interval = 1.0 / updates_per_s
+        self._max_load = max_load
+        self._gap = self._interval  # seconds from one redraw's end to the next
         self._fixed_metrics = metrics is not None
         self._metrics: list[str] = list(metrics or ())
-        self._series: dict[int, dict[str, _Series]] = {}
+        # Per instance, per metric; None marks a metric seen but not drawn.
+        self._series: dict[int, dict[str, _Series | None]] = {}
         self._failed: set[int] = set()
-        self._pending: list[tuple[int, float, Mapping[str, float]]] = []
+        self._pending: list[Any] = []  # sample events not drawn yet
         self._pending_failed: list[int] = []
         self._handle: asyncio.TimerHandle | None = None
-        self._last_flush = float("-inf")
+        self._last_flush: float | None = None
         self._traces: dict[tuple[str, int | str], int] = {}
+        self._labels: dict[tuple[str, int], str] = {}  # what each instance trace is called now
         self.flushes = 0
         """How many batched redraws have happened (for tests and curiosity)."""
         self.figure = go.FigureWidget(
@@ -131,31 +146,38 @@ class LiveTimeline:
         """
         kind = getattr(event, "kind", None)
         if kind == "sample" and event.metrics:
-            self._pending.append((event.instance, float(event.offset), event.metrics))
+            self._pending.append(event)  # the least work per event: sorted out at redraw
         elif kind == "failed":
             self._pending_failed.append(event.instance)
         else:
             return
-        self._schedule()
+        if self._handle is None:
+            self._schedule()
 
     def _schedule(self) -> None:
         if self._handle is not None:
             return
+        now = time.monotonic()
+        if self._last_flush is None:
+            self._last_flush = now  # the first redraw also waits, to batch the first burst
+        delay = self._last_flush + self._gap - now
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            # No loop (a plain script feeding events by hand): draw now.
-            self.flush()
+            # No loop (a script feeding events by hand): draw when due; call
+            # flush() at the end for what came after the last redraw.
+            if delay <= 0:
+                self._timed_flush()
             return
-        delay = max(0.0, self._last_flush + self._interval - loop.time())
-        self._handle = loop.call_later(delay, self._flush_from_timer)
+        self._handle = loop.call_later(max(delay, 0.0), self._timed_flush)
 
-    def _flush_from_timer(self) -> None:
+    def _timed_flush(self) -> None:
         self._handle = None
+        started = time.monotonic()
         self.flush()
-        # Counted from the end of the redraw, so a slow redraw still leaves the
-        # loop a full interval for the work being watched.
-        self._last_flush = asyncio.get_running_loop().time()
+        self._last_flush = time.monotonic()
+        # Stretch the gap so that redraws stay under max_load of the loop's time.
+        self._gap = max(self._interval, (self._last_flush - started) / self._max_load)
 
     def flush(self) -> None:
         """Draw every buffered sample now, in one batch."""
@@ -166,22 +188,20 @@ class LiveTimeline:
         failed, self._pending_failed = self._pending_failed, []
         if not pending and not failed:
             return
-        touched: set[int] = set()
-        new_metrics = False
-        for instance, offset, metrics in pending:
-            series = self._series.setdefault(instance, {})
-            touched.add(instance)
-            for metric, value in metrics.items():
-                if metric not in self._metrics:
-                    if self._fixed_metrics:
-                        continue
-                    self._metrics.append(metric)
-                    new_metrics = True
-                line = series.get(metric)
-                if line is None:
-                    line = series[metric] = _Series()
-                line.t.append(offset)
-                line.y.append(float(value))
+        known = len(self._metrics)
+        for event in pending:
+            series = self._series.get(event.instance)
+            if series is None:
+                series = self._series[event.instance] = {}
+            for metric, value in event.metrics.items():
+                line = series.get(metric, _UNSEEN)
+                if line is _UNSEEN:
+                    line = series[metric] = self._new_line(metric)
+                if line is not None:
+                    line.t.append(event.offset)
+                    line.y.append(value)
+        touched = {event.instance for event in pending}
+        new_metrics = len(self._metrics) > known
         self._failed.update(failed)
         with self.figure.batch_update():
             if new_metrics:
@@ -194,6 +214,14 @@ class LiveTimeline:
         # so reordering inside it would send them to the wrong traces.
         self._keep_average_on_top()
         self.flushes += 1
+
+    def _new_line(self, metric: str) -> _Series | None:
+        """A new instance series for ``metric``; ``None`` when the metric is not drawn."""
+        if metric not in self._metrics:
+            if self._fixed_metrics:
+                return None
+            self._metrics.append(metric)
+        return _Series()
 
     def show_result(self, result: Any) -> None:
         """Replace the running average with ``result.averaged``, the exact one."""
@@ -211,6 +239,8 @@ class LiveTimeline:
             self._handle = None
         self._pending.clear()
         self._pending_failed.clear()
+        self._last_flush = None
+        self._labels.clear()
         self._series.clear()
         self._failed.clear()
         kept = [(key, i) for key, i in self._traces.items() if isinstance(key[1], str)]
@@ -322,6 +352,8 @@ class LiveTimeline:
         label = f"instance {instance}" + (" (failed)" if failed else "")
         color = _INSTANCE_COLORS[instance % len(_INSTANCE_COLORS)]
         for metric, series in self._series.get(instance, {}).items():
+            if series is None:
+                continue
             key = (metric, instance)
             if key not in self._traces:
                 xaxis, yaxis = self._axes(metric)
@@ -342,9 +374,12 @@ class LiveTimeline:
             t = np.asarray(series.t)
             y = np.asarray(series.y)
             keep = decimate_indices(y, self.max_points)
-            self.figure.data[self._traces[key]].update(
-                x=t[keep],
-                y=y[keep],
+            trace = self.figure.data[self._traces[key]]
+            trace.update(x=t[keep], y=y[keep])
+            if self._labels.get(key) == label:
+                continue  # restyling costs as much as new data: only when it changes
+            self._labels[key] = label
+            trace.update(
                 name=label,
                 line={
                     "dash": "dot" if failed else "solid",

@@ -1,0 +1,140 @@
+"""Does watching slow the work? Throughput with the live chart and the monitor attached.
+
+Two workloads, in one process, each run three ways in turn (the best of
+``REPEAT`` runs each):
+
+- bare: nobody watches;
+- subscribed: a callback that does nothing is subscribed to the events, which is
+  what any watcher costs the core (it then creates and delivers events);
+- watched: the ``LiveTimeline`` takes every event and a ``PoolMonitor`` refreshes
+  from the runner's and a GPU pool's ``stats()`` every 0.1 s (ten times its default).
+
+1. Runner: 100,000 tasks that ``await asyncio.sleep(0)`` at max_concurrency=64.
+2. Experiment: 8 instances, each holding a GPU of a static fleet and recording
+   2,000 samples of two metrics, one per step of about 0.1 ms of CPU work (a fast
+   training loop; a real instance often records a few samples a second).
+3. Flood: the same with no work between samples, 10,000 per instance: the
+   chart's worst case, where handling each event costs a visible share of
+   recording it.
+
+Goal: watched / bare throughput >= 0.9. The last column, watched / subscribed, is
+the UI's own share, apart from the core's cost of emitting events.
+Run: ``python benchmarks/bench_live_ui.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import labkit as lk
+from labkit.gpu import static_fleet
+from labkit.widgets import LiveTimeline, PoolMonitor
+
+TASKS = 100_000
+INSTANCES = 8
+SAMPLES = 2_000
+STEP_WORK = 1_000  # iterations of arithmetic per step: about 0.1 ms here
+REPEAT = 3
+
+
+async def tiny(i: int) -> int:
+    await asyncio.sleep(0)
+    return i
+
+
+def _noop(event: object) -> None:
+    """A subscriber that does nothing: the core's cost of being watched at all."""
+
+
+async def runner_throughput(mode: str) -> float:
+    """Tasks per second through a Runner: ``bare``, ``subscribed`` or ``watched``."""
+    runner = lk.Runner(max_concurrency=64)
+    chart = monitor = None
+    if mode == "subscribed":
+        runner.subscribe(_noop)
+    elif mode == "watched":
+        chart = LiveTimeline()
+        runner.subscribe(chart.handle)
+        monitor = PoolMonitor(gpu_pool=lk.GPUPool(static_fleet(4)), runner=runner, interval=0.1)
+    start = time.perf_counter()
+    async with runner:
+        report = await runner.map(tiny, range(TASKS))
+    elapsed = time.perf_counter() - start
+    assert report.stats.completed == TASKS
+    if monitor is not None and chart is not None:
+        monitor.close()
+        chart.close()
+    return TASKS / elapsed
+
+
+async def train(ctx: Any) -> None:
+    for step in range(ctx.params["samples"]):
+        work = sum(i * i for i in range(ctx.params["work"]))
+        ctx.record(loss=1.0 / (step + 1), throughput=float(work % 17))
+        if step % 10 == 0:
+            await asyncio.sleep(0)
+
+
+async def experiment_throughput(mode: str, work: int = STEP_WORK, samples: int = SAMPLES) -> float:
+    """Samples per second recorded by an experiment's instances, as in :func:`runner_throughput`."""
+    pool = lk.GPUPool(static_fleet(INSTANCES))
+    chart = monitor = None
+    on_event: Any = None
+    if mode == "subscribed":
+        on_event = _noop
+    elif mode == "watched":
+        chart = LiveTimeline()
+        on_event = chart.handle
+        monitor = PoolMonitor(gpu_pool=pool, interval=0.1)
+    start = time.perf_counter()
+    result = await lk.run_experiment(
+        lk.Experiment("train", train, params={"work": work, "samples": samples}),
+        instances=INSTANCES,
+        gpus_per_instance=1,
+        gpu_pool=pool,
+        on_event=on_event,
+    )
+    elapsed = time.perf_counter() - start
+    assert result.ok
+    if monitor is not None and chart is not None:
+        chart.show_result(result)
+        monitor.close()
+        chart.close()
+    return INSTANCES * samples / elapsed
+
+
+async def best_of(measure: Any) -> tuple[float, float, float]:
+    runs: dict[str, list[float]] = {"bare": [], "subscribed": [], "watched": []}
+    for _ in range(REPEAT):
+        for mode, rates in runs.items():
+            rates.append(await measure(mode))
+    return max(runs["bare"]), max(runs["subscribed"]), max(runs["watched"])
+
+
+async def main() -> None:
+    # The first FigureWidget in a process costs seconds; pay it before timing.
+    LiveTimeline().close()
+    rows = [
+        ("runner, tasks/s", *await best_of(runner_throughput)),
+        ("experiment, samples/s", *await best_of(experiment_throughput)),
+        (
+            "flood, samples/s",
+            *await best_of(lambda mode: experiment_throughput(mode, work=0, samples=5 * SAMPLES)),
+        ),
+    ]
+    print(
+        f"{'workload':<24}{'bare':>10}{'subscribed':>12}{'watched':>10}"
+        f"{'watched/bare':>14}{'watched/subscribed':>20}"
+    )
+    for name, bare, subscribed, watched in rows:
+        verdict = "ok" if watched / bare >= 0.9 else "below the 0.9 goal"
+        print(
+            f"{name:<24}{bare:>10,.0f}{subscribed:>12,.0f}{watched:>10,.0f}"
+            f"{watched / bare:>14.2f}{watched / subscribed:>20.2f}  {verdict}"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
