@@ -94,30 +94,62 @@ Unsubscribe = Callable[[], None]
 class EventBus:
     """Fan-out of events to subscribers, in subscription order.
 
-    A subscriber that raises is logged and kept: watching must never break the
-    work being watched.
+    A subscriber may ask for some event types only (``types=``, or an
+    ``event_types`` attribute on the callback); emitters ask :meth:`route` which
+    subscribers want a type, and skip creating events nobody wants. A subscriber
+    that raises is logged and kept: watching must never break the work watched.
     """
 
-    __slots__ = ("_subscribers",)
+    __slots__ = ("_routes", "_subscribers")
 
     def __init__(self) -> None:
-        self._subscribers: tuple[Callable[[Any], object], ...] = ()
+        self._subscribers: tuple[tuple[Callable[[Any], object], tuple[type, ...] | None], ...] = ()
+        self._routes: dict[type, tuple[Callable[[Any], object], ...]] = {}
 
-    def subscribe(self, callback: Callable[[Any], object]) -> Unsubscribe:
-        """Call ``callback(event)`` for every event from now on; returns an unsubscriber."""
-        self._subscribers = (*self._subscribers, callback)
+    def subscribe(
+        self,
+        callback: Callable[[Any], object],
+        *,
+        types: type | tuple[type, ...] | None = None,
+    ) -> Unsubscribe:
+        """Call ``callback(event)`` for every event from now on; returns an unsubscriber.
+
+        Args:
+            callback: Called with each event, on the emitter's thread.
+            types: Only events of these types; default: the callback's own
+                ``event_types`` attribute if it has one, else every event.
+        """
+        if types is None:
+            types = getattr(callback, "event_types", None)
+        wanted = (types,) if isinstance(types, type) else types
+        entry = (callback, None if wanted is None else tuple(wanted))
+        self._subscribers = (*self._subscribers, entry)
+        self._routes = {}
 
         def unsubscribe() -> None:
-            self._subscribers = tuple(s for s in self._subscribers if s is not callback)
+            self._subscribers = tuple(s for s in self._subscribers if s is not entry)
+            self._routes = {}
 
         return unsubscribe
+
+    def route(self, event_type: type) -> tuple[Callable[[Any], object], ...]:
+        """The callbacks that want events of ``event_type`` (cached until subscriptions change)."""
+        callbacks = self._routes.get(event_type)
+        if callbacks is None:
+            callbacks = tuple(
+                callback
+                for callback, types in self._subscribers
+                if types is None or issubclass(event_type, types)
+            )
+            self._routes[event_type] = callbacks
+        return callbacks
 
     def __bool__(self) -> bool:
         return bool(self._subscribers)
 
     def emit(self, event: Any) -> None:
-        """Deliver ``event`` to every subscriber."""
-        for callback in self._subscribers:
+        """Deliver ``event`` to every subscriber that wants its type."""
+        for callback in self.route(type(event)):
             try:
                 callback(event)
             except Exception:

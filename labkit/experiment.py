@@ -886,7 +886,7 @@ async def run_experiment(
     from labkit.runner import Runner
 
     # Built here so that bad runner options fail before anything starts.
-    runner = Runner(on_event=bus.emit, clock=clock, **runner_options)
+    runner = Runner(on_event=bus, clock=clock, **runner_options)
 
     params = dict(experiment.params or {})
     config: dict[str, Any] = {

@@ -90,7 +90,7 @@ class RunOptions:
     batch_delay: float = 0.0
     priority: Priority | None = None
     executor: Any = "async"
-    on_event: Callable[[TaskEvent], object] | None = None
+    on_event: Callable[[TaskEvent], object] | EventBus | None = None
     clock: Clock = SYSTEM_CLOCK
     rng: random.Random | None = None
     limits: ResourceLimits | None = None
@@ -142,10 +142,10 @@ class RunOptions:
             "None, a callable item -> number, or one number per item",
         )
         check(
-            self.on_event is None or callable(self.on_event),
+            self.on_event is None or callable(self.on_event) or isinstance(self.on_event, EventBus),
             "on_event",
             self.on_event,
-            "None or a callable taking an event",
+            "None, a callable taking an event, or a labkit.EventBus",
         )
         check(isinstance(self.clock, Clock), "clock", self.clock, "a labkit.Clock")
         check(
@@ -467,9 +467,12 @@ class Runner:
         auto = opts.auto
         self._controller = ConcurrencyController(auto) if auto is not None else None
         self._slots = _Slots(self._controller.limit if self._controller else opts.worker_cap)
-        self._bus = EventBus()
-        if opts.on_event is not None:
-            self._bus.subscribe(opts.on_event)
+        if isinstance(opts.on_event, EventBus):
+            self._bus = opts.on_event  # share the caller's bus: its routes stay exact
+        else:
+            self._bus = EventBus()
+            if opts.on_event is not None:
+                self._bus.subscribe(opts.on_event)
         self._guard = (
             ResourceGuard(opts.limits, probe=opts.probe, clock=opts.clock, bus=self._bus)
             if opts.limits is not None
@@ -635,7 +638,7 @@ class Runner:
     # -- internals ---------------------------------------------------------------------
 
     def _emit_queued(self, index: int) -> None:
-        if self._bus:
+        if self._bus.route(TaskEvent):
             self._bus.emit(TaskEvent("queued", index, self._clock.now()))
 
     def _order(
@@ -673,7 +676,7 @@ class Runner:
         peak_before, self._peak = self._peak, self._running
         if size is not None:
             self._queued += size
-            if self._bus:
+            if self._bus.route(TaskEvent):
                 emit = self._bus.emit
                 make_event = tuple.__new__
                 for index in range(size):
@@ -776,6 +779,7 @@ class Runner:
         cost = self.options.cost
         controller = self._controller
         make_event = tuple.__new__
+        route = bus.route
         for index, item in order:
             if not counted_queue:
                 self._queued += 1
@@ -805,7 +809,7 @@ class Runner:
                     attempts += 1
                     if limiter is not None:
                         await limiter.acquire()
-                    if subscribers := bus._subscribers:
+                    if subscribers := route(TaskEvent):
                         # Delivered inline (this runs per attempt); EventBus.emit does the same.
                         event = make_event(
                             TaskEvent,
@@ -838,7 +842,7 @@ class Runner:
                         if retry is not None and retry.should_retry(error, attempts):
                             delay = retry.delay(attempts, self._rng)
                             self._retries += 1
-                            if bus._subscribers:
+                            if route(TaskEvent):
                                 bus.emit(
                                     TaskEvent("retrying", index, now(), attempts, error, delay)
                                 )
@@ -849,7 +853,7 @@ class Runner:
                             index, item, False, None, error, attempts, started, finished
                         )
                         self._failed += 1
-                        if bus._subscribers:
+                        if route(TaskEvent):
                             bus.emit(
                                 TaskEvent(
                                     "failed",
@@ -867,7 +871,7 @@ class Runner:
                         index, item, True, value, None, attempts, started, finished
                     )
                     self._done += 1
-                    if subscribers := bus._subscribers:
+                    if subscribers := route(TaskEvent):
                         event = make_event(
                             TaskEvent,
                             ("succeeded", index, finished, attempts, None, 0.0, finished - started),
@@ -884,7 +888,7 @@ class Runner:
                     index, item, False, None, exc, attempts, started, finished
                 )
                 self._failed += 1
-                if bus._subscribers:
+                if route(TaskEvent):
                     bus.emit(TaskEvent("cancelled", index, finished, attempts, exc))
                 raise
             finally:

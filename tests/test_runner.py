@@ -630,3 +630,26 @@ async def test_bad_options_fail_before_anything_runs() -> None:
     with pytest.raises(ConfigError):
         await lk.run_parallel(ran.append, [1], max_concurrency=-3)
     assert ran == []
+
+
+async def test_subscribers_get_only_the_event_types_they_ask_for() -> None:
+    from labkit.events import ConcurrencyEvent
+
+    task_events: list[lk.TaskEvent] = []
+    limit_events: list[ConcurrencyEvent] = []
+    bus = lk.EventBus()
+    bus.subscribe(limit_events.append, types=ConcurrencyEvent)
+    runner = lk.Runner(on_event=bus)
+    assert bus.route(lk.TaskEvent) == ()  # nobody wants task events: none are created
+    await runner.map(lambda x: x, range(3))
+    assert limit_events == []
+
+    def wants_tasks(event: lk.TaskEvent) -> None:
+        task_events.append(event)
+
+    wants_tasks.event_types = (lk.TaskEvent,)  # type: ignore[attr-defined]
+    unsubscribe = bus.subscribe(wants_tasks)
+    await runner.map(lambda x: x, range(2))
+    assert [e.kind for e in task_events].count("succeeded") == 2
+    unsubscribe()
+    assert bus.route(lk.TaskEvent) == ()

@@ -22,6 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from labkit.errors import ConfigError
+from labkit.experiment import InstanceEvent
 from labkit.plots import DEFAULT_MAX_POINTS, Band, band_bounds, decimate_indices
 
 __all__ = ("LiveTimeline",)
@@ -140,6 +141,10 @@ class LiveTimeline:
         """Same as :meth:`handle`, so the chart itself can be an ``on_event`` callback."""
         self.handle(event)
 
+    event_types = (InstanceEvent,)
+    """What the chart reads: a bus given the chart (or ``chart.handle``) routes it only
+    instance events, so a runner creates no task events for it."""
+
     def handle(self, event: Any) -> None:
         """Buffer an instance event and schedule a redraw (never draws synchronously
         inside a running loop, so the instance that recorded the sample is not delayed).
@@ -153,6 +158,8 @@ class LiveTimeline:
             return
         if self._handle is None:
             self._schedule()
+
+    handle.event_types = event_types  # type: ignore[attr-defined]
 
     def _schedule(self) -> None:
         if self._handle is not None:
