@@ -392,3 +392,18 @@ def test_panel_intensity_control_follows_the_experiment() -> None:
 def test_monitor_interval_checked() -> None:
     with pytest.raises(ConfigError, match="interval"):
         PoolMonitor(interval=0)
+
+
+def test_runner_table_shows_the_limit_and_why_starts_are_held() -> None:
+    from labkit.runner import RunnerStats
+    from labkit.widgets.monitor import runner_html
+
+    stats = RunnerStats(
+        queued=5, running=2, done=3, failed=0, retries=0, throughput=1.5,
+        peak_concurrency=2, elapsed=2.0, max_concurrency=12,
+        held_back=4, held_seconds=3.0, held_reason="memory",
+    )  # fmt: skip
+    page = runner_html(stats)
+    assert "held back by memory" in page and ">12<" in page
+    calm = runner_html(RunnerStats(0, 0, 3, 0, 0, 1.0, 1, 3.0, 8))
+    assert "held back" not in calm and ">ok<" in calm

@@ -125,9 +125,17 @@ def runner_html(stats: Any) -> str:
     Returns:
         An HTML fragment.
     """
-    header = ["queued", "running", "done", "failed", "retries", "throughput"]
+    header = ["queued", "running", "done", "failed", "retries", "throughput", "limit", "host"]
     if stats is None:
         return _table("Runner", header, [[NA] * len(header)], "labkit-runner")
+    held_reason = getattr(stats, "held_reason", None)
+    held_back = getattr(stats, "held_back", 0)
+    if held_reason is not None:
+        host = f"held back by {held_reason}"
+    elif held_back:
+        host = f"ok ({held_back} starts held, {getattr(stats, 'held_seconds', 0.0):.1f} s)"
+    else:
+        host = "ok"
     row = [
         str(stats.queued),
         str(stats.running),
@@ -135,6 +143,8 @@ def runner_html(stats: Any) -> str:
         str(stats.failed),
         str(stats.retries),
         f"{stats.throughput:.1f}/s",
+        str(getattr(stats, "max_concurrency", NA)),
+        html.escape(host),
     ]
     return _table("Runner", header, [row], "labkit-runner")
 
