@@ -49,7 +49,9 @@ async def test_a_failing_and_a_timed_out_instance_are_recorded_beside_the_others
         return await base.fn(ctx)
 
     experiment = Experiment("mixed", fn, params=base.params, needs_sandbox=True)
-    result = await run_experiment(experiment, instances=3, duration=1.0, timeout=2.5)
+    result = await run_experiment(
+        experiment, instances=3, duration=1.0, timeout=2.5, sample_every=0.1
+    )
 
     ok, failed, timed_out = result.instances
     assert ok.ok and ok.summary["allocated_mb_peak"] == 64.0
