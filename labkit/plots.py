@@ -325,6 +325,13 @@ def _instance_trace(
         return None
     t = frame["t"].to_numpy(dtype=float)
     y = frame[metric].to_numpy(dtype=float)
+    # A timeline interleaves rows of different metrics (the sampler's and the
+    # user's); a metric's NaN rows are "not sampled here", not gaps in its line.
+    sampled = ~np.isnan(y)
+    if not sampled.all():
+        t, y = t[sampled], y[sampled]
+    if y.size == 0:
+        return None
     keep = decimate_indices(y, max_points)
     outlier = inst.outlier_in is not None
     label = f"instance {inst.index}"

@@ -10,6 +10,7 @@ import pytest
 from labkit.errors import ConfigError
 from labkit.plots import band_bounds, decimate_indices, metric_names, timeline_figure
 from labkit.results import ExperimentResult, InstanceResult
+from labkit.timeline import average_timelines
 
 
 def _timelines(count: int = 3, samples: int = 20) -> list[pd.DataFrame]:
@@ -206,3 +207,17 @@ def test_outlier_records_from_detect_outliers_are_highlighted() -> None:
     fig = timeline_figure(timelines, averaged=averaged, metrics="cpu", outliers=found)
 
     assert [t.name for t in fig.data if "outlier" in t.name] == ["instance 4 (outlier: cpu)"]
+
+
+def test_instance_lines_skip_rows_where_the_metric_was_not_sampled() -> None:
+    nan = float("nan")
+    # The sampler's cpu rows and the function's own loss rows interleave.
+    frame = pd.DataFrame(
+        {"t": [0.0, 0.5, 1.0, 1.5, 2.0], "cpu": [10.0, nan, 20.0, nan, 30.0],
+         "loss": [nan, 1.0, nan, 0.5, nan]}
+    )  # fmt: skip
+    averaged = average_timelines([frame, frame])
+    fig = timeline_figure([frame, frame], averaged=averaged, band=None)
+    cpu = [tr for tr in fig.data if tr.name == "instance 0" and tr.yaxis in ("y", None)]
+    assert cpu and list(cpu[0].y) == [10.0, 20.0, 30.0]
+    assert list(cpu[0].x) == [0.0, 1.0, 2.0]
