@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Protocol, runtime_checkable
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
 
 from labkit.errors import ConfigError, SandboxPathError, check
 
-__all__ = ("CommandResult", "ResourceSample", "Sandbox", "TIMEOUT_EXIT_CODE")
+__all__ = ("CommandResult", "ResourceSample", "Sandbox", "SandboxLifecycle", "TIMEOUT_EXIT_CODE")
 
 TIMEOUT_EXIT_CODE = 124
 """Exit code reported for a command killed by its timeout (the code GNU ``timeout`` uses)."""
@@ -71,6 +72,33 @@ class ResourceSample:
     cpu: float
     memory: float
     memory_percent: float
+
+
+class SandboxLifecycle:
+    """``async with sandbox:`` starts it on entry and closes it on exit, errors included.
+
+    A mixin for sandbox classes, which provide ``start()`` and ``close()``.
+    """
+
+    __slots__ = ()
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
 
 @runtime_checkable

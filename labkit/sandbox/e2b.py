@@ -23,8 +23,7 @@ import shlex
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from types import TracebackType
-from typing import Any, NoReturn, Self
+from typing import Any, NoReturn
 
 from labkit.errors import (
     MissingDependency,
@@ -41,6 +40,7 @@ from labkit.sandbox.base import (
     TIMEOUT_EXIT_CODE,
     CommandResult,
     ResourceSample,
+    SandboxLifecycle,
     check_timeout,
     refuse_secrets,
     relative_path,
@@ -83,7 +83,7 @@ class _Secret:
         raise TypeError("an API key cannot be pickled")
 
 
-class E2BSandbox:
+class E2BSandbox(SandboxLifecycle):
     """A sandbox that is an E2B cloud VM (``e2b.AsyncSandbox``).
 
     It is created on first use (or by ``start()``, which is what the pool times);
@@ -212,18 +212,6 @@ class E2BSandbox:
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("an E2BSandbox is a live handle and cannot be pickled")
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- lifecycle ------------------------------------------------------------------
 

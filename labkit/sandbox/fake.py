@@ -11,8 +11,6 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
-from typing import Self
 
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import SandboxClosed
@@ -20,6 +18,7 @@ from labkit.sandbox.base import (
     TIMEOUT_EXIT_CODE,
     CommandResult,
     ResourceSample,
+    SandboxLifecycle,
     check_timeout,
     relative_path,
 )
@@ -32,7 +31,7 @@ ScriptItem = CommandResult | BaseException | Callable[[str], CommandResult]
 _ids = itertools.count(1)
 
 
-class FakeSandbox:
+class FakeSandbox(SandboxLifecycle):
     """A sandbox double that scripts results, failures and latency and counts calls.
 
     Args:
@@ -131,18 +130,6 @@ class FakeSandbox:
     def crash(self) -> None:
         """Simulate a sandbox that died: ``healthy`` becomes ``False``."""
         self.healthy = False
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Count the call, wait ``start_latency``, raise ``start_error`` if set."""

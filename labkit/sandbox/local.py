@@ -25,8 +25,7 @@ import uuid
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 import psutil
 
@@ -42,6 +41,7 @@ from labkit.sandbox.base import (
     TIMEOUT_EXIT_CODE,
     CommandResult,
     ResourceSample,
+    SandboxLifecycle,
     check_timeout,
     refuse_secrets,
     relative_path,
@@ -52,7 +52,7 @@ __all__ = ("LocalSandbox",)
 _MB = float(2**20)
 
 
-class LocalSandbox:
+class LocalSandbox(SandboxLifecycle):
     """A sandbox made of local subprocesses, the embedded default.
 
     Usable alone (``sb = LocalSandbox(); await sb.run("echo hi"); await sb.close()``
@@ -137,18 +137,6 @@ class LocalSandbox:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "new" if self._root is None else "started"
         return f"LocalSandbox(id={self._id!r}, path={self._root!r}, state={state!r})"
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- lifecycle ------------------------------------------------------------------
 
