@@ -45,7 +45,8 @@ _BANDS = ("std", "minmax", "ci95")
 _RESERVED_COLUMNS = frozenset({"t", "n"})
 
 # Instances cycle through a muted palette so the thick average stays the eye's anchor.
-_INSTANCE_COLORS = (
+# The live chart (labkit.widgets.live) draws with the same colours.
+INSTANCE_COLORS = (
     "#4c78a8",
     "#72b7b2",
     "#54a24b",
@@ -55,9 +56,9 @@ _INSTANCE_COLORS = (
     "#f58518",
     "#eeca3b",
 )
-_AVERAGE_COLOR = "#1f1f1f"
-_BAND_COLOR = "rgba(31, 31, 31, 0.15)"
-_OUTLIER_COLOR = "#e45756"
+AVERAGE_COLOR = "#1f1f1f"
+BAND_COLOR = "rgba(31, 31, 31, 0.15)"
+OUTLIER_COLOR = "#e45756"
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +340,7 @@ def _instance_trace(
         label += f" (outlier: {', '.join(inst.outlier_in)})"
     elif outlier:
         label += " (outlier)"
-    color = _OUTLIER_COLOR if outlier else _INSTANCE_COLORS[inst.index % len(_INSTANCE_COLORS)]
+    color = OUTLIER_COLOR if outlier else INSTANCE_COLORS[inst.index % len(INSTANCE_COLORS)]
     return go.Scatter(
         x=t[keep],
         y=y[keep],
@@ -382,7 +383,7 @@ def _average_traces(
                 mode="lines",
                 line={"width": 0},
                 fill="tonexty",
-                fillcolor=_BAND_COLOR,
+                fillcolor=BAND_COLOR,
                 name=f"band ({band})",
                 legendgroup="average-band",
                 showlegend=show_legend,
@@ -397,7 +398,7 @@ def _average_traces(
             name="average",
             legendgroup="average",
             showlegend=show_legend,
-            line={"width": 3.5, "color": _AVERAGE_COLOR},
+            line={"width": 3.5, "color": AVERAGE_COLOR},
             hovertemplate=f"average<br>t=%{{x:.3g}} s<br>{metric}=%{{y:.4g}}<extra></extra>",
         )
     )

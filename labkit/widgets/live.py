@@ -23,23 +23,19 @@ import plotly.graph_objects as go
 
 from labkit.errors import ConfigError
 from labkit.experiment import InstanceEvent
-from labkit.plots import DEFAULT_MAX_POINTS, Band, band_bounds, decimate_indices
+from labkit.plots import (
+    AVERAGE_COLOR,
+    BAND_COLOR,
+    DEFAULT_MAX_POINTS,
+    INSTANCE_COLORS,
+    OUTLIER_COLOR,
+    Band,
+    band_bounds,
+    decimate_indices,
+)
 
 __all__ = ("LiveTimeline",)
 
-_INSTANCE_COLORS = (
-    "#4c78a8",
-    "#72b7b2",
-    "#54a24b",
-    "#b279a2",
-    "#9d755d",
-    "#bab0ac",
-    "#f58518",
-    "#eeca3b",
-)
-_AVERAGE_COLOR = "#1f1f1f"
-_BAND_COLOR = "rgba(31, 31, 31, 0.15)"
-_FAILED_COLOR = "#e45756"
 _GAP = 0.06  # vertical space between subplots, as a fraction of the plot area
 
 
@@ -316,7 +312,7 @@ class LiveTimeline:
                 name="average",
                 legendgroup="average",
                 showlegend=first,
-                line={"width": 3.5, "color": _AVERAGE_COLOR},
+                line={"width": 3.5, "color": AVERAGE_COLOR},
                 hovertemplate=f"average<br>t=%{{x:.3g}} s<br>{metric}=%{{y:.4g}}<extra></extra>",
             ),
         )
@@ -343,7 +339,7 @@ class LiveTimeline:
                 **common,
                 line={"width": 0},
                 fill="tonexty",
-                fillcolor=_BAND_COLOR,
+                fillcolor=BAND_COLOR,
                 name=f"band ({self.band})",
                 legendgroup="band",
                 showlegend=self._metrics.index(metric) == 0,
@@ -357,7 +353,7 @@ class LiveTimeline:
     def _draw_instance(self, instance: int) -> None:
         failed = instance in self._failed
         label = f"instance {instance}" + (" (failed)" if failed else "")
-        color = _INSTANCE_COLORS[instance % len(_INSTANCE_COLORS)]
+        color = INSTANCE_COLORS[instance % len(INSTANCE_COLORS)]
         for metric, series in self._series.get(instance, {}).items():
             if series is None:
                 continue
@@ -390,7 +386,7 @@ class LiveTimeline:
                 name=label,
                 line={
                     "dash": "dot" if failed else "solid",
-                    "color": _FAILED_COLOR if failed else color,
+                    "color": OUTLIER_COLOR if failed else color,
                 },
                 hovertemplate=f"{label}<br>t=%{{x:.3g}} s<br>{metric}=%{{y:.4g}}<extra></extra>",
             )
