@@ -124,13 +124,20 @@ class EventBus:
         wanted = (types,) if isinstance(types, type) else types
         entry = (callback, None if wanted is None else tuple(wanted))
         self._subscribers = (*self._subscribers, entry)
-        self._routes = {}
+        self._routes.clear()  # in place: emitters may hold this dict (see routes)
 
         def unsubscribe() -> None:
             self._subscribers = tuple(s for s in self._subscribers if s is not entry)
-            self._routes = {}
+            self._routes.clear()
 
         return unsubscribe
+
+    @property
+    def routes(self) -> dict[type, tuple[Callable[[Any], object], ...]]:
+        """The route cache itself, for hot loops: ``routes.get(T)`` is the callbacks for
+        type ``T``, or ``None`` until :meth:`route` computes them. The same dict for the
+        bus's life (cleared in place when subscriptions change)."""
+        return self._routes
 
     def route(self, event_type: type) -> tuple[Callable[[Any], object], ...]:
         """The callbacks that want events of ``event_type`` (cached until subscriptions change)."""

@@ -780,6 +780,7 @@ class Runner:
         controller = self._controller
         make_event = tuple.__new__
         route = bus.route
+        routes = bus.routes
         for index, item in order:
             if not counted_queue:
                 self._queued += 1
@@ -809,7 +810,9 @@ class Runner:
                     attempts += 1
                     if limiter is not None:
                         await limiter.acquire()
-                    if subscribers := route(TaskEvent):
+                    if (subscribers := routes.get(TaskEvent)) is None:
+                        subscribers = route(TaskEvent)
+                    if subscribers:
                         # Delivered inline (this runs per attempt); EventBus.emit does the same.
                         event = make_event(
                             TaskEvent,
@@ -871,7 +874,9 @@ class Runner:
                         index, item, True, value, None, attempts, started, finished
                     )
                     self._done += 1
-                    if subscribers := route(TaskEvent):
+                    if (subscribers := routes.get(TaskEvent)) is None:
+                        subscribers = route(TaskEvent)
+                    if subscribers:
                         event = make_event(
                             TaskEvent,
                             ("succeeded", index, finished, attempts, None, 0.0, finished - started),
