@@ -418,8 +418,8 @@ class _ProgressBars:
         if not self._enabled:
             return
         if isinstance(event, TaskEvent):
-            if event.kind == "retrying" and event.task in self._bars:
-                self._bars[event.task].set_postfix_str(f"retry in {event.delay:.1f} s")
+            if event.kind == "retrying" and event.index in self._bars:
+                self._bars[event.index].set_postfix_str(f"retry in {event.delay:.1f} s")
             return
         bar = self._bars.get(event.instance)
         if event.kind == "started":

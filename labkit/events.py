@@ -34,7 +34,10 @@ class TaskEvent(NamedTuple):
         kind: ``queued``, ``started`` (an attempt began), ``retrying`` (an attempt
             failed and another follows after ``delay``), ``succeeded``, ``failed``
             or ``cancelled``.
-        task: The task's index (its position in the input).
+        index: The task's index, as on its :class:`labkit.TaskResult` (the item's
+            position in the input, or the submission number for ``submit``). It
+            shadows ``tuple.index``, on purpose: events name their task the way
+            results do.
         time: When it happened, in seconds on the runner's clock.
         attempt: The attempt number (1-based; 0 while only queued).
         error: The exception of a failed attempt, else ``None``.
@@ -43,7 +46,7 @@ class TaskEvent(NamedTuple):
     """
 
     kind: TaskEventKind
-    task: int
+    index: int  # type: ignore[assignment]
     time: float
     attempt: int = 0
     error: BaseException | None = None
@@ -58,14 +61,14 @@ class GuardEvent(NamedTuple):
         kind: ``held`` (a start waits for the host) or ``resumed``.
         time: When, in seconds on the runner's clock.
         reason: What was over its limit: ``cpu`` or ``memory``.
-        task: The index of the task whose start waited.
+        index: The index of the task whose start waited.
         waited: For ``resumed``, how long that start waited, in seconds.
     """
 
     kind: Literal["held", "resumed"]
     time: float
     reason: str
-    task: int
+    index: int  # type: ignore[assignment]
     waited: float = 0.0
 
 

@@ -285,7 +285,7 @@ async def test_cap_and_priorities_hold_on_the_cluster(client: Client) -> None:
 
     def on_event(event: lk.TaskEvent) -> None:
         if event.kind == "started":
-            started.append(event.task)
+            started.append(event.index)
 
     one_at_a_time = await lk.run_parallel(
         square,

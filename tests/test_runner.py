@@ -482,7 +482,7 @@ async def test_events_trace_each_task_life() -> None:
     assert events[2].delay == 2 and isinstance(events[2].error, OSError)
     assert [e.attempt for e in events] == [0, 1, 1, 2, 2]
     assert events[-1].duration == pytest.approx(2.0)
-    assert all(e.task == 0 for e in events)
+    assert all(e.index == 0 for e in events)
     with pytest.raises(AttributeError):
         events[0].kind = "x"  # type: ignore[misc]
 

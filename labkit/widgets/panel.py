@@ -269,7 +269,7 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
                 text = html.escape(event.message or "failed")
                 row.show(status=f'<span style="color:#c0392b">{text}</span>', style="danger")
         elif isinstance(event, TaskEvent) and event.kind == "retrying":
-            row = self._rows.get(event.task)
+            row = self._rows.get(event.index)
             if row is not None:
                 row.show(status=f"retrying (attempt {event.attempt + 1})", style="warning")
 
