@@ -15,6 +15,7 @@ that already catches the built-ins keeps working::
      +-- GPUError
      |    +-- GPUUnavailable                no NVML, no driver, or a request no fleet can meet
      |    +-- GPUTimeout (TimeoutError)     waited longer than `timeout` for GPUs
+ |    +-- GPUPoolClosed                 the GPU pool was closed (waiters and new requests)
      +-- SandboxError
      |    +-- SandboxStartError             a sandbox could not be created
      |    +-- SandboxAuthError              the E2B key is missing or rejected (names E2B_API_KEY)
@@ -42,6 +43,7 @@ __all__ = (
     "DependencyFailed",
     "ExperimentError",
     "GPUError",
+    "GPUPoolClosed",
     "GPUTimeout",
     "GPUUnavailable",
     "GraphError",
@@ -192,6 +194,10 @@ class GPUUnavailable(GPUError):
 
 class GPUTimeout(GPUError, TimeoutError):
     """A GPU request waited longer than its ``timeout``."""
+
+
+class GPUPoolClosed(GPUError):
+    """The GPU pool was closed: a waiting request was cancelled, or a new one refused."""
 
 
 class SandboxError(LabkitError):

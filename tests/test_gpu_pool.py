@@ -552,3 +552,38 @@ def test_pool_outlives_an_event_loop_closed_with_a_waiter() -> None:
     del abandoned
     gc.collect()  # closes the dead waiter's coroutine: its cleanup must not raise
     assert pool.stats().active == 1
+
+
+# --- the pool as an async context manager ----------------------------------------------
+
+
+async def test_async_with_pool_closes_it_failing_waiters_and_refusing_new_requests() -> None:
+    from labkit.errors import GPUPoolClosed
+
+    inventory = static_fleet(2, memory_mb=80_000)
+    async with GPUPool(inventory, max_parallel=3, clock=FakeClock()) as pool:
+        held = await pool.acquire(gpus=2, owner="a")
+        waiting = asyncio.ensure_future(pool.acquire(gpus=1, owner="b"))
+        await settle()
+        assert pool.stats().queue_length == 1
+        assert not pool.closed
+    assert pool.closed
+    with pytest.raises(GPUPoolClosed, match="closed while a request for 1 GPU"):
+        await waiting
+    assert pool.stats().queue_length == 0
+    with pytest.raises(GPUPoolClosed, match="no new requests"):
+        await pool.acquire(gpus=0)
+    # Allocations held across the close still give their GPUs back.
+    assert pool.stats().gpus_allocated == 2
+    pool.release(held)
+    assert pool.stats().gpus_allocated == 0
+    pool.close()  # twice is harmless
+
+
+async def test_acquire_block_inside_a_closing_pool_releases_cleanly() -> None:
+    inventory = static_fleet(1, memory_mb=80_000)
+    async with GPUPool(inventory, clock=FakeClock()) as pool:
+        async with pool.acquire(gpus=1) as alloc:
+            pool.close()
+            assert len(alloc) == 1
+    assert pool.stats().active == 0

@@ -27,7 +27,14 @@ from types import TracebackType
 from typing import Any
 
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import GPUError, GPUTimeout, GPUUnavailable, MissingDependency, check
+from labkit.errors import (
+    GPUError,
+    GPUPoolClosed,
+    GPUTimeout,
+    GPUUnavailable,
+    MissingDependency,
+    check,
+)
 from labkit.gpu.inventory import GPU, Inventory, StaticInventory
 
 __all__ = (
@@ -243,6 +250,9 @@ class GPUPool:
     Raises:
         ConfigError: ``max_parallel`` < 1 or ``poll_interval`` <= 0.
 
+    ``async with GPUPool(...) as pool:`` closes the pool when the block ends
+    (:meth:`close`): waiting requests fail with :class:`~labkit.errors.GPUPoolClosed`.
+
     Example:
         >>> pool = GPUPool(static_fleet(2))
         >>> async with pool.acquire(gpus=1, min_memory_mb=20_000) as alloc:  # doctest: +SKIP
@@ -280,6 +290,47 @@ class GPUPool:
         self._wait_max = 0.0
         self._timeouts = 0
         self._cancelled = 0
+        self._closed = False
+
+    async def __aenter__(self) -> GPUPool:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Refuse new requests and fail every waiting one with :class:`GPUPoolClosed`.
+
+        Allocations already held stay valid: :meth:`release` keeps working, so an
+        ``async with pool.acquire()`` block that outlives the pool ends cleanly.
+        Safe to call twice. ``async with GPUPool(...) as pool:`` calls it on exit.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        waiters, self._waiters = list(self._waiters), deque()
+        for waiter in waiters:
+            if not waiter.future.done() and not waiter.future.get_loop().is_closed():
+                waiter.future.set_exception(
+                    GPUPoolClosed(
+                        f"the GPU pool was closed while a request for {waiter.gpus} GPU(s) "
+                        f"(owner {waiter.owner!r}) waited"
+                    )
+                )
+        if self._poller is not None:
+            poller, self._poller = self._poller, None
+            if not poller.get_loop().is_closed():
+                poller.cancel()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (new requests are refused)."""
+        return self._closed
 
     @property
     def inventory(self) -> Inventory:
@@ -321,6 +372,8 @@ class GPUPool:
                 request: more GPUs than exist, or ``min_memory_mb`` above the total
                 memory of too many of them.
             GPUTimeout: (when awaited) ``timeout`` passed first; a ``TimeoutError``.
+            GPUPoolClosed: (when awaited) the pool is closed, or was closed while
+                the request waited.
         """
         check(isinstance(gpus, int) and gpus >= 0, "gpus", gpus, "an integer >= 0")
         check(min_memory_mb >= 0, "min_memory_mb", min_memory_mb, "a number of MB >= 0")
@@ -404,6 +457,8 @@ class GPUPool:
     async def _acquire(
         self, gpus: int, min_memory_mb: int, owner: Hashable | None, max_wait: float | None
     ) -> GPUAllocation:
+        if self._closed:
+            raise GPUPoolClosed(f"the GPU pool is closed: no new requests ({gpus} GPU(s) asked)")
         devices: tuple[GPU, ...] = ()
         if gpus:
             devices = self._read()
@@ -448,8 +503,9 @@ class GPUPool:
         """Clean up after a waiter that stops waiting (timeout, cancellation, loop gone)."""
         future = waiter.future
         if future.done() and not future.cancelled():
-            # Granted in the same instant as the waiter gave up: hand it back.
-            self.release(future.result())
+            if future.exception() is None:
+                # Granted in the same instant as the waiter gave up: hand it back.
+                self.release(future.result())
             return
         try:
             self._waiters.remove(waiter)
