@@ -582,8 +582,7 @@ async def test_async_with_pool_closes_it_failing_waiters_and_refusing_new_reques
 
 async def test_acquire_block_inside_a_closing_pool_releases_cleanly() -> None:
     inventory = static_fleet(1, memory_mb=80_000)
-    async with GPUPool(inventory, clock=FakeClock()) as pool:
-        async with pool.acquire(gpus=1) as alloc:
-            pool.close()
-            assert len(alloc) == 1
+    async with GPUPool(inventory, clock=FakeClock()) as pool, pool.acquire(gpus=1) as alloc:
+        pool.close()
+        assert len(alloc) == 1
     assert pool.stats().active == 0
