@@ -38,7 +38,7 @@ Band = Literal["std", "minmax", "ci95"]
 DEFAULT_MAX_POINTS = 2000
 """Points per trace above which a timeline is decimated for display."""
 
-STAT_SUFFIXES = ("_std", "_min", "_max", "_ci95")
+STAT_SUFFIXES = ("_std", "_min", "_max", "_ci95", "_nonfinite")
 """Suffixes of the per-metric statistic columns of an averaged timeline."""
 
 _BANDS = ("std", "minmax", "ci95")

@@ -9,12 +9,15 @@ Data formats:
 
 - A *timeline* is a DataFrame with a float column ``t`` (seconds since the
   instance started) and one numeric column per metric (``cpu``, ``memory``,
-  ``errors`` or the user's own names). NaN means "not sampled here".
+  ``errors`` or the user's own names). NaN means "not sampled here"; inf (a
+  diverging loss) is a non-finite sample: never an error, it is left out of the
+  mean and spread and counted instead.
 - An *averaged timeline* (:func:`average_timelines`) has the columns ``t``,
   ``n`` (how many instances contributed at ``t``) and, for each metric ``m`` in
   order of first appearance: ``m`` (mean), ``m_std`` (sample standard deviation,
-  ddof=1), ``m_min``, ``m_max`` and ``m_ci95`` (half-width of the 95 %
-  confidence interval of the mean, Student t).
+  ddof=1), ``m_min``, ``m_max``, ``m_ci95`` (half-width of the 95 %
+  confidence interval of the mean, Student t) and ``m_nonfinite`` (instances
+  with an inf sample of ``m`` nearest ``t``).
 - A *summary* is a flat dict of one instance's figures
   (``{"cpu_peak": 45.2, "error_count": 7, "recovery_time": 1.5, ...}``);
   :func:`average_summaries` reduces many to one in the same format.
@@ -69,6 +72,7 @@ IntArray: TypeAlias = npt.NDArray[np.intp]
 
 _METHODS: tuple[str, ...] = ("linear", "previous")
 _STAT_SUFFIXES = ("_std", "_min", "_max", "_ci95")
+_NONFINITE = "_nonfinite"
 _MAX_GRID_POINTS = 50_000_000
 _BLOCK = 16_384  # grid points per block: a block's working set stays in cache
 _ROWS = 8  # instances folded together per block
@@ -101,14 +105,16 @@ class _Shown:
 class _Instance:
     """One instance's samples, sorted by time, as float64 arrays.
 
-    ``clean`` holds the metrics without missing values (they share ``t``);
-    ``ragged`` holds the metrics with some NaN, each with its own valid times.
+    ``clean`` holds the metrics without missing or non-finite values (they share
+    ``t``); ``ragged`` holds the metrics with some NaN or inf, each with the times
+    of its finite samples; ``nonfinite`` the times of each metric's inf samples.
     """
 
     position: int
     t: FloatArray
     clean: dict[str, FloatArray]
     ragged: dict[str, tuple[FloatArray, FloatArray]]
+    nonfinite: dict[str, FloatArray]
 
 
 def _as_float(values: Any, where: str, what: str) -> FloatArray:
@@ -130,7 +136,9 @@ def _as_float(values: Any, where: str, what: str) -> FloatArray:
 def _all_finite(values: FloatArray) -> bool:
     # A finite sum proves every value finite (NaN and inf propagate); only when the
     # sum is not finite is the element-wise check needed.
-    return bool(np.isfinite(np.add.reduce(values))) or bool(np.isfinite(values).all())
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(values)
+    return bool(np.isfinite(total)) or bool(np.isfinite(values).all())
 
 
 def _read_timelines(timelines: Any) -> tuple[list[_Instance], list[str], int]:
@@ -152,7 +160,6 @@ def _read_timelines(timelines: Any) -> tuple[list[_Instance], list[str], int]:
 
     instances: list[_Instance] = []
     metrics: dict[str, None] = {}  # insertion-ordered set
-    finite_somewhere: set[str] = set()
     for position, frame in enumerate(frames):
         where = f"timelines[{position}]"
         if isinstance(frame, Mapping):
@@ -207,21 +214,21 @@ def _read_timelines(timelines: Any) -> tuple[list[_Instance], list[str], int]:
 
         clean: dict[str, FloatArray] = {}
         ragged: dict[str, tuple[FloatArray, FloatArray]] = {}
+        nonfinite: dict[str, FloatArray] = {}
         for name, values in columns.items():
             if _all_finite(values):
                 clean[name] = values
-                finite_somewhere.add(name)
                 continue
-            if np.isinf(values).any():
-                raise ConfigError(
-                    f"{where}[{name!r}]", _Shown("a column with inf"), "finite values or NaN"
-                )
-            valid = ~np.isnan(values)
+            # A diverging metric (inf) is a measurement, not bad input: its inf
+            # samples are counted, and only its finite samples are averaged.
+            infinite = np.isinf(values)
+            if infinite.any():
+                nonfinite[name] = t[infinite]
+            valid = np.isfinite(values)
             if valid.any():
                 ragged[name] = (t[valid], values[valid])
-                finite_somewhere.add(name)
-            # An all-NaN column in one instance: that instance lacks the metric.
-        instances.append(_Instance(position, t, clean, ragged))
+            # No finite value in this instance: it lacks the metric.
+        instances.append(_Instance(position, t, clean, ragged, nonfinite))
 
     if not metrics:
         raise ConfigError(
@@ -229,27 +236,19 @@ def _read_timelines(timelines: Any) -> tuple[list[_Instance], list[str], int]:
             _Shown("timelines with only a 't' column"),
             "at least one metric column besides 't'",
         )
-    if instances:
-        empty = [name for name in metrics if name not in finite_somewhere]
-        if empty:
-            raise ConfigError(
-                f"timelines[...][{empty[0]!r}]",
-                _Shown("NaN in every instance"),
-                "a metric with at least one value (drop the column if it was never sampled)",
-            )
     _check_output_names(list(metrics))
     return instances, list(metrics), len(frames)
 
 
 def _check_output_names(metrics: Sequence[str]) -> None:
-    taken = {"t", "n"} | {m + s for m in metrics for s in _STAT_SUFFIXES}
+    taken = {"t", "n"} | {m + s for m in metrics for s in (*_STAT_SUFFIXES, _NONFINITE)}
     clash = [m for m in metrics if m in taken]
     if clash:
         raise ConfigError(
             "timelines",
             _Shown(f"a metric named {clash[0]!r}"),
             "metric names that do not clash with the output columns "
-            "('n' and '<metric>_std', '_min', '_max', '_ci95')",
+            "('n' and '<metric>_std', '_min', '_max', '_ci95', '_nonfinite')",
         )
 
 
@@ -782,9 +781,13 @@ def average_timelines(
     from the one nearest its first sample to the one nearest its last, and only
     those (no extrapolation; a one-sample timeline covers one point). Inside, its
     value at a grid time is interpolated or held, per ``method``. A metric with
-    NaN samples in an instance is gridded from that instance's valid samples of
-    it; an instance without a metric (column absent or all NaN) does not
-    contribute to it.
+    NaN or inf samples in an instance is gridded from that instance's finite
+    samples of it; an instance without a metric (column absent, or no finite
+    value) does not contribute to it. Non-finite samples never make averaging
+    fail: NaN means "not sampled", and each inf sample (a diverging loss) is
+    left out of the mean and spread and counted in ``m_nonfinite`` at its
+    nearest grid point instead (an inf between finite samples is bridged by
+    them, as a NaN is).
 
     Memory grows with the grid length, not with instances x grid: instances are
     folded one at a time into running statistics.
@@ -809,15 +812,16 @@ def average_timelines(
         ``m_std`` (sample standard deviation, ddof=1; NaN where fewer than 2
         instances have a value), ``m_min``, ``m_max`` and ``m_ci95`` (half-width
         of the 95 % Student-t confidence interval of the mean; NaN below 2
-        values). Statistics of a metric some instances lack at ``t`` use only
-        the instances that have it. Grid points no instance covers are left
-        out; when no timeline has a row, the frame has these columns and no rows.
+        values) and ``m_nonfinite`` (int: instances with an inf sample of ``m``
+        nearest ``t``). Statistics of a metric some instances lack at ``t`` use
+        only the instances that have it (all NaN where none has). Grid points
+        no instance covers are left out; when no timeline has a row, the frame
+        has these columns and no rows.
 
     Raises:
         ConfigError: (a ``ValueError``) for empty input, a frame without ``t``, a
-            non-numeric or non-finite ``t``, a non-numeric metric, a metric with
-            no value in any instance, inf in a metric, metric names that clash
-            with output columns, or a bad ``step``, ``method`` or
+            non-numeric or non-finite ``t``, a non-numeric metric, metric names
+            that clash with output columns, or a bad ``step``, ``method`` or
             ``round_to_int``.
 
     Example:
@@ -882,6 +886,7 @@ def average_timelines(
                 round_mean=name in rounded,
             )
 
+    nonfinite = _nonfinite_counts(instances, metrics, size, grid_step)
     keep = n > 0
     everywhere = bool(keep.all())
     columns: dict[str, Any] = {}
@@ -890,7 +895,22 @@ def average_timelines(
     for name in metrics:
         for suffix, values in zip(("", *_STAT_SUFFIXES), outputs[name], strict=True):
             columns[name + suffix] = values if everywhere else values[keep]
+        counts = nonfinite[name]
+        columns[name + _NONFINITE] = counts if everywhere else counts[keep]
     return pd.DataFrame(columns, copy=False)
+
+
+def _nonfinite_counts(
+    instances: Sequence[_Instance], metrics: Sequence[str], size: int, step: float
+) -> dict[str, npt.NDArray[np.int64]]:
+    """Per metric and grid point: instances with an inf sample nearest that point."""
+    counts = {name: np.zeros(size, dtype=np.int64) for name in metrics}
+    for instance in instances:
+        for name, times in instance.nonfinite.items():
+            points = np.floor(times / step + 0.5).astype(np.intp)
+            np.clip(points, 0, size - 1, out=points)
+            counts[name][np.unique(points)] += 1
+    return counts
 
 
 def summarize_timeline(timeline: pd.DataFrame) -> dict[str, float | int]:

@@ -75,8 +75,9 @@ def test_seed_numbers_mean_spread_and_rounded_errors() -> None:
 
     assert list(out.columns) == [
         "t", "n",
-        "cpu", "cpu_std", "cpu_min", "cpu_max", "cpu_ci95",
+        "cpu", "cpu_std", "cpu_min", "cpu_max", "cpu_ci95", "cpu_nonfinite",
         "errors", "errors_std", "errors_min", "errors_max", "errors_ci95",
+        "errors_nonfinite",
     ]  # fmt: skip
     assert out["t"].tolist() == [0.0, 1.0, 2.0]
     assert out["n"].tolist() == [3, 3, 3]
@@ -366,6 +367,44 @@ def test_instances_lacking_a_metric_do_not_count_for_it() -> None:
     assert out["cpu"].tolist() == [3.0, 3.0]
 
 
+def test_a_diverging_metric_is_counted_not_averaged_and_never_fails() -> None:
+    inf = np.inf
+    diverged = frame([0.0, 1.0, 2.0, 3.0], loss=[1.0, 0.5, inf, -inf], cpu=[1.0, 1.0, 1.0, 1.0])
+    fine = frame([0.0, 1.0, 2.0, 3.0], loss=[1.2, 0.7, 0.4, 0.3], cpu=[3.0, 3.0, 3.0, 3.0])
+    also = frame([0.0, 1.0, 2.0, 3.0], loss=[1.4, 0.9, 0.6, 0.5], cpu=[5.0, 5.0, 5.0, 5.0])
+
+    out = average_timelines([diverged, fine, also], step=1.0)
+
+    assert out["n"].tolist() == [3, 3, 3, 3]  # the instance still runs: cpu counts it
+    assert out["loss_nonfinite"].tolist() == [0, 0, 1, 1]
+    assert out["loss_nonfinite"].dtype == np.int64
+    assert out["loss"].tolist() == pytest.approx([1.2, 0.7, 0.5, 0.4])
+    assert out["loss_std"].iat[2] == pytest.approx(statistics.stdev([0.4, 0.6]))
+    assert out["loss_max"].iat[3] == 0.5  # the inf is in no statistic
+    assert out["cpu"].tolist() == [3.0] * 4
+    assert out["cpu_nonfinite"].tolist() == [0] * 4
+
+
+def test_a_metric_without_any_finite_value_gives_nan_statistics() -> None:
+    out = average_timelines(
+        [frame([0.0, 1.0], v=[np.inf, np.inf]), frame([0.0, 1.0], v=[np.nan, np.nan])]
+    )
+
+    assert out["n"].tolist() == [2, 2]
+    assert out[["v", "v_std", "v_min", "v_max", "v_ci95"]].isna().all().all()
+    assert out["v_nonfinite"].tolist() == [1, 1]
+
+
+def test_several_inf_samples_nearest_one_point_count_the_instance_once() -> None:
+    a = frame([0.0, 0.9, 1.0, 1.1, 2.0], v=[1.0, np.inf, np.inf, np.inf, 2.0])
+    b = frame([0.0, 1.0, 2.0], v=[3.0, np.inf, 4.0])
+
+    out = average_timelines([a, b], step=1.0)
+
+    assert out["v_nonfinite"].tolist() == [0, 2, 0]
+    assert out["v"].tolist() == [2.0, 2.5, 3.0]  # bridged by the finite neighbours
+
+
 def test_empty_frames_contribute_nothing() -> None:
     empty = frame([], v=[])
 
@@ -373,7 +412,9 @@ def test_empty_frames_contribute_nothing() -> None:
     nothing = average_timelines([empty, empty])
 
     assert out["n"].tolist() == [1, 1]
-    assert list(nothing.columns) == ["t", "n", "v", "v_std", "v_min", "v_max", "v_ci95"]
+    assert list(nothing.columns) == [
+        "t", "n", "v", "v_std", "v_min", "v_max", "v_ci95", "v_nonfinite"
+    ]  # fmt: skip
     assert len(nothing) == 0
 
 
@@ -516,9 +557,7 @@ def test_property_instance_order_does_not_matter(frames: list[pd.DataFrame], rng
         ([pd.DataFrame({"v": [1.0]}, index=pd.Index([0.0], name="t"))], "reset_index"),
         ([frame([0.0, 1.0], phase=["warm", "hot"])], "timelines[0]['phase']"),
         ([frame([0.0, 1.0], v=[1.0, 2.0]), frame([0.0], v=[np.nan])], None),
-        ([frame([0.0, 1.0], v=[np.nan, np.nan])], "NaN in every instance"),
         ([frame([0.0, np.nan], v=[1.0, 2.0])], "finite times"),
-        ([frame([0.0, 1.0], v=[1.0, np.inf])], "inf"),
         ([frame([0.0, 1.0])], "at least one metric"),
         ([frame([0.0], v=[1.0], v_std=[2.0])], "clash"),
         ([frame([0.0], n=[1.0])], "clash"),
