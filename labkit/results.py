@@ -168,6 +168,8 @@ class ExperimentResult:
             others, the indices of those instances (``{"cpu": [2]}``).
         config: How it ran (instances, duration, GPUs per instance, ...).
         experiment_id: The store's key for this run, when it was recorded.
+        notes: What went wrong after the instances ran (averaging, outliers, the
+            store), one line each; the instances are kept whatever the notes say.
     """
 
     name: str
@@ -178,6 +180,7 @@ class ExperimentResult:
     outliers: dict[str, list[int]]
     config: dict[str, Any]
     experiment_id: str | None = None
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -188,8 +191,13 @@ class ExperimentResult:
         config: Mapping[str, Any],
         *,
         experiment_id: str | None = None,
+        notes: Sequence[str] = (),
     ) -> ExperimentResult:
         """Average the instances that succeeded and keep the failures.
+
+        Never raises once it has the instances: if averaging the timelines, the
+        summaries or the outlier search fails, that part is left empty and the
+        failure is stated in ``notes``, so no computed instance is ever lost.
 
         Args:
             name: The experiment's name.
@@ -197,10 +205,12 @@ class ExperimentResult:
             instances: Every instance, in any order (sorted by index here).
             config: How the run was configured (JSON-safe values).
             experiment_id: The store's key, if recorded.
+            notes: Notes already known (a store that could not record an instance).
 
         Returns:
             The result, with ``summary["all_failed"]`` true when nothing succeeded.
         """
+        kept = list(notes)
         ordered = tuple(sorted(instances, key=lambda instance: instance.index))
         succeeded = [instance for instance in ordered if instance.ok]
         metrics = {
@@ -214,37 +224,38 @@ class ExperimentResult:
             instance.timeline[["t", *(c for c in instance.timeline if c in metrics)]]
             for instance in succeeded
         ]
+        averaged = pd.DataFrame({"t": np.array([], dtype=float), "n": np.array([], dtype=int)})
         if metrics:
-            averaged = timeline.average_timelines(
-                frames, round_to_int=tuple(m for m in ROUND_TO_INT if m in metrics)
-            )
-        else:
-            averaged = pd.DataFrame({"t": np.array([], dtype=float), "n": np.array([], dtype=int)})
+            try:
+                averaged = timeline.average_timelines(
+                    frames, round_to_int=tuple(m for m in ROUND_TO_INT if m in metrics)
+                )
+            except Exception as exc:
+                kept.append(f"averaging the timelines failed: {error_text(exc)}")
         summary: dict[str, Any] = {}
-        if ordered:
-            summary = timeline.average_summaries(
-                [
-                    instance.summary if instance.ok else {"ok": False, "error": instance.error}
-                    for instance in ordered
-                ]
-            )
-            # average_summaries speaks in positions; results speak in instance indices.
-            summary["errors"] = {
-                ordered[position].index: text for position, text in summary["errors"].items()
-            }
+        try:
+            summary = _averaged_summary(ordered)
+        except Exception as exc:
+            kept.append(f"averaging the summaries failed: {error_text(exc)}")
         summary["num_instances"] = len(ordered)
         summary["num_succeeded"] = len(succeeded)
         summary["num_failed"] = len(ordered) - len(succeeded)
         summary["all_failed"] = not succeeded
+        outliers: dict[str, list[int]] = {}
+        try:
+            outliers = _outliers(succeeded, frames if metrics else None)
+        except Exception as exc:
+            kept.append(f"finding outliers failed: {error_text(exc)}")
         return cls(
             name=name,
             params=dict(params),
             instances=ordered,
             averaged=averaged,
             summary=summary,
-            outliers=_outliers(succeeded, frames if metrics else None),
+            outliers=outliers,
             config=dict(config),
             experiment_id=experiment_id,
+            notes=tuple(kept),
         )
 
     @property
@@ -273,6 +284,7 @@ class ExperimentResult:
             "outliers": _jsonable(self.outliers),
             "config": _jsonable(self.config),
             "experiment_id": self.experiment_id,
+            "notes": list(self.notes),
         }
 
     def to_json(self, **dumps_options: Any) -> str:
@@ -298,12 +310,30 @@ class ExperimentResult:
             },
             config=dict(data.get("config") or {}),
             experiment_id=data.get("experiment_id"),
+            notes=tuple(str(note) for note in data.get("notes") or ()),
         )
 
     @classmethod
     def from_json(cls, text: str) -> ExperimentResult:
         """Rebuild a result from :meth:`to_json`'s output."""
         return cls.from_dict(json.loads(text))
+
+
+def _averaged_summary(ordered: Sequence[InstanceResult]) -> dict[str, Any]:
+    """The instances' summaries averaged over those that succeeded (empty without any)."""
+    if not ordered:
+        return {}
+    summary = timeline.average_summaries(
+        [
+            instance.summary if instance.ok else {"ok": False, "error": instance.error}
+            for instance in ordered
+        ]
+    )
+    # average_summaries speaks in positions; results speak in instance indices.
+    summary["errors"] = {
+        ordered[position].index: text for position, text in summary["errors"].items()
+    }
+    return summary
 
 
 def _outliers(
