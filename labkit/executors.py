@@ -1,13 +1,28 @@
-"""Where a call runs: on the event loop, in a thread, or in a process.
+"""Where a call runs: on the event loop, in a thread, or in a process; and how its
+timeout is kept there.
 
-The runner turns the user's function into a *call*: a one-argument function that
-returns an awaitable. Async functions are awaited on the running loop; sync
-functions never block the loop: they run in a thread pool sized to the
-concurrency cap (``executor="async"`` or ``"thread"``), in a process pool
-(``executor="process"``, for CPU-bound work; the function and items must pickle),
-or in a ``concurrent.futures.Executor`` the caller passes in. A
-``distributed.Client`` (or a :class:`labkit.cluster.DaskExecutor`) sends every
-call to a Dask cluster as one task (:mod:`labkit.cluster`).
+The runner turns the user's function into an :class:`Invoker`: two ways to run one
+attempt, without a timeout (``run``) and with one (``timed``). What a timeout does
+depends on where the call runs:
+
+- **async functions** run on the loop; at the timeout the attempt is cancelled (its
+  ``finally`` blocks run) and raises :class:`AttemptExpired`.
+- **sync functions** (``executor="async"`` or ``"thread"``) run in an
+  :class:`~labkit.threadpool.ElasticThreadPool`: a call starts at once, and its
+  timeout counts from when its thread begins it. A thread cannot be stopped: at the
+  timeout the attempt ends, the call is *abandoned* (it runs on to its end in its
+  thread, is counted, and holds no concurrency slot), and a retry starts in another
+  thread at once.
+- **processes** (``executor="process"``) come from a ``pebble.ProcessPool``: the
+  timeout counts from when a worker process begins the call, and at the timeout that
+  worker is killed and replaced, so the call really stops.
+- **an Executor you pass** gets the call at once; its timeout counts from
+  submission, and a timed-out call keeps running there (labkit cannot stop it).
+- **Dask** (a ``distributed.Client`` or :class:`labkit.cluster.DaskExecutor`) runs
+  every call as one task (:mod:`labkit.cluster`); the timeout counts from submission.
+
+A sync function that returns an awaitable (``lambda x: work(x)``) has that awaitable
+awaited on the loop, within the same timeout, wherever it ran.
 """
 
 from __future__ import annotations
@@ -18,19 +33,27 @@ import functools
 import inspect
 import multiprocessing
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import ConfigError
+from labkit.threadpool import ElasticThreadPool, ThreadCall
 
 if TYPE_CHECKING:
+    import pebble
+
     from labkit.cluster import DaskBackend
 
-__all__ = ("ExecutorKind", "Backend", "is_async_callable", "is_dask_client", "make_backend")
+__all__ = ("AttemptExpired", "Backend", "Call", "Invoker", "is_async_callable", "is_dask_client")
 
-ExecutorKind = str
 Call = Callable[[Any], Awaitable[Any]]
 _NAMES = ("async", "thread", "process")
+
+
+class AttemptExpired(Exception):  # noqa: N818 - a signal between labkit's own layers
+    """An attempt's own timeout ran out (never the function's own ``TimeoutError``)."""
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:
@@ -55,11 +78,32 @@ def _is_dask_executor(obj: object) -> bool:
     return cls.__name__ == "DaskExecutor" and cls.__module__ == "labkit.cluster"
 
 
+class Invoker:
+    """One function, ready to run attempts: ``await run(arg)`` or ``await timed(arg, s)``.
+
+    ``timed`` raises :class:`AttemptExpired` when the attempt's own ``s`` seconds ran
+    out; the function's own ``TimeoutError`` passes through unchanged.
+    """
+
+    __slots__ = ("run", "timed")
+
+    def __init__(self, run: Call, timed: Callable[[Any, float], Awaitable[Any]]) -> None:
+        self.run = run
+        self.timed = timed
+
+
 class Backend:
     """The executor a run uses, and the pools it owns.
 
-    Pools are created on first use and shut down by :meth:`close`; a pool passed in
+    Pools are created on first use and shut down by :meth:`aclose`; a pool passed in
     by the caller is never shut down by labkit, nor is a Dask client.
+
+    Args:
+        executor: ``"async"``, ``"thread"``, ``"process"``, a
+            ``concurrent.futures.Executor``, a ``distributed.Client`` or a
+            :class:`labkit.cluster.DaskExecutor`.
+        max_workers: The most calls that run at once (the runner's cap).
+        clock: The clock timeouts are kept on.
 
     Raises:
         ConfigError: ``executor`` is none of the accepted kinds.
@@ -67,10 +111,12 @@ class Backend:
             ``distributed`` cannot be imported.
     """
 
-    def __init__(self, executor: Any, max_workers: int) -> None:
+    def __init__(self, executor: Any, max_workers: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self.spec = executor
         self._max_workers = max_workers
-        self._owned: concurrent.futures.Executor | None = None
+        self._clock = clock
+        self._threads: ElasticThreadPool | None = None
+        self._processes: pebble.ProcessPool | None = None
         self._external: concurrent.futures.Executor | None = None
         self._dask: DaskBackend | None = None
         if is_dask_client(executor) or _is_dask_executor(executor):
@@ -93,23 +139,13 @@ class Backend:
             return "dask"
         return "external" if self._external is not None else str(self.spec)
 
-    def _pool(self) -> concurrent.futures.Executor:
-        if self._external is not None:
-            return self._external
-        if self._owned is None:
-            if self.spec == "process":
-                workers = min(self._max_workers, os.cpu_count() or 1)
-                # 'spawn' avoids forking a process that holds an event loop and threads.
-                context = multiprocessing.get_context("spawn")
-                self._owned = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
-            else:
-                self._owned = concurrent.futures.ThreadPoolExecutor(
-                    self._max_workers, thread_name_prefix="labkit"
-                )
-        return self._owned
+    @property
+    def abandoned(self) -> int:
+        """Sync calls still running in a thread after their attempt's timeout."""
+        return self._threads.abandoned if self._threads is not None else 0
 
-    def make_call(self, fn: Callable[..., Any], *, mode: str = "item") -> Call:
-        """Wrap ``fn`` as a call of one argument that returns an awaitable.
+    def make_call(self, fn: Callable[..., Any], *, mode: str = "item") -> Invoker:
+        """Wrap ``fn`` as an :class:`Invoker` of one argument.
 
         Args:
             fn: The user's function, async or sync.
@@ -122,7 +158,8 @@ class Backend:
                 client that is closed or whose event loop does not run.
         """
         if self._dask is not None:
-            return self._dask.make_call(fn, mode=mode)
+            run = self._dask.make_call(fn, mode=mode)
+            return Invoker(run, functools.partial(_within, self._clock, run))
         if is_async_callable(fn):
             if self.spec == "process":
                 raise ConfigError(
@@ -131,42 +168,171 @@ class Backend:
                     "a sync function (async functions run on the event loop, not in processes)",
                 )
             if mode == "kwargs":
-                return lambda kwargs: fn(**kwargs)
-            if mode == "none":
-                return lambda _: fn()
-            return fn
+                run = _kwargs_adapter(fn)
+            elif mode == "none":
+                run = _no_argument_adapter(fn)
+            else:
+                run = fn
+            return Invoker(run, functools.partial(_within, self._clock, run))
 
         target: Callable[[Any], Any] = fn
         if mode == "kwargs":
             target = functools.partial(_apply_kwargs, fn)
         elif mode == "none":
             target = functools.partial(_ignore_argument, fn)
+        if self.spec == "process" and self._external is None:
+            return self._process_invoker(target)
+        if self._external is not None:
+            return self._external_invoker(target)
+        return self._thread_invoker(target)
 
-        def call(item: Any) -> Awaitable[Any]:
-            return asyncio.get_running_loop().run_in_executor(self._pool(), target, item)
+    # -- the kinds of call -------------------------------------------------------------
 
-        return call
+    def _thread_invoker(self, target: Callable[[Any], Any]) -> Invoker:
+        clock = self._clock
 
-    def close(self, *, cancel: bool = False) -> None:
-        """Shut the owned pool down; with ``cancel``, drop queued work and stop processes.
+        def pool() -> ElasticThreadPool:
+            if self._threads is None:
+                self._threads = ElasticThreadPool("labkit")
+            return self._threads
 
-        A running thread cannot be killed: it finishes its current call and then exits.
-        Worker processes are terminated. A Dask client stays open.
+        async def run(arg: Any) -> Any:
+            threads = pool()
+            call = threads.submit(target, arg, signal_start=False)
+            value = await _outcome(threads, call)
+            return await value if inspect.isawaitable(value) else value
+
+        async def timed(arg: Any, seconds: float) -> Any:
+            threads = pool()
+            call = threads.submit(target, arg, signal_start=True)
+            assert call.started is not None
+            try:
+                await asyncio.shield(call.started)  # waiting for a thread is not the call's time
+            except BaseException:
+                if not call.cancel():
+                    threads.abandon(call)
+                raise
+            start = clock.now()
+            try:
+                async with clock.timeout(seconds):
+                    value = await _outcome(threads, call)
+            except TimeoutError as exc:
+                if call.done.done():
+                    raise  # the function's own TimeoutError
+                raise AttemptExpired from exc
+            if inspect.isawaitable(value):
+                return await _within(clock, _awaited, value, seconds - (clock.now() - start))
+            return value
+
+        return Invoker(run, timed)
+
+    def _process_invoker(self, target: Callable[[Any], Any]) -> Invoker:
+        def pool() -> pebble.ProcessPool:
+            if self._processes is None:
+                try:
+                    import pebble
+                except ImportError as exc:  # pragma: no cover - a core dependency
+                    from labkit.errors import MissingDependency
+
+                    raise MissingDependency("pebble", "all", 'executor="process"') from exc
+                workers = min(self._max_workers, os.cpu_count() or 1)
+                # 'spawn' avoids forking a process that holds an event loop and threads.
+                self._processes = pebble.ProcessPool(
+                    workers, context=multiprocessing.get_context("spawn")
+                )
+            return self._processes
+
+        async def run(arg: Any) -> Any:
+            return await asyncio.wrap_future(pool().schedule(target, args=(arg,)))
+
+        async def timed(arg: Any, seconds: float) -> Any:
+            future = pool().schedule(target, args=(arg,), timeout=seconds)
+            try:
+                return await asyncio.wrap_future(future)
+            except TimeoutError as exc:
+                if exc.args[:1] == ("Task timeout",):  # pebble killed the worker
+                    raise AttemptExpired from exc
+                raise
+
+        return Invoker(run, timed)
+
+    def _external_invoker(self, target: Callable[[Any], Any]) -> Invoker:
+        executor = self._external
+
+        async def run(arg: Any) -> Any:
+            value = await asyncio.get_running_loop().run_in_executor(executor, target, arg)
+            return await value if inspect.isawaitable(value) else value
+
+        return Invoker(run, functools.partial(_within, self._clock, run))
+
+    # -- shutting down -----------------------------------------------------------------
+
+    async def aclose(self, *, cancel: bool = False) -> None:
+        """Shut the owned pools down without blocking the loop.
+
+        Threads are never waited for: a sync call still running (abandoned, or
+        cancelled with ``cancel``) ends in its daemon thread. Worker processes are
+        stopped (killed with ``cancel``) and joined in a helper thread. A Dask client
+        stays open.
         """
         if self._dask is not None:
             self._dask.close(cancel=cancel)
-        pool, self._owned = self._owned, None
-        if pool is None:
-            return
-        if cancel and isinstance(pool, concurrent.futures.ProcessPoolExecutor):
-            processes = list(getattr(pool, "_processes", {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.join(timeout=5)
-            return
-        pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown()
+        processes, self._processes = self._processes, None
+        if processes is not None:
+            if cancel:
+                processes.stop()
+            else:
+                processes.close()
+            await asyncio.to_thread(processes.join)
+
+    def close(self, *, cancel: bool = False) -> None:
+        """:meth:`aclose` for code without a loop: does not wait for worker processes."""
+        if self._dask is not None:
+            self._dask.close(cancel=cancel)
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown()
+        processes, self._processes = self._processes, None
+        if processes is not None:
+            processes.stop() if cancel else processes.close()
+            threading.Thread(target=processes.join, daemon=True).start()
+
+
+async def _outcome(threads: ElasticThreadPool, call: ThreadCall) -> Any:
+    """The call's value; if the waiter leaves first, the call is dropped or abandoned."""
+    try:
+        return await asyncio.shield(call.done)
+    except BaseException:
+        if not call.done.done() and not call.cancel():
+            threads.abandon(call)
+        raise
+
+
+async def _within(clock: Clock, run: Call, arg: Any, seconds: float) -> Any:
+    """``await run(arg)`` bounded by ``seconds`` on ``clock``; AttemptExpired past it."""
+    start = clock.now()
+    try:
+        async with clock.timeout(max(seconds, 0.0)):
+            return await run(arg)
+    except TimeoutError as exc:
+        if clock.now() - start < seconds:
+            raise  # the function's own TimeoutError
+        raise AttemptExpired from exc
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _kwargs_adapter(fn: Callable[..., Awaitable[Any]]) -> Call:
+    return lambda kwargs: fn(**kwargs)
+
+
+def _no_argument_adapter(fn: Callable[[], Awaitable[Any]]) -> Call:
+    return lambda _: fn()
 
 
 def _apply_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
@@ -175,8 +341,3 @@ def _apply_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
 
 def _ignore_argument(fn: Callable[[], Any], _: Any) -> Any:
     return fn()
-
-
-def make_backend(executor: Any, max_workers: int) -> Backend:
-    """Validate ``executor`` and build its backend."""
-    return Backend(executor, max_workers)
