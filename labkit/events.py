@@ -10,15 +10,18 @@ Times are seconds on the emitter's clock (:mod:`labkit.clock`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
 __all__ = (
     "ConcurrencyEvent",
     "EventBus",
     "GuardEvent",
+    "InstanceEvent",
+    "InstanceEventKind",
     "TaskEvent",
     "TaskEventKind",
+    "TrialEvent",
     "Unsubscribe",
 )
 
@@ -52,6 +55,49 @@ class TaskEvent(NamedTuple):
     error: BaseException | None = None
     delay: float = 0.0
     duration: float = 0.0
+
+
+InstanceEventKind = Literal["started", "sample", "log", "finished", "failed"]
+
+
+class InstanceEvent(NamedTuple):
+    """One step in an experiment instance's life, for progress bars and widgets.
+
+    Attributes:
+        kind: ``started`` (an attempt began, resources held), ``sample`` (a
+            timeline sample: ``metrics``), ``log`` (``ctx.log``: ``message``),
+            ``finished`` (the function returned) or ``failed`` (an attempt raised:
+            ``message`` holds the error; the runner may still retry).
+        instance: The instance's index.
+        time: When it happened, in seconds on the run's clock.
+        offset: Seconds since the instance's attempt started (the timeline's ``t``).
+        metrics: The sample's values, for ``sample``.
+        message: The log line or the error text.
+    """
+
+    kind: InstanceEventKind
+    instance: int
+    time: float
+    offset: float = 0.0
+    metrics: Mapping[str, float] | None = None
+    message: str | None = None
+
+
+class TrialEvent(NamedTuple):
+    """An event of one trial of a sweep, with the trial it belongs to.
+
+    A sweep wraps every event its trials' experiments emit (their
+    :class:`InstanceEvent` and :class:`TaskEvent`), so concurrent trials can be
+    told apart: two trials' instance 0 are ``TrialEvent(3, ...)`` and
+    ``TrialEvent(5, ...)``.
+
+    Attributes:
+        trial: The trial's number in the sweep (its ``trial`` column).
+        event: The wrapped event, as the trial's experiment emitted it.
+    """
+
+    trial: int
+    event: Any
 
 
 class GuardEvent(NamedTuple):
@@ -159,7 +205,15 @@ class EventBus:
 
     def emit(self, event: Any) -> None:
         """Deliver ``event`` to every subscriber that wants its type."""
-        for callback in self.route(type(event)):
+        self.deliver(self.route(type(event)), event)
+
+    def deliver(self, callbacks: tuple[Callable[[Any], object], ...], event: Any) -> None:
+        """Deliver ``event`` to ``callbacks``, the :meth:`route` of its type.
+
+        The fast path for emitters that routed once (``routes.get(T)``) and so know
+        whether anybody wants the event before they build it.
+        """
+        for callback in callbacks:
             try:
                 callback(event)
             except Exception:

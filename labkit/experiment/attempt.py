@@ -1,0 +1,319 @@
+"""One attempt of one instance, and the bookkeeping every attempt shares.
+
+:class:`Instances` keeps what each instance's last attempt left behind (one
+attempt counter per instance) and does what every attempt does, wherever it runs:
+reset, report ``failed`` or ``finished``, commit the finished instance to the
+store, build its :class:`~labkit.results.InstanceResult`. :class:`LocalAttempt`
+is an attempt on this machine, as an async context manager that holds the GPU
+allocation, the sandbox session and the sampler for the attempt's life; the Dask
+attempt (:mod:`labkit.experiment.dask`) uses the same bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from labkit.clock import Clock
+from labkit.events import InstanceEvent
+from labkit.experiment.context import InstanceContext, Sample, samples_to_frame
+from labkit.experiment.spec import Experiment, InstanceFunction, summary_figures
+from labkit.results import ExperimentRecorder, InstanceResult, error_text
+from labkit.sampling import ResourceSampler
+
+if TYPE_CHECKING:
+    from labkit.gpu import GPUPool
+    from labkit.sandbox.pool import SandboxPool
+
+__all__ = ("AttemptRecord", "Instances", "LocalAttempt", "LocalAttempts")
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """What the last attempt of one instance left behind, for its result."""
+
+    attempts: int = 0
+    started: float | None = None
+    finished: float | None = None
+    gpu_uuids: tuple[str, ...] = ()
+    sandbox_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    samples: list[Sample] = field(default_factory=list)
+    context: InstanceContext | None = None
+    """A local attempt's context (its samples are read from there while it runs)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Instances:
+    """The instances of one run: their attempts, events and store records."""
+
+    experiment: Experiment
+    clock: Clock
+    emit: Callable[[Any], None]
+    recorder: ExperimentRecorder | None = None
+    experiment_id: str | None = None
+    records: dict[int, AttemptRecord] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """Failures of the store while instances finished; they end up in the result's notes."""
+
+    def begin(self, index: int) -> AttemptRecord:
+        """A new attempt of ``index``: count it and forget what the last one left."""
+        record = self.records.setdefault(index, AttemptRecord())
+        record.attempts += 1
+        record.started = record.finished = None
+        record.gpu_uuids = ()
+        record.sandbox_id = None
+        record.extra = {}
+        record.samples = []
+        record.context = None
+        return record
+
+    def started(self, index: int, gpus: tuple[str, ...] = ()) -> float:
+        """Note once that the attempt runs (resources held); returns when it started."""
+        record = self.records[index]
+        if record.started is None:
+            record.started = self.clock.now()
+            record.gpu_uuids = record.gpu_uuids or gpus
+            self.emit(InstanceEvent("started", index, record.started))
+        return record.started
+
+    def failed(self, index: int, error: BaseException) -> None:
+        """The attempt raised (the runner may retry it)."""
+        record = self.records[index]
+        now = self.clock.now()
+        record.finished = now
+        offset = 0.0 if record.started is None else now - record.started
+        self.emit(InstanceEvent("failed", index, now, offset, message=describe(error)))
+
+    async def finished(self, index: int, value: Any) -> None:
+        """The attempt returned ``value``: report it and commit the instance.
+
+        The store commits before the instance counts as done, so a crash after
+        this point never loses it (resume then loads it instead of rerunning). A
+        store that cannot record it does not fail the instance: the failure goes
+        to the result's notes.
+        """
+        record = self.records[index]
+        started = self.started(index)
+        record.finished = self.clock.now()
+        record.extra = _extra_summary(value)
+        self.emit(InstanceEvent("finished", index, record.finished, record.finished - started))
+        await self.record(self.result(index, None))
+
+    async def record(self, result: InstanceResult) -> None:
+        """Commit an instance's result to the store, if there is one."""
+        if self.recorder is None or self.experiment_id is None:
+            return
+        try:
+            await self.recorder.finish_instance(self.experiment_id, result)
+        except Exception as exc:
+            self.notes.append(
+                f"instance {result.index} was not recorded in the store: {error_text(exc)}"
+            )
+
+    def sample(self, index: int, t: float, metrics: Mapping[str, float]) -> None:
+        """Buffer a streamed sample in the store."""
+        if self.recorder is not None and self.experiment_id is not None:
+            self.recorder.sample(self.experiment_id, index, t, metrics)
+
+    def result(self, index: int, error: BaseException | None) -> InstanceResult:
+        """The instance's result from its last attempt (``error`` set when it failed)."""
+        record = self.records.get(index, AttemptRecord())
+        samples = record.context.samples if record.context is not None else record.samples
+        timeline = samples_to_frame(samples)
+        summary = summary_figures(timeline, self.experiment.summarize)
+        summary.update(record.extra)
+        return InstanceResult(
+            index=index,
+            ok=error is None,
+            error=None if error is None else describe(error),
+            timeline=timeline,
+            summary=summary,
+            started=record.started,
+            finished=record.finished,
+            gpu_uuids=record.gpu_uuids,
+            sandbox_id=record.sandbox_id,
+            attempts=max(record.attempts, 1),
+        )
+
+
+class LocalAttempt:
+    """One attempt of one instance on this machine, as an async context manager.
+
+    Entering acquires the instance's GPUs and sandbox session, builds its
+    :class:`InstanceContext`, reports ``started`` and starts the sandbox's
+    sampler; exiting stops the sampler and gives the sandbox and GPUs back,
+    however the block ends, and reports ``failed`` if it raised.
+
+    Args:
+        instances: The run's bookkeeping.
+        index: The instance.
+        params: The experiment's parameters.
+        duration: ``ctx.duration`` (s).
+        gpus: GPUs to hold, from ``gpu_pool``.
+        gpu_pool: Where GPUs come from (needed when ``gpus`` > 0).
+        sandbox_pool: Where the sandbox comes from, or ``None`` for none.
+        sample_every: Seconds between the sandbox's resource samples.
+    """
+
+    __slots__ = (
+        "_stack",
+        "duration",
+        "gpu_pool",
+        "gpus",
+        "index",
+        "instances",
+        "params",
+        "sample_every",
+        "sandbox_pool",
+    )
+
+    def __init__(
+        self,
+        instances: Instances,
+        index: int,
+        *,
+        params: Mapping[str, Any],
+        duration: float | None,
+        gpus: int,
+        gpu_pool: GPUPool | None,
+        sandbox_pool: SandboxPool | None,
+        sample_every: float,
+    ) -> None:
+        self.instances = instances
+        self.index = index
+        self.params = params
+        self.duration = duration
+        self.gpus = gpus
+        self.gpu_pool = gpu_pool
+        self.sandbox_pool = sandbox_pool
+        self.sample_every = sample_every
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> InstanceContext:
+        book = self.instances
+        record = book.begin(self.index)
+        stack = self._stack
+        await stack.__aenter__()
+        try:
+            env: dict[str, str] = {}
+            if self.gpus:
+                assert self.gpu_pool is not None
+                allocation = await stack.enter_async_context(
+                    self.gpu_pool.acquire(
+                        gpus=self.gpus, owner=f"{book.experiment.name}[{self.index}]"
+                    )
+                )
+                env.update(allocation.env)
+                record.gpu_uuids = tuple(allocation.uuids)
+            else:
+                # Without GPUs, hide them: an instance must not use a GPU it was not given.
+                env["CUDA_VISIBLE_DEVICES"] = ""
+            sandbox = None
+            if self.sandbox_pool is not None:
+                sandbox = await stack.enter_async_context(self.sandbox_pool.session())
+            record.sandbox_id = _sandbox_id(sandbox)
+            ctx = InstanceContext(
+                index=self.index,
+                params=self.params,
+                duration=self.duration,
+                env=env,
+                gpus=record.gpu_uuids,
+                sandbox=sandbox,
+                attempt=record.attempts,
+                clock=book.clock,
+                emit=book.emit,
+                recorder=book.sample if book.recorder is not None else None,
+            )
+            record.context = ctx
+            record.started = ctx.started
+            book.emit(InstanceEvent("started", self.index, ctx.started))
+            if sandbox is not None:
+                await stack.enter_async_context(
+                    ResourceSampler(sandbox, ctx.record, every=self.sample_every, clock=book.clock)
+                )
+        except BaseException as exc:
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return ctx
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            self.instances.failed(self.index, exc)
+        await self._stack.__aexit__(exc_type, exc, tb)
+
+
+async def call(fn: InstanceFunction, ctx: InstanceContext) -> Any:
+    """Call the instance function: awaited if async, else in a thread."""
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
+        return await fn(ctx)
+    # A sync function runs in a thread so it cannot block the other instances.
+    result = await asyncio.to_thread(fn, ctx)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+def describe(error: BaseException) -> str:
+    """An error's one-line text for results and events."""
+    if isinstance(error, asyncio.CancelledError):
+        return "CancelledError: the instance was cancelled"
+    return error_text(error)
+
+
+def _sandbox_id(sandbox: Any) -> str | None:
+    if sandbox is None:
+        return None
+    for name in ("sandbox_id", "id", "name"):
+        value = getattr(sandbox, name, None)
+        if isinstance(value, str):
+            return value
+    return f"{type(sandbox).__name__}@{id(sandbox):x}"
+
+
+def _extra_summary(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return {str(key): item for key, item in value.items()}
+    return {"value": value}
+
+
+@dataclass(slots=True, kw_only=True)
+class LocalAttempts:
+    """The attempts of one run's instances on this machine (see :class:`LocalAttempt`)."""
+
+    instances: Instances
+    duration: float | None
+    gpus: int
+    gpu_pool: GPUPool | None
+    sandbox_pool: SandboxPool | None
+    sample_every: float
+
+    async def instance(self, index: int) -> Any:
+        """One attempt of instance ``index``: hold its resources, run it, sample it."""
+        book = self.instances
+        experiment = book.experiment
+        async with LocalAttempt(
+            book,
+            index,
+            params=experiment.params or {},
+            duration=self.duration,
+            gpus=self.gpus,
+            gpu_pool=self.gpu_pool,
+            sandbox_pool=self.sandbox_pool,
+            sample_every=self.sample_every,
+        ) as ctx:
+            value = await call(experiment.fn, ctx)
+        await book.finished(index, value)
+        return value

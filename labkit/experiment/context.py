@@ -1,0 +1,212 @@
+"""What one instance's function sees: :class:`InstanceContext`."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from labkit.clock import Clock
+from labkit.errors import check
+from labkit.events import InstanceEvent
+
+if TYPE_CHECKING:
+    from labkit.sandbox.base import Sandbox
+
+__all__ = ("InstanceContext", "Sample", "samples_to_frame")
+
+Sample = tuple[float, dict[str, float]]
+"""One timeline sample: its offset in seconds and its values by metric name."""
+
+
+class InstanceContext:
+    """What one instance's function sees: its index, parameters, resources, and a recorder.
+
+    Attributes:
+        index: The instance's number, from 0.
+        params: The experiment's parameters (read-only).
+        duration: How long the instance is meant to run, in seconds, or ``None``.
+        env: Environment for anything the instance starts: the GPU allocation's
+            ``CUDA_VISIBLE_DEVICES`` (set to empty when it holds no GPU).
+        gpus: UUIDs of the GPUs this instance holds.
+        sandbox: The sandbox session it holds, or ``None``.
+        attempt: Which attempt this is (1 unless the runner retried).
+    """
+
+    __slots__ = (
+        "_clock",
+        "_emit",
+        "_lines",
+        "_loop",
+        "_loop_thread",
+        "_recorder",
+        "_samples",
+        "_started",
+        "attempt",
+        "duration",
+        "env",
+        "gpus",
+        "index",
+        "params",
+        "sandbox",
+    )
+
+    def __init__(
+        self,
+        *,
+        index: int,
+        params: Mapping[str, Any],
+        duration: float | None,
+        env: Mapping[str, str],
+        gpus: Sequence[str],
+        sandbox: Sandbox | None,
+        attempt: int,
+        clock: Clock,
+        emit: Callable[[InstanceEvent], None],
+        recorder: Callable[[int, float, Mapping[str, float]], None] | None,
+    ) -> None:
+        self.index = index
+        self.params: Mapping[str, Any] = MappingProxyType(dict(params))
+        self.duration = duration
+        self.env: dict[str, str] = dict(env)
+        self.gpus: tuple[str, ...] = tuple(gpus)
+        self.sandbox = sandbox
+        self.attempt = attempt
+        self._clock = clock
+        self._emit = emit
+        self._recorder = recorder
+        self._samples: list[Sample] = []
+        self._lines: list[str] = []
+        self._started = clock.now()
+        # On a Dask worker a sync function runs in the task thread with no loop at
+        # all; its samples are then published straight from that thread.
+        self._loop: asyncio.AbstractEventLoop | None = _running_loop()
+        self._loop_thread = threading.get_ident()
+
+    @property
+    def started(self) -> float:
+        """When this attempt started, in seconds on the run's clock."""
+        return self._started
+
+    @property
+    def samples(self) -> tuple[Sample, ...]:
+        """Every sample recorded so far, in recording order (read-only)."""
+        return tuple(self._samples)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since this instance started."""
+        return self._clock.now() - self._started
+
+    @property
+    def remaining(self) -> float | None:
+        """Seconds left of ``duration`` (never negative), or ``None`` without one."""
+        if self.duration is None:
+            return None
+        return max(self.duration - self.elapsed, 0.0)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait on the run's clock (a test's ``FakeClock`` makes this instant)."""
+        await self._clock.sleep(seconds)
+
+    def record(self, **metrics: float) -> None:
+        """Add one timeline sample, stamped with the seconds since the instance started.
+
+        Args:
+            **metrics: Numeric values by metric name (``cpu=41.5, errors=2``).
+                ``errors`` counts the errors since the previous sample.
+
+        Raises:
+            ConfigError: A value is not a real number, or a name is ``t``.
+        """
+        self.record_at(self.elapsed, **metrics)
+
+    def record_at(self, t: float, /, **metrics: float) -> None:
+        """Add one timeline sample at offset ``t``: for values measured elsewhere, read late.
+
+        Args:
+            t: Seconds since the instance started when the values were measured.
+            **metrics: Numeric values by metric name, as for :meth:`record`.
+
+        Raises:
+            ConfigError: ``t`` is not a finite number, a value is not a real
+                number, or a name is ``t``.
+        """
+        check(_finite(t), "t", t, "a finite number of seconds")
+        values: dict[str, float] = {}
+        for name, value in metrics.items():
+            check(name != "t", "metric name", name, "any name but 't' (the time column)")
+            check(
+                isinstance(value, int | float | np.integer | np.floating)
+                and not isinstance(value, bool),
+                name,
+                value,
+                "a real number",
+            )
+            values[name] = float(value)
+        if not values:
+            return
+        offset = float(t)
+        self._samples.append((offset, values))
+        self._deliver(
+            InstanceEvent("sample", self.index, self._clock.now(), offset, metrics=values)
+        )
+        if self._recorder is not None:
+            self._call_on_loop(self._recorder, self.index, offset, values)
+
+    def log(self, *parts: object) -> None:
+        """Note a line about this instance (joined like ``print``); it goes to ``on_event``."""
+        line = " ".join(str(part) for part in parts)
+        self._lines.append(line)
+        self._deliver(
+            InstanceEvent("log", self.index, self._clock.now(), self.elapsed, message=line)
+        )
+
+    @property
+    def logs(self) -> tuple[str, ...]:
+        """Every line logged so far."""
+        return tuple(self._lines)
+
+    def timeline(self) -> pd.DataFrame:
+        """The samples so far as a DataFrame: ``t`` and one column per metric."""
+        return samples_to_frame(self._samples)
+
+    def _deliver(self, event: InstanceEvent) -> None:
+        self._call_on_loop(self._emit, event)
+
+    def _call_on_loop(self, fn: Callable[..., object], *args: Any) -> None:
+        # A sync instance function runs in a worker thread; subscribers and the
+        # store expect to be called on the event loop's thread.
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def __repr__(self) -> str:
+        return f"InstanceContext(index={self.index}, attempt={self.attempt}, gpus={self.gpus})"
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def samples_to_frame(samples: Sequence[tuple[float, Mapping[str, float]]]) -> pd.DataFrame:
+    """Samples as a timeline: ``t`` and one float column per metric, in time order."""
+    if not samples:
+        return pd.DataFrame({"t": np.array([], dtype=float)})
+    frame = pd.DataFrame.from_records([{"t": t, **values} for t, values in samples])
+    # Samples from the sampler and from the function interleave; keep time order.
+    return frame.sort_values("t", kind="stable", ignore_index=True).astype(float)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,273 @@
+"""Instances on a Dask cluster: each attempt is one task on a worker.
+
+The caller keeps the runner (cap, retries, timeouts, events), the store and the
+averaging; a worker runs one attempt and streams its start, samples and log lines
+back on the run's topic (:func:`labkit.cluster.publish`) while it runs. The
+bookkeeping is the local path's own (:class:`~labkit.experiment.attempt.Instances`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import os
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from labkit.clock import SYSTEM_CLOCK, Clock, SystemClock
+from labkit.errors import check
+from labkit.events import InstanceEvent
+from labkit.executors import is_async_callable, is_dask_client
+from labkit.experiment.attempt import Instances
+from labkit.experiment.context import InstanceContext, Sample
+from labkit.experiment.spec import Experiment, InstanceFunction
+
+if TYPE_CHECKING:
+    from labkit.cluster import DaskExecutor
+    from labkit.gpu import GPUPool
+    from labkit.sandbox.pool import SandboxPool
+
+__all__ = ("DaskAttempts", "cluster_executor", "on_dask")
+
+
+def on_dask(executor: Any) -> bool:
+    """Whether ``executor`` sends instances to a Dask cluster."""
+    from labkit.cluster import DaskExecutor
+
+    return is_dask_client(executor) or isinstance(executor, DaskExecutor)
+
+
+def cluster_executor(
+    executor: Any,
+    gpus_per_instance: int,
+    experiment: Experiment,
+    gpu_pool: GPUPool | None,
+    sandbox_pool: SandboxPool | None,
+    clock: Clock | None,
+) -> DaskExecutor:
+    """Check what a run on Dask cannot take; return the ``DaskExecutor`` to submit with.
+
+    Raises:
+        ConfigError: A local ``gpu_pool`` or ``sandbox_pool``, an experiment that
+            ``needs_sandbox``, a clock other than the system's, or
+            ``gpus_per_instance`` unlike the ``DaskExecutor``'s ``gpus``.
+    """
+    from labkit.cluster import DaskExecutor
+
+    on = "with a Dask executor"
+    check(
+        gpu_pool is None,
+        "gpu_pool",
+        gpu_pool,
+        f"None {on}: the cluster's workers own their GPUs (ask with gpus_per_instance)",
+    )
+    check(
+        sandbox_pool is None,
+        "sandbox_pool",
+        sandbox_pool,
+        f"None {on}: instances run in the workers' processes",
+    )
+    check(
+        not experiment.needs_sandbox,
+        "needs_sandbox",
+        experiment.needs_sandbox,
+        f"False {on}: instances run in the workers' processes",
+    )
+    check(
+        clock is None or isinstance(clock, SystemClock),
+        "clock",
+        clock,
+        f"None or the system clock {on}: workers stamp samples in real time",
+    )
+    if not isinstance(executor, DaskExecutor):
+        return DaskExecutor(executor, gpus=gpus_per_instance)
+    check(
+        gpus_per_instance in (0, executor.gpus) or executor.gpus == 0,
+        "gpus_per_instance",
+        gpus_per_instance,
+        f"0 or {executor.gpus} (the DaskExecutor's gpus)",
+    )
+    if gpus_per_instance:
+        return replace(executor, gpus=gpus_per_instance)
+    return executor
+
+
+class DaskAttempts:
+    """The attempts of one run's instances as tasks on a Dask cluster.
+
+    Use as an async context manager around the run: it subscribes to the run's
+    topic on entering and lets go of the subscription and the backend on exit.
+
+    Args:
+        instances: The run's bookkeeping.
+        executor: From :func:`cluster_executor`.
+        duration: ``ctx.duration`` (s).
+    """
+
+    def __init__(self, instances: Instances, executor: DaskExecutor, duration: float | None):
+        from labkit.cluster import DaskBackend
+
+        self.instances = instances
+        self.executor = executor
+        self._topic = f"labkit-exp-{uuid.uuid4().hex}"  # this run's samples, and no other's
+        self._backend = DaskBackend(executor)
+        experiment = instances.experiment
+        on_worker = _remote_async if is_async_callable(experiment.fn) else _remote_sync
+        self._duration = duration
+        self._worker_fn = functools.partial(
+            on_worker,
+            experiment.fn,
+            dict(experiment.params or {}),
+            duration,
+            executor.gpus,
+            self._topic,
+        )
+        self._remote: Callable[[Any], Awaitable[Any]] | None = None
+        self._stack = contextlib.ExitStack()
+
+    async def __aenter__(self) -> DaskAttempts:
+        from labkit.cluster import subscribe
+
+        # Each attempt is one Dask task; the runner here keeps the cap, retries,
+        # timeouts and events, as for any call it makes.
+        self._remote = self._backend.make_call(self._worker_fn, name=self.instances.experiment.name)
+        self._stack.callback(self._backend.close)
+        self._stack.callback(subscribe(self.executor.client, self._topic, self.on_message))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    async def instance(self, index: int) -> Any:
+        """One attempt of one instance as a task on a worker.
+
+        The returned samples, not the streamed ones, make the final timeline.
+        """
+        assert self._remote is not None, "enter DaskAttempts before running instances"
+        book = self.instances
+        record = book.begin(index)
+        try:
+            value, samples, gpus = await self._remote((index, record.attempts))
+        except BaseException as exc:
+            book.failed(index, exc)
+            raise
+        # Started messages arrive before the result; this only covers a lost one.
+        book.started(index, tuple(gpus))
+        record.samples = [(float(t), dict(metrics)) for t, metrics in samples]
+        record.gpu_uuids = tuple(gpus)
+        await book.finished(index, value)
+        return value
+
+    def on_message(self, message: Mapping[str, Any]) -> None:
+        """Handle one message a worker published for this run, on the caller's loop."""
+        book = self.instances
+        index = int(message["i"])
+        record = book.records.get(index)
+        if record is None or record.attempts != message["a"] or record.finished is not None:
+            # From an attempt that has ended here (timed out, retried) but still
+            # runs on its worker: it must not leak into the current timeline.
+            return
+        kind = message["kind"]
+        clock = book.clock
+        if kind == "started":
+            book.started(index, tuple(message.get("gpus", ())))
+        elif kind == "sample":
+            offset = float(message["t"])
+            metrics = {str(name): float(value) for name, value in message["m"].items()}
+            record.samples.append((offset, metrics))
+            book.emit(InstanceEvent("sample", index, clock.now(), offset, metrics=metrics))
+            book.sample(index, offset, metrics)
+        elif kind == "log":
+            book.emit(
+                InstanceEvent(
+                    "log", index, clock.now(), float(message["t"]), message=message["log"]
+                )
+            )
+
+
+# -- on the worker ----------------------------------------------------------------------
+#
+# These run in a worker's process, so they are module-level (they pickle by name) and
+# receive only plain data: the function, its parameters and the run's topic.
+
+_Job = tuple[int, int]
+"""What the caller sends per attempt: the instance's index and the attempt's number."""
+
+_Outcome = tuple[Any, list[Sample], tuple[str, ...]]
+"""What a worker returns: the function's value, every sample it recorded, its GPUs."""
+
+
+def _worker_context(
+    job: _Job, params: Mapping[str, Any], duration: float | None, gpus: int, topic: str
+) -> InstanceContext:
+    """The instance's context on a worker: samples and log lines go out on ``topic``."""
+    from labkit.cluster import publish
+
+    index, number = job
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpus:
+        # The worker was pinned to its GPUs (gpu_cluster, or by hand) before it started.
+        env = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+        uuids = tuple(uuid for uuid in (visible or "").split(",") if uuid)
+    else:
+        env, uuids = {"CUDA_VISIBLE_DEVICES": ""}, ()
+
+    def emit(event: InstanceEvent) -> None:
+        head = {"i": index, "a": number, "t": event.offset}
+        if event.kind == "sample":
+            publish(topic, {**head, "kind": "sample", "m": dict(event.metrics or {})})
+        elif event.kind == "log":
+            publish(topic, {**head, "kind": "log", "log": event.message})
+
+    ctx = InstanceContext(
+        index=index,
+        params=params,
+        duration=duration,
+        env=env,
+        gpus=uuids,
+        sandbox=None,
+        attempt=number,
+        clock=SYSTEM_CLOCK,
+        emit=emit,
+        recorder=None,
+    )
+    publish(topic, {"i": index, "a": number, "kind": "started", "gpus": list(uuids)})
+    return ctx
+
+
+async def _remote_async(
+    fn: InstanceFunction,
+    params: Mapping[str, Any],
+    duration: float | None,
+    gpus: int,
+    topic: str,
+    job: _Job,
+) -> _Outcome:
+    """An async instance function's attempt, in the worker's loop for this task."""
+    ctx = _worker_context(job, params, duration, gpus, topic)
+    value = await fn(ctx)
+    return value, list(ctx.samples), ctx.gpus
+
+
+def _remote_sync(
+    fn: InstanceFunction,
+    params: Mapping[str, Any],
+    duration: float | None,
+    gpus: int,
+    topic: str,
+    job: _Job,
+) -> _Outcome:
+    """A sync instance function's attempt, in the worker's task thread."""
+    ctx = _worker_context(job, params, duration, gpus, topic)
+    value = fn(ctx)
+    if inspect.isawaitable(value):
+        value = asyncio.run(_await(value))
+    return value, list(ctx.samples), ctx.gpus
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable

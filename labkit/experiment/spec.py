@@ -1,0 +1,157 @@
+"""The experiment's spec: what to run, with which parameters, and how to summarise it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import numpy as np
+import pandas as pd
+
+from labkit.errors import check
+from labkit.timeline import summarize_timeline
+
+if TYPE_CHECKING:
+    from labkit.experiment.context import InstanceContext
+
+__all__ = ("MAX_DURATION", "MAX_INSTANCES", "Experiment", "SummaryKind", "summary_figures")
+
+MAX_INSTANCES = 1024
+"""The most instances one run may ask for (and the cap of ``instances="auto"``)."""
+
+MAX_DURATION = 24 * 3600.0
+"""The longest ``duration`` accepted, in seconds: E2B's longest sandbox life (Pro plan)."""
+
+SummaryKind = Literal["last", "min", "max", "mean", "peak"]
+"""How a metric's timeline becomes one figure of an instance's summary."""
+
+_KINDS: tuple[str, ...] = get_args(SummaryKind)
+
+InstanceFunction = Callable[["InstanceContext"], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    """A function to run as several parallel instances.
+
+    Args:
+        name: A short name, used in reports and the store.
+        fn: ``async def fn(ctx)`` or a plain ``def fn(ctx)`` (run in a thread),
+            given an :class:`~labkit.experiment.InstanceContext`. If it returns a
+            mapping, its values join the instance's summary (``{"recovery_time":
+            2.5}``); any other value that is not ``None`` is kept as
+            ``summary["value"]``.
+        params: Parameters every instance receives as ``ctx.params``.
+        needs_sandbox: When true and ``run_experiment`` is given no
+            ``sandbox_pool``, each instance gets a ``LocalSandbox`` (a real
+            subprocess in a temporary directory) from a pool made for the run.
+        description: One line for reports.
+        summarize: How a metric becomes its instance's summary figure, by metric
+            name: ``"last"`` (its last recorded value: what training runs
+            compare), ``"min"``, ``"max"``, ``"mean"`` or ``"peak"`` (the
+            largest finite value), or a list of these. Each figure is named
+            ``<metric>_<kind>`` (``{"loss": "last"}`` gives ``loss_last`` instead
+            of ``loss_peak``). Metrics not named keep the defaults: ``m_peak``,
+            and ``error_count`` for ``errors``. ``last``, ``min``, ``max`` and
+            ``mean`` read the values as recorded, inf included (a diverged loss
+            stays visible as ``inf``); NaN means "not sampled" and is skipped.
+
+    Raises:
+        ConfigError: ``name`` is empty, ``fn`` is not callable, or ``summarize``
+            names a kind other than those above.
+    """
+
+    name: str
+    fn: InstanceFunction
+    params: Mapping[str, Any] | None = field(default=None, kw_only=True)
+    needs_sandbox: bool = field(default=False, kw_only=True)
+    description: str = field(default="", kw_only=True)
+    summarize: Mapping[str, SummaryKind | Sequence[SummaryKind]] | None = field(
+        default=None, kw_only=True
+    )
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.name, str) and bool(self.name), "name", self.name, "a non-empty str")
+        check(callable(self.fn), "fn", self.fn, "a function taking an InstanceContext")
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params or {})))
+        if self.summarize is not None:
+            check(
+                isinstance(self.summarize, Mapping),
+                "summarize",
+                self.summarize,
+                "a dict {metric: kind or [kinds]}",
+            )
+            chosen: dict[str, tuple[str, ...]] = {}
+            for metric, kinds in self.summarize.items():
+                listed = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+                check(
+                    isinstance(metric, str) and metric != "t",
+                    "summarize",
+                    metric,
+                    "metric names (any str but 't')",
+                )
+                for kind in listed:
+                    check(
+                        kind in _KINDS,
+                        f"summarize[{metric!r}]",
+                        kind,
+                        f"one of {', '.join(_KINDS)} (or a list of them)",
+                    )
+                check(bool(listed), f"summarize[{metric!r}]", kinds, "at least one kind")
+                chosen[metric] = tuple(dict.fromkeys(listed))
+            object.__setattr__(self, "summarize", MappingProxyType(chosen))
+
+    def with_params(self, **params: Any) -> Experiment:
+        """A copy with ``params`` merged over this experiment's own."""
+        return replace(self, params={**(self.params or {}), **params})
+
+
+def summary_figures(
+    timeline: pd.DataFrame, summarize: Mapping[str, Sequence[str]] | None
+) -> dict[str, Any]:
+    """An instance's summary figures from its timeline, as ``Experiment.summarize`` asks.
+
+    Args:
+        timeline: The instance's samples (``t`` and one column per metric).
+        summarize: ``{metric: kinds}`` as validated by :class:`Experiment`, or
+            ``None`` for the defaults only.
+
+    Returns:
+        ``error_count`` (0 without an ``errors`` metric), ``m_peak`` for each
+        metric not in ``summarize``, and ``m_<kind>`` for each one in it (NaN
+        where the metric was never recorded).
+    """
+    summary: dict[str, Any] = {"error_count": 0, **summarize_timeline(timeline)}
+    if not summarize:
+        return summary
+    for metric, kinds in summarize.items():
+        if metric != "errors":
+            summary.pop(f"{metric}_peak", None)
+        values = (
+            timeline[metric].to_numpy(dtype=float)
+            if metric in timeline.columns
+            else np.array([], dtype=float)
+        )
+        recorded = values[~np.isnan(values)]
+        for kind in kinds:
+            summary[f"{metric}_{kind}"] = _figure(recorded, kind)
+    return summary
+
+
+def _figure(recorded: np.ndarray, kind: str) -> float:
+    """One figure of a metric's recorded (non-NaN) values, in time order."""
+    if kind == "peak":
+        finite = recorded[np.isfinite(recorded)]
+        return float(finite.max()) if finite.size else math.nan
+    if not recorded.size:
+        return math.nan
+    if kind == "last":
+        return float(recorded[-1])
+    if kind == "min":
+        return float(recorded.min())
+    if kind == "max":
+        return float(recorded.max())
+    return float(recorded.mean())
