@@ -57,6 +57,7 @@ from labkit.sandbox import (
     SandboxPool,
     SandboxPoolStats,
 )
+from labkit.stats import Comparison, Interval, compare, iqm, median
 from labkit.store import Store, StoreStats
 from labkit.sweep import Strategy, StudyStrategy, sweep
 from labkit.timeline import (
@@ -75,6 +76,7 @@ __all__ = (
     "AutoConcurrency",
     "Clock",
     "CommandResult",
+    "Comparison",
     "DaskExecutor",
     "E2BSandbox",
     "EventBus",
@@ -88,6 +90,7 @@ __all__ = (
     "InstanceContext",
     "InstanceEvent",
     "InstanceResult",
+    "Interval",
     "LocalSandbox",
     "NVMLInventory",
     "RateLimit",
@@ -112,11 +115,14 @@ __all__ = (
     "TaskResult",
     "average_summaries",
     "average_timelines",
+    "compare",
     "detect_outliers",
     "errors",
     "estimate_cost",
     "gpu_cluster",
     "instances_needed",
+    "iqm",
+    "median",
     "parallel_map",
     "run_experiment",
     "run_graph",
