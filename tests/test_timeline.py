@@ -818,9 +818,11 @@ def test_t_quantile_edges_and_errors() -> None:
     for p in (0.0, 1.0, -0.1, float("nan")):
         with pytest.raises(ConfigError):
             t_quantile(p, 3)
-    for df in (0, -1, 2.5, True):
+    for df in (0, -1, 0.5, True):
         with pytest.raises(ConfigError):
             t_quantile(0.9, df)  # type: ignore[arg-type]
+    # Fractional degrees of freedom (Welch) lie between their integer neighbours.
+    assert t_quantile(0.9, 3) < t_quantile(0.9, 2.5) < t_quantile(0.9, 2)
 
 
 def test_instances_needed_known_value() -> None:
