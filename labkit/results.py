@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from labkit import timeline
+from labkit import stats, timeline
 
 __all__ = (
     "ExperimentRecorder",
@@ -255,7 +255,7 @@ class ExperimentResult:
             outliers=outliers,
             config=dict(config),
             experiment_id=experiment_id,
-            notes=tuple(kept),
+            notes=tuple(dict.fromkeys(kept)),  # a reloaded run states a failure once
         )
 
     @property
@@ -272,6 +272,60 @@ class ExperimentResult:
     def failed(self) -> tuple[InstanceResult, ...]:
         """The instances that failed."""
         return tuple(instance for instance in self.instances if not instance.ok)
+
+    def summary_table(self) -> pd.DataFrame:
+        """Each summary figure over the instances that succeeded, with its spread.
+
+        One row per figure (``cpu_peak``, ``error_count``, ``loss_last``, ...), in
+        the summary's order, indexed by the figure's name. NaN and inf figures
+        are left out of their row (``n`` counts the finite ones).
+
+        Returns:
+            A DataFrame with columns ``mean``, ``std`` (ddof=1), ``ci95``
+            (half-width of the 95 % Student-t interval of the mean), ``min``,
+            ``max``, ``n`` and ``median``; ``std`` and ``ci95`` are NaN below 2
+            values. Empty (these columns, no rows) when no instance succeeded.
+        """
+        figures = timeline.summary_figures(
+            instance.summary if instance.ok else None for instance in self.instances
+        )
+        columns = ("mean", "std", "ci95", "min", "max", "n", "median")
+        rows = []
+        for values in figures.values():
+            n = int(values.size)
+            if n == 0:
+                rows.append((math.nan,) * 5 + (0, math.nan))
+                continue
+            std = float(np.std(values, ddof=1)) if n > 1 else math.nan
+            ci95 = stats.t_quantile(0.975, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+            rows.append(
+                (
+                    float(np.mean(values)),
+                    std,
+                    ci95,
+                    float(values.min()),
+                    float(values.max()),
+                    n,
+                    float(np.median(values)),
+                )
+            )
+        table = pd.DataFrame(rows, columns=list(columns), index=pd.Index(list(figures)))
+        return table.astype({"n": np.int64})
+
+    def summary_texts(self) -> dict[str, str]:
+        """Each summary figure as ``mean ± ci95 (min … max)`` (see ``stats.format_spread``)."""
+        table = self.summary_table()
+        return {
+            str(name): stats.format_spread(mean, ci95, low, high)
+            for name, mean, ci95, low, high in zip(
+                table.index,
+                table["mean"].tolist(),
+                table["ci95"].tolist(),
+                table["min"].tolist(),
+                table["max"].tolist(),
+                strict=True,
+            )
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe builtins; :meth:`from_dict` rebuilds the result without recomputing."""

@@ -32,11 +32,19 @@ sample lacks a metric). A batch therefore costs one row per instance instead of
 one per sample and metric, and loading a timeline parses a few large JSON arrays
 instead of building millions of Python tuples. When an instance finishes, its
 streamed chunks are replaced by its final timeline, so :meth:`Store.load` rebuilds
-exactly the timelines, and hence the average, that the run produced.
+exactly the timelines, and hence the average, that the run produced: an inf or
+NaN sample is kept as recorded (written with the ``NaN``/``Infinity`` tokens that
+Python's ``json`` reads; summaries and params are strict JSON, non-finite as null).
 
 Resume: an experiment is identified by its fingerprint, a SHA-256 of the canonical
-JSON of its name, params and instance count. Instances that succeeded are loaded,
-not rerun; instances that failed or never finished (a killed process) run again.
+JSON of its name, params and instance count (exact for NaN, inf and ``None``: see
+:func:`fingerprint`). Instances that succeeded are loaded, not rerun; instances that
+failed or never finished (a killed process) run again.
+
+Liveness: a run writes a heartbeat (:meth:`Store.heartbeat`) every few seconds. An
+experiment still marked ``running`` whose heartbeat is older than
+:data:`MISSED_HEARTBEATS` intervals reads as ``interrupted`` (its process died);
+``resume=True`` picks it up like any unfinished run.
 """
 
 from __future__ import annotations
@@ -108,6 +116,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX samples_by_instance ON samples (experiment_id, instance, id)",
     ),
+    (
+        "ALTER TABLE experiments ADD COLUMN heartbeat REAL",
+        "ALTER TABLE experiments ADD COLUMN heartbeat_every REAL",
+        "ALTER TABLE experiments ADD COLUMN notes TEXT",
+    ),
 )
 """Schema migrations; after applying the first k, ``PRAGMA user_version`` is k."""
 
@@ -136,6 +149,12 @@ NETWORK_FILESYSTEMS = frozenset(
 )
 """Filesystem types (as in ``/proc/mounts``) on which SQLite's WAL is unsafe."""
 
+HEARTBEAT_EVERY = 5.0
+"""Seconds between heartbeats assumed for a run that has not said (``Store.heartbeat``)."""
+
+MISSED_HEARTBEATS = 3
+"""A running experiment whose heartbeat is older than this many intervals is ``interrupted``."""
+
 _MOUNTS = Path("/proc/mounts")
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes kept in the -wal file after a checkpoint
 
@@ -146,12 +165,19 @@ def fingerprint(name: str, params: Mapping[str, Any], instances: int) -> str:
     Args:
         name: The experiment's name.
         params: Its parameters: JSON values (numbers, strings, booleans, ``None``,
-            lists and dicts of them). ``1`` and ``1.0`` are different values.
+            lists and dicts of them). Every value is told apart exactly: ``1``,
+            ``1.0`` and ``True`` differ, and so do ``0.0`` and ``-0.0``; NaN,
+            ``inf``, ``-inf`` and ``None`` are four different values (written as
+            the bare tokens ``NaN``, ``Infinity``, ``-Infinity`` and ``null``,
+            which no string can spell). Tuples count as lists, and dict keys as
+            strings, as in JSON.
         instances: How many instances it runs.
 
     Returns:
         The SHA-256 hex digest of the canonical JSON of the three (sorted keys,
-        no whitespace), the same in every process and on every machine.
+        no whitespace), the same in every process and on every machine. For
+        finite values this is strict JSON, so fingerprints of earlier stores
+        still match.
 
     Raises:
         ConfigError: If ``params`` holds something that is not a JSON value.
@@ -160,7 +186,7 @@ def fingerprint(name: str, params: Mapping[str, Any], instances: int) -> str:
         {"instances": int(instances), "name": name, "params": _plain(params, "params")},
         sort_keys=True,
         separators=(",", ":"),
-        allow_nan=False,
+        allow_nan=True,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -372,9 +398,10 @@ class Store:
             params: Its parameters (JSON values).
             instances: How many instances it runs.
             config: How it runs (JSON values); stored, not part of the identity.
-            resume: Look for an experiment with the same name, params and instance
-                count; when found, keep the instances that succeeded and forget
-                the others (they run again).
+            resume: Look for the latest experiment with the same name, params and
+                instance count, whatever its status (``interrupted`` included);
+                when found, keep the instances that succeeded and forget the
+                others (they run again).
 
         Returns:
             The experiment's id and the instances already finished successfully,
@@ -398,10 +425,22 @@ class Store:
                 ).fetchone()
             if found is None:
                 experiment_id = uuid.uuid4().hex[:16]
+                now = time.time()
                 conn.execute(
                     "INSERT INTO experiments (id, name, params, config, instances, "
-                    "fingerprint, status, created) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
-                    (experiment_id, name, params_json, config_json, instances, key, time.time()),
+                    "fingerprint, status, created, heartbeat, heartbeat_every) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+                    (
+                        experiment_id,
+                        name,
+                        params_json,
+                        config_json,
+                        instances,
+                        key,
+                        now,
+                        now,
+                        HEARTBEAT_EVERY,
+                    ),
                 )
                 return experiment_id, []
             experiment_id = found[0]
@@ -416,8 +455,8 @@ class Store:
             )
             conn.execute(
                 "UPDATE experiments SET status = 'running', finished = NULL, summary = NULL, "
-                "config = ? WHERE id = ?",
-                (config_json, experiment_id),
+                "notes = NULL, config = ?, heartbeat = ? WHERE id = ?",
+                (config_json, time.time(), experiment_id),
             )
             done = conn.execute(
                 "SELECT idx FROM instances WHERE experiment_id = ? AND idx < ?",
@@ -432,6 +471,38 @@ class Store:
         with self._reading() as conn:
             loaded = self._instances(conn, experiment_id)
         return experiment_id, {index: loaded[index] for index in done if index in loaded}
+
+    def heartbeat(self, experiment_id: str, *, every: float = HEARTBEAT_EVERY) -> None:
+        """Note that the experiment's run is alive; ``run_experiment`` calls this.
+
+        Never blocks (queued to the writer). An experiment still ``running``
+        whose last heartbeat is older than :data:`MISSED_HEARTBEATS` times
+        ``every`` reads as ``interrupted`` in :meth:`experiments`: its process
+        died (killed, crashed, the machine lost power) without finishing it.
+
+        Args:
+            experiment_id: From :meth:`begin`.
+            every: Seconds until the next heartbeat at the latest.
+
+        Raises:
+            ConfigError: ``every`` is not a number of seconds > 0.
+            StoreError: If the store is closed.
+        """
+        check(
+            isinstance(every, int | float) and math.isfinite(every) and every > 0,
+            "every",
+            every,
+            "seconds > 0",
+        )
+        now = time.time()
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE experiments SET heartbeat = ?, heartbeat_every = ? WHERE id = ?",
+                (now, float(every), experiment_id),
+            )
+
+        self._write(work)
 
     def sample(
         self, experiment_id: str, instance: int, t: float, metrics: Mapping[str, float]
@@ -476,7 +547,12 @@ class Store:
             result.sandbox_id,
             result.attempts,
         )
-        timeline = data["timeline"]
+        # The final timeline keeps inf and NaN as recorded (a diverged loss stays
+        # inf when loaded); only the summaries are strict JSON.
+        timeline = {
+            str(column): result.timeline[column].to_numpy(dtype=float).tolist()
+            for column in result.timeline.columns
+        }
 
         def work(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -485,7 +561,12 @@ class Store:
             )
             conn.execute(
                 "INSERT INTO samples (experiment_id, instance, n, data) VALUES (?, ?, ?, ?)",
-                (experiment_id, result.index, len(timeline.get("t", ())), _dumps(timeline)),
+                (
+                    experiment_id,
+                    result.index,
+                    len(timeline.get("t", ())),
+                    json.dumps(timeline, separators=(",", ":")),
+                ),
             )
             conn.execute(
                 "INSERT OR REPLACE INTO instances (experiment_id, idx, status, error, started, "
@@ -502,7 +583,9 @@ class Store:
     async def finish(self, experiment_id: str, result: ExperimentResult) -> None:
         """Mark the experiment finished (``"failed"`` if no instance succeeded).
 
-        Stores the result's summary and config; committed before this returns.
+        Stores the result's summary, config and notes (what failed after the
+        instances ran: the experiment is finished all the same); committed
+        before this returns.
 
         Raises:
             StoreError: If the experiment is unknown or the commit fails.
@@ -511,12 +594,13 @@ class Store:
         summary = _dumps(_plain(result.summary, "summary", strict=False))
         # The run may have completed its config after begin() (the sandbox kind...).
         config = _dumps(_plain(result.config, "config", strict=False))
+        notes = _dumps(list(result.notes)) if result.notes else None
 
         def work(conn: sqlite3.Connection) -> None:
             cursor = conn.execute(
-                "UPDATE experiments SET status = ?, summary = ?, config = ?, finished = ? "
-                "WHERE id = ?",
-                (status, summary, config, time.time(), experiment_id),
+                "UPDATE experiments SET status = ?, summary = ?, config = ?, finished = ?, "
+                "notes = ? WHERE id = ?",
+                (status, summary, config, time.time(), notes, experiment_id),
             )
             if cursor.rowcount == 0:
                 raise StoreError(f"no experiment {experiment_id!r} in {self._path}")
@@ -525,23 +609,36 @@ class Store:
 
     # -- queries ---------------------------------------------------------------------
 
-    def experiments(self) -> pd.DataFrame:
+    def experiments(self, *, now: float | None = None) -> pd.DataFrame:
         """Every experiment, oldest first, one row each.
 
+        Args:
+            now: The time to judge heartbeats against (UTC seconds since the
+                epoch); default: now.
+
         Returns:
-            Columns ``id``, ``name``, ``status`` (``running``, ``finished`` or
-            ``failed``), ``instances`` (asked for), ``succeeded`` and ``failed``
-            (instances recorded so far), ``created`` and ``finished`` (UTC
-            timestamps), ``params`` and ``summary`` (dicts), ``fingerprint``.
+            Columns ``id``, ``name``, ``status`` (``running``, ``finished``,
+            ``failed``, or ``interrupted``: still marked running, but its
+            heartbeat is older than :data:`MISSED_HEARTBEATS` intervals, so its
+            process died), ``instances`` (asked for), ``succeeded`` and
+            ``failed`` (instances recorded so far), ``created`` and ``finished``
+            (UTC timestamps), ``params`` and ``summary`` (dicts),
+            ``fingerprint``, ``heartbeat`` (UTC timestamp of the last one) and
+            ``notes`` (list of what failed after the instances ran).
         """
         with self._reading() as conn:
             rows = conn.execute(
-                "SELECT e.id, e.name, e.status, e.instances, "
+                "SELECT e.id, e.name, "
+                "CASE WHEN e.status = 'running' AND e.heartbeat < ? - ? * "
+                "COALESCE(e.heartbeat_every, ?) THEN 'interrupted' ELSE e.status END, "
+                "e.instances, "
                 "COUNT(CASE WHEN i.status = 'ok' THEN 1 END), "
                 "COUNT(CASE WHEN i.status = 'failed' THEN 1 END), "
-                "e.created, e.finished, e.params, e.summary, e.fingerprint "
+                "e.created, e.finished, e.params, e.summary, e.fingerprint, e.heartbeat, "
+                "e.notes "
                 "FROM experiments AS e LEFT JOIN instances AS i ON i.experiment_id = e.id "
-                "GROUP BY e.id ORDER BY e.created, e.rowid"
+                "GROUP BY e.id ORDER BY e.created, e.rowid",
+                (time.time() if now is None else now, MISSED_HEARTBEATS, HEARTBEAT_EVERY),
             ).fetchall()
         columns = (
             "id",
@@ -555,15 +652,24 @@ class Store:
             "params",
             "summary",
             "fingerprint",
+            "heartbeat",
+            "notes",
         )
         records = [
-            (*row[:8], json.loads(row[8]), json.loads(row[9]) if row[9] else {}, row[10])
+            (
+                *row[:8],
+                json.loads(row[8]),
+                json.loads(row[9]) if row[9] else {},
+                row[10],
+                row[11],
+                json.loads(row[12]) if row[12] else [],
+            )
             for row in rows
         ]
         frame = pd.DataFrame.from_records(records, columns=columns)
         for column in ("instances", "succeeded", "failed"):
             frame[column] = frame[column].astype("int64")
-        for column in ("created", "finished"):
+        for column in ("created", "finished", "heartbeat"):
             frame[column] = pd.to_datetime(frame[column].astype(float), unit="s", utc=True)
         return frame
 
@@ -594,18 +700,20 @@ class Store:
         """
         with self._reading() as conn:
             row = conn.execute(
-                "SELECT name, params, config FROM experiments WHERE id = ?", (experiment_id,)
+                "SELECT name, params, config, notes FROM experiments WHERE id = ?",
+                (experiment_id,),
             ).fetchone()
             if row is None:
                 raise StoreError(f"no experiment {experiment_id!r} in {self._path}")
             instances = self._instances(conn, experiment_id)
-        name, params, config = row
+        name, params, config, notes = row
         return ExperimentResult.build(
             name,
             json.loads(params),
             list(instances.values()),
             json.loads(config),
             experiment_id=experiment_id,
+            notes=json.loads(notes) if notes else (),
         )
 
     def _instances(self, conn: sqlite3.Connection, experiment_id: str) -> dict[int, InstanceResult]:
@@ -998,10 +1106,10 @@ def _plain(value: Any, option: str, *, strict: bool = True) -> Any:
     With ``strict``, anything else raises :class:`ConfigError` (an identity must
     not depend on an object's ``repr``); otherwise it is kept as its ``str``.
     """
-    if isinstance(value, str | bool | int | None):
+    if isinstance(value, str | bool | int | float | None):
+        # Non-finite floats stay: the fingerprint tells them apart from None,
+        # and _dumps writes them as null where strict JSON is stored.
         return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
     item = getattr(value, "item", None)
     if callable(item) and getattr(value, "shape", None) == ():
         return _plain(item(), option, strict=strict)

@@ -481,3 +481,137 @@ async def test_a_result_survives_a_json_round_trip() -> None:
         pd.testing.assert_frame_equal(copy.timeline, original.timeline)
     rebuilt = ExperimentResult.build("exp", {}, back.instances, back.config)
     assert rebuilt.summary == result.summary
+
+
+# --- no computed instance is ever lost ------------------------------------------------
+
+
+async def diverging(ctx: InstanceContext) -> None:
+    """Instance 2's loss diverges to inf at its last step."""
+    for step in range(4):
+        loss = math.inf if ctx.index == 2 and step == 3 else 1.0 / (step + 1)
+        ctx.record(loss=loss)
+        await ctx.sleep(1.0)
+
+
+async def test_an_inf_loss_keeps_every_instance_and_the_average(tmp_path: Any) -> None:
+    from labkit.store import Store
+
+    with Store(tmp_path / "labkit.db") as store:
+        result = await run(diverging, instances=3, store=store)
+        status = store.experiments()["status"].tolist()
+    assert [instance.ok for instance in result.instances] == [True, True, True]
+    assert math.isinf(result.instances[2].timeline["loss"].iloc[-1])
+    assert result.notes == ()
+    # The inf sample is left out of the mean at its point, and counted there.
+    last = result.averaged.iloc[-1]
+    assert last["loss"] == pytest.approx(0.25) and last["loss_nonfinite"] == 1
+    assert status == ["finished"]
+
+
+async def test_a_failing_average_keeps_the_instances_and_says_so(tmp_path: Any) -> None:
+    from labkit.store import Store
+
+    async def clashing(ctx: InstanceContext) -> dict[str, float]:
+        ctx.record(n=1.0)  # averaging refuses a metric named like its count column
+        return {"score": float(ctx.index)}
+
+    with Store(tmp_path / "labkit.db") as store:
+        result = await run(clashing, instances=2, store=store)
+        frame = store.experiments()
+        loaded = store.load(result.experiment_id or "")
+    assert [instance.summary["score"] for instance in result.instances] == [0.0, 1.0]
+    assert result.summary["score"] == 0.5
+    assert result.averaged.empty
+    assert result.notes[0].startswith("averaging the timelines failed: ConfigError")
+    assert all("a metric named 'n'" in note for note in result.notes)
+    assert frame["status"].tolist() == ["finished"]
+    assert frame["notes"].tolist() == [list(result.notes)]
+    assert loaded.notes == result.notes
+
+
+class BrokenStore:
+    """A recorder whose commits fail: the run must still return every instance."""
+
+    def begin(self, **_: Any) -> tuple[str, dict[int, InstanceResult]]:
+        return "broken", {}
+
+    def sample(self, *_: Any) -> None:
+        pass
+
+    async def finish_instance(self, experiment_id: str, result: InstanceResult) -> None:
+        raise OSError("disk full")
+
+    async def finish(self, experiment_id: str, result: ExperimentResult) -> None:
+        raise OSError("disk full")
+
+
+async def test_a_failing_store_costs_no_instance() -> None:
+    result = await run(ramp(1.0), instances=2, store=BrokenStore())
+    assert result.ok and len(result.instances) == 2
+    assert result.notes == (
+        "instance 0 was not recorded in the store: OSError: disk full",
+        "instance 1 was not recorded in the store: OSError: disk full",
+        "the store could not record the finished experiment: OSError: disk full",
+    )
+
+
+# --- options and summaries ------------------------------------------------------------
+
+
+def test_experiment_options_are_checked_once_and_frozen() -> None:
+    from dataclasses import FrozenInstanceError
+
+    from labkit.experiment import ExperimentOptions
+
+    options = ExperimentOptions(instances="auto", max_instances=8)
+    assert (options.adaptive, options.planned, options.pilot) == (True, 8, 3)
+    assert ExperimentOptions(instances=5).pilot == 5
+    with pytest.raises(FrozenInstanceError):
+        options.instances = 2  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="heartbeat_every"):
+        ExperimentOptions(heartbeat_every=0)
+    with pytest.raises(ConfigError, match="instances"):
+        ExperimentOptions(instances=True)  # type: ignore[arg-type]
+
+
+def training(ctx: InstanceContext) -> None:
+    for step in range(4):
+        ctx.record(loss=4.0 - step - ctx.index, accuracy=[0.5, 0.9, 0.7, 0.8][step])
+
+
+async def test_summarize_chooses_each_metrics_figure() -> None:
+    experiment = Experiment(
+        "train", training, summarize={"loss": "last", "accuracy": ["max", "mean"]}
+    )
+    result = await run_experiment(experiment, instances=2, clock=FakeClock(autojump=True))
+    first = result.instances[0].summary
+    assert first["loss_last"] == 1.0 and "loss_peak" not in first
+    assert first["accuracy_max"] == 0.9 and first["accuracy_mean"] == pytest.approx(0.725)
+    assert result.summary["loss_last"] == 0.5  # (1.0 + 0.0) / 2
+    assert result.summary["error_count"] == 0
+
+
+async def test_without_summarize_the_peaks_stay() -> None:
+    result = await run_experiment(
+        Experiment("train", training), instances=1, clock=FakeClock(autojump=True)
+    )
+    assert result.summary["loss_peak"] == 4.0 and "loss_last" not in result.summary
+
+
+def test_summarize_refuses_an_unknown_kind() -> None:
+    with pytest.raises(ConfigError, match=r"summarize\['loss'\].*last, min, max, mean, peak"):
+        Experiment("train", training, summarize={"loss": "median"})  # type: ignore[dict-item]
+
+
+async def test_the_context_shows_its_samples_and_start_read_only() -> None:
+    seen: list[Any] = []
+
+    async def fn(ctx: InstanceContext) -> None:
+        ctx.record(x=1.0)
+        seen.append((ctx.samples, ctx.started))
+
+    await run(fn)
+    (samples, started) = seen[0]
+    assert samples == ((0.0, {"x": 1.0}),) and isinstance(samples, tuple)
+    assert isinstance(started, float)

@@ -133,3 +133,87 @@ def test_sigkill_loses_no_finished_instance_and_resume_reruns_only_the_rest(
         assert instance.summary["score"] == float(instance.index)
     assert result.summary["num_instances"] == INSTANCES
     assert result.summary["num_failed"] == 0
+
+
+HEARTBEAT_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from labkit.experiment import Experiment, run_experiment
+    from labkit.store import Store
+
+    path, every = sys.argv[1], float(sys.argv[2])
+
+    async def fn(ctx):
+        ctx.record(loss=1.0 / (ctx.index + 1))
+        if ctx.index == 1:
+            await asyncio.sleep(3600)  # killed long before this ends
+        return {"score": float(ctx.index)}
+
+    async def main():
+        with Store(path) as store:
+            await run_experiment(
+                Experiment("killed", fn), instances=2, store=store, heartbeat_every=every
+            )
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_killed_run_reads_as_interrupted_and_resume_picks_it_up(tmp_path: Path) -> None:
+    import asyncio
+
+    from labkit.experiment import Experiment, run_experiment
+
+    every = 0.1
+    db = tmp_path / "labkit.db"
+    script = tmp_path / "child.py"
+    script.write_text(HEARTBEAT_CHILD)
+    child = subprocess.Popen([sys.executable, str(script), str(db), str(every)])
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert child.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "instance 0 never committed"
+            if db.exists():
+                with Store(db) as store:
+                    frame = store.experiments()
+                if not frame.empty and frame["succeeded"].iloc[0] == 1:
+                    break
+            time.sleep(0.02)
+        with Store(db) as store:
+            alive = store.experiments()
+        # While the process lives its heartbeat is fresh.
+        assert alive["status"].tolist() == ["running"]
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(30)
+    assert child.returncode == -signal.SIGKILL
+
+    with Store(db) as store:
+        frame = store.experiments()
+        beat = frame["heartbeat"].iloc[0].timestamp()
+        # Judged against a given time: fresh within a few intervals, dead past them.
+        assert store.experiments(now=beat + every)["status"].tolist() == ["running"]
+        assert store.experiments(now=beat + 3 * every + 0.01)["status"].tolist() == ["interrupted"]
+        deadline = time.monotonic() + 30
+        while store.experiments()["status"].tolist() != ["interrupted"]:
+            assert time.monotonic() < deadline, "the killed run never read as interrupted"
+            time.sleep(0.05)
+
+        ran: list[int] = []
+
+        async def fn(ctx: object) -> dict[str, float]:
+            index = ctx.index  # type: ignore[attr-defined]
+            ran.append(index)
+            ctx.record(loss=1.0 / (index + 1))  # type: ignore[attr-defined]
+            return {"score": float(index)}
+
+        result = asyncio.run(
+            run_experiment(Experiment("killed", fn), instances=2, store=store, resume=True)
+        )
+        assert ran == [1]  # instance 0 was loaded, not rerun
+        assert result.ok and [i.summary["score"] for i in result.instances] == [0.0, 1.0]
+        final = store.experiments()
+    assert final["status"].tolist() == ["finished"]
+    assert final["id"].iloc[0] == frame["id"].iloc[0]

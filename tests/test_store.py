@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import multiprocessing
 import sqlite3
 import sys
@@ -585,3 +587,75 @@ def test_four_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
     )
     assert sorted(n for _, n in finals) == [30] * 12
     assert sorted(n for _, n in streamed) == [400] * 12
+
+
+# -- exact fingerprints, heartbeats, notes -------------------------------------------------
+
+
+def test_fingerprints_tell_nan_inf_and_none_apart() -> None:
+    values = [None, math.nan, math.inf, -math.inf, 0.0, -0.0, 0, False, "NaN", "Infinity"]
+    prints = [fingerprint("exp", {"a": value}, 1) for value in values]
+    assert len(set(prints)) == len(values)
+    assert fingerprint("exp", {"a": [math.nan]}, 1) != fingerprint("exp", {"a": [None]}, 1)
+    assert fingerprint("exp", {"a": np.float64("nan")}, 1) == fingerprint("exp", {"a": math.nan}, 1)
+    # Finite params keep the strict-JSON fingerprint earlier stores hold.
+    canonical = '{"instances":1,"name":"exp","params":{"a":0.5}}'
+    assert fingerprint("exp", {"a": 0.5}, 1) == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@pytest.mark.asyncio
+async def test_resume_never_mixes_up_nan_and_none_params(tmp_path: Path) -> None:
+    with Store(tmp_path / "labkit.db") as store:
+        with_none = begin(store, a=None)
+        await store.finish_instance(with_none, instance(0))
+        with_nan, done = store.begin(
+            name="exp", params={"a": math.nan}, instances=3, config={}, resume=True
+        )
+    assert with_nan != with_none and done == {}
+
+
+def test_a_run_whose_heartbeat_stopped_reads_as_interrupted(tmp_path: Path) -> None:
+    with Store(tmp_path / "labkit.db") as store:
+        quiet = begin(store, lr=0.1)
+        beating = begin(store, lr=0.2)
+        store.heartbeat(beating, every=0.5)
+        store.flush()
+        frame = store.experiments().set_index("id")
+        last = {key: frame.loc[key, "heartbeat"].timestamp() for key in (quiet, beating)}
+        later = store.experiments(now=last[beating] + 3 * 0.5 + 0.01).set_index("id")
+        assert later.loc[beating, "status"] == "interrupted"
+        # begin() beats once with the default interval (5 s): not yet missed.
+        assert later.loc[quiet, "status"] == "running"
+        assert store.experiments(now=last[quiet] + 15.01).set_index("id").loc[quiet, "status"] == (
+            "interrupted"
+        )
+        with pytest.raises(ConfigError, match="every"):
+            store.heartbeat(beating, every=0)
+
+
+@pytest.mark.asyncio
+async def test_a_finished_run_is_never_interrupted_and_keeps_its_notes(tmp_path: Path) -> None:
+    with Store(tmp_path / "labkit.db") as store:
+        experiment_id = begin(store)
+        await store.finish_instance(experiment_id, instance(0))
+        result = ExperimentResult.build(
+            "exp", {"lr": 0.1}, [instance(0)], {}, experiment_id=experiment_id, notes=["n1"]
+        )
+        await store.finish(experiment_id, result)
+        frame = store.experiments(now=1e12)
+        loaded = store.load(experiment_id)
+    assert frame["status"].tolist() == ["finished"]
+    assert frame["notes"].tolist() == [["n1"]]
+    assert loaded.notes == ("n1",)
+
+
+@pytest.mark.asyncio
+async def test_a_finished_timeline_keeps_inf_and_nan_as_recorded(tmp_path: Path) -> None:
+    timeline = pd.DataFrame({"t": [0.0, 1.0, 2.0], "loss": [1.0, math.inf, math.nan]})
+    diverged = InstanceResult(index=0, ok=True, error=None, timeline=timeline)
+    with Store(tmp_path / "labkit.db") as store:
+        experiment_id = begin(store)
+        await store.finish_instance(experiment_id, diverged)
+        loaded = store.load(experiment_id)
+    values = loaded.instances[0].timeline["loss"].tolist()
+    assert values[:2] == [1.0, math.inf] and math.isnan(values[2])
