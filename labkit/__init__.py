@@ -35,6 +35,7 @@ from labkit.gpu import (
 )
 from labkit.graph import run_graph
 from labkit.guard import ResourceLimits
+from labkit.live import LiveTimelineModel
 from labkit.policies import RateLimit, Retry
 from labkit.results import ExperimentRecorder, ExperimentResult, InstanceResult
 from labkit.runner import (
@@ -91,6 +92,7 @@ __all__ = (
     "InstanceEvent",
     "InstanceResult",
     "Interval",
+    "LiveTimelineModel",
     "LocalSandbox",
     "NVMLInventory",
     "RateLimit",

@@ -2,8 +2,13 @@
 
 Pure functions from results to plotly figures; nothing here runs or measures
 anything. :func:`timeline_figure` draws one subplot per metric sharing the time
-axis: each instance a thin translucent line, the average a thick line, and a band
-(standard deviation, min-max or 95 % confidence interval) filled around it.
+axis: each instance a thin translucent line, the average a thick line on top, and
+a band (standard deviation, min-max or 95 % confidence interval) filled around it.
+
+The traces come from two builders, :func:`instance_traces` and
+:func:`average_traces`, which the live chart (:mod:`labkit.widgets.live`) and the
+HTML report use too, so the three charts cannot drift apart. They return plain
+trace dicts (cheap to build many times a second; plotly validates them once).
 
 Long timelines are decimated for display by :func:`decimate_indices`, which keeps
 each bucket's minimum and maximum, so a million-sample result draws at once and
@@ -22,21 +27,29 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from labkit.errors import ConfigError
+from labkit.live import DEFAULT_MAX_POINTS, AverageSnapshot, Band, decimate_indices
 
 __all__ = (
+    "AVERAGE_COLOR",
+    "BAND_COLOR",
     "Band",
     "DEFAULT_MAX_POINTS",
+    "INSTANCE_COLORS",
+    "InstanceLine",
+    "MANY_INSTANCES",
+    "METRIC_UNITS",
+    "OUTLIER_COLOR",
     "STAT_SUFFIXES",
+    "XAxis",
+    "average_traces",
+    "axis_title",
     "band_bounds",
     "decimate_indices",
+    "instance_traces",
     "metric_names",
+    "time_title",
     "timeline_figure",
 )
-
-Band = Literal["std", "minmax", "ci95"]
-
-DEFAULT_MAX_POINTS = 2000
-"""Points per trace above which a timeline is decimated for display."""
 
 STAT_SUFFIXES = ("_std", "_min", "_max", "_ci95", "_nonfinite")
 """Suffixes of the per-metric statistic columns of an averaged timeline."""
@@ -44,21 +57,236 @@ STAT_SUFFIXES = ("_std", "_min", "_max", "_ci95", "_nonfinite")
 _BANDS = ("std", "minmax", "ci95")
 _RESERVED_COLUMNS = frozenset({"t", "n"})
 
-# Instances cycle through a muted palette so the thick average stays the eye's anchor.
-# The live chart (labkit.widgets.live) draws with the same colours.
+# Instances cycle through a muted palette, dark enough to read on white at the
+# translucency instances are drawn with, so the thick average stays the eye's anchor.
 INSTANCE_COLORS = (
     "#4c78a8",
-    "#72b7b2",
+    "#2a9d8f",
     "#54a24b",
     "#b279a2",
     "#9d755d",
-    "#bab0ac",
+    "#6b6ecf",
     "#f58518",
-    "#eeca3b",
+    "#8c6d31",
 )
 AVERAGE_COLOR = "#1f1f1f"
 BAND_COLOR = "rgba(31, 31, 31, 0.15)"
 OUTLIER_COLOR = "#e45756"
+MANY_COLOR = "#4c78a8"
+
+MANY_INSTANCES = 8
+"""Above this many instances, the plain ones share one trace and one legend entry
+(``instances (64)``): the legend stays short and the browser draws one line per metric."""
+
+METRIC_UNITS: Mapping[str, str] = {"cpu": "%", "memory": "MB"}
+"""Units of the metrics labkit's sampler records, for axis titles."""
+
+XAxis = Literal["time", "step"]
+"""What a chart's horizontal axis counts: seconds since the instance started, or steps."""
+
+_X_HOVER = {"time": "t=%{x:.3g} s", "step": "step=%{x:.0f}"}
+
+
+def axis_title(metric: str, units: Mapping[str, str] = METRIC_UNITS) -> str:
+    """A metric's axis title with its unit when known: ``cpu (%)``, ``memory (MB)``, ``loss``."""
+    unit = units.get(metric)
+    return f"{metric} ({unit})" if unit else metric
+
+
+def time_title(x_axis: XAxis = "time") -> str:
+    """The horizontal axis title: ``time (s)`` or ``step``."""
+    return "time (s)" if x_axis == "time" else "step"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class InstanceLine:
+    """One instance's line of one metric, as the trace builders take it.
+
+    Attributes:
+        instance: The instance's index.
+        t: Times (seconds) or steps, ascending.
+        y: Values at ``t``.
+        state: ``"ok"``, ``"outlier"`` (drawn apart, in a warning colour) or
+            ``"failed"`` (dotted, in a warning colour).
+        note: Added to the label in brackets (``"outlier: cpu"``, ``"failed"``).
+    """
+
+    instance: int
+    t: np.ndarray
+    y: np.ndarray
+    state: Literal["ok", "outlier", "failed"] = "ok"
+    note: str = ""
+
+
+def instance_opacity(count: int) -> float:
+    """How opaque ``count`` plain instance lines are drawn: faint when many, never invisible."""
+    return float(min(0.7, max(0.25, 2.0 / max(count, 1) ** 0.5)))
+
+
+def instance_traces(
+    lines: Sequence[InstanceLine],
+    metric: str,
+    *,
+    show_legend: bool = True,
+    x_axis: XAxis = "time",
+) -> list[dict[str, Any]]:
+    """The traces of instances' lines of ``metric``: thin, translucent, grouped.
+
+    Up to :data:`MANY_INSTANCES` plain lines get a trace each, coloured from
+    :data:`INSTANCE_COLORS` and listed in the legend (one click hides an instance in
+    every subplot: the legend group is per instance). More share one trace, NaN
+    between lines, one faint colour and one legend entry. Outliers and failed
+    instances always get their own trace, in :data:`OUTLIER_COLOR`. Hovering a
+    point shows its instance, time and value.
+
+    Args:
+        lines: The lines, already decimated for display.
+        metric: The metric's name (for hover text).
+        show_legend: List the traces in the legend (true for the first subplot).
+        x_axis: What the horizontal axis counts.
+
+    Returns:
+        Plotly scatter trace dicts, plain instances first.
+    """
+    hover_x = _X_HOVER[x_axis]
+    plain = [line for line in lines if line.state == "ok"]
+    traces: list[dict[str, Any]] = []
+    opacity = instance_opacity(len(plain))
+    if len(plain) > MANY_INSTANCES:
+        gap = np.array([np.nan])
+        xs: list[np.ndarray] = []
+        ys: list[np.ndarray] = []
+        owners: list[np.ndarray] = []
+        for line in plain:
+            xs += [np.asarray(line.t, dtype=float), gap]
+            ys += [np.asarray(line.y, dtype=float), gap]
+            owners.append(np.full(len(line.t) + 1, line.instance))
+        traces.append(
+            {
+                "type": "scatter",
+                "x": np.concatenate(xs),
+                "y": np.concatenate(ys),
+                "customdata": np.concatenate(owners),
+                "mode": "lines",
+                "connectgaps": False,
+                "name": f"instances ({len(plain)})",
+                "legendgroup": "instances",
+                "showlegend": show_legend,
+                "opacity": opacity,
+                "line": {"width": 1, "color": MANY_COLOR},
+                "hovertemplate": (
+                    f"instance %{{customdata}}<br>{hover_x}<br>{metric}=%{{y:.4g}}<extra></extra>"
+                ),
+            }
+        )
+    else:
+        for line in plain:
+            traces.append(_line_trace(line, metric, hover_x, show_legend, opacity))
+    for line in lines:
+        if line.state != "ok":
+            traces.append(_line_trace(line, metric, hover_x, show_legend, opacity))
+    return traces
+
+
+def _line_trace(
+    line: InstanceLine, metric: str, hover_x: str, show_legend: bool, opacity: float
+) -> dict[str, Any]:
+    label = f"instance {line.instance}" + (f" ({line.note})" if line.note else "")
+    special = line.state != "ok"
+    color = OUTLIER_COLOR if special else INSTANCE_COLORS[line.instance % len(INSTANCE_COLORS)]
+    return {
+        "type": "scatter",
+        "x": line.t,
+        "y": line.y,
+        "mode": "lines",
+        "name": label,
+        "legendgroup": f"instance-{line.instance}",
+        "showlegend": show_legend,
+        "opacity": 0.9 if line.state == "outlier" else 0.7 if special else opacity,
+        "line": {
+            "width": 2 if line.state == "outlier" else 1.5 if special else 1,
+            "color": color,
+            "dash": "dot" if line.state == "failed" else "solid",
+        },
+        "hovertemplate": f"{label}<br>{hover_x}<br>{metric}=%{{y:.4g}}<extra></extra>",
+    }
+
+
+def average_traces(
+    average: AverageSnapshot,
+    band: Band | None = "std",
+    *,
+    show_legend: bool = True,
+    max_points: int = DEFAULT_MAX_POINTS,
+    x_axis: XAxis = "time",
+) -> list[dict[str, Any]]:
+    """The band's two edges and the thick average line of one metric, in drawing order.
+
+    The lower edge comes first: the upper edge fills down to it (``tonexty``).
+    Draw these after the instances so the average is on top. Hovering the average
+    shows its time, value and ``n``, the instances that contribute there.
+
+    Args:
+        average: The metric's average and spread (live, or from an averaged
+            timeline with :meth:`AverageSnapshot.from_frame`).
+        band: ``"std"``, ``"minmax"``, ``"ci95"`` or ``None`` for no band.
+        show_legend: List the traces in the legend (true for the first subplot).
+        max_points: The most points per trace (min/max decimation of the mean).
+        x_axis: What the horizontal axis counts.
+
+    Returns:
+        Plotly scatter trace dicts: lower edge, upper edge (when ``band``), average.
+
+    Raises:
+        ConfigError: If ``band`` is unknown.
+    """
+    keep = decimate_indices(average.mean, max_points)
+    t = average.t[keep]
+    hover_x = _X_HOVER[x_axis]
+    traces: list[dict[str, Any]] = []
+    if band is not None:
+        lower, upper = average.band(band)
+        edge = {"type": "scatter", "x": t, "mode": "lines", "line": {"width": 0}}
+        traces.append(
+            {
+                **edge,
+                "y": lower[keep],
+                "name": f"band ({band}) lower",
+                "legendgroup": "average-band",
+                "showlegend": False,
+                "hoverinfo": "skip",
+            }
+        )
+        traces.append(
+            {
+                **edge,
+                "y": upper[keep],
+                "fill": "tonexty",
+                "fillcolor": BAND_COLOR,
+                "name": f"band ({band})",
+                "legendgroup": "average-band",
+                "showlegend": show_legend,
+                "hoverinfo": "skip",
+            }
+        )
+    traces.append(
+        {
+            "type": "scatter",
+            "x": t,
+            "y": average.mean[keep],
+            "customdata": average.n[keep],
+            "mode": "lines",
+            "name": "average",
+            "legendgroup": "average",
+            "showlegend": show_legend,
+            "line": {"width": 3.5, "color": AVERAGE_COLOR},
+            "hovertemplate": (
+                f"average<br>{hover_x}<br>{average.metric}=%{{y:.4g}}"
+                "<br>n=%{customdata}<extra></extra>"
+            ),
+        }
+    )
+    return traces
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,49 +299,11 @@ class _Instance:
     """The metrics in which this instance stands apart; ``None``: not an outlier."""
 
 
-def decimate_indices(values: np.ndarray, max_points: int = DEFAULT_MAX_POINTS) -> np.ndarray:
-    """Pick at most ``max_points`` positions of ``values`` that keep its shape.
-
-    The series is cut into ``max_points // 2`` equal buckets and each bucket keeps
-    the position of its minimum and of its maximum (NaNs are ignored unless a bucket
-    holds nothing else); the first and last positions are always kept. A series
-    that is already short enough comes back whole.
-
-    Args:
-        values: A one-dimensional numeric array.
-        max_points: The most positions to return (at least 4).
-
-    Returns:
-        Sorted, unique integer positions into ``values``.
-
-    Raises:
-        ConfigError: If ``max_points`` is below 4.
-    """
-    if max_points < 4:
-        raise ConfigError("max_points", max_points, "an integer >= 4")
-    y = np.asarray(values, dtype=float)
-    n = y.shape[0]
-    if n <= max_points:
-        return np.arange(n)
-    # Two slots go to the first and last points, two per bucket to its extremes.
-    buckets = (max_points - 2) // 2
-    size = -(-n // buckets)  # ceil division: every bucket but the last is full
-    padded = np.full(buckets * size, np.nan)
-    padded[:n] = y
-    grid = padded.reshape(buckets, size)
-    nan = np.isnan(grid)
-    low = np.where(nan, np.inf, grid).argmin(axis=1)
-    high = np.where(nan, -np.inf, grid).argmax(axis=1)
-    offsets = np.arange(buckets) * size
-    picked = np.concatenate(([0, n - 1], offsets + low, offsets + high))
-    return np.unique(picked[picked < n])
-
-
 def metric_names(frame: pd.DataFrame) -> list[str]:
     """The metric columns of a timeline or averaged timeline, in column order.
 
     ``t``, ``n`` and the statistic columns (``m_std``, ``m_min``, ``m_max``,
-    ``m_ci95``) are not metrics.
+    ``m_ci95``, ``m_nonfinite``) are not metrics.
     """
     columns = [str(c) for c in frame.columns]
     names = set(columns)
@@ -170,12 +360,15 @@ def timeline_figure(
     outliers: Mapping[str, Iterable[int]] | Iterable[int] | None = None,
     title: str | None = None,
     max_points: int = DEFAULT_MAX_POINTS,
+    x_axis: XAxis = "time",
 ) -> go.Figure:
     """Every instance's timeline against the average, one subplot per metric.
 
     Instances are thin translucent lines, grouped in the legend so one click hides
-    an instance in every subplot; hovering shows the instance and its value. The
-    average is a thick line with ``band`` filled around it. Failed instances are
+    an instance in every subplot (more than :data:`MANY_INSTANCES` share one faint
+    trace and legend entry); hovering shows the instance and its value. The
+    average is a thick line on top with ``band`` filled around it; its hover
+    shows ``n``. Axis titles carry units (``cpu (%)``, ``time (s)``). Failed instances are
     left out and named in a note under the title; outlier instances are drawn in
     a warning colour. Traces longer than ``max_points`` are decimated (each
     bucket's minimum and maximum kept).
@@ -195,6 +388,7 @@ def timeline_figure(
             ``timeline.detect_outliers`` returns, or plain indices.
         title: The figure title; default: the experiment's name.
         max_points: The most points drawn per trace.
+        x_axis: ``"time"`` (``t`` in seconds) or ``"step"`` (timelines indexed by step).
 
     Returns:
         A ``plotly.graph_objects.Figure``.
@@ -220,16 +414,25 @@ def timeline_figure(
     )
     for row, metric in enumerate(names, start=1):
         first = row == 1
+        traces: list[dict[str, Any]] = []
         if show_instances:
-            for inst in instances:
-                trace = _instance_trace(inst, metric, max_points, show_legend=first)
-                if trace is not None:
-                    fig.add_trace(trace, row=row, col=1)
-        for trace in _average_traces(mean_frame, metric, band, max_points, show_legend=first):
-            fig.add_trace(trace, row=row, col=1)
-        fig.update_yaxes(title_text=metric, row=row, col=1)
+            lines = [_lines_of(inst, metric, max_points) for inst in instances]
+            traces += instance_traces(
+                [line for line in lines if line is not None],
+                metric,
+                show_legend=first,
+                x_axis=x_axis,
+            )
+        if band is not None:
+            band_bounds(mean_frame, metric, band)  # its columns must exist
+        average = AverageSnapshot.from_frame(mean_frame, metric)
+        traces += average_traces(
+            average, band, show_legend=first, max_points=max_points, x_axis=x_axis
+        )
+        fig.add_traces(traces, rows=row, cols=1)
+        fig.update_yaxes(title_text=axis_title(metric), row=row, col=1)
     if names:
-        fig.update_xaxes(title_text="time (s)", row=len(names), col=1)
+        fig.update_xaxes(title_text=time_title(x_axis), row=len(names), col=1)
     heading = title if title is not None else name
     note = _failed_note(failed)
     fig.update_layout(
@@ -318,9 +521,7 @@ def _pick_metrics(mean_frame: pd.DataFrame, metrics: Sequence[str] | str | None)
     return wanted
 
 
-def _instance_trace(
-    inst: _Instance, metric: str, max_points: int, *, show_legend: bool
-) -> go.Scatter | None:
+def _lines_of(inst: _Instance, metric: str, max_points: int) -> InstanceLine | None:
     frame = inst.timeline
     if metric not in frame.columns:
         return None
@@ -334,72 +535,7 @@ def _instance_trace(
     if y.size == 0:
         return None
     keep = decimate_indices(y, max_points)
-    outlier = inst.outlier_in is not None
-    label = f"instance {inst.index}"
-    if inst.outlier_in:
-        label += f" (outlier: {', '.join(inst.outlier_in)})"
-    elif outlier:
-        label += " (outlier)"
-    color = OUTLIER_COLOR if outlier else INSTANCE_COLORS[inst.index % len(INSTANCE_COLORS)]
-    return go.Scatter(
-        x=t[keep],
-        y=y[keep],
-        mode="lines",
-        name=label,
-        legendgroup=f"instance-{inst.index}",
-        showlegend=show_legend,
-        line={"width": 2 if outlier else 1, "color": color},
-        opacity=0.9 if outlier else 0.4,
-        hovertemplate=f"{label}<br>t=%{{x:.3g}} s<br>{metric}=%{{y:.4g}}<extra></extra>",
-    )
-
-
-def _average_traces(
-    mean_frame: pd.DataFrame, metric: str, band: Band | None, max_points: int, *, show_legend: bool
-) -> list[go.Scatter]:
-    t = mean_frame["t"].to_numpy(dtype=float)
-    mean = mean_frame[metric].to_numpy(dtype=float)
-    keep = decimate_indices(mean, max_points)
-    traces: list[go.Scatter] = []
-    if band is not None:
-        lower, upper = band_bounds(mean_frame, metric, band)
-        # The lower edge goes first: the upper edge fills down to it ("tonexty").
-        traces.append(
-            go.Scatter(
-                x=t[keep],
-                y=lower[keep],
-                mode="lines",
-                line={"width": 0},
-                name=f"band ({band}) lower",
-                legendgroup="average-band",
-                showlegend=False,
-                hoverinfo="skip",
-            )
-        )
-        traces.append(
-            go.Scatter(
-                x=t[keep],
-                y=upper[keep],
-                mode="lines",
-                line={"width": 0},
-                fill="tonexty",
-                fillcolor=BAND_COLOR,
-                name=f"band ({band})",
-                legendgroup="average-band",
-                showlegend=show_legend,
-                hoverinfo="skip",
-            )
-        )
-    traces.append(
-        go.Scatter(
-            x=t[keep],
-            y=mean[keep],
-            mode="lines",
-            name="average",
-            legendgroup="average",
-            showlegend=show_legend,
-            line={"width": 3.5, "color": AVERAGE_COLOR},
-            hovertemplate=f"average<br>t=%{{x:.3g}} s<br>{metric}=%{{y:.4g}}<extra></extra>",
-        )
-    )
-    return traces
+    if inst.outlier_in is None:
+        return InstanceLine(inst.index, t[keep], y[keep])
+    note = f"outlier: {', '.join(inst.outlier_in)}" if inst.outlier_in else "outlier"
+    return InstanceLine(inst.index, t[keep], y[keep], state="outlier", note=note)

@@ -43,6 +43,7 @@ PUBLIC_NAMES = {
     "Interval",
     "iqm",
     "median",
+    "LiveTimelineModel",
     "LocalSandbox",
     "NVMLInventory",
     "parallel_map",

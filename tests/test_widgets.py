@@ -52,46 +52,105 @@ def _by_name(chart: LiveTimeline, name: str) -> list[object]:
     return [trace for trace in chart.figure.data if trace.name == name]
 
 
+async def _turns(count: int = 5) -> None:
+    """Let the loop run ``count`` rounds of ready callbacks (no time passes)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
 @pytest.mark.asyncio
 async def test_live_chart_batches_and_throttles_updates() -> None:
-    chart = LiveTimeline(updates_per_s=2.0, max_load=1.0)
+    clock = FakeClock()
+    chart = LiveTimeline(updates_per_s=2.0, clock=clock)
     for step in range(300):
         for instance in range(3):
             chart.handle(_sample(instance, step * 0.01, cpu=float(instance + step)))
-            chart.handle(TaskEvent("started", instance, 0.0))  # ignored cheaply
+            chart.handle(TaskEvent("started", instance, 0.0))  # dropped cheaply
+    await _turns()
+    assert chart.flushes == 0  # nothing drawn while the instances were recording
+    assert chart.model.pending == 1800  # receiving an event is an append, no more
 
-    assert chart.flushes == 0  # nothing drawn while the loop was busy recording
-    await asyncio.sleep(0.05)
-    assert chart.flushes == 0  # the first redraw waits out the 0.5 s interval too
-    await asyncio.sleep(0.6)
-    assert chart.flushes == 1  # 900 samples, one redraw
+    clock.advance(0.4)
+    await _turns()
+    assert chart.flushes == 0  # the first frame waits out the 0.5 s interval too
+    clock.advance(0.1)
+    await _turns()
+    assert chart.flushes == 1  # 900 samples, one frame
     assert chart.metrics == ("cpu",)
     assert [len(trace.x) for trace in _by_name(chart, "instance 1")] == [300]
 
     chart.handle(_sample(0, 3.0, cpu=1.0))
     chart.handle(_sample(0, 3.01, cpu=1.0))
-    await asyncio.sleep(0.05)
-    assert chart.flushes == 1
-    await asyncio.sleep(0.6)
+    clock.advance(0.4)
+    await _turns()
+    assert chart.flushes == 1  # the rate cap: 0.5 s from the last frame
+    clock.advance(0.1)
+    await _turns()
     assert chart.flushes == 2
     assert len(_by_name(chart, "instance 0")[0].x) == 302
     chart.close()
 
 
 @pytest.mark.asyncio
-async def test_live_chart_slow_redraws_back_off() -> None:
-    # A budget of 0.01 % of the loop: a redraw of even 1 ms waits 10 s for the next.
-    chart = LiveTimeline(updates_per_s=20.0, max_load=0.0001)
-    chart.handle(_sample(0, 0.0, cpu=1.0))
-    await asyncio.sleep(0.2)
-    assert chart.flushes == 1
+async def test_live_chart_sends_only_the_traces_that_changed() -> None:
+    chart = LiveTimeline(band=None)
+    for instance in range(2):
+        chart.handle(_sample(instance, 0.0, cpu=1.0))
+        chart.handle(_sample(instance, 1.0, cpu=2.0))
+    chart.flush()
+    traces = chart.figure.data
+    other = _by_name(chart, "instance 1")[0]
+    sent: list[str] = []
+    for trace in traces:
+        trace.on_change(lambda trace, *_: sent.append(trace.name), "y")
 
-    chart.handle(_sample(0, 1.0, cpu=2.0))
-    await asyncio.sleep(0.3)  # six nominal intervals
-    assert chart.flushes == 1
-    chart.flush()  # an explicit flush still draws at once
+    chart.handle(_sample(0, 2.0, cpu=3.0))
+    chart.flush()
+    assert chart.figure.data == traces  # updated in place, not re-added
+    assert sent == ["instance 0", "average"]
+    assert list(other.y) == [1.0, 2.0]
+    chart.flush()  # nothing new: nothing redrawn
     assert chart.flushes == 2
-    assert len(_by_name(chart, "instance 0")[0].x) == 2
+    chart.close()
+
+
+def test_live_chart_shows_a_placeholder_before_the_first_sample() -> None:
+    chart = LiveTimeline()
+    layout = chart.figure.layout
+    assert chart.figure.data == ()
+    assert "press Start" in layout.annotations[0].text
+    assert layout.xaxis.visible is False and layout.yaxis.visible is False
+
+    chart.handle(_sample(0, 0.0, cpu=40.0, memory=300.0))
+    chart.handle(_sample(0, 1.0, cpu=50.0, memory=310.0))
+    chart.flush()
+    layout = chart.figure.layout
+    assert not layout.annotations
+    assert layout.yaxis.title.text == "cpu (%)" and layout.yaxis2.title.text == "memory (MB)"
+    assert layout.xaxis2.title.text == "time (s)" and layout.xaxis2.visible
+
+    chart.reset()
+    assert chart.figure.data == () and "press Start" in chart.figure.layout.annotations[0].text
+    chart.close()
+
+
+def test_live_chart_with_many_instances_stays_readable() -> None:
+    chart = LiveTimeline(band="std")
+    for step in range(20):
+        for instance in range(16):
+            chart.handle(_sample(instance, step * 0.5, cpu=float(instance + step)))
+    chart.flush()
+
+    names = [trace.name for trace in chart.figure.data]
+    assert names == ["instances (16)", "band (std) lower", "band (std)", "average"]
+    instances, _, _, average = chart.figure.data
+    # One faint trace for all: the legend lists four entries, not sixteen.
+    assert 0.2 <= instances.opacity <= 0.6 and instances.line.width == 1
+    assert sorted(set(np.asarray(instances.customdata).tolist())) == list(range(16))
+    assert "instance %{customdata}" in instances.hovertemplate
+    assert "n=%{customdata}" in average.hovertemplate
+    assert set(np.asarray(average.customdata).tolist()) == {16}
+    assert average.line.width > instances.line.width
     chart.close()
 
 
@@ -110,9 +169,16 @@ async def test_live_chart_average_band_and_failed_instance() -> None:
     np.testing.assert_allclose(averages[1].y, 2.0)
     upper = _by_name(chart, "band (minmax)")[0]
     np.testing.assert_allclose(upper.y, 20.0)
-    # Average and band are drawn after (on top of) the instances.
-    names = [trace.name for trace in chart.figure.data]
-    assert names.index("average") > max(i for i, n in enumerate(names) if n.startswith("instance"))
+    # In each subplot, band and average are drawn after (on top of) the instances.
+    for axis in ("y", "y2"):
+        names = [trace.name for trace in chart.figure.data if trace.yaxis == axis]
+        assert names == [
+            "instance 0",
+            "instance 1",
+            "band (minmax) lower",
+            "band (minmax)",
+            "average",
+        ]
 
     chart.handle(InstanceEvent("failed", 1, 5.0, 5.0, message="RuntimeError: boom"))
     chart.flush()
@@ -143,6 +209,8 @@ def test_live_chart_options_checked() -> None:
         LiveTimeline(band="iqr")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="max_load"):
         LiveTimeline(max_load=0)
+    with pytest.raises(ConfigError, match="x_axis"):
+        LiveTimeline(x_axis="epoch")  # type: ignore[arg-type]
 
 
 # -- PoolMonitor -----------------------------------------------------------------------
@@ -282,10 +350,11 @@ async def _forever(ctx: InstanceContext) -> None:
 
 
 async def _until_started(panel: ExperimentPanel, count: int) -> None:
-    for _ in range(500):
+    """Run the loop (no time passes) until ``count`` instances show as running."""
+    for _ in range(1000):
         if sum(row.status.value == "running" for row in panel._rows.values()) >= count:
             return
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
     raise AssertionError("instances never started")
 
 

@@ -1,0 +1,993 @@
+"""The live chart's model: buffers, decimation and the running average, no UI.
+
+:class:`LiveTimelineModel` takes instance events (an ``on_event`` callback or a
+bus subscriber) and hands out immutable :class:`LiveSnapshot` records; a widget
+only maps snapshots to traces. Receiving an event costs one list append: the
+work (grouping samples by instance and metric, decimating, gridding, the
+statistics) happens once per frame in :meth:`LiveTimelineModel.update`, over
+every event that arrived since, with numpy.
+
+- Each instance's line is kept to a fixed number of points by streaming min/max
+  decimation: samples fall into buckets of equal sample counts, each bucket keeps
+  its minimum and maximum, and when the buckets run out two neighbours merge. Peaks
+  stay visible and memory stays fixed however long the run.
+- The running average lives on the grid the final average uses
+  (:func:`labkit.timeline.average_timelines` chooses the step from the first
+  samples seen, or ``step`` fixes it), thinned by powers of two when the run grows
+  long: every grid point shown is a point of the final grid, and once every
+  sample has arrived its mean, spread and ``n`` are the final average's there.
+
+:class:`FrameBudget` decides when the next frame is due: at most
+``updates_per_s`` frames a second, and no more than ``max_load`` of the time
+spent drawing. Both take an injectable clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from labkit.clock import SYSTEM_CLOCK, Clock
+from labkit.errors import ConfigError
+from labkit.events import InstanceEvent
+from labkit.stats import t_quantile
+from labkit.timeline import average_timelines
+
+__all__ = (
+    "AverageSnapshot",
+    "Band",
+    "DEFAULT_MAX_POINTS",
+    "FrameBudget",
+    "LineSnapshot",
+    "LiveSnapshot",
+    "LiveTimelineModel",
+    "decimate_indices",
+)
+
+FloatArray: TypeAlias = npt.NDArray[np.float64]
+IntArray: TypeAlias = npt.NDArray[np.int64]
+
+Band = Literal["std", "minmax", "ci95"]
+
+DEFAULT_MAX_POINTS = 2000
+"""Points per line above which a timeline is decimated for display."""
+
+BANDS: tuple[str, ...] = ("std", "minmax", "ci95")
+
+_KIND, _INSTANCE, _OFFSET, _METRICS = itemgetter(0), itemgetter(1), itemgetter(3), itemgetter(4)
+
+
+def decimate_indices(values: npt.ArrayLike, max_points: int = DEFAULT_MAX_POINTS) -> IntArray:
+    """Pick at most ``max_points`` positions of ``values`` that keep its shape.
+
+    The series is cut into ``max_points // 2`` equal buckets and each bucket keeps
+    the position of its minimum and of its maximum (NaNs are ignored unless a bucket
+    holds nothing else); the first and last positions are always kept. A series
+    that is already short enough comes back whole.
+
+    Args:
+        values: A one-dimensional numeric array.
+        max_points: The most positions to return (at least 4).
+
+    Returns:
+        Sorted, unique integer positions into ``values``.
+
+    Raises:
+        ConfigError: If ``max_points`` is below 4.
+    """
+    if max_points < 4:
+        raise ConfigError("max_points", max_points, "an integer >= 4")
+    y = np.asarray(values, dtype=float)
+    n = y.shape[0]
+    if n <= max_points:
+        return np.arange(n)
+    # Two slots go to the first and last points, two per bucket to its extremes.
+    buckets = (max_points - 2) // 2
+    size = -(-n // buckets)  # ceil division: every bucket but the last is full
+    padded = np.full(buckets * size, np.nan)
+    padded[:n] = y
+    grid = padded.reshape(buckets, size)
+    nan = np.isnan(grid)
+    low = np.where(nan, np.inf, grid).argmin(axis=1)
+    high = np.where(nan, -np.inf, grid).argmax(axis=1)
+    offsets = np.arange(buckets) * size
+    picked = np.concatenate(([0, n - 1], offsets + low, offsets + high))
+    return np.unique(picked[picked < n])
+
+
+def _frozen(values: npt.ArrayLike) -> FloatArray:
+    array = np.array(values, dtype=float)
+    array.flags.writeable = False
+    return array
+
+
+# --------------------------------------------------------------------------------------
+# Snapshots
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LineSnapshot:
+    """One instance's line of one metric, decimated for display.
+
+    Attributes:
+        instance: The instance's index.
+        metric: The metric's name.
+        t: Seconds since the instance started, ascending (read-only array).
+        y: The values at ``t`` (read-only array, same length).
+        samples: How many samples the line has received (before decimation).
+        failed: Whether the instance failed (its line is not in the average).
+    """
+
+    instance: int
+    metric: str
+    t: FloatArray
+    y: FloatArray
+    samples: int
+    failed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AverageSnapshot:
+    """The average of one metric over the instances, with its spread.
+
+    Arrays are read-only and of one length: one value per grid point that at
+    least one instance covers.
+
+    Attributes:
+        metric: The metric's name.
+        t: Grid times, in seconds.
+        n: Instances that cover each grid time.
+        mean: The mean over those instances.
+        std: Sample standard deviation (ddof=1; NaN where ``n < 2``).
+        min: The smallest instance value.
+        max: The largest instance value.
+        ci95: Half-width of the 95 % Student-t confidence interval (NaN where ``n < 2``).
+        final: Whether these are the finished run's exact figures.
+    """
+
+    metric: str
+    t: FloatArray
+    n: IntArray
+    mean: FloatArray
+    std: FloatArray
+    min: FloatArray
+    max: FloatArray
+    ci95: FloatArray
+    final: bool = False
+
+    def band(self, band: Band) -> tuple[FloatArray, FloatArray]:
+        """The lower and upper edges of ``band`` around the mean.
+
+        Args:
+            band: ``"std"`` (mean ± one standard deviation), ``"minmax"`` or
+                ``"ci95"`` (mean ± the confidence half-width).
+
+        Raises:
+            ConfigError: If ``band`` is unknown.
+        """
+        if band == "minmax":
+            return self.min, self.max
+        if band == "std":
+            return self.mean - self.std, self.mean + self.std
+        if band == "ci95":
+            return self.mean - self.ci95, self.mean + self.ci95
+        raise ConfigError("band", band, "'std', 'minmax' or 'ci95'")
+
+    @classmethod
+    def from_frame(
+        cls, averaged: pd.DataFrame, metric: str, *, final: bool = True
+    ) -> AverageSnapshot:
+        """``metric``'s columns of an averaged timeline (``t``, ``n``, ``m``, ``m_std``...).
+
+        Missing statistic columns read as NaN.
+
+        Raises:
+            ConfigError: If ``averaged`` has no column ``t`` or ``metric``.
+        """
+        for needed in ("t", metric):
+            if needed not in averaged.columns:
+                raise ConfigError("averaged", list(averaged.columns), f"a column {needed!r}")
+        rows = len(averaged)
+
+        def column(name: str) -> FloatArray:
+            if name in averaged.columns:
+                return _frozen(averaged[name].to_numpy(dtype=float))
+            return _frozen(np.full(rows, np.nan))
+
+        counts = averaged["n"].to_numpy() if "n" in averaged.columns else np.zeros(rows)
+        n = np.array(counts, dtype=np.int64)
+        n.flags.writeable = False
+        return cls(
+            metric=metric,
+            t=column("t"),
+            n=n,
+            mean=column(metric),
+            std=column(f"{metric}_std"),
+            min=column(f"{metric}_min"),
+            max=column(f"{metric}_max"),
+            ci95=column(f"{metric}_ci95"),
+            final=final,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSnapshot:
+    """What the live chart shows at one moment; never changes once handed out.
+
+    Attributes:
+        version: Grows by one whenever the model's content changes; equal versions
+            mean equal content.
+        time: The model clock's reading when the snapshot was taken (seconds).
+        metrics: The metrics, in order of first appearance (or as configured).
+        instances: Every instance seen, ascending.
+        failed: The instances that failed.
+        finished: The instances that finished.
+        lines: Every instance's line per metric, ordered by metric then instance.
+        averages: The average of each metric that has one.
+        step: The average's grid step in seconds (``None`` until it is known).
+        samples: Samples received so far, over every instance.
+    """
+
+    version: int
+    time: float
+    metrics: tuple[str, ...]
+    instances: tuple[int, ...]
+    failed: frozenset[int]
+    finished: frozenset[int]
+    lines: tuple[LineSnapshot, ...]
+    averages: Mapping[str, AverageSnapshot]
+    step: float | None
+    samples: int
+
+    @property
+    def empty(self) -> bool:
+        """Whether nothing has been received yet (a chart shows a placeholder)."""
+        return self.samples == 0
+
+    def lines_of(self, metric: str) -> tuple[LineSnapshot, ...]:
+        """The instances' lines of ``metric``, by instance."""
+        return tuple(line for line in self.lines if line.metric == metric)
+
+
+# --------------------------------------------------------------------------------------
+# One line: streaming min/max decimation
+# --------------------------------------------------------------------------------------
+
+
+class _MinMaxLine:
+    """One instance's samples of one metric, kept to a fixed number of points.
+
+    Samples fill buckets of ``size`` samples each; a bucket keeps its minimum and
+    maximum (with their times). When every bucket is used, neighbours merge in
+    pairs and ``size`` doubles, so memory is fixed and each sample costs O(1)
+    amortised. The first and the latest sample are always kept.
+    """
+
+    __slots__ = (
+        "_buckets",
+        "_count",
+        "_first",
+        "_hi_t",
+        "_hi_y",
+        "_last",
+        "_lo_t",
+        "_lo_y",
+        "_partial",
+        "_size",
+        "samples",
+    )
+
+    def __init__(self, buckets: int) -> None:
+        self._buckets = buckets
+        self._lo_t = np.empty(buckets)
+        self._lo_y = np.empty(buckets)
+        self._hi_t = np.empty(buckets)
+        self._hi_y = np.empty(buckets)
+        self._count = 0  # buckets filled
+        self._size = 1  # samples per bucket
+        self._partial: list[float] | None = None  # lo_t, lo_y, hi_t, hi_y, samples
+        self._first: tuple[float, float] | None = None
+        self._last: tuple[float, float] | None = None
+        self.samples = 0
+
+    def extend(self, t: FloatArray, y: FloatArray) -> None:
+        n = t.shape[0]
+        if n == 0:
+            return
+        if self._first is None:
+            self._first = (float(t[0]), float(y[0]))
+        self._last = (float(t[-1]), float(y[-1]))
+        self.samples += n
+        i = 0
+        while i < n:
+            if self._partial is not None:
+                i = self._fill_partial(t, y, i)
+                continue
+            whole = min((n - i) // self._size, self._buckets - self._count)
+            if whole:
+                end = i + whole * self._size
+                self._push(t[i:end], y[i:end], whole)
+                i = end
+                if self._count == self._buckets:
+                    self._merge_pairs()
+                continue
+            self._partial = [math.inf, math.inf, -math.inf, -math.inf, 0.0]
+            i = self._fill_partial(t, y, i)
+
+    def _fill_partial(self, t: FloatArray, y: FloatArray, start: int) -> int:
+        partial = self._partial
+        assert partial is not None
+        take: int = min(self._size - int(partial[4]), int(t.shape[0]) - start)
+        part_y = y[start : start + take]
+        low, high = int(part_y.argmin()), int(part_y.argmax())
+        if part_y[low] < partial[1]:
+            partial[0], partial[1] = float(t[start + low]), float(part_y[low])
+        if part_y[high] > partial[3]:
+            partial[2], partial[3] = float(t[start + high]), float(part_y[high])
+        partial[4] += take
+        if partial[4] == self._size:
+            slot = self._count
+            self._lo_t[slot], self._lo_y[slot], self._hi_t[slot], self._hi_y[slot] = partial[:4]
+            self._count += 1
+            self._partial = None
+            if self._count == self._buckets:
+                self._merge_pairs()
+        return start + take
+
+    def _push(self, t: FloatArray, y: FloatArray, whole: int) -> None:
+        rows_t = t.reshape(whole, self._size)
+        rows_y = y.reshape(whole, self._size)
+        picks = np.arange(whole)
+        low = rows_y.argmin(axis=1)
+        high = rows_y.argmax(axis=1)
+        span = slice(self._count, self._count + whole)
+        self._lo_t[span], self._lo_y[span] = rows_t[picks, low], rows_y[picks, low]
+        self._hi_t[span], self._hi_y[span] = rows_t[picks, high], rows_y[picks, high]
+        self._count += whole
+
+    def _merge_pairs(self) -> None:
+        half = self._count // 2  # the bucket count is even: pairs merge exactly
+        a, b = slice(0, 2 * half, 2), slice(1, 2 * half, 2)
+        lo_from_b = self._lo_y[b] < self._lo_y[a]
+        hi_from_b = self._hi_y[b] > self._hi_y[a]
+        self._lo_t[:half] = np.where(lo_from_b, self._lo_t[b], self._lo_t[a])
+        self._lo_y[:half] = np.where(lo_from_b, self._lo_y[b], self._lo_y[a])
+        self._hi_t[:half] = np.where(hi_from_b, self._hi_t[b], self._hi_t[a])
+        self._hi_y[:half] = np.where(hi_from_b, self._hi_y[b], self._hi_y[a])
+        self._count = half
+        self._size *= 2
+
+    def points(self) -> tuple[FloatArray, FloatArray]:
+        """The kept points in time order (each bucket's extremes, first and latest)."""
+        count = self._count
+        lo_t, lo_y = self._lo_t[:count], self._lo_y[:count]
+        hi_t, hi_y = self._hi_t[:count], self._hi_y[:count]
+        if self._partial is not None:
+            p = self._partial
+            lo_t, lo_y = np.append(lo_t, p[0]), np.append(lo_y, p[1])
+            hi_t, hi_y = np.append(hi_t, p[2]), np.append(hi_y, p[3])
+        low_first = lo_t <= hi_t
+        t = np.column_stack((np.where(low_first, lo_t, hi_t), np.where(low_first, hi_t, lo_t)))
+        y = np.column_stack((np.where(low_first, lo_y, hi_y), np.where(low_first, hi_y, lo_y)))
+        t, y = t.ravel(), y.ravel()
+        # A bucket of one sample (or whose extremes are one sample) gives one point.
+        keep = np.ones(t.shape[0], dtype=bool)
+        keep[1::2] = (t[1::2] != t[0::2]) | (y[1::2] != y[0::2])
+        t, y = t[keep], y[keep]
+        if self._first is not None and self._last is not None:
+            if not t.size or t[0] != self._first[0]:
+                t, y = np.insert(t, 0, self._first[0]), np.insert(y, 0, self._first[1])
+            if t[-1] != self._last[0]:
+                t, y = np.append(t, self._last[0]), np.append(y, self._last[1])
+        return _frozen(t), _frozen(y)
+
+
+# --------------------------------------------------------------------------------------
+# The running average on the final grid
+# --------------------------------------------------------------------------------------
+
+
+class _GridCursor:
+    """Where one instance's line of one metric stands on the grid."""
+
+    __slots__ = ("last_t", "last_y", "next_k", "waiting")
+
+    def __init__(self) -> None:
+        self.last_t = math.nan
+        self.last_y = math.nan
+        self.next_k = -1  # the first grid index not yet given a value; -1: no sample yet
+        self.waiting: list[tuple[FloatArray, FloatArray]] = []  # samples before the step is known
+
+
+class _MetricGrid:
+    """Every instance's values of one metric on the grid, and their statistics.
+
+    ``values[row, col]`` is instance ``row``'s value at grid index ``col * stride``
+    (NaN: not covered). Statistics are cached per column and recomputed from the
+    first column that changed.
+    """
+
+    __slots__ = ("_capacity", "_dirty_from", "_stats", "stride", "values")
+
+    def __init__(self, rows: int, capacity: int) -> None:
+        self._capacity = capacity
+        self.values = np.full((rows, 16), np.nan)
+        self.stride = 1
+        self._stats = np.full((6, 0), np.nan)  # n, mean, std, min, max, ci95
+        self._dirty_from = 0
+
+    @property
+    def columns(self) -> int:
+        return self._stats.shape[1]
+
+    def ensure(self, rows: int, columns: int) -> None:
+        have_rows, have_cols = self.values.shape
+        if rows > have_rows or columns > have_cols:
+            grown = np.full((max(rows, have_rows), max(columns, 2 * have_cols)), np.nan)
+            grown[:have_rows, :have_cols] = self.values
+            self.values = grown
+        if columns > self._stats.shape[1]:
+            stats = np.full((6, columns), np.nan)
+            stats[:, : self._stats.shape[1]] = self._stats
+            self._stats = stats
+
+    def put(self, row: int, ks: IntArray, values: FloatArray) -> None:
+        """Store ``values`` at grid indices ``ks`` (multiples of the stride)."""
+        if ks.size == 0:
+            return
+        while int(ks[-1]) // self.stride >= self._capacity:
+            self._thin()
+            keep = ks % self.stride == 0
+            ks, values = ks[keep], values[keep]
+            if ks.size == 0:
+                return
+        columns = ks // self.stride
+        self.ensure(row + 1, int(columns[-1]) + 1)
+        self.values[row, columns] = values
+        self._dirty_from = min(self._dirty_from, int(columns[0]))
+
+    def clear_row(self, row: int) -> None:
+        if row < self.values.shape[0]:
+            self.values[row, :] = np.nan
+            self._dirty_from = 0
+
+    def _thin(self) -> None:
+        """Keep every other grid point: the grid's step doubles, points stay final ones."""
+        self.stride *= 2
+        half = (self._stats.shape[1] + 1) // 2
+        values = np.full_like(self.values, np.nan)
+        values[:, :half] = self.values[:, : 2 * half : 2]
+        self.values = values
+        self._stats = self._stats[:, ::2].copy()
+        self._dirty_from = min(self._dirty_from // 2, half)
+
+    @property
+    def changed(self) -> bool:
+        return self._dirty_from < self._stats.shape[1]
+
+    def statistics(self, rows: int) -> FloatArray:
+        """Rows ``n, mean, std, min, max, ci95`` per grid column (recomputed where changed)."""
+        start, stop = self._dirty_from, self._stats.shape[1]
+        if start < stop:
+            block = self.values[:rows, start:stop]
+            valid = ~np.isnan(block)
+            n = valid.sum(axis=0)
+            safe = np.maximum(n, 1)
+            mean = np.where(valid, block, 0.0).sum(axis=0) / safe
+            deviation = np.where(valid, block - mean, 0.0)
+            std = np.sqrt((deviation * deviation).sum(axis=0) / np.maximum(n - 1, 1))
+            low = np.where(valid, block, np.inf).min(axis=0)
+            high = np.where(valid, block, -np.inf).max(axis=0)
+            counts, where = np.unique(n, return_inverse=True)  # a few distinct n at most
+            quantiles = np.array(
+                [t_quantile(0.975, int(k) - 1) if k >= 2 else np.nan for k in counts]
+            )
+            quantiles = quantiles[where.reshape(-1)]
+            ci95 = quantiles * std / np.sqrt(safe)
+            none, single = n == 0, n < 2
+            stats = self._stats
+            stats[0, start:stop] = n
+            stats[1, start:stop] = np.where(none, np.nan, mean)
+            stats[2, start:stop] = np.where(single, np.nan, std)
+            stats[3, start:stop] = np.where(none, np.nan, low)
+            stats[4, start:stop] = np.where(none, np.nan, high)
+            stats[5, start:stop] = np.where(single, np.nan, ci95)
+            self._dirty_from = stop
+        return self._stats
+
+
+# --------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------
+
+
+class LiveTimelineModel:
+    """Instance events in, immutable snapshots out: what a live chart draws.
+
+    Only instance events matter (``sample``, and ``started``, ``finished``,
+    ``failed``); anything else is dropped at the next :meth:`update`. A
+    ``started`` event for an instance that already has samples begins a new
+    attempt: its old line is dropped, as the result keeps only the last attempt.
+    A failed instance's line stays (marked) but leaves the average, as in the
+    result. Samples are expected in time order per instance; a sample older than
+    its line's latest is drawn but does not enter the running average.
+
+    Args:
+        metrics: The metrics to keep, in order; default: every metric seen, in
+            order of first appearance.
+        max_points: The most points kept per instance line (min/max decimation).
+        max_grid_points: The most grid points kept per average (the grid is
+            thinned by powers of two past it).
+        step: The average's grid step in seconds; default: the step
+            :func:`labkit.timeline.average_timelines` chooses for the samples of
+            the first update that has at least two sample times in an instance.
+        round_to_int: Metrics whose mean is rounded to a whole number (halves up),
+            as the result rounds error counts.
+        clock: The clock that stamps snapshots.
+
+    Raises:
+        ConfigError: If ``max_points`` or ``max_grid_points`` is below 4, or
+            ``step`` is not a positive number.
+    """
+
+    event_types = (InstanceEvent,)
+    """What the model reads: a bus routes it only instance events."""
+
+    def __init__(
+        self,
+        metrics: Sequence[str] | None = None,
+        *,
+        max_points: int = DEFAULT_MAX_POINTS,
+        max_grid_points: int = DEFAULT_MAX_POINTS,
+        step: float | None = None,
+        round_to_int: Iterable[str] = (),
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 4:
+            raise ConfigError("max_points", max_points, "an integer >= 4")
+        if (
+            isinstance(max_grid_points, bool)
+            or not isinstance(max_grid_points, int)
+            or max_grid_points < 4
+        ):
+            raise ConfigError("max_grid_points", max_grid_points, "an integer >= 4")
+        if step is not None and not (
+            isinstance(step, int | float) and not isinstance(step, bool) and 0 < step < math.inf
+        ):
+            raise ConfigError("step", step, "a finite number of seconds > 0, or None")
+        self.max_points = max_points
+        self.max_grid_points = max_grid_points
+        self._fixed_step = None if step is None else float(step)
+        self._fixed_metrics = metrics is not None
+        self._initial_metrics = tuple(metrics or ())
+        self._rounded = frozenset(round_to_int)
+        self._clock = clock
+        self._pending: list[Any] = []
+        self.append = self._pending.append
+        """Receive one event; the cheapest way in (no method call of the model's own)."""
+        self._final: dict[str, AverageSnapshot] = {}
+        self._clear()
+
+    def _clear(self) -> None:
+        self._metrics: list[str] = list(self._initial_metrics)
+        self._lines: dict[tuple[int, str], _MinMaxLine] = {}
+        self._cursors: dict[tuple[int, str], _GridCursor] = {}
+        self._grids: dict[str, _MetricGrid] = {}
+        self._rows: dict[int, int] = {}  # instance -> row in the grids
+        self._failed: set[int] = set()
+        self._finished: set[int] = set()
+        self._step = self._fixed_step
+        self._early_times: dict[int, FloatArray] = {}  # sample times before the step is known
+        self._version = 0
+        self._samples = 0
+        self._snapshot: LiveSnapshot | None = None
+        self._line_cache: dict[tuple[int, str], LineSnapshot] = {}
+        self._average_cache: dict[str, AverageSnapshot] = {}
+        self._final = {}
+
+    # Receiving -----------------------------------------------------------------------
+
+    def handle(self, event: Any) -> None:
+        """Receive one event (an ``on_event`` callback); it is read at the next update."""
+        self._pending.append(event)
+
+    handle.event_types = event_types  # type: ignore[attr-defined]
+
+    def __call__(self, event: Any) -> None:
+        """Same as :meth:`handle`: the model itself can be an ``on_event`` callback."""
+        self._pending.append(event)
+
+    @property
+    def pending(self) -> int:
+        """Events received and not yet read by :meth:`update`."""
+        return len(self._pending)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metrics known so far, in order."""
+        return tuple(self._metrics)
+
+    @property
+    def step(self) -> float | None:
+        """The average's grid step in seconds, once known."""
+        return self._step
+
+    def reset(self) -> None:
+        """Forget every instance and sample (for a new run); configured metrics stay."""
+        version = self._version
+        self._pending.clear()
+        self._clear()
+        self._version = version + 1  # versions only grow: a view sees the change
+
+    def complete(self, averaged: pd.DataFrame | None) -> None:
+        """Replace the running averages by a finished run's exact ``averaged`` timeline.
+
+        Reads what is pending first. Metrics ``averaged`` lacks keep their running
+        average.
+        """
+        self.update()
+        if averaged is None or not len(averaged):
+            return
+        for metric in self._metrics:
+            if metric in averaged.columns:
+                self._final[metric] = AverageSnapshot.from_frame(averaged, metric, final=True)
+        self._version += 1
+
+    # Reading events ------------------------------------------------------------------
+
+    def update(self) -> bool:
+        """Read every pending event into the lines and averages.
+
+        Returns:
+            Whether anything changed.
+        """
+        if not self._pending:
+            return False
+        events = self._pending[:]
+        del self._pending[:]  # in place: ``append`` is bound to this list
+        changed = False
+        batch: dict[int, list[Any]] = {}
+        for event in events:
+            if type(event) is not InstanceEvent:
+                continue
+            if event[0] == "sample":
+                if event[4]:
+                    group = batch.get(event[1])
+                    if group is None:
+                        group = batch[event[1]] = []
+                    group.append(event)
+                continue
+            # A state change applies after the samples that came before it.
+            instance = event[1]
+            if instance in batch:
+                changed |= self._add_samples(instance, batch.pop(instance))
+            changed |= self._apply(event)
+        for instance, group in batch.items():
+            changed |= self._add_samples(instance, group)
+        if changed:
+            self._version += 1
+        return changed
+
+    def _apply(self, event: InstanceEvent) -> bool:
+        instance = event.instance
+        if event.kind == "started":
+            had = instance in self._rows or instance in self._failed
+            self._failed.discard(instance)
+            self._finished.discard(instance)
+            if had:
+                self._forget(instance)
+            return had
+        if event.kind == "failed":
+            if instance in self._failed:
+                return False
+            self._failed.add(instance)
+            row = self._rows.get(instance)
+            if row is not None:
+                for grid in self._grids.values():
+                    grid.clear_row(row)
+            return True
+        if event.kind == "finished":
+            self._finished.add(instance)
+            self._close_lines(instance)
+            return True
+        return False
+
+    def _forget(self, instance: int) -> None:
+        for key in [key for key in self._lines if key[0] == instance]:
+            del self._lines[key]
+            self._line_cache.pop(key, None)
+            self._cursors.pop(key, None)
+        row = self._rows.get(instance)
+        if row is not None:
+            for grid in self._grids.values():
+                grid.clear_row(row)
+
+    def _add_samples(self, instance: int, events: list[Any]) -> bool:
+        offsets = np.fromiter(map(_OFFSET, events), dtype=float, count=len(events))
+        dicts = list(map(_METRICS, events))
+        names: set[str] = set().union(*dicts)
+        if offsets.shape[0] > 1 and bool((np.diff(offsets) < 0).any()):
+            order = np.argsort(offsets, kind="stable")
+            offsets = offsets[order]
+            dicts = [dicts[i] for i in order.tolist()]
+        if self._step is None:
+            self._learn_step(instance, offsets)
+        changed = False
+        for metric in self._in_order(names, dicts):
+            if metric not in self._metrics:
+                if self._fixed_metrics:
+                    continue
+                self._metrics.append(metric)
+            t = offsets
+            try:
+                y = np.fromiter(map(itemgetter(metric), dicts), dtype=float, count=len(dicts))
+            except KeyError:  # the metric is in some samples only
+                y = np.array([d.get(metric, math.nan) for d in dicts], dtype=float)
+            finite = np.isfinite(y)
+            if not finite.all():
+                t, y = t[finite], y[finite]
+            if y.shape[0]:
+                self._add_line(instance, metric, t, y)
+                changed = True
+        return changed
+
+    def _in_order(self, names: set[str], dicts: list[Mapping[str, float]]) -> list[str]:
+        """``names``: the known metrics in their order, then new ones as they first appear."""
+        known = [metric for metric in self._metrics if metric in names]
+        if len(known) == len(names):
+            return known
+        found = dict.fromkeys(known)
+        for metrics in dicts:  # usually the first sample already holds every name
+            found.update(dict.fromkeys(metrics))
+            if len(found) == len(names):
+                break
+        return list(found)
+
+    def _learn_step(self, instance: int, offsets: FloatArray) -> None:
+        """Fix the step the final average would choose for the sample times seen so far.
+
+        Until some instance has two distinct sample times there is no interval to
+        go by: samples wait in their lines' cursors and are put on the grid then.
+        """
+        seen = self._early_times.get(instance)
+        self._early_times[instance] = times = (
+            offsets if seen is None else np.concatenate((seen, offsets))
+        )
+        if np.unique(times).shape[0] < 2:
+            return
+        frames = [
+            pd.DataFrame({"t": t, "x": np.zeros(t.shape[0])}) for t in self._early_times.values()
+        ]
+        grid = average_timelines(frames)["t"].to_numpy()
+        if grid.shape[0] < 2:
+            return
+        # Grid times are k * step: their difference carries the last bits' error.
+        self._step = float(f"{np.diff(grid).min():.12g}")
+        self._early_times.clear()
+        for key, cursor in self._cursors.items():
+            held, cursor.waiting = cursor.waiting, []
+            for t, y in held:
+                self._grid(key, cursor, t, y)
+
+    def _add_line(self, instance: int, metric: str, t: FloatArray, y: FloatArray) -> None:
+        key = (instance, metric)
+        line = self._lines.get(key)
+        if line is None:
+            line = self._lines[key] = _MinMaxLine(max((self.max_points - 4) // 2, 1))
+            self._rows.setdefault(instance, len(self._rows))
+        line.extend(t, y)
+        self._line_cache.pop(key, None)
+        self._samples += t.shape[0]
+        if instance in self._failed:
+            return
+        cursor = self._cursors.get(key)
+        if cursor is None:
+            cursor = self._cursors[key] = _GridCursor()
+        if self._step is None:
+            cursor.waiting.append((t, y))
+            return
+        self._grid(key, cursor, t, y)
+
+    def _grid(
+        self, key: tuple[int, str], cursor: _GridCursor, t: FloatArray, y: FloatArray
+    ) -> None:
+        """Give the grid points up to the latest sample time their interpolated values."""
+        step = self._step
+        assert step is not None
+        if cursor.next_k >= 0:
+            newer = t > cursor.last_t
+            if not newer.all():
+                t, y = t[newer], y[newer]  # late samples are drawn, not averaged
+            if t.shape[0] == 0:
+                return
+            t = np.concatenate(([cursor.last_t], t))
+            y = np.concatenate(([cursor.last_y], y))
+            first_k = cursor.next_k
+        else:
+            first_k = math.floor(t[0] / step + 0.5)  # the grid point nearest the first sample
+        cursor.last_t, cursor.last_y = float(t[-1]), float(y[-1])
+        last_k = math.floor(t[-1] / step)
+        if last_k < first_k:
+            if cursor.next_k < 0:
+                cursor.next_k = first_k
+            return
+        self._put(key, cursor, first_k, last_k, t, y)
+
+    def _put(
+        self,
+        key: tuple[int, str],
+        cursor: _GridCursor,
+        first_k: int,
+        last_k: int,
+        t: FloatArray,
+        y: FloatArray,
+    ) -> None:
+        step = self._step
+        assert step is not None
+        grid = self._grids.get(key[1])
+        if grid is None:
+            grid = self._grids[key[1]] = _MetricGrid(len(self._rows), self.max_grid_points)
+        stride = grid.stride
+        start = -(-first_k // stride) * stride
+        ks = np.arange(start, last_k + 1, stride, dtype=np.int64)
+        cursor.next_k = last_k + 1
+        if ks.size:
+            grid.put(self._rows[key[0]], ks, np.interp(ks * step, t, y))
+
+    def _close_lines(self, instance: int) -> None:
+        """A finished instance covers the grid point nearest its last sample too."""
+        if self._step is None or instance in self._failed:
+            return
+        for key, cursor in self._cursors.items():
+            if key[0] != instance or cursor.next_k < 0:
+                continue
+            last_k = math.floor(cursor.last_t / self._step + 0.5)
+            if last_k >= cursor.next_k:
+                t = np.array([cursor.last_t])
+                y = np.array([cursor.last_y])
+                self._put(key, cursor, cursor.next_k, last_k, t, y)
+
+    # Snapshots -----------------------------------------------------------------------
+
+    def snapshot(self) -> LiveSnapshot:
+        """Read what is pending, then the current state as an immutable record."""
+        self.update()
+        current = self._snapshot
+        if current is not None and current.version == self._version:
+            return current
+        lines = []
+        for metric in self._metrics:
+            for instance in sorted(i for i, m in self._lines if m == metric):
+                key = (instance, metric)
+                cached = self._line_cache.get(key)
+                failed = instance in self._failed
+                if cached is None or cached.failed != failed:
+                    t, y = self._lines[key].points()
+                    cached = LineSnapshot(instance, metric, t, y, self._lines[key].samples, failed)
+                    self._line_cache[key] = cached
+                lines.append(cached)
+        averages: dict[str, AverageSnapshot] = {}
+        for metric in self._metrics:
+            final = self._final.get(metric)
+            if final is not None:
+                averages[metric] = final
+                continue
+            running = self._running_average(metric)
+            if running is not None:
+                averages[metric] = running
+        self._snapshot = LiveSnapshot(
+            version=self._version,
+            time=self._clock.now(),
+            metrics=tuple(self._metrics),
+            instances=tuple(sorted(self._rows.keys() | self._failed | self._finished)),
+            failed=frozenset(self._failed),
+            finished=frozenset(self._finished),
+            lines=tuple(lines),
+            averages=averages,
+            step=self._step,
+            samples=self._samples,
+        )
+        return self._snapshot
+
+    def _running_average(self, metric: str) -> AverageSnapshot | None:
+        grid = self._grids.get(metric)
+        if grid is None or self._step is None:
+            return None
+        cached = self._average_cache.get(metric)
+        if cached is not None and not grid.changed:
+            return cached
+        stats = grid.statistics(len(self._rows))
+        covered = stats[0] > 0
+        columns = np.flatnonzero(covered)
+        mean = stats[1, columns]
+        if metric in self._rounded:
+            mean = np.floor(mean + 0.5)
+        counts = stats[0, columns].astype(np.int64)
+        counts.flags.writeable = False
+        average = AverageSnapshot(
+            metric=metric,
+            t=_frozen(columns * (grid.stride * self._step)),
+            n=counts,
+            mean=_frozen(mean),
+            std=_frozen(stats[2, columns]),
+            min=_frozen(stats[3, columns]),
+            max=_frozen(stats[4, columns]),
+            ci95=_frozen(stats[5, columns]),
+        )
+        self._average_cache[metric] = average
+        return average
+
+
+# --------------------------------------------------------------------------------------
+# Frame timing
+# --------------------------------------------------------------------------------------
+
+
+class FrameBudget:
+    """When the next frame is due: a rate cap and a share of the loop's time.
+
+    A frame that took ``d`` seconds is followed by a gap of at least
+    ``d / max_load`` (so drawing takes at most ``max_load`` of the time) and at
+    least ``1 / updates_per_s``. The first frame also waits one interval, so a
+    first burst of samples is drawn in one frame.
+
+    Args:
+        updates_per_s: The most frames per second.
+        max_load: The largest fraction of time drawing may take (0 < x <= 1).
+        clock: Where time is read.
+
+    Raises:
+        ConfigError: If ``updates_per_s`` is not > 0 or ``max_load`` not in (0, 1].
+    """
+
+    __slots__ = ("_clock", "_gap", "_interval", "_last", "_max_load", "frames", "last_cost")
+
+    def __init__(
+        self, updates_per_s: float = 4.0, max_load: float = 0.05, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        if not (isinstance(updates_per_s, int | float) and updates_per_s > 0):
+            raise ConfigError("updates_per_s", updates_per_s, "a number > 0")
+        if not (isinstance(max_load, int | float) and 0 < max_load <= 1):
+            raise ConfigError("max_load", max_load, "a fraction > 0 and <= 1")
+        self._clock = clock
+        self._interval = 1.0 / updates_per_s
+        self._max_load = float(max_load)
+        self._gap = self._interval
+        self._last: float | None = None
+        self.frames = 0
+        """Frames drawn so far."""
+        self.last_cost = 0.0
+        """Seconds the latest frame took."""
+
+    def delay(self) -> float:
+        """Seconds from now until the next frame is due (0: draw now)."""
+        now = self._clock.now()
+        if self._last is None:
+            self._last = now  # the first frame waits one interval too
+        return max(self._last + self._gap - now, 0.0)
+
+    def drew(self, started: float) -> None:
+        """Note a frame that began at ``started`` (clock seconds) and ended now."""
+        finished = self._clock.now()
+        self.last_cost = max(finished - started, 0.0)
+        self._last = finished
+        self._gap = max(self._interval, self.last_cost / self._max_load)
+        self.frames += 1
+
+    def reset(self) -> None:
+        """Forget the last frame: the next waits one interval from when it is asked for."""
+        self._last = None
+        self._gap = self._interval
+
+    @property
+    def now(self) -> float:
+        """The budget clock's reading, in seconds."""
+        return self._clock.now()

@@ -1,0 +1,275 @@
+"""The live chart's model: decimated lines, the running average on the final grid,
+immutable snapshots and frame timing, all on an injected clock (no sleeping)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labkit.errors import ConfigError
+from labkit.events import TaskEvent
+from labkit.experiment import InstanceEvent
+from labkit.live import AverageSnapshot, FrameBudget, LiveTimelineModel
+from labkit.testing import FakeClock
+from labkit.timeline import average_timelines
+
+
+def _sample(instance: int, offset: float, **metrics: float) -> InstanceEvent:
+    return InstanceEvent("sample", instance, offset, offset, metrics=metrics)
+
+
+def _jittered(count: int, samples: int, seed: int = 1) -> list[pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(count):
+        t = np.cumsum(rng.uniform(0.09, 0.11, samples)) + 0.003 * i
+        frames.append(pd.DataFrame({"t": t, "cpu": np.sin(t) + i, "memory": 100.0 + t * i}))
+    return frames
+
+
+def _feed(model: LiveTimelineModel, frames: list[pd.DataFrame], *, every: int) -> None:
+    """Interleave the instances' samples as a run would, updating every ``every`` steps."""
+    for i in range(len(frames)):
+        model.handle(InstanceEvent("started", i, 0.0))
+    for k in range(len(frames[0])):
+        for i, frame in enumerate(frames):
+            row = frame.iloc[k]
+            model.handle(_sample(i, float(row.t), cpu=float(row.cpu), memory=float(row.memory)))
+        if k % every == 0:
+            model.update()
+    for i in range(len(frames)):
+        model.handle(InstanceEvent("finished", i, 0.0))
+
+
+def _final_at(final: pd.DataFrame, times: np.ndarray, step: float) -> pd.DataFrame:
+    by_index = final.set_index(np.round(final["t"].to_numpy() / step).astype(int))
+    return by_index.loc[np.round(times / step).astype(int)]
+
+
+@pytest.mark.parametrize("max_grid_points", [2000, 64])
+def test_running_average_is_the_final_average_on_its_grid(max_grid_points: int) -> None:
+    frames = _jittered(count=4, samples=400)
+    model = LiveTimelineModel(max_grid_points=max_grid_points)
+    _feed(model, frames, every=37)
+
+    snapshot = model.snapshot()
+    final = average_timelines(frames)
+    assert snapshot.step == pytest.approx(0.1)  # the step the final average chose
+    assert np.allclose(np.diff(final["t"]), snapshot.step)
+    for metric in ("cpu", "memory"):
+        live = snapshot.averages[metric]
+        assert live.t.size <= max_grid_points
+        expected = _final_at(final, live.t, snapshot.step)
+        np.testing.assert_array_equal(live.n, expected["n"].to_numpy())
+        for column, values in [
+            (metric, live.mean),
+            (f"{metric}_std", live.std),
+            (f"{metric}_min", live.min),
+            (f"{metric}_max", live.max),
+            (f"{metric}_ci95", live.ci95),
+        ]:
+            np.testing.assert_allclose(values, expected[column].to_numpy(), rtol=1e-9, atol=1e-9)
+    if max_grid_points == 2000:  # not thinned: every final grid point is there
+        assert snapshot.averages["cpu"].t.size == len(final)
+    else:  # thinned by a power of two: still points of the final grid
+        spacing = np.diff(snapshot.averages["cpu"].t) / snapshot.step
+        assert np.allclose(spacing, spacing[0]) and round(spacing[0]) in (8, 16)
+
+
+def test_lines_are_decimated_to_a_fixed_size_and_keep_peaks() -> None:
+    model = LiveTimelineModel(max_points=100)
+    rng = np.random.default_rng(3)
+    values = rng.random(100_000)
+    values[43_210] = 7.0
+    values[77_777] = -3.0
+    for start in range(0, values.size, 9_999):  # uneven batches, as frames come
+        for i in range(start, min(start + 9_999, values.size)):
+            model.handle(_sample(0, i * 0.001, cpu=float(values[i])))
+        model.update()
+
+    line = model.snapshot().lines[0]
+    assert line.samples == 100_000
+    assert len(line.t) <= 100
+    assert line.y.max() == 7.0 and line.y.min() == -3.0
+    assert line.t[0] == 0.0 and line.t[-1] == pytest.approx(99.999)
+    assert np.all(np.diff(line.t) > 0)
+    # Buckets cover equal sample counts: the kept points spread over the whole run.
+    assert np.diff(line.t).max() < 10 * 100.0 / 100
+
+
+def test_short_lines_are_kept_whole() -> None:
+    model = LiveTimelineModel(max_points=100)
+    for i in range(30):
+        model.handle(_sample(0, float(i), loss=float(i % 7)))
+    line = model.snapshot().lines_of("loss")[0]
+    np.testing.assert_array_equal(line.t, np.arange(30.0))
+    np.testing.assert_array_equal(line.y, np.arange(30.0) % 7)
+
+
+def test_snapshots_are_immutable_and_versioned() -> None:
+    clock = FakeClock(start=5.0)
+    model = LiveTimelineModel(clock=clock)
+    empty = model.snapshot()
+    assert empty.empty and empty.lines == () and empty.averages == {}
+
+    model.handle(_sample(0, 0.0, cpu=1.0))
+    model.handle(_sample(0, 1.0, cpu=2.0))
+    first = model.snapshot()
+    assert model.snapshot() is first  # nothing new: the same record
+    assert first.time == 5.0 and first.version > empty.version
+    with pytest.raises(ValueError, match="read-only"):
+        first.lines[0].y[0] = 9.0
+    with pytest.raises(AttributeError):
+        first.samples = 3  # type: ignore[misc]
+
+    clock.advance(0.25)
+    model.handle(_sample(0, 2.0, cpu=3.0))
+    second = model.snapshot()
+    assert second.time == 5.25 and second.version > first.version
+    assert list(first.lines[0].y) == [1.0, 2.0]  # the earlier snapshot did not move
+    assert list(second.lines[0].y) == [1.0, 2.0, 3.0]
+
+
+def test_receiving_is_an_append_and_other_events_are_dropped() -> None:
+    model = LiveTimelineModel()
+    model.handle(TaskEvent("started", 0, 0.0))
+    model.append(_sample(1, 0.0, cpu=4.0))
+    model(InstanceEvent("log", 1, 0.0, message="hello"))
+    assert model.pending == 3 and model.snapshot().samples == 1
+    assert model.pending == 0
+    assert model.snapshot().instances == (1,)
+    assert LiveTimelineModel.event_types == (InstanceEvent,)
+
+
+def test_failed_instance_is_marked_and_leaves_the_average() -> None:
+    model = LiveTimelineModel(step=1.0)
+    for step in range(5):
+        model.handle(_sample(0, float(step), cpu=10.0))
+        model.handle(_sample(1, float(step), cpu=20.0))
+    assert np.allclose(model.snapshot().averages["cpu"].mean, 15.0)
+
+    model.handle(InstanceEvent("failed", 1, 5.0, 5.0, message="RuntimeError: boom"))
+    snapshot = model.snapshot()
+    assert snapshot.failed == {1}
+    assert [line.failed for line in snapshot.lines] == [False, True]
+    average = snapshot.averages["cpu"]
+    assert np.allclose(average.mean, 10.0) and set(average.n.tolist()) == {1}
+
+
+def test_a_retry_starts_the_instance_over() -> None:
+    model = LiveTimelineModel(step=1.0)
+    for step in range(4):
+        model.handle(_sample(0, float(step), cpu=99.0))
+    model.handle(InstanceEvent("failed", 0, 4.0, 4.0, message="flaky"))
+    model.handle(InstanceEvent("started", 0, 5.0))
+    for step in range(3):
+        model.handle(_sample(0, float(step), cpu=1.0))
+    snapshot = model.snapshot()
+    assert snapshot.failed == frozenset()
+    assert list(snapshot.lines[0].y) == [1.0, 1.0, 1.0]
+    assert np.allclose(snapshot.averages["cpu"].mean, 1.0)
+
+
+def test_fixed_metrics_keep_their_order_and_ignore_others() -> None:
+    model = LiveTimelineModel(metrics=["memory", "cpu"])
+    model.handle(_sample(0, 0.0, cpu=1.0, gpu=5.0))
+    model.handle(_sample(0, 1.0, memory=3.0))
+    snapshot = model.snapshot()
+    assert snapshot.metrics == ("memory", "cpu")
+    assert {line.metric for line in snapshot.lines} == {"memory", "cpu"}
+
+
+def test_metrics_sampled_apart_each_get_their_own_line() -> None:
+    model = LiveTimelineModel()
+    for step in range(6):
+        metrics = {"cpu": float(step)} if step % 2 else {"loss": 1.0 / (step + 1)}
+        model.handle(_sample(0, step * 0.5, **metrics))
+    snapshot = model.snapshot()
+    assert snapshot.metrics == ("loss", "cpu")
+    assert list(snapshot.lines_of("cpu")[0].t) == [0.5, 1.5, 2.5]
+    assert list(snapshot.lines_of("loss")[0].t) == [0.0, 1.0, 2.0]
+
+
+def test_error_counts_are_rounded_like_the_result() -> None:
+    model = LiveTimelineModel(step=1.0, round_to_int=["errors"])
+    for step in range(3):
+        model.handle(_sample(0, float(step), errors=1.0))
+        model.handle(_sample(1, float(step), errors=2.0))
+    np.testing.assert_array_equal(model.snapshot().averages["errors"].mean, [2.0, 2.0, 2.0])
+
+
+def test_complete_replaces_the_running_average_with_the_exact_one() -> None:
+    frames = _jittered(count=3, samples=50)
+    model = LiveTimelineModel()
+    _feed(model, frames, every=10)
+    exact = average_timelines(frames)
+    model.complete(exact)
+    average = model.snapshot().averages["cpu"]
+    assert average.final
+    np.testing.assert_array_equal(average.mean, exact["cpu"].to_numpy())
+    np.testing.assert_array_equal(average.n, exact["n"].to_numpy())
+
+
+def test_average_snapshot_bands() -> None:
+    frame = pd.DataFrame(
+        {"t": [0.0, 1.0], "n": [2, 2], "cpu": [2.0, 4.0], "cpu_std": [1.0, 0.5],
+         "cpu_min": [1.0, 3.0], "cpu_max": [3.0, 5.0], "cpu_ci95": [2.0, 1.0]}
+    )  # fmt: skip
+    average = AverageSnapshot.from_frame(frame, "cpu")
+    np.testing.assert_array_equal(average.band("std")[0], [1.0, 3.5])
+    np.testing.assert_array_equal(average.band("minmax")[1], [3.0, 5.0])
+    np.testing.assert_array_equal(average.band("ci95")[1], [4.0, 5.0])
+    with pytest.raises(ConfigError, match="band"):
+        average.band("iqr")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="averaged"):
+        AverageSnapshot.from_frame(frame, "gpu")
+
+
+def test_reset_forgets_everything() -> None:
+    model = LiveTimelineModel()
+    model.handle(_sample(0, 0.0, cpu=1.0))
+    before = model.snapshot()
+    model.reset()
+    after = model.snapshot()
+    assert after.empty and after.metrics == () and after.version != before.version
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="max_points"):
+        LiveTimelineModel(max_points=3)
+    with pytest.raises(ConfigError, match="max_grid_points"):
+        LiveTimelineModel(max_grid_points=2)
+    with pytest.raises(ConfigError, match="step"):
+        LiveTimelineModel(step=0.0)
+    with pytest.raises(ConfigError, match="updates_per_s"):
+        FrameBudget(updates_per_s=0)
+    with pytest.raises(ConfigError, match="max_load"):
+        FrameBudget(max_load=1.5)
+
+
+# -- FrameBudget ----------------------------------------------------------------------
+
+
+def test_frame_budget_caps_the_rate_and_the_load() -> None:
+    clock = FakeClock()
+    budget = FrameBudget(updates_per_s=4.0, max_load=0.05, clock=clock)
+    assert budget.delay() == 0.25  # the first frame waits an interval: a burst batches
+
+    clock.advance(0.25)
+    assert budget.delay() == 0.0
+    started = budget.now
+    clock.advance(0.002)  # a cheap frame: the rate cap rules
+    budget.drew(started)
+    assert budget.frames == 1 and budget.last_cost == pytest.approx(0.002)
+    assert budget.delay() == pytest.approx(0.25)
+
+    started = budget.now
+    clock.advance(0.030)  # a 30 ms frame may take 5 % of the time: 0.6 s apart
+    budget.drew(started)
+    assert budget.delay() == pytest.approx(0.6)
+    clock.advance(0.5)
+    assert budget.delay() == pytest.approx(0.1)
+
+    budget.reset()
+    assert budget.delay() == 0.25
