@@ -466,8 +466,9 @@ def format_summary(result: ExperimentResult) -> str:
             f"{len(result.failed)} of {len(result.instances)} instances failed; "
             f"averaged over the {len(result.instances) - len(result.failed)} that succeeded."
         )
+    spread = result.summary_texts()  # a figure as mean ± ci95 (min … max)
     rows = [
-        (key, _cell(value))
+        (key, spread.get(key) or _cell(value))
         for key, value in summary.items()
         if key not in ("errors", "all_failed") and not isinstance(value, Mapping)
     ]

@@ -88,7 +88,7 @@ def render_html(result: ExperimentResult) -> str:
         "<h2>Timelines</h2>",
         _chart(result),
         "<h2>Averaged summary</h2>",
-        _summary_table(summary),
+        _summary_table(summary, result.summary_texts()),
         "<h2>Instances</h2>",
         _instances_table(result),
         "<h2>Outliers</h2>",
@@ -126,13 +126,15 @@ def _chart(result: ExperimentResult) -> str:
     return chart
 
 
-def _summary_table(summary: Mapping[str, Any]) -> str:
+def _summary_table(summary: Mapping[str, Any], spread: Mapping[str, str]) -> str:
     rows = [
         (key, value)
         for key, value in summary.items()
         if key not in ("errors",) and not isinstance(value, Mapping)
     ]
-    return _table(["figure", "value"], [[_e(key), _num(value)] for key, value in rows])
+    # A figure reads mean ± ci95 (min … max); counts and flags as they are.
+    cells = [[_e(key), _e(spread[key]) if key in spread else _num(value)] for key, value in rows]
+    return _table(["figure", "value"], cells)
 
 
 def _instances_table(result: ExperimentResult) -> str:

@@ -37,6 +37,7 @@ __all__ = (
     "Direction",
     "Interval",
     "compare",
+    "format_spread",
     "instances_needed",
     "instances_per_side",
     "iqm",
@@ -911,6 +912,40 @@ def compare(
         probability_of_improvement=_improvement(xa, xb, direction == "min"),
         better=better,
     )
+
+
+# --------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------
+
+
+def format_spread(mean: float, ci95: float, low: float, high: float) -> str:
+    """``mean ± ci95 (min … max)``, the way hyperfine prints a timing.
+
+    Digits follow the interval: the half-width keeps two significant digits and
+    the other numbers as many decimals (``48.7 ± 2.1 (45.2 … 52.8)``). Without
+    an interval (one instance: ``ci95`` NaN) the mean alone, to 4 digits; a
+    missing mean is ``-``.
+
+    Args:
+        mean: The figure's mean over the instances.
+        ci95: Half-width of its 95 % interval (NaN when undefined).
+        low: The smallest instance's value.
+        high: The largest instance's value.
+    """
+    if not math.isfinite(mean):
+        return "-"
+    if not (math.isfinite(ci95) and ci95 > 0):
+        text = f"{mean:.4g}"
+        if math.isfinite(ci95):  # no spread at all
+            return f"{text} ± 0"
+        return text
+    decimals = min(max(1 - math.floor(math.log10(ci95)), 0), 12)
+
+    def fixed(value: float) -> str:
+        return f"{value:.{decimals}f}"
+
+    return f"{fixed(mean)} ± {fixed(ci95)} ({fixed(low)} … {fixed(high)})"
 
 
 # --------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ __all__ = (
     "detect_outliers",
     "instances_needed",
     "summarize_timeline",
+    "summary_figures",
     "t_quantile",
 )
 
@@ -1062,6 +1063,27 @@ def average_summaries(
     result["errors"] = errors
     result["recovery_times"] = recovery
     return result
+
+
+def summary_figures(summaries: Iterable[Mapping[str, Any] | None]) -> dict[str, FloatArray]:
+    """Each numeric figure of the successful summaries, as one array per key.
+
+    The keys :func:`average_summaries` averages, in order of first appearance;
+    the values in instance order, NaN and inf left out (a figure with no finite
+    value gives an empty array). Failed summaries (``None``, ``ok=False``) are
+    skipped. Recovery times and the bookkeeping keys are not figures.
+    """
+    figures: dict[str, list[float]] = {}
+    for summary in summaries:
+        if summary is None or _failure_text(summary) is not None:
+            continue
+        for key, value in summary.items():
+            if key in _SUMMARY_RESERVED or key in _RECOVERY_KEYS or not _is_number(value):
+                continue
+            kept = figures.setdefault(key, [])
+            if math.isfinite(float(value)):
+                kept.append(float(value))
+    return {key: np.array(values, dtype=np.float64) for key, values in figures.items()}
 
 
 def _same(a: Any, b: Any) -> bool:
