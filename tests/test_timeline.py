@@ -14,6 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labkit.errors import ConfigError
+from labkit.timeline import moments
+from labkit.timeline.averaging import average
+from labkit.timeline.grid import Scratch
 from labkit.timeline import (
     Outlier,
     average_summaries,
@@ -34,7 +37,13 @@ def frame(t: list[float] | np.ndarray, **metrics: list[float] | np.ndarray) -> p
 def reference_average(
     frames: list[pd.DataFrame], step: float, metric: str
 ) -> dict[str, np.ndarray]:
-    """The obvious (memory-hungry) way: np.interp per instance, a stack, nan-reductions."""
+    """The specification: the obvious (memory-hungry) way to average, for one metric.
+
+    np.interp of each instance onto the grid inside its own span (from the grid
+    point nearest its first sample to the one nearest its last), a stack of
+    instances x grid, then NaN-aware reductions. labkit's streaming averaging
+    must agree with it.
+    """
     spans = [
         (math.floor(f["t"].iat[0] / step + 0.5), math.floor(f["t"].iat[-1] / step + 0.5))
         for f in frames
@@ -267,11 +276,7 @@ def test_matches_interp_stack_reference_on_random_jittered_data() -> None:
         np.testing.assert_allclose(out[ours], ref[theirs], rtol=0, atol=1e-9)
 
 
-def test_blocks_and_grouped_instances_give_the_same_result_as_one_at_a_time(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import labkit.timeline as tl
-
+def test_blocks_and_grouped_instances_give_the_same_result_as_one_at_a_time() -> None:
     rng = np.random.default_rng(11)
     frames = []
     for i in range(11):
@@ -282,9 +287,7 @@ def test_blocks_and_grouped_instances_give_the_same_result_as_one_at_a_time(
     methods = {"errors": "previous"}
 
     expected = average_timelines(frames, step=0.01, method=methods)
-    monkeypatch.setattr(tl, "_BLOCK", 257)
-    monkeypatch.setattr(tl, "_ROWS", 3)
-    small_blocks = average_timelines(frames, step=0.01, method=methods)
+    small_blocks = average(frames, step=0.01, method=methods, block_points=257, block_rows=3)
 
     pd.testing.assert_frame_equal(small_blocks, expected, rtol=1e-12, atol=1e-9)
     ref = reference_average(frames, 0.01, "cpu")
@@ -292,12 +295,7 @@ def test_blocks_and_grouped_instances_give_the_same_result_as_one_at_a_time(
 
 
 @pytest.mark.parametrize("block", [7, 64, 16_384])
-def test_sparse_irregular_samples_across_blocks_match_the_reference(
-    monkeypatch: pytest.MonkeyPatch, block: int
-) -> None:
-    import labkit.timeline as tl
-
-    monkeypatch.setattr(tl, "_BLOCK", block)
+def test_sparse_irregular_samples_across_blocks_match_the_reference(block: int) -> None:
     rng = np.random.default_rng(8)
     frames = []
     for _ in range(4):
@@ -307,7 +305,7 @@ def test_sparse_irregular_samples_across_blocks_match_the_reference(
         frames.append(frame(t, v=rng.normal(size=t.size), c=np.arange(t.size, dtype=float)))
     step = 0.05
 
-    out = average_timelines(frames, step=step, method={"c": "previous"})
+    out = average(frames, step=step, method={"c": "previous"}, block_points=block)
 
     ref = reference_average(frames, step, "v")
     np.testing.assert_array_equal(out["n"], ref["n"])
@@ -907,3 +905,131 @@ def test_timeline_outliers_ignore_small_wobbles() -> None:
     frames.append(pd.DataFrame({"t": t, "cpu": 50.0 + 0.05}))
     frames.append(pd.DataFrame({"t": t, "cpu": 90.0}))
     assert [o.instance for o in detect_outliers(frames)] == [4]
+
+
+# --------------------------------------------------------------------------------------
+# Timelines indexed by step
+# --------------------------------------------------------------------------------------
+
+
+def test_timelines_indexed_by_step_align_on_equal_steps_without_interpolation() -> None:
+    a = pd.DataFrame({"step": [0, 1, 2, 3], "loss": [1.0, 0.8, 0.6, 0.5]})
+    b = pd.DataFrame({"step": [0, 2, 4], "loss": [1.2, 0.7, 0.4]})  # every other step
+    c = pd.DataFrame({"step": [1, 3], "loss": [0.9, np.inf]})
+
+    out = average_timelines([a, b, c])
+
+    assert list(out.columns[:2]) == ["step", "n"]
+    assert "t" not in out
+    assert out["step"].tolist() == [0, 1, 2, 3, 4]
+    assert out["step"].dtype == np.int64
+    assert out["n"].tolist() == [2, 2, 2, 2, 1]
+    # Exactly the instances that recorded each step: no interpolation in b's gaps.
+    assert out["loss"].tolist() == pytest.approx([1.1, 0.85, 0.65, 0.5, 0.4])
+    assert out["loss_std"].iat[0] == pytest.approx(statistics.stdev([1.0, 1.2]))
+    assert out["loss_nonfinite"].tolist() == [0, 0, 0, 1, 0]
+    assert math.isnan(out["loss_std"].iat[3])  # one finite value there
+
+
+def test_step_timelines_with_seconds_and_resource_rows_align_on_step() -> None:
+    nan = np.nan
+    # An instance's timeline as an experiment records it: t on every row, a step on
+    # the rows the function recorded, the sampler's cpu rows in between.
+    a = frame([0.0, 0.5, 1.0, 1.5], step=[0, nan, 1, nan], loss=[1.0, nan, 0.5, nan],
+              cpu=[nan, 40.0, nan, 60.0])  # fmt: skip
+    b = frame([0.0, 2.0], step=[0, 1], loss=[2.0, 1.5], cpu=[nan, nan])
+
+    out = average_timelines([a, b])
+    by_time = average_timelines([a, b], on="t", step=0.5)
+
+    assert out["step"].tolist() == [0, 1]
+    assert out["loss"].tolist() == [1.5, 1.0]
+    assert out["cpu"].isna().all()  # the sampler's rows have no step
+    assert "t" not in out
+    assert "step" in by_time and "t" in by_time  # on="t": step is a metric like any other
+
+
+def test_step_mode_repeated_steps_keep_the_last_row_and_fractional_steps_stay_float() -> None:
+    a = pd.DataFrame({"step": [0.0, 0.5, 0.5], "v": [1.0, 2.0, 3.0]})
+    b = pd.DataFrame({"step": [0.5], "v": [5.0]})
+
+    out = average_timelines([a, b])
+
+    assert out["step"].tolist() == [0.0, 0.5]
+    assert out["step"].dtype == np.float64
+    assert out["v"].tolist() == [1.0, 4.0]
+    assert out["n"].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [({"on": "seconds"}, "on"), ({"on": "step", "step": 1.0}, "step")],
+)
+def test_step_mode_options_are_checked(options: dict, option: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        average_timelines([pd.DataFrame({"step": [0, 1], "v": [1.0, 2.0]})], **options)
+    assert caught.value.option == option
+
+
+def test_on_step_needs_a_step_column() -> None:
+    with pytest.raises(ConfigError, match="'step' column"):
+        average_timelines([frame([0.0], v=[1.0])], on="step")
+
+
+@pytest.mark.parametrize("option", ["block_points", "block_rows"])
+def test_block_sizes_must_be_positive_integers(option: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        average([frame([0.0, 1.0], v=[1.0, 2.0])], **{option: 0})
+    assert caught.value.option == option
+
+
+# --------------------------------------------------------------------------------------
+# Streaming statistics: init / update / merge / finalize
+# --------------------------------------------------------------------------------------
+
+
+def finalized(state: moments.Moments, n: np.ndarray) -> list[np.ndarray]:
+    out = [np.empty(state.size) for _ in range(5)]
+    moments.finalize(state, n, out, moments.QuantileTable(64), Scratch(), round_mean=False)
+    return out
+
+
+def test_merging_two_partial_states_equals_folding_everything_into_one() -> None:
+    rng = np.random.default_rng(5)
+    size = 50
+    rows = rng.normal(1e6, 1.0, (9, size))  # a large offset: the shifts must re-centre
+    scratch = Scratch()
+    whole = moments.init(size, own_count=True)
+    moments.reset(whole, size)
+    moments.update_rows(whole, rows, scratch)
+    first, second = moments.init(size, own_count=True), moments.init(size, own_count=True)
+    moments.reset(first, size)
+    moments.reset(second, size)
+    moments.update_rows(first, rows[:4], scratch)
+    moments.update(second, 10, rows[4, 10:], scratch)  # second has no value at 0..9 from 4
+    moments.update_rows(second, rows[5:], scratch)
+    moments.update(first, 0, rows[4, :10], scratch)
+
+    moments.merge(first, second)
+
+    n = np.full(size, 9)
+    for merged, expected in zip(finalized(first, n), finalized(whole, n), strict=True):
+        np.testing.assert_allclose(merged, expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(finalized(first, n)[1], rows.std(axis=0, ddof=1), rtol=1e-6)
+
+
+def test_merge_into_an_empty_state_takes_the_other_as_it_is() -> None:
+    scratch = Scratch()
+    empty, full = moments.init(4, own_count=True), moments.init(4, own_count=True)
+    moments.reset(empty, 4)
+    moments.reset(full, 4)
+    moments.update_rows(full, np.array([[1.0, 2.0, 3.0, 4.0], [3.0, 4.0, 5.0, 6.0]]), scratch)
+
+    moments.merge(empty, full)
+
+    mean, std, low, high, _ = finalized(empty, np.full(4, 2))
+    assert mean.tolist() == [2.0, 3.0, 4.0, 5.0]
+    assert std.tolist() == pytest.approx([math.sqrt(2)] * 4)
+    assert (low.tolist(), high.tolist()) == ([1.0, 2.0, 3.0, 4.0], [3.0, 4.0, 5.0, 6.0])
+    with pytest.raises(ValueError, match="own count"):
+        moments.merge(moments.init(4, own_count=False), full)

@@ -1,0 +1,324 @@
+"""The averaging driver: instances' timelines to one averaged timeline, block by block.
+
+Averaging streams over the grid: within a block of ``block_points`` grid points
+every instance is gridded (:mod:`labkit.timeline.grid`) and folded into running
+statistics (:mod:`labkit.timeline.moments`), ``block_rows`` instances at a time
+where they cover the whole block; the block's mean, spread and interval are then
+written out while still in cache. Memory is the output plus a fixed working set,
+never instances x grid. Timelines indexed by step are aligned exactly instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from labkit.errors import ConfigError
+from labkit.timeline import moments
+from labkit.timeline.grid import BLOCK_POINTS, Gridder, Scratch, Series, layout
+from labkit.timeline.inputs import (
+    NONFINITE,
+    STAT_SUFFIXES,
+    Axis,
+    FloatArray,
+    Instance,
+    Method,
+    read_timelines,
+    resolve_methods,
+    resolve_names,
+    resolve_step,
+    timeline_axis,
+)
+
+BLOCK_ROWS = 8
+"""Instances folded together per block by default."""
+
+
+def average_timelines(
+    timelines: Iterable[pd.DataFrame],
+    *,
+    step: float | None = None,
+    method: Method | Mapping[str, Method] = "linear",
+    round_to_int: Iterable[str] = (),
+    on: Axis | None = None,
+) -> pd.DataFrame:
+    """Average instances' timelines on one time grid, with their spread.
+
+    The grid is ``t = 0, step, 2*step, ...``. Each instance covers the grid points
+    from the one nearest its first sample to the one nearest its last, and only
+    those (no extrapolation; a one-sample timeline covers one point). Inside, its
+    value at a grid time is interpolated or held, per ``method``. A metric with
+    NaN or inf samples in an instance is gridded from that instance's finite
+    samples of it; an instance without a metric (column absent, or no finite
+    value) does not contribute to it. Non-finite samples never make averaging
+    fail: NaN means "not sampled", and each inf sample (a diverging loss) is
+    left out of the mean and spread and counted in ``m_nonfinite`` at its
+    nearest grid point instead (an inf between finite samples is bridged by
+    them, as a NaN is).
+
+    Indexed by step, the output has a ``step`` column (every step some
+    instance recorded, ascending) instead of ``t``; ``n`` counts the instances
+    with a row at that step, and a metric's statistics the instances with a
+    finite value of it there. Rows without a step (resource samples between
+    steps) and a ``t`` column are left out.
+
+    Memory grows with the grid length, not with instances x grid: instances are
+    folded one at a time into running statistics.
+
+    Args:
+        timelines: One DataFrame per instance: a float column ``t`` (seconds since
+            the instance started; any order) and one numeric column per metric. A
+            frame with no rows contributes nothing.
+        step: Grid spacing in seconds. ``None``: the median interval between
+            consecutive samples over all instances, snapped to the shortest
+            decimal within 1 % of it (0.01006 gives 0.01); 1.0 when no instance
+            has two distinct sample times.
+        method: ``"linear"`` interpolates between samples (gauges such as CPU %),
+            ``"previous"`` holds the last sample at or before the grid point
+            (counters); a mapping gives a method per metric (others: linear).
+        round_to_int: Metrics whose mean is rounded to a whole number after
+            averaging (halves up), such as error counts. Spread columns are not.
+        on: What the timelines are indexed by: ``"t"`` (seconds, on the grid
+            above) or ``"step"`` (an epoch or iteration: instances are aligned
+            on equal steps exactly, no grid and no interpolation; ``step`` and
+            ``method`` do not apply). ``None``: ``"step"`` when every frame has
+            a ``step`` column, else ``"t"``.
+
+    Returns:
+        A DataFrame with ``t`` (grid seconds), ``n`` (instances that cover ``t``)
+        and, per metric ``m`` in order of first appearance: ``m`` (mean),
+        ``m_std`` (sample standard deviation, ddof=1; NaN where fewer than 2
+        instances have a value), ``m_min``, ``m_max`` and ``m_ci95`` (half-width
+        of the 95 % Student-t confidence interval of the mean; NaN below 2
+        values) and ``m_nonfinite`` (int: instances with an inf sample of ``m``
+        nearest ``t``). Statistics of a metric some instances lack at ``t`` use
+        only the instances that have it (all NaN where none has). Grid points
+        no instance covers are left out; when no timeline has a row, the frame
+        has these columns and no rows.
+
+    Raises:
+        ConfigError: (a ``ValueError``) for empty input, a frame without ``t``
+            (or ``step``), a non-numeric or non-finite ``t``, an inf ``step``, a
+            non-numeric metric, metric names that clash with output columns, or
+            a bad ``step``, ``method``, ``round_to_int`` or ``on``.
+
+    Example:
+        >>> a = pd.DataFrame({"t": [0.0, 1.0], "errors": [7, 7]})
+        >>> b = pd.DataFrame({"t": [0.0, 1.0], "errors": [5, 5]})
+        >>> c = pd.DataFrame({"t": [0.0, 1.0], "errors": [6, 6]})
+        >>> average_timelines([a, b, c], round_to_int=["errors"])["errors"].tolist()
+        [6.0, 6.0]
+    """
+    return average(timelines, step=step, method=method, round_to_int=round_to_int, on=on)
+
+
+def average(
+    timelines: Iterable[pd.DataFrame],
+    *,
+    step: float | None = None,
+    method: Method | Mapping[str, Method] = "linear",
+    round_to_int: Iterable[str] = (),
+    on: Axis | None = None,
+    block_points: int = BLOCK_POINTS,
+    block_rows: int = BLOCK_ROWS,
+) -> pd.DataFrame:
+    """:func:`average_timelines` with its block sizes as parameters.
+
+    The result does not depend on them (up to rounding in the last bits); they
+    trade cache use against per-block overhead. Tests pass small blocks to
+    cross block edges.
+
+    Args:
+        timelines: As for :func:`average_timelines`.
+        step: As for :func:`average_timelines`.
+        method: As for :func:`average_timelines`.
+        round_to_int: As for :func:`average_timelines`.
+        on: As for :func:`average_timelines`.
+        block_points: Grid points per block (>= 1).
+        block_rows: Instances folded together within a block (>= 1).
+
+    Raises:
+        ConfigError: As :func:`average_timelines`, and for block sizes below 1.
+    """
+    for option, value in (("block_points", block_points), ("block_rows", block_rows)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(option, value, "an integer >= 1")
+    frames: Any = timelines
+    if not isinstance(timelines, pd.DataFrame | Mapping):
+        with contextlib.suppress(TypeError):  # read_timelines says what is wrong
+            frames = list(timelines)
+    axis = timeline_axis(frames if isinstance(frames, list) else [], on)
+    instances, metrics, _ = read_timelines(frames, axis)
+    methods = resolve_methods(method, metrics)
+    rounded = set(resolve_names(round_to_int, "round_to_int", metrics))
+    if axis == "step":
+        if step is not None:
+            raise ConfigError(
+                "step", step, "None for timelines indexed by step (they align on equal steps)"
+            )
+        return _average_steps(instances, metrics, rounded)
+    grid_step = resolve_step(step, instances)
+
+    size, series = layout(instances, grid_step)
+    # A metric needs its own count where some instance lacks it (absent, or gaps).
+    partial = {
+        name
+        for instance, parts in zip(instances, series, strict=True)
+        if parts[0].k0 < parts[0].stop
+        for name in metrics
+        if name not in instance.clean
+    }
+    grid = np.arange(size, dtype=np.float64) * grid_step
+    n = np.zeros(size, dtype=np.int64)
+    outputs = {name: [np.empty(size) for _ in range(5)] for name in metrics}
+    capacity = min(block_points, size)
+    states = {name: moments.init(capacity, own_count=name in partial) for name in metrics}
+    quantiles = moments.QuantileTable(len(instances))
+    scratch = Scratch()
+    gridder = Gridder(grid, grid_step, scratch)
+    # Block by block over the grid, every instance within a block, then the block's
+    # statistics: each block's work stays in cache, and the full-length arrays are
+    # written once.
+    for lo in range(0, size, block_points):
+        hi = min(lo + block_points, size)
+        for state in states.values():
+            moments.reset(state, hi - lo)
+        full: list[Series] = []  # series covering the whole block: folded together
+        for parts in series:
+            for part in parts:
+                start, stop = max(lo, part.k0), min(hi, part.stop)
+                if start >= stop:
+                    continue
+                if start == lo and stop == hi and part is parts[0]:
+                    full.append(part)
+                    continue
+                for name, values in gridder.values(part, start, stop, methods):
+                    moments.update(states[name], start - lo, values, scratch)
+            whole = parts[0]  # the instance's own span: its first to last sample
+            start, stop = max(lo, whole.k0), min(hi, whole.stop)
+            if start < stop:
+                n[start:stop] += 1
+        for first in range(0, len(full), block_rows):
+            rows = full[first : first + block_rows]
+            _fold_rows(rows, lo, hi, gridder, methods, states, scratch, block_rows)
+        for name in metrics:
+            moments.finalize(
+                states[name],
+                n[lo:hi],
+                [array[lo:hi] for array in outputs[name]],
+                quantiles,
+                scratch,
+                round_mean=name in rounded,
+            )
+
+    nonfinite = _nonfinite_counts(
+        instances, metrics, size, lambda times: np.floor(times / grid_step + 0.5)
+    )
+    keep = n > 0
+    everywhere = bool(keep.all())
+    columns: dict[str, Any] = {}
+    columns["t"] = grid if everywhere else grid[keep]
+    columns["n"] = n if everywhere else n[keep]
+    for name in metrics:
+        for suffix, values in zip(("", *STAT_SUFFIXES), outputs[name], strict=True):
+            columns[name + suffix] = values if everywhere else values[keep]
+        counts = nonfinite[name]
+        columns[name + NONFINITE] = counts if everywhere else counts[keep]
+    return pd.DataFrame(columns, copy=False)
+
+
+def _average_steps(
+    instances: Sequence[Instance], metrics: Sequence[str], rounded: set[str]
+) -> pd.DataFrame:
+    """Timelines indexed by step: statistics over the instances at each equal step."""
+    steps = (
+        np.unique(np.concatenate([instance.t for instance in instances]))
+        if instances
+        else (np.array([], dtype=np.float64))
+    )
+    size = int(steps.size)
+    n = np.zeros(size, dtype=np.int64)
+    for instance in instances:
+        n[np.searchsorted(steps, np.unique(instance.t))] += 1
+    scratch = Scratch()
+    quantiles = moments.QuantileTable(len(instances))
+    columns: dict[str, Any] = {}
+    columns["step"] = steps.astype(np.int64) if _whole(steps) else steps
+    columns["n"] = n
+    nonfinite = _nonfinite_counts(
+        instances, metrics, size, lambda times: np.searchsorted(steps, times)
+    )
+    for name in metrics:
+        state = moments.init(size, own_count=True)
+        moments.reset(state, size)
+        for instance in instances:
+            if name in instance.clean:
+                at, values = instance.t, instance.clean[name]
+            elif name in instance.ragged:
+                at, values = instance.ragged[name]
+            else:
+                continue
+            last = np.flatnonzero(
+                np.append(at[1:] != at[:-1], True)
+            )  # a repeated step: its last row
+            moments.update_at(state, np.searchsorted(steps, at[last]), values[last])
+        outputs = [np.empty(size) for _ in range(5)]
+        moments.finalize(state, n, outputs, quantiles, scratch, round_mean=name in rounded)
+        for suffix, values in zip(("", *STAT_SUFFIXES), outputs, strict=True):
+            columns[name + suffix] = values
+        columns[name + NONFINITE] = nonfinite[name]
+    return pd.DataFrame(columns, copy=False)
+
+
+def _whole(values: FloatArray) -> bool:
+    return bool(np.all(values == np.round(values))) and bool(np.all(np.abs(values) < 2.0**53))
+
+
+def _nonfinite_counts(
+    instances: Sequence[Instance],
+    metrics: Sequence[str],
+    size: int,
+    position: Callable[[FloatArray], Any],
+) -> dict[str, npt.NDArray[np.int64]]:
+    """Per metric and output row: instances with an inf sample at (nearest) that row.
+
+    ``position`` maps sample times (or steps) to output rows.
+    """
+    counts = {name: np.zeros(size, dtype=np.int64) for name in metrics}
+    for instance in instances:
+        for name, times in instance.nonfinite.items():
+            points = np.asarray(position(times)).astype(np.intp)
+            np.clip(points, 0, size - 1, out=points)
+            counts[name][np.unique(points)] += 1
+    return counts
+
+
+def _fold_rows(
+    rows: Sequence[Series],
+    lo: int,
+    hi: int,
+    gridder: Gridder,
+    methods: Mapping[str, str],
+    states: Mapping[str, moments.Moments],
+    scratch: Scratch,
+    block_rows: int,
+) -> None:
+    """Grid a few series that cover block [lo, hi) and fold each metric in one go."""
+    names = {name for series in rows for name, _ in series.metrics}
+    size = hi - lo
+    stacks = {
+        name: scratch.floats(f"rows:{name}", block_rows * size).reshape(block_rows, size)
+        for name in names
+    }
+    filled = dict.fromkeys(names, 0)
+    for series in rows:
+        outputs = {name: stacks[name][filled[name]] for name, _ in series.metrics}
+        for name, _ in gridder.values(series, lo, hi, methods, outputs):
+            filled[name] += 1
+    for name in names:
+        moments.update_rows(states[name], stacks[name][: filled[name]], scratch)

@@ -1,0 +1,333 @@
+"""Reading and checking the timelines: numeric columns, finite times, metric names.
+
+Also the options that depend on the input (``step``, ``method``, metric lists) and
+the default grid step. Everything here raises :class:`~labkit.errors.ConfigError`
+for bad input, naming where it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from labkit.errors import ConfigError
+
+Method = Literal["linear", "previous"]
+"""How an instance's samples give its value at a grid time."""
+
+FloatArray: TypeAlias = npt.NDArray[np.float64]
+IntArray: TypeAlias = npt.NDArray[np.intp]
+
+METHODS: tuple[str, ...] = ("linear", "previous")
+STAT_SUFFIXES = ("_std", "_min", "_max", "_ci95")
+NONFINITE = "_nonfinite"
+_FALLBACK_STEP = 1.0
+_STEP_SAMPLE = 250_000  # intervals looked at for the default step, at most
+
+
+class Shown:
+    """A value for :class:`ConfigError` whose repr is a short description, not the data."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def __repr__(self) -> str:
+        return self._text
+
+
+@dataclass(slots=True)
+class Instance:
+    """One instance's samples, sorted by time, as float64 arrays.
+
+    ``clean`` holds the metrics without missing or non-finite values (they share
+    ``t``); ``ragged`` holds the metrics with some NaN or inf, each with the times
+    of its finite samples; ``nonfinite`` the times of each metric's inf samples.
+    """
+
+    position: int
+    t: FloatArray
+    clean: dict[str, FloatArray]
+    ragged: dict[str, tuple[FloatArray, FloatArray]]
+    nonfinite: dict[str, FloatArray]
+
+
+def as_float(values: Any, where: str, what: str) -> FloatArray:
+    """A numeric pandas/numpy column as float64 (a view when it already is)."""
+    dtype = getattr(values, "dtype", None)
+    if isinstance(values, pd.Series):
+        if dtype is not None and not isinstance(dtype, np.dtype):
+            # Extension dtypes (Int64, Float64, boolean): pd.NA becomes NaN.
+            if not pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+                raise ConfigError(where, Shown(f"a column of dtype {dtype}"), what)
+            return values.to_numpy(dtype=np.float64, na_value=np.nan)
+        values = values.to_numpy()
+    array = np.asarray(values)
+    if array.dtype.kind not in "biuf":
+        raise ConfigError(where, Shown(f"a column of dtype {array.dtype}"), what)
+    return np.ascontiguousarray(array, dtype=np.float64)
+
+
+def _all_finite(values: FloatArray) -> bool:
+    # A finite sum proves every value finite (NaN and inf propagate); only when the
+    # sum is not finite is the element-wise check needed.
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(values)
+    return bool(np.isfinite(total)) or bool(np.isfinite(values).all())
+
+
+Axis = Literal["t", "step"]
+"""What a timeline is indexed by: seconds since the start, or a step (epoch, iteration)."""
+
+_AXIS_TEXT = {
+    "t": "a 't' column (seconds since the instance started)",
+    "step": "a 'step' column (the epoch or iteration each row was recorded at)",
+}
+
+
+def timeline_axis(timelines: Sequence[Any], on: Any) -> Axis:
+    """The axis to align on: ``on`` when given, else ``"step"`` when every frame has
+    a ``step`` column, else ``"t"``."""
+    if on is not None:
+        if on not in _AXIS_TEXT:
+            raise ConfigError(
+                "on", on, "'t' (seconds), 'step', or None (step when every frame has one)"
+            )
+        return "step" if on == "step" else "t"
+    frames = [frame for frame in timelines if isinstance(frame, pd.DataFrame | Mapping)]
+    if frames and all("step" in frame for frame in frames):
+        return "step"
+    return "t"
+
+
+def _and(names: set[str]) -> str:
+    return " and ".join(repr(name) for name in sorted(names))
+
+
+def read_timelines(timelines: Any, axis: Axis = "t") -> tuple[list[Instance], list[str], int]:
+    """Check the input and return (instances with samples, metric names, instance count).
+
+    With ``axis="step"`` the instances' ``t`` arrays hold their steps: rows
+    without a step (NaN: a resource sample between steps) are left out, and a
+    ``t`` column is not a metric.
+    """
+    if isinstance(timelines, pd.DataFrame | Mapping):
+        raise ConfigError(
+            "timelines",
+            Shown(f"a single {type(timelines).__name__}"),
+            "a sequence of timelines (one DataFrame per instance): wrap it in a list",
+        )
+    try:
+        frames = list(timelines)
+    except TypeError:
+        raise ConfigError(
+            "timelines", Shown(type(timelines).__name__), "a sequence of DataFrames"
+        ) from None
+    if not frames:
+        raise ConfigError(
+            "timelines", [], f"at least one timeline (a DataFrame with {_AXIS_TEXT[axis]})"
+        )
+    skipped = {"t", "step"} if axis == "step" else {"t"}
+
+    instances: list[Instance] = []
+    metrics: dict[str, None] = {}  # insertion-ordered set
+    for position, frame in enumerate(frames):
+        where = f"timelines[{position}]"
+        if isinstance(frame, Mapping):
+            frame = pd.DataFrame(dict(frame))
+        elif not isinstance(frame, pd.DataFrame):
+            raise ConfigError(
+                where, Shown(type(frame).__name__), f"a DataFrame with {_AXIS_TEXT[axis]}"
+            )
+        names = list(frame.columns)
+        if axis not in names:
+            hint = (
+                f" ('{axis}' is the index: call reset_index())" if frame.index.name == axis else ""
+            )
+            raise ConfigError(
+                f"{where}.columns",
+                Shown(repr([str(c) for c in names])),
+                f"{_AXIS_TEXT[axis]}{hint}",
+            )
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}.columns", Shown(repr(names)), "unique column names")
+        for name in names:
+            if not isinstance(name, str):
+                raise ConfigError(f"{where}.columns", Shown(repr(name)), "string column names")
+            if name not in skipped:
+                metrics.setdefault(name, None)
+
+        t_column = frame[axis]
+        if axis == "t" and pd.api.types.is_timedelta64_dtype(t_column.dtype):
+            raise ConfigError(
+                f"{where}['t']",
+                Shown("a timedelta column"),
+                "float seconds since the instance started: use t.dt.total_seconds()",
+            )
+        t = as_float(t_column, f"{where}[{axis!r}]", _AXIS_TEXT[axis][2:])
+        columns = {
+            name: as_float(
+                frame[name],
+                f"{where}[{name!r}]",
+                f"a numeric metric column (every column but {_and(skipped)} is a metric)",
+            )
+            for name in names
+            if name not in skipped
+        }
+        if axis == "step" and np.isnan(t).any():
+            stepped = ~np.isnan(t)  # rows between steps (resource samples) have none
+            t = t[stepped]
+            columns = {name: values[stepped] for name, values in columns.items()}
+        if t.size == 0:
+            continue
+        # Sorted with finite ends means all finite (NaN compares false): one pass.
+        in_order = t.size < 2 or bool((t[1:] >= t[:-1]).all())
+        if not (in_order and math.isfinite(t[0]) and math.isfinite(t[-1])) and not _all_finite(t):
+            raise ConfigError(
+                f"{where}[{axis!r}]",
+                Shown("a column with NaN or inf"),
+                "finite times in seconds" if axis == "t" else "finite steps",
+            )
+        if not in_order:
+            order = np.argsort(t, kind="stable")
+            t = t[order]
+            columns = {name: values[order] for name, values in columns.items()}
+
+        clean: dict[str, FloatArray] = {}
+        ragged: dict[str, tuple[FloatArray, FloatArray]] = {}
+        nonfinite: dict[str, FloatArray] = {}
+        for name, values in columns.items():
+            if _all_finite(values):
+                clean[name] = values
+                continue
+            # A diverging metric (inf) is a measurement, not bad input: its inf
+            # samples are counted, and only its finite samples are averaged.
+            infinite = np.isinf(values)
+            if infinite.any():
+                nonfinite[name] = t[infinite]
+            valid = np.isfinite(values)
+            if valid.any():
+                ragged[name] = (t[valid], values[valid])
+            # No finite value in this instance: it lacks the metric.
+        instances.append(Instance(position, t, clean, ragged, nonfinite))
+
+    if not metrics:
+        raise ConfigError(
+            "timelines",
+            Shown("timelines with only a 't' column"),
+            "at least one metric column besides 't'",
+        )
+    _check_output_names(list(metrics), axis)
+    return instances, list(metrics), len(frames)
+
+
+def _check_output_names(metrics: Sequence[str], axis: Axis) -> None:
+    taken = {axis, "n"} | {m + s for m in metrics for s in (*STAT_SUFFIXES, NONFINITE)}
+    clash = [m for m in metrics if m in taken]
+    if clash:
+        raise ConfigError(
+            "timelines",
+            Shown(f"a metric named {clash[0]!r}"),
+            "metric names that do not clash with the output columns "
+            f"({axis!r}, 'n' and '<metric>_std', '_min', '_max', '_ci95', '_nonfinite')",
+        )
+
+
+def resolve_methods(method: Any, metrics: Sequence[str]) -> dict[str, str]:
+    allowed = "'linear', 'previous', or a mapping of metric name to one of them"
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise ConfigError("method", method, allowed)
+        return dict.fromkeys(metrics, method)
+    if not isinstance(method, Mapping):
+        raise ConfigError("method", method, allowed)
+    unknown = [name for name in method if name not in metrics]
+    if unknown:
+        raise ConfigError(
+            f"method[{unknown[0]!r}]", method[unknown[0]], f"a metric among {list(metrics)}"
+        )
+    resolved = {}
+    for name in metrics:
+        value = method.get(name, "linear")
+        if value not in METHODS:
+            raise ConfigError(f"method[{name!r}]", value, "'linear' or 'previous'")
+        resolved[name] = value
+    return resolved
+
+
+def resolve_names(names: Any, option: str, metrics: Sequence[str]) -> list[str]:
+    if isinstance(names, str):
+        names = (names,)
+    try:
+        wanted = list(names)
+    except TypeError:
+        raise ConfigError(option, names, "a sequence of metric names") from None
+    unknown = [name for name in wanted if name not in metrics]
+    if unknown:
+        raise ConfigError(option, unknown[0], f"a metric among {list(metrics)}")
+    return wanted
+
+
+def resolve_step(step: Any, instances: Sequence[Instance]) -> float:
+    if step is None:
+        return _default_step(instances)
+    if isinstance(step, bool) or not isinstance(step, int | float | np.integer | np.floating):
+        raise ConfigError("step", step, "a number of seconds > 0, or None for the default")
+    value = float(step)
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError("step", step, "a finite number of seconds > 0, or None")
+    return value
+
+
+def _default_step(instances: Sequence[Instance]) -> float:
+    """The median interval between consecutive samples, over every instance.
+
+    Snapped to the shortest decimal within 1 % of it, so that grid times read
+    cleanly (a jittered 10 ms sampler gives 0.01, not 0.0100613). Beyond
+    ``_STEP_SAMPLE`` intervals, an evenly strided sample of them is used.
+    """
+    total = sum(max(instance.t.size - 1, 0) for instance in instances)
+    if total == 0:
+        return _FALLBACK_STEP
+    # Long inputs: every k-th interval of every instance, at most _STEP_SAMPLE in
+    # all, estimates the median well within the 1 % the step is snapped to.
+    stride = -(-total // _STEP_SAMPLE)
+    pieces = []
+    for instance in instances:
+        t = instance.t
+        if t.size > 1:
+            pieces.append(t[1::stride] - t[:-1:stride])
+    gaps = np.concatenate(pieces)
+    if not gaps.min() > 0:
+        gaps = gaps[gaps > 0]  # repeated timestamps are not an interval
+        if gaps.size == 0:
+            return _FALLBACK_STEP
+    middle = gaps.size // 2
+    if gaps.size % 2:
+        gaps.partition(middle)
+        return _snap(float(gaps[middle]))
+    else:
+        gaps.partition((middle - 1, middle))
+        median = (float(gaps[middle - 1]) + float(gaps[middle])) / 2
+    return _snap(median)
+
+
+def _snap(interval: float) -> float:
+    """The shortest decimal within 1 % of ``interval`` (0.01006 -> 0.01, 0.125 stays)."""
+    for digits in range(1, 16):
+        snapped = float(f"{interval:.{digits}g}")
+        if abs(snapped - interval) <= 0.01 * interval:
+            return snapped
+    return interval
+
+
+def nearest_index(times: float, step: float) -> int:
+    """The grid point nearest ``times`` (halves go up), as the vector code computes it."""
+    return math.floor(times / step + 0.5)

@@ -1,0 +1,305 @@
+"""Streaming statistics of one metric over a block of grid points.
+
+Plain functions over a small state, the way dask's ``moment_chunk`` /
+``moment_combine`` / ``moment_agg`` read: :func:`init` allocates a state for
+blocks of up to ``capacity`` points, :func:`reset` starts a block,
+:func:`update` and :func:`update_rows` fold instances' values in,
+:func:`merge` combines two states over the same points (partial results from
+elsewhere), and :func:`finalize` writes the block's mean, standard deviation,
+min, max and 95 % interval.
+
+Sums are taken of deviations from a per-point *shift*: the value of the first
+instance that reached that point. Identical instances thus add exact zeros
+(zero spread, exactly), and since the shift is one of the data the classic
+cancellation of ``sum(x^2) - sum(x)^2/n`` loses at most a factor n+1 in relative
+precision of the variance (Chan, Golub and LeVeque's shifted data). Only a
+block's worth lives in a state: a finished block is turned into its statistics
+while still in cache, and the buffers are reused for the next.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from labkit.stats import t_quantile
+from labkit.timeline.grid import Scratch
+from labkit.timeline.inputs import FloatArray
+
+__all__ = (
+    "Moments",
+    "QuantileTable",
+    "finalize",
+    "init",
+    "merge",
+    "reset",
+    "update",
+    "update_at",
+    "update_rows",
+)
+
+
+@dataclass(slots=True)
+class Moments:
+    """The running statistics of one block: per point shift, shifted sums, extremes.
+
+    Attributes:
+        shift: The first value seen at each point (the shift of the sums).
+        sum1: Sum of the values' deviations from the shift.
+        sum2: Sum of the squared deviations.
+        low: Smallest value seen.
+        high: Largest value seen.
+        count: Values per point; ``None`` when every instance has the metric
+            wherever it has samples, so that the caller's ``n`` is the count.
+        covered: The points that have a shift, as sorted disjoint [start, stop).
+        size: The points of the current block.
+    """
+
+    shift: FloatArray
+    sum1: FloatArray
+    sum2: FloatArray
+    low: FloatArray
+    high: FloatArray
+    count: npt.NDArray[np.int64] | None
+    covered: list[list[int]]
+    size: int
+
+
+def init(capacity: int, *, own_count: bool) -> Moments:
+    """A state for blocks of up to ``capacity`` points (call :func:`reset` before use)."""
+    return Moments(
+        shift=np.empty(capacity),
+        sum1=np.empty(capacity),
+        sum2=np.empty(capacity),
+        low=np.empty(capacity),
+        high=np.empty(capacity),
+        count=np.empty(capacity, dtype=np.int64) if own_count else None,
+        covered=[],
+        size=0,
+    )
+
+
+def reset(state: Moments, size: int) -> None:
+    """Start a block of ``size`` points with nothing seen."""
+    state.size = size
+    state.sum1[:size] = 0.0
+    state.sum2[:size] = 0.0
+    state.low[:size] = np.inf
+    state.high[:size] = -np.inf
+    if state.count is not None:
+        state.count[:size] = 0
+    state.covered = []
+
+
+def _uncovered(covered: list[list[int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    """The parts of [lo, hi) not in ``covered`` (sorted, disjoint); marks them covered."""
+    gaps: list[tuple[int, int]] = []
+    cursor = lo
+    for start, stop in covered:
+        if stop <= cursor:
+            continue
+        if start >= hi:
+            break
+        if start > cursor:
+            gaps.append((cursor, start))
+        cursor = max(cursor, stop)
+        if cursor >= hi:
+            break
+    if cursor < hi:
+        gaps.append((cursor, hi))
+    merged = sorted([*covered, [lo, hi]])
+    covered.clear()
+    for start, stop in merged:
+        if covered and start <= covered[-1][1]:
+            covered[-1][1] = max(covered[-1][1], stop)
+        else:
+            covered.append([start, stop])
+    return gaps
+
+
+def update(state: Moments, start: int, x: FloatArray, scratch: Scratch) -> None:
+    """Add one instance's values at block points start..start+len(x)-1."""
+    stop = start + x.size
+    for lo, hi in _uncovered(state.covered, start, stop):
+        state.shift[lo:hi] = x[lo - start : hi - start]
+    deviation = scratch.floats("deviation", x.size)
+    np.subtract(x, state.shift[start:stop], out=deviation)
+    sum1 = state.sum1[start:stop]
+    sum1 += deviation
+    deviation *= deviation
+    sum2 = state.sum2[start:stop]
+    sum2 += deviation
+    low = state.low[start:stop]
+    np.minimum(low, x, out=low)
+    high = state.high[start:stop]
+    np.maximum(high, x, out=high)
+    if state.count is not None:
+        state.count[start:stop] += 1
+
+
+def update_rows(state: Moments, rows: FloatArray, scratch: Scratch) -> None:
+    """Add several instances that cover the whole block: ``rows`` is (instances, size)."""
+    count, size = rows.shape
+    for lo, hi in _uncovered(state.covered, 0, size):
+        state.shift[lo:hi] = rows[0, lo:hi]
+    deviation = scratch.floats("deviations", count * size).reshape(count, size)
+    np.subtract(rows, state.shift[:size], out=deviation)
+    total = scratch.floats("total", size)
+    np.add.reduce(deviation, axis=0, out=total)
+    state.sum1[:size] += total
+    deviation *= deviation
+    np.add.reduce(deviation, axis=0, out=total)
+    state.sum2[:size] += total
+    np.minimum.reduce(rows, axis=0, out=total)
+    np.minimum(state.low[:size], total, out=state.low[:size])
+    np.maximum.reduce(rows, axis=0, out=total)
+    np.maximum(state.high[:size], total, out=state.high[:size])
+    if state.count is not None:
+        state.count[:size] += count
+
+
+def update_at(state: Moments, positions: npt.NDArray[np.intp], x: FloatArray) -> None:
+    """Add one instance's values at scattered block points (distinct ``positions``).
+
+    For states with their own count: a point's shift is its first value by count,
+    not by ``covered``, so a state is filled either with this or with
+    :func:`update` / :func:`update_rows`, not both.
+    """
+    if state.count is None:
+        raise ValueError("update_at needs a state with its own count")
+    fresh = state.count[positions] == 0
+    state.shift[positions[fresh]] = x[fresh]
+    deviation = x - state.shift[positions]
+    state.sum1[positions] += deviation
+    state.sum2[positions] += deviation * deviation
+    state.low[positions] = np.minimum(state.low[positions], x)
+    state.high[positions] = np.maximum(state.high[positions], x)
+    state.count[positions] += 1
+
+
+def merge(state: Moments, other: Moments) -> None:
+    """Fold ``other`` (the same block points, other instances) into ``state``.
+
+    Re-centres other's sums on state's shift: with d = shift_b - shift_a,
+    ``sum(x - a) = sum1_b + n_b d`` and ``sum((x - a)^2) = sum2_b + 2 d sum1_b
+    + n_b d^2``. Where ``state`` has seen nothing it takes other's values as they are.
+
+    Raises:
+        ValueError: If the blocks differ in size or a state has no own count.
+    """
+    if state.count is None or other.count is None or state.size != other.size:
+        raise ValueError("merge needs two states of one block size, both with their own count")
+    size = state.size
+    count_a, count_b = state.count[:size], other.count[:size]
+    fresh = (count_a == 0) & (count_b > 0)
+    both = (count_a > 0) & (count_b > 0)
+    delta = np.where(both, other.shift[:size] - state.shift[:size], 0.0)
+    sum1_b, sum2_b = np.where(count_b > 0, other.sum1[:size], 0.0), other.sum2[:size]
+    state.sum2[:size] += np.where(
+        count_b > 0, sum2_b + 2.0 * delta * sum1_b + count_b * delta * delta, 0.0
+    )
+    state.sum1[:size] += sum1_b + count_b * delta
+    state.shift[:size] = np.where(fresh, other.shift[:size], state.shift[:size])
+    np.minimum(state.low[:size], other.low[:size], out=state.low[:size])
+    np.maximum(state.high[:size], other.high[:size], out=state.high[:size])
+    count_a += count_b
+    for start, stop in other.covered:
+        _uncovered(state.covered, start, stop)
+
+
+def finalize(
+    state: Moments,
+    n: npt.NDArray[np.int64],
+    out: Sequence[FloatArray],
+    quantiles: QuantileTable,
+    scratch: Scratch,
+    *,
+    round_mean: bool,
+) -> None:
+    """Write mean, std, min, max and ci95 of the block into ``out`` (five arrays).
+
+    ``n`` is the number of instances at each point, used where the state keeps
+    no count of its own.
+    """
+    size = state.size
+    mean, std, low, high, ci95 = out
+    counts = n if state.count is None else state.count[:size]
+    sum1, sum2 = state.sum1[:size], state.sum2[:size]
+    least, most = int(counts.min()), int(counts.max())
+    offset = scratch.floats("offset", size)
+    if least == most and least >= 2:
+        # Every point has the same number of values (the usual case): scalars.
+        np.multiply(sum1, 1.0 / least, out=offset)
+        np.add(state.shift[:size], offset, out=mean)
+        # M2 = sum(d^2) - sum(d)^2/n with d the shifted values, clipped at 0
+        # against rounding.
+        offset *= sum1
+        np.subtract(sum2, offset, out=std)
+        np.maximum(std, 0.0, out=std)
+        std *= 1.0 / (least - 1)
+        np.sqrt(std, out=std)
+        np.multiply(std, quantiles.get(least) / math.sqrt(least), out=ci95)
+    else:
+        count = scratch.floats("count", size)
+        np.copyto(count, counts, casting="unsafe")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.divide(sum1, count, out=offset)
+            np.add(state.shift[:size], offset, out=mean)
+            offset *= sum1
+            np.subtract(sum2, offset, out=std)
+            np.maximum(std, 0.0, out=std)
+            count -= 1.0
+            std /= count
+            np.sqrt(std, out=std)
+            quantiles.take(counts, least, most, out=ci95)
+            count += 1.0
+            np.sqrt(count, out=count)
+            ci95 *= std
+            ci95 /= count
+    # The mean of values within [low, high] lies there too: keep rounding from
+    # stepping an ulp outside.
+    np.maximum(mean, state.low[:size], out=mean)
+    np.minimum(mean, state.high[:size], out=mean)
+    low[:] = state.low[:size]
+    high[:] = state.high[:size]
+    if least < 2:
+        few = counts < 2
+        std[few] = np.nan  # undefined for one value; ci95's quantile is NaN too
+        ci95[few] = np.nan
+        empty = counts == 0
+        mean[empty] = np.nan
+        low[empty] = np.nan
+        high[empty] = np.nan
+    if round_mean:
+        mean += 0.5
+        np.floor(mean, out=mean)
+
+
+class QuantileTable:
+    """Student t quantiles for the 95 % interval, by number of values (NaN below 2)."""
+
+    __slots__ = ("_known", "_table")
+
+    def __init__(self, instances: int) -> None:
+        self._table = np.full(instances + 1, np.nan)
+        self._known = np.zeros(instances + 1, dtype=bool)
+        self._known[:2] = True
+
+    def get(self, count: int) -> float:
+        """The quantile for ``count`` values."""
+        if not self._known[count]:
+            self._table[count] = t_quantile(0.975, count - 1)
+            self._known[count] = True
+        return float(self._table[count])
+
+    def take(self, counts: npt.NDArray[np.int64], least: int, most: int, out: FloatArray) -> None:
+        """The quantile for each of ``counts`` (whose extremes are given) into ``out``."""
+        if not self._known[least : most + 1].all():
+            present = np.flatnonzero(np.bincount(counts - least)) + least
+            for count in present.tolist():
+                self.get(count)
+        np.take(self._table, counts, out=out, mode="clip")

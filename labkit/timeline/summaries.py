@@ -1,0 +1,207 @@
+"""Instances' summaries: one instance's figures from its timeline, and their average.
+
+A *summary* is a flat dict of one instance's figures (``{"cpu_peak": 45.2,
+"error_count": 7, "recovery_time": 1.5, ...}``); :func:`average_summaries`
+reduces many to one in the same format, :func:`summary_figures` gives each
+figure's values for tables and comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from labkit.errors import ConfigError
+from labkit.timeline.inputs import FloatArray, Shown, as_float
+
+SUMMARY_RESERVED = frozenset(
+    {"ok", "error", "index", "num_instances", "num_failed", "errors", "recovery_times"}
+)
+RECOVERY_KEYS = ("recovery_time", "recovery_times")
+
+
+def summarize_timeline(timeline: pd.DataFrame) -> dict[str, float | int]:
+    """One instance's summary figures from its timeline, in the summary format.
+
+    Every metric ``m`` gives ``m_peak`` (its largest value), except ``errors``,
+    whose samples count the errors since the previous sample: it gives
+    ``error_count``, their sum. Missing values (NaN) are ignored; a metric with
+    no value gives NaN (``error_count``: 0).
+
+    Example:
+        >>> summarize_timeline(pd.DataFrame({"t": [0.0, 1.0], "cpu": [40.0, 52.5],
+        ...                                  "errors": [2, 1]}))
+        {'cpu_peak': 52.5, 'error_count': 3}
+
+    Raises:
+        ConfigError: If ``timeline`` is not a DataFrame with a ``t`` column, or a
+            metric is not numeric.
+    """
+    if not isinstance(timeline, pd.DataFrame):
+        raise ConfigError("timeline", Shown(type(timeline).__name__), "a DataFrame")
+    if "t" not in timeline.columns:
+        raise ConfigError("timeline.columns", Shown(repr(list(timeline.columns))), "a 't' column")
+    summary: dict[str, float | int] = {}
+    for name in timeline.columns:
+        if name == "t":
+            continue
+        values = as_float(timeline[name], f"timeline[{name!r}]", "a numeric metric column")
+        finite = values[np.isfinite(values)]
+        if name == "errors":
+            summary["error_count"] = math.floor(math.fsum(finite.tolist()) + 0.5)
+        else:
+            summary[f"{name}_peak"] = float(finite.max()) if finite.size else math.nan
+    return summary
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
+def failure_text(summary: Mapping[str, Any] | None) -> str | None:
+    """``None`` for a successful summary, else the failure's one-line text."""
+    if summary is None:
+        return "failed (no summary)"
+    if summary.get("ok", True) is not False:
+        return None
+    error = summary.get("error")
+    if isinstance(error, BaseException):
+        message = str(error)
+        return f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return "failed" if error is None else str(error)
+
+
+def average_summaries(
+    summaries: Iterable[Mapping[str, Any] | None],
+    *,
+    round_to_int: Iterable[str] = ("error_count",),
+) -> dict[str, Any]:
+    """Average instances' summaries into one summary of the same format.
+
+    Numeric values (peaks, error totals, the function's own numbers) are averaged
+    over the instances that succeeded and have a finite value for the key.
+    Non-numeric values are kept when every successful instance agrees on them
+    (parameters, scenario names) and dropped otherwise. Recovery times are never
+    averaged: each instance's ``recovery_time`` stays in ``recovery_times``.
+
+    Args:
+        summaries: One per instance, in instance order. A failed instance is
+            ``None`` or a mapping with ``ok=False`` (and its ``error``: an
+            exception or a text); it is left out of every mean but counted.
+        round_to_int: Keys whose mean is rounded to a whole number (halves up)
+            and returned as an ``int``.
+
+    Returns:
+        A dict with the averaged keys in order of first appearance, then
+        ``num_instances`` (every instance given, failed ones included),
+        ``num_failed``, ``errors`` (``{position: "TypeName: message"}`` for each
+        failed instance, by its position in ``summaries``; empty when none
+        failed) and ``recovery_times`` (one entry per instance, in order: its
+        ``recovery_time``, or ``None`` where it has none). E.g. cpu_peak 45.2,
+        52.8, 48.1 and error_count 7, 5, 6 give ``{"cpu_peak": 48.7,
+        "error_count": 6, "num_instances": 3, "num_failed": 0, "errors": {},
+        "recovery_times": [None, None, None]}``.
+
+    Raises:
+        ConfigError: If ``summaries`` is empty or an item is neither a mapping
+            nor ``None``.
+    """
+    items = list(summaries)
+    if not items:
+        raise ConfigError("summaries", [], "at least one summary (a dict, or None if it failed)")
+    rounded = {round_to_int} if isinstance(round_to_int, str) else set(round_to_int)
+
+    numbers: dict[str, list[float]] = {}
+    others: dict[str, list[Any]] = {}
+    order: dict[str, None] = {}
+    errors: dict[int, str] = {}
+    recovery: list[Any] = []
+    succeeded = 0
+    for position, summary in enumerate(items):
+        if summary is not None and not isinstance(summary, Mapping):
+            raise ConfigError(
+                f"summaries[{position}]", Shown(type(summary).__name__), "a dict or None"
+            )
+        recovery.append(_recovery_of(summary))
+        failure = failure_text(summary)
+        if failure is not None:
+            errors[position] = failure
+            continue
+        assert summary is not None
+        succeeded += 1
+        for key, value in summary.items():
+            if key in SUMMARY_RESERVED or key in RECOVERY_KEYS:
+                continue
+            order.setdefault(key, None)
+            if is_number(value):
+                if math.isfinite(float(value)):
+                    numbers.setdefault(key, []).append(float(value))
+                else:
+                    numbers.setdefault(key, [])
+            else:
+                others.setdefault(key, []).append(value)
+
+    result: dict[str, Any] = {}
+    for key in order:
+        if key in numbers and key not in others:
+            values = numbers[key]
+            mean = math.fsum(values) / len(values) if values else math.nan
+            if key in rounded and math.isfinite(mean):
+                result[key] = math.floor(mean + 0.5)
+            elif math.isfinite(mean):
+                # 15 significant digits drop binary noise only: 146.1 / 3 is 48.7,
+                # not 48.699999999999996.
+                result[key] = float(f"{mean:.15g}")
+            else:
+                result[key] = mean
+        elif key in others and key not in numbers:
+            kept = others[key]
+            if len(kept) == succeeded and all(_same(kept[0], v) for v in kept[1:]):
+                result[key] = kept[0]
+    result["num_instances"] = len(items)
+    result["num_failed"] = len(errors)
+    result["errors"] = errors
+    result["recovery_times"] = recovery
+    return result
+
+
+def summary_figures(summaries: Iterable[Mapping[str, Any] | None]) -> dict[str, FloatArray]:
+    """Each numeric figure of the successful summaries, as one array per key.
+
+    The keys :func:`average_summaries` averages, in order of first appearance;
+    the values in instance order, NaN and inf left out (a figure with no finite
+    value gives an empty array). Failed summaries (``None``, ``ok=False``) are
+    skipped. Recovery times and the bookkeeping keys are not figures.
+    """
+    figures: dict[str, list[float]] = {}
+    for summary in summaries:
+        if summary is None or failure_text(summary) is not None:
+            continue
+        for key, value in summary.items():
+            if key in SUMMARY_RESERVED or key in RECOVERY_KEYS or not is_number(value):
+                continue
+            kept = figures.setdefault(key, [])
+            if math.isfinite(float(value)):
+                kept.append(float(value))
+    return {key: np.array(values, dtype=np.float64) for key, values in figures.items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # e.g. arrays of different shapes
+        return False
+
+
+def _recovery_of(summary: Mapping[str, Any] | None) -> Any:
+    if summary is None:
+        return None
+    if "recovery_time" in summary:
+        return summary["recovery_time"]
+    return summary.get("recovery_times")
