@@ -14,18 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labkit.errors import ConfigError
-from labkit.timeline import moments
-from labkit.timeline.averaging import average
-from labkit.timeline.grid import Scratch
 from labkit.timeline import (
     Outlier,
     average_summaries,
     average_timelines,
     detect_outliers,
     instances_needed,
+    moments,
     summarize_timeline,
     t_quantile,
 )
+from labkit.timeline.averaging import average
+from labkit.timeline.grid import Scratch
 
 T975_2 = 4.302652729749462  # Student t, 97.5 % quantile, 2 degrees of freedom
 
