@@ -12,6 +12,11 @@ instances x grid stack per metric: its peak memory (tracemalloc) is printed
 next to the baseline's. The memory-bandwidth floor is the time to read the
 input once (about 15 ms on the project's machines).
 
+It then prints labkit's peak memory at 4, 16 and 64 instances (it must stay
+flat: running statistics, not a stack), and the time of the decisions made on
+1,000 instances' figures: ``lk.compare`` and ``result.summary_table()`` (target
+under 10 ms each).
+
 Run: ``python benchmarks/bench_averaging.py [--instances 16] [--samples 250000]``.
 Exits 1 if the values differ from the baseline's.
 """
@@ -32,6 +37,8 @@ import numpy as np
 import pandas as pd
 
 import labkit.timeline as tl
+from labkit import stats
+from labkit.results import ExperimentResult, InstanceResult
 
 STEP = 0.01  # seconds: the sampler's nominal interval and the grid's step
 JITTER = 0.003  # seconds, uniform +- around each nominal sample time
@@ -149,6 +156,50 @@ def compare(result: pd.DataFrame, expected: dict[str, np.ndarray]) -> float:
     return worst
 
 
+def memory_flat(samples: int) -> None:
+    """labkit's peak memory by number of instances, against one instances x grid stack."""
+    peaks = []
+    for instances in (4, 16, 64):
+        frames = make_timelines(instances, samples, seed=instances)
+        peak = peak_mb(lambda frames=frames: tl.average_timelines(frames, step=STEP))
+        stack = instances * samples * 8 / 2**20
+        peaks.append(f"{instances} instances {peak:5.1f} MiB (one stack {stack:5.1f} MiB)")
+    print(f"memory by instances ({samples:,} samples each): " + "; ".join(peaks))
+
+
+def decisions(repeat: int) -> None:
+    """compare and summary_table on 1,000 instances' figures (target: < 10 ms each)."""
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(10.0, 1.0, 1000), rng.normal(9.9, 1.0, 1000)
+    instances = [
+        InstanceResult(
+            index=i,
+            ok=True,
+            error=None,
+            summary={"cpu_peak": float(x), "memory_peak": float(y), "error_count": i % 7},
+        )
+        for i, (x, y) in enumerate(zip(a, b, strict=True))
+    ]
+    result = ExperimentResult.build("bench", {}, instances, {})
+    for name, fn in (
+        ("lk.compare(1,000 vs 1,000 instances)", lambda: stats.compare(a, b)),
+        ("  ... and its instances_needed", lambda: stats.compare(a, b).instances_needed),
+        ("result.summary_table() of 1,000 instances", result.summary_table),
+    ):
+        fn()
+        times = []
+        for _ in range(max(repeat, 5)):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        best = min(times)
+        verdict = "OK" if best < 10 else "ABOVE TARGET"
+        print(
+            f"{name:<44} best {best:5.2f} ms  median {statistics.median(times):5.2f} ms "
+            f"(target < 10 ms: {verdict})"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=16)
@@ -217,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{lab['cpu'] / REFERENCE_FLOOR_MS:.1f}x the {REFERENCE_FLOOR_MS:.0f} ms one"
     )
     print(f"labkit with the default step (median interval found too): cpu {default['cpu']:.1f} ms")
+
+    memory_flat(args.samples // 5)
+    decisions(args.repeat)
 
     worst = compare(run_labkit(), run_baseline())
     ok = worst <= TOLERANCE
