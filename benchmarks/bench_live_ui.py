@@ -19,12 +19,21 @@ Two workloads, in one process, each run three ways in turn (the best of
 
 Goal: watched / bare throughput >= 0.9. The last column, watched / subscribed, is
 the UI's own share, apart from the core's cost of emitting events.
+
+4. Scale: 64 instances recording 4 metrics each (a step of about 0.1 ms of work
+   between samples) with the live chart attached, while another "cell" (a task
+   that sleeps 10 ms over and over) measures how late the loop wakes it: the
+   kernel's latency. Printed: frames drawn per second, the cost of a frame (mean
+   and worst), the cost of redrawing all 256 lines at once after the run, and
+   the probe's lateness (median, 99th percentile, worst). Goal: >= 2 frames/s.
+
 Run: ``python benchmarks/bench_live_ui.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from typing import Any
 
@@ -37,6 +46,9 @@ INSTANCES = 8
 SAMPLES = 2_000
 STEP_WORK = 1_000  # iterations of arithmetic per step: about 0.1 ms here
 REPEAT = 3
+SCALE_INSTANCES = 64
+SCALE_METRICS = ("cpu", "memory", "loss", "throughput")
+SCALE_SAMPLES = 1500
 
 
 async def tiny(i: int) -> int:
@@ -105,6 +117,78 @@ async def experiment_throughput(mode: str, work: int = STEP_WORK, samples: int =
     return INSTANCES * samples / elapsed
 
 
+async def train4(ctx: Any) -> None:
+    for step in range(ctx.params["samples"]):
+        work = sum(i * i for i in range(STEP_WORK))
+        ctx.record(
+            cpu=40.0 + ctx.index % 7 + step % 5,
+            memory=300.0 + ctx.index,
+            loss=1.0 / (step + 1) + ctx.index * 0.01,
+            throughput=float(work % 17),
+        )
+        await asyncio.sleep(0)
+
+
+async def probe(latencies: list[float], stop: asyncio.Event) -> None:
+    """Another cell: sleeps 10 ms over and over and notes how late it wakes (seconds)."""
+    while not stop.is_set():
+        started = time.perf_counter()
+        await asyncio.sleep(0.01)
+        latencies.append(time.perf_counter() - started - 0.01)
+
+
+async def scale() -> dict[str, float]:
+    """64 instances x 4 metrics, watched, with a latency probe running beside them."""
+    chart = LiveTimeline()
+    latencies: list[float] = []
+    stop = asyncio.Event()
+    prober = asyncio.create_task(probe(latencies, stop))
+    start = time.perf_counter()
+    result = await lk.run_experiment(
+        lk.Experiment("scale", train4, params={"samples": SCALE_SAMPLES}),
+        instances=SCALE_INSTANCES,
+        max_concurrency=SCALE_INSTANCES,
+        on_event=chart.handle,
+    )
+    elapsed = time.perf_counter() - start
+    stop.set()
+    await prober
+    assert result.ok
+    frames, frame_total, frame_max = (
+        chart.budget.frames,
+        chart.budget.total_cost,
+        chart.budget.max_cost,
+    )
+    # Every line changes at once: the worst frame once the buffers are full.
+    full = []
+    for step in range(5):
+        for instance in range(SCALE_INSTANCES):
+            chart.handle(
+                lk.InstanceEvent(
+                    "sample", instance, 0.0, 1e3 + step, metrics=dict.fromkeys(SCALE_METRICS, 1.0)
+                )
+            )
+        began = time.perf_counter()
+        chart.flush()
+        full.append(time.perf_counter() - began)
+    traces = len(chart.figure.data)
+    chart.close()
+    latencies.sort()
+    return {
+        "elapsed": elapsed,
+        "samples": SCALE_INSTANCES * SCALE_SAMPLES,
+        "frames": frames,
+        "frame_rate": frames / elapsed,
+        "frame_mean_ms": 1e3 * frame_total / max(frames, 1),
+        "frame_max_ms": 1e3 * frame_max,
+        "full_redraw_ms": 1e3 * statistics.median(full),
+        "traces": traces,
+        "latency_p50_ms": 1e3 * latencies[len(latencies) // 2],
+        "latency_p99_ms": 1e3 * latencies[int(len(latencies) * 0.99)],
+        "latency_max_ms": 1e3 * latencies[-1],
+    }
+
+
 async def best_of(measure: Any) -> tuple[float, float, float]:
     runs: dict[str, list[float]] = {"bare": [], "subscribed": [], "watched": []}
     for _ in range(REPEAT):
@@ -134,6 +218,25 @@ async def main() -> None:
             f"{name:<24}{bare:>10,.0f}{subscribed:>12,.0f}{watched:>10,.0f}"
             f"{watched / bare:>14.2f}{watched / subscribed:>20.2f}  {verdict}"
         )
+    figures = await scale()
+    verdict = "ok" if figures["frame_rate"] >= 2.0 else "below the 2 Hz goal"
+    print(
+        f"\nscale: {SCALE_INSTANCES} instances x {len(SCALE_METRICS)} metrics, "
+        f"{figures['samples']:,} samples in {figures['elapsed']:.2f} s, "
+        f"{figures['traces']} traces on the chart"
+    )
+    print(
+        f"  frames: {figures['frames']} at {figures['frame_rate']:.2f}/s ({verdict}); "
+        f"cost per frame {figures['frame_mean_ms']:.1f} ms mean, "
+        f"{figures['frame_max_ms']:.1f} ms worst; "
+        f"redraw of all {SCALE_INSTANCES * len(SCALE_METRICS)} lines "
+        f"{figures['full_redraw_ms']:.1f} ms"
+    )
+    print(
+        f"  kernel latency (a 10 ms sleep in another cell wakes late by): "
+        f"{figures['latency_p50_ms']:.1f} ms median, {figures['latency_p99_ms']:.1f} ms p99, "
+        f"{figures['latency_max_ms']:.1f} ms worst"
+    )
 
 
 if __name__ == "__main__":

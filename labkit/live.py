@@ -28,7 +28,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,7 @@ from labkit.timeline import average_timelines
 
 __all__ = (
     "AverageSnapshot",
+    "Axis",
     "Band",
     "DEFAULT_MAX_POINTS",
     "FrameBudget",
@@ -56,12 +57,13 @@ IntArray: TypeAlias = npt.NDArray[np.int64]
 
 Band = Literal["std", "minmax", "ci95"]
 
+Axis = Literal["t", "step"]
+"""What lines and averages run over: seconds since the instance started, or steps."""
+
 DEFAULT_MAX_POINTS = 2000
 """Points per line above which a timeline is decimated for display."""
 
 BANDS: tuple[str, ...] = ("std", "minmax", "ci95")
-
-_KIND, _INSTANCE, _OFFSET, _METRICS = itemgetter(0), itemgetter(1), itemgetter(3), itemgetter(4)
 
 
 def decimate_indices(values: npt.ArrayLike, max_points: int = DEFAULT_MAX_POINTS) -> IntArray:
@@ -185,14 +187,16 @@ class AverageSnapshot:
     def from_frame(
         cls, averaged: pd.DataFrame, metric: str, *, final: bool = True
     ) -> AverageSnapshot:
-        """``metric``'s columns of an averaged timeline (``t``, ``n``, ``m``, ``m_std``...).
+        """``metric``'s columns of an averaged timeline (``t`` or ``step``, ``n``, ``m``,
+        ``m_std``...); ``t`` holds the steps of a timeline indexed by step.
 
         Missing statistic columns read as NaN.
 
         Raises:
-            ConfigError: If ``averaged`` has no column ``t`` or ``metric``.
+            ConfigError: If ``averaged`` has neither ``t`` nor ``step``, or no ``metric``.
         """
-        for needed in ("t", metric):
+        axis = "t" if "t" in averaged.columns else "step"
+        for needed in (axis, metric):
             if needed not in averaged.columns:
                 raise ConfigError("averaged", list(averaged.columns), f"a column {needed!r}")
         rows = len(averaged)
@@ -207,7 +211,7 @@ class AverageSnapshot:
         n.flags.writeable = False
         return cls(
             metric=metric,
-            t=column("t"),
+            t=column(axis),
             n=n,
             mean=column(metric),
             std=column(f"{metric}_std"),
@@ -232,8 +236,11 @@ class LiveSnapshot:
         finished: The instances that finished.
         lines: Every instance's line per metric, ordered by metric then instance.
         averages: The average of each metric that has one.
-        step: The average's grid step in seconds (``None`` until it is known).
+        step: The average's grid step in seconds (``None`` until it is known;
+            1 on a step axis).
         samples: Samples received so far, over every instance.
+        axis: ``"t"`` (lines and averages over seconds) or ``"step"`` (over the
+            samples' ``step`` values, as the result averages timelines that have one).
     """
 
     version: int
@@ -246,6 +253,7 @@ class LiveSnapshot:
     averages: Mapping[str, AverageSnapshot]
     step: float | None
     samples: int
+    axis: Axis = "t"
 
     @property
     def empty(self) -> bool:
@@ -287,10 +295,11 @@ class _MinMaxLine:
 
     def __init__(self, buckets: int) -> None:
         self._buckets = buckets
-        self._lo_t = np.empty(buckets)
-        self._lo_y = np.empty(buckets)
-        self._hi_t = np.empty(buckets)
-        self._hi_y = np.empty(buckets)
+        # One slot more than the buckets: points() puts the open bucket there.
+        self._lo_t = np.empty(buckets + 1)
+        self._lo_y = np.empty(buckets + 1)
+        self._hi_t = np.empty(buckets + 1)
+        self._hi_y = np.empty(buckets + 1)
         self._count = 0  # buckets filled
         self._size = 1  # samples per bucket
         self._partial: list[float] | None = None  # lo_t, lo_y, hi_t, hi_y, samples
@@ -368,26 +377,28 @@ class _MinMaxLine:
     def points(self) -> tuple[FloatArray, FloatArray]:
         """The kept points in time order (each bucket's extremes, first and latest)."""
         count = self._count
+        if self._partial is not None:
+            # The open bucket goes into the spare slot after the filled ones.
+            p = self._partial
+            self._lo_t[count], self._lo_y[count], self._hi_t[count], self._hi_y[count] = p[:4]
+            count += 1
         lo_t, lo_y = self._lo_t[:count], self._lo_y[:count]
         hi_t, hi_y = self._hi_t[:count], self._hi_y[:count]
-        if self._partial is not None:
-            p = self._partial
-            lo_t, lo_y = np.append(lo_t, p[0]), np.append(lo_y, p[1])
-            hi_t, hi_y = np.append(hi_t, p[2]), np.append(hi_y, p[3])
-        low_first = lo_t <= hi_t
-        t = np.column_stack((np.where(low_first, lo_t, hi_t), np.where(low_first, hi_t, lo_t)))
-        y = np.column_stack((np.where(low_first, lo_y, hi_y), np.where(low_first, hi_y, lo_y)))
-        t, y = t.ravel(), y.ravel()
-        # A bucket of one sample (or whose extremes are one sample) gives one point.
-        keep = np.ones(t.shape[0], dtype=bool)
-        keep[1::2] = (t[1::2] != t[0::2]) | (y[1::2] != y[0::2])
-        t, y = t[keep], y[keep]
-        if self._first is not None and self._last is not None:
-            if not t.size or t[0] != self._first[0]:
-                t, y = np.insert(t, 0, self._first[0]), np.insert(y, 0, self._first[1])
-            if t[-1] != self._last[0]:
-                t, y = np.append(t, self._last[0]), np.append(y, self._last[1])
-        return _frozen(t), _frozen(y)
+        size = 2 * count + 2
+        t, y = np.empty(size), np.empty(size)
+        first, last = self._first or (math.nan, math.nan), self._last or (math.nan, math.nan)
+        t[0], y[0], t[-1], y[-1] = first[0], first[1], last[0], last[1]
+        swap = lo_t > hi_t  # each bucket's two extremes in time order
+        np.minimum(lo_t, hi_t, out=t[1:-1:2])
+        np.maximum(lo_t, hi_t, out=t[2:-1:2])
+        y[1:-1:2] = np.where(swap, hi_y, lo_y)
+        y[2:-1:2] = np.where(swap, lo_y, hi_y)
+        # A point repeated (a one-sample bucket, the first or latest sample) is drawn once.
+        keep = np.empty(size, dtype=bool)
+        keep[0] = True
+        np.not_equal(t[1:], t[:-1], out=keep[1:])
+        keep[1:] |= y[1:] != y[:-1]
+        return _frozen(t[keep]), _frozen(y[keep])
 
 
 # --------------------------------------------------------------------------------------
@@ -431,7 +442,13 @@ class _MetricGrid:
     def ensure(self, rows: int, columns: int) -> None:
         have_rows, have_cols = self.values.shape
         if rows > have_rows or columns > have_cols:
-            grown = np.full((max(rows, have_rows), max(columns, 2 * have_cols)), np.nan)
+            # Room to grow into, never past the capacity: thinning keeps columns below it.
+            wide = (
+                have_cols
+                if columns <= have_cols
+                else max(columns, min(2 * have_cols, self._capacity))
+            )
+            grown = np.full((max(rows, 2 * have_rows), wide), np.nan)
             grown[:have_rows, :have_cols] = self.values
             self.values = grown
         if columns > self._stats.shape[1]:
@@ -526,11 +543,15 @@ class LiveTimelineModel:
         max_points: The most points kept per instance line (min/max decimation).
         max_grid_points: The most grid points kept per average (the grid is
             thinned by powers of two past it).
-        step: The average's grid step in seconds; default: the step
+        step: The average's grid step in seconds (on ``"t"``); default: the step
             :func:`labkit.timeline.average_timelines` chooses for the samples of
             the first update that has at least two sample times in an instance.
         round_to_int: Metrics whose mean is rounded to a whole number (halves up),
             as the result rounds error counts.
+        on: ``"t"``: lines over seconds (``offset``); ``"step"``: over each
+            sample's ``step`` value (samples without one are left out, and the
+            average is per whole step, with no interpolation, as the result's);
+            default: ``"step"`` when the first samples read carry a ``step``.
         clock: The clock that stamps snapshots.
 
     Raises:
@@ -549,8 +570,11 @@ class LiveTimelineModel:
         max_grid_points: int = DEFAULT_MAX_POINTS,
         step: float | None = None,
         round_to_int: Iterable[str] = (),
+        on: Axis | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        if on not in (None, "t", "step"):
+            raise ConfigError("on", on, "'t', 'step' or None")
         if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 4:
             raise ConfigError("max_points", max_points, "an integer >= 4")
         if (
@@ -559,6 +583,8 @@ class LiveTimelineModel:
             or max_grid_points < 4
         ):
             raise ConfigError("max_grid_points", max_grid_points, "an integer >= 4")
+        if on == "step" and step is not None:
+            raise ConfigError("step", step, "None on a step axis (steps align exactly)")
         if step is not None and not (
             isinstance(step, int | float) and not isinstance(step, bool) and 0 < step < math.inf
         ):
@@ -566,6 +592,7 @@ class LiveTimelineModel:
         self.max_points = max_points
         self.max_grid_points = max_grid_points
         self._fixed_step = None if step is None else float(step)
+        self._fixed_axis: Axis | None = on
         self._fixed_metrics = metrics is not None
         self._initial_metrics = tuple(metrics or ())
         self._rounded = frozenset(round_to_int)
@@ -585,6 +612,7 @@ class LiveTimelineModel:
         self._failed: set[int] = set()
         self._finished: set[int] = set()
         self._step = self._fixed_step
+        self._axis: Axis | None = self._fixed_axis
         self._early_times: dict[int, FloatArray] = {}  # sample times before the step is known
         self._version = 0
         self._samples = 0
@@ -614,6 +642,11 @@ class LiveTimelineModel:
     def metrics(self) -> tuple[str, ...]:
         """The metrics known so far, in order."""
         return tuple(self._metrics)
+
+    @property
+    def axis(self) -> Axis | None:
+        """``"t"`` or ``"step"`` once known (see ``on``)."""
+        return self._axis
 
     @property
     def step(self) -> float | None:
@@ -653,25 +686,27 @@ class LiveTimelineModel:
             return False
         events = self._pending[:]
         del self._pending[:]  # in place: ``append`` is bound to this list
+        if set(map(type, events)) != {InstanceEvent}:
+            events = [event for event in events if type(event) is InstanceEvent]
+            if not events:
+                return False
+        # Columns at C speed: a frame may read tens of thousands of events.
+        kinds, instances, _, offsets, metrics, _ = zip(*events, strict=True)
         changed = False
-        batch: dict[int, list[Any]] = {}
-        for event in events:
-            if type(event) is not InstanceEvent:
-                continue
-            if event[0] == "sample":
-                if event[4]:
-                    group = batch.get(event[1])
-                    if group is None:
-                        group = batch[event[1]] = []
-                    group.append(event)
-                continue
+        start = 0
+        if kinds.count("sample") != len(kinds):
             # A state change applies after the samples that came before it.
-            instance = event[1]
-            if instance in batch:
-                changed |= self._add_samples(instance, batch.pop(instance))
-            changed |= self._apply(event)
-        for instance, group in batch.items():
-            changed |= self._add_samples(instance, group)
+            for position, kind in enumerate(kinds):
+                if kind == "sample":
+                    continue
+                if position > start:
+                    changed |= self._add_samples(
+                        instances[start:position], offsets[start:position], metrics[start:position]
+                    )
+                changed |= self._apply(events[position])
+                start = position + 1
+        if start < len(kinds):
+            changed |= self._add_samples(instances[start:], offsets[start:], metrics[start:])
         if changed:
             self._version += 1
         return changed
@@ -710,36 +745,84 @@ class LiveTimelineModel:
             for grid in self._grids.values():
                 grid.clear_row(row)
 
-    def _add_samples(self, instance: int, events: list[Any]) -> bool:
-        offsets = np.fromiter(map(_OFFSET, events), dtype=float, count=len(events))
-        dicts = list(map(_METRICS, events))
-        names: set[str] = set().union(*dicts)
-        if offsets.shape[0] > 1 and bool((np.diff(offsets) < 0).any()):
-            order = np.argsort(offsets, kind="stable")
-            offsets = offsets[order]
-            dicts = [dicts[i] for i in order.tolist()]
-        if self._step is None:
-            self._learn_step(instance, offsets)
-        changed = False
-        for metric in self._in_order(names, dicts):
+    def _add_samples(
+        self,
+        instances: Sequence[int],
+        offsets: Sequence[float],
+        dicts: Sequence[Mapping[str, float] | None],
+    ) -> bool:
+        """Add a run of sample events (columns of it) to the lines and the grid."""
+        if not all(dicts):  # a sample without values carries nothing to draw
+            kept = [i for i, d in enumerate(dicts) if d]
+            instances = [instances[i] for i in kept]
+            offsets = [offsets[i] for i in kept]
+            dicts = [dicts[i] for i in kept]
+            if not kept:
+                return False
+        rows = cast(Sequence[Mapping[str, float]], dicts)
+        names: set[str] = set().union(*rows)
+        count = len(rows)
+        columns: dict[str, FloatArray] = {}
+        for metric in self._in_order(names, rows):
             if metric not in self._metrics:
                 if self._fixed_metrics:
                     continue
                 self._metrics.append(metric)
-            t = offsets
             try:
-                y = np.fromiter(map(itemgetter(metric), dicts), dtype=float, count=len(dicts))
-            except KeyError:  # the metric is in some samples only
-                y = np.array([d.get(metric, math.nan) for d in dicts], dtype=float)
-            finite = np.isfinite(y)
-            if not finite.all():
-                t, y = t[finite], y[finite]
-            if y.shape[0]:
-                self._add_line(instance, metric, t, y)
-                changed = True
-        return changed
+                columns[metric] = np.fromiter(
+                    map(itemgetter(metric), rows), dtype=np.float64, count=count
+                )
+            except KeyError:  # the metric is in some samples only: NaN elsewhere
+                columns[metric] = np.array(
+                    [d.get(metric, math.nan) for d in rows], dtype=np.float64
+                )
+        if self._axis is None:
+            self._axis = "step" if "step" in names else "t"
+            if self._axis == "step":
+                self._step = 1.0
+                self._metrics = [m for m in self._metrics if m != "step"]
+        if self._axis == "step":
+            # Lines run over the samples' steps; a sample without one is left out.
+            steps = columns.pop("step", None)
+            if steps is None:
+                steps = np.array([d.get("step", math.nan) for d in rows], dtype=np.float64)
+            if "step" in self._metrics:
+                self._metrics.remove("step")
+            times = steps
+        else:
+            times = np.array(offsets, dtype=float)
+        if not columns:
+            return False
+        owner = np.array(instances, dtype=np.int64)
+        if bool((owner == owner[0]).all()):
+            groups: list[tuple[int, IntArray]] = [(int(owner[0]), np.arange(count))]
+        else:
+            order = np.argsort(owner, kind="stable")
+            cuts = np.flatnonzero(np.diff(owner[order])) + 1
+            groups = [(int(owner[part[0]]), part) for part in np.split(order, cuts)]
+        for instance, index in groups:
+            t = times[index]
+            if self._axis == "step":
+                stepped = ~np.isnan(t)
+                if not stepped.all():
+                    index, t = index[stepped], t[stepped]
+                if not t.shape[0]:
+                    continue
+            if t.shape[0] > 1 and bool((np.diff(t) < 0).any()):
+                by_time = np.argsort(t, kind="stable")
+                index, t = index[by_time], t[by_time]
+            if self._step is None:
+                self._learn_step(instance, t)
+            for metric, values in columns.items():
+                y = values[index]
+                finite = np.isfinite(y)  # also drops the NaN of samples without it
+                if finite.all():
+                    self._add_line(instance, metric, t, y)
+                elif finite.any():
+                    self._add_line(instance, metric, t[finite], y[finite])
+        return True
 
-    def _in_order(self, names: set[str], dicts: list[Mapping[str, float]]) -> list[str]:
+    def _in_order(self, names: set[str], dicts: Sequence[Mapping[str, float]]) -> list[str]:
         """``names``: the known metrics in their order, then new ones as they first appear."""
         known = [metric for metric in self._metrics if metric in names]
         if len(known) == len(names):
@@ -802,6 +885,9 @@ class LiveTimelineModel:
         """Give the grid points up to the latest sample time their interpolated values."""
         step = self._step
         assert step is not None
+        if self._axis == "step":
+            self._place_steps(key, t, y)
+            return
         if cursor.next_k >= 0:
             newer = t > cursor.last_t
             if not newer.all():
@@ -842,9 +928,24 @@ class LiveTimelineModel:
         if ks.size:
             grid.put(self._rows[key[0]], ks, np.interp(ks * step, t, y))
 
+    def _place_steps(self, key: tuple[int, str], steps: FloatArray, y: FloatArray) -> None:
+        """On a step axis each sample is its step's value: no grid, no interpolation."""
+        ks = np.rint(steps).astype(np.int64)
+        if ks.shape[0] > 1 and bool((np.diff(ks) <= 0).any()):
+            # One value per step, the latest recorded; steps ascending.
+            last = np.unique(ks[::-1], return_index=True)[1]
+            picked = ks.shape[0] - 1 - last
+            ks, y = ks[picked], y[picked]
+        ks, y = ks[ks >= 0], y[ks >= 0]
+        grid = self._grids.get(key[1])
+        if grid is None:
+            grid = self._grids[key[1]] = _MetricGrid(len(self._rows), self.max_grid_points)
+        on_grid = ks % grid.stride == 0
+        grid.put(self._rows[key[0]], ks[on_grid], y[on_grid])
+
     def _close_lines(self, instance: int) -> None:
         """A finished instance covers the grid point nearest its last sample too."""
-        if self._step is None or instance in self._failed:
+        if self._step is None or instance in self._failed or self._axis == "step":
             return
         for key, cursor in self._cursors.items():
             if key[0] != instance or cursor.next_k < 0:
@@ -863,6 +964,11 @@ class LiveTimelineModel:
         current = self._snapshot
         if current is not None and current.version == self._version:
             return current
+        if not self._fixed_metrics:
+            # Only metrics some line holds (on a step axis, a metric only recorded
+            # between steps has none).
+            drawn = {metric for _, metric in self._lines}
+            self._metrics = [metric for metric in self._metrics if metric in drawn]
         lines = []
         for metric in self._metrics:
             for instance in sorted(i for i, m in self._lines if m == metric):
@@ -894,6 +1000,7 @@ class LiveTimelineModel:
             averages=averages,
             step=self._step,
             samples=self._samples,
+            axis=self._axis or "t",
         )
         return self._snapshot
 
@@ -948,7 +1055,17 @@ class FrameBudget:
         ConfigError: If ``updates_per_s`` is not > 0 or ``max_load`` not in (0, 1].
     """
 
-    __slots__ = ("_clock", "_gap", "_interval", "_last", "_max_load", "frames", "last_cost")
+    __slots__ = (
+        "_clock",
+        "_gap",
+        "_interval",
+        "_last",
+        "_max_load",
+        "frames",
+        "last_cost",
+        "max_cost",
+        "total_cost",
+    )
 
     def __init__(
         self, updates_per_s: float = 4.0, max_load: float = 0.05, *, clock: Clock = SYSTEM_CLOCK
@@ -966,6 +1083,10 @@ class FrameBudget:
         """Frames drawn so far."""
         self.last_cost = 0.0
         """Seconds the latest frame took."""
+        self.max_cost = 0.0
+        """Seconds the longest frame took."""
+        self.total_cost = 0.0
+        """Seconds all frames took together."""
 
     def delay(self) -> float:
         """Seconds from now until the next frame is due (0: draw now)."""
@@ -978,6 +1099,8 @@ class FrameBudget:
         """Note a frame that began at ``started`` (clock seconds) and ended now."""
         finished = self._clock.now()
         self.last_cost = max(finished - started, 0.0)
+        self.max_cost = max(self.max_cost, self.last_cost)
+        self.total_cost += self.last_cost
         self._last = finished
         self._gap = max(self._interval, self.last_cost / self._max_load)
         self.frames += 1

@@ -242,6 +242,8 @@ def test_options_are_checked() -> None:
         LiveTimelineModel(max_grid_points=2)
     with pytest.raises(ConfigError, match="step"):
         LiveTimelineModel(step=0.0)
+    with pytest.raises(ConfigError, match="on"):
+        LiveTimelineModel(on="epoch")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="updates_per_s"):
         FrameBudget(updates_per_s=0)
     with pytest.raises(ConfigError, match="max_load"):
@@ -268,8 +270,54 @@ def test_frame_budget_caps_the_rate_and_the_load() -> None:
     clock.advance(0.030)  # a 30 ms frame may take 5 % of the time: 0.6 s apart
     budget.drew(started)
     assert budget.delay() == pytest.approx(0.6)
+    assert budget.max_cost == pytest.approx(0.030)
+    assert budget.total_cost == pytest.approx(0.032) and budget.frames == 2
     clock.advance(0.5)
     assert budget.delay() == pytest.approx(0.1)
 
     budget.reset()
     assert budget.delay() == 0.25
+
+
+def test_samples_with_a_step_go_by_step_as_the_result_averages_them() -> None:
+    frames = []
+    model = LiveTimelineModel()
+    for instance in range(3):
+        steps = np.arange(0, 40, 2 + instance % 2, dtype=float)  # every 2nd or 3rd step
+        loss = 1.0 / (steps + 1) + instance
+        frames.append(pd.DataFrame({"t": steps * 0.01, "step": steps, "loss": loss}))
+        for step, value in zip(steps, loss, strict=True):
+            model.handle(_sample(instance, step * 0.01, step=float(step), loss=float(value)))
+            model.handle(_sample(instance, step * 0.01 + 0.005, cpu=50.0))  # no step: left out
+    snapshot = model.snapshot()
+    final = average_timelines(frames)
+    assert snapshot.axis == "step" and snapshot.metrics == ("loss",)
+    assert list(snapshot.lines_of("loss")[1].t[:3]) == [0.0, 3.0, 6.0]
+    live = snapshot.averages["loss"]
+    np.testing.assert_array_equal(live.t, final["step"].to_numpy(dtype=float))
+    np.testing.assert_array_equal(live.n, final["n"].to_numpy())
+    np.testing.assert_allclose(live.mean, final["loss"].to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(live.std, final["loss_std"].to_numpy(), rtol=1e-9)
+    with pytest.raises(ConfigError, match="step"):
+        LiveTimelineModel(on="step", step=1.0)
+
+
+def test_memory_stays_fixed_with_many_instances_over_a_long_run() -> None:
+    import tracemalloc
+
+    model = LiveTimelineModel(max_points=200, max_grid_points=200)
+    tracemalloc.start()
+    try:
+        for frame in range(20):
+            for step in range(50):
+                for instance in range(64):
+                    t = (frame * 50 + step) * 0.001 + frame * 100.0  # runs on and on
+                    model.handle(_sample(instance, t, cpu=float(step), memory=1.0))
+            model.update()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    snapshot = model.snapshot()
+    assert peak < 40 * 2**20
+    assert all(len(line.t) <= 200 for line in snapshot.lines)
+    assert snapshot.averages["cpu"].t.size <= 200

@@ -221,3 +221,39 @@ def test_instance_lines_skip_rows_where_the_metric_was_not_sampled() -> None:
     cpu = [tr for tr in fig.data if tr.name == "instance 0" and tr.yaxis in ("y", None)]
     assert cpu and list(cpu[0].y) == [10.0, 20.0, 30.0]
     assert list(cpu[0].x) == [0.0, 1.0, 2.0]
+
+
+def test_axis_titles_carry_units_and_step_indexed_timelines_go_by_step() -> None:
+    timelines = _timelines()
+    fig = timeline_figure(timelines, averaged=_average(timelines))
+    assert fig.layout.yaxis.title.text == "cpu (%)"
+    assert fig.layout.yaxis2.title.text == "memory (MB)"
+    assert fig.layout.xaxis2.title.text == "time (s)"
+
+    nan = float("nan")
+    stepped = [
+        pd.DataFrame({"t": [0.0, 0.4, 1.0, 2.0], "step": [0.0, nan, 1.0, 2.0],
+                      "loss": [3.0, nan, 2.0, 1.0 + i]})
+        for i in range(2)
+    ]  # fmt: skip
+    averaged = average_timelines(stepped)
+    assert "step" in averaged.columns and "t" not in averaged.columns
+    fig = timeline_figure(stepped, averaged=averaged, band=None)
+    assert fig.layout.xaxis.title.text == "step" and fig.layout.yaxis.title.text == "loss"
+    line = _traces(fig, "instance 1")[0]
+    assert list(line.x) == [0.0, 1.0, 2.0] and list(line.y) == [3.0, 2.0, 2.0]
+    assert "step=%{x:.0f}" in line.hovertemplate
+    np.testing.assert_allclose(_traces(fig, "average")[0].y, [3.0, 2.0, 1.5])
+
+
+def test_many_instances_share_one_faint_trace_and_legend_entry() -> None:
+    timelines = _timelines(count=12)
+    fig = timeline_figure(timelines, averaged=_average(timelines), metrics="cpu", outliers=[5])
+
+    names = [trace.name for trace in fig.data]
+    assert names == ["instances (11)", "instance 5 (outlier)", "band (std) lower", "band (std)",
+                     "average"]  # fmt: skip
+    many = fig.data[0]
+    assert 0.25 <= many.opacity < 0.7
+    assert sorted(set(np.asarray(many.customdata).tolist())) == [i for i in range(12) if i != 5]
+    assert sum(bool(trace.showlegend) for trace in fig.data) == 4

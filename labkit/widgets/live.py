@@ -68,7 +68,9 @@ class LiveTimeline:
             (0.05: after a 10 ms redraw the next waits at least 0.2 s).
         max_points: The most points kept and drawn per instance line.
         title: The chart's title.
-        x_axis: ``"time"`` or ``"step"``: what the horizontal axis is titled.
+        x_axis: ``"time"`` (seconds since each instance started) or ``"step"``
+            (the samples' ``step`` values); default: ``"step"`` when the first
+            samples carry a ``step``, as the result's average then goes by step.
         clock: The clock frames are timed on (a test's ``FakeClock``).
 
     Raises:
@@ -89,23 +91,27 @@ class LiveTimeline:
         max_load: float = 0.05,
         max_points: int = DEFAULT_MAX_POINTS,
         title: str = "",
-        x_axis: XAxis = "time",
+        x_axis: XAxis | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if band is not None and band not in ("std", "minmax", "ci95"):
             raise ConfigError("band", band, "'std', 'minmax', 'ci95' or None")
-        if x_axis not in ("time", "step"):
-            raise ConfigError("x_axis", x_axis, "'time' or 'step'")
+        if x_axis not in (None, "time", "step"):
+            raise ConfigError("x_axis", x_axis, "'time', 'step' or None")
         self.band = band
         self.model = LiveTimelineModel(
-            metrics, max_points=max_points, round_to_int=ROUND_TO_INT, clock=clock
+            metrics,
+            max_points=max_points,
+            round_to_int=ROUND_TO_INT,
+            on=None if x_axis is None else "t" if x_axis == "time" else "step",
+            clock=clock,
         )
         """The model behind the chart: ``chart.model.snapshot()`` is what it shows."""
         self.budget = FrameBudget(updates_per_s, max_load, clock=clock)
         """When frames are due, and what the last one cost (``budget.last_cost``, s)."""
         self._clock = clock
         self._title = title
-        self._x_axis: XAxis = x_axis
+        self._x_axis: XAxis = x_axis or "time"
         self._append = self.model.append
         self._frame: asyncio.Task[None] | None = None
         self._drawn_version = -1
@@ -192,6 +198,7 @@ class LiveTimeline:
         if snapshot.empty:
             self._show_placeholder()
             return
+        self._x_axis = "step" if snapshot.axis == "step" else "time"
         traces = self._traces(snapshot)
         same = _same_shapes(traces, self._drawn)
         with self.figure.batch_update():
