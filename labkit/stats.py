@@ -732,6 +732,7 @@ class Comparison:
             difference of ``min_effect`` (or, when it is 0, of the observed
             size) with power 0.8 at ``confidence``; ``None`` when there is
             no difference to detect (a property, computed when read).
+        equivalent: Whether the interval lies within ``±min_effect`` (a property).
     """
 
     metric: str | None
@@ -754,6 +755,12 @@ class Comparison:
     p_value: float
     probability_of_improvement: float
     better: Literal["a", "b"] | None
+
+    @property
+    def equivalent(self) -> bool:
+        """Whether the whole interval lies within ``±min_effect``: A and B differ by
+        less than what matters, at ``confidence`` (always False when it is 0)."""
+        return self.min_effect > 0 and -self.min_effect < self.low and self.high < self.min_effect
 
     @property
     def instances_needed(self) -> int | None:
@@ -787,7 +794,9 @@ class Comparison:
             f"{what}b is {size} {word} than a ({level} CI {interval}, "
             f"p = {_p_text(self.p_value)}, {counts})"
         )
-        if self.better is None:
+        if self.equivalent:
+            text += f": equivalent within ±{self.min_effect:.3g}"
+        elif self.better is None:
             text += ": these instances cannot tell them apart"
             if self.instances_needed is not None:
                 text += f" (about {self.instances_needed} per side would)"

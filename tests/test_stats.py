@@ -185,6 +185,14 @@ def test_min_effect_keeps_a_small_sure_difference_from_deciding() -> None:
     assert held.instances_needed == 2  # a 0.5 difference with spread 0.01 needs little
 
 
+def test_equivalent_when_the_interval_lies_within_min_effect() -> None:
+    a = [10.00, 10.01, 9.99, 10.00, 10.01, 9.99]
+    b = [10.01, 10.00, 10.00, 9.99, 10.01, 10.00]
+    assert stats.compare(a, b, min_effect=0.1).equivalent
+    assert not stats.compare(a, b, min_effect=0.001).equivalent  # the interval is wider
+    assert not stats.compare(a, b).equivalent  # no min_effect, no equivalence
+
+
 def test_instances_needed_grows_as_the_difference_shrinks() -> None:
     a = [10.0, 11.0, 9.0, 10.5, 9.5]
     close = stats.compare(a, [9.8, 10.7, 8.9, 10.4, 9.2])
