@@ -3,6 +3,7 @@
 :func:`sweep` runs an :class:`~labkit.experiment.Experiment` once per *trial*, each
 trial with its own parameters (merged over the experiment's own) and all its
 instances, and returns one row per trial with the objective and a ``best`` column.
+Trials run through a :class:`labkit.Runner` (``max_parallel`` at once).
 
 Where trials come from (``space``):
 
@@ -13,6 +14,16 @@ Where trials come from (``space``):
   done), ``tell(params, value)`` hears back the objective (``None`` for a failed
   trial). An ``optuna.Study`` becomes one through :class:`StudyStrategy`.
 
+Watching a sweep: every event a trial's experiment emits reaches ``on_event``
+wrapped in a :class:`~labkit.events.TrialEvent` that names the trial, and the sweep
+emits a :class:`SweepEvent` as each trial starts and ends, carrying a
+:class:`SweepStats` snapshot with the leaderboard so far (:func:`leaderboard`
+prints one).
+
+With ``instances="race"`` the sweep races its trials (:mod:`labkit.race`): a few
+instances each, then more only for the trials it cannot yet tell apart from the
+leader; the frame says how many each got and what was decided.
+
 With a store and ``resume=True`` a trial whose experiment (same name, params and
 instance count) already finished in the store is loaded instead of run; one that
 was interrupted resumes its missing instances.
@@ -21,30 +32,54 @@ was interrupted resumes its missing instances.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import importlib
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
+from labkit.clock import SYSTEM_CLOCK
 from labkit.errors import ConfigError, check
+from labkit.events import EventBus, TrialEvent
 from labkit.experiment import Experiment, run_experiment
-from labkit.results import ExperimentResult, error_text
+from labkit.race import RaceDecision, RaceOptions, race
+from labkit.results import ExperimentResult, InstanceResult, error_text
 
 if TYPE_CHECKING:
     from labkit.gpu import GPUPool
     from labkit.store import Store
 
-__all__ = ("Objective", "Strategy", "StudyStrategy", "objective_value", "sweep")
+__all__ = (
+    "Objective",
+    "Strategy",
+    "StudyStrategy",
+    "SweepEvent",
+    "SweepStats",
+    "leaderboard",
+    "objective_value",
+    "sweep",
+)
 
 Objective = str | Callable[[ExperimentResult], float]
 """A summary key, a recorded metric's name, or a function of the result."""
 
-_COLUMNS = ("trial", "status", "objective", "best", "resumed", "experiment_id", "error")
+_COLUMNS = (
+    "trial",
+    "status",
+    "objective",
+    "best",
+    "tied_with_best",
+    "instances",
+    "resumed",
+    "experiment_id",
+    "error",
+)
 
 
 @runtime_checkable
@@ -64,7 +99,8 @@ class StudyStrategy:
     """An ``optuna.Study`` (or anything with its ask/tell API) as a :class:`Strategy`.
 
     optuna is not a labkit dependency: the study is used through ``ask`` and
-    ``tell`` only. Set the study's own direction to match ``sweep``'s.
+    ``tell`` only. :func:`sweep` refuses a ``direction`` that contradicts the
+    study's own (:attr:`direction`).
 
     Args:
         study: The study: ``ask(fixed_distributions=None)`` returns a trial with
@@ -95,6 +131,25 @@ class StudyStrategy:
         self.study = study
         self.space = space
         self._asked: list[tuple[dict[str, Any], Any]] = []
+
+    @property
+    def direction(self) -> Literal["min", "max"] | None:
+        """The study's direction as :func:`sweep` spells it; ``None`` when it has none.
+
+        Reads ``study.direction`` (optuna's ``StudyDirection.MINIMIZE`` or
+        ``MAXIMIZE``, or their names); a multi-objective study, whose
+        ``direction`` raises, has none.
+        """
+        try:
+            raw = getattr(self.study, "direction", None)
+        except Exception:
+            return None
+        name = str(getattr(raw, "name", raw) or "").upper()
+        if name == "MINIMIZE":
+            return "min"
+        if name == "MAXIMIZE":
+            return "max"
+        return None
 
     def ask(self) -> dict[str, Any]:
         """Ask the study for a trial and return its parameters.
@@ -187,6 +242,118 @@ def objective_value(result: ExperimentResult, objective: Objective) -> float:
     return value
 
 
+def instance_values(result: ExperimentResult, objective: Objective) -> list[float]:
+    """The objective of each instance that succeeded, as a one-instance experiment.
+
+    What a racing sweep compares: for a summary key, each instance's figure; for a
+    recorded metric, its last value; for a function, the function of a result
+    holding that instance alone. An instance whose objective cannot be computed
+    gives NaN (left out of the comparison).
+    """
+    values: list[float] = []
+    for instance in result.instances:
+        if not instance.ok:
+            continue
+        alone = ExperimentResult.build(result.name, result.params, [instance], result.config)
+        try:
+            values.append(objective_value(alone, objective))
+        except (KeyError, ValueError):
+            values.append(math.nan)
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class SweepStats:
+    """A snapshot of a running sweep, for a live leaderboard.
+
+    Attributes:
+        started: Trials started so far.
+        finished: Trials ended (ok or failed).
+        failed: Trials that failed.
+        running: Trials running now.
+        direction: ``"min"`` or ``"max"``.
+        best_trial: The best trial so far (``None`` before any succeeded).
+        best_objective: Its objective (NaN before).
+        best_params: Its parameters.
+        leaderboard: ``(trial, objective, instances)`` of every succeeded trial,
+            best first (ties: the one that finished first, as optuna's
+            ``best_trial``).
+        decision: For a racing sweep, what was decided so far, else ``None``.
+    """
+
+    started: int
+    finished: int
+    failed: int
+    running: int
+    direction: Literal["min", "max"]
+    best_trial: int | None
+    best_objective: float
+    best_params: Mapping[str, Any]
+    leaderboard: tuple[tuple[int, float, int], ...]
+    decision: str | None = None
+
+
+class SweepEvent(NamedTuple):
+    """A trial of a sweep started or ended; ``stats`` is the sweep after it.
+
+    Attributes:
+        kind: ``"trial_started"``, ``"trial_finished"`` (ok or failed: see
+            ``status``) or ``"decided"`` (a racing round ended).
+        time: When, in seconds on the system clock.
+        trial: The trial's number (``None`` for ``decided``).
+        status: For ``trial_finished``: ``"ok"`` or ``"failed"``.
+        objective: For ``trial_finished``: its objective (NaN when failed).
+        stats: The sweep's :class:`SweepStats` right after this event.
+    """
+
+    kind: Literal["trial_started", "trial_finished", "decided"]
+    time: float
+    trial: int | None
+    status: str | None
+    objective: float
+    stats: SweepStats
+
+
+def leaderboard(source: SweepStats | pd.DataFrame, *, top: int = 10) -> str:
+    """The best trials as a few lines of text, best first.
+
+    Args:
+        source: A :class:`SweepStats` snapshot or the frame :func:`sweep` returned.
+        top: How many trials to show.
+
+    Returns:
+        One line per trial: rank, trial, objective, instances and (for a frame)
+        the parameters; then the decision of a racing sweep, if any.
+    """
+    lines: list[str] = []
+    if isinstance(source, SweepStats):
+        rows = [(trial, value, n, "") for trial, value, n in source.leaderboard]
+        decision = source.decision
+    else:
+        ok = source[source["status"] == "ok"]
+        ascending = source.attrs.get("direction", "min") == "min"
+        ok = ok.sort_values(["objective", "finished_order"], ascending=[ascending, True])
+        params = source.attrs.get("params", [])
+        rows = [
+            (
+                int(row["trial"]),
+                float(row["objective"]),
+                int(row["instances"]),
+                " ".join(f"{name}={row[name]!r}" for name in params),
+            )
+            for _, row in ok.iterrows()
+        ]
+        decision = source.attrs.get("decision")
+    for rank, (trial, value, n, params_text) in enumerate(rows[:top], start=1):
+        line = f"{rank:>3}. trial {trial:<4} objective {value:.6g}  ({n} instances)"
+        lines.append(f"{line}  {params_text}".rstrip())
+    if not rows:
+        lines.append("no trial succeeded")
+    if decision:
+        lines.append(decision)
+    return "\n".join(lines)
+
+
 @dataclass(slots=True)
 class _Trial:
     number: int
@@ -197,13 +364,86 @@ class _Trial:
     experiment_id: str | None = None
     error: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    instances: list[InstanceResult] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    finished_order: int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class _Board:
+    """The sweep's trials and the events that report them."""
+
+    direction: Literal["min", "max"]
+    bus: EventBus
+    trials: list[_Trial] = field(default_factory=list)
+    ended: int = 0
+    decision: str | None = None
+
+    def best(self) -> _Trial | None:
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
+
+    def ranked(self) -> list[_Trial]:
+        """Succeeded trials, best first; equal objectives: the first to finish first."""
+        sign = 1.0 if self.direction == "min" else -1.0
+        done = [trial for trial in self.trials if trial.status == "ok"]
+        return sorted(done, key=lambda trial: (sign * trial.objective, trial.finished_order))
+
+    def stats(self) -> SweepStats:
+        best = self.best()
+        failed = sum(
+            trial.status == "failed" and trial.finished_order is not None for trial in self.trials
+        )
+        return SweepStats(
+            started=len(self.trials),
+            finished=self.ended,
+            failed=failed,
+            running=len(self.trials) - self.ended,
+            direction=self.direction,
+            best_trial=None if best is None else best.number,
+            best_objective=math.nan if best is None else best.objective,
+            best_params=dict(best.params) if best is not None else {},
+            leaderboard=tuple(
+                (trial.number, trial.objective, len(trial.instances)) for trial in self.ranked()
+            ),
+            decision=self.decision,
+        )
+
+    def started(self, trial: _Trial) -> None:
+        self.trials.append(trial)
+        self._emit("trial_started", trial)
+
+    def finished(self, trial: _Trial) -> None:
+        trial.finished_order = self.ended
+        self.ended += 1
+        self._emit("trial_finished", trial)
+
+    def decided(self, statement: str) -> None:
+        self.decision = statement
+        self._emit("decided", None)
+
+    def _emit(self, kind: Literal["trial_started", "trial_finished", "decided"],
+              trial: _Trial | None) -> None:  # fmt: skip
+        if not self.bus:
+            return
+        ended = trial is not None and kind == "trial_finished"
+        self.bus.emit(
+            SweepEvent(
+                kind,
+                SYSTEM_CLOCK.now(),
+                None if trial is None else trial.number,
+                trial.status if ended and trial is not None else None,
+                trial.objective if ended and trial is not None else math.nan,
+                self.stats(),
+            )
+        )
 
 
 async def sweep(
     experiment: Experiment,
     space: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]] | Strategy | Any,
     *,
-    instances: int | Literal["auto"] = 1,
+    instances: int | Literal["auto", "race"] = 1,
     max_parallel: int = 1,
     objective: Objective,
     direction: Literal["min", "max"] = "min",
@@ -211,27 +451,45 @@ async def sweep(
     resume: bool = True,
     gpu_pool: GPUPool | None = None,
     n_trials: int | None = None,
+    confidence: float = 0.95,
+    min_effect: float = 0.0,
+    initial_instances: int = 3,
+    max_instances: int | None = None,
+    budget: int | None = None,
     **run_options: Any,
 ) -> pd.DataFrame:
     """Run ``experiment`` once per parameter set and mark the best trial.
 
     Each trial is a whole :func:`~labkit.experiment.run_experiment` with
-    ``instances`` instances; up to ``max_parallel`` trials run at once, and their
-    instances share ``gpu_pool`` (one pool for the whole sweep, so parallel trials
-    never hold the same GPU). A trial that raises, or whose objective cannot be
-    computed, is recorded as failed and the sweep goes on.
+    ``instances`` instances; up to ``max_parallel`` trials run at once (through a
+    :class:`labkit.Runner`), and their instances share ``gpu_pool`` (one pool for
+    the whole sweep, so parallel trials never hold the same GPU). A trial that
+    raises, or whose objective cannot be computed, is recorded as failed (its
+    error text keeps the original exception's type) and the sweep goes on.
+
+    Racing (``instances="race"``): every trial starts with ``initial_instances``;
+    then, round after round, one more instance goes to the leader and one to the
+    trial most likely to overtake it, among those :func:`labkit.stats.compare`
+    cannot yet tell apart from the leader at ``confidence``; the race stops when
+    the leader beats every other trial (or the rest are within ``min_effect`` of
+    it), when the undecided trials have ``max_instances`` (default 10), or when
+    ``budget`` instances ran in all. Each round's instances of a trial are one
+    ``run_experiment`` (recorded in the store as such; racing does not resume).
+    A strategy is asked for ``n_trials`` trials up front and told their final
+    objectives at the end.
 
     Args:
         experiment: What to run; each trial's params are merged over its own.
         space: A dict of lists (the grid), a list of param dicts, a
             :class:`Strategy`, or an ``optuna.Study`` wrapped in
             :class:`StudyStrategy`.
-        instances: Instances per trial (as in ``run_experiment``).
+        instances: Instances per trial (as in ``run_experiment``), or ``"race"``.
         max_parallel: Trials running at once.
         objective: What to optimise: a summary key (``"cpu_peak"``), a recorded
             metric (its last value per instance, averaged), or a function of the
             :class:`~labkit.results.ExperimentResult`.
-        direction: ``"min"`` or ``"max"``: which objective is best.
+        direction: ``"min"`` or ``"max"``: which objective is best. A
+            :class:`StudyStrategy` whose study says otherwise is refused.
         store: Records every trial; with ``resume`` it also skips finished ones.
         resume: With ``store``, load trials that already finished instead of
             running them, and resume interrupted ones.
@@ -239,20 +497,37 @@ async def sweep(
             one ``GPUPool()`` for the whole sweep when GPUs are asked for without one.
         n_trials: Run at most this many trials; needed for a strategy that never
             says it is done (an optuna study).
+        confidence: Racing: the level at which the leader must beat a trial.
+        min_effect: Racing: a difference that small (objective's units) never
+            needs deciding.
+        initial_instances: Racing: instances every trial starts with (>= 2).
+        max_instances: Racing: the most instances one trial gets (default 10);
+            with ``instances="auto"``, passed to ``run_experiment``.
+        budget: Racing: the most instances in all (default: trials times
+            ``max_instances``).
         **run_options: Passed to ``run_experiment`` for every trial (``duration``,
-            ``gpus_per_instance``, ``timeout``, ``retry``, ``on_event``...).
+            ``gpus_per_instance``, ``timeout``, ``retry``...). ``on_event`` gets
+            every trial's events as :class:`~labkit.events.TrialEvent` and the
+            sweep's own :class:`SweepEvent`.
 
     Returns:
         One row per trial, in trial order: ``trial``, one column per parameter,
         ``status`` (``"ok"`` or ``"failed"``), ``objective`` (NaN when failed),
-        ``best`` (exactly one True when any trial succeeded; the first of equals),
-        ``resumed`` (loaded from the store), ``experiment_id``, ``error``, then
-        the scalar figures of each trial's summary (``summary.<key>`` where a key
-        clashes with a column above).
+        ``best`` (exactly one True when any trial succeeded; among equal
+        objectives the trial that finished first, as optuna's ``best_trial``),
+        ``tied_with_best`` (racing: not told apart from the best at
+        ``confidence``; otherwise: an objective equal to the best's),
+        ``instances`` (instances run), ``resumed`` (loaded from the store),
+        ``experiment_id``, ``error``, ``finished_order``, then the scalar figures
+        of each trial's summary (``summary.<key>`` where a key clashes with a
+        column above). ``frame.attrs`` holds ``direction``, ``params`` (the
+        parameter columns) and, for a race, ``decision``: what was decided, as
+        a sentence ("trial 3 beats the other 7 at 95 %").
 
     Raises:
-        ConfigError: An option or the ``space`` is invalid, or ``run_experiment``
-            refuses its options (that would fail every trial alike).
+        ConfigError: An option or the ``space`` is invalid, ``direction``
+            contradicts a study's, or ``run_experiment`` refuses its options
+            (that would fail every trial alike).
     """
     check(isinstance(experiment, Experiment), "experiment", experiment, "a labkit.Experiment")
     check(
@@ -274,18 +549,130 @@ async def sweep(
         n_trials,
         "an int >= 1, or None",
     )
+    racing = instances == "race"
+    options = RaceOptions(
+        initial=initial_instances,
+        max_instances=10 if max_instances is None else max_instances,
+        budget=budget,
+        confidence=confidence,
+        min_effect=min_effect,
+    ) if racing else None  # fmt: skip
+    if instances == "auto" and max_instances is not None:
+        run_options["max_instances"] = max_instances
     source, strategy = _trials(space, n_trials)
+    if isinstance(strategy, StudyStrategy) and strategy.direction not in (None, direction):
+        raise ConfigError(
+            "direction",
+            direction,
+            f'"{strategy.direction}", the direction of the study the strategy asks',
+        )
     if run_options.get("gpus_per_instance") and gpu_pool is None:
         from labkit.gpu import GPUPool
 
         gpu_pool = GPUPool()
-    numbers = itertools.count()
-    trials: list[_Trial] = []
+    board = _Board(direction=direction, bus=_bus(run_options.pop("on_event", None)))
+    trial_runner = _TrialRunner(
+        experiment=experiment,
+        objective=objective,
+        store=store,
+        resume=resume and not racing,
+        gpu_pool=gpu_pool,
+        board=board,
+        run_options=run_options,
+    )
+    from labkit.runner import Runner
 
-    async def run_trial(trial: _Trial) -> None:
-        variant = experiment.with_params(**trial.params)
+    async with Runner(max_concurrency=max_parallel) as runner:
+        if options is None:
+            numbers = itertools.count()
+
+            async def one(params: Mapping[str, Any]) -> int:
+                trial = _Trial(next(numbers), dict(params))
+                board.started(trial)
+                await trial_runner.run(trial, instances)
+                board.finished(trial)
+                if strategy is not None:
+                    strategy.tell(params, trial.objective if trial.status == "ok" else None)
+                return trial.number
+
+            each: Callable[[Any], Awaitable[Any]] = one  # the runner's map is generic
+            await runner.map(each, trial_runner.unless_refused(source))
+            decision: RaceDecision | None = None
+        else:
+            asked = list(source)
+            decision = await _race(runner, trial_runner, asked, options, direction)
+            if strategy is not None:
+                for trial, params in zip(board.trials, asked, strict=True):
+                    strategy.tell(params, trial.objective if trial.status == "ok" else None)
+    if trial_runner.refused is not None:
+        raise trial_runner.refused
+    return _frame(board, decision)
+
+
+async def _race(
+    runner: Any,
+    trial_runner: _TrialRunner,
+    asked: Sequence[Mapping[str, Any]],
+    options: RaceOptions,
+    direction: Literal["min", "max"],
+) -> RaceDecision:
+    board = trial_runner.board
+    trials = [_Trial(number, dict(params)) for number, params in enumerate(asked)]
+    for trial in trials:
+        board.started(trial)
+
+    async def batch(job: tuple[int, int]) -> int:
+        number, size = job
+        await trial_runner.run(trials[number], size, adding=True)
+        return number
+
+    async def run(batches: Sequence[tuple[int, int]]) -> dict[int, list[float]]:
+        each: Callable[[Any], Awaitable[Any]] = batch
+        await runner.map(each, trial_runner.unless_refused(batches))
+        return {trial.number: trial.values for trial in trials}
+
+    def on_round(decision: RaceDecision, counts: Mapping[int, int]) -> None:
+        board.decided(decision.statement(counts))
+
+    decision, _ = await race(
+        [trial.number for trial in trials], run, options, direction=direction, on_round=on_round
+    )
+    for trial in trials:
+        board.finished(trial)
+    return decision
+
+
+@dataclass(slots=True, kw_only=True)
+class _TrialRunner:
+    """Runs trials (or a racing trial's next instances) and fills in their rows."""
+
+    experiment: Experiment
+    objective: Objective
+    store: Store | None
+    resume: bool
+    gpu_pool: GPUPool | None
+    board: _Board
+    run_options: dict[str, Any]
+    refused: ConfigError | None = None
+
+    def unless_refused(self, items: Any) -> Iterator[Any]:
+        """The items, until a trial's options or the space are refused (the sweep stops)."""
+        iterator = iter(items)
+        while self.refused is None:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            except ConfigError as exc:
+                self.refused = exc  # a strategy's ask() refused: raised once the runner ends
+                return
+            yield item
+
+    async def run(self, trial: _Trial, instances: Any, *, adding: bool = False) -> None:
+        variant = self.experiment.with_params(**trial.params)
         result: ExperimentResult | None = None
-        if store is not None and resume and isinstance(instances, int):
+        store = self.store
+        if store is not None and self.resume and isinstance(instances, int):
             found = store.find(variant.name, dict(variant.params or {}), instances)
             if found is not None:
                 result = await asyncio.to_thread(store.load, found)
@@ -296,41 +683,59 @@ async def sweep(
                     variant,
                     instances=instances,
                     store=store,
-                    resume=resume and store is not None,
-                    gpu_pool=gpu_pool,
-                    **run_options,
+                    resume=self.resume and store is not None,
+                    gpu_pool=self.gpu_pool,
+                    on_event=functools.partial(_wrap, self.board.bus, trial.number),
+                    **self.run_options,
                 )
-            trial.experiment_id = result.experiment_id
-            trial.summary = result.summary
-            if result.all_failed:
-                first = next(iter(result.failed), None)
-                raise RuntimeError(first.error if first is not None else "every instance failed")
-            trial.objective = objective_value(result, objective)
-            trial.status = "ok"
-        except ConfigError:
+        except ConfigError as exc:
             # A refused option would fail every trial alike: stop the sweep instead.
-            raise
+            self.refused = self.refused or exc
+            trial.error = error_text(exc)
+            return
         except Exception as exc:
             trial.error = error_text(exc)
+            return
+        self._add(trial, result, adding=adding)
 
-    async def worker() -> None:
-        # Workers pull from one shared source, so a strategy is asked only when a
-        # slot is free and hears about each trial as soon as it ends.
-        for params in source:
-            trial = _Trial(next(numbers), dict(params))
-            trials.append(trial)
-            await run_trial(trial)
-            if strategy is not None:
-                strategy.tell(params, trial.objective if trial.status == "ok" else None)
+    def _add(self, trial: _Trial, result: ExperimentResult, *, adding: bool) -> None:
+        """Take ``result``'s instances into the trial and recompute its objective."""
+        trial.experiment_id = result.experiment_id
+        offset = len(trial.instances) if adding else 0
+        batch = [dataclasses.replace(i, index=i.index + offset) for i in result.instances]
+        trial.instances = [*trial.instances, *batch] if adding else batch
+        if adding:
+            trial.values.extend(instance_values(result, self.objective))
+            result = ExperimentResult.build(
+                result.name, result.params, trial.instances, result.config,
+                experiment_id=result.experiment_id,
+            )  # fmt: skip
+        trial.summary = result.summary
+        trial.status, trial.error, trial.objective = "failed", None, math.nan
+        if result.all_failed:
+            first = next(iter(result.failed), None)
+            trial.error = first.error if first is not None else "every instance failed"
+            return
+        try:
+            trial.objective = objective_value(result, self.objective)
+        except (KeyError, ValueError) as exc:
+            trial.error = error_text(exc)
+            return
+        trial.status = "ok"
 
-    workers = [asyncio.create_task(worker()) for _ in range(max_parallel)]
-    try:
-        await asyncio.gather(*workers)
-    finally:
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-    return _frame(sorted(trials, key=lambda trial: trial.number), direction)
+
+def _wrap(bus: EventBus, trial: int, event: Any) -> None:
+    bus.emit(TrialEvent(trial, event))
+
+
+def _bus(on_event: Any) -> EventBus:
+    if isinstance(on_event, EventBus):
+        return on_event
+    bus = EventBus()
+    if on_event is not None:
+        check(callable(on_event), "on_event", on_event, "a callable or an EventBus")
+        bus.subscribe(on_event)
+    return bus
 
 
 def _trials(
@@ -383,9 +788,10 @@ def _asking(strategy: Strategy) -> Iterator[Mapping[str, Any]]:
         yield params
 
 
-def _frame(trials: Sequence[_Trial], direction: str) -> pd.DataFrame:
+def _frame(board: _Board, decision: RaceDecision | None) -> pd.DataFrame:
+    trials = sorted(board.trials, key=lambda trial: trial.number)
     param_names = list(dict.fromkeys(name for trial in trials for name in trial.params))
-    taken = {*_COLUMNS, *param_names}
+    taken = {*_COLUMNS, "finished_order", *param_names}
     summary_names = list(
         dict.fromkeys(
             name
@@ -394,6 +800,21 @@ def _frame(trials: Sequence[_Trial], direction: str) -> pd.DataFrame:
             if value is None or isinstance(value, bool | int | float | str | np.number)
         )
     )
+    best = board.best()
+    if decision is not None and decision.leader is not None:
+        # The race's leader is the best: the trial its comparisons were made against.
+        best = next(trial for trial in trials if trial.number == decision.leader)
+    tied: set[int] = set()
+    if best is not None:
+        if decision is not None:
+            tied = set(decision.contenders)
+        else:
+            tied = {
+                trial.number
+                for trial in trials
+                if trial.status == "ok" and trial.objective == best.objective
+            }
+        tied.discard(best.number)
     rows = []
     for trial in trials:
         row: dict[str, Any] = {"trial": trial.number}
@@ -401,22 +822,26 @@ def _frame(trials: Sequence[_Trial], direction: str) -> pd.DataFrame:
         row.update(
             status=trial.status,
             objective=trial.objective,
-            best=False,
+            best=best is not None and trial.number == best.number,
+            tied_with_best=trial.number in tied,
+            instances=len(trial.instances),
             resumed=trial.resumed,
             experiment_id=trial.experiment_id,
             error=trial.error,
+            finished_order=trial.finished_order,
         )
         for name in summary_names:
             column = f"summary.{name}" if name in taken else name
             row[column] = trial.summary.get(name)
         rows.append(row)
-    columns = ["trial", *param_names, *_COLUMNS[1:]]
+    columns = ["trial", *param_names, *_COLUMNS[1:], "finished_order"]
     frame = pd.DataFrame(rows, columns=columns if not rows else None)
-    frame["best"] = frame["best"].astype(bool)
+    for column in ("best", "tied_with_best", "resumed"):
+        frame[column] = frame[column].astype(bool)
     frame["objective"] = frame["objective"].astype(float)
-    succeeded = frame.index[frame["status"] == "ok"]
-    if len(succeeded):
-        values = frame.loc[succeeded, "objective"]
-        best = values.idxmin() if direction == "min" else values.idxmax()
-        frame.loc[best, "best"] = True
+    frame["instances"] = frame["instances"].astype("int64")
+    frame.attrs["direction"] = board.direction
+    frame.attrs["params"] = param_names
+    if board.decision is not None:
+        frame.attrs["decision"] = board.decision
     return frame

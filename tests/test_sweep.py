@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping
+import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -350,3 +352,200 @@ def test_objective_value_prefers_the_summary_then_metrics() -> None:
     assert objective_value(result, "loss") == 3.0  # last value that was recorded
     with pytest.raises(ValueError, match="not a number"):
         objective_value(result, lambda r: "high")  # type: ignore[arg-type,return-value]
+
+
+# --- sweeps you can watch ----------------------------------------------------------------
+
+
+async def test_every_event_names_its_trial_and_the_best_is_published_live() -> None:
+    from labkit.events import InstanceEvent, TaskEvent, TrialEvent
+    from labkit.sweep import SweepEvent
+
+    seen: list[Any] = []
+
+    async def slow(ctx: InstanceContext) -> dict[str, float]:
+        await asyncio.sleep(0.01 * ctx.params["x"])
+        return {"score": float(ctx.params["x"])}
+
+    frame = await sweep(
+        Experiment("slow", slow), {"x": [3, 1, 2]}, objective="score", max_parallel=3,
+        on_event=seen.append,
+    )  # fmt: skip
+    wrapped = [event for event in seen if isinstance(event, TrialEvent)]
+    starts = {
+        event.trial
+        for event in wrapped
+        if isinstance(event.event, InstanceEvent) and event.event.kind == "started"
+    }
+    # Three concurrent trials each have an instance 0: the trial tells them apart.
+    assert starts == {0, 1, 2}
+    assert any(isinstance(event.event, TaskEvent) for event in wrapped)
+    ends = [e for e in seen if isinstance(e, SweepEvent) and e.kind == "trial_finished"]
+    assert [event.trial for event in ends] == [1, 2, 0]  # in the order they finished
+    assert [event.stats.best_trial for event in ends] == [1, 1, 1]
+    assert ends[-1].stats.leaderboard == ((1, 1.0, 1), (2, 2.0, 1), (0, 3.0, 1))
+    assert ends[-1].stats.finished == 3 and ends[-1].stats.running == 0
+    assert frame.loc[frame["best"], "trial"].tolist() == [1]
+
+
+async def test_a_failed_trial_keeps_the_original_error_type() -> None:
+    async def oom(ctx: InstanceContext) -> None:
+        raise ValueError("OOM")
+
+    frame = await sweep(Experiment("oom", oom), {"x": [1]}, objective="score")
+    assert frame["error"].tolist() == ["ValueError: OOM"]
+
+
+def test_leaderboard_prints_the_best_trials_first() -> None:
+    from labkit.sweep import leaderboard
+
+    frame = asyncio.run(sweep(EXP, {"x": [0, 2, 3]}, objective="score"))
+    lines = leaderboard(frame).splitlines()
+    assert lines[0].startswith("  1. trial 1") and "objective 0" in lines[0] and "x=2" in lines[0]
+    assert [line.split()[2] for line in lines] == ["1", "2", "0"]
+
+
+@dataclass
+class DirectedStudy(FakeStudy):
+    """A fake study with optuna's direction and its in-memory best_trial rule."""
+
+    direction: Any = None
+    best: tuple[int, float] | None = None
+
+    def tell(self, trial: FakeTrial, values: float | None = None, state: Any = None) -> None:
+        super().tell(trial, values, state)
+        if values is None:
+            return
+        sign = -1.0 if self.direction.name == "MAXIMIZE" else 1.0
+        # Strictly better only, as optuna's in-memory storage: the first told of equals.
+        if self.best is None or sign * values < sign * self.best[1]:
+            self.best = (trial.number, values)
+
+
+async def test_a_strategy_refuses_a_direction_that_contradicts_its_study() -> None:
+    from types import SimpleNamespace
+
+    study = DirectedStudy(direction=SimpleNamespace(name="MAXIMIZE"))
+    with pytest.raises(ConfigError, match=r'direction=.min.*"max", the direction of the study'):
+        await sweep(EXP, StudyStrategy(study, {"x": [1]}), objective="score", n_trials=2)
+    assert study.asked == 0
+
+
+async def test_tied_trials_name_the_best_as_optuna_does() -> None:
+    from types import SimpleNamespace
+
+    async def tie(ctx: InstanceContext) -> dict[str, float]:
+        # Trial 0 is slow; both score the same: optuna's best_trial is the first told.
+        await asyncio.sleep(0.05 if ctx.params["x"] == 0 else 0.0)
+        return {"score": 1.0}
+
+    study = DirectedStudy(direction=SimpleNamespace(name="MINIMIZE"))
+    frame = await sweep(
+        Experiment("tie", tie), StudyStrategy(study, {"x": [0, 1]}), objective="score",
+        n_trials=2, max_parallel=2,
+    )  # fmt: skip
+    assert study.best is not None
+    assert frame.loc[frame["best"], "trial"].tolist() == [study.best[0]] == [1]
+    assert frame["tied_with_best"].tolist() == [True, False]
+
+
+# --- racing --------------------------------------------------------------------------------
+
+
+def noisy(means: Sequence[float], sd: float) -> Experiment:
+    """Trial ``k`` scores ``means[k]`` plus noise, a different draw per instance."""
+
+    rng = random.Random(11)
+
+    async def fn(ctx: InstanceContext) -> dict[str, float]:
+        k = ctx.params["k"]
+        ctx.params["draws"].append(k)
+        return {"score": means[k] + rng.gauss(0.0, sd)}
+
+    return Experiment("noisy", fn)
+
+
+async def test_a_race_stops_adding_instances_once_the_leader_is_clear() -> None:
+    draws: list[int] = []
+    experiment = noisy([0.0, 5.0, 10.0], 0.5).with_params(draws=draws)
+    frame = await sweep(
+        experiment, {"k": [2, 0, 1]}, instances="race", objective="score", max_parallel=3
+    )
+    assert frame["instances"].tolist() == [3, 3, 3]
+    assert frame.loc[frame["best"], "k"].tolist() == [0]
+    assert not frame["tied_with_best"].any()
+    assert frame.attrs["decision"] == "trial 1 beats the other 2 at 95 %"
+    assert sorted(draws) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+async def test_a_race_between_equals_spends_up_to_max_instances_and_says_so() -> None:
+    draws: list[int] = []
+    experiment = noisy([1.0, 1.0, 9.0], 0.5).with_params(draws=draws)
+    frame = await sweep(
+        experiment, {"k": [0, 1, 2]}, instances="race", objective="score", max_instances=6
+    )
+    assert frame["instances"].tolist() == [6, 6, 3]
+    best = int(frame.loc[frame["best"], "trial"].iloc[0])
+    assert set(frame.loc[frame["tied_with_best"], "trial"]) == {1 - best}
+    assert frame.attrs["decision"].startswith(
+        f"trials {best} and {1 - best} cannot be told apart with 6 instances each at 95 %"
+    )
+    assert frame["num_instances"].tolist() == [6, 6, 3]  # the summary covers every round
+
+
+async def test_a_race_with_an_ask_tell_strategy_tells_the_final_objectives() -> None:
+    draws: list[int] = []
+    study = FakeStudy()
+    experiment = noisy([3.0, 0.0, 6.0], 0.1).with_params(draws=draws)
+    frame = await sweep(
+        experiment, StudyStrategy(study, {"k": [0, 1, 2]}), instances="race",
+        objective="score", n_trials=3,
+    )  # fmt: skip
+    assert frame.loc[frame["best"], "k"].tolist() == [1]
+    told = {number: value for number, value, _ in study.told}
+    assert told == dict(zip(frame["trial"], frame["objective"], strict=True))
+
+
+async def test_race_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="initial_instances"):
+        await sweep(EXP, {"x": [1]}, instances="race", objective="score", initial_instances=1)
+    with pytest.raises(ConfigError, match="max_instances"):
+        await sweep(EXP, {"x": [1]}, instances="race", objective="score", max_instances=2)
+
+
+def race_rates(sweeps: int, fixed: int, seed: int) -> dict[str, float]:
+    """Simulated 8-configuration sweeps: how often each method finds the true best."""
+    from labkit.race import RaceOptions, race
+
+    means = [1.0, 1.5, 2.0, 2.0, 2.5, 3.0, 3.0, 3.5]  # best is 0, half a sd ahead
+    rng = np.random.default_rng(seed)
+    fixed_hits = race_hits = race_used = 0
+    for _ in range(sweeps):
+        draws = [rng.normal(mean, 1.0, fixed) for mean in means]
+        fixed_hits += int(np.argmin([d.mean() for d in draws]) == 0)
+        values: dict[int, list[float]] = {k: [] for k in range(8)}
+
+        async def run(
+            batches: Sequence[tuple[int, int]], values: dict[int, list[float]] = values
+        ) -> dict[int, list[float]]:
+            for k, n in batches:
+                values[k].extend(rng.normal(means[k], 1.0, n).tolist())
+            return values
+
+        options = RaceOptions(max_instances=8 * fixed // 2, budget=8 * fixed // 2)
+        decision, counts = asyncio.run(race(range(8), run, options, direction="min"))
+        race_hits += int(decision.leader == 0)
+        race_used += sum(counts.values())
+    return {
+        "fixed": fixed_hits / sweeps,
+        "race": race_hits / sweeps,
+        "race_instances": race_used / sweeps,
+    }
+
+
+@pytest.mark.slow
+def test_racing_finds_the_best_as_often_as_fixed_n_with_half_the_instances() -> None:
+    rates = race_rates(sweeps=400, fixed=16, seed=7)
+    assert rates["race"] >= rates["fixed"]
+    assert rates["race_instances"] <= 8 * 16 / 2
+    assert rates["fixed"] > 0.85  # a real test: neither method is near chance (1/8)
