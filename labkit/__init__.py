@@ -16,9 +16,10 @@ from labkit import errors
 from labkit.adaptive import AutoConcurrency
 from labkit.clock import Clock, SystemClock
 from labkit.cluster import DaskExecutor, gpu_cluster
-from labkit.events import EventBus, TaskEvent
+from labkit.events import EventBus, TaskEvent, TrialEvent
 from labkit.experiment import (
     Experiment,
+    ExperimentOptions,
     InstanceContext,
     InstanceEvent,
     estimate_cost,
@@ -60,7 +61,7 @@ from labkit.sandbox import (
 )
 from labkit.stats import Comparison, Interval, compare, iqm, median
 from labkit.store import Store, StoreStats
-from labkit.sweep import Strategy, StudyStrategy, sweep
+from labkit.sweep import Strategy, StudyStrategy, SweepEvent, SweepStats, leaderboard, sweep
 from labkit.timeline import (
     average_summaries,
     average_timelines,
@@ -82,6 +83,7 @@ __all__ = (
     "E2BSandbox",
     "EventBus",
     "Experiment",
+    "ExperimentOptions",
     "ExperimentRecorder",
     "ExperimentResult",
     "GPUAllocation",
@@ -111,10 +113,13 @@ __all__ = (
     "StoreStats",
     "Strategy",
     "StudyStrategy",
+    "SweepEvent",
+    "SweepStats",
     "SystemClock",
     "TaskEvent",
     "TaskHandle",
     "TaskResult",
+    "TrialEvent",
     "average_summaries",
     "average_timelines",
     "compare",
@@ -124,6 +129,7 @@ __all__ = (
     "gpu_cluster",
     "instances_needed",
     "iqm",
+    "leaderboard",
     "median",
     "parallel_map",
     "run_experiment",
