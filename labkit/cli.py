@@ -1,4 +1,4 @@
-"""The ``labkit`` command line: ``demo``, ``run``, ``history`` and ``monitor``.
+"""The ``labkit`` command line: ``demo``, ``run``, ``sweep``, ``history`` and ``monitor``.
 
 Exit status: 0 when every instance succeeded, 1 when some failed (the report is
 still written), 2 on bad usage, with a message that says what to fix.
@@ -133,6 +133,41 @@ def _parser() -> argparse.ArgumentParser:
     _common_outputs(run)
     run.set_defaults(handler=_run)
 
+    sweep = commands.add_parser(
+        "sweep",
+        help="run MODULE:FUNCTION over a grid of parameters and print the leaderboard",
+        description="Run MODULE:FUNCTION once per combination of --grid values (each trial "
+        "with its instances), print each trial as it ends and the leaderboard at the end. "
+        "With -n race, instances go only to trials not yet told apart from the leader.",
+    )
+    sweep.add_argument("target", metavar="MODULE:FUNCTION")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        required=True,
+        metavar="KEY=V1,V2,...",
+        help="values of one parameter (each read as JSON when it parses); repeatable",
+    )
+    sweep.add_argument("--objective", required=True, metavar="NAME",
+                       help="a summary figure (score, loss_last) or a recorded metric")  # fmt: skip
+    sweep.add_argument("--direction", choices=("min", "max"), default="min")
+    sweep.add_argument(
+        "-n",
+        "--instances",
+        type=_sweep_instances,
+        default=1,
+        metavar="N",
+        help="instances per trial, 'auto', or 'race' (default: 1)",
+    )
+    sweep.add_argument("--max-parallel", type=_positive_int, default=1, metavar="P")
+    sweep.add_argument("--max-instances", type=_positive_int, default=None, metavar="N")
+    sweep.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    sweep.add_argument("--db", default="labkit.db", metavar="PATH", help="record the trials here")
+    sweep.add_argument("--no-db", action="store_true", help="do not record the trials")
+    sweep.add_argument("--json", action="store_true", help="print the trials as JSON on stdout")
+    sweep.set_defaults(handler=_sweep)
+
     history = commands.add_parser("history", help="list the experiments recorded in a store")
     history.add_argument("--db", default="labkit.db", metavar="PATH")
     history.add_argument("--limit", type=_positive_int, default=20, metavar="N")
@@ -203,6 +238,25 @@ def _instances(text: str) -> int | str:
             f"expected 1 to {MAX_INSTANCES} (the cap) or 'auto', got {text!r}"
         )
     return value
+
+
+def _sweep_instances(text: str) -> int | str:
+    return text if text == "race" else _instances(text)
+
+
+def parse_grid(pairs: Sequence[str]) -> dict[str, list[Any]]:
+    """``["lr=0.1,0.01", "opt=adam"]`` as ``{"lr": [0.1, 0.01], "opt": ["adam"]}``.
+
+    Raises:
+        UsageError: A pair has no ``=``, an empty key or no values.
+    """
+    grid: dict[str, list[Any]] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip() or not text:
+            raise UsageError(f"--grid expects KEY=V1,V2,..., got {pair!r}")
+        grid[key.strip()] = [parse_params([f"v={value}"])["v"] for value in text.split(",")]
+    return grid
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
@@ -497,6 +551,48 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from labkit.sweep import SweepEvent, leaderboard, sweep
+
+    experiment = load_target(args.target)
+    params = parse_params(args.param)
+    if params:
+        experiment = experiment.with_params(**params)
+    grid = parse_grid(args.grid)
+    human = sys.stderr if args.json else sys.stdout
+
+    def report(event: object) -> None:
+        if isinstance(event, SweepEvent) and event.kind == "trial_finished":
+            stats = event.stats
+            print(
+                f"trial {event.trial} {event.status}: objective {event.objective:.6g} "
+                f"(best so far: trial {stats.best_trial}, {stats.best_objective:.6g})",
+                file=human,
+                flush=True,
+            )
+
+    async def go() -> Any:
+        from labkit.store import Store
+
+        store = None if args.no_db else Store(args.db)
+        try:
+            return await sweep(
+                experiment, grid, instances=args.instances, objective=args.objective,
+                direction=args.direction, max_parallel=args.max_parallel, store=store,
+                max_instances=args.max_instances, on_event=report,
+            )  # fmt: skip
+        finally:
+            if store is not None:
+                store.close()
+
+    frame = asyncio.run(go())
+    if args.json:
+        print(frame.to_json(orient="records", default_handler=str))
+    print("leaderboard:", file=human)
+    print(leaderboard(frame), file=human)
+    return EXIT_OK if (frame["status"] == "ok").any() else EXIT_FAILED
+
+
 def _history(args: argparse.Namespace) -> int:
     if not Path(args.db).exists():
         print(f"no experiments recorded yet: {args.db} does not exist", file=sys.stderr)
@@ -550,11 +646,19 @@ def _monitor_text(db: str) -> str:
 
         with Store(db) as store:
             frame = store.experiments()
-        running = frame[frame["status"] == "running"] if not frame.empty else frame
-        lines.append(f"experiments running in {db}: {len(running)}")
-        for row in running.to_dict("records"):
-            done = int(row["succeeded"]) + int(row["failed"])
-            lines.append(f"  {row['id']} {row['name']}: {done}/{row['instances']} instances done")
+        for status, heading in (
+            ("running", "running"),
+            ("interrupted", "interrupted (their process died; resume=True picks them up)"),
+        ):
+            rows = frame[frame["status"] == status] if not frame.empty else frame
+            if status == "interrupted" and rows.empty:
+                continue
+            lines.append(f"experiments {heading} in {db}: {len(rows)}")
+            for row in rows.to_dict("records"):
+                done = int(row["succeeded"]) + int(row["failed"])
+                lines.append(
+                    f"  {row['id']} {row['name']}: {done}/{row['instances']} instances done"
+                )
     return "\n".join(lines)
 
 

@@ -127,3 +127,42 @@ def test_history_and_monitor(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["monitor", "--db", str(tmp_path / "none.db")]) == 0
     out = capsys.readouterr().out
     assert "machine: cpu" in out and "GPU" in out
+
+
+def test_history_and_monitor_show_an_interrupted_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "lab.db"
+    with Store(db) as store:
+        dead, _ = store.begin(name="dead", params={}, instances=2, config={}, resume=False)
+        alive, _ = store.begin(name="alive", params={}, instances=2, config={}, resume=False)
+        # The dead run last beat long ago with a short interval; the live one just now.
+        store.heartbeat(dead, every=0.001)
+        store.heartbeat(alive, every=60.0)
+        store.flush()
+    assert main(["history", "--db", str(db)]) == 0
+    rows = {line.split()[1]: line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows == {"dead": "interrupted", "alive": "running"}
+    assert main(["monitor", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert f"experiments running in {db}: 1" in out
+    assert (
+        f"experiments interrupted (their process died; resume=True picks them up) in {db}: 1" in out
+    )
+    assert f"  {dead} dead: 0/2 instances done" in out
+
+
+def test_sweep_prints_each_trial_and_the_leaderboard(tmp_path: Path) -> None:
+    (tmp_path / "workload.py").write_text(WORKLOAD)
+    done = labkit(
+        "sweep", "workload:work", "--grid", "scale=3,1,2", "--objective", "scale",
+        "--db", "lab.db", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("trial 0 ok: objective 3 (best so far: trial 0, 3)")
+    assert lines[3] == "leaderboard:"
+    assert [line.split()[2] for line in lines[4:7]] == ["1", "2", "0"]
+    assert "scale=1" in lines[4]
+    with Store(tmp_path / "lab.db") as store:
+        assert len(store.experiments()) == 3
