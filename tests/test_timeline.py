@@ -976,6 +976,25 @@ def test_on_step_needs_a_step_column() -> None:
         average_timelines([frame([0.0], v=[1.0])], on="step")
 
 
+def test_outliers_of_step_timelines_compare_instances_at_equal_steps() -> None:
+    rng = np.random.default_rng(3)
+    frames = [
+        pd.DataFrame(
+            {"step": np.arange(20), "loss": 1.0 / (1 + np.arange(20)) + rng.normal(0, 0.01, 20)}
+        )
+        for _ in range(5)
+    ]
+    frames[2]["loss"] += 0.5
+    frames[4] = frames[4].iloc[::2]  # records every other step: no interpolation needed
+
+    found = detect_outliers(frames)
+
+    assert [(o.instance, o.metric) for o in found] == [(2, "loss")]  # "step" is no metric
+    with pytest.raises(ConfigError) as caught:
+        detect_outliers(frames, step=1.0)
+    assert caught.value.option == "step"
+
+
 @pytest.mark.parametrize("option", ["block_points", "block_rows"])
 def test_block_sizes_must_be_positive_integers(option: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,13 +13,16 @@ import pandas as pd
 from labkit.errors import ConfigError
 from labkit.timeline.grid import BLOCK_POINTS, Gridder, Scratch, Series, layout
 from labkit.timeline.inputs import (
+    Axis,
     FloatArray,
+    Instance,
     Method,
     Shown,
     read_timelines,
     resolve_methods,
     resolve_names,
     resolve_step,
+    timeline_axis,
 )
 from labkit.timeline.summaries import RECOVERY_KEYS, SUMMARY_RESERVED, failure_text, is_number
 
@@ -79,6 +82,7 @@ def detect_outliers(
     metrics: Iterable[str] | None = None,
     step: float | None = None,
     method: Method | Mapping[str, Method] = "linear",
+    on: Axis | None = None,
 ) -> list[Outlier]:
     """Find instances whose behaviour differs from the rest.
 
@@ -107,6 +111,8 @@ def detect_outliers(
         metrics: Only look at these metrics (summary keys or timeline columns).
         step: Timelines only: the grid step (see :func:`average_timelines`).
         method: Timelines only: ``"linear"``, ``"previous"`` or per metric.
+        on: Timelines only: ``"t"``, ``"step"`` (instances compared at equal
+            steps, no interpolation) or ``None`` (as :func:`average_timelines`).
 
     Returns:
         One :class:`Outlier` per flagged (instance, metric), the largest
@@ -139,6 +145,7 @@ def detect_outliers(
             metrics,
             step,
             method,
+            on,
         )
     elif not any(frames):
         found = _summary_outliers(items, threshold, min_relative, metrics)
@@ -180,24 +187,13 @@ def _summary_outliers(
     return found
 
 
-def _timeline_outliers(
-    frames: Sequence[pd.DataFrame],
-    threshold: float,
-    min_relative: float,
-    metrics: Iterable[str] | None,
-    step: float | None,
-    method: Any,
-) -> list[Outlier]:
-    instances, names, _ = read_timelines(frames)
-    methods = resolve_methods(method, names)
-    wanted = names if metrics is None else resolve_names(metrics, "metrics", names)
-    grid_step = resolve_step(step, instances)
-    if len(instances) < 3:
-        return []
-    size, series = layout(instances, grid_step)
+def _grid_stacks(
+    instances: Sequence[Instance], wanted: Sequence[str], methods: Mapping[str, str], step: float
+) -> Iterator[tuple[str, FloatArray]]:
+    """Per metric: instances x grid values (NaN outside an instance's range)."""
+    size, series = layout(instances, step)
     scratch = Scratch()
-    gridder = Gridder(np.arange(size, dtype=np.float64) * grid_step, grid_step, scratch)
-    found: list[Outlier] = []
+    gridder = Gridder(np.arange(size, dtype=np.float64) * step, step, scratch)
     for name in wanted:
         stack = np.full((len(instances), size), np.nan)
         only = {name: methods[name]}
@@ -211,6 +207,51 @@ def _timeline_outliers(
                     hi = min(lo + BLOCK_POINTS, piece.stop)
                     for _, values in gridder.values(single, lo, hi, only):
                         stack[row, lo:hi] = values
+        yield name, stack
+
+
+def _step_stacks(
+    instances: Sequence[Instance], wanted: Sequence[str]
+) -> Iterator[tuple[str, FloatArray]]:
+    """Per metric: instances x steps values, each at its own step (NaN where absent)."""
+    steps = np.unique(np.concatenate([instance.t for instance in instances]))
+    for name in wanted:
+        stack = np.full((len(instances), steps.size), np.nan)
+        for row, instance in enumerate(instances):
+            if name in instance.clean:
+                at, values = instance.t, instance.clean[name]
+            elif name in instance.ragged:
+                at, values = instance.ragged[name]
+            else:
+                continue
+            last = np.flatnonzero(np.append(at[1:] != at[:-1], True))  # a repeated step
+            stack[row, np.searchsorted(steps, at[last])] = values[last]
+        yield name, stack
+
+
+def _timeline_outliers(
+    frames: Sequence[pd.DataFrame],
+    threshold: float,
+    min_relative: float,
+    metrics: Iterable[str] | None,
+    step: float | None,
+    method: Any,
+    on: Any,
+) -> list[Outlier]:
+    axis = timeline_axis(frames, on)
+    instances, names, _ = read_timelines(frames, axis)
+    methods = resolve_methods(method, names)
+    wanted = names if metrics is None else resolve_names(metrics, "metrics", names)
+    if axis == "step":
+        if step is not None:
+            raise ConfigError("step", step, "None for timelines indexed by step")
+        stacks = _step_stacks(instances, wanted)
+    else:
+        stacks = _grid_stacks(instances, wanted, methods, resolve_step(step, instances))
+    if len(instances) < 3:
+        return []
+    found: list[Outlier] = []
+    for name, stack in stacks:
         present = ~np.isnan(stack)
         shared = present.sum(axis=0) >= 3
         if not shared.any():
