@@ -933,8 +933,8 @@ def format_spread(mean: float, ci95: float, low: float, high: float) -> str:
 
     Digits follow the interval: the half-width keeps two significant digits and
     the other numbers as many decimals (``48.7 ± 2.1 (45.2 … 52.8)``). Without
-    an interval (one instance: ``ci95`` NaN) the mean alone, to 4 digits; a
-    missing mean is ``-``.
+    an interval (one instance: ``ci95`` NaN) the mean alone, to 4 digits, and
+    without spread ``3 ± 0 (3 … 3)``; a missing mean is ``-``.
 
     Args:
         mean: The figure's mean over the instances.
@@ -947,7 +947,7 @@ def format_spread(mean: float, ci95: float, low: float, high: float) -> str:
     if not (math.isfinite(ci95) and ci95 > 0):
         text = f"{mean:.4g}"
         if math.isfinite(ci95):  # no spread at all
-            return f"{text} ± 0"
+            return f"{text} ± 0 ({low:.4g} … {high:.4g})"
         return text
     decimals = min(max(1 - math.floor(math.log10(ci95)), 0), 12)
 
