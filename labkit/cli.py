@@ -149,8 +149,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=V1,V2,...",
         help="values of one parameter (each read as JSON when it parses); repeatable",
     )
-    sweep.add_argument("--objective", required=True, metavar="NAME",
-                       help="a summary figure (score, loss_last) or a recorded metric")  # fmt: skip
+    sweep.add_argument(
+        "--objective",
+        required=True,
+        metavar="NAME",
+        help="a summary figure (score, loss_last) or a recorded metric",
+    )
     sweep.add_argument("--direction", choices=("min", "max"), default="min")
     sweep.add_argument(
         "-n",
@@ -577,10 +581,16 @@ def _sweep(args: argparse.Namespace) -> int:
         store = None if args.no_db else Store(args.db)
         try:
             return await sweep(
-                experiment, grid, instances=args.instances, objective=args.objective,
-                direction=args.direction, max_parallel=args.max_parallel, store=store,
-                max_instances=args.max_instances, on_event=report,
-            )  # fmt: skip
+                experiment,
+                grid,
+                instances=args.instances,
+                objective=args.objective,
+                direction=args.direction,
+                max_parallel=args.max_parallel,
+                store=store,
+                max_instances=args.max_instances,
+                on_event=report,
+            )
         finally:
             if store is not None:
                 store.close()

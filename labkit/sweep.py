@@ -422,8 +422,9 @@ class _Board:
         self.decision = statement
         self._emit("decided", None)
 
-    def _emit(self, kind: Literal["trial_started", "trial_finished", "decided"],
-              trial: _Trial | None) -> None:  # fmt: skip
+    def _emit(
+        self, kind: Literal["trial_started", "trial_finished", "decided"], trial: _Trial | None
+    ) -> None:
         if not self.bus:
             return
         ended = trial is not None and kind == "trial_finished"
@@ -550,13 +551,17 @@ async def sweep(
         "an int >= 1, or None",
     )
     racing = instances == "race"
-    options = RaceOptions(
-        initial=initial_instances,
-        max_instances=10 if max_instances is None else max_instances,
-        budget=budget,
-        confidence=confidence,
-        min_effect=min_effect,
-    ) if racing else None  # fmt: skip
+    options = (
+        RaceOptions(
+            initial=initial_instances,
+            max_instances=10 if max_instances is None else max_instances,
+            budget=budget,
+            confidence=confidence,
+            min_effect=min_effect,
+        )
+        if racing
+        else None
+    )
     if instances == "auto" and max_instances is not None:
         run_options["max_instances"] = max_instances
     source, strategy = _trials(space, n_trials)
@@ -707,9 +712,12 @@ class _TrialRunner:
         if adding:
             trial.values.extend(instance_values(result, self.objective))
             result = ExperimentResult.build(
-                result.name, result.params, trial.instances, result.config,
+                result.name,
+                result.params,
+                trial.instances,
+                result.config,
                 experiment_id=result.experiment_id,
-            )  # fmt: skip
+            )
         trial.summary = result.summary
         trial.status, trial.error, trial.objective = "failed", None, math.nan
         if result.all_failed:
