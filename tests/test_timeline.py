@@ -931,6 +931,27 @@ def test_timelines_indexed_by_step_align_on_equal_steps_without_interpolation() 
     assert math.isnan(out["loss_std"].iat[3])  # one finite value there
 
 
+def test_step_averaging_matches_a_pandas_groupby_on_random_instances() -> None:
+    rng = np.random.default_rng(21)
+    frames = []
+    for _ in range(7):
+        steps = np.sort(rng.choice(200, size=rng.integers(5, 150), replace=False))
+        loss = rng.normal(1.0, 0.2, steps.size)
+        loss[rng.random(steps.size) < 0.1] = np.nan  # some steps lack the metric
+        frames.append(pd.DataFrame({"step": steps, "loss": loss}))
+
+    out = average_timelines(frames).set_index("step")
+
+    # The specification: stack every row, group by step, reduce.
+    rows = pd.concat(frames)
+    grouped = rows.groupby("step")["loss"]
+    assert out["n"].tolist() == rows.groupby("step").size().tolist()
+    np.testing.assert_allclose(out["loss"], grouped.mean(), rtol=1e-12)
+    np.testing.assert_allclose(out["loss_std"], grouped.std(ddof=1), rtol=1e-9)
+    np.testing.assert_allclose(out["loss_min"], grouped.min())
+    np.testing.assert_allclose(out["loss_max"], grouped.max())
+
+
 def test_step_timelines_with_seconds_and_resource_rows_align_on_step() -> None:
     nan = np.nan
     # An instance's timeline as an experiment records it: t on every row, a step on
@@ -1035,6 +1056,37 @@ def test_merging_two_partial_states_equals_folding_everything_into_one() -> None
     for merged, expected in zip(finalized(first, n), finalized(whole, n), strict=True):
         np.testing.assert_allclose(merged, expected, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(finalized(first, n)[1], rows.std(axis=0, ddof=1), rtol=1e-6)
+
+
+@SETTINGS
+@given(
+    values=st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=2 * 6, max_size=8 * 6),
+    split=st.integers(1, 7),
+    starts=st.lists(st.integers(0, 5), min_size=8, max_size=8),
+)
+def test_property_any_split_of_instances_merges_to_the_same_statistics(
+    values: list[float], split: int, starts: list[int]
+) -> None:
+    size = 6
+    rows = np.array(values[: len(values) // size * size]).reshape(-1, size)
+    split = min(split, len(rows) - 1)
+    scratch = Scratch()
+    states = [moments.init(size, own_count=True) for _ in range(3)]
+    for state in states:
+        moments.reset(state, size)
+    for index, row in enumerate(rows):
+        start = starts[index]  # each instance covers points start..size-1
+        moments.update(states[0], start, row[start:], scratch)
+        moments.update(states[1 if index < split else 2], start, row[start:], scratch)
+    moments.merge(states[1], states[2])
+
+    counts = states[0].count
+    assert counts is not None
+    merged, whole = finalized(states[1], counts), finalized(states[0], counts)
+    for ours, expected in zip(merged, whole, strict=True):
+        np.testing.assert_allclose(ours, expected, rtol=1e-9, atol=1e-6)
+    assert states[1].count is not None
+    assert states[1].count.tolist() == counts.tolist()
 
 
 def test_merge_into_an_empty_state_takes_the_other_as_it_is() -> None:
