@@ -317,6 +317,30 @@ async def test_an_optuna_study_drives_a_sweep() -> None:
         await sweep(EXP, optuna.create_study(), objective="score", n_trials=1)
 
 
+async def test_an_optuna_study_agrees_on_direction_and_on_the_best_of_ties() -> None:
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = {"x": optuna.distributions.IntDistribution(0, 1)}
+    with pytest.raises(ConfigError, match="direction"):
+        await sweep(
+            EXP, StudyStrategy(optuna.create_study(direction="maximize"), space),
+            objective="score", n_trials=1,
+        )  # fmt: skip
+
+    async def tie(ctx: InstanceContext) -> dict[str, float]:
+        await asyncio.sleep(0.05 if ctx.attempt == 1 and ctx.params["slow"] else 0.0)
+        return {"score": 1.0}
+
+    study = optuna.create_study(direction="minimize")
+    slow = iter([True, False])
+    strategy = StudyStrategy(study, lambda trial: {"slow": next(slow)})
+    frame = await sweep(
+        Experiment("tie", tie), strategy, objective="score", n_trials=2, max_parallel=2
+    )
+    # Trial 0 is slow, trial 1 ties it and is told first: both name trial 1 the best.
+    assert frame.loc[frame["best"], "trial"].tolist() == [study.best_trial.number] == [1]
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("space", "options", "option"),
