@@ -850,7 +850,10 @@ def compare(
     two-sided test: when A and B do not differ, ``better`` is not ``None`` with
     probability ``1 - confidence``; the tests check that rate, the power at
     ``instances_needed`` and the interval's coverage by simulation on normal and
-    lognormal data at N from 3 to 30.
+    lognormal data at N from 3 to 30. Welch's test is a little conservative at
+    small N and on skewed data: measured at 95 % (3,000 experiments each), the
+    false-positive rate is 3.9, 4.0, 4.3 and 4.5 % on normal data at N = 3, 5,
+    10 and 30, and 2.2, 1.9, 2.9 and 3.9 % on lognormal data.
 
     Args:
         a: An ``ExperimentResult`` (its succeeded instances' summary figure
