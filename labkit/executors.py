@@ -52,7 +52,7 @@ Call = Callable[[Any], Awaitable[Any]]
 _NAMES = ("async", "thread", "process")
 
 
-class AttemptExpired(Exception):  # noqa: N818 - a signal between labkit's own layers
+class AttemptExpired(Exception):
     """An attempt's own timeout ran out (never the function's own ``TimeoutError``)."""
 
 
@@ -283,9 +283,9 @@ class Backend:
         processes, self._processes = self._processes, None
         if processes is not None:
             if cancel:
-                processes.stop()
+                processes.stop()  # type: ignore[no-untyped-call]
             else:
-                processes.close()
+                processes.close()  # type: ignore[no-untyped-call]
             await asyncio.to_thread(processes.join)
 
     def close(self, *, cancel: bool = False) -> None:
@@ -297,7 +297,10 @@ class Backend:
             threads.shutdown()
         processes, self._processes = self._processes, None
         if processes is not None:
-            processes.stop() if cancel else processes.close()
+            if cancel:
+                processes.stop()  # type: ignore[no-untyped-call]
+            else:
+                processes.close()  # type: ignore[no-untyped-call]
             threading.Thread(target=processes.join, daemon=True).start()
 
 

@@ -91,8 +91,8 @@ async def run_graph(graph: Graph, **runner_options: Any) -> dict[str, TaskResult
         handles: dict[str, TaskHandle[Any]] = {}
         for name in order:
             upstream = [handles[dep] for dep in dependencies[name]]
-            handles[name] = runner._submit(
-                _with_inputs(functions[name], upstream), (), {}, tuple(upstream), name
+            handles[name] = runner.submit(
+                _with_inputs(functions[name], upstream), depends_on=upstream, label=name
             )
         results = {name: await handles[name] for name in order}
     for name, result in results.items():

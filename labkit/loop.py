@@ -16,12 +16,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import signal
+import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 __all__ = ("run_sync",)
 
 T = TypeVar("T")
+
+_GRACE_S = 1.0  # after a second Ctrl-C, how long the leftover tasks get to end
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -35,9 +39,64 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        with asyncio.Runner() as runner:
-            return runner.run(coro)
+        if threading.current_thread() is not threading.main_thread():
+            with asyncio.Runner() as runner:
+                return runner.run(coro)
+        return _run_interruptible(coro)
     return _run_nested(loop, coro)
+
+
+def _run_interruptible(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` in a fresh loop where Ctrl-C is an event of the loop, never an
+    exception raised at a random point inside it (which can leave asyncio's own
+    bookkeeping half done, so that the cleanup then waits forever).
+
+    The first Ctrl-C cancels ``coro`` and lets its cleanup run; a second one stops
+    waiting for that cleanup (remaining tasks get one more cancel and a short grace
+    period); either way ``KeyboardInterrupt`` is raised here afterwards.
+    """
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(coro)
+    interrupts = 0
+
+    def on_sigint() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            task.cancel()
+        else:
+            loop.stop()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        try:
+            return loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            if interrupts:
+                raise KeyboardInterrupt from None
+            raise
+        except RuntimeError:
+            if interrupts > 1 and not task.done():
+                raise KeyboardInterrupt from None  # the second Ctrl-C stopped the loop
+            raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        _close(loop)
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left, give it a moment, and close ``loop``."""
+    try:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for leftover in pending:
+            leftover.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=_GRACE_S))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def _run_nested(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:

@@ -7,9 +7,13 @@ from a ``RateLimit``.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
+from collections import deque
+from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
+from typing import Any
 
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import check
@@ -41,6 +45,11 @@ class Retry:
         jitter: The random spread as a fraction of the delay, 0 to 1.
         retry_on: Exception types that are retried; others fail at once.
             ``asyncio.CancelledError`` is never retried.
+        retry_if_result: A predicate on the value an attempt returned: when it
+            returns True the value is rejected and the item is tried again (as
+            tenacity's ``retry_if_result``). When the attempts run out, the item
+            fails with :class:`labkit.errors.ResultRejected` and its result keeps
+            the last rejected value as ``value``.
 
     Raises:
         ConfigError: If an option is out of range.
@@ -52,6 +61,7 @@ class Retry:
     max_delay: float = 30.0
     jitter: float = 0.1
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    retry_if_result: Callable[[Any], bool] | None = None
 
     def __post_init__(self) -> None:
         check(
@@ -65,10 +75,23 @@ class Retry:
         check(self.max_delay >= 0, "max_delay", self.max_delay, "a delay in seconds >= 0")
         check(0 <= self.jitter <= 1, "jitter", self.jitter, "a fraction from 0 to 1")
         object.__setattr__(self, "retry_on", _exception_types(self.retry_on))
+        check(
+            self.retry_if_result is None or callable(self.retry_if_result),
+            "retry_if_result",
+            self.retry_if_result,
+            "None or a callable value -> bool (True rejects the value)",
+        )
 
     def should_retry(self, error: BaseException, failed_attempts: int) -> bool:
-        """Whether to try again after ``failed_attempts`` attempts ended in ``error``."""
-        return failed_attempts < self.attempts and isinstance(error, self.retry_on)
+        """Whether to try again after ``failed_attempts`` attempts ended in ``error``.
+
+        A value rejected by ``retry_if_result`` is retried whatever ``retry_on`` says.
+        """
+        if failed_attempts >= self.attempts:
+            return False
+        from labkit.errors import ResultRejected
+
+        return isinstance(error, (*self.retry_on, ResultRejected))
 
     def delay(self, failed_attempts: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after the ``failed_attempts``-th failure (1-based)."""
@@ -129,11 +152,18 @@ class RateLimit:
 
 
 class RateLimiter:
-    """The live bucket for a :class:`RateLimit` (GCRA, reservation style).
+    """The live bucket for a :class:`RateLimit` (GCRA, reserved at wake-up).
 
-    Each caller reserves the next free start time and sleeps until it; this is
-    exact (no over-grant at start, unlike a bucket that begins full of ``rate``
-    tokens) and costs one clock read when no wait is needed.
+    GCRA's guarantee holds in every window, also after the event loop stalled: in
+    any span of ``T`` seconds at most ``burst + rate * T / per`` starts happen. A
+    start is granted only at the moment it happens: waiters queue in FIFO order,
+    the first one sleeps until the bucket allows it, re-reads the clock when it
+    wakes, and takes its start then. A stall therefore makes late starts late, never
+    bunched (a limiter that hands out start times before sleeping fires every
+    overdue waiter at once after a stall, and then a fresh burst on top).
+
+    ``jitter`` delays each caller by a random ``[0, jitter]`` seconds *before* it
+    queues, so it spreads starts without breaking the guarantee.
 
     Args:
         policy: The rate to enforce.
@@ -141,7 +171,16 @@ class RateLimiter:
         rng: The source of jitter.
     """
 
-    __slots__ = ("_clock", "_interval", "_jitter", "_next_free", "_rng", "_tolerance", "policy")
+    __slots__ = (
+        "_clock",
+        "_interval",
+        "_jitter",
+        "_rng",
+        "_tat",
+        "_tolerance",
+        "_waiters",
+        "policy",
+    )
 
     def __init__(
         self, policy: RateLimit, *, clock: Clock = SYSTEM_CLOCK, rng: random.Random | None = None
@@ -152,20 +191,39 @@ class RateLimiter:
         self._interval = policy.interval
         self._tolerance = (policy.burst - 1) * self._interval
         self._jitter = policy.jitter
-        self._next_free = -math.inf
+        self._tat = -math.inf  # the theoretical arrival time of the next start
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
-    def reserve(self) -> float:
-        """Claim the next start; returns how many seconds to wait for it."""
+    @property
+    def waiting(self) -> int:
+        """Callers queued for a start now."""
+        return len(self._waiters)
+
+    def try_acquire(self) -> float:
+        """Take a start now if the bucket allows it: 0.0, else the seconds to wait."""
         now = self._clock.now()
-        theoretical = max(self._next_free, now)
-        self._next_free = theoretical + self._interval
-        wait = theoretical - self._tolerance - now
-        if self._jitter:
-            wait = max(wait, 0.0) + self._rng.uniform(0.0, self._jitter)
-        return wait
+        tat = self._tat if self._tat > now else now
+        wait = tat - self._tolerance - now
+        if wait > 0:
+            return wait
+        self._tat = tat + self._interval
+        return 0.0
 
     async def acquire(self) -> None:
-        """Wait until this caller may start."""
-        wait = self.reserve()
-        if wait > 0:
-            await self._clock.sleep(wait)
+        """Wait until this caller may start; the start is taken when this returns."""
+        if self._jitter:
+            await self._clock.sleep(self._rng.uniform(0.0, self._jitter))
+        waiters = self._waiters
+        if not waiters and self.try_acquire() == 0.0:
+            return
+        me: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(me)
+        try:
+            if waiters[0] is not me:
+                await me  # the head hands the turn on when it has started
+            while (wait := self.try_acquire()) > 0:
+                await self._clock.sleep(wait)
+        finally:
+            waiters.remove(me)
+            if waiters and not waiters[0].done():
+                waiters[0].set_result(None)

@@ -16,6 +16,8 @@ daemons, so an abandoned call never keeps the interpreter from exiting, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import queue
 import threading
 from collections.abc import Callable
@@ -60,12 +62,11 @@ class ThreadCall:
             return None
         if self.started is not None:
             self._loop.call_soon_threadsafe(_resolve, self.started, None)
-        done = self.done
         try:
             value = self.fn(self.arg)
         except BaseException as error:  # handed to the awaiting task, never lost
-            return lambda: _fail(done, error)
-        return lambda: _resolve(done, value)
+            return functools.partial(_fail, self.done, error)
+        return functools.partial(_resolve, self.done, value)
 
 
 def _resolve(future: asyncio.Future[Any], value: Any) -> None:
@@ -171,11 +172,10 @@ class ElasticThreadPool:
                     self._idle = max(self._idle - 1, 0)
                 return
             settle = call.run_in_thread()
-            if settle is not None:
-                try:
-                    call._loop.call_soon_threadsafe(settle)
-                except RuntimeError:
-                    pass  # the loop is closed: nobody waits for this outcome any more
-            del call, settle
-            with self._lock:
+            with self._lock:  # idle before the loop hears of it: the next call reuses us
                 self._idle += 1
+            if settle is not None:
+                # A closed loop raises RuntimeError: nobody waits for this outcome then.
+                with contextlib.suppress(RuntimeError):
+                    call._loop.call_soon_threadsafe(settle)
+            del call, settle

@@ -62,3 +62,63 @@ def test_ctrl_c_cancels_in_flight_tasks_and_keeps_the_report() -> None:
     assert result["completed"] == 4 and result["submitted"] == 10
     assert result["values"] == [0, 1, 2, 3]
     assert result["cleaned"] == [4, 5, 6]
+
+
+SLOW_CLEANUP = textwrap.dedent(
+    """
+    import asyncio, sys
+    import labkit as lk
+
+    async def work(i):
+        if i < 2:
+            return i
+        print("started", i, flush=True)
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            print("cleaning", i, flush=True)
+            await asyncio.sleep(3600)  # a cleanup that never ends by itself
+
+    try:
+        lk.run_parallel_sync(work, range(6), max_concurrency=3)
+    except lk.errors.RunInterrupted as exc:
+        print("report", exc.report.stats.completed, exc.report.stats.submitted, flush=True)
+        if sys.argv[1] == "reraise":
+            raise
+    """
+)
+
+
+def _interrupt_twice(mode: str) -> tuple[subprocess.Popen[str], list[str]]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CLEANUP, mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 30
+    while sum(line.startswith("started") for line in lines) < 1 and time.monotonic() < deadline:
+        lines.append(child.stdout.readline())
+    child.send_signal(signal.SIGINT)
+    while sum(line.startswith("cleaning") for line in lines) < 1 and time.monotonic() < deadline:
+        lines.append(child.stdout.readline())
+    child.send_signal(signal.SIGINT)  # the second Ctrl-C, during the cleanup
+    return child, lines
+
+
+def test_a_second_ctrl_c_still_raises_run_interrupted_with_the_report() -> None:
+    child, lines = _interrupt_twice("catch")
+    out, err = child.communicate(timeout=30)
+    reports = [line for line in [*lines, *out.splitlines()] if line.startswith("report")]
+    assert reports == ["report 2 6"], err
+    assert child.returncode == 0, err
+
+
+def test_an_uncaught_run_interrupted_exits_like_ctrl_c() -> None:
+    child, _ = _interrupt_twice("reraise")
+    _, err = child.communicate(timeout=30)
+    assert "RunInterrupted" in err
+    # killed by SIGINT after a normal shutdown, as Python does for KeyboardInterrupt (130)
+    assert child.returncode in (-signal.SIGINT, 130), err

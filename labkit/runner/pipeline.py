@@ -1,0 +1,294 @@
+"""One task's way through the runner: admit, rate-limit, attempt, decide, record.
+
+:class:`TaskPipeline` holds what every task of a runner shares (the slots, the
+limiter, the guard, the retry policy, the counters, the event bus) and runs one
+task through these steps:
+
+1. **admit**: take a concurrency slot, then (with ``limits``) wait for the host;
+2. **rate-limit**: wait for the limiter's start (every attempt is a start);
+3. **attempt**: call the function, bounded by ``timeout`` (see
+   :mod:`labkit.executors` for what a timeout does per kind of call);
+4. **decide**: accept the value, or retry after a backoff, or give up;
+5. **record**: the one place that finishes a :class:`TaskResult`, updates the
+   counters and emits the task's last event.
+
+The task's :class:`TaskResult` is the attempt state that travels through the steps
+(as tenacity's ``RetryCallState`` does): one object per task, finished in place.
+Waiting for a slot, the guard or the limiter is never task time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, MutableSequence
+from typing import Any
+
+from labkit.adaptive import ConcurrencyController
+from labkit.clock import Clock
+from labkit.errors import ConfigError, ResourceUnavailable, ResultRejected, TaskTimeout
+from labkit.events import ConcurrencyEvent, EventBus, TaskEvent, TaskEventKind
+from labkit.executors import AttemptExpired, Invoker
+from labkit.guard import ResourceGuard, cost_of
+from labkit.policies import RateLimiter
+from labkit.runner.options import RunOptions
+from labkit.runner.records import TaskResult
+from labkit.runner.slots import Slots
+
+__all__ = ("Results", "TaskPipeline")
+
+Results = MutableSequence[Any] | dict[int, Any]
+"""Where recorded results go: a list indexed by position, or a dict for lazy inputs."""
+
+
+class TaskPipeline:
+    """The steps every task of one runner goes through, and the counters they keep.
+
+    Args:
+        options: The runner's validated options.
+        slots: The concurrency cap.
+        limiter: The rate limiter, if any.
+        guard: The resource guard, if any.
+        controller: The adaptive concurrency controller, if any.
+        bus: Where events go.
+        rng: The random source for backoff jitter.
+    """
+
+    __slots__ = (
+        "_bus",
+        "_clock",
+        "_controller",
+        "_cost",
+        "_guard",
+        "_keep",
+        "_limiter",
+        "_reject",
+        "_retry",
+        "_rng",
+        "_routes",
+        "_timeout",
+        "done",
+        "failed",
+        "held",
+        "peak",
+        "queued",
+        "retries",
+        "running",
+        "slots",
+        "throttled",
+    )
+
+    def __init__(
+        self,
+        options: RunOptions,
+        *,
+        slots: Slots,
+        limiter: RateLimiter | None,
+        guard: ResourceGuard | None,
+        controller: ConcurrencyController | None,
+        bus: EventBus,
+        rng: random.Random,
+    ) -> None:
+        self.slots = slots
+        self._clock: Clock = options.clock
+        self._retry = options.retry
+        self._reject: Callable[[Any], bool] | None = (
+            options.retry.retry_if_result if options.retry is not None else None
+        )
+        self._timeout = options.timeout
+        self._keep = options.keep_items
+        self._cost = options.cost
+        self._limiter = limiter
+        self._guard = guard
+        self._controller = controller
+        self._bus = bus
+        self._routes = bus.routes
+        self._rng = rng
+        self.queued = self.held = self.throttled = self.running = 0
+        self.done = self.failed = self.retries = self.peak = 0
+
+    # -- the steps ---------------------------------------------------------------------
+
+    async def run(self, invoker: Invoker, index: int, item: Any, results: Results) -> None:
+        """Run one task (counted in ``queued`` already) and record it in ``results``."""
+        result: TaskResult[Any] = TaskResult(index, item, False, None, None, 0)
+        slots = self.slots
+        reserved = 0.0
+        admitted = False
+        try:
+            if slots.free > 0 and not slots._waiters:
+                slots.free -= 1
+            else:
+                await slots.acquire()
+            admitted = True
+            self.queued -= 1
+            if self._guard is not None:
+                reserved = await self._admit(result)
+                if reserved < 0:
+                    return  # refused: the result says why
+            await self._attempts(invoker, result)
+        except asyncio.CancelledError as cancelled:
+            result.error = cancelled
+            raise
+        finally:
+            if admitted:
+                if reserved > 0:
+                    self._guard.release(reserved)  # type: ignore[union-attr]
+                if slots._waiters:
+                    slots.release()
+                else:
+                    slots.free += 1
+            else:
+                self.queued -= 1
+            self.record(result, results)
+
+    async def _admit(self, result: TaskResult[Any]) -> float:
+        """Wait for the host; the memory reserved (MB), or -1 when the task is refused."""
+        guard = self._guard
+        assert guard is not None
+        try:
+            needed = cost_of(self._cost, result.item)
+        except ConfigError as refusal:
+            result.error = refusal
+            return -1.0
+        self.held += 1
+        try:
+            pressured = await guard.admit(needed, result.index)
+        except ResourceUnavailable as refusal:
+            result.error = refusal
+            return -1.0
+        finally:
+            self.held -= 1
+        if pressured and self._controller is not None:
+            self.apply_limit(self._controller.pressure(self._clock.now()))
+        return needed
+
+    async def _attempts(self, invoker: Invoker, result: TaskResult[Any]) -> None:
+        """Attempt until a value is accepted or the retry policy gives up."""
+        now = self._clock.now
+        limiter = self._limiter
+        timeout = self._timeout
+        routes = self._routes
+        item = result.item
+        while True:
+            if limiter is not None:
+                await self._rate_limit(result)
+            attempt = result.attempts = result.attempts + 1
+            start = now()
+            if attempt == 1:
+                result.started = start
+            self.running += 1
+            if self.running > self.peak:
+                self.peak = self.running
+            if (subscribers := routes.get(TaskEvent)) is None:
+                subscribers = self._bus.route(TaskEvent)
+            if subscribers:
+                self._bus.deliver(subscribers, TaskEvent("started", result.index, start, attempt))
+            try:
+                if timeout is None:
+                    value = await invoker.run(item)
+                else:
+                    value = await invoker.timed(item, timeout)
+            except AttemptExpired as expired:
+                error: Exception = TaskTimeout(result.index, attempt, timeout or 0.0)
+                error.__cause__ = expired
+            except Exception as raised:
+                error = raised
+            else:
+                reject = self._reject
+                if reject is None or not reject(value):
+                    result.ok = True
+                    result.value = value
+                    result.error = None
+                    return
+                result.value = value
+                error = ResultRejected(result.index, attempt, value)
+            finally:
+                self.running -= 1
+            result.error = error
+            if not await self._decide(result, error):
+                return
+
+    async def _rate_limit(self, result: TaskResult[Any]) -> None:
+        limiter = self._limiter
+        assert limiter is not None
+        self.throttled += 1
+        began = self._clock.now()
+        try:
+            await limiter.acquire()
+        finally:
+            self.throttled -= 1
+        if result.attempts:  # a retry's wait for the limiter is not task time
+            result.duration -= self._clock.now() - began
+
+    async def _decide(self, result: TaskResult[Any], error: BaseException) -> bool:
+        """True to try again (after the backoff, slept here), False to give up."""
+        retry = self._retry
+        if retry is None or not retry.should_retry(error, result.attempts):
+            return False
+        delay = retry.delay(result.attempts, self._rng)
+        self.retries += 1
+        if self._bus.route(TaskEvent):
+            self._bus.emit(
+                TaskEvent(
+                    "retrying", result.index, self._clock.now(), result.attempts, error, delay
+                )
+            )
+        self.running += 1  # the backoff belongs to the task's run
+        try:
+            await self._clock.sleep(delay)
+        finally:
+            self.running -= 1
+        return True
+
+    # -- recording ---------------------------------------------------------------------
+
+    def record(self, result: TaskResult[Any], results: Results) -> None:
+        """Finish ``result`` (its end, its duration, its item), count it and announce it.
+
+        The one place a task's outcome is written: every path of every task ends here.
+        """
+        finished = result.finished = self._clock.now()
+        if result.attempts == 0:
+            result.started = finished
+        # duration holds minus the retries' limiter waits until now (see _rate_limit)
+        result.duration += finished - result.started
+        ok = result.ok
+        if ok:
+            self.done += 1
+            kind: TaskEventKind = "succeeded"
+        else:
+            self.failed += 1
+            kind = "cancelled" if isinstance(result.error, asyncio.CancelledError) else "failed"
+        keep = self._keep
+        if keep is not True and (keep is False or ok):
+            result.item = None
+        results[result.index] = result
+        if (subscribers := self._routes.get(TaskEvent)) is None:
+            subscribers = self._bus.route(TaskEvent)
+        if subscribers:
+            event = TaskEvent(
+                kind, result.index, finished, result.attempts, result.error, 0.0, result.duration
+            )
+            self._bus.deliver(subscribers, event)
+        if self._controller is not None and result.attempts:
+            self.apply_limit(self._controller.completed(finished))
+
+    def record_unstarted(
+        self, index: int, item: Any, error: BaseException, results: Results
+    ) -> TaskResult[Any]:
+        """Record a queued task that will never start (cancelled, or a dependency failed)."""
+        self.queued -= 1
+        result: TaskResult[Any] = TaskResult(index, item, False, None, error, 0)
+        self.record(result, results)
+        return result
+
+    def apply_limit(self, change: tuple[int, float, str] | None) -> None:
+        """Move the concurrency limit as the adaptive controller decided."""
+        if change is None:
+            return
+        limit, throughput, reason = change
+        previous = self.slots.size
+        self.slots.resize(limit)
+        if self._bus:
+            self._bus.emit(ConcurrencyEvent(self._clock.now(), limit, previous, throughput, reason))
