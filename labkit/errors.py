@@ -9,6 +9,8 @@ that already catches the built-ins keeps working::
      +-- MissingDependency (ImportError)    an optional extra is not installed
      +-- TaskFailed                         raised by RunReport.raise_for_errors() (in a group)
      +-- TaskTimeout (TimeoutError)         one attempt of a task ran past the run's `timeout`
+     +-- ResultRejected                     `Retry(retry_if_result=...)` rejected every value
+     +-- ItemsFailed                        the `items` iterable raised; carries `.report`
      +-- DependencyFailed                   a task did not run: a task it depends on failed
      +-- GraphError (ValueError)            a task graph has a cycle or an unknown name
      +-- ResourceUnavailable                a task needs more than the host could ever give
@@ -49,7 +51,9 @@ __all__ = (
     "GraphError",
     "LabkitError",
     "MissingDependency",
+    "ItemsFailed",
     "ResourceUnavailable",
+    "ResultRejected",
     "RunInterrupted",
     "SandboxAuthError",
     "SandboxClosed",
@@ -118,6 +122,46 @@ class TaskFailed(LabkitError):
         self.item = item
         self.error = error
         super().__init__(f"task {index} ({item!r:.60}) failed: {type(error).__name__}: {error}")
+
+
+class ResultRejected(LabkitError):
+    """The last attempt returned a value that ``Retry(retry_if_result=...)`` rejected.
+
+    Attributes:
+        index: The task's index.
+        attempt: The attempt whose value was rejected (1-based).
+        value: That value (also on the failed result's ``value``).
+    """
+
+    def __init__(self, index: int, attempt: int, value: Any) -> None:
+        self.index = index
+        self.attempt = attempt
+        self.value = value
+        super().__init__(f"task {index}: attempt {attempt} returned a rejected value {value!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.index, self.attempt, self.value))
+
+
+class ItemsFailed(LabkitError):
+    """The ``items`` iterable raised part-way through a run.
+
+    No further item was pulled; the items pulled before it ran to their end, and
+    their results are on ``report`` (its ``results`` hold exactly those items). The
+    iterable's own exception is ``__cause__``.
+
+    Attributes:
+        report: The :class:`labkit.RunReport` of the items pulled before the error.
+        pulled: How many items were pulled.
+    """
+
+    def __init__(self, report: RunReport[Any], cause: BaseException) -> None:
+        self.report = report
+        self.pulled = len(report.results)
+        super().__init__(
+            f"the items iterable raised {type(cause).__name__}: {cause} after {self.pulled} "
+            "items; their results are on .report"
+        )
 
 
 class TaskTimeout(LabkitError, TimeoutError):
@@ -243,3 +287,43 @@ class RunInterrupted(KeyboardInterrupt):
         self.report = report
         stats = report.stats
         super().__init__(f"interrupted: {stats.completed} of {stats.submitted} tasks had completed")
+        _exit_130_if_uncaught()
+
+
+def _exit_130_if_uncaught() -> None:
+    """Make an uncaught RunInterrupted end the process as Ctrl-C does (status 130).
+
+    Python gives status 130 only to a bare ``KeyboardInterrupt`` left uncaught; a
+    subclass exits with 1. The hook chains the current ``sys.excepthook``: for a
+    RunInterrupted it prints the traceback as usual, runs the normal shutdown
+    (non-daemon threads, ``atexit``), flushes the standard streams and ends the
+    process with SIGINT, the way the interpreter does for a KeyboardInterrupt.
+    """
+    import sys
+
+    previous = sys.excepthook
+    if getattr(previous, "_labkit_interrupt_hook", False):
+        return
+
+    def hook(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+        previous(kind, error, tb)
+        if not issubclass(kind, RunInterrupted):
+            return
+        import atexit
+        import contextlib
+        import os
+        import signal
+        import threading
+
+        shutdown = getattr(threading, "_shutdown", None)
+        if callable(shutdown):
+            shutdown()  # join non-daemon threads, as interpreter shutdown would
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                stream.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    hook._labkit_interrupt_hook = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
