@@ -410,7 +410,12 @@ def _outliers(
 
 @runtime_checkable
 class ExperimentRecorder(Protocol):
-    """How ``run_experiment`` records a run; ``labkit.store.Store`` implements it."""
+    """How ``run_experiment`` records a run; ``labkit.store.Store`` implements it.
+
+    A recorder may also have ``heartbeat(experiment_id, *, every)``: the run then
+    calls it every ``every`` seconds while it runs, so that a dead run can be told
+    from a live one (``Store`` marks it ``interrupted``).
+    """
 
     def begin(
         self,

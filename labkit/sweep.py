@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_ch
 import numpy as np
 import pandas as pd
 
-from labkit.clock import SYSTEM_CLOCK
+from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import ConfigError, check
 from labkit.events import EventBus, TrialEvent
 from labkit.experiment import Experiment, run_experiment
@@ -299,7 +299,8 @@ class SweepEvent(NamedTuple):
     Attributes:
         kind: ``"trial_started"``, ``"trial_finished"`` (ok or failed: see
             ``status``) or ``"decided"`` (a racing round ended).
-        time: When, in seconds on the system clock.
+        time: When, in seconds on the trials' clock (``clock=`` in the run
+            options; the system clock by default).
         trial: The trial's number (``None`` for ``decided``).
         status: For ``trial_finished``: ``"ok"`` or ``"failed"``.
         objective: For ``trial_finished``: its objective (NaN when failed).
@@ -375,6 +376,7 @@ class _Board:
 
     direction: Literal["min", "max"]
     bus: EventBus
+    clock: Clock = SYSTEM_CLOCK
     trials: list[_Trial] = field(default_factory=list)
     ended: int = 0
     decision: str | None = None
@@ -431,7 +433,7 @@ class _Board:
         self.bus.emit(
             SweepEvent(
                 kind,
-                SYSTEM_CLOCK.now(),
+                self.clock.now(),
                 None if trial is None else trial.number,
                 trial.status if ended and trial is not None else None,
                 trial.objective if ended and trial is not None else math.nan,
@@ -575,7 +577,11 @@ async def sweep(
         from labkit.gpu import GPUPool
 
         gpu_pool = GPUPool()
-    board = _Board(direction=direction, bus=_bus(run_options.pop("on_event", None)))
+    board = _Board(
+        direction=direction,
+        bus=_bus(run_options.pop("on_event", None)),
+        clock=run_options.get("clock") or SYSTEM_CLOCK,
+    )
     trial_runner = _TrialRunner(
         experiment=experiment,
         objective=objective,
