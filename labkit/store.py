@@ -504,6 +504,26 @@ class Store:
 
         self._write(work)
 
+    def mark_interrupted(self, experiment_id: str) -> None:
+        """Mark a running experiment ``interrupted`` now: its run was cancelled or raised.
+
+        ``run_experiment`` calls this when it ends without finishing (Ctrl-C, a
+        cancelled task), so the store says so at once instead of after a few
+        missed heartbeats. Never blocks (queued to the writer); an experiment
+        that is not ``running`` is left as it is.
+
+        Raises:
+            StoreError: If the store is closed.
+        """
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE experiments SET status = 'interrupted' WHERE id = ? AND status = 'running'",
+                (experiment_id,),
+            )
+
+        self._write(work)
+
     def sample(
         self, experiment_id: str, instance: int, t: float, metrics: Mapping[str, float]
     ) -> None:
@@ -618,13 +638,14 @@ class Store:
 
         Returns:
             Columns ``id``, ``name``, ``status`` (``running``, ``finished``,
-            ``failed``, or ``interrupted``: still marked running, but its
-            heartbeat is older than :data:`MISSED_HEARTBEATS` intervals, so its
-            process died), ``instances`` (asked for), ``succeeded`` and
-            ``failed`` (instances recorded so far), ``created`` and ``finished``
-            (UTC timestamps), ``params`` and ``summary`` (dicts),
-            ``fingerprint``, ``heartbeat`` (UTC timestamp of the last one) and
-            ``notes`` (list of what failed after the instances ran).
+            ``failed``, or ``interrupted``: its run was cancelled, or it is
+            still marked running but its heartbeat is older than
+            :data:`MISSED_HEARTBEATS` intervals, so its process died),
+            ``instances`` (asked for), ``succeeded`` and ``failed`` (instances
+            recorded so far), ``created`` and ``finished`` (UTC timestamps),
+            ``params`` and ``summary`` (dicts), ``fingerprint``, ``heartbeat``
+            (UTC timestamp of the last one) and ``notes`` (list of what failed
+            after the instances ran).
         """
         with self._reading() as conn:
             rows = conn.execute(

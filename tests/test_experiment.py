@@ -615,3 +615,36 @@ async def test_the_context_shows_its_samples_and_start_read_only() -> None:
     (samples, started) = seen[0]
     assert samples == ((0.0, {"x": 1.0}),) and isinstance(samples, tuple)
     assert isinstance(started, float)
+
+
+async def test_a_cancelled_run_is_marked_interrupted_at_once_and_resumes(tmp_path: Any) -> None:
+    from labkit.store import Store
+
+    ran: list[int] = []
+
+    async def staggered(ctx: InstanceContext) -> None:
+        ran.append(ctx.index)
+        ctx.record(x=float(ctx.index))
+        if ctx.index == 1 and len(ran) < 3:
+            await asyncio.Event().wait()  # the first run is cancelled here
+
+    committed = asyncio.Event()
+
+    class Watched(Store):
+        async def finish_instance(self, experiment_id: str, result: InstanceResult) -> None:
+            await super().finish_instance(experiment_id, result)
+            committed.set()
+
+    experiment = Experiment("staggered", staggered)
+    with Watched(tmp_path / "labkit.db") as store:
+        task = asyncio.ensure_future(run_experiment(experiment, instances=2, store=store))
+        await committed.wait()  # instance 0 is in the store, instance 1 still runs
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        store.flush()
+        # Judged far in the past, the heartbeat alone would still say running.
+        assert store.experiments(now=0.0)["status"].tolist() == ["interrupted"]
+        result = await run_experiment(experiment, instances=2, store=store, resume=True)
+        assert store.experiments()["status"].tolist() == ["finished"]
+    assert ran == [0, 1, 1] and result.ok

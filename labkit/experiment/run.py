@@ -286,12 +286,14 @@ async def _heartbeat(
 
     Liveness is about the real process, so this sleeps on the system clock even
     when the run's clock is a test's ``FakeClock``. A recorder without a
-    ``heartbeat`` method gets none.
+    ``heartbeat`` method gets none. A run that ends by an exception (cancelled,
+    Ctrl-C) is marked at once with ``store.mark_interrupted``, if it has one.
     """
     beat = getattr(store, "heartbeat", None)
     if beat is None or experiment_id is None:
         yield
         return
+    mark = getattr(store, "mark_interrupted", None)
 
     async def beating() -> None:
         while True:
@@ -301,6 +303,10 @@ async def _heartbeat(
     task = asyncio.get_running_loop().create_task(beating())
     try:
         yield
+    except BaseException:
+        if mark is not None:
+            mark(experiment_id)
+        raise
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
