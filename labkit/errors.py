@@ -24,6 +24,7 @@ that already catches the built-ins keeps working::
      |    +-- SandboxRateLimited            the provider asked us to slow down (retryable)
      |    +-- SandboxPathError (ValueError) a file path escapes the sandbox
      |    +-- SandboxClosed                 the sandbox was used after close()
+     |    +-- SandboxTimeout (TimeoutError) a pool session waited past its `timeout`
      +-- StoreError                         the experiment store cannot be read or written
      +-- ExperimentError                    an experiment as a whole could not run
 
@@ -61,6 +62,7 @@ __all__ = (
     "SandboxPathError",
     "SandboxRateLimited",
     "SandboxStartError",
+    "SandboxTimeout",
     "StoreError",
     "TaskFailed",
     "TaskTimeout",
@@ -266,6 +268,31 @@ class SandboxPathError(SandboxError, ValueError):
 
 class SandboxClosed(SandboxError):
     """The sandbox was used after it was closed."""
+
+
+class SandboxTimeout(SandboxError, TimeoutError):
+    """A pool session waited longer than its ``timeout`` for a sandbox.
+
+    Attributes:
+        timeout: The limit, in seconds.
+        max_size: The pool's cap on live sandboxes.
+        pool_size: Live sandboxes when the wait ended.
+        active: Sandboxes in a session then.
+        waiting: Other sessions still queued then.
+    """
+
+    def __init__(
+        self, timeout: float, *, max_size: int, pool_size: int, active: int, waiting: int
+    ) -> None:
+        self.timeout = timeout
+        self.max_size = max_size
+        self.pool_size = pool_size
+        self.active = active
+        self.waiting = waiting
+        super().__init__(
+            f"no sandbox came free within {timeout} s: pool size {pool_size} of max_size "
+            f"{max_size}, {active} active, {waiting} other sessions waiting"
+        )
 
 
 class StoreError(LabkitError):

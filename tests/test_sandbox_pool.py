@@ -7,7 +7,7 @@ import asyncio
 import psutil
 import pytest
 
-from labkit.errors import ConfigError, SandboxClosed, SandboxStartError
+from labkit.errors import ConfigError, SandboxClosed, SandboxStartError, SandboxTimeout
 from labkit.sandbox import FakeSandbox, LocalSandbox, SandboxPool, SandboxPoolStats
 from labkit.testing import FakeClock
 
@@ -588,3 +588,99 @@ async def test_a_cancelled_waiter_leaves_its_sandbox_to_the_pool() -> None:
     async with pool.session() as sb:
         assert sb is factory.made[0]
     await pool.close()
+
+
+# -- session timeout, vanished sandboxes, cost ------------------------------------------
+
+
+async def test_session_timeout_names_size_active_and_waiting() -> None:
+    clock = FakeClock()
+    pool = SandboxPool(Factory(clock), max_size=1, clock=clock)
+    async with pool.session():
+        blocked = asyncio.create_task(pool.session(timeout=100.0).__aenter__())
+        await settle()
+        timing_out = asyncio.create_task(pool.session(timeout=5.0).__aenter__())
+        await settle()
+        assert pool.stats().waiting == 2
+        clock.advance(5.0)
+        with pytest.raises(SandboxTimeout) as info:
+            await timing_out
+        assert isinstance(info.value, TimeoutError)
+        error = info.value
+        assert (error.timeout, error.max_size, error.pool_size) == (5.0, 1, 1)
+        assert (error.active, error.waiting) == (1, 1)
+        assert "pool size 1 of max_size 1, 1 active, 1 other sessions waiting" in str(error)
+        assert pool.stats().waiting == 1  # the timed-out session left the queue
+    sb = await blocked  # the earlier waiter still gets the sandbox, in its turn
+    assert sb is not None
+    await pool.close()
+    with pytest.raises(ConfigError, match="timeout"):
+        async with pool.session(timeout=0):
+            pass
+
+
+async def test_session_timeout_does_not_fire_on_a_hit() -> None:
+    clock = FakeClock()
+    pool = SandboxPool(Factory(clock), max_size=1, prewarm=1, clock=clock)
+    async with pool, pool.session(timeout=0.001) as sb:
+        clock.advance(10.0)  # the block itself is not limited
+        assert (await sb.run("true")).ok
+
+
+class Vanishing(FakeSandbox):
+    """A FakeSandbox whose backing VM can disappear while it idles (probe says so)."""
+
+    __slots__ = ("gone", "probes")
+
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)  # type: ignore[arg-type]
+        self.gone = False
+        self.probes = 0
+
+    async def probe(self) -> bool:
+        self.probes += 1
+        return not self.gone
+
+
+async def test_a_vanished_sandbox_is_detected_at_session_start_and_replaced() -> None:
+    clock = FakeClock()
+    made: list[Vanishing] = []
+
+    def factory() -> Vanishing:
+        made.append(Vanishing(clock=clock))
+        return made[-1]
+
+    async with SandboxPool(factory, max_size=1, prewarm=1, clock=clock) as pool:
+        made[0].gone = True
+        async with pool.session() as sb:
+            assert sb is made[1]
+        stats = pool.stats()
+        assert (stats.vanished, stats.replaced, stats.total_created) == (1, 1, 2)
+        assert made[0].closed and made[0].probes == 1
+        async with pool.session() as sb:
+            assert sb is made[1] and made[1].probes == 1  # probed each time it is handed out
+
+
+class Priced(FakeSandbox):
+    __slots__ = ()
+    price_per_second = 0.001
+
+
+async def test_stats_count_the_dollars_spent_while_sandboxes_live() -> None:
+    clock = FakeClock()
+    pool = SandboxPool(lambda: Priced(clock=clock), max_size=2, max_idle=60.0, clock=clock)
+    async with pool.session(), pool.session():
+        clock.advance(10.0)
+        assert pool.stats().cost_usd == pytest.approx(2 * 10 * 0.001)
+    clock.advance(61.0)  # both idle past max_idle: closed, no longer billed
+    await settle()
+    assert pool.stats().pool_size == 0
+    spent = pool.stats().cost_usd
+    assert spent == pytest.approx(2 * 71 * 0.001)
+    clock.advance(1000.0)
+    assert pool.stats().cost_usd == pytest.approx(spent)
+    await pool.close()
+    async with SandboxPool(Factory(clock), max_size=1, clock=clock) as free:
+        async with free.session():
+            clock.advance(5.0)
+        assert free.stats().cost_usd == 0.0  # sandboxes without a price cost nothing

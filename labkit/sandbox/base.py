@@ -42,6 +42,10 @@ class CommandResult:
         duration: Wall time from start to end, in seconds.
         timed_out: ``True`` when the command ran past its ``timeout`` and was killed,
             children included; ``stdout``/``stderr`` then hold what it had written.
+        killed_reason: Why labkit or the kernel killed the command, ``None`` when
+            nothing did: ``"timeout"`` (with ``timed_out``), ``"memory"`` (a process
+            went past the sandbox's ``memory_mb``; the exit code is then usually
+            137) or ``"closed"`` (the sandbox was closed while it ran).
     """
 
     exit_code: int
@@ -49,6 +53,7 @@ class CommandResult:
     stderr: str
     duration: float
     timed_out: bool = False
+    killed_reason: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -165,7 +165,9 @@ class FakeSandbox(SandboxLifecycle):
         try:
             if timeout is not None and timeout < self.latency:
                 await self._clock.sleep(timeout)
-                return CommandResult(TIMEOUT_EXIT_CODE, "", "", timeout, timed_out=True)
+                return CommandResult(
+                    TIMEOUT_EXIT_CODE, "", "", timeout, timed_out=True, killed_reason="timeout"
+                )
             await self._clock.sleep(self.latency)
         except BaseException:
             self.cancelled_runs += 1

@@ -1,13 +1,18 @@
 """LocalSandbox: shell commands in a private temporary directory on this machine.
 
-Each command runs in its own session (so its own process group) with a clean
-environment. A timeout, a cancelled ``run``, ``reset()`` and ``close()`` kill whole
-process trees: the group with ``os.killpg``, and with psutil the descendants that
-left it. Every process also carries a ``LABKIT_SANDBOX=<id>`` variable, which lets
-``close()`` find even daemons that detached themselves.
+Each sandbox has a supervisor process (:mod:`labkit.sandbox.supervision`) that runs
+its commands, is the subreaper of everything they start, and kills all of it at a
+timeout, at ``reset()``/``close()`` and when the labkit process dies; what that
+guarantees on each platform is spelled out there. Commands get a clean
+environment. Resource caps (``memory_mb``, ``cpus``) use cgroups where they are
+writable (:mod:`labkit.sandbox.caps`). File access goes through the sandbox
+directory's file descriptor and never follows a symbolic link
+(:mod:`labkit.sandbox.safefs`).
 
-This is isolation for bookkeeping and cleanup, not security: the commands run as
-the current user and can read anything that user can.
+This is isolation for bookkeeping, cleanup and resource limits, not security
+against a hostile program: the commands run as the current user and can read (and
+write) anything that user can. Only labkit's own ``write_file`` and
+``read_file`` are guaranteed to stay inside the directory.
 """
 
 from __future__ import annotations
@@ -16,9 +21,8 @@ import asyncio
 import contextlib
 import functools
 import os
+import re
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 import uuid
@@ -29,12 +33,7 @@ from typing import IO
 
 import psutil
 
-from labkit.errors import (
-    SandboxClosed,
-    SandboxError,
-    SandboxPathError,
-    SandboxStartError,
-)
+from labkit.errors import SandboxClosed, SandboxError, SandboxStartError
 from labkit.sandbox.base import (
     DEFAULT_SECRETS,
     MARKER_VARIABLE,
@@ -46,10 +45,21 @@ from labkit.sandbox.base import (
     refuse_secrets,
     relative_path,
 )
+from labkit.sandbox.caps import (
+    CgroupSet,
+    check_caps,
+    create_cgroups,
+    pid_alive,
+    remove_cgroups,
+    sweep_cgroups,
+)
+from labkit.sandbox.safefs import read_below, write_below
+from labkit.sandbox.supervision import Supervisor
 
 __all__ = ("LocalSandbox",)
 
 _MB = float(2**20)
+_OWNED_DIR = re.compile(r"^labkit-local-[0-9a-f]{8}-p(\d+)-")
 
 
 class LocalSandbox(SandboxLifecycle):
@@ -57,8 +67,12 @@ class LocalSandbox(SandboxLifecycle):
 
     Usable alone (``sb = LocalSandbox(); await sb.run("echo hi"); await sb.close()``
     or ``async with LocalSandbox() as sb:``) and as a :class:`labkit.SandboxPool`
-    factory (``SandboxPool(LocalSandbox, max_size=4)``). It starts on first use:
-    the first ``run``, file call or ``start()`` creates its directory.
+    factory (``SandboxPool(LocalSandbox, max_size=4)``, or with caps
+    ``SandboxPool(functools.partial(LocalSandbox, memory_mb=256, cpus=0.5), ...)``).
+    It starts on first use: the first ``run``, file call or ``start()`` creates its
+    directory and its supervisor process. A start also removes the directories
+    and cgroups that sandboxes of a killed labkit process left behind (their names
+    carry the owner's pid).
 
     Commands see a clean environment: ``PATH`` and ``LANG`` from this process,
     ``HOME`` and ``TMPDIR`` set to the sandbox's directory, ``LABKIT_SANDBOX`` set to
@@ -69,28 +83,42 @@ class LocalSandbox(SandboxLifecycle):
     rather than silently dropped: a command that expects a variable should fail
     loudly, not run without it.
 
+    No process a command starts outlives its timeout, ``close()`` or the labkit
+    process, on Linux (see :mod:`labkit.sandbox.supervision` for macOS).
+
     Args:
         env: Variables for every command (``{"CUDA_VISIBLE_DEVICES": "0"}``).
         secrets: Names of variables that must never reach a command, on top of
             ``E2B_API_KEY``.
         parent_dir: Where the private directory is created; the system's temporary
             directory by default.
+        memory_mb: Memory cap for the sandbox's processes together, in MB (2**20
+            bytes); ``None``: no cap. With a writable cgroup v1 memory controller a
+            command past it is killed and its result has ``killed_reason="memory"``;
+            elsewhere each command's address space is capped (``RLIMIT_AS``), so its
+            allocations fail instead (see :mod:`labkit.sandbox.caps`).
+        cpus: CPU cap in cores (``0.5``: half of one core), enforced by the cgroup
+            CPU quota; ``None``: no cap. Without a writable cgroup ``cpu``
+            controller, starting the sandbox raises :class:`~labkit.errors.SandboxError`.
 
     Raises:
-        ConfigError: ``env`` holds a secret.
+        ConfigError: ``env`` holds a secret, or a cap is not a positive number.
     """
 
     __slots__ = (
         "__weakref__",
+        "_caps",
         "_closed",
         "_env",
         "_finalizer",
-        "_groups",
         "_id",
         "_parent_dir",
         "_procs",
         "_root",
+        "_root_fd",
         "_secrets",
+        "_start_lock",
+        "_supervisor",
     )
 
     def __init__(
@@ -99,21 +127,25 @@ class LocalSandbox(SandboxLifecycle):
         env: Mapping[str, str] | None = None,
         secrets: Iterable[str] = (),
         parent_dir: str | os.PathLike[str] | None = None,
+        memory_mb: float | None = None,
+        cpus: float | None = None,
     ) -> None:
         self._id = f"local-{uuid.uuid4().hex[:8]}"
         self._secrets = DEFAULT_SECRETS | frozenset(secrets)
         self._env = dict(env or {})
         refuse_secrets("env", self._env, self._secrets)
+        check_caps(memory_mb, cpus)
+        self._caps = (memory_mb, cpus)
         self._parent_dir = None if parent_dir is None else os.fspath(parent_dir)
         self._root: Path | None = None
+        self._root_fd = -1
         self._closed = False
-        # Process groups (= session ids: each command gets its own session) that
-        # may still hold processes. Mutated in place only: the finalizer shares it.
-        self._groups: set[int] = set()
+        self._supervisor: Supervisor | None = None
+        self._start_lock: asyncio.Lock | None = None
         # psutil handles kept between metrics() calls: cpu_percent() measures the
         # interval since the same handle's previous call.
         self._procs: dict[int, psutil.Process] = {}
-        self._finalizer: weakref.finalize[[Path, set[int]], LocalSandbox] | None = None
+        self._finalizer: weakref.finalize[..., LocalSandbox] | None = None
 
     # -- identity and state ---------------------------------------------------------
 
@@ -128,11 +160,23 @@ class LocalSandbox(SandboxLifecycle):
         return self._root
 
     @property
+    def memory_mb(self) -> float | None:
+        """The memory cap in MB, or ``None``."""
+        return self._caps[0]
+
+    @property
+    def cpus(self) -> float | None:
+        """The CPU cap in cores, or ``None``."""
+        return self._caps[1]
+
+    @property
     def healthy(self) -> bool:
-        """``False`` once closed or when its directory has disappeared."""
+        """``False`` once closed, or when its directory or its supervisor is gone."""
         if self._closed:
             return False
-        return self._root is None or self._root.is_dir()
+        if self._supervisor is None:
+            return True
+        return self._supervisor.alive and self._root is not None and self._root.is_dir()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "new" if self._root is None else "started"
@@ -141,53 +185,86 @@ class LocalSandbox(SandboxLifecycle):
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the private directory now (idempotent).
+        """Create the private directory, its cgroups and the supervisor now (idempotent).
 
         Raises:
             SandboxClosed: The sandbox was closed.
-            SandboxStartError: The directory could not be created.
+            SandboxStartError: The directory or the supervisor could not be created.
+            SandboxError: ``cpus`` is set and this machine has no writable cgroup
+                ``cpu`` controller (the message names what is missing).
         """
-        self._ensure_started()
+        await self._started()
 
-    def _ensure_started(self) -> Path:
+    async def _started(self) -> Supervisor:
         if self._closed:
             raise SandboxClosed(f"{self._id} is closed")
-        if self._root is None:
-            try:
-                made = tempfile.mkdtemp(prefix=f"labkit-{self._id}-", dir=self._parent_dir)
-            except OSError as exc:
-                raise SandboxStartError(f"cannot create a directory for {self._id}: {exc}") from exc
-            # Resolved once, so symlinked temp dirs (macOS /tmp) compare correctly.
-            self._root = Path(made).resolve()
-            self._finalizer = weakref.finalize(self, _cleanup, self._root, self._groups)
-        return self._root
+        if self._supervisor is not None:
+            return self._supervisor
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            supervisor = self._supervisor or await self._create()
+        if self._closed:
+            raise SandboxClosed(f"{self._id} is closed")
+        return supervisor
+
+    async def _create(self) -> Supervisor:
+        parent = self._parent_dir or tempfile.gettempdir()
+        sweep_leftovers(parent)
+        try:
+            root = _make_dir(parent, f"labkit-{self._id}-p{os.getpid()}-")
+        except OSError as exc:
+            raise SandboxStartError(f"cannot create a directory for {self._id}: {exc}") from exc
+        cgroups = CgroupSet()
+        supervisor: Supervisor | None = None
+        try:
+            self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+            memory_mb, cpus = self._caps
+            if memory_mb is not None or cpus is not None:
+                cgroups = create_cgroups(f"labkit-{self._id}-p{os.getpid()}", memory_mb, cpus)
+            supervisor = Supervisor(root, cgroups)
+            await supervisor.ready()
+        except BaseException:
+            if supervisor is not None:
+                supervisor.shutdown()
+            _cleanup(self._id, root, self._root_fd, None, cgroups.paths)
+            self._root_fd = -1
+            raise
+        self._root = root
+        self._supervisor = supervisor
+        self._finalizer = weakref.finalize(
+            self, _cleanup, self._id, root, self._root_fd, supervisor, cgroups.paths
+        )
+        return supervisor
 
     async def reset(self) -> None:
         """Kill every process the sandbox started and empty its directory.
 
         Raises:
             SandboxClosed: The sandbox was closed.
-            SandboxError: The directory could not be emptied.
+            SandboxError: The processes could not be killed (the supervisor is gone)
+                or the directory could not be emptied.
         """
-        root = self._ensure_started()
-        self._kill_all(sweep=False)
+        supervisor = await self._started()
+        await supervisor.kill_all()
+        self._procs.clear()
+        root = self._root
+        assert root is not None  # set with the supervisor
         try:
             if not root.is_dir():
-                root.mkdir(mode=0o700)
-            elif _has_entries(root):
+                raise SandboxError(f"{self._id}'s directory {root} has disappeared")
+            if _has_entries(root):
                 await asyncio.to_thread(_empty_dir, root)
         except OSError as exc:
             raise SandboxError(f"cannot clean {self._id}'s directory {root}: {exc}") from exc
 
     async def close(self) -> None:
         """Kill everything the sandbox started, detached daemons too, and remove its
-        directory. Idempotent; never awaits, so a cancellation cannot interrupt it."""
+        directory and cgroups. Idempotent; never awaits, so a cancellation cannot
+        interrupt it (it blocks for the milliseconds the supervisor needs)."""
         if self._closed:
             return
         self._closed = True
-        if self._root is None:
-            return
-        self._kill_all(sweep=True)
         if self._finalizer is not None:
             self._finalizer()
 
@@ -208,29 +285,34 @@ class LocalSandbox(SandboxLifecycle):
 
         Args:
             cmd: The command line.
-            timeout: Seconds before the command and every process it started are
-                killed (SIGKILL); the result then has ``timed_out=True`` and exit code
-                124. ``None`` means no limit.
+            timeout: Seconds before the command and every process it started, even
+                those that left its session, are killed (SIGKILL); the result then
+                has ``timed_out=True``, exit code 124 and ``killed_reason="timeout"``.
+                ``None`` means no limit.
             env: Variables added to the clean environment for this command.
 
         Returns:
             The command's result; a non-zero exit is a result, not an exception.
+            ``killed_reason`` is ``"memory"`` when a process of the sandbox was
+            killed for going past ``memory_mb`` while the command ran, and
+            ``"closed"`` when ``close()`` killed it.
 
         Raises:
             ConfigError: ``timeout`` is not positive, or ``env`` holds a secret.
             SandboxClosed: The sandbox was closed.
-            SandboxError: The shell could not be started.
+            SandboxError: The supervisor is gone.
             asyncio.CancelledError: The caller was cancelled; the command's process
                 tree has been killed.
         """
         check_timeout(timeout)
         if env:
             refuse_secrets("env", env, self._secrets)
-        root = self._ensure_started()
+        supervisor = await self._started()
+        root = str(self._root)
         command_env = {
             "PATH": os.environ.get("PATH", os.defpath),
-            "HOME": str(root),
-            "TMPDIR": str(root),
+            "HOME": root,
+            "TMPDIR": root,
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             **self._env,
             **(env or {}),
@@ -238,94 +320,81 @@ class LocalSandbox(SandboxLifecycle):
         }
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             started = time.perf_counter()
-            try:
-                proc = await asyncio.create_subprocess_shell(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    cwd=root,
-                    env=command_env,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise SandboxError(f"{self._id} cannot start a shell: {exc}") from exc
-            self._groups.add(proc.pid)
+            ident = supervisor.submit(cmd, command_env, out.fileno(), err.fileno())
             timed_out = False
             try:
                 async with asyncio.timeout(timeout):
-                    await proc.wait()
+                    outcome = await supervisor.result(ident)
             except TimeoutError:
                 timed_out = True
-                _kill_tree(proc.pid)
-                await proc.wait()
+                supervisor.kill(ident)
+                outcome = await supervisor.result(ident)
             except BaseException:
-                # Cancelled (or worse): kill synchronously, before anything else can
-                # interrupt us, so no orphan survives the caller.
-                _kill_tree(proc.pid)
+                # Cancelled (or worse): kill now, before anything else can interrupt
+                # us, so no orphan survives the caller.
+                supervisor.forget(ident)
                 raise
             duration = time.perf_counter() - started
-            if not _group_exists(proc.pid):
-                self._groups.discard(proc.pid)
             stdout, stderr = _read_all(out), _read_all(err)
+        if self._closed and not timed_out:
+            return CommandResult(outcome.exit_code, stdout, stderr, duration, False, "closed")
         if timed_out:
-            exit_code = TIMEOUT_EXIT_CODE
-        else:
-            code = proc.returncode
-            assert code is not None  # wait() returned
-            exit_code = 128 - code if code < 0 else code
-        return CommandResult(exit_code, stdout, stderr, duration, timed_out)
+            return CommandResult(TIMEOUT_EXIT_CODE, stdout, stderr, duration, True, "timeout")
+        reason = "memory" if outcome.oom else None
+        return CommandResult(outcome.exit_code, stdout, stderr, duration, False, reason)
 
     # -- files ----------------------------------------------------------------------
 
     async def write_file(self, path: str, data: str | bytes) -> None:
         """Write ``data`` to ``path`` inside the sandbox, creating parent directories.
 
+        The path is resolved from the sandbox directory's file descriptor and no
+        symbolic link is followed on any component, so a command swapping a
+        directory for a link while this runs cannot redirect it; the data goes to a
+        new file renamed into place, so a hard link to a file outside is replaced
+        rather than written through.
+
         Args:
             path: A path relative to the sandbox's directory.
             data: Bytes, or text to encode as UTF-8.
 
         Raises:
-            SandboxPathError: ``path`` is absolute, has ``..``, or a symbolic link on
-                it leads out of the sandbox.
+            SandboxPathError: ``path`` is absolute, has ``..``, or goes through a
+                symbolic link.
             SandboxClosed: The sandbox was closed.
             OSError: The file cannot be written.
         """
-        target = self._inside(path)
+        rel = relative_path(path)
+        await self._started()
         payload = data.encode() if isinstance(data, str) else bytes(data)
-        await asyncio.to_thread(_write_nofollow, target, payload, self._root)
+        await asyncio.to_thread(write_below, self._root_fd, rel, payload)
 
     async def read_file(self, path: str) -> bytes:
-        """The content of ``path`` inside the sandbox, as bytes.
+        """The content of the regular file ``path`` inside the sandbox, as bytes.
 
         Raises:
-            SandboxPathError: ``path`` would leave the sandbox (see :meth:`write_file`).
+            SandboxPathError: ``path`` would leave the sandbox, goes through a
+                symbolic link, or is not a regular file (see :meth:`write_file`).
             SandboxClosed: The sandbox was closed.
             FileNotFoundError: There is no such file.
         """
-        target = self._inside(path)
-        return await asyncio.to_thread(_read_nofollow, target)
-
-    def _inside(self, path: str) -> Path:
         rel = relative_path(path)
-        root = self._ensure_started()
-        target = (root / rel).resolve()
-        if not target.is_relative_to(root):
-            raise SandboxPathError(
-                f"path {path!r} leads out of the sandbox through a symbolic link (to {target})"
-            )
-        return target
+        await self._started()
+        return await asyncio.to_thread(read_below, self._root_fd, rel)
 
     # -- processes and metrics ------------------------------------------------------
 
     async def metrics(self) -> ResourceSample:
         """CPU and memory of every live process the sandbox started.
 
-        That is the processes of each command's session, background ones included,
-        and their descendants, even those that left the session. A process's CPU use
-        is measured since the previous ``metrics()`` call that saw it, so a process
-        seen for the first time reads 0 %: sample regularly (the experiment sampler
-        does) rather than once. Processes that vanish mid-sample are skipped.
+        That is every process below the sandbox's supervisor (background and
+        detached ones included), not the supervisor's own bookkeeping processes.
+        Under caps the figures stay within them: ``memory`` below ``memory_mb``
+        (the kernel kills past it) and ``cpu`` near ``cpus * 100`` at most. A
+        process's CPU use is measured since the previous ``metrics()`` call that
+        saw it, so a process seen for the first time reads 0 %: sample regularly
+        (the experiment sampler does) rather than once. Processes that vanish
+        mid-sample are skipped.
 
         Returns:
             A sample stamped with the current Unix time; zeros when nothing runs.
@@ -352,72 +421,75 @@ class LocalSandbox(SandboxLifecycle):
         )
 
     def _members(self) -> list[psutil.Process]:
+        supervisor = self._supervisor
+        if supervisor is None or not supervisor.alive:
+            self._procs.clear()
+            return []
+        try:
+            below = psutil.Process(supervisor.pid).children(recursive=True)
+        except psutil.Error:
+            below = []
+        reapers = supervisor.reapers
+        reapers.intersection_update(p.pid for p in below)
         found: dict[int, psutil.Process] = {}
-        for pid, proc in self._procs.items():
-            if proc.is_running():  # also compares creation times: no reused pids
-                found[pid] = proc
-        self._groups.intersection_update([g for g in self._groups if _group_exists(g)])
-        if self._groups:
-            for proc in psutil.process_iter():
-                if proc.pid in found:
-                    continue
-                try:
-                    if os.getpgid(proc.pid) in self._groups:
-                        found[proc.pid] = proc
-                except OSError:
-                    continue
-        for proc in list(found.values()):
-            try:
-                children = proc.children(recursive=True)
-            except psutil.Error:
+        for proc in below:
+            if proc.pid in reapers:
                 continue
-            for child in children:
-                found.setdefault(child.pid, child)
+            known = self._procs.get(proc.pid)
+            # A kept handle only if it is the same process (psutil compares start times).
+            found[proc.pid] = known if known is not None and known == proc else proc
         self._procs = found
         return list(found.values())
-
-    def _kill_all(self, *, sweep: bool) -> None:
-        victims = self._members()
-        for group in list(self._groups):
-            _killpg(group)
-        if sweep:
-            victims.extend(_marked_processes(self._id))
-        for proc in victims:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        self._procs.clear()
-        self._groups.clear()
 
 
 # -- helpers (module level, so the finalizer holds no reference to the sandbox) -----
 
 
-def _group_exists(pgid: int) -> bool:
+def _cleanup(
+    sandbox_id: str,
+    root: Path,
+    root_fd: int,
+    supervisor: Supervisor | None,
+    cgroups: tuple[str, ...],
+) -> None:
+    """Stop the supervisor (killing everything below it), then remove what is left.
+
+    Also run at garbage collection and at interpreter exit.
+    """
+    escaped = supervisor is not None and not supervisor.alive
+    if supervisor is not None:
+        supervisor.shutdown()
+    if escaped:
+        # The supervisor died before us (a command killed it): its orphans were
+        # re-parented to init, so fall back to the marker they may still carry.
+        for proc in _marked_processes(sandbox_id):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+    remove_cgroups(cgroups)
+    if root_fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(root_fd)
+    with contextlib.suppress(OSError):
+        _remove_tree(root)
+
+
+def sweep_leftovers(parent: str) -> None:
+    """Remove sandbox directories (and cgroups) whose owning labkit process is dead.
+
+    A labkit process killed together with its supervisors (``kill -9`` of a whole
+    process group, a machine reset) leaves ``labkit-local-<id>-p<pid>-*``
+    directories behind; the next sandbox start in any process removes them.
+    """
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _killpg(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _kill_tree(pgid: int) -> None:
-    """SIGKILL the session ``pgid`` and every descendant of its leader."""
-    try:
-        leader = psutil.Process(pgid)
-        victims = [leader, *leader.children(recursive=True)]
-    except psutil.Error:
-        victims = []
-    _killpg(pgid)
-    for proc in victims:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        match = _OWNED_DIR.match(name)
+        if match and not pid_alive(int(match[1])):
+            with contextlib.suppress(OSError):
+                _remove_tree(Path(parent, name))
+    sweep_cgroups()
 
 
 def _marked_processes(sandbox_id: str) -> list[psutil.Process]:
@@ -434,13 +506,9 @@ def _marked_processes(sandbox_id: str) -> list[psutil.Process]:
     return found
 
 
-def _cleanup(root: Path, groups: set[int]) -> None:
-    """Last resort, also run at garbage collection and interpreter exit."""
-    for group in list(groups):
-        _killpg(group)
-    groups.clear()
-    with contextlib.suppress(OSError):
-        _remove_tree(root)
+def _make_dir(parent: str, prefix: str) -> Path:
+    # Resolved once, so symlinked temp dirs (macOS /tmp) compare correctly.
+    return Path(os.path.realpath(tempfile.mkdtemp(prefix=prefix, dir=parent)))
 
 
 def _remove_tree(path: Path) -> None:
@@ -484,22 +552,6 @@ def _make_writable(path: Path) -> None:
 def _read_all(file: IO[bytes]) -> str:
     file.seek(0)
     return file.read().decode("utf-8", errors="replace")
-
-
-def _write_nofollow(target: Path, payload: bytes, root: Path | None) -> None:
-    # Parents were resolved inside the sandbox; O_NOFOLLOW refuses a symlink swapped
-    # in for the last component since.
-    if root is not None and target.parent != root:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as file:
-        file.write(payload)
-
-
-def _read_nofollow(target: Path) -> bytes:
-    fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as file:
-        return file.read()
 
 
 @functools.cache

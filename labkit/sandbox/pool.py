@@ -43,7 +43,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import SandboxClosed, check
+from labkit.errors import SandboxClosed, SandboxTimeout, check
 from labkit.sandbox.base import Sandbox
 
 __all__ = ("SandboxFactory", "SandboxPool", "SandboxPoolStats")
@@ -80,6 +80,11 @@ class SandboxPoolStats:
         target_size: The live sandboxes the pool is steering towards now:
             ``busy + waiting + headroom``, within ``[min_size, max_size]`` (see the
             module's sizing policy).
+        vanished: Idle sandboxes found gone at session start (their ``probe()``
+            said so, as for an E2B VM deleted early) and replaced.
+        cost_usd: US dollars spent so far: each sandbox's ``price_per_second``
+            (E2B's rates, see :mod:`labkit.sandbox.cost`; 0 for local ones) times
+            the seconds from its start to its close, or to now while it lives.
     """
 
     max_size: int
@@ -98,17 +103,21 @@ class SandboxPoolStats:
     reuse_rate: float
     min_size: int = 0
     target_size: int = 0
+    vanished: int = 0
+    cost_usd: float = 0.0
 
 
 class _Entry:
     """A sandbox the pool owns, with its bookkeeping."""
 
-    __slots__ = ("idle_since", "sandbox", "sessions")
+    __slots__ = ("idle_since", "price", "sandbox", "sessions", "started")
 
-    def __init__(self, sandbox: Sandbox) -> None:
+    def __init__(self, sandbox: Sandbox, started: float) -> None:
         self.sandbox = sandbox
         self.sessions = 0
         self.idle_since = 0.0
+        self.started = started
+        self.price = float(getattr(sandbox, "price_per_second", 0.0))
 
 
 class SandboxPool:
@@ -193,8 +202,9 @@ class SandboxPool:
         self._closed = False
         self._reaper: asyncio.Task[None] | None = None
         self._created = self._reused = self._hits = self._misses = 0
-        self._replaced = self._expired = 0
+        self._replaced = self._expired = self._vanished = 0
         self._startup_total = 0.0
+        self._spent = 0.0  # USD of sandboxes already closed
 
     def __repr__(self) -> str:
         s = self.stats()
@@ -240,7 +250,20 @@ class SandboxPool:
             reuse_rate=self._hits / sessions if sessions else 0.0,
             min_size=self._min_size,
             target_size=self._target_size(),
+            vanished=self._vanished,
+            cost_usd=self._spent + sum(self._running_cost(e) for e in self._entries()),
         )
+
+    def _entries(self) -> list[_Entry]:
+        return [*self._idle, *self._handed, *self._active]
+
+    def _running_cost(self, entry: _Entry) -> float:
+        return entry.price * max(0.0, self._clock.now() - entry.started) if entry.price else 0.0
+
+    def _bill(self, entry: _Entry) -> None:
+        """Add a closed sandbox's cost to the total."""
+        self._spent += self._running_cost(entry)
+        entry.price = 0.0
 
     def capacity(self) -> int:
         """How many sessions could start right now without queueing behind others.
@@ -265,20 +288,34 @@ class SandboxPool:
     # -- sessions -------------------------------------------------------------------
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[Sandbox]:
+    async def session(self, timeout: float | None = None) -> AsyncIterator[Sandbox]:
         """Borrow a started sandbox for the duration of the block.
+
+        A sandbox with a ``probe()`` coroutine (``E2BSandbox`` has one) is probed
+        before it is handed out; one found gone is replaced, as an unhealthy one is.
+
+        Args:
+            timeout: Seconds to wait for a sandbox (on the pool's clock); ``None``
+                waits as long as it takes. The block itself is not limited.
 
         Yields:
             A started, clean sandbox, for this session only.
 
         Raises:
+            ConfigError: ``timeout`` is not ``None`` or a number > 0.
+            SandboxTimeout: No sandbox came free within ``timeout``; the message
+                names the pool's size and its active and waiting sessions.
             SandboxClosed: The pool is closed (or closes while this session waits).
             Exception: Whatever the factory or the sandbox's ``start()`` raised when a
                 sandbox started for this session failed (for E2B: SandboxAuthError,
                 SandboxRateLimited, SandboxStartError).
         """
+        check(timeout is None or timeout > 0, "timeout", timeout, "None or seconds > 0")
         await self._ensure_prewarmed()
-        entry = await self._acquire()
+        if timeout is None:
+            entry = await self._acquire()
+        else:
+            entry = await self._acquire_within(timeout)
         try:
             yield entry.sandbox
         finally:
@@ -321,6 +358,26 @@ class SandboxPool:
             self._prewarmed = True
             await self.prewarm(self._prewarm_target)
 
+    async def _acquire_within(self, timeout: float) -> _Entry:
+        expired = False
+        try:
+            async with self._clock.timeout(timeout):
+                try:
+                    return await self._acquire()
+                except asyncio.CancelledError:
+                    expired = True  # the timeout's cancellation, turned into TimeoutError
+                    raise
+        except TimeoutError:
+            if not expired:
+                raise  # a TimeoutError of the factory's own, not the wait's
+            raise SandboxTimeout(
+                timeout,
+                max_size=self._max_size,
+                pool_size=self._live,
+                active=self._busy(),
+                waiting=len(self._waiters),
+            ) from None
+
     async def _acquire(self) -> _Entry:
         self._check_open()
         front = False
@@ -329,7 +386,8 @@ class SandboxPool:
                 entry, waited = self._idle.pop(), False
             else:
                 entry, waited = await self._wait_turn(front=front), True
-            if entry.sandbox.healthy:
+            fresh = waited and not entry.sessions  # started for this very session
+            if entry.sandbox.healthy and (fresh or await self._probe(entry)):
                 break
             # Died while idle: close it in the background and wait again at the head
             # of the queue, so its replacement cannot go to a later session.
@@ -345,6 +403,23 @@ class SandboxPool:
         entry.sessions += 1
         self._active.add(entry)
         return entry
+
+    async def _probe(self, entry: _Entry) -> bool:
+        """Ask a sandbox that can tell (``probe()``) whether it still exists."""
+        probe = getattr(entry.sandbox, "probe", None)
+        if probe is None:
+            return True
+        try:
+            alive = bool(await probe())
+        except asyncio.CancelledError:
+            self._put_idle(entry)  # as good as before; the next session probes again
+            raise
+        except Exception as exc:
+            log.warning("probing sandbox %s failed; it is replaced: %r", entry.sandbox.id, exc)
+            alive = False
+        if not alive:
+            self._vanished += 1
+        return alive
 
     async def _wait_turn(self, *, front: bool) -> _Entry:
         waiter: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
@@ -429,7 +504,7 @@ class SandboxPool:
             self._startup_total += self._clock.now() - began
             if self._closed:
                 raise SandboxClosed("the sandbox pool was closed while a sandbox started")
-            return _Entry(sandbox)
+            return _Entry(sandbox, self._clock.now())
         except BaseException:
             if sandbox is not None:
                 await _close_quietly(sandbox)
@@ -467,6 +542,7 @@ class SandboxPool:
     async def _retire(self, entry: _Entry) -> None:
         """Close ``entry``, then free its slot (a waiter or ``min_size`` may refill it)."""
         await _close_quietly(entry.sandbox)
+        self._bill(entry)
         self._live -= 1
         self._grow()
 
@@ -553,6 +629,8 @@ class SandboxPool:
         self._active.clear()
         self._live -= len(entries)
         await asyncio.gather(*(_close_quietly(e.sandbox) for e in entries))
+        for entry in entries:
+            self._bill(entry)
 
     def _check_open(self) -> None:
         if self._closed:
