@@ -11,6 +11,7 @@ import asyncio
 import json
 import pickle
 import sys
+import traceback
 from typing import Any, ClassVar
 
 import e2b
@@ -19,6 +20,7 @@ import pytest
 import respx
 
 from labkit.errors import (
+    ConfigError,
     MissingDependency,
     SandboxAuthError,
     SandboxClosed,
@@ -28,6 +30,8 @@ from labkit.errors import (
 from labkit.policies import Retry
 from labkit.runner import run_parallel
 from labkit.sandbox import CommandResult, E2BSandbox, ResourceSample, Sandbox, SandboxPool
+from labkit.sandbox.cost import estimate_cost
+from labkit.testing import FakeClock
 
 pytestmark = pytest.mark.asyncio
 
@@ -125,6 +129,7 @@ async def test_create_files_metrics_and_kill_over_http() -> None:
             envs={"MODE": "test"},
             metadata={"experiment": "e1"},
             sdk_options=NO_RETRIES,
+            create_rate=None,
         )
         await sb.start()
         request = create.calls.last.request
@@ -163,7 +168,7 @@ async def test_metrics_before_the_first_sample_reads_zero() -> None:
             return_value=httpx.Response(200, json=[])
         )
         mock.delete(f"{API}/sandboxes/sbx-1").mock(return_value=httpx.Response(204))
-        async with E2BSandbox(api_key=KEY, sdk_options=NO_RETRIES) as sb:
+        async with E2BSandbox(api_key=KEY, sdk_options=NO_RETRIES, create_rate=None) as sb:
             sample = await sb.metrics()
         assert (sample.cpu, sample.memory, sample.memory_percent) == (0.0, 0.0, 0.0)
 
@@ -171,7 +176,7 @@ async def test_metrics_before_the_first_sample_reads_zero() -> None:
 async def test_401_is_an_auth_error_that_names_the_variable() -> None:
     with respx.mock(using="httpx") as mock:
         mock.post(f"{API}/v2/sandboxes").mock(return_value=error(401, "Invalid API key"))
-        sb = E2BSandbox(api_key=KEY, sdk_options=NO_RETRIES)
+        sb = E2BSandbox(api_key=KEY, sdk_options=NO_RETRIES, create_rate=None)
         with pytest.raises(SandboxAuthError, match="E2B_API_KEY") as info:
             await sb.start()
     assert KEY not in str(info.value)
@@ -183,7 +188,7 @@ async def test_401_is_an_auth_error_that_names_the_variable() -> None:
 async def test_429_and_503_are_rate_limited(status: int) -> None:
     with respx.mock(using="httpx") as mock:
         route = mock.post(f"{API}/v2/sandboxes").mock(return_value=error(status, "slow down"))
-        sb = E2BSandbox(api_key=KEY, sdk_options=NO_RETRIES)
+        sb = E2BSandbox(api_key=KEY, sdk_options=NO_RETRIES, create_rate=None)
         with pytest.raises(SandboxRateLimited, match=str(status)):
             await sb.start()
         assert route.call_count == 1
@@ -196,7 +201,7 @@ async def test_rate_limited_metrics_and_kill_map_too() -> None:
             return_value=error(429, "too many")
         )
         mock.delete(f"{API}/sandboxes/sbx-1").mock(return_value=error(401, "revoked"))
-        sb = E2BSandbox(api_key=KEY, sdk_options=NO_RETRIES)
+        sb = E2BSandbox(api_key=KEY, sdk_options=NO_RETRIES, create_rate=None)
         await sb.start()
         with pytest.raises(SandboxRateLimited):
             await sb.metrics()
@@ -268,6 +273,7 @@ class FakeSDKSandbox:
         self.files = FakeFiles()
         self.timeouts: list[int] = []
         self.killed = 0
+        self.running = True
 
     @classmethod
     async def create(cls, **options: Any) -> FakeSDKSandbox:
@@ -279,6 +285,9 @@ class FakeSDKSandbox:
 
     async def set_timeout(self, timeout: int) -> None:
         self.timeouts.append(timeout)
+
+    async def is_running(self) -> bool:
+        return self.running
 
     async def kill(self) -> bool:
         self.killed += 1
@@ -293,6 +302,7 @@ def fake_sdk() -> type[FakeSDKSandbox]:
 
 
 def make(fake_sdk: type[FakeSDKSandbox], **options: Any) -> E2BSandbox:
+    options.setdefault("create_rate", None)  # pacing has its own test, on a fake clock
     return E2BSandbox(api_key=KEY, sdk_class=fake_sdk, **options)
 
 
@@ -429,3 +439,123 @@ async def test_without_the_sdk_the_error_names_the_extra(monkeypatch: pytest.Mon
     sb = E2BSandbox(api_key=KEY)
     with pytest.raises(MissingDependency, match=r"labkit\[e2b\]"):
         await sb.start()
+
+
+# -- hardening: the key in tracebacks, template resources, E2B's limits -----------------
+
+
+def chain(error: BaseException) -> list[BaseException]:
+    """``error`` and every exception reachable through ``__cause__``/``__context__``."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [error]
+    while todo:
+        item = todo.pop()
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        todo += [item.__cause__, item.__context__]
+    return seen
+
+
+@pytest.mark.parametrize("status", [401, 429, 500])
+async def test_the_key_is_in_no_traceback_local_of_the_whole_chain(status: int) -> None:
+    with respx.mock(using="httpx") as mock:
+        mock.post(f"{API}/v2/sandboxes").mock(return_value=error(status, f"failed {status}"))
+        sb = E2BSandbox(api_key=KEY, sdk_options=NO_RETRIES, create_rate=None)
+        with pytest.raises(SandboxError) as info:
+            await sb.start()
+    report = traceback.TracebackException.from_exception(info.value, capture_locals=True)
+    text = "".join(report.format())
+    assert KEY not in text
+    assert str(status) in text or "E2B_API_KEY" in text  # the cause's message is kept
+    for item in chain(info.value):
+        frames = traceback.walk_tb(item.__traceback__)
+        for frame, _line in frames:
+            assert all(KEY not in repr(value) for value in frame.f_locals.values())
+    cause = info.value.__cause__
+    assert isinstance(cause, e2b.SandboxException | e2b.AuthenticationException)
+    assert cause.__traceback__ is None  # a sanitised copy: never raised, no frames
+    assert info.value.__context__ is None
+
+
+async def test_memory_and_cpus_are_refused_pointing_at_templates() -> None:
+    for option in ("memory_mb", "cpus"):
+        with pytest.raises(ConfigError, match=rf"{option}=.*template") as info:
+            E2BSandbox(api_key=KEY, **{option: 1})
+        assert KEY not in str(info.value)
+    with pytest.raises(ConfigError, match="create_rate"):
+        E2BSandbox(api_key=KEY, create_rate=0)
+
+
+async def test_creations_are_paced_process_wide(fake_sdk: type[FakeSDKSandbox]) -> None:
+    clock = FakeClock(autojump=True)
+    times: list[float] = []
+
+    class Timed(fake_sdk):  # type: ignore[misc, valid-type]
+        @classmethod
+        async def create(cls, **options: Any) -> FakeSDKSandbox:
+            times.append(clock.now())
+            return await super().create(**options)
+
+    hobby = [E2BSandbox(api_key=KEY, sdk_class=Timed, clock=clock) for _ in range(3)]
+    await asyncio.gather(*(sb.start() for sb in hobby))
+    assert times == [0.0, 1.0, 2.0]  # the default: 1 creation per second
+    times.clear()
+    pro = [E2BSandbox(api_key=KEY, sdk_class=Timed, clock=clock, create_rate=5) for _ in range(3)]
+    start = clock.now()
+    await asyncio.gather(*(sb.start() for sb in pro))
+    assert [round(t - start, 6) for t in times] == [0.0, 0.2, 0.4]
+    for sb in hobby + pro:
+        await sb.close()
+
+
+async def test_a_vm_deleted_early_is_replaced_at_session_start(
+    fake_sdk: type[FakeSDKSandbox],
+) -> None:
+    async with SandboxPool(lambda: make(fake_sdk), max_size=1, prewarm=1) as pool:
+        async with pool.session() as sb:
+            first = sb
+        fake_sdk.created[0].running = False  # E2B deleted it while it idled
+        async with pool.session() as sb:
+            assert sb is not first
+            assert (await sb.run("true")).ok
+        stats = pool.stats()
+        assert (stats.vanished, stats.total_created) == (1, 2)
+        assert not first.healthy
+
+
+async def test_idle_vms_are_closed_after_max_idle_and_never_kept_alive(
+    fake_sdk: type[FakeSDKSandbox],
+) -> None:
+    clock = FakeClock()
+    pool = SandboxPool(lambda: make(fake_sdk), max_size=2, max_idle=30.0, clock=clock)
+    async with pool.session():
+        pass
+    (vm,) = fake_sdk.created
+    assert vm.timeouts == [300]  # renewed once, by the reset after the session
+    clock.advance(29.0)
+    await asyncio.sleep(0)
+    assert vm.killed == 0
+    clock.advance(2.0)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert vm.killed == 1 and vm.timeouts == [300]  # closed, never renewed while idle
+    await pool.close()
+
+
+async def test_pool_stats_show_dollars_at_estimate_cost_rates(
+    fake_sdk: type[FakeSDKSandbox],
+) -> None:
+    clock = FakeClock()
+    pool = SandboxPool(lambda: make(fake_sdk, template_vcpus=4, template_memory_gib=2),
+                       max_size=2, max_idle=None, clock=clock)  # fmt: skip
+    async with pool.session(), pool.session():
+        clock.advance(100.0)
+    expected = estimate_cost(instances=2, duration=100.0, vcpus=4, memory_gib=2)
+    assert pool.stats().cost_usd == pytest.approx(expected)
+    await pool.close()
+    clock.advance(100.0)
+    assert pool.stats().cost_usd == pytest.approx(expected)  # closed: no longer billed
+    assert make(fake_sdk).price_per_second == pytest.approx(
+        estimate_cost(instances=1, duration=1.0)
+    )

@@ -10,6 +10,18 @@ Errors are mapped onto labkit's tree: a missing or rejected key is
 503 are :class:`~labkit.errors.SandboxRateLimited`, which the runner retries with
 ``lk.Retry(retry_on=(SandboxRateLimited,))``; anything else the SDK raises becomes
 a :class:`~labkit.errors.SandboxError` (``SandboxStartError`` during creation).
+
+The key never reaches a traceback: labkit's error is raised outside the ``except``
+block that caught the SDK's (so it has no ``__context__``), and its ``__cause__`` is
+a copy of the SDK's exception, same type and message with the key masked, that was
+never raised and so holds no frame. The SDK's own frames, whose locals hold the key
+(``opts = {'api_key': ...}``), are dropped with the original exception; error
+reporters that collect locals (Sentry, rich, ``pytest -l``) never see them.
+
+Within E2B's limits: creations are paced process-wide (``create_rate``, 1 per
+second by default, E2B's Hobby limit; Pro allows 5), and a pool probes an idle VM
+before handing it out (:meth:`E2BSandbox.probe`), replacing one E2B deleted early.
+Resources (vCPUs, memory) come from the template, not from options.
 """
 
 from __future__ import annotations
@@ -25,7 +37,9 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
+from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import (
+    ConfigError,
     MissingDependency,
     SandboxAuthError,
     SandboxClosed,
@@ -45,8 +59,12 @@ from labkit.sandbox.base import (
     refuse_secrets,
     relative_path,
 )
+from labkit.sandbox.cost import price_per_second
 
 __all__ = ("E2BSandbox",)
+
+DEFAULT_CREATE_RATE = 1.0
+"""Sandbox creations per second, process-wide: E2B's Hobby plan limit (Pro: 5/s)."""
 
 KEY_VARIABLE = "E2B_API_KEY"
 MAX_LIFETIME = 86_400
@@ -83,6 +101,35 @@ class _Secret:
         raise TypeError("an API key cannot be pickled")
 
 
+class _Pacer:
+    """Spaces events ``1 / rate`` seconds apart on a clock (reservation style)."""
+
+    __slots__ = ("_clock", "_interval", "_next")
+
+    def __init__(self, rate: float, clock: Clock) -> None:
+        self._interval = 1.0 / rate
+        self._clock = clock
+        self._next = float("-inf")
+
+    async def wait(self) -> None:
+        now = self._clock.now()
+        slot = max(self._next, now)
+        self._next = slot + self._interval
+        if slot > now:
+            await self._clock.sleep(slot - now)
+
+
+_pacers: dict[tuple[float, Clock], _Pacer] = {}
+
+
+def _pacer(rate: float, clock: Clock) -> _Pacer:
+    """The process-wide pacer for ``rate`` on ``clock``: E2B limits per account, not VM."""
+    key = (rate, clock)
+    if key not in _pacers:
+        _pacers[key] = _Pacer(rate, clock)
+    return _pacers[key]
+
+
 class E2BSandbox(SandboxLifecycle):
     """A sandbox that is an E2B cloud VM (``e2b.AsyncSandbox``).
 
@@ -109,19 +156,32 @@ class E2BSandbox(SandboxLifecycle):
             ``request_timeout``, ``retries``, ``domain``, ``network``).
         sdk_class: A stand-in for ``e2b.AsyncSandbox`` with the same ``create``
             classmethod, for tests.
+        create_rate: Creations per second, shared by every ``E2BSandbox`` of this
+            process with the same rate and clock (E2B limits creations per account:
+            1/s on Hobby, the default, 5/s on Pro); ``None`` does not pace.
+        template_vcpus: The template's vCPUs, for :attr:`price_per_second` only.
+        template_memory_gib: The template's RAM in GiB, likewise.
+        memory_mb: Refused: an E2B VM's memory comes from its template.
+        cpus: Refused: an E2B VM's CPUs come from its template.
+        clock: The clock creations are paced on.
 
     Raises:
         SandboxAuthError: No key was given and ``E2B_API_KEY`` is not set.
-        ConfigError: An option is out of range, or ``envs`` holds a secret.
+        ConfigError: An option is out of range, ``envs`` holds a secret, or
+            ``memory_mb``/``cpus`` was given (build a template with the resources
+            instead).
     """
 
     __slots__ = (
+        "_clock",
         "_closed",
         "_create_args",
+        "_create_rate",
         "_deadline",
         "_gone",
         "_id",
         "_key",
+        "_price",
         "_sdk_class",
         "_sdk_obj",
         "_secrets",
@@ -144,7 +204,28 @@ class E2BSandbox(SandboxLifecycle):
         secrets: Iterable[str] = (),
         sdk_options: Mapping[str, Any] | None = None,
         sdk_class: Any = None,
+        create_rate: float | None = DEFAULT_CREATE_RATE,
+        template_vcpus: float = 2.0,
+        template_memory_gib: float = 0.5,
+        memory_mb: float | None = None,
+        cpus: float | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        for option, value in (("memory_mb", memory_mb), ("cpus", cpus)):
+            if value is not None:
+                raise ConfigError(
+                    option,
+                    value,
+                    "None: an E2B sandbox's memory and CPUs come from its template; build "
+                    "a template with them (e2b template build --memory-mb N --cpu-count N) "
+                    "and pass template=",
+                )
+        check(
+            create_rate is None or create_rate > 0,
+            "create_rate",
+            create_rate,
+            "None or creations per second > 0",
+        )
         check(
             isinstance(timeout, int) and 1 <= timeout <= MAX_LIFETIME,
             "timeout",
@@ -160,6 +241,9 @@ class E2BSandbox(SandboxLifecycle):
                 f"no E2B API key: set the {KEY_VARIABLE} environment variable or pass api_key="
             )
         self._key: _Secret | None = _Secret(key)
+        self._price = price_per_second(vcpus=template_vcpus, memory_gib=template_memory_gib)
+        self._create_rate = create_rate
+        self._clock = clock
         self._id = f"e2b-{uuid.uuid4().hex[:8]}"
         self._template = template
         self._timeout = timeout
@@ -195,6 +279,11 @@ class E2BSandbox(SandboxLifecycle):
     def sdk(self) -> Any:
         """The underlying ``e2b.AsyncSandbox``, once created (``None`` before)."""
         return self._sdk_obj
+
+    @property
+    def price_per_second(self) -> float:
+        """USD per second while it runs, at E2B's rates for the template's size."""
+        return self._price
 
     @property
     def healthy(self) -> bool:
@@ -242,10 +331,15 @@ class E2BSandbox(SandboxLifecycle):
     async def _create(self) -> None:
         sdk_class = self._sdk_class or _sdk().AsyncSandbox
         assert self._key is not None  # dropped only after a successful creation
+        if self._create_rate is not None:
+            await _pacer(self._create_rate, self._clock).wait()
+        error: SandboxError | None = None
         try:
             made = await sdk_class.create(api_key=self._key.reveal(), **self._create_args)
         except Exception as exc:
-            raise _translate(exc, "create a sandbox", SandboxStartError) from exc
+            error = _translate(exc, "create a sandbox", SandboxStartError, self._key)
+        if error is not None:
+            raise error  # outside the except block: no __context__ with the SDK's frames
         if self._closed:  # closed while it was being created
             await _kill_quietly(made)
             raise SandboxClosed(f"{self._id} was closed while it started")
@@ -269,11 +363,14 @@ class E2BSandbox(SandboxLifecycle):
             '2>/dev/null && kill -9 "${p#/proc/}" 2>/dev/null; '
             f"done; rm -rf -- {w} && mkdir -p -- {w}"
         )
+        error: SandboxError | None = None
         try:
             await sdk.commands.run(script, timeout=60)
             await sdk.set_timeout(self._timeout)
         except Exception as exc:
-            raise self._failure(exc, "reset the sandbox") from exc
+            error = self._failure(exc, "reset the sandbox")
+        if error is not None:
+            raise error
         self._deadline = time.monotonic() + self._timeout
         self._workdir_ready = True
 
@@ -291,10 +388,13 @@ class E2BSandbox(SandboxLifecycle):
         sdk = self._sdk_obj
         if sdk is None or self._gone:
             return
+        error: SandboxError | None = None
         try:
             await asyncio.shield(sdk.kill())
         except Exception as exc:
-            raise _translate(exc, "kill the sandbox", SandboxError) from exc
+            error = _translate(exc, "kill the sandbox", SandboxError)
+        if error is not None:
+            raise error
 
     # -- commands -------------------------------------------------------------------
 
@@ -328,6 +428,7 @@ class E2BSandbox(SandboxLifecycle):
         e2b = _sdk()
         command_env = {**(env or {}), MARKER_VARIABLE: self._id}
         started = time.perf_counter()
+        error: SandboxError | None = None
         try:
             if not self._workdir_ready:
                 await sdk.files.make_dir(self._workdir)
@@ -340,7 +441,9 @@ class E2BSandbox(SandboxLifecycle):
                 timeout=0 if timeout is None else timeout,  # 0: no limit, for the SDK
             )
         except Exception as exc:
-            raise self._failure(exc, "start a command") from exc
+            error = self._failure(exc, "start a command")
+        if error is not None:
+            raise error
         try:
             outcome = await handle.wait()
         except asyncio.CancelledError:
@@ -349,7 +452,7 @@ class E2BSandbox(SandboxLifecycle):
         except e2b.CommandExitException as exc:
             outcome = exc  # a non-zero exit: it carries exit_code, stdout and stderr
         except (e2b.SandboxNotRunningException, e2b.SandboxUnreachableException) as exc:
-            raise self._failure(exc, "run a command") from exc
+            error = self._failure(exc, "run a command")  # before TimeoutException: subclasses
         except e2b.TimeoutException:
             await _kill_command(handle)
             return CommandResult(
@@ -358,9 +461,12 @@ class E2BSandbox(SandboxLifecycle):
                 handle.stderr or "",
                 time.perf_counter() - started,
                 timed_out=True,
+                killed_reason="timeout",
             )
         except Exception as exc:
-            raise self._failure(exc, "run a command") from exc
+            error = self._failure(exc, "run a command")
+        if error is not None:
+            raise error
         return CommandResult(
             int(outcome.exit_code),
             outcome.stdout or "",
@@ -379,10 +485,13 @@ class E2BSandbox(SandboxLifecycle):
         """
         remote = self._remote(path)
         sdk = await self._ready()
+        error: SandboxError | None = None
         try:
             await sdk.files.write(remote, data)
         except Exception as exc:
-            raise self._failure(exc, f"write {path!r}") from exc
+            error = self._failure(exc, f"write {path!r}")
+        if error is not None:
+            raise error
 
     async def read_file(self, path: str) -> bytes:
         """The content of ``workdir/path`` in the VM, as bytes.
@@ -394,12 +503,14 @@ class E2BSandbox(SandboxLifecycle):
         """
         remote = self._remote(path)
         sdk = await self._ready()
+        error: Exception
         try:
             return bytes(await sdk.files.read(remote, format="bytes"))
-        except _sdk().FileNotFoundException as exc:
-            raise FileNotFoundError(f"{path!r} does not exist in {self._id}") from exc
+        except _sdk().FileNotFoundException:
+            error = FileNotFoundError(f"{path!r} does not exist in {self._id}")
         except Exception as exc:
-            raise self._failure(exc, f"read {path!r}") from exc
+            error = self._failure(exc, f"read {path!r}")
+        raise error
 
     def _remote(self, path: str) -> str:
         return f"{self._workdir}/{relative_path(path)}"
@@ -421,10 +532,13 @@ class E2BSandbox(SandboxLifecycle):
         """
         sdk = await self._ready()
         since = dt.datetime.now(dt.UTC) - _METRICS_WINDOW
+        error: SandboxError | None = None
         try:
             samples = await sdk.get_metrics(start=since)
         except Exception as exc:
-            raise self._failure(exc, "read metrics") from exc
+            error = self._failure(exc, "read metrics")
+        if error is not None:
+            raise error
         if not samples:
             return ResourceSample(time=time.time(), cpu=0.0, memory=0.0, memory_percent=0.0)
         last = max(samples, key=lambda s: s.timestamp)
@@ -438,7 +552,26 @@ class E2BSandbox(SandboxLifecycle):
 
     # -- errors ---------------------------------------------------------------------
 
-    def _failure(self, exc: Exception, action: str) -> Exception:
+    async def probe(self) -> bool:
+        """Whether the VM still runs (E2B deletes 1 to 3 % of sandboxes early).
+
+        One health request to the VM; a pool calls it before it hands out a sandbox
+        that idled. ``True`` before the VM is created; ``False`` once closed or gone.
+        """
+        if self._closed or self._gone:
+            return False
+        sdk = self._sdk_obj
+        if sdk is None:
+            return True
+        try:
+            running = bool(await sdk.is_running())
+        except Exception:
+            running = False
+        if not running:
+            self._gone = True
+        return running
+
+    def _failure(self, exc: Exception, action: str) -> SandboxError:
         error = _translate(exc, action, SandboxError)
         if _is_gone(exc):
             self._gone = True
@@ -450,8 +583,32 @@ def _is_gone(exc: Exception) -> bool:
     return isinstance(exc, e2b.SandboxNotRunningException | e2b.SandboxNotFoundException)
 
 
-def _translate(exc: Exception, action: str, default: type[SandboxError]) -> SandboxError:
-    """labkit's error for an SDK exception; the SDK's message never holds the key."""
+def _translate(
+    exc: Exception, action: str, default: type[SandboxError], key: _Secret | None = None
+) -> SandboxError:
+    """labkit's error for an SDK exception, caused by a sanitised copy of it."""
+    error = _labkit_error(exc, action, default)
+    error.__cause__ = _sanitised(exc, key)
+    return error
+
+
+def _sanitised(exc: Exception, key: _Secret | None) -> BaseException:
+    """A never-raised copy of ``exc``: same type and message (key masked), no frames."""
+    message = str(exc)
+    if key is not None and key.reveal():
+        message = message.replace(key.reveal(), "<E2B_API_KEY>")
+    try:
+        copy = type(exc)(message)
+    except Exception:
+        copy = SandboxError(f"{type(exc).__name__}: {message}")
+    copy.__traceback__ = None
+    copy.__cause__ = None
+    copy.__context__ = None
+    return copy
+
+
+def _labkit_error(exc: Exception, action: str, default: type[SandboxError]) -> SandboxError:
+    """labkit's error for an SDK exception; its message never holds the key."""
     e2b = _sdk()
     if isinstance(exc, e2b.AuthenticationException):
         return SandboxAuthError(
