@@ -23,9 +23,11 @@ the UI's own share, apart from the core's cost of emitting events.
 4. Scale: 64 instances recording 4 metrics each (a step of about 0.1 ms of work
    between samples) with the live chart attached, while another "cell" (a task
    that sleeps 10 ms over and over) measures how late the loop wakes it: the
-   kernel's latency. Printed: frames drawn per second, the cost of a frame (mean
-   and worst), the cost of redrawing all 256 lines at once after the run, and
-   the probe's lateness (median, 99th percentile, worst). Goal: >= 2 frames/s.
+   kernel's latency; then the same without the chart. Printed: frames drawn per
+   second, the cost of drawing a frame (mean and worst) and of reading the events
+   before it, the cost of redrawing all 256 lines at once after the run, and the
+   probe's lateness (median, 99th percentile, worst), watched and bare.
+   Goal: >= 2 frames/s.
 
 Run: ``python benchmarks/bench_live_ui.py``.
 """
@@ -137,9 +139,22 @@ async def probe(latencies: list[float], stop: asyncio.Event) -> None:
         latencies.append(time.perf_counter() - started - 0.01)
 
 
-async def scale() -> dict[str, float]:
-    """64 instances x 4 metrics, watched, with a latency probe running beside them."""
-    chart = LiveTimeline()
+async def scale(watched: bool) -> dict[str, float]:
+    """64 instances x 4 metrics, with a latency probe running beside them; the live
+    chart attached when ``watched``."""
+    chart = LiveTimeline() if watched else None
+    reads: list[float] = []
+    if chart is not None:
+        update = chart.model.update
+
+        def timed_update() -> bool:
+            began = time.perf_counter()
+            try:
+                return update()
+            finally:
+                reads.append(time.perf_counter() - began)
+
+        chart.model.update = timed_update  # type: ignore[method-assign]
     latencies: list[float] = []
     stop = asyncio.Event()
     prober = asyncio.create_task(probe(latencies, stop))
@@ -148,17 +163,31 @@ async def scale() -> dict[str, float]:
         lk.Experiment("scale", train4, params={"samples": SCALE_SAMPLES}),
         instances=SCALE_INSTANCES,
         max_concurrency=SCALE_INSTANCES,
-        on_event=chart.handle,
+        on_event=None if chart is None else chart.handle,
     )
     elapsed = time.perf_counter() - start
     stop.set()
     await prober
     assert result.ok
-    frames, frame_total, frame_max = (
-        chart.budget.frames,
-        chart.budget.total_cost,
-        chart.budget.max_cost,
-    )
+    latencies.sort()
+    figures = {
+        "elapsed": elapsed,
+        "samples": SCALE_INSTANCES * SCALE_SAMPLES,
+        "latency_p50_ms": 1e3 * latencies[len(latencies) // 2],
+        "latency_p99_ms": 1e3 * latencies[int(len(latencies) * 0.99)],
+        "latency_max_ms": 1e3 * latencies[-1],
+    }
+    if chart is None:
+        return figures
+    budget = chart.budget
+    figures |= {
+        "frames": budget.frames,
+        "frame_rate": budget.frames / elapsed,
+        "frame_mean_ms": 1e3 * budget.total_cost / max(budget.frames, 1),
+        "frame_max_ms": 1e3 * budget.max_cost,
+        "read_mean_ms": 1e3 * statistics.mean(reads) if reads else 0.0,
+        "read_per_sample_us": 1e6 * sum(reads) / figures["samples"],
+    }
     # Every line changes at once: the worst frame once the buffers are full.
     full = []
     for step in range(5):
@@ -171,22 +200,10 @@ async def scale() -> dict[str, float]:
         began = time.perf_counter()
         chart.flush()
         full.append(time.perf_counter() - began)
-    traces = len(chart.figure.data)
+    figures["full_redraw_ms"] = 1e3 * statistics.median(full)
+    figures["traces"] = len(chart.figure.data)
     chart.close()
-    latencies.sort()
-    return {
-        "elapsed": elapsed,
-        "samples": SCALE_INSTANCES * SCALE_SAMPLES,
-        "frames": frames,
-        "frame_rate": frames / elapsed,
-        "frame_mean_ms": 1e3 * frame_total / max(frames, 1),
-        "frame_max_ms": 1e3 * frame_max,
-        "full_redraw_ms": 1e3 * statistics.median(full),
-        "traces": traces,
-        "latency_p50_ms": 1e3 * latencies[len(latencies) // 2],
-        "latency_p99_ms": 1e3 * latencies[int(len(latencies) * 0.99)],
-        "latency_max_ms": 1e3 * latencies[-1],
-    }
+    return figures
 
 
 async def best_of(measure: Any) -> tuple[float, float, float]:
@@ -218,25 +235,28 @@ async def main() -> None:
             f"{name:<24}{bare:>10,.0f}{subscribed:>12,.0f}{watched:>10,.0f}"
             f"{watched / bare:>14.2f}{watched / subscribed:>20.2f}  {verdict}"
         )
-    figures = await scale()
+    bare = await scale(watched=False)
+    figures = await scale(watched=True)
     verdict = "ok" if figures["frame_rate"] >= 2.0 else "below the 2 Hz goal"
     print(
         f"\nscale: {SCALE_INSTANCES} instances x {len(SCALE_METRICS)} metrics, "
-        f"{figures['samples']:,} samples in {figures['elapsed']:.2f} s, "
-        f"{figures['traces']} traces on the chart"
+        f"{figures['samples']:,} samples in {figures['elapsed']:.2f} s watched "
+        f"({bare['elapsed']:.2f} s bare), {figures['traces']} traces on the chart"
     )
     print(
         f"  frames: {figures['frames']} at {figures['frame_rate']:.2f}/s ({verdict}); "
-        f"cost per frame {figures['frame_mean_ms']:.1f} ms mean, "
-        f"{figures['frame_max_ms']:.1f} ms worst; "
-        f"redraw of all {SCALE_INSTANCES * len(SCALE_METRICS)} lines "
+        f"drawing a frame {figures['frame_mean_ms']:.1f} ms mean, "
+        f"{figures['frame_max_ms']:.1f} ms worst; reading the events before it "
+        f"{figures['read_mean_ms']:.1f} ms mean ({figures['read_per_sample_us']:.2f} us a sample); "
+        f"redrawing all {SCALE_INSTANCES * len(SCALE_METRICS)} lines at once "
         f"{figures['full_redraw_ms']:.1f} ms"
     )
-    print(
-        f"  kernel latency (a 10 ms sleep in another cell wakes late by): "
-        f"{figures['latency_p50_ms']:.1f} ms median, {figures['latency_p99_ms']:.1f} ms p99, "
-        f"{figures['latency_max_ms']:.1f} ms worst"
-    )
+    for name, run in (("bare", bare), ("watched", figures)):
+        print(
+            f"  kernel latency, {name:<8} (how late a 10 ms sleep in another cell wakes): "
+            f"{run['latency_p50_ms']:.1f} ms median, {run['latency_p99_ms']:.1f} ms p99, "
+            f"{run['latency_max_ms']:.1f} ms worst"
+        )
 
 
 if __name__ == "__main__":

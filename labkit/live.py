@@ -25,6 +25,7 @@ spent drawing. Both take an injectable clock.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -64,6 +65,10 @@ DEFAULT_MAX_POINTS = 2000
 """Points per line above which a timeline is decimated for display."""
 
 BANDS: tuple[str, ...] = ("std", "minmax", "ci95")
+
+# InstanceEvent's fields by position: reading them with C-level getters is what
+# keeps a frame of tens of thousands of events cheap.
+_KIND, _INSTANCE, _OFFSET, _METRICS = itemgetter(0), itemgetter(1), itemgetter(3), itemgetter(4)
 
 
 def decimate_indices(values: npt.ArrayLike, max_points: int = DEFAULT_MAX_POINTS) -> IntArray:
@@ -522,6 +527,73 @@ class _MetricGrid:
 
 
 # --------------------------------------------------------------------------------------
+# Events as columns
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Columns:
+    """A run of sample events as arrays: who, when, and each metric (NaN: not in a sample)."""
+
+    owners: IntArray
+    offsets: FloatArray
+    values: dict[str, FloatArray]
+    names: tuple[str, ...]  # the metrics in order of first appearance
+
+
+def _columns(events: list[InstanceEvent]) -> _Columns | None:
+    """Sample events as columns, read with C-level getters (no Python loop per event)."""
+    dicts = list(map(_METRICS, events))
+    if not all(dicts):  # a sample without values carries nothing to draw
+        events = [event for event in events if event.metrics]
+        if not events:
+            return None
+        dicts = list(map(_METRICS, events))
+    rows = cast(list[Mapping[str, float]], dicts)
+    names: set[str] = set().union(*rows)
+    count = len(rows)
+    ordered: dict[str, None] = {}
+    for metrics in rows:  # usually the first sample already holds every name
+        ordered.update(dict.fromkeys(metrics))
+        if len(ordered) == len(names):
+            break
+    values: dict[str, FloatArray] = {}
+    for metric in ordered:
+        try:
+            values[metric] = np.fromiter(map(itemgetter(metric), rows), np.float64, count)
+        except KeyError:  # the metric is in some samples only: NaN elsewhere
+            values[metric] = np.array([d.get(metric, math.nan) for d in rows], np.float64)
+    return _Columns(
+        owners=np.fromiter(map(_INSTANCE, events), np.int64, count),
+        offsets=np.fromiter(map(_OFFSET, events), np.float64, count),
+        values=values,
+        names=tuple(ordered),
+    )
+
+
+def _merged(chunks: list[_Columns]) -> _Columns:
+    """Consecutive chunks as one (a metric missing from a chunk is NaN there)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    names = tuple(dict.fromkeys(name for chunk in chunks for name in chunk.names))
+    values = {
+        name: np.concatenate(
+            [
+                chunk.values[name] if name in chunk.values else np.full(chunk.owners.size, np.nan)
+                for chunk in chunks
+            ]
+        )
+        for name in names
+    }
+    return _Columns(
+        owners=np.concatenate([chunk.owners for chunk in chunks]),
+        offsets=np.concatenate([chunk.offsets for chunk in chunks]),
+        values=values,
+        names=names,
+    )
+
+
+# --------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------
 
@@ -598,8 +670,13 @@ class LiveTimelineModel:
         self._rounded = frozenset(round_to_int)
         self._clock = clock
         self._pending: list[Any] = []
+        self._staged: list[_Columns | InstanceEvent] = []
         self.append = self._pending.append
-        """Receive one event; the cheapest way in (no method call of the model's own)."""
+        """Receive one event; the cheapest way in (no method call of the model's own).
+        Whoever uses it calls :meth:`compact` when :attr:`pending` reaches
+        :attr:`chunk_size`."""
+        self.chunk_size = 1024
+        """Events worth turning into columns at once (see :meth:`compact`)."""
         self._final: dict[str, AverageSnapshot] = {}
         self._clear()
 
@@ -625,18 +702,27 @@ class LiveTimelineModel:
 
     def handle(self, event: Any) -> None:
         """Receive one event (an ``on_event`` callback); it is read at the next update."""
-        self._pending.append(event)
+        pending = self._pending
+        pending.append(event)
+        if len(pending) >= self.chunk_size:
+            self.compact()
 
     handle.event_types = event_types  # type: ignore[attr-defined]
 
     def __call__(self, event: Any) -> None:
         """Same as :meth:`handle`: the model itself can be an ``on_event`` callback."""
-        self._pending.append(event)
+        self.handle(event)
 
     @property
     def pending(self) -> int:
-        """Events received and not yet read by :meth:`update`."""
+        """Events received and not yet turned into columns (see :meth:`compact`)."""
         return len(self._pending)
+
+    @property
+    def inbox(self) -> list[Any]:
+        """The list :attr:`append` adds to: a view may check its length per event
+        (cheaper than asking :attr:`pending`); never modify it."""
+        return self._pending
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -657,6 +743,7 @@ class LiveTimelineModel:
         """Forget every instance and sample (for a new run); configured metrics stay."""
         version = self._version
         self._pending.clear()
+        self._staged.clear()
         self._clear()
         self._version = version + 1  # versions only grow: a view sees the change
 
@@ -676,37 +763,63 @@ class LiveTimelineModel:
 
     # Reading events ------------------------------------------------------------------
 
+    def compact(self) -> None:
+        """Turn the events received so far into columns (numpy arrays), cheaply.
+
+        :meth:`update` does this first; calling it every ``chunk_size`` events
+        (as :meth:`handle` and the live chart do) also lets the event records go
+        at once, instead of piling up until the next frame, where the garbage
+        collector would walk them again and again.
+        """
+        if not self._pending:
+            return
+        events = self._pending[:]
+        del self._pending[:]  # in place: ``append`` is bound to this list
+        if set(map(type, events)) != {InstanceEvent}:
+            events = [event for event in events if type(event) is InstanceEvent]
+            if not events:
+                return
+        # Columns at C speed: a frame may read tens of thousands of events.
+        kinds = list(map(_KIND, events))
+        start = 0
+        staged = self._staged
+        if kinds.count("sample") != len(kinds):
+            for position, kind in enumerate(kinds):
+                if kind == "sample":
+                    continue
+                if position > start:
+                    chunk = _columns(events[start:position])
+                    if chunk is not None:
+                        staged.append(chunk)
+                staged.append(events[position])  # a state change, after the samples before it
+                start = position + 1
+        if start < len(kinds):
+            chunk = _columns(events[start:] if start else events)
+            if chunk is not None:
+                staged.append(chunk)
+
     def update(self) -> bool:
         """Read every pending event into the lines and averages.
 
         Returns:
             Whether anything changed.
         """
-        if not self._pending:
+        self.compact()
+        if not self._staged:
             return False
-        events = self._pending[:]
-        del self._pending[:]  # in place: ``append`` is bound to this list
-        if set(map(type, events)) != {InstanceEvent}:
-            events = [event for event in events if type(event) is InstanceEvent]
-            if not events:
-                return False
-        # Columns at C speed: a frame may read tens of thousands of events.
-        kinds, instances, _, offsets, metrics, _ = zip(*events, strict=True)
+        staged, self._staged = self._staged, []
         changed = False
-        start = 0
-        if kinds.count("sample") != len(kinds):
-            # A state change applies after the samples that came before it.
-            for position, kind in enumerate(kinds):
-                if kind == "sample":
-                    continue
-                if position > start:
-                    changed |= self._add_samples(
-                        instances[start:position], offsets[start:position], metrics[start:position]
-                    )
-                changed |= self._apply(events[position])
-                start = position + 1
-        if start < len(kinds):
-            changed |= self._add_samples(instances[start:], offsets[start:], metrics[start:])
+        run: list[_Columns] = []
+        for item in [*staged, None]:
+            if isinstance(item, _Columns):
+                run.append(item)
+                continue
+            if run:
+                # Chunks in a row are read as one: per-line work is per read, not per chunk.
+                changed |= self._add_samples(_merged(run))
+                run = []
+            if item is not None:
+                changed |= self._apply(item)
         if changed:
             self._version += 1
         return changed
@@ -745,37 +858,16 @@ class LiveTimelineModel:
             for grid in self._grids.values():
                 grid.clear_row(row)
 
-    def _add_samples(
-        self,
-        instances: Sequence[int],
-        offsets: Sequence[float],
-        dicts: Sequence[Mapping[str, float] | None],
-    ) -> bool:
-        """Add a run of sample events (columns of it) to the lines and the grid."""
-        if not all(dicts):  # a sample without values carries nothing to draw
-            kept = [i for i, d in enumerate(dicts) if d]
-            instances = [instances[i] for i in kept]
-            offsets = [offsets[i] for i in kept]
-            dicts = [dicts[i] for i in kept]
-            if not kept:
-                return False
-        rows = cast(Sequence[Mapping[str, float]], dicts)
-        names: set[str] = set().union(*rows)
-        count = len(rows)
+    def _add_samples(self, chunk: _Columns) -> bool:
+        """Add a run of samples (as columns) to the lines and the grid."""
+        names = chunk.values.keys()
         columns: dict[str, FloatArray] = {}
-        for metric in self._in_order(names, rows):
+        for metric in self._in_order(chunk.names):
             if metric not in self._metrics:
                 if self._fixed_metrics:
                     continue
                 self._metrics.append(metric)
-            try:
-                columns[metric] = np.fromiter(
-                    map(itemgetter(metric), rows), dtype=np.float64, count=count
-                )
-            except KeyError:  # the metric is in some samples only: NaN elsewhere
-                columns[metric] = np.array(
-                    [d.get(metric, math.nan) for d in rows], dtype=np.float64
-                )
+            columns[metric] = chunk.values[metric]
         if self._axis is None:
             self._axis = "step" if "step" in names else "t"
             if self._axis == "step":
@@ -783,17 +875,18 @@ class LiveTimelineModel:
                 self._metrics = [m for m in self._metrics if m != "step"]
         if self._axis == "step":
             # Lines run over the samples' steps; a sample without one is left out.
-            steps = columns.pop("step", None)
-            if steps is None:
-                steps = np.array([d.get("step", math.nan) for d in rows], dtype=np.float64)
+            columns.pop("step", None)
             if "step" in self._metrics:
                 self._metrics.remove("step")
-            times = steps
+            times = chunk.values.get("step")
+            if times is None:
+                return False
         else:
-            times = np.array(offsets, dtype=float)
+            times = chunk.offsets
         if not columns:
             return False
-        owner = np.array(instances, dtype=np.int64)
+        owner = chunk.owners
+        count = owner.shape[0]
         if bool((owner == owner[0]).all()):
             groups: list[tuple[int, IntArray]] = [(int(owner[0]), np.arange(count))]
         else:
@@ -822,17 +915,12 @@ class LiveTimelineModel:
                     self._add_line(instance, metric, t[finite], y[finite])
         return True
 
-    def _in_order(self, names: set[str], dicts: Sequence[Mapping[str, float]]) -> list[str]:
-        """``names``: the known metrics in their order, then new ones as they first appear."""
+    def _in_order(self, names: Sequence[str]) -> list[str]:
+        """``names``: the known metrics in their order, then the new ones in theirs."""
         known = [metric for metric in self._metrics if metric in names]
         if len(known) == len(names):
             return known
-        found = dict.fromkeys(known)
-        for metrics in dicts:  # usually the first sample already holds every name
-            found.update(dict.fromkeys(metrics))
-            if len(found) == len(names):
-                break
-        return list(found)
+        return known + [metric for metric in names if metric not in known]
 
     def _learn_step(self, instance: int, offsets: FloatArray) -> None:
         """Fix the step the final average would choose for the sample times seen so far.
@@ -1041,10 +1129,14 @@ class LiveTimelineModel:
 class FrameBudget:
     """When the next frame is due: a rate cap and a share of the loop's time.
 
-    A frame that took ``d`` seconds is followed by a gap of at least
-    ``d / max_load`` (so drawing takes at most ``max_load`` of the time) and at
-    least ``1 / updates_per_s``. The first frame also waits one interval, so a
-    first burst of samples is drawn in one frame.
+    Frames come at most ``updates_per_s`` a second, and far enough apart that
+    drawing takes at most ``max_load`` of the time: after frames of typical cost
+    ``d`` seconds the gap is at least ``d / max_load``. The typical cost is the
+    median of the last five frames' (counting two ideal ones until five were
+    drawn), so one slow frame (the first, which builds the traces; a garbage
+    collection; a busy machine) does not hold the chart back for long, while
+    frames that stay slow do stretch the gap. The first frame also waits one
+    interval, so a first burst of samples is drawn in one frame.
 
     Args:
         updates_per_s: The most frames per second.
@@ -1057,6 +1149,7 @@ class FrameBudget:
 
     __slots__ = (
         "_clock",
+        "_costs",
         "_gap",
         "_interval",
         "_last",
@@ -1066,6 +1159,8 @@ class FrameBudget:
         "max_cost",
         "total_cost",
     )
+
+    _HISTORY = 5
 
     def __init__(
         self, updates_per_s: float = 4.0, max_load: float = 0.05, *, clock: Clock = SYSTEM_CLOCK
@@ -1079,6 +1174,7 @@ class FrameBudget:
         self._max_load = float(max_load)
         self._gap = self._interval
         self._last: float | None = None
+        self._costs: deque[float] = deque(maxlen=self._HISTORY)
         self.frames = 0
         """Frames drawn so far."""
         self.last_cost = 0.0
@@ -1087,6 +1183,7 @@ class FrameBudget:
         """Seconds the longest frame took."""
         self.total_cost = 0.0
         """Seconds all frames took together."""
+        self.reset()
 
     def delay(self) -> float:
         """Seconds from now until the next frame is due (0: draw now)."""
@@ -1096,19 +1193,24 @@ class FrameBudget:
         return max(self._last + self._gap - now, 0.0)
 
     def drew(self, started: float) -> None:
-        """Note a frame that began at ``started`` (clock seconds) and ended now."""
+        """Note a frame whose drawing began at ``started`` (clock seconds) and ended now."""
         finished = self._clock.now()
         self.last_cost = max(finished - started, 0.0)
         self.max_cost = max(self.max_cost, self.last_cost)
         self.total_cost += self.last_cost
         self._last = finished
-        self._gap = max(self._interval, self.last_cost / self._max_load)
+        self._costs.append(self.last_cost)
+        ordered = sorted(self._costs)
+        typical = ordered[(len(ordered) - 1) // 2]  # the lower median
+        self._gap = max(self._interval, typical / self._max_load)
         self.frames += 1
 
     def reset(self) -> None:
-        """Forget the last frame: the next waits one interval from when it is asked for."""
+        """Forget past frames: the next waits one interval from when it is asked for."""
         self._last = None
         self._gap = self._interval
+        self._costs.clear()
+        self._costs.extend((self._interval * self._max_load,) * 2)
 
     @property
     def now(self) -> float:

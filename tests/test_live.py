@@ -131,6 +131,28 @@ def test_snapshots_are_immutable_and_versioned() -> None:
     assert list(second.lines[0].y) == [1.0, 2.0, 3.0]
 
 
+def test_events_become_columns_in_chunks_and_are_let_go() -> None:
+    import gc
+    import weakref
+
+    model = LiveTimelineModel()
+    model.chunk_size = 100
+
+    class Sample(dict[str, float]):
+        """A metrics mapping that can be watched for collection."""
+
+    watched = Sample(cpu=1.0)
+    alive = weakref.ref(watched)
+    model.handle(InstanceEvent("sample", 0, 0.0, 0.0, metrics=watched))
+    del watched
+    for i in range(1, 250):
+        model.handle(_sample(0, i * 0.1, cpu=float(i)))
+    gc.collect()
+    assert model.pending == 50  # two chunks turned into columns, 50 to go
+    assert alive() is None  # the first chunk's events are gone already
+    assert model.snapshot().lines[0].samples == 250
+
+
 def test_receiving_is_an_append_and_other_events_are_dropped() -> None:
     model = LiveTimelineModel()
     model.handle(TaskEvent("started", 0, 0.0))
@@ -258,66 +280,26 @@ def test_frame_budget_caps_the_rate_and_the_load() -> None:
     budget = FrameBudget(updates_per_s=4.0, max_load=0.05, clock=clock)
     assert budget.delay() == 0.25  # the first frame waits an interval: a burst batches
 
+    def frame(cost: float) -> None:
+        started = budget.now
+        clock.advance(cost)
+        budget.drew(started)
+
     clock.advance(0.25)
     assert budget.delay() == 0.0
-    started = budget.now
-    clock.advance(0.002)  # a cheap frame: the rate cap rules
-    budget.drew(started)
+    frame(0.002)  # a cheap frame: the rate cap rules
     assert budget.frames == 1 and budget.last_cost == pytest.approx(0.002)
     assert budget.delay() == pytest.approx(0.25)
 
-    started = budget.now
-    clock.advance(0.030)  # a 30 ms frame may take 5 % of the time: 0.6 s apart
-    budget.drew(started)
+    frame(0.5)  # one slow frame (a collection, a busy machine) does not hold the chart back
+    assert budget.delay() == pytest.approx(0.25)
+    frame(0.030)
+    frame(0.030)  # frames that stay slow do: 30 ms may take 5 % of the time, 0.6 s apart
     assert budget.delay() == pytest.approx(0.6)
-    assert budget.max_cost == pytest.approx(0.030)
-    assert budget.total_cost == pytest.approx(0.032) and budget.frames == 2
     clock.advance(0.5)
     assert budget.delay() == pytest.approx(0.1)
+    assert budget.max_cost == pytest.approx(0.5)
+    assert budget.total_cost == pytest.approx(0.562) and budget.frames == 4
 
     budget.reset()
     assert budget.delay() == 0.25
-
-
-def test_samples_with_a_step_go_by_step_as_the_result_averages_them() -> None:
-    frames = []
-    model = LiveTimelineModel()
-    for instance in range(3):
-        steps = np.arange(0, 40, 2 + instance % 2, dtype=float)  # every 2nd or 3rd step
-        loss = 1.0 / (steps + 1) + instance
-        frames.append(pd.DataFrame({"t": steps * 0.01, "step": steps, "loss": loss}))
-        for step, value in zip(steps, loss, strict=True):
-            model.handle(_sample(instance, step * 0.01, step=float(step), loss=float(value)))
-            model.handle(_sample(instance, step * 0.01 + 0.005, cpu=50.0))  # no step: left out
-    snapshot = model.snapshot()
-    final = average_timelines(frames)
-    assert snapshot.axis == "step" and snapshot.metrics == ("loss",)
-    assert list(snapshot.lines_of("loss")[1].t[:3]) == [0.0, 3.0, 6.0]
-    live = snapshot.averages["loss"]
-    np.testing.assert_array_equal(live.t, final["step"].to_numpy(dtype=float))
-    np.testing.assert_array_equal(live.n, final["n"].to_numpy())
-    np.testing.assert_allclose(live.mean, final["loss"].to_numpy(), rtol=1e-12)
-    np.testing.assert_allclose(live.std, final["loss_std"].to_numpy(), rtol=1e-9)
-    with pytest.raises(ConfigError, match="step"):
-        LiveTimelineModel(on="step", step=1.0)
-
-
-def test_memory_stays_fixed_with_many_instances_over_a_long_run() -> None:
-    import tracemalloc
-
-    model = LiveTimelineModel(max_points=200, max_grid_points=200)
-    tracemalloc.start()
-    try:
-        for frame in range(20):
-            for step in range(50):
-                for instance in range(64):
-                    t = (frame * 50 + step) * 0.001 + frame * 100.0  # runs on and on
-                    model.handle(_sample(instance, t, cpu=float(step), memory=1.0))
-            model.update()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    snapshot = model.snapshot()
-    assert peak < 40 * 2**20
-    assert all(len(line.t) <= 200 for line in snapshot.lines)
-    assert snapshot.averages["cpu"].t.size <= 200
