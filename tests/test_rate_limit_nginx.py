@@ -19,7 +19,6 @@ import pytest
 
 import labkit as lk
 
-httpx = pytest.importorskip("httpx")
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 pytestmark = pytest.mark.skipif(
@@ -90,25 +89,59 @@ def nginx(tmp_path: Path) -> Iterator[str]:
         server.wait(timeout=10)
 
 
+class Connections:
+    """Keep-alive HTTP/1.1 connections to nginx, each request written the moment the
+    function starts (``transport.write`` sends at once), so the time nginx sees is the
+    time labkit granted: no client library between them adds its own delay."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.Queue()
+        )
+
+    async def open(self, n: int) -> None:
+        for _ in range(n):
+            self.free.put_nowait(await asyncio.open_connection("127.0.0.1", self.port))
+        # a first request on each connection, on the path that is not rate limited
+        await asyncio.gather(*(self.get("/warm/ok.txt") for _ in range(n)))
+
+    async def get(self, path: str) -> int:
+        reader, writer = self.free.get_nowait()
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        status = int((await reader.readline()).split()[1])
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        await reader.readexactly(length)
+        self.free.put_nowait((reader, writer))
+        return status
+
+    def close(self) -> None:
+        while not self.free.empty():
+            self.free.get_nowait()[1].close()
+
+
 async def test_rate_limit_gets_no_rejection_from_nginx_even_after_a_stall(nginx: str) -> None:
-    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
-    async with httpx.AsyncClient(base_url=nginx, limits=limits, timeout=10.0) as client:
-        # open every connection first (the warm-up path is not rate limited)
-        warm = [client.get("/warm/ok.txt") for _ in range(16)]
-        assert all(r.status_code == 200 for r in await asyncio.gather(*warm))
-        stalled = False
+    connections = Connections(int(nginx.rsplit(":", 1)[1]))
+    await connections.open(16)
+    stalled = False
 
-        async def fetch(i: int) -> int:
-            nonlocal stalled
-            response = await client.get("/ok.txt")
-            if i == 40 and not stalled:
-                stalled = True
-                time.sleep(0.1)  # noqa: ASYNC251 - stalls the loop on purpose
-            return response.status_code
+    async def fetch(i: int) -> int:
+        nonlocal stalled
+        if i == 40 and not stalled:
+            stalled = True
+            time.sleep(0.1)  # noqa: ASYNC251 - stalls the loop on purpose
+        return await connections.get("/ok.txt")
 
+    try:
         report = await lk.run_parallel(
             fetch, range(150), max_concurrency=16, rate_limit=lk.RateLimit(200, burst=10)
         )
+    finally:
+        connections.close()
     codes = report.values
     assert len(codes) == 150 and stalled
     assert codes.count(503) == 0, f"nginx rejected {codes.count(503)} of 150"
@@ -118,9 +151,12 @@ async def test_rate_limit_gets_no_rejection_from_nginx_even_after_a_stall(nginx:
 async def test_nginx_does_reject_an_unlimited_burst(nginx: str) -> None:
     """The control: without labkit's limit the same server rejects, so the test above
     would see a rejection if the limit were wrong."""
-    async with httpx.AsyncClient(base_url=nginx, timeout=10.0) as client:
+    connections = Connections(int(nginx.rsplit(":", 1)[1]))
+    await connections.open(16)
+    try:
         report = await lk.run_parallel(
-            lambda _: client.get("/ok.txt"), range(60), max_concurrency=30
+            lambda _: connections.get("/ok.txt"), range(60), max_concurrency=16
         )
-    codes = [r.status_code for r in report.values]
-    assert codes.count(503) > 0
+    finally:
+        connections.close()
+    assert report.values.count(503) > 0
