@@ -571,6 +571,15 @@ def _columns(events: list[InstanceEvent]) -> _Columns | None:
     )
 
 
+def _by_instance(owners: IntArray) -> dict[int, IntArray]:
+    """Each instance's row positions, ascending."""
+    if owners.shape[0] and bool((owners == owners[0]).all()):
+        return {int(owners[0]): np.arange(owners.shape[0])}
+    order = np.argsort(owners, kind="stable")
+    cuts = np.flatnonzero(np.diff(owners[order])) + 1
+    return {int(owners[part[0]]): part for part in np.split(order, cuts) if part.shape[0]}
+
+
 def _merged(chunks: list[_Columns]) -> _Columns:
     """Consecutive chunks as one (a metric missing from a chunk is NaN there)."""
     if len(chunks) == 1:
@@ -808,18 +817,32 @@ class LiveTimelineModel:
         if not self._staged:
             return False
         staged, self._staged = self._staged, []
-        changed = False
-        run: list[_Columns] = []
-        for item in [*staged, None]:
+        # Every chunk is read as one (per-line work is per read, not per chunk).
+        # A state change concerns its own instance only: it applies after that
+        # instance's samples received before it, and before the later ones.
+        chunks = [item for item in staged if isinstance(item, _Columns)]
+        changes: dict[int, list[tuple[int, InstanceEvent]]] = {}
+        received = 0
+        for item in staged:
             if isinstance(item, _Columns):
-                run.append(item)
-                continue
-            if run:
-                # Chunks in a row are read as one: per-line work is per read, not per chunk.
-                changed |= self._add_samples(_merged(run))
-                run = []
-            if item is not None:
-                changed |= self._apply(item)
+                received += item.owners.shape[0]
+            else:
+                changes.setdefault(item.instance, []).append((received, item))
+        prepared = self._prepare(_merged(chunks)) if chunks else None
+        groups = {} if prepared is None else _by_instance(prepared[0])
+        empty = np.empty(0, dtype=np.int64)
+        changed = False
+        for instance in sorted(groups.keys() | changes.keys()):
+            positions = groups.get(instance, empty)
+            done = 0
+            for before, event in changes.get(instance, ()):
+                cut = int(np.searchsorted(positions, before))
+                if cut > done and prepared is not None:
+                    changed |= self._add_instance(instance, positions[done:cut], *prepared[1:])
+                    done = cut
+                changed |= self._apply(event)
+            if done < positions.shape[0] and prepared is not None:
+                changed |= self._add_instance(instance, positions[done:], *prepared[1:])
         if changed:
             self._version += 1
         return changed
@@ -858,8 +881,11 @@ class LiveTimelineModel:
             for grid in self._grids.values():
                 grid.clear_row(row)
 
-    def _add_samples(self, chunk: _Columns) -> bool:
-        """Add a run of samples (as columns) to the lines and the grid."""
+    def _prepare(
+        self, chunk: _Columns
+    ) -> tuple[IntArray, FloatArray, dict[str, FloatArray]] | None:
+        """The owners, the times (offsets or steps) and the metrics to draw of a chunk;
+        learns new metrics and, with the first samples, the axis."""
         names = chunk.values.keys()
         columns: dict[str, FloatArray] = {}
         for metric in self._in_order(chunk.names):
@@ -872,48 +898,52 @@ class LiveTimelineModel:
             self._axis = "step" if "step" in names else "t"
             if self._axis == "step":
                 self._step = 1.0
-                self._metrics = [m for m in self._metrics if m != "step"]
+        times = chunk.offsets
         if self._axis == "step":
             # Lines run over the samples' steps; a sample without one is left out.
             columns.pop("step", None)
             if "step" in self._metrics:
                 self._metrics.remove("step")
-            times = chunk.values.get("step")
-            if times is None:
-                return False
-        else:
-            times = chunk.offsets
+            steps = chunk.values.get("step")
+            if steps is None:
+                return None
+            times = steps
         if not columns:
-            return False
-        owner = chunk.owners
-        count = owner.shape[0]
-        if bool((owner == owner[0]).all()):
-            groups: list[tuple[int, IntArray]] = [(int(owner[0]), np.arange(count))]
-        else:
-            order = np.argsort(owner, kind="stable")
-            cuts = np.flatnonzero(np.diff(owner[order])) + 1
-            groups = [(int(owner[part[0]]), part) for part in np.split(order, cuts)]
-        for instance, index in groups:
-            t = times[index]
-            if self._axis == "step":
-                stepped = ~np.isnan(t)
-                if not stepped.all():
-                    index, t = index[stepped], t[stepped]
-                if not t.shape[0]:
-                    continue
-            if t.shape[0] > 1 and bool((np.diff(t) < 0).any()):
-                by_time = np.argsort(t, kind="stable")
-                index, t = index[by_time], t[by_time]
-            if self._step is None:
-                self._learn_step(instance, t)
-            for metric, values in columns.items():
-                y = values[index]
-                finite = np.isfinite(y)  # also drops the NaN of samples without it
-                if finite.all():
-                    self._add_line(instance, metric, t, y)
-                elif finite.any():
-                    self._add_line(instance, metric, t[finite], y[finite])
-        return True
+            return None
+        return chunk.owners, times, columns
+
+    def _add_instance(
+        self,
+        instance: int,
+        index: IntArray,
+        times: FloatArray,
+        columns: Mapping[str, FloatArray],
+    ) -> bool:
+        """Add one instance's samples (rows ``index`` of the columns) to its lines."""
+        t = times[index]
+        if self._axis == "step":
+            stepped = ~np.isnan(t)
+            if not stepped.all():
+                index, t = index[stepped], t[stepped]
+            if not t.shape[0]:
+                return False
+        if t.shape[0] > 1 and bool((np.diff(t) < 0).any()):
+            by_time = np.argsort(t, kind="stable")
+            index, t = index[by_time], t[by_time]
+        if self._step is None:
+            self._learn_step(instance, t)
+        changed = False
+        for metric, values in columns.items():
+            y = values[index]
+            finite = np.isfinite(y)  # also drops the NaN of samples without it
+            if finite.all():
+                self._add_line(instance, metric, t, y)
+            elif finite.any():
+                self._add_line(instance, metric, t[finite], y[finite])
+            else:
+                continue
+            changed = True
+        return changed
 
     def _in_order(self, names: Sequence[str]) -> list[str]:
         """``names``: the known metrics in their order, then the new ones in theirs."""
