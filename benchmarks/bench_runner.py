@@ -6,7 +6,9 @@
    its results, stats and events on (every event created and delivered to a
    subscriber, three per task, and a retry policy that never fires). Goal: <= 2x
    (a) and <= 0.5x (b). A subscriber that does real work (counting events by kind)
-   adds its own cost on top; that line is printed too.
+   adds its own cost on top; that line is printed too. The same run under a
+   RateLimit far above the achieved rate measures the limiter's own cost: goal
+   <= 1.2x the unlimited run.
 2. 10,240 tasks of ``asyncio.sleep(0.01)`` at max_concurrency 64, 256 and 1024
    against the ideal ``ceil(N/k) * 10 ms``. Goal: within 1.1x, 1.2x, 1.3x.
 3. Peak memory (tracemalloc) of a lazy run of 200,000 items: it must grow with the
@@ -62,7 +64,7 @@ async def baseline_semaphore() -> float:
     return time.perf_counter() - start
 
 
-async def labkit_run(events: str) -> float:
+async def labkit_run(events: str, rate_limit: lk.RateLimit | None = None) -> float:
     """events: "" (no subscriber), "noop" (a subscriber that does nothing: labkit's own
     cost of creating and delivering every event) or "count" (a subscriber counting
     events by kind, as a progress bar would: adds the subscriber's own work)."""
@@ -84,6 +86,7 @@ async def labkit_run(events: str) -> float:
         max_concurrency=K,
         retry=lk.Retry(attempts=3) if events else None,
         on_event=subscriber,
+        rate_limit=rate_limit,
     )
     elapsed = time.perf_counter() - start
     assert report.stats.completed == N and report.values[-1] == {"i": N - 1}
@@ -104,12 +107,13 @@ async def overhead() -> None:
         "plain": lambda: labkit_run(""),
         "full": lambda: labkit_run("noop"),
         "counted": lambda: labkit_run("count"),
+        "limited": lambda: labkit_run("noop", lk.RateLimit(100_000_000, burst=K)),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(REPEAT):
         for name, run in variants.items():
             times[name].append(await run())
-    a, b, plain, full, counted = (min(times[name]) for name in variants)
+    a, b, plain, full, counted, limited = (min(times[name]) for name in variants)
     us = 1e6 / N
     print(f"1. {N} tiny tasks at max_concurrency={K} (best of {REPEAT}, µs per task)")
     print(f"   (a) workers on a shared iterator      {a * us:6.2f}")
@@ -122,6 +126,10 @@ async def overhead() -> None:
     print(
         f"     same, subscriber counting by kind   {counted * us:6.2f}   "
         f"{counted / a:.2f}x (a)   {counted / b:.2f}x (b)"
+    )
+    print(
+        f"     same, under a RateLimit far above  {limited * us:6.2f}   "
+        f"{limited / full:.2f}x the unlimited run [goal <= 1.2]"
     )
 
 

@@ -18,7 +18,7 @@ from labkit.guard import ResourceGuard
 from labkit.policies import RateLimiter
 from labkit.runner.inputs import Input, ordered_input
 from labkit.runner.options import Priority, RunOptions
-from labkit.runner.pipeline import Results, TaskPipeline
+from labkit.runner.pipeline import Crew, Results, TaskPipeline
 from labkit.runner.records import RunnerStats, RunReport, RunStats, TaskResult
 from labkit.runner.slots import Slots
 
@@ -265,7 +265,7 @@ class Runner:
                 cancelled = asyncio.CancelledError(_NOT_STARTED)
                 return pipeline.record_unstarted(index, args, cancelled, results)
             with contextlib.suppress(asyncio.CancelledError):  # recorded by the pipeline
-                await pipeline.run(invoker, index, args, results)
+                await pipeline.work(invoker, (index, args), iter(()), results)
             return results[index]
 
         task = asyncio.get_running_loop().create_task(run_one(), name=f"labkit-task-{index}")
@@ -378,33 +378,19 @@ class Runner:
         first = next(pairs, None)
         if first is None:
             return
-        cap = self.options.worker_cap
         pipeline = self._pipeline
-        run = pipeline.run
-        workers = 0
-
+        pulled: Iterator[tuple[int, Any]] = pairs
+        if not counted:
+            pulled = _counting(pairs, pipeline)
         async with asyncio.TaskGroup() as group:
 
-            def spawn(pair: tuple[int, Any]) -> None:
-                nonlocal workers
-                workers += 1
-                group.create_task(worker(pair))
+            def start(pair: tuple[int, Any]) -> None:
+                group.create_task(pipeline.work(invoker, pair, pulled, results, crew))
 
-            async def worker(pair: tuple[int, Any] | None) -> None:
-                nonlocal workers
-                while pair is not None:
-                    if workers < cap:  # one more worker, for an item already pulled
-                        following = next(pairs, None)
-                        if following is None:
-                            workers = cap  # the input is exhausted: start no more
-                        else:
-                            spawn(following)
-                    if not counted:
-                        pipeline.queued += 1
-                    await run(invoker, pair[0], pair[1], results)
-                    pair = next(pairs, None)
-
-            spawn(first)
+            crew = Crew(start, self.options.worker_cap)
+            if not counted:
+                pipeline.queued += 1
+            crew.add(first)
 
     def _report(self, current: _Run, peak: int, *, fill: bool) -> RunReport[Any]:
         """The report of ``current``; ``fill`` also records never-started items as
@@ -447,6 +433,13 @@ class Runner:
             peak_concurrency=peak,
         )
         return RunReport(slots, stats)  # type: ignore[arg-type]
+
+
+def _counting(pairs: Iterator[tuple[int, Any]], pipeline: TaskPipeline) -> Iterator[Any]:
+    """``pairs``, counting each one pulled into ``queued`` (an input of unknown size)."""
+    for pair in pairs:
+        pipeline.queued += 1
+        yield pair
 
 
 def _check_callable(fn: object) -> None:

@@ -30,7 +30,9 @@ class Input:
         self.error: Exception | None = None
         self.size = size
         self.items = lookup
-        self.pairs: Iterator[tuple[int, Any]] = enumerate(self._guarded(items))
+        # Builtin sequences cannot raise part-way: only other iterables are guarded.
+        safe = type(items) in (list, tuple, range)
+        self.pairs: Iterator[tuple[int, Any]] = enumerate(items if safe else self._guarded(items))
 
     def _guarded(self, items: Iterable[Any]) -> Iterator[Any]:
         try:

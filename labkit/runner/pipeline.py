@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, MutableSequence
+from collections.abc import Callable, Iterator, MutableSequence
 from typing import Any
 
 from labkit.adaptive import ConcurrencyController
@@ -35,10 +35,42 @@ from labkit.runner.options import RunOptions
 from labkit.runner.records import TaskResult
 from labkit.runner.slots import Slots
 
-__all__ = ("Results", "TaskPipeline")
+__all__ = ("Crew", "Results", "TaskPipeline")
 
 Results = MutableSequence[Any] | dict[int, Any]
 """Where recorded results go: a list indexed by position, or a dict for lazy inputs."""
+
+
+class Crew:
+    """Starts workers as items arrive: never more workers than items pulled.
+
+    A worker that still may add one pulls the next item ahead and starts a worker
+    for it; once ``cap`` workers run, or the input is exhausted, it adds no more.
+
+    Args:
+        start: Starts one worker with its first ``(index, item)``.
+        cap: The most workers.
+    """
+
+    __slots__ = ("_start", "cap", "size")
+
+    def __init__(self, start: Callable[[tuple[int, Any]], object], cap: int) -> None:
+        self._start = start
+        self.cap = cap
+        self.size = 0
+
+    def add(self, pair: tuple[int, Any]) -> None:
+        """Start a worker for ``pair``."""
+        self.size += 1
+        self._start(pair)
+
+    def more(self, pairs: Iterator[tuple[int, Any]]) -> None:
+        """Pull one more item and start a worker for it, unless there is none."""
+        following = next(pairs, None)
+        if following is None:
+            self.cap = self.size  # the input is exhausted: start no more
+        else:
+            self.add(following)
 
 
 class TaskPipeline:
@@ -62,6 +94,7 @@ class TaskPipeline:
         "_guard",
         "_keep",
         "_limiter",
+        "_now",
         "_reject",
         "_retry",
         "_rng",
@@ -91,6 +124,7 @@ class TaskPipeline:
     ) -> None:
         self.slots = slots
         self._clock: Clock = options.clock
+        self._now = options.clock.now
         self._retry = options.retry
         self._reject: Callable[[Any], bool] | None = (
             options.retry.retry_if_result if options.retry is not None else None
@@ -109,38 +143,112 @@ class TaskPipeline:
 
     # -- the steps ---------------------------------------------------------------------
 
-    async def run(self, invoker: Invoker, index: int, item: Any, results: Results) -> None:
-        """Run one task (counted in ``queued`` already) and record it in ``results``."""
-        result: TaskResult[Any] = TaskResult(index, item, False, None, None, 0)
+    async def work(
+        self,
+        invoker: Invoker,
+        pair: tuple[int, Any] | None,
+        pairs: Iterator[tuple[int, Any]],
+        results: Results,
+        crew: Crew | None = None,
+    ) -> None:
+        """A worker: run ``pair``, then every pair it pulls from ``pairs``, one by one.
+
+        Each task is counted in ``queued`` before it gets here. This is the hot path
+        (a few microseconds per task): the steps that cost nothing when their
+        feature is off (admission by the guard, the rate limit, the retry decision)
+        are entered only when on, and a task needs no coroutine of its own.
+
+        Args:
+            invoker: The function to run.
+            pair: The first ``(index, item)``, pulled by whoever started this worker.
+            pairs: Where the next ones come from.
+            results: Where each task's result is recorded.
+            crew: Starts more workers as items arrive (one per item pulled ahead).
+        """
         slots = self.slots
-        reserved = 0.0
-        admitted = False
-        try:
-            if slots.free > 0 and not slots._waiters:
-                slots.free -= 1
-            else:
-                await slots.acquire()
-            admitted = True
-            self.queued -= 1
-            if self._guard is not None:
-                reserved = await self._admit(result)
-                if reserved < 0:
-                    return  # refused: the result says why
-            await self._attempts(invoker, result)
-        except asyncio.CancelledError as cancelled:
-            result.error = cancelled
-            raise
-        finally:
-            if admitted:
-                if reserved > 0:
-                    self._guard.release(reserved)  # type: ignore[union-attr]
-                if slots._waiters:
-                    slots.release()
+        waiters = slots._waiters
+        now = self._now
+        guard = self._guard
+        limiter = self._limiter
+        timeout = self._timeout
+        reject = self._reject
+        retry = self._retry
+        routes = self._routes
+        bus = self._bus
+        record = self.record
+        while pair is not None:
+            if crew is not None and crew.size < crew.cap:
+                crew.more(pairs)
+            index, item = pair
+            result: TaskResult[Any] = TaskResult(index, item, False, None, None, 0)
+            reserved = 0.0
+            admitted = False
+            try:
+                # 1. admit
+                if slots.free > 0 and not waiters:
+                    slots.free -= 1
                 else:
-                    slots.free += 1
-            else:
+                    await slots.acquire()
+                admitted = True
                 self.queued -= 1
-            self.record(result, results)
+                if guard is not None:
+                    reserved = await self._admit(result)  # < 0: refused, the result says why
+                while reserved >= 0:
+                    # 2. rate-limit
+                    if limiter is not None:
+                        await self._rate_limit(result)
+                    # 3. attempt
+                    attempt = result.attempts = result.attempts + 1
+                    start = now()
+                    if attempt == 1:
+                        result.started = start
+                    self.running += 1
+                    if self.running > self.peak:
+                        self.peak = self.running
+                    if (subscribers := routes.get(TaskEvent)) is None:
+                        subscribers = bus.route(TaskEvent)
+                    if subscribers:
+                        bus.deliver(subscribers, TaskEvent("started", index, start, attempt))
+                    try:
+                        if timeout is None:
+                            value = await invoker.run(item)
+                        else:
+                            value = await invoker.timed(item, timeout)
+                    except AttemptExpired as expired:
+                        error: Exception = TaskTimeout(index, attempt, timeout or 0.0)
+                        error.__cause__ = expired
+                    except Exception as raised:
+                        error = raised
+                    else:
+                        if reject is None or not reject(value):
+                            result.ok = True
+                            result.value = value
+                            result.error = None
+                            break
+                        result.value = value
+                        error = ResultRejected(index, attempt, value)
+                    finally:
+                        self.running -= 1
+                    # 4. decide
+                    result.error = error
+                    if retry is None or not await self._decide(result, error):
+                        break
+            except asyncio.CancelledError as cancelled:
+                result.error = cancelled
+                raise
+            finally:
+                if admitted:
+                    if reserved > 0:
+                        guard.release(reserved)  # type: ignore[union-attr]
+                    if waiters:
+                        slots.release()
+                    else:
+                        slots.free += 1
+                else:
+                    self.queued -= 1
+                # 5. record
+                record(result, results)
+            pair = next(pairs, None)
 
     async def _admit(self, result: TaskResult[Any]) -> float:
         """Wait for the host; the memory reserved (MB), or -1 when the task is refused."""
@@ -163,52 +271,6 @@ class TaskPipeline:
             self.apply_limit(self._controller.pressure(self._clock.now()))
         return needed
 
-    async def _attempts(self, invoker: Invoker, result: TaskResult[Any]) -> None:
-        """Attempt until a value is accepted or the retry policy gives up."""
-        now = self._clock.now
-        limiter = self._limiter
-        timeout = self._timeout
-        routes = self._routes
-        item = result.item
-        while True:
-            if limiter is not None:
-                await self._rate_limit(result)
-            attempt = result.attempts = result.attempts + 1
-            start = now()
-            if attempt == 1:
-                result.started = start
-            self.running += 1
-            if self.running > self.peak:
-                self.peak = self.running
-            if (subscribers := routes.get(TaskEvent)) is None:
-                subscribers = self._bus.route(TaskEvent)
-            if subscribers:
-                self._bus.deliver(subscribers, TaskEvent("started", result.index, start, attempt))
-            try:
-                if timeout is None:
-                    value = await invoker.run(item)
-                else:
-                    value = await invoker.timed(item, timeout)
-            except AttemptExpired as expired:
-                error: Exception = TaskTimeout(result.index, attempt, timeout or 0.0)
-                error.__cause__ = expired
-            except Exception as raised:
-                error = raised
-            else:
-                reject = self._reject
-                if reject is None or not reject(value):
-                    result.ok = True
-                    result.value = value
-                    result.error = None
-                    return
-                result.value = value
-                error = ResultRejected(result.index, attempt, value)
-            finally:
-                self.running -= 1
-            result.error = error
-            if not await self._decide(result, error):
-                return
-
     async def _rate_limit(self, result: TaskResult[Any]) -> None:
         limiter = self._limiter
         assert limiter is not None
@@ -224,7 +286,8 @@ class TaskPipeline:
     async def _decide(self, result: TaskResult[Any], error: BaseException) -> bool:
         """True to try again (after the backoff, slept here), False to give up."""
         retry = self._retry
-        if retry is None or not retry.should_retry(error, result.attempts):
+        assert retry is not None
+        if not retry.should_retry(error, result.attempts):
             return False
         delay = retry.delay(result.attempts, self._rng)
         self.retries += 1
@@ -248,11 +311,14 @@ class TaskPipeline:
 
         The one place a task's outcome is written: every path of every task ends here.
         """
-        finished = result.finished = self._clock.now()
-        if result.attempts == 0:
+        finished = result.finished = self._now()
+        attempts = result.attempts
+        if attempts:
+            # duration holds minus the retries' limiter waits until now (see _rate_limit)
+            duration = result.duration = result.duration + finished - result.started
+        else:
             result.started = finished
-        # duration holds minus the retries' limiter waits until now (see _rate_limit)
-        result.duration += finished - result.started
+            duration = 0.0
         ok = result.ok
         if ok:
             self.done += 1
@@ -263,15 +329,14 @@ class TaskPipeline:
         keep = self._keep
         if keep is not True and (keep is False or ok):
             result.item = None
-        results[result.index] = result
+        index = result.index
+        results[index] = result
         if (subscribers := self._routes.get(TaskEvent)) is None:
             subscribers = self._bus.route(TaskEvent)
         if subscribers:
-            event = TaskEvent(
-                kind, result.index, finished, result.attempts, result.error, 0.0, result.duration
-            )
+            event = TaskEvent(kind, index, finished, attempts, result.error, 0.0, duration)
             self._bus.deliver(subscribers, event)
-        if self._controller is not None and result.attempts:
+        if self._controller is not None and attempts:
             self.apply_limit(self._controller.completed(finished))
 
     def record_unstarted(
