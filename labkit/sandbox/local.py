@@ -429,11 +429,9 @@ class LocalSandbox(SandboxLifecycle):
             below = psutil.Process(supervisor.pid).children(recursive=True)
         except psutil.Error:
             below = []
-        reapers = supervisor.reapers
-        reapers.intersection_update(p.pid for p in below)
         found: dict[int, psutil.Process] = {}
         for proc in below:
-            if proc.pid in reapers:
+            if _is_reaper(proc, supervisor):
                 continue
             known = self._procs.get(proc.pid)
             # A kept handle only if it is the same process (psutil compares start times).
@@ -443,6 +441,14 @@ class LocalSandbox(SandboxLifecycle):
 
 
 # -- helpers (module level, so the finalizer holds no reference to the sandbox) -----
+
+
+def _is_reaper(proc: psutil.Process, supervisor: Supervisor) -> bool:
+    """A per-command reaper: a child of the supervisor with its command line (a fork)."""
+    try:
+        return proc.ppid() == supervisor.pid and proc.cmdline() == supervisor.argv
+    except psutil.Error:
+        return True  # gone: nothing to count
 
 
 def _cleanup(

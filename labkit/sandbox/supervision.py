@@ -79,8 +79,8 @@ class Supervisor:
         "_pending",
         "_popen",
         "_sock",
+        "argv",
         "broken",
-        "reapers",
     )
 
     def __init__(self, root: Path, cgroups: CgroupSet) -> None:
@@ -109,8 +109,8 @@ class Supervisor:
         self._ids = itertools.count(1)
         self._pending: dict[object, asyncio.Future[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.reapers: set[int] = set()
-        """Pids of the per-command reapers (bookkeeping processes, not the commands')."""
+        self.argv = args
+        """The supervisor's command line, which its reapers (forks of it) share."""
         self.broken = False
         """``True`` once the supervisor is gone."""
 
@@ -244,8 +244,7 @@ class Supervisor:
             return
         message = json.loads(data)
         op = message["op"]
-        if op == "started":
-            self.reapers.add(message["reaper"])
+        if op in ("started", "spare"):
             return
         key = {"ready": "ready", "killed": message.get("ack")}.get(op, message.get("id"))
         # Command results stay until result() takes them; the rest are taken here.
