@@ -122,3 +122,21 @@ def test_an_uncaught_run_interrupted_exits_like_ctrl_c() -> None:
     assert "RunInterrupted" in err
     # killed by SIGINT after a normal shutdown, as Python does for KeyboardInterrupt (130)
     assert child.returncode in (-signal.SIGINT, 130), err
+
+
+def test_the_command_line_exits_130_on_ctrl_c(tmp_path: object) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "labkit.cli", "demo", "--duration", "30"],
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    time.sleep(4)  # let it start its instances
+    child.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    child.send_signal(signal.SIGINT)  # and a second Ctrl-C
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
