@@ -37,3 +37,15 @@ async def test_pool_reuses_and_resets_a_real_vm() -> None:
             assert (await sb.run("ls")).stdout == ""
             assert "sleep 300" not in (await sb.run("ps -eo args")).stdout
         assert pool.stats().hits == 2
+
+
+async def test_probe_price_and_pool_cost_of_a_real_vm() -> None:
+    async with SandboxPool(lambda: E2BSandbox(timeout=120), max_size=1, max_idle=None) as pool:
+        async with pool.session() as sb:
+            assert isinstance(sb, E2BSandbox)
+            assert await sb.probe()
+            assert sb.price_per_second > 0
+        async with pool.session():
+            pass
+        stats = pool.stats()
+        assert stats.vanished == 0 and stats.cost_usd > 0

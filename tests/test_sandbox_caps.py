@@ -55,6 +55,21 @@ async def test_a_command_past_the_memory_cap_is_killed_and_says_so() -> None:
 
 
 @needs_cgroups
+async def test_the_sampler_sees_memory_within_the_cap() -> None:
+    hold = f"{sys.executable} -c \"import time; x = b'x' * (40 << 20); time.sleep(30)\" &"
+    async with LocalSandbox(memory_mb=64) as sb:
+        await sb.run(hold)
+        for _ in range(200):
+            sample = await sb.metrics()
+            if sample.memory >= 40:
+                break
+            await asyncio.sleep(0.02)
+        assert 40 <= sample.memory <= 64
+        await sb.run(ALLOCATE.format(mb=256))  # killed; the holder may go too
+        assert (await sb.metrics()).memory <= 64
+
+
+@needs_cgroups
 async def test_cpu_cap_limits_cpu_time_and_the_sampler_agrees() -> None:
     async with LocalSandbox(cpus=0.2) as sb:
         task = asyncio.create_task(sb.run(BURN))
