@@ -98,4 +98,4 @@ async def test_a_directory_swapped_for_a_symlink_never_leads_out(
                 refused += 1
         await loop
         assert os.listdir(outside) == []
-        assert written > 0 and written + refused > 50
+        assert written > 0 and refused > 0  # both states of the swap were met
