@@ -36,6 +36,7 @@ must never swallow a Ctrl-C.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -93,6 +94,21 @@ def check(condition: bool, option: str, value: Any, allowed: str) -> None:
     """Raise :class:`ConfigError` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(option, value, allowed)
+
+
+def is_real(value: object) -> bool:
+    """Whether ``value`` is a finite real number: an int or float, never a bool."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and value == value  # NaN
+        and value not in (math.inf, -math.inf)
+    )
+
+
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an integer (a Python ``int``, never a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class MissingDependency(LabkitError, ImportError):
