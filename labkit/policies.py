@@ -16,9 +16,15 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import check
+from labkit.errors import check, is_int, is_real
 
 __all__ = ("RateLimit", "RateLimiter", "Retry")
+
+# Bounds on what a policy may ask for: past them a run would wait for days or
+# the arithmetic of the bucket stops being exact, so they are refused as typos.
+_MAX_DELAY_S = 86_400.0  # one day
+_MAX_ATTEMPTS = 1_000_000
+_MAX_BURST = 1_000_000_000
 
 
 def _exception_types(value: object) -> tuple[type[BaseException], ...]:
@@ -38,10 +44,11 @@ class Retry:
     many tasks failing together do not retry in lockstep.
 
     Args:
-        attempts: Total attempts including the first (1 means never retry).
-        initial: The first delay, in seconds.
+        attempts: Total attempts including the first (1 means never retry; at most
+            1,000,000).
+        initial: The first delay, in seconds (0 to 86,400: one day).
         backoff: The factor between successive delays (>= 1).
-        max_delay: The cap on any one delay, in seconds.
+        max_delay: The cap on any one delay, in seconds (0 to 86,400).
         jitter: The random spread as a fraction of the delay, 0 to 1.
         retry_on: Exception types that are retried; others fail at once.
             ``asyncio.CancelledError`` is never retried.
@@ -52,7 +59,8 @@ class Retry:
             the last rejected value as ``value``.
 
     Raises:
-        ConfigError: If an option is out of range.
+        ConfigError: If an option is not a finite number of the right kind (bools
+            are refused where numbers are wanted) or is out of range.
     """
 
     attempts: int = 3
@@ -65,15 +73,35 @@ class Retry:
 
     def __post_init__(self) -> None:
         check(
-            isinstance(self.attempts, int) and self.attempts >= 1,
+            is_int(self.attempts) and 1 <= self.attempts <= _MAX_ATTEMPTS,
             "attempts",
             self.attempts,
-            "an integer >= 1",
+            f"an integer from 1 to {_MAX_ATTEMPTS:,}",
         )
-        check(self.initial >= 0, "initial", self.initial, "a delay in seconds >= 0")
-        check(self.backoff >= 1, "backoff", self.backoff, "a factor >= 1")
-        check(self.max_delay >= 0, "max_delay", self.max_delay, "a delay in seconds >= 0")
-        check(0 <= self.jitter <= 1, "jitter", self.jitter, "a fraction from 0 to 1")
+        check(
+            is_real(self.initial) and 0 <= self.initial <= _MAX_DELAY_S,
+            "initial",
+            self.initial,
+            f"a finite delay in seconds from 0 to {_MAX_DELAY_S:,.0f}",
+        )
+        check(
+            is_real(self.backoff) and self.backoff >= 1,
+            "backoff",
+            self.backoff,
+            "a finite factor >= 1",
+        )
+        check(
+            is_real(self.max_delay) and 0 <= self.max_delay <= _MAX_DELAY_S,
+            "max_delay",
+            self.max_delay,
+            f"a finite delay in seconds from 0 to {_MAX_DELAY_S:,.0f}",
+        )
+        check(
+            is_real(self.jitter) and 0 <= self.jitter <= 1,
+            "jitter",
+            self.jitter,
+            "a fraction from 0 to 1",
+        )
         object.__setattr__(self, "retry_on", _exception_types(self.retry_on))
         check(
             self.retry_if_result is None or callable(self.retry_if_result),
@@ -118,12 +146,13 @@ class RateLimit:
 
     Args:
         rate: Starts allowed per ``per`` seconds (> 0).
-        per: The period, in seconds.
-        burst: How many starts may happen back to back (>= 1).
-        jitter: Extra random delay per start, in seconds (>= 0).
+        per: The period, in seconds (> 0, at most 86,400).
+        burst: How many starts may happen back to back (1 to 10**9).
+        jitter: Extra random delay per start, in seconds (0 to 86,400).
 
     Raises:
-        ConfigError: If an option is out of range.
+        ConfigError: If an option is not a finite number of the right kind (bools
+            are refused where numbers are wanted) or is out of range.
     """
 
     rate: float
@@ -134,16 +163,35 @@ class RateLimit:
 
     def __post_init__(self) -> None:
         check(
-            isinstance(self.rate, int | float) and math.isfinite(self.rate) and self.rate > 0,
+            is_real(self.rate) and self.rate > 0,
             "rate",
             self.rate,
             "a finite number of starts > 0",
         )
-        check(self.per > 0, "per", self.per, "a period in seconds > 0")
         check(
-            isinstance(self.burst, int) and self.burst >= 1, "burst", self.burst, "an integer >= 1"
+            is_real(self.per) and 0 < self.per <= _MAX_DELAY_S,
+            "per",
+            self.per,
+            f"a finite period in seconds > 0 and <= {_MAX_DELAY_S:,.0f}",
         )
-        check(self.jitter >= 0, "jitter", self.jitter, "a delay in seconds >= 0")
+        check(
+            is_int(self.burst) and 1 <= self.burst <= _MAX_BURST,
+            "burst",
+            self.burst,
+            f"an integer from 1 to {_MAX_BURST:,}",
+        )
+        check(
+            is_real(self.jitter) and 0 <= self.jitter <= _MAX_DELAY_S,
+            "jitter",
+            self.jitter,
+            f"a finite delay in seconds from 0 to {_MAX_DELAY_S:,.0f}",
+        )
+        check(
+            self.interval > 0 and math.isfinite(self.interval),
+            "rate",
+            self.rate,
+            f"a rate whose interval per / rate is a positive finite time (per={self.per!r})",
+        )
 
     @property
     def interval(self) -> float:

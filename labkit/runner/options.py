@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from labkit.adaptive import AutoConcurrency
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import check
+from labkit.errors import check, is_int, is_real
 from labkit.events import EventBus, TaskEvent
 from labkit.guard import Cost, HostProbe, ResourceLimits, cost_of
 from labkit.policies import RateLimit, Retry
 
-__all__ = ("Priority", "RunOptions")
+__all__ = ("MAX_BATCH_DELAY_S", "MAX_CONCURRENCY", "Priority", "RunOptions")
+
+MAX_CONCURRENCY = 1_000_000
+"""The most tasks one runner may run at once: more is a typo, not a plan."""
+MAX_BATCH_DELAY_S = 86_400.0
+"""The longest pause between batches, in seconds (one day)."""
 
 Priority = Callable[[Any], float] | Sequence[float]
 
@@ -48,44 +54,54 @@ class RunOptions:
         check(
             auto
             or (
-                isinstance(self.max_concurrency, int)
-                and not isinstance(self.max_concurrency, bool)
-                and self.max_concurrency >= 1
+                is_int(self.max_concurrency) and 1 <= self.max_concurrency <= MAX_CONCURRENCY  # type: ignore[operator]
             ),
             "max_concurrency",
             self.max_concurrency,
-            "an integer >= 1, 'auto', or a labkit.AutoConcurrency",
+            f"an integer from 1 to {MAX_CONCURRENCY:,}, 'auto', or a labkit.AutoConcurrency",
         )
         check(
-            self.timeout is None or (isinstance(self.timeout, int | float) and self.timeout > 0),
+            self.timeout is None or (is_real(self.timeout) and self.timeout > 0),
             "timeout",
             self.timeout,
-            "None or seconds > 0",
+            "None (no limit) or a finite number of seconds > 0",
         )
         check(
             self.retry is None or isinstance(self.retry, Retry),
             "retry",
             self.retry,
-            "None or a labkit.Retry",
+            "None or a labkit.Retry instance",
         )
         check(
             self.rate_limit is None or isinstance(self.rate_limit, RateLimit),
             "rate_limit",
             self.rate_limit,
-            "None or a labkit.RateLimit",
+            "None or a labkit.RateLimit instance",
         )
         check(
-            self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1),
+            self.batch_size is None
+            or (is_int(self.batch_size) and 1 <= self.batch_size <= sys.maxsize),
             "batch_size",
             self.batch_size,
-            "None or an integer >= 1",
+            f"None or an integer from 1 to {sys.maxsize:,}",
         )
-        check(self.batch_delay >= 0, "batch_delay", self.batch_delay, "seconds >= 0")
         check(
-            self.priority is None or callable(self.priority) or isinstance(self.priority, Sequence),
+            is_real(self.batch_delay) and 0 <= self.batch_delay <= MAX_BATCH_DELAY_S,
+            "batch_delay",
+            self.batch_delay,
+            f"a finite number of seconds from 0 to {MAX_BATCH_DELAY_S:,.0f}",
+        )
+        check(
+            self.priority is None
+            or callable(self.priority)
+            or (
+                isinstance(self.priority, Sequence)
+                and not isinstance(self.priority, str | bytes)
+                and all(is_real(value) for value in self.priority)
+            ),
             "priority",
             self.priority,
-            "None, a callable item -> number, or one number per item",
+            "None, a callable item -> number, or one finite number per item",
         )
         check(
             self.on_event is None or callable(self.on_event) or isinstance(self.on_event, EventBus),
@@ -94,6 +110,12 @@ class RunOptions:
             "None, a callable taking an event, or a labkit.EventBus",
         )
         check(isinstance(self.clock, Clock), "clock", self.clock, "a labkit.Clock")
+        check(
+            self.rng is None or isinstance(self.rng, random.Random),
+            "rng",
+            self.rng,
+            "None or a random.Random",
+        )
         check(
             self.limits is None or isinstance(self.limits, ResourceLimits),
             "limits",
