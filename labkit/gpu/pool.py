@@ -20,12 +20,12 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-from collections import deque
 from collections.abc import Generator, Hashable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from labkit._sync import WaitQueue
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import (
     GPUError,
@@ -34,6 +34,8 @@ from labkit.errors import (
     GPUUnavailable,
     MissingDependency,
     check,
+    is_int,
+    is_real,
 )
 from labkit.gpu.inventory import GPU, Inventory, StaticInventory
 
@@ -47,6 +49,11 @@ __all__ = (
 )
 
 log = logging.getLogger("labkit.gpu")
+
+# Past these a request is a typo: no machine has 65,536 GPUs, and a poll interval
+# over a day would leave waiters unserved for days.
+_MAX_GPUS = 65_536
+_MAX_SECONDS = 86_400.0
 
 # Process-wide, so an allocation from another pool can never pass for one of ours.
 _allocation_ids = itertools.count(1)
@@ -177,13 +184,14 @@ class GPUPoolStats:
     max_wait_s: float
 
 
-@dataclass(slots=True)
-class _Waiter:
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What a parked request waits for."""
+
     gpus: int
     min_memory_mb: int
     owner: Hashable | None
     since: float
-    future: asyncio.Future[GPUAllocation]
 
 
 class GPURequest:
@@ -248,7 +256,8 @@ class GPUPool:
             only, not as a release.
 
     Raises:
-        ConfigError: ``max_parallel`` < 1 or ``poll_interval`` <= 0.
+        ConfigError: ``inventory`` has no ``devices()``, ``max_parallel`` is not an
+            integer >= 1, or ``poll_interval`` is not a finite number of seconds > 0.
 
     ``async with GPUPool(...) as pool:`` closes the pool when the block ends
     (:meth:`close`): waiting requests fail with :class:`~labkit.errors.GPUPoolClosed`.
@@ -268,17 +277,35 @@ class GPUPool:
         poll_interval: float = 1.0,
     ) -> None:
         check(
-            max_parallel is None or max_parallel >= 1,
+            inventory is None
+            or (not isinstance(inventory, type) and callable(getattr(inventory, "devices", None))),
+            "inventory",
+            inventory,
+            "None or an inventory object with a devices() method (a labkit.StaticInventory, "
+            "a labkit.NVMLInventory)",
+        )
+        check(
+            max_parallel is None or (is_int(max_parallel) and max_parallel >= 1),
             "max_parallel",
             max_parallel,
             "None or an integer >= 1",
         )
-        check(poll_interval > 0, "poll_interval", poll_interval, "a number of seconds > 0")
+        check(
+            is_real(poll_interval) and 0 < poll_interval <= _MAX_SECONDS,
+            "poll_interval",
+            poll_interval,
+            f"a finite number of seconds > 0 and <= {_MAX_SECONDS:,.0f}",
+        )
+        check(isinstance(clock, Clock), "clock", clock, "a labkit.Clock")
         self._inventory = inventory if inventory is not None else _default_inventory()
         self._max_parallel = max_parallel
         self._clock = clock
         self._poll_interval = poll_interval
-        self._waiters: deque[_Waiter] = deque()
+        # An allocation granted as its waiter gave up goes back; a waiter that leaves
+        # may have held up the head of the queue.
+        self._waiters: WaitQueue[_Request, GPUAllocation] = WaitQueue(
+            returned=self.release, left=self._dispatch
+        )
         self._active: dict[int, GPUAllocation] = {}
         self._holder: dict[str, GPUAllocation] = {}  # uuid -> allocation holding it
         self._last_devices: tuple[GPU, ...] = ()
@@ -313,15 +340,14 @@ class GPUPool:
         if self._closed:
             return
         self._closed = True
-        waiters, self._waiters = list(self._waiters), deque()
-        for waiter in waiters:
-            if not waiter.future.done() and not waiter.future.get_loop().is_closed():
-                waiter.future.set_exception(
-                    GPUPoolClosed(
-                        f"the GPU pool was closed while a request for {waiter.gpus} GPU(s) "
-                        f"(owner {waiter.owner!r}) waited"
-                    )
+        while (waiter := self._waiters.first()) is not None:
+            request = waiter.payload
+            self._waiters.fail_first(
+                GPUPoolClosed(
+                    f"the GPU pool was closed while a request for {request.gpus} GPU(s) "
+                    f"(owner {request.owner!r}) waited"
                 )
+            )
         if self._poller is not None:
             poller, self._poller = self._poller, None
             if not poller.get_loop().is_closed():
@@ -367,7 +393,8 @@ class GPUPool:
             A :class:`GPURequest`, to await or to enter.
 
         Raises:
-            ConfigError: ``gpus``, ``min_memory_mb`` or ``timeout`` is negative.
+            ConfigError: ``gpus``, ``min_memory_mb`` or ``timeout`` is negative, not a
+                finite number (a bool is refused), or ``gpus`` is not an integer.
             GPUUnavailable: (when awaited) no state of this fleet could meet the
                 request: more GPUs than exist, or ``min_memory_mb`` above the total
                 memory of too many of them.
@@ -375,9 +402,24 @@ class GPUPool:
             GPUPoolClosed: (when awaited) the pool is closed, or was closed while
                 the request waited.
         """
-        check(isinstance(gpus, int) and gpus >= 0, "gpus", gpus, "an integer >= 0")
-        check(min_memory_mb >= 0, "min_memory_mb", min_memory_mb, "a number of MB >= 0")
-        check(timeout is None or timeout >= 0, "timeout", timeout, "None or seconds >= 0")
+        check(
+            is_int(gpus) and 0 <= gpus <= _MAX_GPUS,
+            "gpus",
+            gpus,
+            f"an integer from 0 to {_MAX_GPUS}",
+        )
+        check(
+            is_real(min_memory_mb) and min_memory_mb >= 0,
+            "min_memory_mb",
+            min_memory_mb,
+            "a finite number of MB >= 0",
+        )
+        check(
+            timeout is None or (is_real(timeout) and timeout >= 0),
+            "timeout",
+            timeout,
+            "None (wait for ever) or a finite number of seconds >= 0",
+        )
         return GPURequest(self, gpus, min_memory_mb, owner, timeout)
 
     def release(self, allocation: GPUAllocation) -> None:
@@ -463,7 +505,7 @@ class GPUPool:
         if gpus:
             devices = self._read()
             self._check_possible(devices, gpus, min_memory_mb)
-        if not self._prune_head() and self._has_room():
+        if not self._waiters.prune() and self._has_room():
             chosen = self._choose(devices, gpus, min_memory_mb) if gpus else ()
             if chosen is not None:
                 return self._grant(chosen, owner, wait_s=0.0)
@@ -474,20 +516,12 @@ class GPUPool:
                 f"({len(self._holder)} GPUs held, {len(self._active)} allocations, "
                 f"{len(self._waiters)} queued) and timeout=0 allows no waiting"
             )
-        waiter = _Waiter(
-            gpus=gpus,
-            min_memory_mb=min_memory_mb,
-            owner=owner,
-            since=self._clock.now(),
-            future=asyncio.get_running_loop().create_future(),
-        )
-        self._waiters.append(waiter)
+        request = _Request(gpus, min_memory_mb, owner, self._clock.now())
         self._start_polling()
         try:
             async with self._clock.timeout(max_wait):
-                return await waiter.future
+                return await self._waiters.wait(request)
         except BaseException as exc:
-            self._abandon(waiter)
             if isinstance(exc, TimeoutError):
                 self._timeouts += 1
                 raise GPUTimeout(
@@ -498,24 +532,6 @@ class GPUPool:
             if isinstance(exc, asyncio.CancelledError):
                 self._cancelled += 1
             raise
-
-    def _abandon(self, waiter: _Waiter) -> None:
-        """Clean up after a waiter that stops waiting (timeout, cancellation, loop gone)."""
-        future = waiter.future
-        if future.done() and not future.cancelled():
-            if future.exception() is None:
-                # Granted in the same instant as the waiter gave up: hand it back.
-                self.release(future.result())
-            return
-        try:
-            self._waiters.remove(waiter)
-        except ValueError:
-            return
-        if future.get_loop().is_closed():
-            return  # its loop is gone (the coroutine is being closed): nothing to wake there
-        future.cancel()
-        # The leaver may have blocked the head of the queue.
-        self._dispatch()
 
     def _check_possible(self, devices: Sequence[GPU], gpus: int, min_memory_mb: int) -> None:
         if gpus > len(devices):
@@ -580,10 +596,10 @@ class GPUPool:
         """Serve waiters from the head of the queue until one does not fit."""
         devices: tuple[GPU, ...] | None = None
         waiters = self._waiters
-        while self._prune_head() and self._has_room():
-            waiter = waiters[0]
+        while (waiter := waiters.first()) is not None and self._has_room():
+            request = waiter.payload
             chosen: tuple[GPU, ...] = ()
-            if waiter.gpus:
+            if request.gpus:
                 if devices is None:
                     try:
                         devices = self._read()
@@ -591,29 +607,17 @@ class GPUPool:
                         # Leave the queue as it is; the next poll or release retries.
                         log.warning("GPU inventory unreadable, requests keep waiting: %s", exc)
                         return
-                found = self._choose(devices, waiter.gpus, waiter.min_memory_mb)
+                found = self._choose(devices, request.gpus, request.min_memory_mb)
                 if found is None:
                     break  # strict FIFO: nobody behind the head may go first
                 chosen = found
-            waiters.popleft()
-            waiter.future.set_result(
-                self._grant(chosen, waiter.owner, wait_s=self._clock.now() - waiter.since)
+            waiters.hand_first(
+                self._grant(chosen, request.owner, wait_s=self._clock.now() - request.since)
             )
         if not waiters and self._poller is not None:
             poller, self._poller = self._poller, None
             if not poller.get_loop().is_closed():
                 poller.cancel()
-
-    def _prune_head(self) -> bool:
-        """Drop finished waiters from the head; whether anyone still waits.
-
-        A waiter whose event loop was closed under it (a notebook's loop torn down
-        mid-wait) would otherwise block the head of the queue for ever.
-        """
-        waiters = self._waiters
-        while waiters and (waiters[0].future.done() or waiters[0].future.get_loop().is_closed()):
-            waiters.popleft()
-        return bool(waiters)
 
     def _start_polling(self) -> None:
         if self._poller is None or self._poller.done():

@@ -32,7 +32,6 @@ many sessions could start now without queueing behind others.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections import deque
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+from labkit._sync import WaitQueue
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import SandboxClosed, SandboxTimeout, check
 from labkit.sandbox.base import Sandbox
@@ -196,7 +196,8 @@ class SandboxPool:
         self._handed: set[_Entry] = set()  # given to a waiter that has not resumed yet
         # Starts, resets and retirements in flight: close() waits for them.
         self._transitions: set[asyncio.Future[Any]] = set()
-        self._waiters: deque[asyncio.Future[_Entry]] = deque()
+        # A sandbox handed to a session that left in the same instant goes back.
+        self._waiters: WaitQueue[None, _Entry] = WaitQueue(returned=self._take_back)
         self._live = 0  # idle + active + handed + starting + closing
         self._headroom = 0
         self._closed = False
@@ -422,27 +423,11 @@ class SandboxPool:
         return alive
 
     async def _wait_turn(self, *, front: bool) -> _Entry:
-        waiter: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
-        if front:
-            self._waiters.appendleft(waiter)
-        else:
-            self._waiters.append(waiter)
+        turn = self._waiters.park(None, front=front)
         if len(self._waiters) >= 2:  # arrivals outpace the pool: start ahead of them
             self._headroom = max(self._headroom, len(self._waiters))
         self._grow()
-        try:
-            entry = await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                # Served just as we were cancelled: pass the sandbox on.
-                entry = waiter.result()
-                if entry in self._handed:
-                    self._handed.discard(entry)
-                    self._put_idle(entry)
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-            raise
+        entry = await self._waiters.wait_for(turn)
         if entry not in self._handed:  # close() took it meanwhile
             raise SandboxClosed("the sandbox pool was closed")
         self._handed.discard(entry)
@@ -559,24 +544,24 @@ class SandboxPool:
         task.add_done_callback(self._transitions.discard)
         await asyncio.shield(task)
 
+    def _take_back(self, entry: _Entry) -> None:
+        """A sandbox handed to a session that gave up in that instant: pass it on."""
+        if entry in self._handed:
+            self._handed.discard(entry)
+            self._put_idle(entry)
+
     def _put_idle(self, entry: _Entry) -> None:
         """Give ``entry`` to the first waiter, or keep it idle."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self._handed.add(entry)
-                waiter.set_result(entry)
-                return
+        self._handed.add(entry)
+        if self._waiters.hand_first(entry):
+            return
+        self._handed.discard(entry)
         entry.idle_since = self._clock.now()
         self._idle.append(entry)
         self._start_reaper()
 
     def _fail_first_waiter(self, exc: Exception) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(exc)
-                return
+        self._waiters.fail_first(exc)
 
     # -- idle expiry ----------------------------------------------------------------
 
@@ -617,10 +602,7 @@ class SandboxPool:
         self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(SandboxClosed("the sandbox pool was closed"))
+        self._waiters.fail_all(lambda: SandboxClosed("the sandbox pool was closed"))
         while self._transitions:
             await asyncio.wait(set(self._transitions))
         entries = [*self._idle, *self._handed, *self._active]
