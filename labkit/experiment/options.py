@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from labkit.errors import check
+from labkit.errors import check, is_int, is_real
 from labkit.experiment.spec import MAX_DURATION, MAX_INSTANCES
 
-__all__ = ("ExperimentOptions",)
+__all__ = ("MAX_GPUS_PER_INSTANCE", "ExperimentOptions", "check_resources")
+
+MAX_GPUS_PER_INSTANCE = 1024
+"""The most GPUs one instance may ask for (a typo past it, not a plan)."""
 
 PILOT_INSTANCES = 3
 """How many instances ``instances="auto"`` runs before it estimates how many it needs."""
@@ -53,51 +55,58 @@ class ExperimentOptions:
     heartbeat_every: float = 5.0
 
     def __post_init__(self) -> None:
+        check(
+            is_int(self.max_instances) and 1 <= self.max_instances <= MAX_INSTANCES,
+            "max_instances",
+            self.max_instances,
+            f"an int from 1 to {MAX_INSTANCES}",
+        )
         if self.instances == "auto":
             check(
-                _int(self.max_instances) and 1 <= self.max_instances <= MAX_INSTANCES,
-                "max_instances",
-                self.max_instances,
-                f"an int from 1 to {MAX_INSTANCES}",
-            )
-            check(
-                _finite(self.target_rel_half_width) and self.target_rel_half_width > 0,
+                is_real(self.target_rel_half_width) and 0 < self.target_rel_half_width <= 10,
                 "target_rel_half_width",
                 self.target_rel_half_width,
-                "a fraction > 0 (0.05 means 5 %)",
+                "a fraction > 0 and <= 10 (0.05 means 5 %)",
             )
         else:
             check(
-                _int(self.instances) and 1 <= int(self.instances) <= MAX_INSTANCES,
+                is_int(self.instances) and 1 <= int(self.instances) <= MAX_INSTANCES,
                 "instances",
                 self.instances,
                 f"an int from 1 to {MAX_INSTANCES} (the cap), or 'auto'",
             )
         check(
-            self.duration is None or (_finite(self.duration) and 0 < self.duration <= MAX_DURATION),
+            self.duration is None or (is_real(self.duration) and 0 < self.duration <= MAX_DURATION),
             "duration",
             self.duration,
             f"seconds > 0 and <= {MAX_DURATION:.0f} (the longest sandbox life), or None",
         )
         check(
-            _finite(self.sample_every) and self.sample_every > 0,
+            is_real(self.sample_every) and 0 < self.sample_every <= MAX_DURATION,
             "sample_every",
             self.sample_every,
-            "seconds > 0",
+            f"a finite number of seconds > 0 and <= {MAX_DURATION:.0f}",
         )
         check(
-            _int(self.gpus_per_instance) and self.gpus_per_instance >= 0,
+            is_int(self.gpus_per_instance) and 0 <= self.gpus_per_instance <= MAX_GPUS_PER_INSTANCE,
             "gpus_per_instance",
             self.gpus_per_instance,
-            "an int >= 0",
+            f"an int from 0 to {MAX_GPUS_PER_INSTANCE}",
         )
         check(
-            _finite(self.heartbeat_every) and self.heartbeat_every > 0,
+            is_real(self.heartbeat_every) and 0 < self.heartbeat_every <= MAX_DURATION,
             "heartbeat_every",
             self.heartbeat_every,
-            "seconds > 0",
+            f"a finite number of seconds > 0 and <= {MAX_DURATION:.0f}",
         )
         check(isinstance(self.resume, bool), "resume", self.resume, "True or False")
+        check(
+            self.auto_metric is None
+            or (isinstance(self.auto_metric, str) and bool(self.auto_metric)),
+            "auto_metric",
+            self.auto_metric,
+            "None or a summary figure's name (a non-empty str)",
+        )
 
     @property
     def adaptive(self) -> bool:
@@ -132,12 +141,41 @@ class ExperimentOptions:
         return config
 
 
-def _int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def check_resources(gpu_pool: object, sandbox_pool: object, store: object) -> None:
+    """Refuse, before anything runs, a pool or store of the wrong kind.
+
+    A class passed where an instance belongs (``sandbox_pool=LocalSandbox``) or a
+    sandbox where a pool belongs would otherwise fail inside every instance.
+
+    Raises:
+        ConfigError: ``gpu_pool`` is not a ``GPUPool``, ``sandbox_pool`` has no
+            ``session()``, or ``store`` has no ``begin()`` (the recorder protocol).
+    """
+    from labkit.gpu import GPUPool
+
+    check(
+        gpu_pool is None or isinstance(gpu_pool, GPUPool),
+        "gpu_pool",
+        gpu_pool,
+        "None or a labkit.GPUPool instance",
+    )
+    check(
+        sandbox_pool is None or _instance_with(sandbox_pool, "session"),
+        "sandbox_pool",
+        sandbox_pool,
+        "None or a labkit.SandboxPool instance (lk.SandboxPool(lk.LocalSandbox, max_size=4), "
+        "not a sandbox class or a sandbox)",
+    )
+    check(
+        store is None or _instance_with(store, "begin"),
+        "store",
+        store,
+        "None or a labkit.Store instance (or another ExperimentRecorder)",
+    )
 
 
-def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _instance_with(value: object, method: str) -> bool:
+    return not isinstance(value, type) and callable(getattr(value, method, None))
 
 
 def _config_value(value: Any) -> Any:

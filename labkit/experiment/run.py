@@ -14,7 +14,7 @@ from labkit.events import EventBus
 from labkit.experiment.attempt import Instances, LocalAttempts
 from labkit.experiment.auto import run_instances
 from labkit.experiment.dask import DaskAttempts, cluster_executor, on_dask
-from labkit.experiment.options import ExperimentOptions
+from labkit.experiment.options import ExperimentOptions, check_resources
 from labkit.experiment.spec import Experiment
 from labkit.results import ExperimentRecorder, ExperimentResult, InstanceResult, error_text
 
@@ -138,6 +138,7 @@ async def run_experiment(
         auto_metric=auto_metric,
         heartbeat_every=heartbeat_every,
     )
+    check_resources(gpu_pool, sandbox_pool, store)
     executor = runner_options.pop("executor", None)
     cluster = _cluster(executor, options, experiment, gpu_pool, sandbox_pool, clock)
     gpus = options.gpus_per_instance if cluster is None else cluster.gpus

@@ -60,8 +60,9 @@ class Experiment:
             stays visible as ``inf``); NaN means "not sampled" and is skipped.
 
     Raises:
-        ConfigError: ``name`` is empty, ``fn`` is not callable, or ``summarize``
-            names a kind other than those above.
+        ConfigError: ``name`` is empty, ``fn`` is not callable, ``params`` is not
+            a mapping with str keys, ``needs_sandbox`` is not a bool, or
+            ``summarize`` names a kind other than those above.
     """
 
     name: str
@@ -76,6 +77,20 @@ class Experiment:
     def __post_init__(self) -> None:
         check(isinstance(self.name, str) and bool(self.name), "name", self.name, "a non-empty str")
         check(callable(self.fn), "fn", self.fn, "a function taking an InstanceContext")
+        check(
+            self.params is None
+            or (isinstance(self.params, Mapping) and all(isinstance(k, str) for k in self.params)),
+            "params",
+            self.params,
+            "None or a dict with str keys",
+        )
+        check(
+            isinstance(self.needs_sandbox, bool),
+            "needs_sandbox",
+            self.needs_sandbox,
+            "True or False",
+        )
+        check(isinstance(self.description, str), "description", self.description, "a str")
         object.__setattr__(self, "params", MappingProxyType(dict(self.params or {})))
         if self.summarize is not None:
             check(
