@@ -109,20 +109,29 @@ class WaitQueue(deque[Parked[P, V]]):
 
     def prune(self) -> bool:
         """Drop dead entries from the head; whether anyone is still waiting."""
-        while self and not self[0].live:
+        while self:
+            future = self[0].future
+            if not future.done() and not future.get_loop().is_closed():
+                return True
             self.popleft()
-        return bool(self)
+        return False
 
     def first(self) -> Parked[P, V] | None:
         """The first live waiter (dead ones ahead of it are dropped), or None."""
-        return self[0] if self.prune() else None
+        while self:
+            entry = self[0]
+            future = entry.future
+            if not future.done() and not future.get_loop().is_closed():
+                return entry
+            self.popleft()
+        return None
 
     def hand_first(self, value: V) -> bool:
         """Give ``value`` to the first live waiter; False when nobody waits."""
         while self:
-            entry = self.popleft()
-            if entry.live:
-                entry.future.set_result(value)
+            future = self.popleft().future
+            if not future.done() and not future.get_loop().is_closed():
+                future.set_result(value)
                 return True
         return False
 
