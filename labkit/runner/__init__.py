@@ -1,9 +1,10 @@
 """The parallel runner: many calls at once, under control.
 
 A run pulls items from its input with at most ``max_concurrency`` worker coroutines,
-started as items arrive (no task per pending item, so memory grows with the
-concurrency and the stored results, not with the input; with ``keep_items=False``
-a result does not hold its item either). Every task goes through one pipeline
+started as items arrive (no task per pending item). Memory grows with the
+concurrency and the stored results, not with the input still to come; a stored
+result holds its item, so over large payloads pass ``keep_items=False`` (or
+``"failed"``) and the run holds only the results. Every task goes through one pipeline
 (:mod:`labkit.runner.pipeline`): admit, rate-limit, attempt with ``timeout``,
 decide on a retry, record. A failing item is a result, never an exception of the
 run; a broken ``items`` iterable raises :class:`labkit.errors.ItemsFailed` carrying
