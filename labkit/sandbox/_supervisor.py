@@ -32,7 +32,8 @@ Requests (labkit -> supervisor):
     (stdout, stderr) attached; ``{"op": "kill", "id": N}`` (the command's whole
     tree); ``{"op": "killall", "ack": K}`` (everything; answered ``killed``);
     ``{"op": "exit"}``.
-Replies: ``ready``, ``spare`` and ``started`` (with a reaper's pid), ``exit`` (the shell's raw
+Replies: ``ready``, ``spare``, ``started`` and ``done`` (with a reaper's pid; ``done``:
+its command's whole tree is gone), ``exit`` (the shell's raw
 wait status and whether a process was killed for memory meanwhile), ``lost`` (a
 reaper died before it could report), ``killed``.
 """
@@ -412,6 +413,8 @@ class CommandReaper:
             try:
                 pid, status = os.wait()
             except ChildProcessError:
+                # Nothing of the command is left: labkit may skip a kill round trip.
+                self.sup.send({"op": "done", "reaper": os.getpid()})
                 return True
             if pid == shell:
                 oom = oom_kills(self.sup.oom_file) > before

@@ -74,6 +74,7 @@ class Supervisor:
     """
 
     __slots__ = (
+        "_empty",
         "_ids",
         "_loop",
         "_pending",
@@ -109,6 +110,9 @@ class Supervisor:
         self._ids = itertools.count(1)
         self._pending: dict[object, asyncio.Future[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Children of the supervisor known to have nothing below them: the spare
+        # reaper and reapers whose command tree is gone (they are about to exit).
+        self._empty: set[int] = set()
         self.argv = args
         """The supervisor's command line, which its reapers (forks of it) share."""
         self.broken = False
@@ -182,8 +186,20 @@ class Supervisor:
         Raises:
             SandboxError: The supervisor is gone.
         """
+        if self._nothing_below():
+            return
         ack = f"k{next(self._ids)}"
         await self._request(ack, {"op": "killall", "ack": ack})
+
+    def _nothing_below(self) -> bool:
+        """Whether every child of the supervisor is known to be empty (no round trip)."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children", "rb") as file:
+                children = {int(pid) for pid in file.read().split()}
+        except OSError:
+            return False  # no such file here: ask the supervisor
+        self._empty &= children
+        return children <= self._empty
 
     def shutdown(self) -> None:
         """Stop the supervisor and everything below it (blocks for milliseconds)."""
@@ -244,7 +260,11 @@ class Supervisor:
             return
         message = json.loads(data)
         op = message["op"]
-        if op in ("started", "spare"):
+        if op in ("spare", "done"):
+            self._empty.add(message["reaper"])
+            return
+        if op == "started":
+            self._empty.discard(message["reaper"])
             return
         key = {"ready": "ready", "killed": message.get("ack")}.get(op, message.get("id"))
         # Command results stay until result() takes them; the rest are taken here.
