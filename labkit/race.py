@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Literal
 
-from labkit.errors import check
+from labkit.errors import check, is_int, is_real
+from labkit.experiment.spec import MAX_INSTANCES
 from labkit.stats import compare
 
 __all__ = ("RaceDecision", "RaceOptions", "judge", "race")
@@ -56,36 +57,34 @@ class RaceOptions:
 
     def __post_init__(self) -> None:
         check(
-            _int(self.initial) and self.initial >= 2,
+            is_int(self.initial) and 2 <= self.initial <= MAX_INSTANCES,
             "initial_instances",
             self.initial,
-            "an int >= 2",
+            f"an int from 2 to {MAX_INSTANCES}",
         )
         check(
-            _int(self.max_instances) and self.max_instances >= self.initial,
+            is_int(self.max_instances) and self.initial <= self.max_instances <= MAX_INSTANCES,
             "max_instances",
             self.max_instances,
-            f"an int >= initial_instances ({self.initial})",
+            f"an int from initial_instances ({self.initial}) to {MAX_INSTANCES}",
         )
         check(
-            self.budget is None or (_int(self.budget) and self.budget >= 1),
+            self.budget is None or (is_int(self.budget) and self.budget >= 1),
             "budget",
             self.budget,
             "an int >= 1 (instances over the whole race), or None",
         )
         check(
-            isinstance(self.confidence, float | int) and 0 < self.confidence < 1,
+            is_real(self.confidence) and 0 < self.confidence < 1,
             "confidence",
             self.confidence,
             "a level between 0 and 1 (0.95)",
         )
         check(
-            isinstance(self.min_effect, float | int)
-            and math.isfinite(self.min_effect)
-            and self.min_effect >= 0,
+            is_real(self.min_effect) and self.min_effect >= 0,
             "min_effect",
             self.min_effect,
-            "a difference >= 0 in the objective's units",
+            "a finite difference >= 0 in the objective's units",
         )
 
 
@@ -301,10 +300,6 @@ def _challenger(
         if best is None or optimistic < best[0]:
             best = (optimistic, trial)
     return None if best is None else best[1]
-
-
-def _int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _join(names: Sequence[str]) -> str:

@@ -45,9 +45,11 @@ import numpy as np
 import pandas as pd
 
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import ConfigError, check
+from labkit.errors import ConfigError, check, is_int
 from labkit.events import EventBus, TrialEvent
 from labkit.experiment import Experiment, run_experiment
+from labkit.experiment.options import check_resources
+from labkit.experiment.spec import MAX_INSTANCES
 from labkit.race import RaceDecision, RaceOptions, race
 from labkit.results import ExperimentResult, InstanceResult, error_text
 
@@ -541,17 +543,31 @@ async def sweep(
     )
     check(direction in ("min", "max"), "direction", direction, '"min" or "max"')
     check(
-        isinstance(max_parallel, int) and max_parallel >= 1,
-        "max_parallel",
-        max_parallel,
-        "an int >= 1",
+        instances in ("auto", "race") or (is_int(instances) and 1 <= instances <= MAX_INSTANCES),  # type: ignore[operator]
+        "instances",
+        instances,
+        f"an int from 1 to {MAX_INSTANCES}, 'auto' or 'race'",
     )
     check(
-        n_trials is None or (isinstance(n_trials, int) and n_trials >= 1),
+        is_int(max_parallel) and 1 <= max_parallel <= MAX_INSTANCES,
+        "max_parallel",
+        max_parallel,
+        f"an int from 1 to {MAX_INSTANCES}",
+    )
+    check(
+        n_trials is None or (is_int(n_trials) and n_trials >= 1),
         "n_trials",
         n_trials,
         "an int >= 1, or None",
     )
+    check(
+        max_instances is None or (is_int(max_instances) and 1 <= max_instances <= MAX_INSTANCES),
+        "max_instances",
+        max_instances,
+        f"None or an int from 1 to {MAX_INSTANCES}",
+    )
+    check(isinstance(resume, bool), "resume", resume, "True or False")
+    check_resources(gpu_pool, None, store)
     racing = instances == "race"
     options = (
         RaceOptions(
