@@ -80,6 +80,7 @@ class Supervisor:
         "_pending",
         "_popen",
         "_sock",
+        "_spare",
         "argv",
         "broken",
     )
@@ -113,6 +114,7 @@ class Supervisor:
         # Children of the supervisor known to have nothing below them: the spare
         # reaper and reapers whose command tree is gone (they are about to exit).
         self._empty: set[int] = set()
+        self._spare = 0  # the reaper the next command goes to
         self.argv = args
         """The supervisor's command line, which its reapers (forks of it) share."""
         self.broken = False
@@ -155,6 +157,7 @@ class Supervisor:
         """
         ident = next(self._ids)
         self._expect(ident)
+        self._empty.discard(self._spare)  # busy from now on, before "started" says so
         message = {"op": "run", "id": ident, "cmd": cmd, "env": env}
         self._send(message, [out, err])
         return ident
@@ -262,6 +265,8 @@ class Supervisor:
         op = message["op"]
         if op in ("spare", "done"):
             self._empty.add(message["reaper"])
+            if op == "spare":
+                self._spare = message["reaper"]
             return
         if op == "started":
             self._empty.discard(message["reaper"])
