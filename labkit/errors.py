@@ -37,10 +37,9 @@ must never swallow a Ctrl-C.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from labkit.runner import RunReport
+import numbers
+from collections.abc import Sized
+from typing import Any, Protocol, overload
 
 __all__ = (
     "ConfigError",
@@ -74,6 +73,25 @@ class LabkitError(Exception):
     """Root of every error labkit raises on purpose."""
 
 
+class _Totals(Protocol):
+    @property
+    def submitted(self) -> int: ...
+
+    @property
+    def completed(self) -> int: ...
+
+
+class _Report(Protocol):
+    """What these errors read of a :class:`labkit.RunReport` (errors.py imports nothing
+    of labkit: it is the bottom layer)."""
+
+    @property
+    def results(self) -> Sized: ...
+
+    @property
+    def stats(self) -> _Totals: ...
+
+
 class ConfigError(LabkitError, ValueError):
     """An option has a value labkit cannot accept.
 
@@ -96,19 +114,54 @@ def check(condition: bool, option: str, value: Any, allowed: str) -> None:
         raise ConfigError(option, value, allowed)
 
 
-def is_real(value: object) -> bool:
-    """Whether ``value`` is a finite real number: an int or float, never a bool."""
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and value == value  # NaN
-        and value not in (math.inf, -math.inf)
-    )
+def is_real(value: object, *, finite: bool = True) -> bool:
+    """Whether ``value`` is a real number, never a bool; finite unless ``finite=False``.
+
+    The one "a number, not a bool" check of labkit's options: an ``int``, a ``float``
+    or another real number (numpy's integer and floating scalars, ``Fraction``).
+    ``True`` is an ``int`` to Python but never a number to labkit. NaN is refused
+    whatever ``finite`` says (it compares with nothing).
+
+    Args:
+        value: What the user passed.
+        finite: Refuse ``inf`` and ``-inf`` too.
+    """
+    kind = type(value)
+    if kind is int:
+        return True
+    if kind is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        return False
+    if isinstance(value, numbers.Integral):
+        return True  # also past float's range, where math.isfinite would overflow
+    if finite:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    return value == value  # NaN
 
 
 def is_int(value: object) -> bool:
     """Whether ``value`` is an integer (a Python ``int``, never a bool)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+@overload
+def error_text(error: BaseException) -> str: ...
+
+
+@overload
+def error_text(error: None) -> None: ...
+
+
+def error_text(error: BaseException | None) -> str | None:
+    """An error in one line, as results, reports and the store keep it.
+
+    Returns:
+        ``"TypeName: message"``, or just ``"TypeName"`` when the message is empty;
+        ``None`` for ``None``.
+    """
+    if error is None:
+        return None
+    message = str(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 class MissingDependency(LabkitError, ImportError):
@@ -139,7 +192,7 @@ class TaskFailed(LabkitError):
         self.index = index
         self.item = item
         self.error = error
-        super().__init__(f"task {index} ({item!r:.60}) failed: {type(error).__name__}: {error}")
+        super().__init__(f"task {index} ({item!r:.60}) failed: {error_text(error)}")
 
 
 class ResultRejected(LabkitError):
@@ -173,11 +226,11 @@ class ItemsFailed(LabkitError):
         pulled: How many items were pulled.
     """
 
-    def __init__(self, report: RunReport[Any], cause: BaseException) -> None:
-        self.report = report
+    def __init__(self, report: _Report, cause: BaseException) -> None:
+        self.report: Any = report  # a labkit.RunReport
         self.pulled = len(report.results)
         super().__init__(
-            f"the items iterable raised {type(cause).__name__}: {cause} after {self.pulled} "
+            f"the items iterable raised {error_text(cause)} after {self.pulled} "
             "items; their results are on .report"
         )
 
@@ -210,7 +263,7 @@ class DependencyFailed(LabkitError):
         self.dependency = dependency
         self.error = error
         what = "was cancelled" if error is None or _is_cancel(error) else "failed"
-        detail = "" if error is None else f": {type(error).__name__}: {error}"
+        detail = "" if error is None else f": {error_text(error)}"
         super().__init__(f"not run: dependency {dependency!r} {what}{detail}")
 
 
@@ -326,8 +379,8 @@ class RunInterrupted(KeyboardInterrupt):
     ``CancelledError``. Being a ``KeyboardInterrupt``, it still stops a script.
     """
 
-    def __init__(self, report: RunReport[Any]) -> None:
-        self.report = report
+    def __init__(self, report: _Report) -> None:
+        self.report: Any = report  # a labkit.RunReport
         stats = report.stats
         super().__init__(f"interrupted: {stats.completed} of {stats.submitted} tasks had completed")
         _exit_130_if_uncaught()

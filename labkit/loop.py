@@ -21,11 +21,19 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ("run_sync",)
+__all__ = ("run_sync", "running_loop")
 
 T = TypeVar("T")
 
 _GRACE_S = 1.0  # after a second Ctrl-C, how long the leftover tasks get to end
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or ``None`` outside one."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -36,9 +44,8 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
             ``finally`` blocks ran.
         BaseException: Whatever the coroutine raised.
     """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
+    loop = running_loop()
+    if loop is None:
         if threading.current_thread() is not threading.main_thread():
             with asyncio.Runner() as runner:
                 return runner.run(coro)

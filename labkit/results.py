@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from labkit import stats, timeline
+from labkit._json import to_builtins
+from labkit.errors import error_text
 
 __all__ = (
     "ExperimentRecorder",
@@ -35,15 +37,9 @@ ROUND_TO_INT = ("errors",)
 """Metrics that count events; their averages are rounded to whole numbers."""
 
 
-def error_text(error: BaseException) -> str:
-    """The one-line form of an error kept in results: ``"TypeName: message"``."""
-    message = str(error)
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
-
-
 def frame_to_dict(frame: pd.DataFrame) -> dict[str, list[Any]]:
     """A DataFrame as ``{column: [values]}`` with NaN as ``None`` (JSON-safe)."""
-    return {str(column): _jsonable(frame[column].tolist()) for column in frame.columns}
+    return {str(column): to_builtins(frame[column].tolist()) for column in frame.columns}
 
 
 def frame_from_dict(data: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
@@ -57,21 +53,6 @@ def frame_from_dict(data: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
         else:
             columns[name] = np.asarray(values)
     return pd.DataFrame(columns)
-
-
-def _jsonable(value: Any) -> Any:
-    """Builtins only: numpy scalars unwrapped, NaN/inf as ``None``, tuples as lists."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [_jsonable(item) for item in value]
-    if value is None or isinstance(value, str | int | bool):
-        return value
-    return str(value)
 
 
 def _empty_timeline() -> pd.DataFrame:
@@ -122,9 +103,9 @@ class InstanceResult:
             "ok": self.ok,
             "error": self.error,
             "timeline": frame_to_dict(self.timeline),
-            "summary": _jsonable(self.summary),
-            "started": _jsonable(self.started),
-            "finished": _jsonable(self.finished),
+            "summary": to_builtins(self.summary),
+            "started": to_builtins(self.started),
+            "finished": to_builtins(self.finished),
             "gpu_uuids": list(self.gpu_uuids),
             "sandbox_id": self.sandbox_id,
             "attempts": self.attempts,
@@ -331,12 +312,12 @@ class ExperimentResult:
         """JSON-safe builtins; :meth:`from_dict` rebuilds the result without recomputing."""
         return {
             "name": self.name,
-            "params": _jsonable(self.params),
+            "params": to_builtins(self.params),
             "instances": [instance.to_dict() for instance in self.instances],
             "averaged": frame_to_dict(self.averaged),
-            "summary": _jsonable(self.summary),
-            "outliers": _jsonable(self.outliers),
-            "config": _jsonable(self.config),
+            "summary": to_builtins(self.summary),
+            "outliers": to_builtins(self.outliers),
+            "config": to_builtins(self.config),
             "experiment_id": self.experiment_id,
             "notes": list(self.notes),
         }

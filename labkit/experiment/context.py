@@ -15,6 +15,7 @@ import pandas as pd
 from labkit.clock import Clock
 from labkit.errors import check
 from labkit.events import InstanceEvent
+from labkit.loop import running_loop
 
 if TYPE_CHECKING:
     from labkit.sandbox.base import Sandbox
@@ -86,7 +87,7 @@ class InstanceContext:
         self._started = clock.now()
         # On a Dask worker a sync function runs in the task thread with no loop at
         # all; its samples are then published straight from that thread.
-        self._loop: asyncio.AbstractEventLoop | None = _running_loop()
+        self._loop: asyncio.AbstractEventLoop | None = running_loop()
         self._loop_thread = threading.get_ident()
 
     @property
@@ -190,13 +191,6 @@ class InstanceContext:
 
     def __repr__(self) -> str:
         return f"InstanceContext(index={self.index}, attempt={self.attempt}, gpus={self.gpus})"
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def samples_to_frame(samples: Sequence[tuple[float, Mapping[str, float]]]) -> pd.DataFrame:

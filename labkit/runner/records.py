@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from labkit.errors import TaskFailed
+from labkit._json import to_builtins
+from labkit.errors import TaskFailed, error_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,10 +62,10 @@ class TaskResult(Generic[T]):
         """
         record: dict[str, Any] = {"index": self.index}
         if item:
-            record["item"] = _jsonable(self.item)
+            record["item"] = to_builtins(self.item, fallback=repr)
         record.update(
             ok=self.ok,
-            value=_jsonable(self.value),
+            value=to_builtins(self.value, fallback=repr),
             error=error_text(self.error),
             attempts=self.attempts,
             started=self.started,
@@ -74,14 +73,6 @@ class TaskResult(Generic[T]):
             duration=self.duration,
         )
         return record
-
-
-def error_text(error: BaseException | None) -> str | None:
-    """``"TypeName: message"`` (or just the type's name when the message is empty)."""
-    if error is None:
-        return None
-    message = str(error)
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +205,7 @@ class RunReport(Generic[T]):
             items: Include each task's item.
         """
         return {
-            "stats": _jsonable(asdict(self.stats)),
+            "stats": to_builtins(asdict(self.stats), fallback=repr),
             "results": [result.to_dict(item=items) for result in self.results],
         }
 
@@ -246,18 +237,3 @@ class RunReport(Generic[T]):
             f"RunReport(submitted={s.submitted}, completed={s.completed}, failed={s.failed}, "
             f"retries={s.retries}, total_time={s.total_time:.3f}s)"
         )
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    item = getattr(value, "item", None)  # numpy scalars
-    if callable(item) and getattr(value, "shape", None) == ():
-        return _jsonable(item())
-    return repr(value)

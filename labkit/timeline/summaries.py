@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, error_text
 from labkit.timeline.inputs import FloatArray, Shown, as_float
 
 SUMMARY_RESERVED = frozenset(
@@ -72,8 +72,7 @@ def failure_text(summary: Mapping[str, Any] | None) -> str | None:
         return None
     error = summary.get("error")
     if isinstance(error, BaseException):
-        message = str(error)
-        return f"{type(error).__name__}: {message}" if message else type(error).__name__
+        return error_text(error)
     return "failed" if error is None else str(error)
 
 

@@ -1,9 +1,12 @@
 """Where a call runs: on the event loop, in a thread, or in a process; and how its
 timeout is kept there.
 
-The runner turns the user's function into an :class:`Invoker`: two ways to run one
-attempt, without a timeout (``run``) and with one (``timed``). What a timeout does
-depends on where the call runs:
+The runner turns the user's function into an :class:`~labkit.executors.base.Invoker`:
+two ways to run one attempt, without a timeout (``run``) and with one (``timed``).
+:class:`Backend` builds it for every kind of executor; a Dask client or
+:class:`~labkit.executors.dask.DaskExecutor` it hands to
+:class:`~labkit.executors.dask.DaskBackend`. What a timeout does depends on where
+the call runs:
 
 - **async functions** run on the loop; at the timeout the attempt is cancelled (its
   ``finally`` blocks run) and raises :class:`AttemptExpired`.
@@ -18,8 +21,9 @@ depends on where the call runs:
   worker is killed and replaced, so the call really stops.
 - **an Executor you pass** gets the call at once; its timeout counts from
   submission, and a timed-out call keeps running there (labkit cannot stop it).
-- **Dask** (a ``distributed.Client`` or :class:`labkit.cluster.DaskExecutor`) runs
-  every call as one task (:mod:`labkit.cluster`); the timeout counts from submission.
+- **Dask** (a ``distributed.Client`` or :class:`~labkit.executors.dask.DaskExecutor`)
+  runs every call as one task (:mod:`labkit.executors.dask`); the timeout counts from
+  submission.
 
 A sync function that returns an awaitable (``lambda x: work(x)``) has that awaitable
 awaited on the loop, within the same timeout, wherever it ran.
@@ -39,57 +43,16 @@ from typing import TYPE_CHECKING, Any
 
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import ConfigError
+from labkit.executors.base import AttemptExpired, Call, Invoker, is_async_callable, within
+from labkit.executors.dask import DaskBackend, DaskExecutor, is_dask_client
 from labkit.threadpool import ElasticThreadPool, ThreadCall
 
 if TYPE_CHECKING:
     import pebble
 
-    from labkit.cluster import DaskBackend
+__all__ = ("Backend",)
 
-__all__ = ("AttemptExpired", "Backend", "Call", "Invoker", "is_async_callable", "is_dask_client")
-
-Call = Callable[[Any], Awaitable[Any]]
 _NAMES = ("async", "thread", "process")
-
-
-class AttemptExpired(Exception):
-    """An attempt's own timeout ran out (never the function's own ``TimeoutError``)."""
-
-
-def is_async_callable(fn: Callable[..., Any]) -> bool:
-    """True for ``async def`` functions, partials of them and objects with ``async __call__``."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - looking for an async __call__
-    )
-
-
-def is_dask_client(obj: object) -> bool:
-    """True for a ``distributed.Client`` (or a subclass), without importing ``distributed``."""
-    return any(
-        cls.__name__ == "Client" and cls.__module__.partition(".")[0] == "distributed"
-        for cls in type(obj).__mro__
-    )
-
-
-def _is_dask_executor(obj: object) -> bool:
-    cls = type(obj)
-    return cls.__name__ == "DaskExecutor" and cls.__module__ == "labkit.cluster"
-
-
-class Invoker:
-    """One function, ready to run attempts: ``await run(arg)`` or ``await timed(arg, s)``.
-
-    ``timed`` raises :class:`AttemptExpired` when the attempt's own ``s`` seconds ran
-    out; the function's own ``TimeoutError`` passes through unchanged.
-    """
-
-    __slots__ = ("run", "timed")
-
-    def __init__(self, run: Call, timed: Callable[[Any, float], Awaitable[Any]]) -> None:
-        self.run = run
-        self.timed = timed
 
 
 class Backend:
@@ -101,7 +64,7 @@ class Backend:
     Args:
         executor: ``"async"``, ``"thread"``, ``"process"``, a
             ``concurrent.futures.Executor``, a ``distributed.Client`` or a
-            :class:`labkit.cluster.DaskExecutor`.
+            :class:`~labkit.executors.dask.DaskExecutor`.
         max_workers: The most calls that run at once (the runner's cap).
         clock: The clock timeouts are kept on.
 
@@ -119,9 +82,7 @@ class Backend:
         self._processes: pebble.ProcessPool | None = None
         self._external: concurrent.futures.Executor | None = None
         self._dask: DaskBackend | None = None
-        if is_dask_client(executor) or _is_dask_executor(executor):
-            from labkit.cluster import DaskBackend
-
+        if isinstance(executor, DaskExecutor) or is_dask_client(executor):
             self._dask = DaskBackend(executor)
         elif isinstance(executor, concurrent.futures.Executor):
             self._external = executor
@@ -159,7 +120,7 @@ class Backend:
         """
         if self._dask is not None:
             run = self._dask.make_call(fn, mode=mode)
-            return Invoker(run, functools.partial(_within, self._clock, run))
+            return Invoker(run, functools.partial(within, self._clock, run))
         if is_async_callable(fn):
             if self.spec == "process":
                 raise ConfigError(
@@ -173,7 +134,7 @@ class Backend:
                 run = _no_argument_adapter(fn)
             else:
                 run = fn
-            return Invoker(run, functools.partial(_within, self._clock, run))
+            return Invoker(run, functools.partial(within, self._clock, run))
 
         target: Callable[[Any], Any] = fn
         if mode == "kwargs":
@@ -221,7 +182,7 @@ class Backend:
                     raise  # the function's own TimeoutError
                 raise AttemptExpired from exc
             if inspect.isawaitable(value):
-                return await _within(clock, _awaited, value, seconds - (clock.now() - start))
+                return await within(clock, _awaited, value, seconds - (clock.now() - start))
             return value
 
         return Invoker(run, timed)
@@ -263,7 +224,7 @@ class Backend:
             value = await asyncio.get_running_loop().run_in_executor(executor, target, arg)
             return await value if inspect.isawaitable(value) else value
 
-        return Invoker(run, functools.partial(_within, self._clock, run))
+        return Invoker(run, functools.partial(within, self._clock, run))
 
     # -- shutting down -----------------------------------------------------------------
 
@@ -312,18 +273,6 @@ async def _outcome(threads: ElasticThreadPool, call: ThreadCall) -> Any:
         if not call.done.done() and not call.cancel():
             threads.abandon(call)
         raise
-
-
-async def _within(clock: Clock, run: Call, arg: Any, seconds: float) -> Any:
-    """``await run(arg)`` bounded by ``seconds`` on ``clock``; AttemptExpired past it."""
-    start = clock.now()
-    try:
-        async with clock.timeout(max(seconds, 0.0)):
-            return await run(arg)
-    except TimeoutError as exc:
-        if clock.now() - start < seconds:
-            raise  # the function's own TimeoutError
-        raise AttemptExpired from exc
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:
