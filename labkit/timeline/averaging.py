@@ -72,8 +72,11 @@ def average_timelines(
 
     Args:
         timelines: One DataFrame per instance: a float column ``t`` (seconds since
-            the instance started; any order) and one numeric column per metric. A
-            frame with no rows contributes nothing.
+            the instance started, >= 0; any order) and one numeric column per
+            metric. A frame with no rows contributes nothing. Rows may share a
+            ``t`` when they hold different metrics or the same value; two
+            different values of one metric at one ``t`` are refused rather than
+            one of them silently kept.
         step: Grid spacing in seconds. ``None``: the median interval between
             consecutive samples over all instances, snapped to the shortest
             decimal within 1 % of it (0.01006 gives 0.01); 1.0 when no instance
@@ -103,7 +106,9 @@ def average_timelines(
 
     Raises:
         ConfigError: (a ``ValueError``) for empty input, a frame without ``t``
-            (or ``step``), a non-numeric or non-finite ``t``, an inf ``step``, a
+            (or ``step``), a non-numeric, non-finite or negative ``t`` (the
+            message names the timeline and the row), two different values of a
+            metric at one ``t`` (named likewise), an inf ``step``, a
             non-numeric metric, metric names that clash with output columns, or
             a bad ``step``, ``method``, ``round_to_int`` or ``on``.
 

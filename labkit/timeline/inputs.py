@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
@@ -187,8 +188,10 @@ def read_timelines(timelines: Any, axis: Axis = "t") -> tuple[list[Instance], li
             columns = {name: values[stepped] for name, values in columns.items()}
         if t.size == 0:
             continue
-        # Sorted with finite ends means all finite (NaN compares false): one pass.
-        in_order = t.size < 2 or bool((t[1:] >= t[:-1]).all())
+        # Strictly increasing (the common case) means sorted without repeated times;
+        # sorted with finite ends means all finite (NaN compares false): one pass.
+        increasing = t.size < 2 or bool((t[1:] > t[:-1]).all())
+        in_order = increasing or bool((t[1:] >= t[:-1]).all())
         if not (in_order and math.isfinite(t[0]) and math.isfinite(t[-1])) and not _all_finite(t):
             raise ConfigError(
                 f"{where}[{axis!r}]",
@@ -199,6 +202,15 @@ def read_timelines(timelines: Any, axis: Axis = "t") -> tuple[list[Instance], li
             order = np.argsort(t, kind="stable")
             t = t[order]
             columns = {name: values[order] for name, values in columns.items()}
+        if axis == "t" and t[0] < 0:
+            raise ConfigError(
+                f"{where}['t']",
+                Shown(f"{float(t[0])!r} at row {_rows(frame, 't', lambda times: times < 0)[0]!r}"),
+                "times >= 0 (seconds since the instance started); shift the timeline "
+                "so that it starts at 0",
+            )
+        if axis == "t" and not increasing:  # a repeated step keeps its last row, by design
+            _check_repeated_times(frame, where, t, columns)
 
         clean: dict[str, FloatArray] = {}
         ragged: dict[str, tuple[FloatArray, FloatArray]] = {}
@@ -226,6 +238,41 @@ def read_timelines(timelines: Any, axis: Axis = "t") -> tuple[list[Instance], li
         )
     _check_output_names(list(metrics), axis)
     return instances, list(metrics), len(frames)
+
+
+def _check_repeated_times(
+    frame: pd.DataFrame, where: str, t: FloatArray, columns: Mapping[str, FloatArray]
+) -> None:
+    """Refuse two different finite values of one metric at one time (sorted ``t``).
+
+    Rows that share a time are fine when they hold different metrics (a sampler's
+    row beside ``ctx.record``'s) or repeat the same value; two values of a metric
+    at one time would leave averaging to pick one of them.
+    """
+    for name, values in columns.items():
+        finite = np.isfinite(values)
+        times, kept = t[finite], values[finite]
+        same = np.flatnonzero((times[1:] == times[:-1]) & (kept[1:] != kept[:-1]))
+        if same.size:
+            at = float(times[same[0]])
+            rows = _rows(frame, "t", partial(np.equal, at), name)
+            raise ConfigError(
+                f"{where}[{name!r}]",
+                Shown(
+                    f"values {float(kept[same[0]])!r} and {float(kept[same[0] + 1])!r} at "
+                    f"t={at!r} (rows {rows[0]!r} and {rows[1]!r})"
+                ),
+                "one value per metric per time: merge or drop the repeated rows",
+            )
+
+
+def _rows(frame: pd.DataFrame, axis: Axis, select: Any, metric: str | None = None) -> list[Any]:
+    """Index labels of the rows whose time ``select`` picks and, with ``metric``, that
+    hold a finite value of it. Only called to name the rows in an error."""
+    chosen = select(frame[axis].to_numpy(dtype=float, na_value=np.nan))
+    if metric is not None:
+        chosen &= np.isfinite(frame[metric].to_numpy(dtype=float, na_value=np.nan))
+    return list(frame.index[chosen])
 
 
 def _check_output_names(metrics: Sequence[str], axis: Axis) -> None:
