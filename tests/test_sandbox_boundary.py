@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from labkit.errors import SandboxStartError
 from labkit.sandbox import LocalSandbox, SandboxPool
 from labkit.sandbox.local import sweep_leftovers
 
@@ -207,3 +208,18 @@ async def test_leftover_directories_of_dead_owners_are_removed_at_start(tmp_path
         assert f"-p{os.getpid()}-" in sb.path.name  # its own dir carries its owner's pid
     sweep_leftovers(str(tmp_path))
     assert live.exists()  # its owner (this process) is alive
+
+
+async def test_without_seqpacket_sockets_start_says_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # As on macOS, whose AF_UNIX sockets have no SOCK_SEQPACKET.
+    def refuse(*_args: object) -> None:
+        raise OSError(93, "Protocol not supported")
+
+    monkeypatch.setattr("labkit.sandbox.supervision.socket.socketpair", refuse)
+    sb = LocalSandbox(parent_dir=tmp_path)
+    with pytest.raises(SandboxStartError, match=r"needs Linux.*SOCK_SEQPACKET"):
+        await sb.start()
+    assert sb.path is None and os.listdir(tmp_path) == []  # nothing left behind
+    await sb.close()

@@ -84,7 +84,8 @@ class LocalSandbox(SandboxLifecycle):
     loudly, not run without it.
 
     No process a command starts outlives its timeout, ``close()`` or the labkit
-    process, on Linux (see :mod:`labkit.sandbox.supervision` for macOS).
+    process. It needs Linux (see :mod:`labkit.sandbox.supervision`: elsewhere
+    ``start()`` raises :class:`~labkit.errors.SandboxStartError`).
 
     Args:
         env: Variables for every command (``{"CUDA_VISIBLE_DEVICES": "0"}``).

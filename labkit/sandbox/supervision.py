@@ -15,11 +15,13 @@ What is guaranteed, per platform:
   removes the sandbox's directory and cgroups. Only a command that kills its own
   supervisor (it runs as the same user) can leave processes behind; ``close()``
   then falls back to killing processes that still carry ``LABKIT_SANDBOX``.
-- macOS and other POSIX systems: no subreaper and no parent-death signal. The
-  supervisor still kills what is below it in the process tree and still notices
-  the labkit process's death through the socket, but a daemon that double-forks
-  out of the tree is re-parented to init and escapes: treat it as a process group
-  boundary only.
+- Linux without ``prctl`` subreapers (kernels before 3.4, some sandboxed
+  runtimes): a daemon that double-forks is re-parented to init and escapes the
+  tree; the rest holds.
+- macOS and other systems: the supervisor needs ``/proc`` and ``AF_UNIX``
+  ``SOCK_SEQPACKET`` sockets, which they lack, so ``LocalSandbox.start()`` raises
+  :class:`~labkit.errors.SandboxStartError` saying so. (A process-group boundary
+  there, as before this supervisor, is not implemented.)
 """
 
 from __future__ import annotations
@@ -86,7 +88,20 @@ class Supervisor:
     )
 
     def __init__(self, root: Path, cgroups: CgroupSet) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        missing = [] if os.path.isdir("/proc/self/task") else ["/proc"]
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except (AttributeError, OSError) as exc:
+            missing.append(f"AF_UNIX SOCK_SEQPACKET sockets ({exc})")
+        else:
+            if missing:
+                ours.close()
+                theirs.close()
+        if missing:
+            raise SandboxStartError(
+                f"LocalSandbox's supervisor needs Linux; this system ({sys.platform}) "
+                f"lacks {' and '.join(missing)}"
+            )
         args = [sys.executable, "-I", "-S", _SCRIPT, "--fd", str(theirs.fileno())]
         args += ["--root", str(root)]
         for group in cgroups.paths:
