@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, is_real
 
 __all__ = (
     "Comparison",
@@ -340,9 +340,11 @@ def _values(values: Any, option: str, *, at_least: int) -> FloatArray:
     if isinstance(values, str | bytes) or not isinstance(values, Iterable | np.ndarray):
         raise ConfigError(option, _Shown(type(values).__name__), "a sequence of numbers")
     array = np.asarray(values if isinstance(values, np.ndarray) else list(values))
-    if array.dtype.kind not in "biuf" or array.ndim != 1:
+    if array.dtype.kind not in "iuf" or array.ndim != 1:
         raise ConfigError(
-            option, _Shown(f"an array of dtype {array.dtype}, {array.ndim}-d"), "numbers, 1-d"
+            option,
+            _Shown(f"an array of dtype {array.dtype}, {array.ndim}-d"),
+            "numbers (not bools), 1-d",
         )
     data = array.astype(np.float64, copy=False)
     finite = data[np.isfinite(data)]
@@ -607,9 +609,9 @@ def power(
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 2:
             raise ConfigError(option, n, "an integer >= 2 (instances)")
     for option, std in (("std_a", std_a), ("std_b", std_b)):
-        if not (math.isfinite(std) and std >= 0):
+        if not (is_real(std) and std >= 0):
             raise ConfigError(option, std, "a finite standard deviation >= 0")
-    if not math.isfinite(difference):
+    if not is_real(difference):
         raise ConfigError("difference", difference, "a finite number")
     return _power(abs(difference), std_a**2, std_b**2, int(n_a), int(n_b), level)
 
@@ -665,11 +667,11 @@ def instances_per_side(
     level = _confidence(confidence)
     if isinstance(power, bool) or not (isinstance(power, int | float) and 0.0 < power < 1.0):
         raise ConfigError("power", power, "a probability strictly between 0 and 1 (0.8)")
-    if not (math.isfinite(difference) and difference > 0):
+    if not (is_real(difference) and difference > 0):
         raise ConfigError("difference", difference, "a finite difference > 0 to detect")
     std_b = std_a if std_b is None else std_b
     for option, std in (("std_a", std_a), ("std_b", std_b)):
-        if not (math.isfinite(std) and std >= 0):
+        if not (is_real(std) and std >= 0):
             raise ConfigError(option, std, "a finite standard deviation >= 0")
     return _instances_per_side(difference, std_a**2, std_b**2, level, power)
 
@@ -878,6 +880,8 @@ def compare(
         'b'
     """
     _direction(direction)
+    if metric is not None and not (isinstance(metric, str) and metric):
+        raise ConfigError("metric", metric, "None or a summary figure's name (a non-empty str)")
     level = _confidence(confidence)
     if isinstance(min_effect, bool) or not (
         isinstance(min_effect, int | float) and 0 <= min_effect < math.inf

@@ -131,9 +131,12 @@ def detect_outliers(
         isinstance(min_relative, int | float) and 0 <= min_relative < math.inf
     ):
         raise ConfigError("min_relative", min_relative, "a fraction >= 0")
-    if isinstance(data, pd.DataFrame | Mapping):
+    if isinstance(data, pd.DataFrame | Mapping | str) or not isinstance(data, Iterable):
+        kind = type(data).__name__
         raise ConfigError(
-            "data", Shown(f"a single {type(data).__name__}"), "a sequence, one item per instance"
+            "data",
+            Shown(f"a single {kind}" if isinstance(data, pd.DataFrame | Mapping) else kind),
+            "a sequence, one item per instance",
         )
     items = list(data)
     frames = [isinstance(item, pd.DataFrame) for item in items]

@@ -108,9 +108,15 @@ def average_summaries(
         "recovery_times": [None, None, None]}``.
 
     Raises:
-        ConfigError: If ``summaries`` is empty or an item is neither a mapping
-            nor ``None``.
+        ConfigError: If ``summaries`` is not a sequence, is empty, or an item is
+            neither a mapping nor ``None``.
     """
+    if isinstance(summaries, Mapping | str) or not isinstance(summaries, Iterable):
+        raise ConfigError(
+            "summaries",
+            Shown(type(summaries).__name__),
+            "a sequence of summaries (one dict per instance, None for a failed one)",
+        )
     items = list(summaries)
     if not items:
         raise ConfigError("summaries", [], "at least one summary (a dict, or None if it failed)")
