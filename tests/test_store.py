@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import labkit.store as store_module
+import labkit.store.filesystems as filesystems
 from labkit.errors import ConfigError, MissingDependency, StoreError
 from labkit.results import ExperimentRecorder, ExperimentResult, InstanceResult
 from labkit.store import MIGRATIONS, Store, fingerprint, network_filesystem
@@ -137,7 +137,7 @@ def test_a_store_on_a_network_filesystem_is_refused(
 ) -> None:
     mounts = tmp_path / "mounts"
     mounts.write_text(f"server:/export {tmp_path} nfs rw 0 0\n")
-    monkeypatch.setattr(store_module, "_MOUNTS", mounts)
+    monkeypatch.setattr(filesystems, "_MOUNTS", mounts)
     with pytest.raises(StoreError, match=r"network filesystem \(nfs\)"):
         Store(tmp_path / "labkit.db")
     assert not (tmp_path / "labkit.db").exists()

@@ -1,59 +1,16 @@
-"""The experiment store: every run recorded in one SQLite file, safe to resume.
+"""The :class:`Store` itself: recording, queries and upkeep over one SQLite file.
 
-:class:`Store` keeps experiments, their instances and their timeline samples in one
-SQLite database (``labkit.db`` by default) and implements
-:class:`labkit.results.ExperimentRecorder`, so ``run_experiment(..., store=store)``
-records as it runs and ``resume=True`` reruns only what is missing.
-
-How it stays fast and safe under parallel writers:
-
-- WAL journal, ``synchronous=NORMAL`` (``"full"`` on request), a busy timeout, and
-  every write transaction begun with ``BEGIN IMMEDIATE``: a deferred transaction
-  that reads and then writes fails at once with "database is locked" when another
-  connection committed in between, whatever the timeout.
-- One writer per store: a background thread that owns its own connection. Samples
-  are buffered without blocking and committed in batches (every ``batch_rows`` rows
-  or ``flush_interval`` seconds); everything else the writer does is queued behind
-  them, so a finished instance is committed, samples and all, before
-  :meth:`Store.finish_instance` returns. A thread (not an asyncio task) serves
-  scripts, notebooks and several event loops alike, and keeps SQLite's blocking
-  calls off the loop.
-- Reads use a second connection and short transactions; the writer checkpoints the
-  WAL every ``checkpoint_interval`` seconds and truncates it on close, and
-  ``journal_size_limit`` caps the file kept after a checkpoint.
-- WAL needs every process on one host with working shared memory, which network
-  filesystems do not give. A database on NFS, SMB/CIFS, sshfs and the like is
-  refused with a :class:`~labkit.errors.StoreError` rather than silently risking
-  corruption: put the database on a local disk.
-
-Samples are stored column-wise: each row of ``samples`` holds a chunk of one
-instance's timeline as JSON ``{"t": [...], "<metric>": [...]}`` (``null`` where a
-sample lacks a metric). A batch therefore costs one row per instance instead of
-one per sample and metric, and loading a timeline parses a few large JSON arrays
-instead of building millions of Python tuples. When an instance finishes, its
-streamed chunks are replaced by its final timeline, so :meth:`Store.load` rebuilds
-exactly the timelines, and hence the average, that the run produced: an inf or
-NaN sample is kept as recorded (written with the ``NaN``/``Infinity`` tokens that
-Python's ``json`` reads; summaries and params are strict JSON, non-finite as null).
-
-Resume: an experiment is identified by its fingerprint, a SHA-256 of the canonical
-JSON of its name, params and instance count (exact for NaN, inf and ``None``: see
-:func:`fingerprint`). Instances that succeeded are loaded, not rerun; instances that
-failed or never finished (a killed process) run again.
-
-Liveness: a run writes a heartbeat (:meth:`Store.heartbeat`) every few seconds. An
-experiment still marked ``running`` whose heartbeat is older than
-:data:`MISSED_HEARTBEATS` intervals reads as ``interrupted`` (its process died);
-``resume=True`` picks it up like any unfinished run.
+The parts it is built from: the schema and its migrations
+(:mod:`labkit.store.schema`), the batching writer thread (:mod:`labkit.store.writer`)
+and the JSON codec (:mod:`labkit.store.codec`); see :mod:`labkit.store` for how they
+keep parallel writers fast and safe.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import importlib.util
-import itertools
 import json
 import math
 import os
@@ -62,9 +19,8 @@ import threading
 import time
 import uuid
 import weakref
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -72,157 +28,23 @@ from typing import Any, Literal, TypeVar
 
 import pandas as pd
 
-from labkit.errors import ConfigError, MissingDependency, StoreError, check
+from labkit.errors import MissingDependency, StoreError, check
 from labkit.results import ExperimentResult, InstanceResult, frame_from_dict
+from labkit.store.codec import dumps, fingerprint, join_chunks, plain
+from labkit.store.filesystems import network_filesystem
+from labkit.store.schema import migrate
+from labkit.store.writer import Writer
 
-__all__ = ("Store", "StoreStats", "fingerprint", "network_filesystem")
+__all__ = ("HEARTBEAT_EVERY", "MISSED_HEARTBEATS", "Store", "StoreStats")
 
 T = TypeVar("T")
-
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE experiments (
-            id TEXT PRIMARY KEY,
-            name TEXT NOT NULL,
-            params TEXT NOT NULL,
-            config TEXT NOT NULL,
-            instances INTEGER NOT NULL,
-            fingerprint TEXT NOT NULL,
-            status TEXT NOT NULL,
-            summary TEXT,
-            created REAL NOT NULL,
-            finished REAL
-        )""",
-        "CREATE INDEX experiments_by_fingerprint ON experiments (fingerprint, created)",
-        """CREATE TABLE instances (
-            experiment_id TEXT NOT NULL,
-            idx INTEGER NOT NULL,
-            status TEXT NOT NULL,
-            error TEXT,
-            started REAL,
-            finished REAL,
-            summary TEXT NOT NULL,
-            gpu_uuids TEXT NOT NULL,
-            sandbox_id TEXT,
-            attempts INTEGER NOT NULL,
-            PRIMARY KEY (experiment_id, idx)
-        ) WITHOUT ROWID""",
-        """CREATE TABLE samples (
-            id INTEGER PRIMARY KEY,
-            experiment_id TEXT NOT NULL,
-            instance INTEGER NOT NULL,
-            n INTEGER NOT NULL,
-            data TEXT NOT NULL
-        )""",
-        "CREATE INDEX samples_by_instance ON samples (experiment_id, instance, id)",
-    ),
-    (
-        "ALTER TABLE experiments ADD COLUMN heartbeat REAL",
-        "ALTER TABLE experiments ADD COLUMN heartbeat_every REAL",
-        "ALTER TABLE experiments ADD COLUMN notes TEXT",
-    ),
-)
-"""Schema migrations; after applying the first k, ``PRAGMA user_version`` is k."""
-
-NETWORK_FILESYSTEMS = frozenset(
-    {
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb",
-        "smb3",
-        "smbfs",
-        "9p",
-        "afs",
-        "ceph",
-        "glusterfs",
-        "lustre",
-        "gpfs",
-        "beegfs",
-        "fuse.sshfs",
-        "fuse.glusterfs",
-        "fuse.s3fs",
-        "fuse.rclone",
-        "fuse.gcsfuse",
-        "davfs",
-    }
-)
-"""Filesystem types (as in ``/proc/mounts``) on which SQLite's WAL is unsafe."""
 
 HEARTBEAT_EVERY = 5.0
 """Seconds between heartbeats assumed for a run that has not said (``Store.heartbeat``)."""
 
 MISSED_HEARTBEATS = 3
 """A running experiment whose heartbeat is older than this many intervals is ``interrupted``."""
-
-_MOUNTS = Path("/proc/mounts")
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes kept in the -wal file after a checkpoint
-
-
-def fingerprint(name: str, params: Mapping[str, Any], instances: int) -> str:
-    """The stable key that resume looks an experiment up by.
-
-    Args:
-        name: The experiment's name.
-        params: Its parameters: JSON values (numbers, strings, booleans, ``None``,
-            lists and dicts of them). Every value is told apart exactly: ``1``,
-            ``1.0`` and ``True`` differ, and so do ``0.0`` and ``-0.0``; NaN,
-            ``inf``, ``-inf`` and ``None`` are four different values (written as
-            the bare tokens ``NaN``, ``Infinity``, ``-Infinity`` and ``null``,
-            which no string can spell). Tuples count as lists, and dict keys as
-            strings, as in JSON.
-        instances: How many instances it runs.
-
-    Returns:
-        The SHA-256 hex digest of the canonical JSON of the three (sorted keys,
-        no whitespace), the same in every process and on every machine. For
-        finite values this is strict JSON, so fingerprints of earlier stores
-        still match.
-
-    Raises:
-        ConfigError: If ``params`` holds something that is not a JSON value.
-    """
-    canonical = json.dumps(
-        {"instances": int(instances), "name": name, "params": _plain(params, "params")},
-        sort_keys=True,
-        separators=(",", ":"),
-        allow_nan=True,
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def network_filesystem(path: str | os.PathLike[str], mounts: Path | None = None) -> str | None:
-    """The network filesystem type that ``path`` lives on, or ``None`` if local.
-
-    Args:
-        path: A file or directory; its nearest existing ancestor is resolved.
-        mounts: A file in ``/proc/mounts`` format (default: ``/proc/mounts``).
-            Where it does not exist (macOS, Windows) the answer is ``None``:
-            nothing is known, nothing is refused.
-
-    Returns:
-        The ``fstype`` of the mount holding ``path`` when it is in
-        :data:`NETWORK_FILESYSTEMS`, else ``None``.
-    """
-    try:
-        text = (mounts or _MOUNTS).read_text()
-    except OSError:
-        return None
-    target = Path(path).absolute()
-    while not target.exists() and target != target.parent:
-        target = target.parent
-    resolved = str(target.resolve())
-    best, best_type = "", None
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        # /proc/mounts escapes spaces and the like as octal (\040).
-        mount_point = fields[1].encode().decode("unicode_escape")
-        inside = resolved == mount_point or resolved.startswith(mount_point.rstrip("/") + "/")
-        if inside and len(mount_point) >= len(best):
-            best, best_type = mount_point, fields[2]
-    return best_type if best_type in NETWORK_FILESYSTEMS else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -305,8 +127,8 @@ class Store:
         self._read_lock = threading.Lock()
         self._reader = self._connect()
         try:
-            self._migrate(self._reader)
-            self._writer = _Writer(
+            migrate(self._reader, self._path)
+            self._writer = Writer(
                 self._connect,
                 batch_rows=batch_rows,
                 flush_interval=flush_interval,
@@ -338,20 +160,6 @@ class Store:
             conn.close()
             raise
         return conn
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        with _immediate(conn, self._path):
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise StoreError(
-                    f"{self._path} has schema version {version}, newer than this labkit "
-                    f"knows ({len(MIGRATIONS)}): upgrade labkit to open it"
-                )
-            for statements in MIGRATIONS[version:]:
-                for statement in statements:
-                    conn.execute(statement)
-            # PRAGMA takes no parameters; the value is an int we computed.
-            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -412,8 +220,8 @@ class Store:
             StoreError: If the store is closed or the write fails.
         """
         key = fingerprint(name, params, instances)
-        params_json = _dumps(_plain(params, "params"))
-        config_json = _dumps(_plain(config, "config"))
+        params_json = dumps(plain(params, "params"))
+        config_json = dumps(plain(config, "config"))
 
         def work(conn: sqlite3.Connection) -> tuple[str, list[int]]:
             found = None
@@ -562,8 +370,8 @@ class Store:
             result.error,
             data["started"],
             data["finished"],
-            _dumps(data["summary"]),
-            _dumps(data["gpu_uuids"]),
+            dumps(data["summary"]),
+            dumps(data["gpu_uuids"]),
             result.sandbox_id,
             result.attempts,
         )
@@ -611,10 +419,10 @@ class Store:
             StoreError: If the experiment is unknown or the commit fails.
         """
         status = "failed" if result.all_failed else "finished"
-        summary = _dumps(_plain(result.summary, "summary", strict=False))
+        summary = dumps(plain(result.summary, "summary", strict=False))
         # The run may have completed its config after begin() (the sandbox kind...).
-        config = _dumps(_plain(result.config, "config", strict=False))
-        notes = _dumps(list(result.notes)) if result.notes else None
+        config = dumps(plain(result.config, "config", strict=False))
+        notes = dumps(list(result.notes)) if result.notes else None
 
         def work(conn: sqlite3.Connection) -> None:
             cursor = conn.execute(
@@ -754,7 +562,7 @@ class Store:
                 index=row[0],
                 ok=row[1] == "ok",
                 error=row[2],
-                timeline=frame_from_dict(_join_chunks(chunks.get(row[0], []))),
+                timeline=frame_from_dict(join_chunks(chunks.get(row[0], []))),
                 summary=json.loads(row[5]),
                 started=row[3],
                 finished=row[4],
@@ -873,273 +681,10 @@ class Store:
         return f"Store({str(self._path)!r}, {state})"
 
 
-Row = tuple[str, int, float, dict[str, Any]]
-
-
-@dataclass(slots=True)
-class _Command:
-    work: Callable[[sqlite3.Connection], Any]
-    future: concurrent.futures.Future[Any]
-    finishing: tuple[str, int] | None
-
-
-class _Writer:
-    """The one thread that writes: sample batches, then queued commands, in order."""
-
-    def __init__(
-        self,
-        connect: Callable[[], sqlite3.Connection],
-        *,
-        batch_rows: int,
-        flush_interval: float,
-        checkpoint_interval: float,
-    ) -> None:
-        self.samples: deque[Row] = deque()
-        self.commands: deque[_Command] = deque()
-        self.samples_written = 0
-        self.samples_dropped = 0
-        self.batches = 0
-        self.last_batch_ms = 0.0
-        self.error: BaseException | None = None
-        self._batch_rows = batch_rows
-        self._flush_interval = flush_interval
-        self._checkpoint_interval = checkpoint_interval
-        # Instances already finished in this store: late samples for them are dropped
-        # instead of being appended after their final timeline.
-        self._finished: set[tuple[str, int]] = set()
-        self._finished_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopping = False
-        self._conn = connect()
-        self._thread = threading.Thread(target=self._run, name="labkit-store-writer", daemon=True)
-        self._thread.start()
-
-    def add(self, row: Row) -> None:
-        # deque.append is atomic: no lock on the hot path.
-        self.samples.append(row)
-        # is_set() takes no lock; set() does, so call it once per batch, not per sample.
-        if len(self.samples) >= self._batch_rows and not self._wake.is_set():
-            self._wake.set()
-
-    def submit(
-        self,
-        work: Callable[[sqlite3.Connection], T],
-        *,
-        finishing: tuple[str, int] | None = None,
-    ) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        if self._stopping:
-            future.set_exception(StoreError("the store is closed"))
-            return future
-        self.commands.append(_Command(work, future, finishing))
-        self._wake.set()
-        return future
-
-    def reopen(self, experiment_id: str) -> None:
-        """An experiment is (re)begun: its instances may record samples again."""
-        with self._finished_lock:
-            self._finished = {key for key in self._finished if key[0] != experiment_id}
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-
-    def _run(self) -> None:
-        conn = self._conn
-        last_checkpoint = time.monotonic()
-        try:
-            while True:
-                self._wake.wait(self._flush_interval)
-                self._wake.clear()
-                stopping = self._stopping
-                # Commands first, then samples: every sample appended before a command
-                # was queued is in this drain, so it is committed before the command runs.
-                commands = _drain(self.commands)
-                rows = _drain(self.samples)
-                finishing = {c.finishing for c in commands if c.finishing is not None}
-                if rows:
-                    self._write_samples(conn, rows, finishing)
-                for command in commands:
-                    self._execute(conn, command)
-                if time.monotonic() - last_checkpoint >= self._checkpoint_interval:
-                    _checkpoint(conn, "PASSIVE")
-                    last_checkpoint = time.monotonic()
-                if stopping and not self.commands and not self.samples:
-                    break
-        finally:
-            _checkpoint(conn, "TRUNCATE")
-            conn.close()
-            for command in _drain(self.commands):
-                command.future.set_exception(StoreError("the store is closed"))
-
-    def _write_samples(
-        self, conn: sqlite3.Connection, rows: list[Row], finishing: set[tuple[str, int]]
-    ) -> None:
-        started = time.perf_counter()
-        groups: dict[tuple[str, int], list[Row]] = {}
-        with self._finished_lock:
-            skip = finishing | self._finished
-        for row in rows:
-            key = (row[0], row[1])
-            if key not in skip:
-                groups.setdefault(key, []).append(row)
-        try:
-            chunks = [
-                (key[0], key[1], len(group), _dumps(_columns(group)))
-                for key, group in groups.items()
-            ]
-            with _immediate(conn):
-                conn.executemany(
-                    "INSERT INTO samples (experiment_id, instance, n, data) VALUES (?, ?, ?, ?)",
-                    chunks,
-                )
-        except (sqlite3.Error, StoreError, TypeError, ValueError) as exc:
-            # Dropped samples are counted and reported by close(); a finished
-            # instance still commits its whole timeline on its own.
-            self.error = exc
-            self.samples_dropped += len(rows)
-            return
-        self.samples_written += sum(chunk[2] for chunk in chunks)
-        self.batches += 1
-        self.last_batch_ms = (time.perf_counter() - started) * 1000
-
-    def _execute(self, conn: sqlite3.Connection, command: _Command) -> None:
-        if not command.future.set_running_or_notify_cancel():
-            return
-        try:
-            with _immediate(conn):
-                value = command.work(conn)
-        except StoreError as exc:
-            command.future.set_exception(exc)
-        except Exception as exc:
-            error = StoreError(f"writing to the store failed: {exc}")
-            error.__cause__ = exc
-            command.future.set_exception(error)
-        else:
-            if command.finishing is not None:
-                with self._finished_lock:
-                    self._finished.add(command.finishing)
-            command.future.set_result(value)
-
-
-def _shutdown(writer: _Writer, reader: sqlite3.Connection) -> None:
+def _shutdown(writer: Writer, reader: sqlite3.Connection) -> None:
     writer.stop()
     reader.close()
 
 
-@contextmanager
-def _immediate(conn: sqlite3.Connection, path: Path | None = None) -> Iterator[None]:
-    """A write transaction that takes the write lock up front (``BEGIN IMMEDIATE``)."""
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        where = f" {path}" if path else ""
-        raise StoreError(f"cannot write to the store{where}: {exc}") from exc
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def _checkpoint(conn: sqlite3.Connection, mode: Literal["PASSIVE", "TRUNCATE"]) -> None:
-    # A checkpoint that cannot complete (a reader pins the WAL) is retried next
-    # time; it must never take the writer down.
-    with suppress(sqlite3.Error):
-        conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
-
-
-def _drain(queue: deque[T]) -> list[T]:
-    items: list[T] = []
-    # popleft is atomic; appends racing with the drain are picked up next round.
-    while queue:
-        items.append(queue.popleft())
-    return items
-
-
 def _result(future: concurrent.futures.Future[T]) -> T:
     return future.result()
-
-
-def _columns(rows: Sequence[Row]) -> dict[str, list[Any]]:
-    """Samples as columns: ``{"t": [...], metric: [...]}``, ``None`` where missing."""
-    metrics = [row[3] for row in rows]
-    names = dict.fromkeys(itertools.chain.from_iterable(metrics))
-    names.pop("t", None)
-    columns: dict[str, list[Any]] = {"t": [row[2] for row in rows]}
-    for name in names:
-        columns[name] = [values.get(name) for values in metrics]
-    return columns
-
-
-def _join_chunks(texts: Sequence[str]) -> dict[str, list[Any]]:
-    """Concatenate column chunks; a metric missing from a chunk is ``None`` there."""
-    if not texts:
-        return {"t": []}
-    if len(texts) == 1:
-        return dict(json.loads(texts[0]))
-    joined: dict[str, list[Any]] = {"t": []}
-    for text in texts:
-        chunk = json.loads(text)
-        size = len(chunk.get("t", ()))
-        before = len(joined["t"])
-        for name, values in chunk.items():
-            joined.setdefault(name, [None] * before).extend(values)
-        for values in joined.values():
-            values.extend([None] * (before + size - len(values)))
-    return joined
-
-
-def _dumps(value: Any) -> str:
-    """Strict JSON (no NaN tokens): non-finite floats are written as ``null``."""
-    try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"), default=_default)
-    except ValueError:
-        return json.dumps(_finite(value), allow_nan=False, separators=(",", ":"), default=_default)
-
-
-def _default(value: Any) -> Any:
-    item = getattr(value, "item", None)  # numpy scalars
-    if callable(item):
-        return item()
-    tolist = getattr(value, "tolist", None)  # numpy arrays
-    if callable(tolist):
-        return tolist()
-    raise TypeError(f"{type(value).__name__} is not a JSON value")
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
-
-
-def _plain(value: Any, option: str, *, strict: bool = True) -> Any:
-    """``value`` as JSON builtins; numpy scalars unwrapped, tuples as lists.
-
-    With ``strict``, anything else raises :class:`ConfigError` (an identity must
-    not depend on an object's ``repr``); otherwise it is kept as its ``str``.
-    """
-    if isinstance(value, str | bool | int | float | None):
-        # Non-finite floats stay: the fingerprint tells them apart from None,
-        # and _dumps writes them as null where strict JSON is stored.
-        return value
-    item = getattr(value, "item", None)
-    if callable(item) and getattr(value, "shape", None) == ():
-        return _plain(item(), option, strict=strict)
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item, option, strict=strict) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item, option, strict=strict) for item in value]
-    if strict:
-        raise ConfigError(
-            option, value, "JSON values (str, int, float, bool, None, lists and dicts of them)"
-        )
-    return str(value)
