@@ -75,8 +75,11 @@ async def run_graph(graph: Graph, **runner_options: Any) -> dict[str, TaskResult
     Raises:
         GraphError: If a dependency names no node or the graph has a cycle; nothing
             runs then.
-        ConfigError: If a node is not a ``(callable, dependencies)`` pair.
+        ConfigError: If ``graph`` is not a mapping or a node is not a
+            ``(callable, dependencies)`` pair.
     """
+    if not isinstance(graph, Mapping):
+        raise ConfigError("graph", graph, "a dict {name: (fn, [dependency names])}")
     dependencies: dict[str, list[str]] = {}
     functions: dict[str, Callable[..., Any]] = {}
     for name, node in graph.items():

@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar, overload
 
 from labkit.adaptive import AutoConcurrency
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import RunInterrupted
+from labkit.errors import ConfigError, RunInterrupted
 from labkit.events import TaskEvent
 from labkit.guard import Cost, HostProbe, ResourceLimits
 from labkit.loop import run_sync
@@ -166,6 +166,8 @@ def parallel_map(fn: Callable[[Any], Any] | None = None, /, **options: Any) -> A
     Raises:
         ConfigError: If an option is out of range (at decoration time).
     """
+    if fn is not None and not callable(fn):
+        raise ConfigError("fn", fn, "a function of one item (or no argument: @parallel_map(...))")
     Runner(**options)  # validates every option now, not at the first call
 
     def decorate(function: Callable[[Any], Any]) -> Callable[[Iterable[Any]], RunReport[Any]]:
