@@ -2,8 +2,10 @@
 
 Runs a notebook that shows the experiment panel, a chart and the pool monitor,
 checks that they render without error output, presses Start and watches the
-progress bars and the live chart move. A screenshot is kept in
-``artifacts/browser-panel.png`` for people to look at.
+progress bars and the live chart move; then runs 16 instances in a second panel
+(one faint trace for the instances, the average on top, a short legend).
+Screenshots are kept for people to look at: ``artifacts/browser-panel.png``, and
+the 16-instance panel before, during and after its run in ``/tmp/shots/``.
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Locator, Page
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
+SHOTS = Path("/tmp/shots")
 
 pytestmark = [
     pytest.mark.browser,
@@ -69,6 +76,17 @@ lk.plots.timeline_figure(timelines, averaged=lk.average_timelines(timelines))"""
     """\
 monitor = lk.widgets.PoolMonitor(gpu_pool=pool, interval=0.2)
 monitor""",
+    """\
+async def load(ctx):
+    for step in range(40):
+        cpu = 50 + 10 * np.sin(step / 5 + ctx.index / 3)
+        ctx.record(cpu=cpu, memory=200 + 4 * ctx.index + step)
+        await ctx.sleep(0.1)
+
+
+many = lk.widgets.ExperimentPanel(lk.Experiment("load", load), max_instances=16, duration=4.0)
+many.instances.value = 16
+many""",
 ]
 
 
@@ -183,8 +201,12 @@ def test_panel_chart_and_monitor_render_and_run(jupyterlab: str) -> None:
             page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=30_000)
             static_traces = page.locator(".js-plotly-plot .scatterlayer .trace").count()
             assert static_traces >= 4  # three instances and the average
-            assert page.locator(".labkit-experiment-panel .widget-slider").count() == 3
-            assert "3x" in page.locator(".labkit-instance-slider").inner_text()
+            assert page.locator(".labkit-experiment-panel").count() == 2
+            assert (
+                page.locator(".labkit-experiment-panel").first.locator(".widget-slider").count()
+                == 3
+            )
+            assert "3x" in page.locator(".labkit-instance-slider").first.inner_text()
             assert "NVIDIA H100" in page.locator(".labkit-gpus").inner_text()
             errors = page.locator(
                 '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
@@ -192,20 +214,20 @@ def test_panel_chart_and_monitor_render_and_run(jupyterlab: str) -> None:
             assert errors.count() == 0, errors.all_inner_texts()
 
             # Start: the bars and the live chart move while it runs.
-            panel = page.locator(".labkit-experiment-panel")
+            panel = page.locator(".labkit-experiment-panel").first
             panel.locator("button", has_text="Start").click()
             bars = panel.locator(".progress-bar")
             page.wait_for_function(
                 """() => [...document.querySelectorAll(
-                    '.labkit-experiment-panel .progress-bar')]
+                    '.labkit-experiment-panel')[0].querySelectorAll('.progress-bar')]
                     .some(bar => parseFloat(bar.style.width) > 5)""",
                 timeout=30_000,
             )
             assert bars.count() == 3
             live = panel.locator(".js-plotly-plot .scatterlayer .trace path.js-line")
             page.wait_for_function(
-                """() => document.querySelectorAll(
-                    '.labkit-experiment-panel .js-plotly-plot .scatterlayer .trace').length >= 3""",
+                """() => document.querySelectorAll('.labkit-experiment-panel')[0]
+                    .querySelectorAll('.js-plotly-plot .scatterlayer .trace').length >= 3""",
                 timeout=30_000,
             )
             first = live.first.get_attribute("d") or ""
@@ -226,9 +248,54 @@ def test_panel_chart_and_monitor_render_and_run(jupyterlab: str) -> None:
             assert "num_instances" in panel.locator(".labkit-summary").inner_text()
             assert errors.count() == 0, errors.all_inner_texts()
             page.screenshot(path=str(ARTIFACTS / "browser-panel.png"), full_page=True)
+            _run_sixteen(page, page.locator(".labkit-experiment-panel").nth(1))
+            assert errors.count() == 0, errors.all_inner_texts()
         except Exception:
             # What the browser showed when it went wrong, for whoever reads the failure.
             page.screenshot(path=str(ARTIFACTS / "browser-failure.png"), full_page=True)
             raise
         finally:
             browser.close()
+
+
+def _run_sixteen(page: Page, panel: Locator) -> None:
+    """Start 16 instances: bars and chart move, one instance trace, the average on top."""
+    SHOTS.mkdir(exist_ok=True)
+    panel.scroll_into_view_if_needed()
+    # Before Start: a one-line placeholder, not empty axes.
+    assert "press Start" in panel.locator(".js-plotly-plot").inner_text()
+    assert "16x" in panel.locator(".labkit-instance-slider").inner_text()
+    panel.screenshot(path=str(SHOTS / "sixteen-before.png"))
+    panel.locator("button", has_text="Start").click()
+    page.wait_for_function(
+        """() => {
+            const panel = document.querySelectorAll('.labkit-experiment-panel')[1];
+            const bars = [...panel.querySelectorAll('.progress-bar')];
+            return bars.length === 16 && bars.every(bar => parseFloat(bar.style.width) > 20)
+                && panel.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length >= 4;
+        }""",
+        timeout=30_000,
+    )
+    legend = panel.locator(".js-plotly-plot .legend")
+    assert "instances (16)" in (legend.text_content() or "")
+    assert "instance 3" not in (legend.text_content() or "")  # one entry for all sixteen
+    message = panel.locator(".labkit-panel-message")
+    assert "Running" in message.inner_text()
+    chart = panel.locator(".js-plotly-plot")
+    assert "press Start" not in chart.inner_text()  # the placeholder gave way to the chart
+    assert chart.bounding_box()["height"] > 400  # type: ignore[index]  # two subplots
+    panel.screenshot(path=str(SHOTS / "sixteen-during.png"))
+    page.wait_for_function(
+        """() => (document.querySelectorAll('.labkit-panel-message')[1] || {}).textContent
+            ?.includes('Done')""",
+        timeout=60_000,
+    )
+    assert "16 of 16" in message.inner_text()
+    assert panel.locator(".progress-bar-success").count() == 16
+    assert "num_instances" in panel.locator(".labkit-summary").inner_text()
+    titles = panel.locator(".js-plotly-plot .g-ytitle, .js-plotly-plot .g-y2title")
+    assert {"cpu (%)", "memory (MB)"} <= set(titles.all_text_contents())
+    # Per subplot: the instances' trace, the band's two edges, the average last (on top).
+    traces = panel.locator(".js-plotly-plot .scatterlayer .trace")
+    assert traces.count() == 8
+    panel.screenshot(path=str(SHOTS / "sixteen-after.png"))

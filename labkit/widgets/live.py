@@ -124,7 +124,13 @@ class LiveTimeline:
         self._memo: dict[str, tuple[tuple[Any, ...], list[dict[str, Any]]]] = {}
         self.flushes = 0
         """How many redraws have happened (for tests and curiosity)."""
-        self.figure = go.FigureWidget()
+        self.figure = go.FigureWidget(
+            layout={
+                "template": "plotly_white",
+                "hovermode": "closest",
+                "legend": {"groupclick": "togglegroup"},
+            }
+        )
         self._show_placeholder()
 
     @property
@@ -218,8 +224,7 @@ class LiveTimeline:
         traces = self._traces(snapshot)
         same = _same_shapes(traces, self._drawn)
         if snapshot.metrics != self._layout_key:
-            with self.figure.batch_update():
-                self._layout_axes(snapshot.metrics)
+            self._layout_axes(snapshot.metrics)
         if not same:
             # New traces go in without their data, which follows in one restyle:
             # adding traces checks every array one by one, a restyle does not.
@@ -319,13 +324,20 @@ class LiveTimeline:
                 "domain": [max(top - height, 0.0), top],
                 "title": {"text": axis_title(metric)},
             }
-        self.figure.layout.annotations = ()  # the placeholder goes
-        self.figure.layout.update(
-            axes,
-            height=100 + 220 * count,
-            title={"text": self._title},
-            margin={"t": 60 if self._title else 30, "b": 40},
-        )
+        existing = self.figure.layout.to_plotly_json()
+        for key in [key for key in axes if key not in existing]:
+            # A new axis goes in whole, in a message of its own: plotly.js refuses an
+            # edit that sets an axis and one of its attributes at once, which is
+            # what a batch would send.
+            self.figure.layout[key] = axes.pop(key)
+        with self.figure.batch_update():
+            self.figure.layout.annotations = ()  # the placeholder goes
+            self.figure.layout.update(
+                axes,
+                height=100 + 220 * count,
+                title={"text": self._title},
+                margin={"t": 60 if self._title else 30, "b": 40},
+            )
 
     def _show_placeholder(self) -> None:
         """No samples yet: one line of text, no axes (not empty axes from -1 to 6)."""
@@ -333,27 +345,30 @@ class LiveTimeline:
         self._layout_key = None
         self._drawn_version = -1
         self.figure.data = []
-        self.figure.layout = {
-            "template": "plotly_white",
-            "hovermode": "closest",
-            "legend": {"groupclick": "togglegroup"},
-            "title": {"text": self._title},
-            "height": 120,
-            "margin": {"t": 40 if self._title else 20, "b": 20},
-            "xaxis": {"visible": False},
-            "yaxis": {"visible": False},
-            "annotations": [
-                {
-                    "text": PLACEHOLDER,
-                    "showarrow": False,
-                    "xref": "paper",
-                    "yref": "paper",
-                    "x": 0.5,
-                    "y": 0.5,
-                    "font": {"size": 14, "color": "#666"},
-                }
-            ],
-        }
+        existing = self.figure.layout.to_plotly_json()
+        with self.figure.batch_update():
+            for key in existing:
+                if key.startswith(("xaxis", "yaxis")) and key not in ("xaxis", "yaxis"):
+                    self.figure.layout[key].visible = False  # an earlier run's subplots
+            self.figure.layout.update(
+                xaxis={"visible": False},
+                yaxis={"visible": False},
+                height=120,
+                margin={"t": 40 if self._title else 20, "b": 20},
+                title={"text": self._title},
+            )
+            self.figure.layout.annotations = [_PLACEHOLDER_NOTE]
+
+
+_PLACEHOLDER_NOTE = {
+    "text": PLACEHOLDER,
+    "showarrow": False,
+    "xref": "paper",
+    "yref": "paper",
+    "x": 0.5,
+    "y": 0.5,
+    "font": {"size": 14, "color": "#666"},
+}
 
 
 def _shape(trace: dict[str, Any]) -> tuple[Any, ...]:
