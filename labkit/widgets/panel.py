@@ -17,6 +17,7 @@ from typing import Any
 
 import ipywidgets as w
 
+from labkit.clock import SYSTEM_CLOCK
 from labkit.errors import ConfigError
 from labkit.events import TaskEvent
 from labkit.experiment import Experiment, InstanceEvent, run_experiment
@@ -139,7 +140,8 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
         self.stop_button.on_click(lambda _button: self.stop())
         self.message = w.HTML()
         self.progress = w.VBox()
-        self.chart = LiveTimeline()
+        # The chart's frames are timed on the run's clock (a test's FakeClock too).
+        self.chart = LiveTimeline(clock=run_options.get("clock", SYSTEM_CLOCK))
         self.summary = w.HTML()
         self.experiment.observe(self._show_intensity, names="value")
         self._show_intensity()
@@ -315,8 +317,10 @@ def _by_name(experiments: Any) -> dict[str, ExperimentSource]:
 
 def _summary_html(result: ExperimentResult) -> str:
     """The averaged summary's numbers as a two-column table; failures listed below."""
+    spread = result.summary_texts()  # a figure as mean ± ci95 (min … max)
     rows = "".join(
-        f"<tr><td>{html.escape(str(key))}</td><td>{_number(value)}</td></tr>"
+        f"<tr><td>{html.escape(str(key))}</td>"
+        f"<td>{html.escape(spread[key]) if key in spread else _number(value)}</td></tr>"
         for key, value in result.summary.items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     )
