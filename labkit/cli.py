@@ -71,54 +71,109 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- argument parsing -------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default, unless its help already says it in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "(default" in text or action.required or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labkit",
         description="Run an experiment as N parallel instances, watch them, average them.",
+        formatter_class=_HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser(
         "demo",
+        formatter_class=_HelpFormatter,
         help="run a built-in scenario with 3 local instances and write a report",
         description="Run a built-in scenario (real subprocesses, about 20 s), print the "
         "averaged summary, write a standalone HTML report and record the run.",
     )
     from labkit.scenarios import INTENSITIES, SCENARIOS
 
-    demo.add_argument("--scenario", choices=sorted(SCENARIOS), default=_DEMO_SCENARIO)
-    demo.add_argument("--intensity", choices=INTENSITIES, default="medium")
-    demo.add_argument("-n", "--instances", type=_positive_int, default=3, metavar="N")
-    demo.add_argument("--duration", type=_positive_float, default=20.0, metavar="SECONDS")
-    demo.add_argument("--report", default="labkit-demo.html", metavar="PATH")
+    demo.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        default=_DEMO_SCENARIO,
+        help="the built-in workload to run",
+    )
+    demo.add_argument(
+        "--intensity", choices=INTENSITIES, default="medium", help="how hard the workload works"
+    )
+    demo.add_argument(
+        "-n",
+        "--instances",
+        type=_instances_int,
+        default=3,
+        metavar="N",
+        help=f"parallel instances, 1 to {MAX_INSTANCES}",
+    )
+    demo.add_argument(
+        "--duration",
+        type=_seconds,
+        default=20.0,
+        metavar="SECONDS",
+        help="how long each instance runs",
+    )
+    demo.add_argument(
+        "--report",
+        default="labkit-demo.html",
+        metavar="PATH",
+        help="write the standalone HTML report here (a file, not a directory)",
+    )
     _common_outputs(demo)
     demo.set_defaults(handler=_demo)
 
     run = commands.add_parser(
         "run",
+        formatter_class=_HelpFormatter,
         help="run MODULE:FUNCTION as parallel instances",
         description="Run MODULE:FUNCTION as parallel instances. FUNCTION is an Experiment, "
         "a function taking the instance context (async or not), or a function with no "
         "required arguments that returns an Experiment (labkit.scenarios:cpu_stress).",
     )
-    run.add_argument("target", metavar="MODULE:FUNCTION")
+    run.add_argument(
+        "target",
+        metavar="MODULE:FUNCTION",
+        help="what to run, importable from the current directory (mypkg.exp:train)",
+    )
     run.add_argument(
         "-n",
         "--instances",
         type=_instances,
         default=1,
         metavar="N",
-        help=f"instances, 1 to {MAX_INSTANCES}, or 'auto' (default: 1)",
+        help=f"instances, 1 to {MAX_INSTANCES}, or 'auto' (as many as the summary needs)",
     )
-    run.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS")
+    run.add_argument(
+        "--duration",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="how long each instance is meant to run (default: until its function returns)",
+    )
     run.add_argument(
         "--param",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a parameter for ctx.params (VALUE is read as JSON when it parses); repeatable",
+        help="a parameter for ctx.params (VALUE is read as JSON when it parses; NaN and "
+        "Infinity are refused); repeatable (default: none)",
     )
-    run.add_argument("--gpus-per-instance", type=_non_negative_int, default=0, metavar="G")
+    run.add_argument(
+        "--gpus-per-instance",
+        type=_non_negative_int,
+        default=0,
+        metavar="G",
+        help="GPUs each instance holds (CUDA_VISIBLE_DEVICES is set for it)",
+    )
     run.add_argument(
         "--sandbox",
         choices=("auto", "none", "local", "e2b"),
@@ -126,65 +181,132 @@ def _parser() -> argparse.ArgumentParser:
         help="where instances run: 'auto' gives local sandboxes to experiments that need "
         "one; 'e2b' uses E2B cloud sandboxes (E2B_API_KEY) and shows their cost first",
     )
-    run.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS")
-    run.add_argument("--retries", type=_non_negative_int, default=0, metavar="N")
-    run.add_argument("--sample-every", type=_positive_float, default=1.0, metavar="SECONDS")
-    run.add_argument("--report", default=None, metavar="PATH")
+    run.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="fail an instance attempt that runs longer (default: no limit)",
+    )
+    run.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="retry a failed instance up to N times",
+    )
+    run.add_argument(
+        "--sample-every",
+        type=_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between resource samples of an instance's sandbox",
+    )
+    run.add_argument(
+        "--report",
+        default=None,
+        metavar="PATH",
+        help="write a standalone HTML report here, a file (default: no report)",
+    )
     _common_outputs(run)
     run.set_defaults(handler=_run)
 
     sweep = commands.add_parser(
         "sweep",
+        formatter_class=_HelpFormatter,
         help="run MODULE:FUNCTION over a grid of parameters and print the leaderboard",
         description="Run MODULE:FUNCTION once per combination of --grid values (each trial "
         "with its instances), print each trial as it ends and the leaderboard at the end. "
         "With -n race, instances go only to trials not yet told apart from the leader.",
     )
-    sweep.add_argument("target", metavar="MODULE:FUNCTION")
+    sweep.add_argument(
+        "target",
+        metavar="MODULE:FUNCTION",
+        help="what to run, as for `labkit run`",
+    )
     sweep.add_argument(
         "--grid",
         action="append",
         default=[],
         required=True,
         metavar="KEY=V1,V2,...",
-        help="values of one parameter (each read as JSON when it parses); repeatable",
+        help="values of one parameter (each read as JSON when it parses; NaN and Infinity "
+        "are refused); repeatable, required",
     )
     sweep.add_argument(
         "--objective",
         required=True,
         metavar="NAME",
-        help="a summary figure (score, loss_last) or a recorded metric",
+        help="a summary figure (score, loss_last) or a recorded metric; required",
     )
-    sweep.add_argument("--direction", choices=("min", "max"), default="min")
+    sweep.add_argument(
+        "--direction",
+        choices=("min", "max"),
+        default="min",
+        help="whether the lowest or the highest objective is best",
+    )
     sweep.add_argument(
         "-n",
         "--instances",
         type=_sweep_instances,
         default=1,
         metavar="N",
-        help="instances per trial, 'auto', or 'race' (default: 1)",
+        help="instances per trial, 'auto', or 'race'",
     )
-    sweep.add_argument("--max-parallel", type=_positive_int, default=1, metavar="P")
-    sweep.add_argument("--max-instances", type=_positive_int, default=None, metavar="N")
-    sweep.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    sweep.add_argument(
+        "--max-parallel",
+        type=_instances_int,
+        default=1,
+        metavar="P",
+        help="trials running at once",
+    )
+    sweep.add_argument(
+        "--max-instances",
+        type=_instances_int,
+        default=None,
+        metavar="N",
+        help="the most instances one trial gets with -n auto or race (default: 32 for auto, "
+        "10 for race)",
+    )
+    sweep.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter every trial gets, as for `labkit run`; repeatable (default: none)",
+    )
     sweep.add_argument("--db", default="labkit.db", metavar="PATH", help="record the trials here")
     sweep.add_argument("--no-db", action="store_true", help="do not record the trials")
     sweep.add_argument("--json", action="store_true", help="print the trials as JSON on stdout")
     sweep.set_defaults(handler=_sweep)
 
-    history = commands.add_parser("history", help="list the experiments recorded in a store")
-    history.add_argument("--db", default="labkit.db", metavar="PATH")
-    history.add_argument("--limit", type=_positive_int, default=20, metavar="N")
+    history = commands.add_parser(
+        "history",
+        help="list the experiments recorded in a store",
+        description="List the experiments recorded in a store, newest last. The store is "
+        "only read: a read-only file or directory works.",
+        formatter_class=_HelpFormatter,
+    )
+    history.add_argument("--db", default="labkit.db", metavar="PATH", help="the store to read")
+    history.add_argument(
+        "--limit", type=_positive_int, default=20, metavar="N", help="show the last N experiments"
+    )
     history.add_argument("--json", action="store_true", help="print JSON instead of a table")
     history.set_defaults(handler=_history)
 
     monitor = commands.add_parser(
-        "monitor", help="show the GPU fleet, the machine and running experiments"
+        "monitor",
+        help="show the GPU fleet, the machine and running experiments",
+        description="Show the machine, the GPU fleet and the experiments running in a store. "
+        "With --interval, redraw in place in a terminal; piped, print one block per refresh.",
+        formatter_class=_HelpFormatter,
     )
-    monitor.add_argument("--db", default="labkit.db", metavar="PATH")
+    monitor.add_argument(
+        "--db", default="labkit.db", metavar="PATH", help="the store whose running runs to show"
+    )
     monitor.add_argument(
         "--interval",
-        type=_positive_float,
+        type=_seconds,
         default=None,
         metavar="SECONDS",
         help="refresh every SECONDS until Ctrl-C (default: show once)",
@@ -223,13 +345,25 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
-def _positive_float(text: str) -> float:
+_MAX_SECONDS = 86_400.0  # a day: the longest duration, timeout or interval accepted
+
+
+def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    if not (math.isfinite(value) and 0 < value <= _MAX_SECONDS):
+        raise argparse.ArgumentTypeError(
+            f"expected seconds > 0 and <= {_MAX_SECONDS:,.0f}, got {text!r}"
+        )
+    return value
+
+
+def _instances_int(text: str) -> int:
+    value = _int(text)
+    if not 1 <= value <= MAX_INSTANCES:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_INSTANCES}, got {text!r}")
     return value
 
 
@@ -259,7 +393,7 @@ def parse_grid(pairs: Sequence[str]) -> dict[str, list[Any]]:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip() or not text:
             raise UsageError(f"--grid expects KEY=V1,V2,..., got {pair!r}")
-        grid[key.strip()] = [parse_params([f"v={value}"])["v"] for value in text.split(",")]
+        grid[key.strip()] = [_value("--grid", key, value) for value in text.split(",")]
     return grid
 
 
@@ -267,18 +401,44 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
     """``["a=1", "b=x"]`` as ``{"a": 1, "b": "x"}``: values are JSON when they parse.
 
     Raises:
-        UsageError: A pair has no ``=`` or an empty key.
+        UsageError: A pair has no ``=`` or an empty key, or a value is JSON's
+            ``NaN``, ``Infinity`` or ``-Infinity`` (or holds one).
     """
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--param expects KEY=VALUE, got {pair!r}")
-        try:
-            params[key.strip()] = json.loads(text)
-        except json.JSONDecodeError:
-            params[key.strip()] = text
+        params[key.strip()] = _value("--param", key.strip(), text)
     return params
+
+
+def _value(option: str, key: str, text: str) -> Any:
+    """``text`` as JSON when it parses, else as the string; NaN and infinities refused."""
+
+    def refuse(constant: str) -> Any:
+        raise UsageError(
+            f"{option} {key}={text}: {constant} is not a usable parameter value; give a "
+            f"finite number, or '\"{constant}\"' (JSON-quoted) for the string"
+        )
+
+    try:
+        value = json.loads(text, parse_constant=refuse)
+    except json.JSONDecodeError:
+        return text
+    if _has_nonfinite(value):  # 1e999 parses as inf without parse_constant
+        refuse(text)
+    return value
+
+
+def _has_nonfinite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, list):
+        return any(_has_nonfinite(item) for item in value)
+    if isinstance(value, dict):
+        return any(_has_nonfinite(item) for item in value.values())
+    return False
 
 
 def load_target(target: str) -> Experiment:
@@ -383,8 +543,8 @@ def _execute(
     options: dict[str, Any],
 ) -> int:
     human = sys.stderr if args.json else sys.stdout
-    if report is not None and not Path(report).resolve().parent.is_dir():
-        raise UsageError(f"--report {report}: the directory {Path(report).parent} does not exist")
+    if report is not None:
+        _check_report_path(report)
     result = asyncio.run(
         _run_with_progress(
             experiment,
@@ -408,6 +568,23 @@ def _execute(
     if result.experiment_id is not None:
         print(f"recorded in {args.db} as {result.experiment_id}", file=human)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _check_report_path(report: str) -> None:
+    """Refuse, before the run, a report path that could not be written after it.
+
+    Raises:
+        UsageError: ``report`` is a directory, or its directory is missing or not
+            writable.
+    """
+    path = Path(report)
+    if path.is_dir():
+        raise UsageError(f"--report {report}: is a directory; give a file name like report.html")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"--report {report}: the directory {path.parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"--report {report}: not writable here")
 
 
 async def _run_with_progress(
@@ -624,13 +801,20 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
+    # Screen-clearing codes only in a terminal: a pipe or a file gets plain blocks,
+    # one per refresh, separated by a blank line.
+    redraw = sys.stdout.isatty()
+    first = True
     while True:
         text = _monitor_text(args.db)
         if args.interval is None:
             print(text)
             return EXIT_OK
-        # Clear the terminal and redraw, like `watch`.
-        print("\033[2J\033[H" + text, flush=True)
+        if redraw:
+            print("\033[2J\033[H" + text, flush=True)  # clear and redraw, like `watch`
+        else:
+            print(text if first else "\n" + text, flush=True)
+        first = False
         time.sleep(args.interval)
 
 
