@@ -117,25 +117,24 @@ def check(condition: bool, option: str, value: Any, allowed: str) -> None:
 def is_real(value: object, *, finite: bool = True) -> bool:
     """Whether ``value`` is a real number, never a bool; finite unless ``finite=False``.
 
-    The one "a number, not a bool" check of labkit's options: an ``int``, a ``float``
-    or another real number (numpy's integer and floating scalars, ``Fraction``).
-    ``True`` is an ``int`` to Python but never a number to labkit. NaN is refused
-    whatever ``finite`` says (it compares with nothing).
+    The one "a number, not a bool" check of labkit: an ``int``, a ``float`` or
+    another real number (numpy's integer and floating scalars, ``Fraction``).
+    ``True`` is an ``int`` to Python but never a number to labkit, nor is numpy's
+    ``bool_``.
 
     Args:
         value: What the user passed.
-        finite: Refuse ``inf`` and ``-inf`` too.
+        finite: Refuse NaN, ``inf`` and ``-inf``; with ``False`` they count as
+            numbers (a range check after it refuses NaN, which compares with nothing).
     """
     kind = type(value)
     if kind is int:
         return True
     if kind is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         return False
-    if isinstance(value, numbers.Integral):
-        return True  # also past float's range, where math.isfinite would overflow
-    if finite:
-        return math.isfinite(value)  # type: ignore[arg-type]
-    return value == value  # NaN
+    if not finite or isinstance(value, numbers.Integral):
+        return True  # an integer is finite, also past float's range (isfinite would overflow)
+    return math.isfinite(value)  # type: ignore[arg-type]
 
 
 def is_int(value: object) -> bool:

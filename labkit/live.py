@@ -36,7 +36,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, is_int, is_real
 from labkit.events import InstanceEvent
 from labkit.stats import t_quantile
 from labkit.timeline import average_timelines
@@ -656,19 +656,13 @@ class LiveTimelineModel:
     ) -> None:
         if on not in (None, "t", "step"):
             raise ConfigError("on", on, "'t', 'step' or None")
-        if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 4:
+        if not is_int(max_points) or max_points < 4:
             raise ConfigError("max_points", max_points, "an integer >= 4")
-        if (
-            isinstance(max_grid_points, bool)
-            or not isinstance(max_grid_points, int)
-            or max_grid_points < 4
-        ):
+        if not is_int(max_grid_points) or max_grid_points < 4:
             raise ConfigError("max_grid_points", max_grid_points, "an integer >= 4")
         if on == "step" and step is not None:
             raise ConfigError("step", step, "None on a step axis (steps align exactly)")
-        if step is not None and not (
-            isinstance(step, int | float) and not isinstance(step, bool) and 0 < step < math.inf
-        ):
+        if step is not None and not (is_real(step) and step > 0):
             raise ConfigError("step", step, "a finite number of seconds > 0, or None")
         self.max_points = max_points
         self.max_grid_points = max_grid_points

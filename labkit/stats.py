@@ -313,9 +313,9 @@ def t_quantile(p: float, df: float) -> float:
         >>> round(t_quantile(0.975, 2), 6)
         4.302653
     """
-    if isinstance(p, bool) or not (isinstance(p, int | float | np.floating) and 0.0 < p < 1.0):
+    if not (is_real(p) and 0.0 < p < 1.0):
         raise ConfigError("p", p, "a probability strictly between 0 and 1")
-    if isinstance(df, bool) or not isinstance(df, int | float | np.integer | np.floating):
+    if not is_real(df, finite=False):
         raise ConfigError("df", df, "a number >= 1 (degrees of freedom)")
     if not (df >= 1 and math.isfinite(df)):
         raise ConfigError("df", df, "a finite number >= 1 (degrees of freedom)")
@@ -356,9 +356,7 @@ def _values(values: Any, option: str, *, at_least: int) -> FloatArray:
 
 
 def _confidence(confidence: Any) -> float:
-    if isinstance(confidence, bool) or not (
-        isinstance(confidence, int | float | np.floating) and 0.0 < confidence < 1.0
-    ):
+    if not (is_real(confidence) and 0.0 < confidence < 1.0):
         raise ConfigError("confidence", confidence, "a level strictly between 0 and 1 (0.95)")
     return float(confidence)
 
@@ -665,7 +663,7 @@ def instances_per_side(
             level is out of range.
     """
     level = _confidence(confidence)
-    if isinstance(power, bool) or not (isinstance(power, int | float) and 0.0 < power < 1.0):
+    if not (is_real(power) and 0.0 < power < 1.0):
         raise ConfigError("power", power, "a probability strictly between 0 and 1 (0.8)")
     if not (is_real(difference) and difference > 0):
         raise ConfigError("difference", difference, "a finite difference > 0 to detect")
@@ -883,9 +881,7 @@ def compare(
     if metric is not None and not (isinstance(metric, str) and metric):
         raise ConfigError("metric", metric, "None or a summary figure's name (a non-empty str)")
     level = _confidence(confidence)
-    if isinstance(min_effect, bool) or not (
-        isinstance(min_effect, int | float) and 0 <= min_effect < math.inf
-    ):
+    if not (is_real(min_effect) and min_effect >= 0):
         raise ConfigError("min_effect", min_effect, "a difference >= 0 in the metric's units")
     xa, xb = _figures(a, "a", metric), _figures(b, "b", metric)
     n_a, n_b = int(xa.size), int(xb.size)
@@ -999,15 +995,9 @@ def instances_needed(
         >>> instances_needed([90.0, 100.0, 110.0])  # mean 100, s 10: +-5 needs 18
         18
     """
-    if isinstance(rel_half_width, bool) or not (
-        isinstance(rel_half_width, int | float)
-        and math.isfinite(rel_half_width)
-        and rel_half_width > 0
-    ):
+    if not (is_real(rel_half_width) and rel_half_width > 0):
         raise ConfigError("rel_half_width", rel_half_width, "a finite fraction of the mean > 0")
-    if isinstance(confidence, bool) or not (
-        isinstance(confidence, int | float) and 0.0 < confidence < 1.0
-    ):
+    if not (is_real(confidence) and 0.0 < confidence < 1.0):
         raise ConfigError("confidence", confidence, "a level strictly between 0 and 1")
     array = np.asarray(values if isinstance(values, np.ndarray) else list(values))
     if array.dtype.kind not in "biuf":

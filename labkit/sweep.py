@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import ConfigError, check, is_int
+from labkit.errors import ConfigError, check, is_int, is_real
 from labkit.events import EventBus, TrialEvent
 from labkit.experiment import Experiment, run_experiment
 from labkit.experiment.options import check_resources
@@ -236,7 +236,7 @@ def objective_value(result: ExperimentResult, objective: Objective) -> float:
         if not last:
             raise KeyError(f"objective {objective!r} is neither a summary key nor a metric")
         raw = float(np.mean(last))
-    if isinstance(raw, bool) or not isinstance(raw, int | float | np.number):
+    if not is_real(raw, finite=False):
         raise ValueError(f"objective is {raw!r}, not a number")
     value = float(raw)
     if not math.isfinite(value):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+from labkit.errors import is_real
 from labkit.experiment.options import ExperimentOptions
 from labkit.results import InstanceResult
 from labkit.timeline import instances_needed
@@ -50,17 +50,13 @@ def needed_instances(
         candidates = [
             key
             for key, value in summaries[0].items()
-            if _finite(value) and key not in {"error_count"}
+            if is_real(value) and key not in {"error_count"}
         ]
         preferred = [key for key in ("cpu_peak", "memory_peak") if key in candidates]
         if not (preferred or candidates):
             return None
         metric = (preferred or candidates)[0]
-    values = [float(summary[metric]) for summary in summaries if _finite(summary.get(metric))]
+    values = [float(summary[metric]) for summary in summaries if is_real(summary.get(metric))]
     if len(values) < 2:
         return None
     return int(instances_needed(values, rel_half_width=rel_half_width))
-
-
-def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from labkit.clock import Clock
-from labkit.errors import check
+from labkit.errors import check, is_real
 from labkit.events import InstanceEvent
 from labkit.loop import running_loop
 
@@ -139,17 +138,11 @@ class InstanceContext:
             ConfigError: ``t`` is not a finite number, a value is not a real
                 number, or a name is ``t``.
         """
-        check(_finite(t), "t", t, "a finite number of seconds")
+        check(is_real(t), "t", t, "a finite number of seconds")
         values: dict[str, float] = {}
         for name, value in metrics.items():
             check(name != "t", "metric name", name, "any name but 't' (the time column)")
-            check(
-                isinstance(value, int | float | np.integer | np.floating)
-                and not isinstance(value, bool),
-                name,
-                value,
-                "a real number",
-            )
+            check(is_real(value, finite=False), name, value, "a real number")
             values[name] = float(value)
         if not values:
             return
@@ -200,7 +193,3 @@ def samples_to_frame(samples: Sequence[tuple[float, Mapping[str, float]]]) -> pd
     frame = pd.DataFrame.from_records([{"t": t, **values} for t, values in samples])
     # Samples from the sampler and from the function interleave; keep time order.
     return frame.sort_values("t", kind="stable", ignore_index=True).astype(float)
-
-
-def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from typing import Any
 
-from labkit.errors import check
+from labkit.errors import check, is_real
 from labkit.runner.options import Priority
 
 __all__ = ("Input", "ordered_input")
@@ -69,7 +68,7 @@ def ordered_input(items: Iterable[Any], priority: Priority | None) -> Input:
         keys = list(priority)
     for key in keys:
         check(
-            isinstance(key, int | float) and not isinstance(key, bool) and math.isfinite(key),
+            is_real(key),
             "priority",
             key,
             "a finite number per item",

@@ -30,7 +30,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit.errors import ConfigError, SandboxError
+from labkit.errors import ConfigError, SandboxError, is_real
 
 __all__ = (
     "CgroupSet",
@@ -66,9 +66,7 @@ def check_caps(memory_mb: float | None, cpus: float | None) -> None:
         ConfigError: ``memory_mb`` or ``cpus`` is not ``None`` or a number > 0.
     """
     for option, value, floor in (("memory_mb", memory_mb, 1), ("cpus", cpus, 0.01)):
-        ok = value is None or (
-            isinstance(value, int | float) and not isinstance(value, bool) and value >= floor
-        )
+        ok = value is None or (is_real(value, finite=False) and value >= floor)
         if not ok:
             raise ConfigError(option, value, f"None or a number >= {floor}")
 

@@ -8,9 +8,7 @@ allocates, whatever the sandbox actually uses. The same rates price a plan
 
 from __future__ import annotations
 
-import math
-
-from labkit.errors import check
+from labkit.errors import check, is_real
 
 __all__ = (
     "E2B_PRICE_PER_GIB_SECOND",
@@ -44,7 +42,7 @@ def price_per_second(
         ("price_per_vcpu_second", price_per_vcpu_second),
         ("price_per_gib_second", price_per_gib_second),
     ):
-        check(_finite(value) and value >= 0, option, value, "a finite number >= 0")
+        check(is_real(value) and value >= 0, option, value, "a finite number >= 0")
     return vcpus * price_per_vcpu_second + memory_gib * price_per_gib_second
 
 
@@ -82,7 +80,7 @@ def estimate_cost(
         ConfigError: A value is negative (or ``instances`` is below 1).
     """
     check(isinstance(instances, int) and instances >= 1, "instances", instances, "an int >= 1")
-    check(_finite(duration) and duration >= 0, "duration", duration, "a finite number >= 0")
+    check(is_real(duration) and duration >= 0, "duration", duration, "a finite number >= 0")
     per_second = price_per_second(
         vcpus=vcpus,
         memory_gib=memory_gib,
@@ -90,7 +88,3 @@ def estimate_cost(
         price_per_gib_second=price_per_gib_second,
     )
     return instances * duration * per_second
-
-
-def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, is_int
 from labkit.timeline import moments
 from labkit.timeline.grid import BLOCK_POINTS, Gridder, Scratch, Series, layout
 from labkit.timeline.inputs import (
@@ -151,7 +151,7 @@ def average(
         ConfigError: As :func:`average_timelines`, and for block sizes below 1.
     """
     for option, value in (("block_points", block_points), ("block_rows", block_rows)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise ConfigError(option, value, "an integer >= 1")
     frames: Any = timelines
     if not isinstance(timelines, pd.DataFrame | Mapping):

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, is_real
 
 Method = Literal["linear", "previous"]
 """How an instance's samples give its value at a grid time."""
@@ -325,7 +325,7 @@ def resolve_names(names: Any, option: str, metrics: Sequence[str]) -> list[str]:
 def resolve_step(step: Any, instances: Sequence[Instance]) -> float:
     if step is None:
         return _default_step(instances)
-    if isinstance(step, bool) or not isinstance(step, int | float | np.integer | np.floating):
+    if not is_real(step, finite=False):
         raise ConfigError("step", step, "a number of seconds > 0, or None for the default")
     value = float(step)
     if not (math.isfinite(value) and value > 0):

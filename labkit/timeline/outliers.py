@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, is_real
 from labkit.timeline.grid import BLOCK_POINTS, Gridder, Scratch, Series, layout
 from labkit.timeline.inputs import (
     Axis,
@@ -24,7 +24,7 @@ from labkit.timeline.inputs import (
     resolve_step,
     timeline_axis,
 )
-from labkit.timeline.summaries import RECOVERY_KEYS, SUMMARY_RESERVED, failure_text, is_number
+from labkit.timeline.summaries import RECOVERY_KEYS, SUMMARY_RESERVED, failure_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,13 +123,9 @@ def detect_outliers(
             ``method``, for timelines that :func:`average_timelines` rejects,
             or for a mix of timelines and summaries.
     """
-    if isinstance(threshold, bool) or not (
-        isinstance(threshold, int | float) and math.isfinite(threshold) and threshold > 0
-    ):
+    if not (is_real(threshold) and threshold > 0):
         raise ConfigError("threshold", threshold, "a finite number > 0 (a robust z-score)")
-    if isinstance(min_relative, bool) or not (
-        isinstance(min_relative, int | float) and 0 <= min_relative < math.inf
-    ):
+    if not (is_real(min_relative) and min_relative >= 0):
         raise ConfigError("min_relative", min_relative, "a fraction >= 0")
     if isinstance(data, pd.DataFrame | Mapping | str) or not isinstance(data, Iterable):
         kind = type(data).__name__
@@ -171,7 +167,7 @@ def _summary_outliers(
             continue
         assert summary is not None
         for key, value in summary.items():
-            if key in SUMMARY_RESERVED or key in RECOVERY_KEYS or not is_number(value):
+            if key in SUMMARY_RESERVED or key in RECOVERY_KEYS or not is_real(value, finite=False):
                 continue
             if math.isfinite(float(value)):
                 columns.setdefault(key, []).append((position, float(value)))

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labkit.errors import ConfigError, error_text
+from labkit.errors import ConfigError, error_text, is_real
 from labkit.timeline.inputs import FloatArray, Shown, as_float
 
 SUMMARY_RESERVED = frozenset(
@@ -56,12 +56,6 @@ def summarize_timeline(timeline: pd.DataFrame) -> dict[str, float | int]:
         else:
             summary[f"{name}_peak"] = float(finite.max()) if finite.size else math.nan
     return summary
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool | np.bool_
-    )
 
 
 def failure_text(summary: Mapping[str, Any] | None) -> str | None:
@@ -144,7 +138,7 @@ def average_summaries(
             if key in SUMMARY_RESERVED or key in RECOVERY_KEYS:
                 continue
             order.setdefault(key, None)
-            if is_number(value):
+            if is_real(value, finite=False):
                 if math.isfinite(float(value)):
                     numbers.setdefault(key, []).append(float(value))
                 else:
@@ -189,7 +183,7 @@ def summary_figures(summaries: Iterable[Mapping[str, Any] | None]) -> dict[str, 
         if summary is None or failure_text(summary) is not None:
             continue
         for key, value in summary.items():
-            if key in SUMMARY_RESERVED or key in RECOVERY_KEYS or not is_number(value):
+            if key in SUMMARY_RESERVED or key in RECOVERY_KEYS or not is_real(value, finite=False):
                 continue
             kept = figures.setdefault(key, [])
             if math.isfinite(float(value)):
