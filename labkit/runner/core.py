@@ -339,7 +339,7 @@ class Runner:
             if self._bus.route(TaskEvent):
                 deliver, subscribers = self._bus.deliver, self._bus.route(TaskEvent)
                 for index in range(size):
-                    deliver(subscribers, TaskEvent("queued", index, start))
+                    deliver(subscribers, TaskEvent("queued", index, start, 0, None, 0.0, 0.0))
         try:
             counted = size is not None
             if opts.batch_size is None:

@@ -175,10 +175,14 @@ class TaskPipeline:
         retry = self._retry
         routes = self._routes
         bus = self._bus
+        deliver = bus.deliver
         record = self.record
         while pair is not None:
-            if crew is not None and crew.size < crew.cap:
-                crew.more(pairs)
+            if crew is not None:
+                if crew.size < crew.cap:
+                    crew.more(pairs)
+                else:
+                    crew = None  # full: nothing more to check for this worker
             index, item = pair
             result: TaskResult[Any] = TaskResult(index, item, False, None, None, 0)
             reserved = 0.0
@@ -208,7 +212,8 @@ class TaskPipeline:
                     if (subscribers := routes.get(TaskEvent)) is None:
                         subscribers = bus.route(TaskEvent)
                     if subscribers:
-                        bus.deliver(subscribers, TaskEvent("started", index, start, attempt))
+                        event = TaskEvent("started", index, start, attempt, None, 0.0, 0.0)
+                        deliver(subscribers, event)
                     try:
                         if timeout is None:
                             value = await invoker.run(item)
