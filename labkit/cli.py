@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from labkit.errors import ConfigError, LabkitError
+from labkit.errors import ConfigError, LabkitError, error_text
 from labkit.events import TaskEvent
 from labkit.experiment import (
     MAX_INSTANCES,
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"labkit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except LabkitError as exc:
-        print(f"labkit {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"labkit {args.command}: {error_text(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"labkit {args.command}: interrupted", file=sys.stderr)

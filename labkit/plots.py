@@ -26,7 +26,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, error_text
 from labkit.live import DEFAULT_MAX_POINTS, AverageSnapshot, Band, decimate_indices
 
 __all__ = (
@@ -507,7 +507,7 @@ def _outlier_metrics(outliers: Any) -> dict[int, tuple[str, ...]]:
 def _error_text(error: Any) -> str:
     if error is None:
         return "failed"
-    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+    text = error_text(error) if isinstance(error, BaseException) else str(error)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

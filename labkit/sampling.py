@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import check
+from labkit.errors import check, error_text
 
 __all__ = ("MetricsSource", "ResourceSampler")
 
@@ -85,7 +85,7 @@ class ResourceSampler:
         try:
             reading = await self._source.metrics()
         except Exception as exc:
-            self._note_failure(f"{type(exc).__name__}: {exc}")
+            self._note_failure(error_text(exc))
             return False
         values = {
             name: float(value)

@@ -47,6 +47,7 @@ from labkit.errors import (
     SandboxRateLimited,
     SandboxStartError,
     check,
+    error_text,
 )
 from labkit.sandbox.base import (
     DEFAULT_SECRETS,
@@ -623,7 +624,7 @@ def _labkit_error(exc: Exception, action: str, default: type[SandboxError]) -> S
         )
     if _is_gone(exc):
         return SandboxError(f"the E2B sandbox is gone (killed or timed out): cannot {action}")
-    return default(f"E2B failed to {action}: {type(exc).__name__}: {exc}")
+    return default(f"E2B failed to {action}: {error_text(exc)}")
 
 
 async def _kill_command(handle: Any) -> None:
