@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import select
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from labkit.cli import load_target, main, parse_params
+from labkit.cli import _parser, load_target, main, parse_params
 from labkit.experiment import Experiment
 from labkit.store import Store
 
@@ -90,6 +95,18 @@ def test_bad_usage_exits_2_and_says_what_to_fix(tmp_path: Path) -> None:
         (["run", "workload:work", "--report", "no/such/dir/r.html"], "does not exist"),
         (["run", "labkit.scenarios:cpu_stress", "--sandbox", "none"], "--sandbox local"),
         (["demo", "--scenario", "nope"], "invalid choice"),
+        (["run", "workload:work", "--param", "a=NaN"], "NaN is not a usable parameter value"),
+        (["run", "workload:work", "--param", "a=[1, -Infinity]"], "-Infinity is not a usable"),
+        (["run", "workload:work", "--param", "a=1e999"], "1e999 is not a usable"),
+        (["sweep", "workload:work", "--grid", "a=1,NaN", "--objective", "v"], "NaN is not"),
+        (["run", "workload:work", "--report", "."], "is a directory"),
+        (["run", "workload:work", "--duration", "inf"], "seconds > 0 and <= 86,400"),
+        (["monitor", "--interval", "1e300"], "seconds > 0 and <= 86,400"),
+        (["run", "workload:work", "--retries", "5000000"], "attempts=5000001"),
+        (
+            ["sweep", "workload:work", "--grid", "a=1", "--objective", "v", "--max-parallel", "0"],
+            "1 to 1024",
+        ),
         ([], "usage"),
     ],
 )
@@ -166,3 +183,87 @@ def test_sweep_prints_each_trial_and_the_leaderboard(tmp_path: Path) -> None:
     assert "scale=1" in lines[4]
     with Store(tmp_path / "lab.db") as store:
         assert len(store.experiments()) == 3
+
+
+def test_a_bad_report_path_or_param_stops_before_anything_runs(tmp_path: Path) -> None:
+    (tmp_path / "workload.py").write_text(WORKLOAD)
+    (tmp_path / "reports").mkdir()
+    for bad in (["--report", "reports"], ["--param", "a=NaN"]):
+        done = labkit("run", "workload:work", *bad, "--db", "lab.db", cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert not (tmp_path / "lab.db").exists()  # refused before the run began
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = _parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(commands.choices)
+
+
+@pytest.mark.parametrize("command", ["demo", "run", "sweep", "history", "monitor"])
+def test_every_option_has_help_that_shows_its_default(command: str) -> None:
+    sub = _subcommands()[command]
+    text = " ".join(sub.format_help().split())  # unwrapped
+    options = [a for a in sub._actions if a.option_strings and a.dest != "help"]
+    assert options
+    for action in options:
+        assert action.help, f"{command} {action.option_strings[-1]} has no help"
+        shown = sub._get_formatter()._get_help_string(action)  # as --help prints it
+        assert shown is not None
+        if not action.required:
+            assert "(default" in shown, f"{command} {action.option_strings[-1]}: {shown}"
+        assert " ".join(shown.replace("%(default)s", str(action.default)).split()) in text
+
+
+def _read_blocks(fd: int, wanted: int, deadline_s: float = 30.0) -> bytes:
+    """Read ``fd`` until ``wanted`` monitor blocks (their first line) have arrived."""
+    data = b""
+    end = time.monotonic() + deadline_s
+    while data.count(b"machine: cpu") < wanted:
+        left = end - time.monotonic()
+        assert left > 0, f"monitor printed only {data!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"monitor ended early: {data!r}"
+            data += chunk
+    return data
+
+
+def _monitor(stdout: int, tmp_path: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "labkit.cli", "monitor", "--interval", "0.05",
+         "--db", str(tmp_path / "none.db")],
+        stdout=stdout, stderr=subprocess.DEVNULL, cwd=tmp_path,
+    )  # fmt: skip
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 130
+
+
+def test_monitor_piped_prints_plain_blocks(tmp_path: Path) -> None:
+    read, write = os.pipe()
+    process = _monitor(write, tmp_path)
+    os.close(write)
+    try:
+        data = _read_blocks(read, 2)
+    finally:
+        _stop(process)
+        os.close(read)
+    assert b"\033" not in data
+    assert b"\n\nmachine: cpu" in data  # one block per refresh, a blank line between
+
+
+def test_monitor_on_a_terminal_redraws_in_place(tmp_path: Path) -> None:
+    leader, follower = os.openpty()
+    process = _monitor(follower, tmp_path)
+    os.close(follower)
+    try:
+        data = _read_blocks(leader, 2)
+    finally:
+        _stop(process)
+        os.close(leader)
+    assert data.count(b"\033[2J\033[H") >= 2
