@@ -5,6 +5,7 @@
   watch one progress bar per instance, a live chart and the averaged summary.
 - :class:`PoolMonitor`: live GPU, sandbox-pool and runner tables.
 - :class:`LiveTimeline`: the live chart alone, as an ``on_event`` callback.
+- :class:`SweepPanel`: a sweep's live leaderboard beside the chart of its best trial.
 
 Needs the ``jupyter`` extra (ipywidgets, anywidget, plotly).
 """
@@ -15,5 +16,6 @@ from labkit.widgets.live import LiveTimeline
 from labkit.widgets.monitor import PoolMonitor
 from labkit.widgets.panel import ExperimentPanel
 from labkit.widgets.slider import InstanceSlider
+from labkit.widgets.sweep import SweepPanel
 
-__all__ = ("ExperimentPanel", "InstanceSlider", "LiveTimeline", "PoolMonitor")
+__all__ = ("ExperimentPanel", "InstanceSlider", "LiveTimeline", "PoolMonitor", "SweepPanel")

@@ -197,6 +197,21 @@ class LiveTimeline:
         self.model.complete(getattr(result, "averaged", None))
         self.flush()
 
+    def watch(self, model: LiveTimelineModel) -> None:
+        """Show another model from now on (a sweep's chart follows its best trial).
+
+        Events given to :meth:`handle` go to ``model`` afterwards; the chart is
+        redrawn from it at once.
+        """
+        self._cancel_frame()
+        self.model = model
+        self._append = model.append
+        self._inbox = model.inbox
+        self._chunk = model.chunk_size
+        self._memo.clear()
+        self._drawn_version = -1
+        self.flush()
+
     def reset(self) -> None:
         """Forget every instance for a new run; the chart shows its placeholder again."""
         self._cancel_frame()
@@ -216,10 +231,11 @@ class LiveTimeline:
         snapshot = self.model.snapshot()
         if snapshot.version == self._drawn_version:
             return
-        self._drawn_version = snapshot.version
         if snapshot.empty:
             self._show_placeholder()
+            self._drawn_version = snapshot.version
             return
+        self._drawn_version = snapshot.version
         self._x_axis = "step" if snapshot.axis == "step" else "time"
         traces = self._traces(snapshot)
         same = _same_shapes(traces, self._drawn)
