@@ -115,10 +115,11 @@ def _banner(total: int, failed: int) -> str:
 
 
 def _chart(result: ExperimentResult) -> str:
-    metrics = [column for column in result.averaged.columns if column not in ("t", "n")]
-    if result.averaged.empty or not metrics:
+    # The chart's traces come from the builders the live chart uses too.
+    from labkit.plots import metric_names, timeline_figure
+
+    if result.averaged.empty or not metric_names(result.averaged):
         return "<p>No timeline to draw: no instance that succeeded recorded any sample.</p>"
-    from labkit.plots import timeline_figure
 
     figure = timeline_figure(result)
     # The whole plotly.js goes into the page so that it opens without a network.

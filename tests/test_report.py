@@ -76,3 +76,12 @@ def test_outliers_are_listed() -> None:
     )
     assert "None: no instance stands apart" in render_html(result)
     assert "<code>cpu_peak</code>: instance 2" in render_html(flagged)
+
+
+def test_the_reports_chart_is_drawn_like_the_live_one() -> None:
+    result = ExperimentResult.build("many", {}, [instance(i, 1.0 + i / 10) for i in range(12)], {})
+    page = render_html(result)
+
+    assert '"name":"instances (12)"' in page  # one faint trace, one legend entry
+    assert '"text":"cpu (%)"' in page and '"text":"time (s)"' in page  # units on the axes
+    assert "n=%{customdata}" in page  # the average's hover says how many instances
