@@ -475,6 +475,22 @@ def test_bad_executors_name_the_client_option() -> None:
     assert caught.value.option == "executor"
 
 
+def test_dask_is_recognised_by_type_never_by_class_name(sync_client: Client) -> None:
+    from labkit.executors import Backend, is_dask_client
+
+    # Look-alikes: the names and modules the old string comparison went by.
+    fake_client = type("Client", (), {"__module__": "distributed"})()
+    fake_executor = type("DaskExecutor", (), {"__module__": "labkit.cluster"})()
+    for impostor in (fake_client, fake_executor):
+        assert not is_dask_client(impostor)
+        with pytest.raises(ConfigError) as caught:
+            Backend(impostor, 4)
+        assert caught.value.option == "executor"
+    assert is_dask_client(sync_client)
+    assert Backend(sync_client, 4).kind == "dask"
+    assert Backend(DaskExecutor(sync_client, gpus=1), 4).kind == "dask"
+
+
 def test_dask_executor_validates_its_options(sync_client: Client) -> None:
     with pytest.raises(ConfigError) as caught:
         DaskExecutor(sync_client, gpus=-1)
