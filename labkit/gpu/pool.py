@@ -296,7 +296,12 @@ class GPUPool:
             poll_interval,
             f"a finite number of seconds > 0 and <= {_MAX_SECONDS:,.0f}",
         )
-        check(isinstance(clock, Clock), "clock", clock, "a labkit.Clock")
+        check(
+            isinstance(clock, Clock) and not isinstance(clock, type),
+            "clock",
+            clock,
+            "a labkit.Clock instance",
+        )
         self._inventory = inventory if inventory is not None else _default_inventory()
         self._max_parallel = max_parallel
         self._clock = clock

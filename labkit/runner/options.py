@@ -109,7 +109,12 @@ class RunOptions:
             self.on_event,
             "None, a callable taking an event, or a labkit.EventBus",
         )
-        check(isinstance(self.clock, Clock), "clock", self.clock, "a labkit.Clock")
+        check(
+            isinstance(self.clock, Clock) and not isinstance(self.clock, type),
+            "clock",
+            self.clock,
+            "a labkit.Clock instance",
+        )
         check(
             self.rng is None or isinstance(self.rng, random.Random),
             "rng",
