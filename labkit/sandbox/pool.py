@@ -43,12 +43,14 @@ from typing import Any, Self
 
 from labkit._sync import WaitQueue
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import SandboxClosed, SandboxTimeout, check
+from labkit.errors import SandboxClosed, SandboxTimeout, check, is_int, is_real
 from labkit.sandbox.base import Sandbox
 
 __all__ = ("SandboxFactory", "SandboxPool", "SandboxPoolStats")
 
 log = logging.getLogger("labkit.sandbox")
+
+_MAX_SIZE = 100_000  # live sandboxes one pool may hold: more is a typo, not a fleet
 
 SandboxFactory = Callable[[], Sandbox | Awaitable[Sandbox]]
 """Makes a new, possibly not yet started, sandbox: ``LocalSandbox`` itself qualifies."""
@@ -170,20 +172,36 @@ class SandboxPool:
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         check(callable(factory), "factory", factory, "a callable returning a sandbox")
-        check(isinstance(max_size, int) and max_size >= 1, "max_size", max_size, "an int >= 1")
         check(
-            isinstance(prewarm, int) and 0 <= prewarm <= max_size,
+            is_int(max_size) and 1 <= max_size <= _MAX_SIZE,
+            "max_size",
+            max_size,
+            f"an int from 1 to {_MAX_SIZE:,}",
+        )
+        check(
+            is_int(prewarm) and 0 <= prewarm <= max_size,
             "prewarm",
             prewarm,
             f"an int from 0 to max_size ({max_size})",
         )
         check(
-            isinstance(min_size, int) and 0 <= min_size <= max_size,
+            is_int(min_size) and 0 <= min_size <= max_size,
             "min_size",
             min_size,
             f"an int from 0 to max_size ({max_size})",
         )
-        check(max_idle is None or max_idle > 0, "max_idle", max_idle, "None or seconds > 0")
+        check(
+            max_idle is None or (is_real(max_idle) and max_idle > 0),
+            "max_idle",
+            max_idle,
+            "None or a finite number of seconds > 0",
+        )
+        check(
+            isinstance(clock, Clock) and not isinstance(clock, type),
+            "clock",
+            clock,
+            "a labkit.Clock instance",
+        )
         self._factory = factory
         self._max_size = max_size
         self._min_size = min_size
