@@ -60,15 +60,21 @@ class CgroupSet:
 
 
 def check_caps(memory_mb: float | None, cpus: float | None) -> None:
-    """Refuse caps that are not positive numbers.
+    """Refuse caps that are not finite positive numbers of a possible size.
 
     Raises:
-        ConfigError: ``memory_mb`` or ``cpus`` is not ``None`` or a number > 0.
+        ConfigError: ``memory_mb`` or ``cpus`` is not ``None`` or a finite number
+            from its floor to its ceiling (1 MB to 16 TiB; 0.01 to 4,096 CPUs).
     """
-    for option, value, floor in (("memory_mb", memory_mb, 1), ("cpus", cpus, 0.01)):
-        ok = value is None or (is_real(value, finite=False) and value >= floor)
+    for option, value, floor, ceiling in (
+        ("memory_mb", memory_mb, 1, 16 * 1024 * 1024),
+        ("cpus", cpus, 0.01, 4096),
+    ):
+        ok = value is None or (is_real(value) and floor <= value <= ceiling)
         if not ok:
-            raise ConfigError(option, value, f"None or a number >= {floor}")
+            raise ConfigError(
+                option, value, f"None (no cap) or a finite number from {floor} to {ceiling:,}"
+            )
 
 
 @functools.cache
