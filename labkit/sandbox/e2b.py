@@ -48,6 +48,8 @@ from labkit.errors import (
     SandboxStartError,
     check,
     error_text,
+    is_int,
+    is_real,
 )
 from labkit.sandbox.base import (
     DEFAULT_SECRETS,
@@ -222,18 +224,29 @@ class E2BSandbox(SandboxLifecycle):
                     "and pass template=",
                 )
         check(
-            create_rate is None or create_rate > 0,
+            create_rate is None or (is_real(create_rate) and create_rate > 0),
             "create_rate",
             create_rate,
-            "None or creations per second > 0",
+            "None (no pacing) or a finite number of creations per second > 0",
         )
         check(
-            isinstance(timeout, int) and 1 <= timeout <= MAX_LIFETIME,
+            is_int(timeout) and 1 <= timeout <= MAX_LIFETIME,
             "timeout",
             timeout,
             f"an int of seconds from 1 to {MAX_LIFETIME}",
         )
-        check(workdir.startswith("/"), "workdir", workdir, "an absolute path in the VM")
+        check(
+            template is None or (isinstance(template, str) and bool(template)),
+            "template",
+            template,
+            "None (E2B's base) or a template name or id",
+        )
+        check(
+            isinstance(workdir, str) and workdir.startswith("/"),
+            "workdir",
+            workdir,
+            "an absolute path in the VM",
+        )
         self._secrets = DEFAULT_SECRETS | frozenset(secrets)
         refuse_secrets("envs", envs or {}, self._secrets)
         key = api_key or os.environ.get(KEY_VARIABLE)
