@@ -20,9 +20,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from labkit.errors import check
+from labkit.errors import check, is_int, is_real
 
 __all__ = ("AutoConcurrency", "ConcurrencyController")
+
+_MAX_LIMIT = 1_000_000  # the runner's own cap on concurrency (RunOptions.MAX_CONCURRENCY)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,23 +53,48 @@ class AutoConcurrency:
     min_window: int = 8
 
     def __post_init__(self) -> None:
-        check(isinstance(self.min, int) and self.min >= 1, "min", self.min, "an integer >= 1")
         check(
-            isinstance(self.max, int) and self.max >= self.min,
-            "max",
-            self.max,
-            f"an integer >= min ({self.min})",
+            is_int(self.min) and 1 <= self.min <= _MAX_LIMIT,
+            "min",
+            self.min,
+            f"an integer from 1 to {_MAX_LIMIT:,}",
         )
         check(
-            self.initial is None or self.min <= self.initial <= self.max,
+            is_int(self.max) and self.min <= self.max <= _MAX_LIMIT,
+            "max",
+            self.max,
+            f"an integer from min ({self.min}) to {_MAX_LIMIT:,}",
+        )
+        check(
+            self.initial is None or (is_int(self.initial) and self.min <= self.initial <= self.max),
             "initial",
             self.initial,
             f"None or an integer from {self.min} to {self.max}",
         )
-        check(0 < self.backoff < 1, "backoff", self.backoff, "a factor between 0 and 1")
-        check(0 <= self.tolerance <= 1, "tolerance", self.tolerance, "a fraction from 0 to 1")
-        check(self.window > 0, "window", self.window, "a multiple of the limit > 0")
-        check(self.min_window >= 1, "min_window", self.min_window, "an integer >= 1")
+        check(
+            is_real(self.backoff) and 0 < self.backoff < 1,
+            "backoff",
+            self.backoff,
+            "a factor between 0 and 1",
+        )
+        check(
+            is_real(self.tolerance) and 0 <= self.tolerance <= 1,
+            "tolerance",
+            self.tolerance,
+            "a fraction from 0 to 1",
+        )
+        check(
+            is_real(self.window) and 0 < self.window <= 1_000,
+            "window",
+            self.window,
+            "a multiple of the limit > 0 and <= 1,000",
+        )
+        check(
+            is_int(self.min_window) and 1 <= self.min_window <= _MAX_LIMIT,
+            "min_window",
+            self.min_window,
+            f"an integer from 1 to {_MAX_LIMIT:,}",
+        )
 
     @property
     def start(self) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import ConfigError, ResourceUnavailable, check
+from labkit.errors import ConfigError, ResourceUnavailable, check, is_real
 from labkit.events import EventBus, GuardEvent
 
 __all__ = (
@@ -59,15 +59,23 @@ class ResourceLimits:
         for name in ("max_cpu_percent", "max_memory_percent"):
             value = getattr(self, name)
             check(
-                value is None or 0 < value <= 100, name, value, "None or a percentage in (0, 100]"
+                value is None or (is_real(value) and 0 < value <= 100),
+                name,
+                value,
+                "None or a percentage in (0, 100]",
             )
         check(
-            self.max_memory_mb is None or self.max_memory_mb > 0,
+            self.max_memory_mb is None or (is_real(self.max_memory_mb) and self.max_memory_mb > 0),
             "max_memory_mb",
             self.max_memory_mb,
-            "None or megabytes > 0",
+            "None or a finite number of megabytes > 0",
         )
-        check(self.check_every > 0, "check_every", self.check_every, "seconds > 0")
+        check(
+            is_real(self.check_every) and 0 < self.check_every <= 86_400,
+            "check_every",
+            self.check_every,
+            "a finite number of seconds > 0 and <= 86,400",
+        )
 
 
 @dataclass(frozen=True, slots=True)
