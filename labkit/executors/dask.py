@@ -76,7 +76,7 @@ class DaskExecutor:
         client: A ``distributed.Client``, asynchronous or not. labkit never closes it.
         gpus: GPUs each task needs (``gpus_per_instance``); submitted as
             ``resources={"GPU": gpus}``, so only workers that advertise that many
-            (see :func:`gpu_cluster`) run it. 0 asks for none.
+            (see :func:`labkit.cluster.gpu_cluster`) run it. 0 asks for none.
         resources: Other worker resources each task needs, e.g. ``{"memory": 4e9}``
             (names and amounts are the cluster's own).
 
