@@ -19,6 +19,7 @@ import ipywidgets as w
 
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import ConfigError
+from labkit.loop import running_loop
 
 __all__ = ("PoolMonitor", "gpu_table_html", "runner_html", "sandbox_html")
 
@@ -198,13 +199,8 @@ class PoolMonitor(w.VBox):  # type: ignore[misc]
         super().__init__([self.gpus, self.sandboxes, self.runner_stats, self.status])
         self.add_class("labkit-pool-monitor")
         self.refresh()
-        if autostart:
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:
-                pass  # no loop: the caller starts it, or refreshes by hand
-            else:
-                self.start()
+        if autostart and running_loop() is not None:
+            self.start()  # without a loop the caller starts it, or refreshes by hand
 
     @property
     def running(self) -> bool:
