@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Literal, TypeAlias, cast
 
@@ -244,6 +244,8 @@ class LiveSnapshot:
         step: The average's grid step in seconds (``None`` until it is known;
             1 on a step axis).
         samples: Samples received so far, over every instance.
+        latest: Each instance's latest sample offset, in seconds since it started
+            (on a step axis too).
         axis: ``"t"`` (lines and averages over seconds) or ``"step"`` (over the
             samples' ``step`` values, as the result averages timelines that have one).
     """
@@ -258,6 +260,7 @@ class LiveSnapshot:
     averages: Mapping[str, AverageSnapshot]
     step: float | None
     samples: int
+    latest: Mapping[int, float] = field(default_factory=dict)
     axis: Axis = "t"
 
     @property
@@ -689,6 +692,7 @@ class LiveTimelineModel:
         self._cursors: dict[tuple[int, str], _GridCursor] = {}
         self._grids: dict[str, _MetricGrid] = {}
         self._rows: dict[int, int] = {}  # instance -> row in the grids
+        self._latest: dict[int, float] = {}  # instance -> its latest sample's offset (s)
         self._failed: set[int] = set()
         self._finished: set[int] = set()
         self._step = self._fixed_step
@@ -866,6 +870,7 @@ class LiveTimelineModel:
         return False
 
     def _forget(self, instance: int) -> None:
+        self._latest.pop(instance, None)
         for key in [key for key in self._lines if key[0] == instance]:
             del self._lines[key]
             self._line_cache.pop(key, None)
@@ -877,7 +882,7 @@ class LiveTimelineModel:
 
     def _prepare(
         self, chunk: _Columns
-    ) -> tuple[IntArray, FloatArray, dict[str, FloatArray]] | None:
+    ) -> tuple[IntArray, FloatArray, dict[str, FloatArray], FloatArray] | None:
         """The owners, the times (offsets or steps) and the metrics to draw of a chunk;
         learns new metrics and, with the first samples, the axis."""
         names = chunk.values.keys()
@@ -904,7 +909,7 @@ class LiveTimelineModel:
             times = steps
         if not columns:
             return None
-        return chunk.owners, times, columns
+        return chunk.owners, times, columns, chunk.offsets
 
     def _add_instance(
         self,
@@ -912,8 +917,12 @@ class LiveTimelineModel:
         index: IntArray,
         times: FloatArray,
         columns: Mapping[str, FloatArray],
+        offsets: FloatArray,
     ) -> bool:
         """Add one instance's samples (rows ``index`` of the columns) to its lines."""
+        if index.shape[0]:
+            latest = float(offsets[index].max())
+            self._latest[instance] = max(self._latest.get(instance, latest), latest)
         t = times[index]
         if self._axis == "step":
             stepped = ~np.isnan(t)
@@ -1112,6 +1121,7 @@ class LiveTimelineModel:
             averages=averages,
             step=self._step,
             samples=self._samples,
+            latest=dict(self._latest),
             axis=self._axis or "t",
         )
         return self._snapshot

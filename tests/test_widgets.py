@@ -204,6 +204,17 @@ def test_live_chart_decimates_long_instances() -> None:
     chart.close()
 
 
+def test_live_chart_hands_each_frame_to_on_frame() -> None:
+    frames: list[object] = []
+    chart = LiveTimeline(on_frame=frames.append)
+    chart.handle(_sample(0, 0.5, cpu=1.0))
+    chart.handle(_sample(2, 1.5, cpu=1.0))
+    chart.flush()
+    # What the experiment panel moves its progress bars by: seconds per instance.
+    assert len(frames) == 1 and frames[0].latest == {0: 0.5, 2: 1.5}  # type: ignore[attr-defined]
+    chart.close()
+
+
 def test_live_chart_options_checked() -> None:
     with pytest.raises(ConfigError, match="updates_per_s"):
         LiveTimeline(updates_per_s=0)

@@ -15,7 +15,7 @@ chart's builders (:func:`labkit.plots.instance_traces`,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
@@ -74,6 +74,8 @@ class LiveTimeline:
             (the samples' ``step`` values); default: ``"step"`` when the first
             samples carry a ``step``, as the result's average then goes by step.
         clock: The clock frames are timed on (a test's ``FakeClock``).
+        on_frame: Called with each frame's snapshot after it is drawn (the
+            experiment panel moves its progress bars then, not per sample).
 
     Raises:
         ConfigError: If ``band``, ``updates_per_s``, ``max_load`` or ``max_points``
@@ -95,6 +97,7 @@ class LiveTimeline:
         title: str = "",
         x_axis: XAxis | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        on_frame: Callable[[LiveSnapshot], object] | None = None,
     ) -> None:
         if band is not None and band not in ("std", "minmax", "ci95"):
             raise ConfigError("band", band, "'std', 'minmax', 'ci95' or None")
@@ -112,6 +115,7 @@ class LiveTimeline:
         self.budget = FrameBudget(updates_per_s, max_load, clock=clock)
         """When frames are due, and what the last one cost (``budget.last_cost``, s)."""
         self._clock = clock
+        self._on_frame = on_frame
         self._title = title
         self._x_axis: XAxis = x_axis or "time"
         self._append = self.model.append
@@ -181,6 +185,8 @@ class LiveTimeline:
         started = self.budget.now
         self._draw()
         self.budget.drew(started)
+        if self._on_frame is not None:
+            self._on_frame(self.model.snapshot())
 
     def _cancel_frame(self) -> None:
         if self._frame is not None:

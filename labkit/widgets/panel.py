@@ -21,6 +21,7 @@ from labkit.clock import SYSTEM_CLOCK
 from labkit.errors import ConfigError
 from labkit.events import TaskEvent
 from labkit.experiment import Experiment, InstanceEvent, run_experiment
+from labkit.live import LiveSnapshot
 from labkit.results import ExperimentResult
 from labkit.widgets.live import LiveTimeline
 from labkit.widgets.slider import InstanceSlider
@@ -141,7 +142,9 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
         self.message = w.HTML()
         self.progress = w.VBox()
         # The chart's frames are timed on the run's clock (a test's FakeClock too).
-        self.chart = LiveTimeline(clock=run_options.get("clock", SYSTEM_CLOCK))
+        self.chart = LiveTimeline(
+            clock=run_options.get("clock", SYSTEM_CLOCK), on_frame=self._show_progress
+        )
         self.summary = w.HTML()
         self.experiment.observe(self._show_intensity, names="value")
         self._show_intensity()
@@ -255,13 +258,13 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
 
     def _on_event(self, event: Any) -> None:
         self.chart.handle(event)
-        if isinstance(event, InstanceEvent):
+        if type(event) is InstanceEvent:
+            if event.kind == "sample":
+                return  # the bars move with the chart's frames (_show_progress), not per sample
             row = self._rows.get(event.instance)
             if row is None:
                 return
-            if event.kind == "sample" and self._duration_s:
-                row.show(progress=min(event.offset / self._duration_s, 1.0), status="running")
-            elif event.kind == "started":
+            if event.kind == "started":
                 row.show(status="running", style="info")
             elif event.kind == "finished":
                 row.show(progress=1.0, status="done", style="success")
@@ -274,6 +277,15 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
             row = self._rows.get(event.index)
             if row is not None:
                 row.show(status=f"retrying (attempt {event.attempt + 1})", style="warning")
+
+    def _show_progress(self, snapshot: LiveSnapshot) -> None:
+        """Each instance's bar at its latest sample's offset over the duration."""
+        if not self._duration_s:
+            return
+        for instance, offset in snapshot.latest.items():
+            row = self._rows.get(instance)
+            if row is not None and row.bar.bar_style not in ("success", "danger"):
+                row.show(progress=min(offset / self._duration_s, 1.0), status="running")
 
     def _set_running(self, running: bool) -> None:
         self.start_button.disabled = running
