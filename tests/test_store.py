@@ -659,3 +659,32 @@ async def test_a_finished_timeline_keeps_inf_and_nan_as_recorded(tmp_path: Path)
         loaded = store.load(experiment_id)
     values = loaded.instances[0].timeline["loss"].tolist()
     assert values[:2] == [1.0, math.inf] and math.isnan(values[2])
+
+
+async def test_numpy_values_are_stored_as_the_json_they_stand_for(tmp_path: Path) -> None:
+    # Params, config, summaries and samples all go through labkit._json.to_builtins:
+    # numpy scalars and arrays become numbers and lists, non-finite summary figures null.
+    path = tmp_path / "labkit.db"
+    params = {"widths": np.array([64, 32]), "lr": np.float32(0.5), "seed": np.int64(7)}
+    assert fingerprint("exp", params, 2) == fingerprint(
+        "exp", {"widths": [64, 32], "lr": 0.5, "seed": 7}, 2
+    )
+    with Store(path) as store:
+        experiment_id, _ = store.begin(
+            name="exp", params=params, instances=2, config={"step": np.float64(0.1)}, resume=False
+        )
+        store.sample(experiment_id, 0, 0.0, {"loss": np.float32(1.5)})
+        store.flush()
+        result = ExperimentResult.build(
+            "exp", {}, [instance(0)], {"step": np.float64(0.1)}, experiment_id=experiment_id
+        )
+        result.summary["spread"] = np.float32(math.nan)
+        await store.finish(experiment_id, result)
+    ((stored_params, config, summary),) = query(
+        path, "SELECT params, config, summary FROM experiments"
+    )
+    assert json.loads(stored_params) == {"widths": [64, 32], "lr": 0.5, "seed": 7}
+    assert json.loads(config) == {"step": 0.1}
+    assert json.loads(summary)["spread"] is None
+    ((chunk,),) = query(path, "SELECT data FROM samples")
+    assert json.loads(chunk) == {"t": [0.0], "loss": [1.5]}
