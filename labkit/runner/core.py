@@ -200,6 +200,7 @@ class Runner:
                 their end and their results are on the error's ``report``.
         """
         _check_callable(fn)
+        _check_iterable("items", items)
         invoker = self._backend.make_call(fn)
         return await self._run(invoker, items, priority or self.options.priority)
 
@@ -212,6 +213,7 @@ class Runner:
     ) -> RunReport[T]:
         """Call ``fn(**kwargs)`` for every mapping in ``kwargs_list``."""
         _check_callable(fn)
+        _check_iterable("kwargs_list", kwargs_list)
         invoker = self._backend.make_call(fn, mode="kwargs")
         return await self._run(invoker, kwargs_list, priority or self.options.priority)
 
@@ -241,7 +243,13 @@ class Runner:
                 labkit's).
         """
         _check_callable(fn)
+        _check_iterable("depends_on", depends_on)
         dependencies = tuple(depends_on)
+        for dependency in dependencies:
+            if not isinstance(dependency, TaskHandle):
+                raise ConfigError("depends_on", dependency, "handles returned by runner.submit()")
+        if label is not None and not isinstance(label, str):
+            raise ConfigError("label", label, "None or a str")
         pipeline = self._pipeline
         index = next(self._submit_counter)
         invoker = self._backend.make_call(functools.partial(fn, *args, **kwargs), mode="none")
@@ -445,3 +453,8 @@ def _counting(pairs: Iterator[tuple[int, Any]], pipeline: TaskPipeline) -> Itera
 def _check_callable(fn: object) -> None:
     if not callable(fn):
         raise ConfigError("fn", fn, "a function (async or sync) or another callable")
+
+
+def _check_iterable(option: str, value: object) -> None:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ConfigError(option, value, "an iterable (a list, a range, a generator...)")
