@@ -132,6 +132,11 @@ def runner_option(option: str) -> Callable[[Any], Any]:
     return call
 
 
+async def runner_call(method: str, *args: Any, **kwargs: Any) -> Any:
+    async with lk.Runner() as runner:
+        return await getattr(runner, method)(*args, **kwargs)
+
+
 def experiment_option(option: str, **base: Any) -> Callable[[Any], Any]:
     def call(value: Any) -> Any:
         RAN.clear()
@@ -199,6 +204,14 @@ SPECS = [
         st.integers(min_value=2), st.text(max_size=3).filter(lambda v: v != "failed"))),
     Spec("run_parallel", "fn",
          lambda value: bounded(lk.run_parallel(value, [1])), not_callable()),
+    Spec("Runner.map", "items", lambda value: bounded(runner_call("map", identity, value)),
+         st.one_of(st.none(), st.integers(), st.text(max_size=3))),
+    Spec("Runner.submit", "depends_on",
+         lambda value: bounded(runner_call("submit", identity, 1, depends_on=value)),
+         st.one_of(st.integers(), st.lists(st.integers(), min_size=1, max_size=2))),
+    Spec("Runner.submit", "label",
+         lambda value: bounded(runner_call("submit", identity, 1, label=value)),
+         st.one_of(st.integers(), st.lists(st.text(), max_size=1))),
     Spec("parallel_map", "max_concurrency",
          lambda value: lk.parallel_map(max_concurrency=value), count(high=1_000_000,
                                                                      also=("auto",))),
