@@ -38,6 +38,7 @@ Run: ``python benchmarks/bench_live_ui.py``.
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import time
 from typing import Any
@@ -222,6 +223,41 @@ async def scale(watched: bool) -> dict[str, float]:
     return figures
 
 
+async def chart_cost(frames: int = 4) -> dict[str, float]:
+    """The chart's own work for the flood's 80,000 samples, apart from any experiment:
+    receiving them (an append each, columns every 1,024; on a running loop, as in a
+    notebook) and ``frames`` frames that read and draw them. Best of ``REPEAT``;
+    microseconds per sample, milliseconds per frame."""
+    events = [
+        lk.InstanceEvent(
+            "sample", i % INSTANCES, 0.0, (i // INSTANCES) * 1e-4,
+            metrics={"loss": 1.0 / (i + 1), "throughput": float(i % 17)},
+        )
+        for i in range(INSTANCES * 5 * SAMPLES)
+    ]  # fmt: skip
+    best = {"receive_us": math.inf, "read_us": math.inf, "draw_ms": math.inf}
+    for _ in range(REPEAT):
+        chart = LiveTimeline()
+        receive = read = draw = 0.0
+        for part in range(frames):
+            chunk = events[part * len(events) // frames : (part + 1) * len(events) // frames]
+            began = time.perf_counter()
+            for event in chunk:
+                chart.handle(event)
+            receive += time.perf_counter() - began
+            began = time.perf_counter()
+            chart.model.update()
+            read += time.perf_counter() - began
+            began = time.perf_counter()
+            chart.flush()
+            draw += time.perf_counter() - began
+        chart.close()
+        best["receive_us"] = min(best["receive_us"], 1e6 * receive / len(events))
+        best["read_us"] = min(best["read_us"], 1e6 * read / len(events))
+        best["draw_ms"] = min(best["draw_ms"], 1e3 * draw / frames)
+    return best
+
+
 async def best_of(measure: Any) -> tuple[float, ...]:
     """The best wall-clock and CPU rate of each mode, the modes interleaved."""
     runs: dict[str, list[tuple[float, float]]] = {"bare": [], "subscribed": [], "watched": []}
@@ -254,6 +290,13 @@ async def main() -> None:
             f"{watched / bare:>14.2f}{watched / subscribed:>20.2f}"
             f"{watched_wall / bare_wall:>10.2f}  {verdict}"
         )
+    flood_bare = rows[2][1]
+    cost = await chart_cost()
+    print(
+        f"\nthe chart's own work in the flood: receiving {cost['receive_us']:.2f} us and "
+        f"reading {cost['read_us']:.2f} us a sample, drawing {cost['draw_ms']:.1f} ms a "
+        f"frame; recording a sample bare costs {1e6 / flood_bare:.2f} us of CPU"
+    )
     bare = await scale(watched=False)
     figures = await scale(watched=True)
     verdict = "ok" if figures["frame_rate"] >= 2.0 else "below the 2 Hz goal"

@@ -553,24 +553,30 @@ def _columns(events: list[InstanceEvent]) -> _Columns | None:
             return None
         dicts = list(map(_METRICS, events))
     rows = cast(list[Mapping[str, float]], dicts)
-    names: set[str] = set().union(*rows)
     count = len(rows)
-    ordered: dict[str, None] = {}
-    for metrics in rows:  # usually the first sample already holds every name
-        ordered.update(dict.fromkeys(metrics))
-        if len(ordered) == len(names):
-            break
     values: dict[str, FloatArray] = {}
-    for metric in ordered:
+    # Usually every sample holds the same metrics: then the first sample's names
+    # are all of them (same sizes, and each name found in every sample).
+    if len(set(map(len, rows))) == 1:
         try:
-            values[metric] = np.fromiter(map(itemgetter(metric), rows), np.float64, count)
-        except KeyError:  # the metric is in some samples only: NaN elsewhere
+            for metric in rows[0]:
+                values[metric] = np.fromiter(map(itemgetter(metric), rows), np.float64, count)
+        except KeyError:
+            values = {}
+    if not values:
+        names: set[str] = set().union(*rows)
+        ordered: dict[str, None] = {}
+        for metrics in rows:  # in order of first appearance
+            ordered.update(dict.fromkeys(metrics))
+            if len(ordered) == len(names):
+                break
+        for metric in ordered:  # NaN where a sample lacks the metric
             values[metric] = np.array([d.get(metric, math.nan) for d in rows], np.float64)
     return _Columns(
         owners=np.fromiter(map(_INSTANCE, events), np.int64, count),
-        offsets=np.fromiter(map(_OFFSET, events), np.float64, count),
+        offsets=np.array(list(map(_OFFSET, events)), np.float64),
         values=values,
-        names=tuple(ordered),
+        names=tuple(values),
     )
 
 
