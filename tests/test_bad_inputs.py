@@ -181,6 +181,7 @@ class Spec:
     option: str
     call: Callable[[Any], Any]
     bad: st.SearchStrategy[Any]
+    described: bool = False  # the message describes the value ("a column of dtype object")
 
 
 SPECS = [
@@ -208,7 +209,7 @@ SPECS = [
          st.one_of(st.none(), st.integers(), st.text(max_size=3))),
     Spec("Runner.submit", "depends_on",
          lambda value: bounded(runner_call("submit", identity, 1, depends_on=value)),
-         st.one_of(st.integers(), st.lists(st.integers(), min_size=1, max_size=2))),
+         st.one_of(st.integers(), st.lists(st.integers(), min_size=1, max_size=2)), described=True),
     Spec("Runner.submit", "label",
          lambda value: bounded(runner_call("submit", identity, 1, label=value)),
          st.one_of(st.integers(), st.lists(st.text(), max_size=1))),
@@ -346,21 +347,22 @@ SPECS = [
          st.one_of(st.integers(), st.text(max_size=3), st.none())),
     Spec("average_timelines", "timelines[0]['t']",
          lambda value: lk.average_timelines([pd.DataFrame({"t": [value, 1.0], "x": [1, 2]})]),
-         st.one_of(NONFINITE, st.floats(max_value=-1e-12, allow_infinity=False))),
+         st.one_of(NONFINITE, st.floats(max_value=-1e-12, allow_infinity=False)), described=True),
     Spec("average_timelines", "timelines[0]['x']",
          lambda value: lk.average_timelines(
              [pd.DataFrame({"t": [0.0, 1.0, 1.0], "x": [0.0, 1.0, value]})]),
-         st.floats(allow_nan=False, allow_infinity=False).filter(lambda v: v != 1.0)),
+         st.floats(allow_nan=False, allow_infinity=False).filter(lambda v: v != 1.0),
+         described=True),
     Spec("average_timelines", "timelines", lambda value: lk.average_timelines(value),
-         st.one_of(st.integers(), st.just([]), st.just(TIMELINE))),
+         st.one_of(st.integers(), st.just([]), st.just(TIMELINE)), described=True),
     Spec("average_summaries", "summaries", lambda value: lk.average_summaries(value),
-         st.one_of(st.none(), st.integers(), st.just([]), st.just({"a": 1}))),
+         st.one_of(st.none(), st.integers(), st.just([]), st.just({"a": 1})), described=True),
     Spec("detect_outliers", "threshold",
          lambda value: lk.detect_outliers([TIMELINE] * 3, threshold=value), number(strict=True)),
     Spec("detect_outliers", "min_relative",
          lambda value: lk.detect_outliers([TIMELINE] * 3, min_relative=value), number()),
     Spec("detect_outliers", "data", lambda value: lk.detect_outliers(value),
-         st.one_of(st.none(), st.integers(), st.just(TIMELINE))),
+         st.one_of(st.none(), st.integers(), st.just(TIMELINE)), described=True),
     # Statistics.
     Spec("stats.mean", "confidence", lambda value: stats.mean(VALUES, value),
          fraction(open_ends=True)),
@@ -370,7 +372,7 @@ SPECS = [
          fraction(open_ends=True)),
     Spec("stats.mean", "values", stats.mean,
          st.one_of(st.none(), st.integers(), st.text(max_size=3),
-                   st.lists(st.booleans(), min_size=2, max_size=4))),
+                   st.lists(st.booleans(), min_size=2, max_size=4)), described=True),
     Spec("compare", "confidence", lambda value: lk.compare(VALUES, VALUES, confidence=value),
          fraction(open_ends=True)),
     Spec("compare", "min_effect", lambda value: lk.compare(VALUES, VALUES, min_effect=value),
@@ -409,6 +411,8 @@ def test_a_bad_value_is_a_config_error_naming_the_option(spec: Spec, data: st.Da
     assert error.option == spec.option, str(error)
     assert str(error).startswith(f"{spec.option}=")
     assert "expected" in str(error)  # says what is allowed
+    if not spec.described:
+        assert str(error).startswith(f"{spec.option}={value!r} ")  # shows the value
 
 
 # The cases the issue found (a bool taken as a number, hangs, silent acceptance),
