@@ -218,7 +218,7 @@ async def test_without_seqpacket_sockets_start_says_what_is_missing(
         raise OSError(93, "Protocol not supported")
 
     monkeypatch.setattr("labkit.sandbox.supervision.socket.socketpair", refuse)
-    sb = LocalSandbox(parent_dir=tmp_path)
+    sb = LocalSandbox(parent_dir=tmp_path, boundary="supervisor")
     with pytest.raises(SandboxStartError, match=r"needs Linux.*SOCK_SEQPACKET"):
         await sb.start()
     assert sb.path is None and os.listdir(tmp_path) == []  # nothing left behind

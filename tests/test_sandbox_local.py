@@ -17,6 +17,13 @@ from labkit.sandbox import CommandResult, LocalSandbox, ResourceSample, Sandbox
 pytestmark = pytest.mark.asyncio
 
 
+@pytest.fixture(params=["supervisor", "group"])
+def boundary(request: pytest.FixtureRequest) -> str:
+    """Every test runs under both boundaries: Linux's supervisor and the process
+    group that other systems get (see tests/test_sandbox_fallback.py)."""
+    return str(request.param)
+
+
 def alive(pid: int) -> bool:
     """Running and not a zombie (this container's init does not reap orphans)."""
     try:
@@ -47,8 +54,8 @@ async def wait_for_file(sb: LocalSandbox, name: str) -> str:
     raise AssertionError(f"{name} never appeared")
 
 
-async def test_is_a_sandbox_and_starts_on_first_use() -> None:
-    sb = LocalSandbox()
+async def test_is_a_sandbox_and_starts_on_first_use(boundary: str) -> None:
+    sb = LocalSandbox(boundary=boundary)
     assert isinstance(sb, Sandbox)
     assert sb.path is None
     result = await sb.run("echo hi")
@@ -58,8 +65,8 @@ async def test_is_a_sandbox_and_starts_on_first_use() -> None:
     await sb.close()
 
 
-async def test_exit_codes_stdout_and_stderr() -> None:
-    async with LocalSandbox() as sb:
+async def test_exit_codes_stdout_and_stderr(boundary: str) -> None:
+    async with LocalSandbox(boundary=boundary) as sb:
         result = await sb.run("echo out; echo err >&2; exit 3")
         assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
         assert not result.ok and not result.timed_out
@@ -68,12 +75,16 @@ async def test_exit_codes_stdout_and_stderr() -> None:
 
 
 async def test_runs_in_its_directory_with_a_clean_environment(
+    boundary: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("E2B_API_KEY", "e2b_parent_secret")
     monkeypatch.setenv("MY_TOKEN", "hunter2")
     monkeypatch.setenv("UNRELATED_PARENT_VAR", "x")
-    async with LocalSandbox(env={"CUDA_VISIBLE_DEVICES": "GPU-1"}, secrets=["MY_TOKEN"]) as sb:
+    sandbox = LocalSandbox(
+        boundary=boundary, env={"CUDA_VISIBLE_DEVICES": "GPU-1"}, secrets=["MY_TOKEN"]
+    )
+    async with sandbox as sb:
         result = await sb.run("pwd; env", env={"EXTRA": "1"})
         lines = result.stdout.splitlines()
         assert lines[0] == str(sb.path)
@@ -88,18 +99,20 @@ async def test_runs_in_its_directory_with_a_clean_environment(
         assert "hunter2" not in result.stdout and "e2b_parent_secret" not in result.stdout
 
 
-async def test_secrets_passed_explicitly_are_refused_without_showing_the_value() -> None:
+async def test_secrets_passed_explicitly_are_refused_without_showing_the_value(
+    boundary: str,
+) -> None:
     with pytest.raises(ConfigError, match="E2B_API_KEY") as info:
-        LocalSandbox(env={"E2B_API_KEY": "e2b_value"})
+        LocalSandbox(boundary=boundary, env={"E2B_API_KEY": "e2b_value"})
     assert "e2b_value" not in str(info.value)
-    async with LocalSandbox(secrets=["MY_TOKEN"]) as sb:
+    async with LocalSandbox(boundary=boundary, secrets=["MY_TOKEN"]) as sb:
         with pytest.raises(ConfigError, match="MY_TOKEN") as info:
             await sb.run("true", env={"MY_TOKEN": "hunter2"})
         assert "hunter2" not in str(info.value)
 
 
-async def test_timeout_kills_the_whole_tree_and_reports_it() -> None:
-    async with LocalSandbox() as sb:
+async def test_timeout_kills_the_whole_tree_and_reports_it(boundary: str) -> None:
+    async with LocalSandbox(boundary=boundary) as sb:
         # The grandchild `sleep` is started by a child shell, and writes its pid.
         cmd = "sh -c 'sleep 30 & echo $! > grandchild.pid; wait' & echo started; wait"
         started = time.perf_counter()
@@ -111,8 +124,8 @@ async def test_timeout_kills_the_whole_tree_and_reports_it() -> None:
         assert await dies(pid)
 
 
-async def test_background_processes_do_not_hold_the_result_and_die_at_close() -> None:
-    sb = LocalSandbox()
+async def test_background_processes_do_not_hold_the_result_and_die_at_close(boundary: str) -> None:
+    sb = LocalSandbox(boundary=boundary)
     started = time.perf_counter()
     result = await sb.run("sleep 30 & echo $! > bg.pid; echo done")
     assert result.stdout == "done\n"
@@ -130,8 +143,8 @@ async def test_background_processes_do_not_hold_the_result_and_die_at_close() ->
     await sb.close()  # idempotent
 
 
-async def test_close_finds_daemons_that_left_the_session() -> None:
-    sb = LocalSandbox()
+async def test_close_finds_daemons_that_left_the_session(boundary: str) -> None:
+    sb = LocalSandbox(boundary=boundary)
     await sb.run(
         f"{sys.executable} -c 'import os, time; os.setsid(); time.sleep(30)' & echo $! > d.pid"
     )
@@ -142,8 +155,8 @@ async def test_close_finds_daemons_that_left_the_session() -> None:
     assert await dies(pid)
 
 
-async def test_reset_kills_processes_and_empties_the_directory() -> None:
-    async with LocalSandbox() as sb:
+async def test_reset_kills_processes_and_empties_the_directory(boundary: str) -> None:
+    async with LocalSandbox(boundary=boundary) as sb:
         await sb.write_file("a/b.txt", "x")
         await sb.run("mkdir ro && touch ro/f && chmod 500 ro; sleep 30 & echo $! > bg.pid")
         pid = int(await wait_for_file(sb, "bg.pid"))
@@ -154,10 +167,12 @@ async def test_reset_kills_processes_and_empties_the_directory() -> None:
         assert (await sb.run("echo again")).stdout == "again\n"
 
 
-async def test_files_round_trip_and_paths_that_escape_are_refused(tmp_path: Path) -> None:
+async def test_files_round_trip_and_paths_that_escape_are_refused(
+    boundary: str, tmp_path: Path
+) -> None:
     outside = tmp_path / "outside.txt"
     outside.write_text("secret")
-    async with LocalSandbox() as sb:
+    async with LocalSandbox(boundary=boundary) as sb:
         await sb.write_file("dir/data.bin", b"\x00\xff")
         await sb.write_file("note.txt", "héllo")
         assert await sb.read_file("dir/data.bin") == b"\x00\xff"
@@ -181,8 +196,8 @@ async def test_files_round_trip_and_paths_that_escape_are_refused(tmp_path: Path
             await sb.read_file("missing.txt")
 
 
-async def test_metrics_of_a_busy_process() -> None:
-    async with LocalSandbox() as sb:
+async def test_metrics_of_a_busy_process(boundary: str) -> None:
+    async with LocalSandbox(boundary=boundary) as sb:
         idle = await sb.metrics()
         assert isinstance(idle, ResourceSample)
         assert (idle.cpu, idle.memory) == (0.0, 0.0)
@@ -196,8 +211,8 @@ async def test_metrics_of_a_busy_process() -> None:
         assert abs(busy.time - time.time()) < 60
 
 
-async def test_cancelling_run_kills_its_tree() -> None:
-    async with LocalSandbox() as sb:
+async def test_cancelling_run_kills_its_tree(boundary: str) -> None:
+    async with LocalSandbox(boundary=boundary) as sb:
         task = asyncio.create_task(sb.run("sh -c 'sleep 30 & echo $! > gc.pid; wait'"))
         pid = int(await wait_for_file(sb, "gc.pid"))
         assert alive(pid)
@@ -207,14 +222,14 @@ async def test_cancelling_run_kills_its_tree() -> None:
         assert await dies(pid)
 
 
-async def test_bad_timeout_is_a_config_error() -> None:
-    async with LocalSandbox() as sb:
+async def test_bad_timeout_is_a_config_error(boundary: str) -> None:
+    async with LocalSandbox(boundary=boundary) as sb:
         with pytest.raises(ConfigError, match="timeout"):
             await sb.run("true", timeout=0)
 
 
-async def test_forgotten_sandbox_is_cleaned_up_when_collected() -> None:
-    sb = LocalSandbox()
+async def test_forgotten_sandbox_is_cleaned_up_when_collected(boundary: str) -> None:
+    sb = LocalSandbox(boundary=boundary)
     await sb.run("true")
     path = sb.path
     assert path is not None and path.exists()

@@ -1,9 +1,23 @@
 """LocalSandbox: shell commands in a private temporary directory on this machine.
 
-Each sandbox has a supervisor process (:mod:`labkit.sandbox.supervision`) that runs
-its commands, is the subreaper of everything they start, and kills all of it at a
-timeout, at ``reset()``/``close()`` and when the labkit process dies; what that
-guarantees on each platform is spelled out there. Commands get a clean
+What holds a sandbox's processes (its *boundary*) depends on the platform:
+
+- Linux: a supervisor process (:mod:`labkit.sandbox.supervision`) runs the
+  commands, is the subreaper of everything they start, and kills all of it at a
+  timeout, at ``reset()``/``close()`` and when the labkit process dies by any
+  signal, SIGKILL included: ``setsid`` and double-forked daemons without the
+  ``LABKIT_SANDBOX`` marker too.
+- macOS and other systems without ``/proc`` and ``SOCK_SEQPACKET`` sockets: each
+  command in its own process group and session, the group killed at the timeout,
+  ``reset()`` and ``close()``, plus a best-effort psutil sweep of the descendants
+  seen while the command ran and of every process carrying the marker
+  (:mod:`labkit.sandbox.group`); ``close()`` runs at exit and on SIGTERM/SIGHUP
+  where their handlers are the default. A daemon that leaves the tree before a
+  snapshot sees it and drops the marker escapes, and SIGKILL of the labkit
+  process leaves the processes running.
+
+``LocalSandbox(boundary="auto")`` picks the supervisor where it works;
+``"supervisor"`` and ``"group"`` choose one. Commands get a clean
 environment. Resource caps (``memory_mb``, ``cpus``) use cgroups where they are
 writable (:mod:`labkit.sandbox.caps`). File access goes through the sandbox
 directory's file descriptor and never follows a symbolic link
@@ -33,7 +47,7 @@ from typing import IO
 
 import psutil
 
-from labkit.errors import SandboxClosed, SandboxError, SandboxStartError
+from labkit.errors import ConfigError, SandboxClosed, SandboxError, SandboxStartError
 from labkit.sandbox.base import (
     DEFAULT_SECRETS,
     MARKER_VARIABLE,
@@ -53,13 +67,18 @@ from labkit.sandbox.caps import (
     remove_cgroups,
     sweep_cgroups,
 )
+from labkit.sandbox.group import GroupBoundary, marked_processes
 from labkit.sandbox.safefs import read_below, write_below
-from labkit.sandbox.supervision import Supervisor
+from labkit.sandbox.supervision import Supervisor, supervisor_missing
 
 __all__ = ("LocalSandbox",)
 
 _MB = float(2**20)
 _OWNED_DIR = re.compile(r"^labkit-local-[0-9a-f]{8}-p(\d+)-")
+_BOUNDARIES = ("auto", "supervisor", "group")
+
+Boundary = Supervisor | GroupBoundary
+"""What runs a sandbox's commands and kills their processes."""
 
 
 class LocalSandbox(SandboxLifecycle):
@@ -83,9 +102,13 @@ class LocalSandbox(SandboxLifecycle):
     rather than silently dropped: a command that expects a variable should fail
     loudly, not run without it.
 
-    No process a command starts outlives its timeout, ``close()`` or the labkit
-    process. It needs Linux (see :mod:`labkit.sandbox.supervision`: elsewhere
-    ``start()`` raises :class:`~labkit.errors.SandboxStartError`).
+    On Linux (the supervisor boundary) no process a command starts outlives its
+    timeout, ``close()`` or the labkit process. Elsewhere (the group boundary) the
+    command's process group, the descendants seen while it ran and the processes
+    carrying ``LABKIT_SANDBOX`` die then; a daemon that left the tree unseen and
+    dropped the marker escapes, and so does everything at a SIGKILL of the labkit
+    process (see :mod:`labkit.sandbox.group`). Files and environment behave the
+    same on both.
 
     Args:
         env: Variables for every command (``{"CUDA_VISIBLE_DEVICES": "0"}``).
@@ -100,14 +123,22 @@ class LocalSandbox(SandboxLifecycle):
             allocations fail instead (see :mod:`labkit.sandbox.caps`).
         cpus: CPU cap in cores (``0.5``: half of one core), enforced by the cgroup
             CPU quota; ``None``: no cap. Without a writable cgroup ``cpu``
-            controller, starting the sandbox raises :class:`~labkit.errors.SandboxError`.
+            controller (macOS has none), starting the sandbox raises
+            :class:`~labkit.errors.SandboxError`.
+        boundary: What holds the commands' processes: ``"auto"`` (the supervisor
+            where this system has what it needs, else the process group),
+            ``"supervisor"`` (Linux only: elsewhere ``start()`` raises
+            :class:`~labkit.errors.SandboxStartError` naming what is missing) or
+            ``"group"`` (any POSIX system; best effort, as above).
 
     Raises:
-        ConfigError: ``env`` holds a secret, or a cap is not a positive number.
+        ConfigError: ``env`` holds a secret, a cap is not a positive number, or
+            ``boundary`` is not one of the three.
     """
 
     __slots__ = (
         "__weakref__",
+        "_boundary",
         "_caps",
         "_closed",
         "_env",
@@ -130,7 +161,13 @@ class LocalSandbox(SandboxLifecycle):
         parent_dir: str | os.PathLike[str] | None = None,
         memory_mb: float | None = None,
         cpus: float | None = None,
+        boundary: str = "auto",
     ) -> None:
+        if not isinstance(boundary, str) or boundary not in _BOUNDARIES:
+            raise ConfigError("boundary", boundary, '"auto", "supervisor" or "group"')
+        if boundary == "auto":
+            boundary = "group" if supervisor_missing() else "supervisor"
+        self._boundary = boundary
         self._id = f"local-{uuid.uuid4().hex[:8]}"
         self._secrets = DEFAULT_SECRETS | frozenset(secrets)
         self._env = dict(env or {})
@@ -141,7 +178,7 @@ class LocalSandbox(SandboxLifecycle):
         self._root: Path | None = None
         self._root_fd = -1
         self._closed = False
-        self._supervisor: Supervisor | None = None
+        self._supervisor: Boundary | None = None
         self._start_lock: asyncio.Lock | None = None
         # psutil handles kept between metrics() calls: cpu_percent() measures the
         # interval since the same handle's previous call.
@@ -159,6 +196,11 @@ class LocalSandbox(SandboxLifecycle):
     def path(self) -> Path | None:
         """The private directory (``HOME`` and working directory); ``None`` before start."""
         return self._root
+
+    @property
+    def boundary(self) -> str:
+        """``"supervisor"`` or ``"group"``: what holds its processes (``"auto"`` resolved)."""
+        return self._boundary
 
     @property
     def memory_mb(self) -> float | None:
@@ -196,7 +238,7 @@ class LocalSandbox(SandboxLifecycle):
         """
         await self._started()
 
-    async def _started(self) -> Supervisor:
+    async def _started(self) -> Boundary:
         if self._closed:
             raise SandboxClosed(f"{self._id} is closed")
         if self._supervisor is not None:
@@ -209,7 +251,7 @@ class LocalSandbox(SandboxLifecycle):
             raise SandboxClosed(f"{self._id} is closed")
         return supervisor
 
-    async def _create(self) -> Supervisor:
+    async def _create(self) -> Boundary:
         parent = self._parent_dir or tempfile.gettempdir()
         sweep_leftovers(parent)
         try:
@@ -217,13 +259,16 @@ class LocalSandbox(SandboxLifecycle):
         except OSError as exc:
             raise SandboxStartError(f"cannot create a directory for {self._id}: {exc}") from exc
         cgroups = CgroupSet()
-        supervisor: Supervisor | None = None
+        supervisor: Boundary | None = None
         try:
             self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
             memory_mb, cpus = self._caps
             if memory_mb is not None or cpus is not None:
                 cgroups = create_cgroups(f"labkit-{self._id}-p{os.getpid()}", memory_mb, cpus)
-            supervisor = Supervisor(root, cgroups)
+            if self._boundary == "group":
+                supervisor = GroupBoundary(root, cgroups, self._id)
+            else:
+                supervisor = Supervisor(root, cgroups)
             await supervisor.ready()
         except BaseException:
             if supervisor is not None:
@@ -426,14 +471,16 @@ class LocalSandbox(SandboxLifecycle):
         if supervisor is None or not supervisor.alive:
             self._procs.clear()
             return []
-        try:
-            below = psutil.Process(supervisor.pid).children(recursive=True)
-        except psutil.Error:
-            below = []
+        if isinstance(supervisor, GroupBoundary):
+            below = supervisor.members()
+        else:
+            try:
+                below = psutil.Process(supervisor.pid).children(recursive=True)
+            except psutil.Error:
+                below = []
+            below = [proc for proc in below if not _is_reaper(proc, supervisor)]
         found: dict[int, psutil.Process] = {}
         for proc in below:
-            if _is_reaper(proc, supervisor):
-                continue
             known = self._procs.get(proc.pid)
             # A kept handle only if it is the same process (psutil compares start times).
             found[proc.pid] = known if known is not None and known == proc else proc
@@ -456,20 +503,20 @@ def _cleanup(
     sandbox_id: str,
     root: Path,
     root_fd: int,
-    supervisor: Supervisor | None,
+    supervisor: Boundary | None,
     cgroups: tuple[str, ...],
 ) -> None:
     """Stop the supervisor (killing everything below it), then remove what is left.
 
     Also run at garbage collection and at interpreter exit.
     """
-    escaped = supervisor is not None and not supervisor.alive
+    escaped = isinstance(supervisor, Supervisor) and not supervisor.alive
     if supervisor is not None:
         supervisor.shutdown()
     if escaped:
         # The supervisor died before us (a command killed it): its orphans were
         # re-parented to init, so fall back to the marker they may still carry.
-        for proc in _marked_processes(sandbox_id):
+        for proc in marked_processes(sandbox_id):
             with contextlib.suppress(psutil.Error):
                 proc.kill()
     remove_cgroups(cgroups)
@@ -497,20 +544,6 @@ def sweep_leftovers(parent: str) -> None:
             with contextlib.suppress(OSError):
                 _remove_tree(Path(parent, name))
     sweep_cgroups()
-
-
-def _marked_processes(sandbox_id: str) -> list[psutil.Process]:
-    found = []
-    me = os.getpid()
-    for proc in psutil.process_iter():
-        if proc.pid == me:
-            continue
-        try:
-            if proc.environ().get(MARKER_VARIABLE) == sandbox_id:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 def _make_dir(parent: str, prefix: str) -> Path:

@@ -19,15 +19,18 @@ What is guaranteed, per platform:
   runtimes): a daemon that double-forks is re-parented to init and escapes the
   tree; the rest holds.
 - macOS and other systems: the supervisor needs ``/proc`` and ``AF_UNIX``
-  ``SOCK_SEQPACKET`` sockets, which they lack, so ``LocalSandbox.start()`` raises
-  :class:`~labkit.errors.SandboxStartError` saying so. (A process-group boundary
-  there, as before this supervisor, is not implemented.)
+  ``SOCK_SEQPACKET`` sockets, which they lack (:func:`supervisor_missing` says
+  which). ``LocalSandbox(boundary="auto")``, the default, then uses the weaker
+  process-group boundary of :mod:`labkit.sandbox.group`; with
+  ``boundary="supervisor"`` ``start()`` raises
+  :class:`~labkit.errors.SandboxStartError` saying what is missing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -41,10 +44,28 @@ from typing import Any
 from labkit.errors import SandboxError, SandboxStartError
 from labkit.sandbox.caps import CgroupSet
 
-__all__ = ("CommandExit", "Supervisor")
+__all__ = ("CommandExit", "Supervisor", "supervisor_missing")
 
 _SCRIPT = str(Path(__file__).with_name("_supervisor.py"))
 _MAX_MESSAGE = 1 << 16
+
+
+@functools.cache
+def supervisor_missing() -> tuple[str, ...]:
+    """What this system lacks for the supervisor, in words; empty where it can run.
+
+    Checked once per process: ``/proc/self/task`` and a ``socketpair`` of
+    ``AF_UNIX`` ``SOCK_SEQPACKET`` sockets (macOS has neither).
+    """
+    missing = [] if os.path.isdir("/proc/self/task") else ["/proc"]
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except (AttributeError, OSError) as exc:
+        missing.append(f"AF_UNIX SOCK_SEQPACKET sockets ({exc})")
+    else:
+        ours.close()
+        theirs.close()
+    return tuple(missing)
 
 
 class CommandExit:
