@@ -132,7 +132,7 @@ async def test_auto_falls_back_to_the_group_where_the_supervisor_cannot_run(
 
 @pytest.mark.parametrize("bad", ["", "Group", "cgroup", None, True, 1])
 async def test_an_unknown_boundary_is_a_config_error(bad: object) -> None:
-    with pytest.raises(ConfigError, match='boundary=.*"auto", "supervisor" or "group"'):
+    with pytest.raises(ConfigError, match=r'boundary=.*"auto", "supervisor" or "group"'):
         LocalSandbox(boundary=bad)  # type: ignore[arg-type]
 
 
@@ -261,6 +261,11 @@ async def test_cgroup_caps_hold_under_the_group_boundary() -> None:
         big = await sb.run(allocate)
         assert big.exit_code == 137 and big.killed_reason == "memory"
         assert (await sb.run("echo still usable")).ok
+        # Its cgroup holds even the daemon the group boundary alone would miss.
+        mark = token()
+        await sb.run(unmarked_daemon(mark))
+        await appear(mark, 1)
+    assert await none_remain(mark) == []
 
 
 async def test_files_stay_inside_with_the_walk_macos_uses(

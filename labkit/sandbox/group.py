@@ -27,9 +27,10 @@ snapshot sees it (``setsid`` from a short-lived subshell) and drops the marker
 (``env -u LABKIT_SANDBOX``) escapes, and so does everything when the labkit
 process is killed with SIGKILL or a signal whose handler the program replaced.
 Their sandbox directories are removed by the next sandbox start (they carry the
-owner's pid); the processes are not. Where the memory and cpu cgroups are
-writable (Linux) the caps' cgroups also hold every process of the sandbox and
-are emptied at ``close()``, which catches such escapes; elsewhere nothing can.
+owner's pid); the processes are not. A sandbox with caps whose cgroups could be
+made (Linux with writable cgroup v1 controllers) also has every process it started
+in them, and ``close()`` empties them, which catches such escapes; without cgroups
+(macOS) nothing does.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class GroupBoundary:
         "_seen",
         "_spawn",
         "broken",
+        "on_signal",
     )
 
     def __init__(self, root: Path, cgroups: CgroupSet, marker: str) -> None:
@@ -115,6 +117,9 @@ class GroupBoundary:
         self._dirty = False  # something may be running: kill_all has work to do
         self.broken = False
         """``True`` once shut down."""
+        self.on_signal: Callable[[], object] | None = None
+        """What SIGTERM/SIGHUP run for this sandbox (LocalSandbox sets its close);
+        ``None``: kill its processes and remove its directory."""
 
     @property
     def alive(self) -> bool:
@@ -208,7 +213,8 @@ class GroupBoundary:
                 break
             await asyncio.sleep(0.005)
         self._seen = {pid: proc for pid, proc in self._seen.items() if _running(proc)}
-        self._dirty = any(not command.task.done() for command in self._live_commands())
+        self._in_groups()  # forgets the groups that are empty now
+        self._dirty = bool(self._seen or self._live_commands())
 
     def shutdown(self) -> None:
         """Kill everything that can be found and stop (non-blocking, idempotent)."""
@@ -241,7 +247,7 @@ class GroupBoundary:
     def _retire(self, ident: int) -> None:
         command = self._commands.pop(ident, None)
         if command is not None:
-            self._seen.update(command.seen)
+            self._seen.update((pid, p) for pid, p in command.seen.items() if _running(p))
 
     async def _watch(
         self, command: _Command, cmd: str, env: dict[str, str], out: int, err: int
@@ -266,6 +272,11 @@ class GroupBoundary:
             wait.cancel()
             raise
         code = wait.result()
+        with contextlib.suppress(PermissionError):
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:  # nothing left in it: its id may be reused now
+                self._groups.discard(proc.pid)
         status = -code if code < 0 else code << 8  # a raw wait status, as the supervisor's
         return CommandExit(status, oom_kills(self._spawn.cgroups.oom_file) > before)
 
@@ -429,8 +440,11 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
     of ``signum`` as the default handler would have."""
     for boundary in list(_LIVE):
         with contextlib.suppress(Exception):
-            boundary.shutdown()
-            boundary._remove_directory()
+            if boundary.on_signal is not None:
+                boundary.on_signal()
+            else:
+                boundary.shutdown()
+                boundary._remove_directory()
     signal.signal(signum, signal.SIG_DFL)
     _HANDLED.discard(signum)
     os.kill(os.getpid(), signum)

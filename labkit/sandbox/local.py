@@ -281,6 +281,8 @@ class LocalSandbox(SandboxLifecycle):
         self._finalizer = weakref.finalize(
             self, _cleanup, self._id, root, self._root_fd, supervisor, cgroups.paths
         )
+        if isinstance(supervisor, GroupBoundary):
+            supervisor.on_signal = self._finalizer  # SIGTERM/SIGHUP: a whole close()
         return supervisor
 
     async def reset(self) -> None:
@@ -307,7 +309,11 @@ class LocalSandbox(SandboxLifecycle):
     async def close(self) -> None:
         """Kill everything the sandbox started, detached daemons too, and remove its
         directory and cgroups. Idempotent; never awaits, so a cancellation cannot
-        interrupt it (it blocks for the milliseconds the supervisor needs)."""
+        interrupt it (it blocks for the milliseconds the supervisor needs).
+
+        With the group boundary, "everything" is what it can find: the commands'
+        process groups, the descendants seen while they ran and the processes
+        carrying ``LABKIT_SANDBOX`` (see :mod:`labkit.sandbox.group`)."""
         if self._closed:
             return
         self._closed = True
@@ -334,7 +340,9 @@ class LocalSandbox(SandboxLifecycle):
             timeout: Seconds before the command and every process it started, even
                 those that left its session, are killed (SIGKILL); the result then
                 has ``timed_out=True``, exit code 124 and ``killed_reason="timeout"``.
-                ``None`` means no limit.
+                ``None`` means no limit. With the group boundary: its process group,
+                the descendants seen while it ran and the marked processes started
+                since it began.
             env: Variables added to the clean environment for this command.
 
         Returns:
@@ -434,7 +442,9 @@ class LocalSandbox(SandboxLifecycle):
         """CPU and memory of every live process the sandbox started.
 
         That is every process below the sandbox's supervisor (background and
-        detached ones included), not the supervisor's own bookkeeping processes.
+        detached ones included), not the supervisor's own bookkeeping processes;
+        with the group boundary, the running commands' trees, the members of their
+        process groups and the processes seen in them before.
         Under caps the figures stay within them: ``memory`` below ``memory_mb``
         (the kernel kills past it) and ``cpu`` near ``cpus * 100`` at most. A
         process's CPU use is measured since the previous ``metrics()`` call that
