@@ -170,19 +170,18 @@ class GroupBoundary:
         if command is None:
             return
         command.killed = True
-        shell = command.seen.get(command.pid)
-        if shell is None:
+        if not command.pid:
             return  # not started yet: its watcher kills it as soon as it is
         self._snapshot(command)
         _killpg(command.pid)
         try:
-            # The same clock as other processes' create_time, which is what counts.
-            since = shell.create_time()
-        except psutil.Error:
-            since = time.time()
+            # The clock of other processes' create_time, which is what is compared.
+            since = command.seen[command.pid].create_time()
+        except (KeyError, psutil.Error):
+            since = time.time() - 1.0
         spare = set(self._seen)
-        for pid, other in self._commands.items():
-            if pid != ident:
+        for other_ident, other in self._commands.items():
+            if other_ident != ident:
                 spare.update(other.seen)
         victims = list(command.seen.values())
         victims += [
@@ -197,9 +196,8 @@ class GroupBoundary:
         self.kill(ident)
         command = self._commands.get(ident)
         if command is not None:
-            command.task.add_done_callback(lambda _task: self._retire(ident))
-            if not command.pid:
-                command.task.cancel()
+            # Not cancelled: the watcher kills a shell it has yet to start at once.
+            command.task.add_done_callback(lambda task: self._drop(ident, task))
 
     async def kill_all(self) -> None:
         """Kill every process the sandbox's commands started that can be found."""
@@ -222,11 +220,7 @@ class GroupBoundary:
             return
         self.broken = True
         _LIVE.discard(self)
-        self._kill_everything()
-        for command in self._live_commands():
-            if not command.pid:
-                with contextlib.suppress(RuntimeError):  # its loop is already closed
-                    command.task.cancel()
+        self._kill_everything()  # a shell about to start is killed by its watcher
 
     def members(self) -> list[psutil.Process]:
         """Live processes of the sandbox: its running shells' trees, the members of its
@@ -243,6 +237,12 @@ class GroupBoundary:
 
     def _live_commands(self) -> list[_Command]:
         return [c for c in self._commands.values() if not c.task.done()]
+
+    def _drop(self, ident: int, task: asyncio.Task[CommandExit]) -> None:
+        """A forgotten command's end: retrieve its outcome (no one will) and retire it."""
+        if not task.cancelled():
+            task.exception()
+        self._retire(ident)
 
     def _retire(self, ident: int) -> None:
         command = self._commands.pop(ident, None)
@@ -268,7 +268,8 @@ class GroupBoundary:
                 await asyncio.wait((wait,), timeout=interval)
                 self._snapshot(command)
                 interval = min(interval * 2, _SNAPSHOT_EVERY)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # its loop is winding down: the command goes too
+            _killpg(proc.pid)
             wait.cancel()
             raise
         code = wait.result()
