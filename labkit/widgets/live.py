@@ -118,9 +118,9 @@ class LiveTimeline:
         self._on_frame = on_frame
         self._title = title
         self._x_axis: XAxis = x_axis or "time"
-        self._append = self.model.append
         self._inbox = self.model.inbox
         self._chunk = self.model.chunk_size
+        self._threshold = 1  # inbox length at which handle() has more to do than append
         self._frame: asyncio.Task[None] | None = None
         self._drawn_version = -1
         self._layout_key: tuple[str, ...] | None = None
@@ -153,13 +153,20 @@ class LiveTimeline:
         (a fraction of a millisecond), so that event records do not pile up
         for the garbage collector to walk until the next frame.
         """
-        self._append(event)
-        if self._frame is None:
-            self._schedule()
-        elif len(self._inbox) >= self._chunk:
-            self.model.compact()
+        inbox = self._inbox
+        inbox.append(event)
+        # One test per event: the threshold is 1 while no frame is scheduled (this
+        # event schedules one), the chunk size while one is.
+        if len(inbox) >= self._threshold:
+            self._take()
 
     handle.event_types = event_types  # type: ignore[attr-defined]
+
+    def _take(self) -> None:
+        if self._frame is None:
+            self._schedule()
+        if len(self._inbox) >= self._chunk:
+            self.model.compact()
 
     def _schedule(self) -> None:
         try:
@@ -171,10 +178,12 @@ class LiveTimeline:
                 self.flush()
             return
         self._frame = loop.create_task(self._next_frame(), name="labkit-live-frame")
+        self._threshold = self._chunk
 
     async def _next_frame(self) -> None:
         await self._clock.sleep(self.budget.delay())
         self._frame = None
+        self._threshold = 1
         self._frame_now()
 
     def _frame_now(self) -> None:
@@ -192,6 +201,7 @@ class LiveTimeline:
         if self._frame is not None:
             self._frame.cancel()
             self._frame = None
+        self._threshold = 1
 
     def flush(self) -> None:
         """Draw everything received now, in one frame."""
@@ -211,7 +221,6 @@ class LiveTimeline:
         """
         self._cancel_frame()
         self.model = model
-        self._append = model.append
         self._inbox = model.inbox
         self._chunk = model.chunk_size
         self._memo.clear()
