@@ -1,13 +1,16 @@
 """Racing: spend instances only on the trials a sweep cannot yet tell from its leader.
 
 A racing sweep (``sweep(..., instances="race")``) starts every trial with a few
-instances, then repeatedly compares the leader (the best mean so far) with every
-other trial (:func:`labkit.stats.compare`, Welch's interval at ``confidence``). A
-trial the leader beats, or one within ``min_effect`` of it, gets no more instances;
-each round one more instance goes to the leader and one to its strongest
-challenger (the undecided trial with the best optimistic bound, as in LUCB), and
-the race goes on until nothing is left undecided, the leader and its challengers
-have ``max_instances``, or the ``budget`` of instances is spent.
+instances (2 by default), then repeatedly compares the leader (the best mean so
+far) with every other trial (:func:`labkit.stats.compare`, Welch's interval at
+``confidence``). A trial the leader beats, or one within ``min_effect`` of it,
+gets no more instances. Each round runs two more instances on the pair the
+decision hangs on, the leader and its strongest challenger (the undecided trial
+with the best optimistic bound, as in LUCB): each goes to whichever of the two
+has fewer values, the one whose next value narrows the interval of their
+difference most. The race goes on until nothing is left undecided, the leader
+and its challengers have ``max_instances``, or the ``budget`` of instances is
+spent.
 
 The decision rule is a pure function (:func:`judge`) of the values seen so far, so
 it is tested by simulation without running anything.
@@ -36,7 +39,9 @@ class RaceOptions:
 
     Attributes:
         initial: Instances every trial starts with (at least 2, so that each has
-            a spread to compare).
+            a spread to compare). 2 leaves the most of a small budget to the
+            rounds; measured, a third initial instance never found the best
+            more often.
         max_instances: The most instances one trial gets.
         budget: The most instances the whole race runs; ``None``: trials times
             ``max_instances``.
@@ -49,7 +54,7 @@ class RaceOptions:
         ConfigError: A field is out of range.
     """
 
-    initial: int = 3
+    initial: int = 2
     max_instances: int = 10
     budget: int | None = None
     confidence: float = 0.95
@@ -251,14 +256,39 @@ async def race(
         if decision.decided or decision.leader is None:
             return decision, counts
         left = budget - sum(counts.values())
-        wanted = [
-            trial
-            for trial in (decision.leader, _challenger(decision, ordered, direction, options))
-            if trial is not None and counts[trial] < options.max_instances
-        ]
-        batches = [(trial, 1) for trial in wanted[: max(left, 0)]]
+        challenger = _challenger(decision, ordered, direction, options)
+        batches = _round(decision.leader, challenger, ordered, counts, options, max(left, 0))
         if not batches:
             return decision, counts
+
+
+def _round(
+    leader: int,
+    challenger: int | None,
+    values: Mapping[int, Sequence[float]],
+    counts: Mapping[int, int],
+    options: RaceOptions,
+    left: int,
+) -> list[tuple[int, int]]:
+    """The next round's batches: up to two instances for the leader and its challenger.
+
+    Each instance goes to whichever of the two has fewer finite values (the
+    leader on a tie): with equal spreads, the interval of their difference,
+    ``s * sqrt(1/n_leader + 1/n_challenger)``, narrows most when the smaller
+    count grows. Plain LUCB samples both every round, so a leader challenged by
+    one trial after another ends with far more values than any challenger.
+    Trials at ``max_instances`` get none; at most ``left`` instances in all.
+    """
+    pair = [trial for trial in (leader, challenger) if trial is not None]
+    seen = {trial: sum(1 for value in values[trial] if math.isfinite(value)) for trial in pair}
+    planned = dict.fromkeys(pair, 0)
+    for _ in range(min(2, left)):
+        open_ = [t for t in pair if counts[t] + planned[t] < options.max_instances]
+        if not open_:
+            break
+        trial = min(open_, key=lambda t: seen[t] + planned[t])  # the leader first on ties
+        planned[trial] += 1
+    return [(trial, size) for trial, size in planned.items() if size]
 
 
 def _challenger(

@@ -458,7 +458,7 @@ async def sweep(
     n_trials: int | None = None,
     confidence: float = 0.95,
     min_effect: float = 0.0,
-    initial_instances: int = 3,
+    initial_instances: int = 2,
     max_instances: int | None = None,
     budget: int | None = None,
     **run_options: Any,
@@ -473,9 +473,10 @@ async def sweep(
     error text keeps the original exception's type) and the sweep goes on.
 
     Racing (``instances="race"``): every trial starts with ``initial_instances``;
-    then, round after round, one more instance goes to the leader and one to the
-    trial most likely to overtake it, among those :func:`labkit.stats.compare`
-    cannot yet tell apart from the leader at ``confidence``; the race stops when
+    then, round after round, two more instances go to the leader and the trial
+    most likely to overtake it, among those :func:`labkit.stats.compare` cannot
+    yet tell apart from the leader at ``confidence``, each to whichever of the
+    two has fewer values; the race stops when
     the leader beats every other trial (or the rest are within ``min_effect`` of
     it), when the undecided trials have ``max_instances`` (default 10), or when
     ``budget`` instances ran in all. Each round's instances of a trial are one
@@ -505,7 +506,7 @@ async def sweep(
         confidence: Racing: the level at which the leader must beat a trial.
         min_effect: Racing: a difference that small (objective's units) never
             needs deciding.
-        initial_instances: Racing: instances every trial starts with (>= 2).
+        initial_instances: Racing: instances every trial starts with (>= 2; default 2).
         max_instances: Racing: the most instances one trial gets (default 10);
             with ``instances="auto"``, passed to ``run_experiment``.
         budget: Racing: the most instances in all (default: trials times

@@ -491,15 +491,15 @@ def noisy(means: Sequence[float], sd: float) -> Experiment:
 
 async def test_a_race_stops_adding_instances_once_the_leader_is_clear() -> None:
     draws: list[int] = []
-    experiment = noisy([0.0, 5.0, 10.0], 0.5).with_params(draws=draws)
+    experiment = noisy([0.0, 5.0, 10.0], 0.1).with_params(draws=draws)
     frame = await sweep(
         experiment, {"k": [2, 0, 1]}, instances="race", objective="score", max_parallel=3
     )
-    assert frame["instances"].tolist() == [3, 3, 3]
+    assert frame["instances"].tolist() == [2, 2, 2]  # the initial round (2 by default) decides
     assert frame.loc[frame["best"], "k"].tolist() == [0]
     assert not frame["tied_with_best"].any()
     assert frame.attrs["decision"] == "trial 1 beats the other 2 at 95 %"
-    assert sorted(draws) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert sorted(draws) == [0, 0, 1, 1, 2, 2]
 
 
 async def test_a_race_between_equals_spends_up_to_max_instances_and_says_so() -> None:
@@ -508,13 +508,33 @@ async def test_a_race_between_equals_spends_up_to_max_instances_and_says_so() ->
     frame = await sweep(
         experiment, {"k": [0, 1, 2]}, instances="race", objective="score", max_instances=6
     )
-    assert frame["instances"].tolist() == [6, 6, 3]
+    assert frame["instances"].tolist() == [6, 6, 2]
     best = int(frame.loc[frame["best"], "trial"].iloc[0])
     assert set(frame.loc[frame["tied_with_best"], "trial"]) == {1 - best}
     assert frame.attrs["decision"].startswith(
         f"trials {best} and {1 - best} cannot be told apart with 6 instances each at 95 %"
     )
-    assert frame["num_instances"].tolist() == [6, 6, 3]  # the summary covers every round
+    assert frame["num_instances"].tolist() == [6, 6, 2]  # the summary covers every round
+
+
+def test_a_round_gives_its_instances_to_whichever_of_leader_and_challenger_has_fewer() -> None:
+    from labkit.race import RaceOptions, _round
+
+    options = RaceOptions(max_instances=8)
+    values = {0: [1.0, 1.2, 0.9, 1.1, 1.0], 1: [1.3, 1.6], 2: [1.4, 1.5, math.nan]}
+    counts = {0: 5, 1: 2, 2: 3}
+    # The challenger has 2 values against the leader's 5: both instances go to it.
+    assert _round(0, 1, values, counts, options, left=10) == [(1, 2)]
+    # Failed instances count towards max_instances, not towards the values: trial 2
+    # has 2 values of 3 instances, so it gets both.
+    assert _round(0, 2, values, counts, options, left=10) == [(2, 2)]
+    # Equal values: one each, the leader first.
+    even = {0: [1.0, 1.1], 1: [1.2, 1.3]}
+    assert _round(0, 1, even, {0: 2, 1: 2}, options, left=10) == [(0, 1), (1, 1)]
+    assert _round(0, 1, even, {0: 2, 1: 2}, options, left=1) == [(0, 1)]
+    # A trial at max_instances gets none; the other takes the round.
+    assert _round(0, 1, values, {0: 5, 1: 8, 2: 3}, options, left=10) == [(0, 2)]
+    assert _round(0, 1, values, {0: 8, 1: 8, 2: 3}, options, left=10) == []
 
 
 async def test_a_race_with_an_ask_tell_strategy_tells_the_final_objectives() -> None:
@@ -534,7 +554,12 @@ async def test_race_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="initial_instances"):
         await sweep(EXP, {"x": [1]}, instances="race", objective="score", initial_instances=1)
     with pytest.raises(ConfigError, match="max_instances"):
-        await sweep(EXP, {"x": [1]}, instances="race", objective="score", max_instances=2)
+        await sweep(EXP, {"x": [1]}, instances="race", objective="score", max_instances=1)
+    with pytest.raises(ConfigError, match="max_instances"):
+        await sweep(
+            EXP, {"x": [1]}, instances="race", objective="score",
+            initial_instances=3, max_instances=2,
+        )  # fmt: skip
 
 
 def race_rates(sweeps: int, fixed: int, seed: int) -> dict[str, float]:
