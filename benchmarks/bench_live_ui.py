@@ -8,6 +8,8 @@ Three workloads, in one process, each run three ways in turn (the best of
   what any watcher costs the core (it then creates and delivers events);
 - watched: the ``LiveTimeline`` takes every event and a ``PoolMonitor`` refreshes
   from the runner's and a GPU pool's ``stats()`` every 0.1 s (ten times its default).
+  One chart serves every watched run, reset before each, as the experiment panel's
+  does at each Start.
 
 1. Runner: 100,000 tasks that ``await asyncio.sleep(0)`` at max_concurrency=64.
 2. Experiment: 8 instances, each holding a GPU of a static fleet and recording
@@ -67,6 +69,20 @@ def _noop(event: object) -> None:
     """A subscriber that does nothing: the core's cost of being watched at all."""
 
 
+_CHARTS: list[LiveTimeline] = []
+
+
+def _chart() -> LiveTimeline:
+    """The watched runs' chart, reset for each run as the experiment panel resets its
+    own at each Start (a new ``FigureWidget`` per run would also measure plotly's
+    keeping every closed one alive)."""
+    if not _CHARTS:
+        _CHARTS.append(LiveTimeline())
+    chart = _CHARTS[0]
+    chart.reset()
+    return chart
+
+
 class _Stopwatch:
     """Wall-clock and process CPU seconds since it was made."""
 
@@ -89,7 +105,7 @@ async def runner_throughput(mode: str) -> tuple[float, float]:
     if mode == "subscribed":
         runner.subscribe(_noop)
     elif mode == "watched":
-        chart = LiveTimeline()
+        chart = _chart()
         runner.subscribe(chart.handle)
         monitor = PoolMonitor(gpu_pool=lk.GPUPool(static_fleet(4)), runner=runner, interval=0.1)
     clock = _Stopwatch()
@@ -97,9 +113,8 @@ async def runner_throughput(mode: str) -> tuple[float, float]:
         report = await runner.map(tiny, range(TASKS))
     wall, cpu = clock.read()
     assert report.stats.completed == TASKS
-    if monitor is not None and chart is not None:
+    if monitor is not None:
         monitor.close()
-        chart.close()
     return TASKS / wall, TASKS / cpu
 
 
@@ -121,7 +136,7 @@ async def experiment_throughput(
     if mode == "subscribed":
         on_event = _noop
     elif mode == "watched":
-        chart = LiveTimeline()
+        chart = _chart()
         on_event = chart.handle
         monitor = PoolMonitor(gpu_pool=pool, interval=0.1)
     clock = _Stopwatch()
@@ -137,7 +152,6 @@ async def experiment_throughput(
     if monitor is not None and chart is not None:
         chart.show_result(result)
         monitor.close()
-        chart.close()
     return INSTANCES * samples / wall, INSTANCES * samples / cpu
 
 
