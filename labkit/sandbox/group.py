@@ -15,7 +15,8 @@ in three ways, none of which needs Linux:
 3. every process whose environment carries ``LABKIT_SANDBOX=<sandbox id>``.
 
 At a command's timeout (and when its caller is cancelled) its group, its
-snapshots and the marked processes started since it began are killed; at
+snapshots and the marked processes started since it began (other commands'
+groups and snapshots spared) are killed; at
 ``reset()`` and ``close()`` everything the sandbox's commands ever started that
 any of the three finds. The labkit process's exit runs ``close()`` (the
 sandbox's finalizer is an ``atexit`` hook), and so does SIGTERM or SIGHUP while
@@ -179,7 +180,8 @@ class GroupBoundary:
             since = command.seen[command.pid].create_time()
         except (KeyError, psutil.Error):
             since = time.time() - 1.0
-        spare = set(self._seen)
+        # What earlier or concurrent commands started is theirs, not this one's.
+        spare = set(self._seen) | set(self._in_groups(exclude=command.pid))
         for other_ident, other in self._commands.items():
             if other_ident != ident:
                 spare.update(other.seen)
@@ -290,9 +292,9 @@ class GroupBoundary:
             for proc in shell.children(recursive=True):
                 command.seen.setdefault(proc.pid, proc)
 
-    def _in_groups(self) -> dict[int, psutil.Process]:
-        """Processes in the commands' process groups (which they share unless they
-        called ``setsid``); groups found empty are forgotten."""
+    def _in_groups(self, exclude: int = 0) -> dict[int, psutil.Process]:
+        """Processes in the commands' process groups but ``exclude`` (they share them
+        unless they called ``setsid``); groups found empty are forgotten."""
         for pgid in list(self._groups):
             try:
                 os.killpg(pgid, 0)
@@ -301,11 +303,12 @@ class GroupBoundary:
             except PermissionError:
                 pass
         found: dict[int, psutil.Process] = {}
-        if not self._groups:
+        groups = self._groups - {exclude}
+        if not groups:
             return found
         for pid in psutil.pids():
             try:
-                if os.getpgid(pid) in self._groups:
+                if os.getpgid(pid) in groups:
                     found[pid] = psutil.Process(pid)
             except (OSError, psutil.Error):
                 continue
