@@ -14,6 +14,13 @@ spent.
 
 The decision rule is a pure function (:func:`judge`) of the values seen so far, so
 it is tested by simulation without running anything.
+
+Measured on 8 simulated configurations (``benchmarks/bench_racing.py``), with a
+budget of half a fixed sweep's instances: racing finds the true best more often
+than 16 or 24 instances per trial do (94.3 against 91.9 %, 96.7 against 95.8 %),
+as often as 10 per trial (85.9 against 85.8 %: with a budget of 5 per trial the
+initial round takes 2 of them), and less often than 6 per trial (74.1 against
+77.4 %: 2 of 3 go to the initial round).
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ class RaceOptions:
     Attributes:
         initial: Instances every trial starts with (at least 2, so that each has
             a spread to compare). 2 leaves the most of a small budget to the
-            rounds; measured, a third initial instance never found the best
-            more often.
+            rounds: on the benchmark's sweeps a third initial instance found
+            the best no more often with 8 instances per trial, and less often
+            with 5 (83.6 against 86.5 %) and 3 (64.0 against 74.1 %).
         max_instances: The most instances one trial gets.
         budget: The most instances the whole race runs; ``None``: trials times
             ``max_instances``.
