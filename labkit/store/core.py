@@ -28,11 +28,11 @@ from typing import Any, Literal, TypeVar
 
 import pandas as pd
 
-from labkit.errors import MissingDependency, StoreError, check
+from labkit.errors import MissingDependency, StoreError, check, is_int, is_real
 from labkit.results import ExperimentResult, InstanceResult, frame_from_dict
 from labkit.store.codec import dumps, fingerprint, join_chunks, plain
 from labkit.store.filesystems import network_filesystem
-from labkit.store.schema import migrate
+from labkit.store.schema import check_version, migrate
 from labkit.store.writer import Writer
 
 __all__ = ("HEARTBEAT_EVERY", "MISSED_HEARTBEATS", "Store", "StoreStats")
@@ -45,6 +45,8 @@ HEARTBEAT_EVERY = 5.0
 MISSED_HEARTBEATS = 3
 """A running experiment whose heartbeat is older than this many intervals is ``interrupted``."""
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes kept in the -wal file after a checkpoint
+_MAX_SECONDS = 86_400.0  # a longer wait or interval is a typo (inf stopped the writer)
+_MAX_BATCH_ROWS = 1_000_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,9 +90,14 @@ class Store:
         batch_rows: Commit buffered samples once this many are waiting.
         flush_interval: Commit buffered samples at least this often (s).
         checkpoint_interval: Checkpoint the WAL this often while writing (s).
+        read_only: Only read: open the file read-only (never created, migrated or
+            written; no writer thread), so a store on a read-only filesystem or
+            in a directory one cannot write to can still be listed and loaded.
+            Every write raises :class:`~labkit.errors.StoreError`.
 
     Raises:
-        ConfigError: For an option out of range.
+        ConfigError: For an option out of range: a bool or NaN where a number
+            belongs, an infinite or absurd interval, a fractional ``batch_rows``.
         StoreError: If the database cannot be opened, is on a network filesystem,
             or was written by a newer labkit (unknown schema version).
     """
@@ -104,13 +111,38 @@ class Store:
         batch_rows: int = 100,
         flush_interval: float = 0.25,
         checkpoint_interval: float = 10.0,
+        read_only: bool = False,
     ) -> None:
         check(synchronous in ("normal", "full"), "synchronous", synchronous, '"normal" or "full"')
-        check(timeout >= 0, "timeout", timeout, "seconds >= 0")
-        check(batch_rows >= 1, "batch_rows", batch_rows, "an integer >= 1")
-        check(flush_interval > 0, "flush_interval", flush_interval, "seconds > 0")
-        check(checkpoint_interval > 0, "checkpoint_interval", checkpoint_interval, "seconds > 0")
-        check(str(path) != ":memory:" and str(path) != "", "path", path, "a file path")
+        check(
+            is_real(timeout) and 0 <= timeout <= _MAX_SECONDS,
+            "timeout",
+            timeout,
+            f"a finite number of seconds from 0 to {_MAX_SECONDS:,.0f}",
+        )
+        check(
+            is_int(batch_rows) and 1 <= batch_rows <= _MAX_BATCH_ROWS,
+            "batch_rows",
+            batch_rows,
+            f"an integer from 1 to {_MAX_BATCH_ROWS:,}",
+        )
+        for option, seconds in (
+            ("flush_interval", flush_interval),
+            ("checkpoint_interval", checkpoint_interval),
+        ):
+            check(
+                is_real(seconds) and 0 < seconds <= _MAX_SECONDS,
+                option,
+                seconds,
+                f"a finite number of seconds > 0 and <= {_MAX_SECONDS:,.0f}",
+            )
+        check(isinstance(read_only, bool), "read_only", read_only, "True or False")
+        check(
+            isinstance(path, str | os.PathLike) and str(path) not in (":memory:", ""),
+            "path",
+            path,
+            "a file path",
+        )
         self._path = Path(path).absolute()
         fstype = network_filesystem(self._path.parent)
         if fstype is not None:
@@ -125,15 +157,19 @@ class Store:
         )
         self._closed = False
         self._read_lock = threading.Lock()
-        self._reader = self._connect()
+        self._writer: Writer | None = None
+        self._reader = self._connect_read_only() if read_only else self._connect()
         try:
-            migrate(self._reader, self._path)
-            self._writer = Writer(
-                self._connect,
-                batch_rows=batch_rows,
-                flush_interval=flush_interval,
-                checkpoint_interval=checkpoint_interval,
-            )
+            if read_only:
+                check_version(self._reader, self._path)
+            else:
+                migrate(self._reader, self._path)
+                self._writer = Writer(
+                    self._connect,
+                    batch_rows=batch_rows,
+                    flush_interval=flush_interval,
+                    checkpoint_interval=checkpoint_interval,
+                )
         except BaseException:
             self._reader.close()
             raise
@@ -161,6 +197,41 @@ class Store:
             raise
         return conn
 
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that never writes: ``mode=ro``, else ``immutable=1``.
+
+        ``mode=ro`` still needs the WAL's shared-memory file; where it cannot be
+        created (a read-only directory or filesystem), ``immutable=1`` reads the
+        main file as it is: complete for a store closed cleanly (``close()``
+        checkpoints the WAL into it).
+        """
+        if not self._path.is_file():
+            raise StoreError(f"cannot read {self._path}: no such file (read_only creates none)")
+        last: sqlite3.Error | None = None
+        for flags in ("mode=ro", "immutable=1"):
+            conn: sqlite3.Connection | None = None
+            try:
+                conn = sqlite3.connect(
+                    f"{self._path.as_uri()}?{flags}",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                conn.execute(self._pragmas[0])  # busy_timeout
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens lazily
+                return conn
+            except sqlite3.Error as exc:
+                if conn is not None:
+                    conn.close()
+                last = exc
+        raise StoreError(f"cannot read {self._path}: {last}") from last
+
+    def _writable(self) -> Writer:
+        self._check_open()
+        if self._writer is None:
+            raise StoreError(f"the store {self._path} was opened read_only: it cannot be written")
+        return self._writer
+
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
         """A short read transaction: one consistent snapshot, then let go of the WAL."""
@@ -180,8 +251,7 @@ class Store:
             raise StoreError(f"the store {self._path} is closed")
 
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
-        self._check_open()
-        return self._writer.submit(work)
+        return self._writable().submit(work)
 
     @property
     def path(self) -> Path:
@@ -273,7 +343,7 @@ class Store:
             return experiment_id, [row[0] for row in done]
 
         experiment_id, done = _result(self._write(work))
-        self._writer.reopen(experiment_id)
+        self._writable().reopen(experiment_id)
         if not done:
             return experiment_id, {}
         with self._reading() as conn:
@@ -350,8 +420,7 @@ class Store:
         Raises:
             StoreError: If the store is closed.
         """
-        self._check_open()
-        self._writer.add((experiment_id, instance, t, dict(metrics)))
+        self._writable().add((experiment_id, instance, t, dict(metrics)))
 
     async def finish_instance(self, experiment_id: str, result: InstanceResult) -> None:
         """Record a finished (or failed) instance; committed before this returns.
@@ -403,9 +472,8 @@ class Store:
                 row,
             )
 
-        self._check_open()
         await asyncio.wrap_future(
-            self._writer.submit(work, finishing=(experiment_id, result.index))
+            self._writable().submit(work, finishing=(experiment_id, result.index))
         )
 
     async def finish(self, experiment_id: str, result: ExperimentResult) -> None:
@@ -634,8 +702,17 @@ class Store:
         _result(self._write(lambda conn: None))
 
     def stats(self) -> StoreStats:
-        """A snapshot of the writer: buffered, written and dropped samples."""
+        """A snapshot of the writer: buffered, written and dropped samples (all 0 read-only)."""
         writer = self._writer
+        if writer is None:
+            return StoreStats(
+                path=self._path,
+                pending_samples=0,
+                samples_written=0,
+                samples_dropped=0,
+                batches=0,
+                last_batch_ms=0.0,
+            )
         return StoreStats(
             path=self._path,
             pending_samples=len(writer.samples),
@@ -659,11 +736,12 @@ class Store:
             return
         self._closed = True
         self._finalizer()
-        if self._writer.error is not None:
+        writer = self._writer
+        if writer is not None and writer.error is not None:
             raise StoreError(
-                f"{self._writer.samples_dropped} samples could not be written to "
-                f"{self._path}: {self._writer.error}"
-            ) from self._writer.error
+                f"{writer.samples_dropped} samples could not be written to "
+                f"{self._path}: {writer.error}"
+            ) from writer.error
 
     def __enter__(self) -> Store:
         return self
@@ -681,8 +759,9 @@ class Store:
         return f"Store({str(self._path)!r}, {state})"
 
 
-def _shutdown(writer: Writer, reader: sqlite3.Connection) -> None:
-    writer.stop()
+def _shutdown(writer: Writer | None, reader: sqlite3.Connection) -> None:
+    if writer is not None:
+        writer.stop()
     reader.close()
 
 

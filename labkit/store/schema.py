@@ -15,7 +15,7 @@ from pathlib import Path
 
 from labkit.errors import StoreError
 
-__all__ = ("MIGRATIONS", "immediate", "migrate")
+__all__ = ("MIGRATIONS", "check_version", "immediate", "migrate")
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -82,6 +82,29 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
                 conn.execute(statement)
         # PRAGMA takes no parameters; the value is an int we computed.
         conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+
+
+def check_version(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse, without writing, a database this labkit cannot read as it is.
+
+    Raises:
+        StoreError: The file's schema is newer than :data:`MIGRATIONS` knows, or
+            older (it needs migrating, which a read-only store cannot do).
+    """
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read {path}: {exc}") from exc
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"{path} has schema version {version}, newer than this labkit "
+            f"knows ({len(MIGRATIONS)}): upgrade labkit to open it"
+        )
+    if version < len(MIGRATIONS):
+        raise StoreError(
+            f"{path} has schema version {version}, older than this labkit's "
+            f"({len(MIGRATIONS)}): open it once without read_only to upgrade it"
+        )
 
 
 @contextmanager
