@@ -17,9 +17,9 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from labkit.errors import ConfigError, LabkitError, error_text
+from labkit.errors import ConfigError, LabkitError, StoreError, error_text
 from labkit.events import TaskEvent
 from labkit.experiment import (
     MAX_INSTANCES,
@@ -29,6 +29,9 @@ from labkit.experiment import (
     run_experiment,
 )
 from labkit.results import ExperimentResult
+
+if TYPE_CHECKING:
+    from labkit.store import Store
 
 __all__ = ("main",)
 
@@ -784,9 +787,7 @@ def _history(args: argparse.Namespace) -> int:
     if not Path(args.db).exists():
         print(f"no experiments recorded yet: {args.db} does not exist", file=sys.stderr)
         return EXIT_OK
-    from labkit.store import Store
-
-    with Store(args.db) as store:
+    with _open_store(args.db) as store:
         frame = store.experiments()
     frame = frame.tail(args.limit)
     if args.json:
@@ -798,6 +799,25 @@ def _history(args: argparse.Namespace) -> int:
     columns = ["id", "name", "status", "instances", "succeeded", "failed", "created"]
     print(frame[[column for column in columns if column in frame]].to_string(index=False))
     return EXIT_OK
+
+
+def _open_store(db: str) -> Store:
+    """The store at ``db``, to read: read-only first, so that a read-only file,
+    directory or filesystem works and nothing is written; else opened normally,
+    which upgrades a store of an older labkit.
+
+    Raises:
+        StoreError: Neither works; the read-only attempt's reason is given.
+    """
+    from labkit.store import Store
+
+    try:
+        return Store(db, read_only=True)
+    except StoreError as read_only_error:
+        try:
+            return Store(db)
+        except StoreError:
+            raise read_only_error from None
 
 
 def _monitor(args: argparse.Namespace) -> int:
@@ -836,9 +856,7 @@ def _monitor_text(db: str) -> str:
         load = "N/A" if gpu.utilization is None else f"{gpu.utilization:.0%}"
         lines.append(f"GPU {gpu.index} {gpu.name}: memory {used}/{total} MB, load {load}")
     if Path(db).exists():
-        from labkit.store import Store
-
-        with Store(db) as store:
+        with _open_store(db) as store:
             frame = store.experiments()
         for status, heading in (
             ("running", "running"),

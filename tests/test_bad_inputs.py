@@ -169,6 +169,7 @@ def acquire(option: str) -> Callable[[Any], Any]:
     return lambda value: bounded(go(value))
 
 
+NOWHERE = "/nonexistent-labkit-folder/lab.db"  # never opened: the options fail first
 TIMELINE = pd.DataFrame({"t": [0.0, 1.0, 2.0], "x": [1.0, 2.0, 3.0]})
 VALUES = [1.0, 2.0, 3.0, 4.0]
 
@@ -321,6 +322,20 @@ SPECS = [
     Spec("run_experiment", "experiment", lambda value: bounded(lk.run_experiment(value)),
          st.one_of(st.none(), st.integers(), st.just(instance))),
     Spec("run_experiment", "timeout", experiment_option("timeout"), seconds()),
+    # The store (refused before the file is opened: the path's folder does not exist).
+    Spec("Store", "timeout", lambda value: lk.Store(NOWHERE, timeout=value),
+         seconds(zero_ok=True, high=86_400)),
+    Spec("Store", "batch_rows", lambda value: lk.Store(NOWHERE, batch_rows=value),
+         count(high=1_000_000)),
+    Spec("Store", "flush_interval", lambda value: lk.Store(NOWHERE, flush_interval=value),
+         seconds(high=86_400)),
+    Spec("Store", "checkpoint_interval",
+         lambda value: lk.Store(NOWHERE, checkpoint_interval=value), seconds(high=86_400)),
+    Spec("Store", "read_only", lambda value: lk.Store(NOWHERE, read_only=value), not_bool()),
+    Spec("Store", "synchronous", lambda value: lk.Store(NOWHERE, synchronous=value),
+         st.one_of(st.integers(), st.text(max_size=3), st.none())),
+    Spec("Store", "path", lambda value: lk.Store(value),
+         st.one_of(st.just(""), st.just(":memory:"), st.integers(), st.none())),
     # Sweeps and races.
     Spec("sweep", "max_parallel", sweep_option("max_parallel"), count(high=1024)),
     Spec("sweep", "n_trials", sweep_option("n_trials"), count()),
@@ -434,6 +449,8 @@ ISSUE_CASES = [
     ("batch_delay", lambda: bounded(lk.run_parallel(identity, [1, 2], batch_size=1,
                                                     batch_delay=INF))),
     ("jitter", lambda: lk.RateLimit(1.0, jitter=INF)),
+    ("batch_rows", lambda: lk.Store(NOWHERE, batch_rows=2.5)),
+    ("flush_interval", lambda: lk.Store(NOWHERE, flush_interval=INF)),
     ("initial", lambda: lk.Retry(initial=INF)),
     ("timelines[0]['t']", lambda: lk.average_timelines([pd.DataFrame({"t": [-1.0, 0.0],
                                                                       "x": [1.0, 2.0]})])),

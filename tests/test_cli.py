@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from labkit.cli import _parser, load_target, main, parse_params
+from labkit.errors import StoreError
 from labkit.experiment import Experiment
 from labkit.store import Store
 
@@ -267,3 +269,51 @@ def test_monitor_on_a_terminal_redraws_in_place(tmp_path: Path) -> None:
         _stop(process)
         os.close(leader)
     assert data.count(b"\033[2J\033[H") >= 2
+
+
+def _read_only_mount_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _read_only_mount_works(), reason="needs root and unshare --mount")
+def test_history_and_monitor_read_a_store_on_a_read_only_filesystem(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    with Store(folder / "lab.db") as store:
+        store.begin(name="kept", params={}, instances=2, config={}, resume=False)
+    # A real read-only bind mount, in a private mount namespace of the command only.
+    script = (
+        f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} && "
+        f"touch {folder}/probe 2>/dev/null && exit 99; "
+        f"{sys.executable} -m labkit.cli history --db {folder}/lab.db && "
+        f"{sys.executable} -m labkit.cli monitor --db {folder}/lab.db"
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr  # 99: the mount was not read-only
+    assert " kept " in done.stdout.splitlines()[1]  # history: its row under the heading
+    assert "0/2 instances done" in done.stdout  # monitor's line
+    assert sorted(p.name for p in folder.iterdir()) == ["lab.db"]  # nothing written
+
+
+def test_a_read_only_store_refuses_writes(tmp_path: Path) -> None:
+    with Store(tmp_path / "lab.db") as store:
+        store.begin(name="kept", params={}, instances=1, config={}, resume=False)
+    with Store(tmp_path / "lab.db", read_only=True) as store:
+        assert list(store.experiments()["name"]) == ["kept"]
+        with pytest.raises(StoreError, match="read_only"):
+            store.begin(name="new", params={}, instances=1, config={}, resume=False)
+        with pytest.raises(StoreError, match="read_only"):
+            store.sample("x", 0, 0.0, {"v": 1.0})
+    with pytest.raises(StoreError, match="no such file"):
+        Store(tmp_path / "missing.db", read_only=True)
+    assert not (tmp_path / "missing.db").exists()
