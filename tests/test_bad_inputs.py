@@ -29,7 +29,7 @@ from labkit import stats
 from labkit.errors import ConfigError
 from labkit.experiment import ExperimentOptions
 from labkit.race import RaceOptions
-from labkit.testing import FakeClock, static_fleet
+from labkit.testing import FakeClock, FakeSandbox, static_fleet
 
 NAN, INF = math.nan, math.inf
 BOUND_S = 5.0  # the longest any refused call may take
@@ -494,3 +494,21 @@ def test_good_values_at_the_edges_are_accepted() -> None:
     ExperimentOptions(instances=1024, gpus_per_instance=0, duration=86_400, sample_every=86_400)
     RaceOptions(initial=2, max_instances=1024, confidence=0.5)
     lk.GPUPool(static_fleet(1), max_parallel=10**9, poll_interval=86_400)
+
+
+@pytest.mark.parametrize("value", [True, INF, NAN, 0, -1.0, "3"])
+async def test_a_pool_session_timeout_is_checked_when_the_session_opens(value: Any) -> None:
+    async with lk.SandboxPool(FakeSandbox, max_size=1) as pool:
+        with pytest.raises(ConfigError) as caught:
+            async with pool.session(timeout=value):
+                pass
+        assert caught.value.option == "timeout"
+        assert pool.stats().total_created == 0  # refused before a sandbox started
+
+
+@pytest.mark.parametrize("value", [True, 2.5, -1, "2"])
+async def test_prewarm_takes_a_count(value: Any) -> None:
+    async with lk.SandboxPool(FakeSandbox, max_size=2) as pool:
+        with pytest.raises(ConfigError) as caught:
+            await pool.prewarm(value)
+        assert caught.value.option == "n" and pool.stats().total_created == 0

@@ -53,6 +53,7 @@ log = logging.getLogger("labkit.gpu")
 # Past these a request is a typo: no machine has 65,536 GPUs, and a poll interval
 # over a day would leave waiters unserved for days.
 _MAX_GPUS = 65_536
+_GPUS_ALLOWED = f"an integer from 0 to {_MAX_GPUS}"
 _MAX_SECONDS = 86_400.0
 
 # Process-wide, so an allocation from another pool can never pass for one of ours.
@@ -407,12 +408,7 @@ class GPUPool:
             GPUPoolClosed: (when awaited) the pool is closed, or was closed while
                 the request waited.
         """
-        check(
-            is_int(gpus) and 0 <= gpus <= _MAX_GPUS,
-            "gpus",
-            gpus,
-            f"an integer from 0 to {_MAX_GPUS}",
-        )
+        check(is_int(gpus) and 0 <= gpus <= _MAX_GPUS, "gpus", gpus, _GPUS_ALLOWED)
         check(
             is_real(min_memory_mb) and min_memory_mb >= 0,
             "min_memory_mb",

@@ -321,7 +321,8 @@ class SandboxPool:
             A started, clean sandbox, for this session only.
 
         Raises:
-            ConfigError: ``timeout`` is not ``None`` or a number > 0.
+            ConfigError: ``timeout`` is not ``None`` or a finite number > 0 (a bool
+                is refused).
             SandboxTimeout: No sandbox came free within ``timeout``; the message
                 names the pool's size and its active and waiting sessions.
             SandboxClosed: The pool is closed (or closes while this session waits).
@@ -329,7 +330,12 @@ class SandboxPool:
                 sandbox started for this session failed (for E2B: SandboxAuthError,
                 SandboxRateLimited, SandboxStartError).
         """
-        check(timeout is None or timeout > 0, "timeout", timeout, "None or seconds > 0")
+        check(
+            timeout is None or (is_real(timeout) and timeout > 0),
+            "timeout",
+            timeout,
+            "None (wait for ever) or a finite number of seconds > 0",
+        )
         await self._ensure_prewarmed()
         if timeout is None:
             entry = await self._acquire()
@@ -347,11 +353,11 @@ class SandboxPool:
             How many were started.
 
         Raises:
-            ConfigError: ``n`` is negative.
+            ConfigError: ``n`` is not an int (a bool is refused) or is negative.
             SandboxClosed: The pool is closed.
             Exception: The first error of a failed start, after the others finished.
         """
-        check(isinstance(n, int) and n >= 0, "n", n, "an int >= 0")
+        check(is_int(n) and n >= 0, "n", n, "an int >= 0 (more than max_size starts max_size)")
         self._check_open()
         count = min(n, self._max_size - self._live)
         if count <= 0:
