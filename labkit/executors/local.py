@@ -37,7 +37,6 @@ import functools
 import inspect
 import multiprocessing
 import os
-import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -248,21 +247,6 @@ class Backend:
             else:
                 processes.close()  # type: ignore[no-untyped-call]
             await asyncio.to_thread(processes.join)
-
-    def close(self, *, cancel: bool = False) -> None:
-        """:meth:`aclose` for code without a loop: does not wait for worker processes."""
-        if self._dask is not None:
-            self._dask.close(cancel=cancel)
-        threads, self._threads = self._threads, None
-        if threads is not None:
-            threads.shutdown()
-        processes, self._processes = self._processes, None
-        if processes is not None:
-            if cancel:
-                processes.stop()  # type: ignore[no-untyped-call]
-            else:
-                processes.close()  # type: ignore[no-untyped-call]
-            threading.Thread(target=processes.join, daemon=True).start()
 
 
 async def _outcome(threads: ElasticThreadPool, call: ThreadCall) -> Any:
