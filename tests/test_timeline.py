@@ -1104,3 +1104,10 @@ def test_merge_into_an_empty_state_takes_the_other_as_it_is() -> None:
     assert (low.tolist(), high.tolist()) == ([1.0, 2.0, 3.0, 4.0], [3.0, 4.0, 5.0, 6.0])
     with pytest.raises(ValueError, match="own count"):
         moments.merge(moments.init(4, own_count=False), full)
+
+
+def test_a_recorded_step_is_an_axis_not_a_summary_figure() -> None:
+    from labkit.timeline import summarize_timeline
+
+    timeline = pd.DataFrame({"t": [0.0, 1.0, 2.0], "step": [0, 1, 2], "loss": [3.0, 2.0, 1.0]})
+    assert summarize_timeline(timeline) == {"loss_peak": 3.0}

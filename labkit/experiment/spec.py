@@ -103,10 +103,10 @@ class Experiment:
             for metric, kinds in self.summarize.items():
                 listed = (kinds,) if isinstance(kinds, str) else tuple(kinds)
                 check(
-                    isinstance(metric, str) and metric != "t",
+                    isinstance(metric, str) and metric not in ("t", "step"),
                     "summarize",
                     metric,
-                    "metric names (any str but 't')",
+                    "metric names (any str but the axes 't' and 'step')",
                 )
                 for kind in listed:
                     check(

@@ -24,12 +24,15 @@ SUMMARY_RESERVED = frozenset(
 RECOVERY_KEYS = ("recovery_time", "recovery_times")
 
 
+_AXES = frozenset({"t", "step"})
+
+
 def summarize_timeline(timeline: pd.DataFrame) -> dict[str, float | int]:
     """One instance's summary figures from its timeline, in the summary format.
 
     Every metric ``m`` gives ``m_peak`` (its largest value), except ``errors``,
     whose samples count the errors since the previous sample: it gives
-    ``error_count``, their sum. Missing values (NaN) are ignored; a metric with
+    ``error_count``, their sum. ``t`` and ``step`` are the axes, not metrics. Missing values (NaN) are ignored; a metric with
     no value gives NaN (``error_count``: 0).
 
     Example:
@@ -47,8 +50,8 @@ def summarize_timeline(timeline: pd.DataFrame) -> dict[str, float | int]:
         raise ConfigError("timeline.columns", Shown(repr(list(timeline.columns))), "a 't' column")
     summary: dict[str, float | int] = {}
     for name in timeline.columns:
-        if name == "t":
-            continue
+        if name in _AXES:
+            continue  # the time offset and a recorded step are axes, not metrics
         values = as_float(timeline[name], f"timeline[{name!r}]", "a numeric metric column")
         finite = values[np.isfinite(values)]
         if name == "errors":
