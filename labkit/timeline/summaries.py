@@ -32,8 +32,9 @@ def summarize_timeline(timeline: pd.DataFrame) -> dict[str, float | int]:
 
     Every metric ``m`` gives ``m_peak`` (its largest value), except ``errors``,
     whose samples count the errors since the previous sample: it gives
-    ``error_count``, their sum. ``t`` and ``step`` are the axes, not metrics. Missing values (NaN) are ignored; a metric with
-    no value gives NaN (``error_count``: 0).
+    ``error_count``, their sum. ``t`` and ``step`` are the axes, not metrics.
+    Missing values (NaN) are ignored; a metric with no value gives NaN
+    (``error_count``: 0).
 
     Example:
         >>> summarize_timeline(pd.DataFrame({"t": [0.0, 1.0], "cpu": [40.0, 52.5],
