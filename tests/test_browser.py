@@ -201,6 +201,8 @@ def test_panel_chart_and_monitor_render_and_run(jupyterlab: str) -> None:
             page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=30_000)
             static_traces = page.locator(".js-plotly-plot .scatterlayer .trace").count()
             assert static_traces >= 4  # three instances and the average
+            # both panels (the 3-instance one and the 16-instance one) render, in time
+            page.locator(".labkit-experiment-panel").nth(1).wait_for(timeout=60_000)
             assert page.locator(".labkit-experiment-panel").count() == 2
             assert (
                 page.locator(".labkit-experiment-panel").first.locator(".widget-slider").count()
