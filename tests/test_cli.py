@@ -8,6 +8,7 @@ import os
 import select
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -155,10 +156,12 @@ def test_history_and_monitor_show_an_interrupted_run(
     with Store(db) as store:
         dead, _ = store.begin(name="dead", params={}, instances=2, config={}, resume=False)
         alive, _ = store.begin(name="alive", params={}, instances=2, config={}, resume=False)
-        # The dead run last beat long ago with a short interval; the live one just now.
-        store.heartbeat(dead, every=0.001)
+        # The dead run last beat an hour ago with a 1 s interval; the live one just now.
+        store.heartbeat(dead, every=1.0)
         store.heartbeat(alive, every=60.0)
         store.flush()
+    with sqlite3.connect(db) as conn:  # its process died an hour ago
+        conn.execute("UPDATE experiments SET heartbeat = heartbeat - 3600 WHERE id = ?", (dead,))
     assert main(["history", "--db", str(db)]) == 0
     rows = {line.split()[1]: line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]}
     assert rows == {"dead": "interrupted", "alive": "running"}
