@@ -488,12 +488,22 @@ def test_rows_sharing_a_time_without_a_conflict_still_average() -> None:
 
 def test_good_values_at_the_edges_are_accepted() -> None:
     # The bounds themselves are allowed: the checks refuse only what lies beyond.
-    lk.Retry(attempts=1, initial=0, max_delay=86_400, jitter=1.0, backoff=1)
-    lk.RateLimit(1, per=86_400, burst=1_000_000_000, jitter=0)
-    lk.Runner(max_concurrency=1_000_000, batch_size=sys.maxsize, batch_delay=86_400, timeout=1e9)
-    ExperimentOptions(instances=1024, gpus_per_instance=0, duration=86_400, sample_every=86_400)
-    RaceOptions(initial=2, max_instances=1024, confidence=0.5)
-    lk.GPUPool(static_fleet(1), max_parallel=10**9, poll_interval=86_400)
+    retry = lk.Retry(attempts=1, initial=0, max_delay=86_400, jitter=1.0, backoff=1)
+    assert (retry.attempts, retry.max_delay, retry.jitter) == (1, 86_400, 1.0)
+    limit = lk.RateLimit(1, per=86_400, burst=1_000_000_000, jitter=0)
+    assert (limit.per, limit.burst) == (86_400, 1_000_000_000)
+    runner = lk.Runner(
+        max_concurrency=1_000_000, batch_size=sys.maxsize, batch_delay=86_400, timeout=1e9
+    )
+    assert runner.concurrency == 1_000_000 and runner.options.batch_size == sys.maxsize
+    options = ExperimentOptions(
+        instances=1024, gpus_per_instance=0, duration=86_400, sample_every=86_400
+    )
+    assert (options.instances, options.duration) == (1024, 86_400)
+    race = RaceOptions(initial=2, max_instances=1024, confidence=0.5)
+    assert (race.max_instances, race.confidence) == (1024, 0.5)
+    pool = lk.GPUPool(static_fleet(1), max_parallel=10**9, poll_interval=86_400)
+    assert pool.max_parallel == 10**9
 
 
 @pytest.mark.parametrize("value", [True, INF, NAN, 0, -1.0, "3"])
