@@ -50,98 +50,11 @@ class RunOptions:
     keep_items: bool | Literal["failed"] = True
 
     def __post_init__(self) -> None:
-        auto = self.max_concurrency == "auto" or isinstance(self.max_concurrency, AutoConcurrency)
-        check(
-            auto
-            or (
-                is_int(self.max_concurrency) and 1 <= self.max_concurrency <= MAX_CONCURRENCY  # type: ignore[operator]
-            ),
-            "max_concurrency",
-            self.max_concurrency,
-            f"an integer from 1 to {MAX_CONCURRENCY:,}, 'auto', or a labkit.AutoConcurrency",
-        )
-        check(
-            self.timeout is None or (is_real(self.timeout) and self.timeout > 0),
-            "timeout",
-            self.timeout,
-            "None (no limit) or a finite number of seconds > 0",
-        )
-        check(
-            self.retry is None or isinstance(self.retry, Retry),
-            "retry",
-            self.retry,
-            "None or a labkit.Retry instance",
-        )
-        check(
-            self.rate_limit is None or isinstance(self.rate_limit, RateLimit),
-            "rate_limit",
-            self.rate_limit,
-            "None or a labkit.RateLimit instance",
-        )
-        check(
-            self.batch_size is None
-            or (is_int(self.batch_size) and 1 <= self.batch_size <= sys.maxsize),
-            "batch_size",
-            self.batch_size,
-            f"None or an integer from 1 to {sys.maxsize:,}",
-        )
-        check(
-            is_real(self.batch_delay) and 0 <= self.batch_delay <= MAX_BATCH_DELAY_S,
-            "batch_delay",
-            self.batch_delay,
-            f"a finite number of seconds from 0 to {MAX_BATCH_DELAY_S:,.0f}",
-        )
-        check(
-            self.priority is None
-            or callable(self.priority)
-            or (
-                isinstance(self.priority, Sequence)
-                and not isinstance(self.priority, str | bytes)
-                and all(is_real(value) for value in self.priority)
-            ),
-            "priority",
-            self.priority,
-            "None, a callable item -> number, or one finite number per item",
-        )
-        check(
-            self.on_event is None or callable(self.on_event) or isinstance(self.on_event, EventBus),
-            "on_event",
-            self.on_event,
-            "None, a callable taking an event, or a labkit.EventBus",
-        )
-        check(
-            isinstance(self.clock, Clock) and not isinstance(self.clock, type),
-            "clock",
-            self.clock,
-            "a labkit.Clock instance",
-        )
-        check(
-            self.rng is None or isinstance(self.rng, random.Random),
-            "rng",
-            self.rng,
-            "None or a random.Random",
-        )
-        check(
-            self.limits is None or isinstance(self.limits, ResourceLimits),
-            "limits",
-            self.limits,
-            "None or a labkit.ResourceLimits",
-        )
-        check(
-            self.cost is None or callable(self.cost) or isinstance(self.cost, Mapping),
-            "cost",
-            self.cost,
-            "None, a mapping like {'memory_mb': 2048}, or a callable item -> mapping",
-        )
+        for option, accepts, allowed in _RULES:
+            value = getattr(self, option)
+            check(accepts(value), option, value, allowed)
         if isinstance(self.cost, Mapping):
             cost_of(self.cost, None)  # validates the keys now
-        check(
-            self.keep_items is True or self.keep_items is False or self.keep_items == "failed",
-            "keep_items",
-            self.keep_items,
-            "True (every result keeps its item), False (none does) or 'failed' "
-            "(only failed results do)",
-        )
 
     @property
     def auto(self) -> AutoConcurrency | None:
@@ -155,3 +68,78 @@ class RunOptions:
         """The most tasks that may ever run at once."""
         auto = self.auto
         return auto.max if auto is not None else int(self.max_concurrency)  # type: ignore[arg-type]
+
+
+def _concurrency(value: Any) -> bool:
+    if value == "auto" or isinstance(value, AutoConcurrency):
+        return True
+    return is_int(value) and 1 <= value <= MAX_CONCURRENCY
+
+
+def _priority(value: Any) -> bool:
+    if value is None or callable(value):
+        return True
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str | bytes)
+        and all(is_real(key) for key in value)
+    )
+
+
+# Each option: what it accepts, and what the refusal says is allowed.
+_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    (
+        "max_concurrency",
+        _concurrency,
+        f"an integer from 1 to {MAX_CONCURRENCY:,}, 'auto', or a labkit.AutoConcurrency",
+    ),
+    (
+        "timeout",
+        lambda v: v is None or (is_real(v) and v > 0),
+        "None (no limit) or a finite number of seconds > 0",
+    ),
+    ("retry", lambda v: v is None or isinstance(v, Retry), "None or a labkit.Retry instance"),
+    (
+        "rate_limit",
+        lambda v: v is None or isinstance(v, RateLimit),
+        "None or a labkit.RateLimit instance",
+    ),
+    (
+        "batch_size",
+        lambda v: v is None or (is_int(v) and 1 <= v <= sys.maxsize),
+        f"None or an integer from 1 to {sys.maxsize:,}",
+    ),
+    (
+        "batch_delay",
+        lambda v: is_real(v) and 0 <= v <= MAX_BATCH_DELAY_S,
+        f"a finite number of seconds from 0 to {MAX_BATCH_DELAY_S:,.0f}",
+    ),
+    ("priority", _priority, "None, a callable item -> number, or one finite number per item"),
+    (
+        "on_event",
+        lambda v: v is None or callable(v) or isinstance(v, EventBus),
+        "None, a callable taking an event, or a labkit.EventBus",
+    ),
+    (
+        "clock",
+        lambda v: isinstance(v, Clock) and not isinstance(v, type),
+        "a labkit.Clock instance",
+    ),
+    ("rng", lambda v: v is None or isinstance(v, random.Random), "None or a random.Random"),
+    (
+        "limits",
+        lambda v: v is None or isinstance(v, ResourceLimits),
+        "None or a labkit.ResourceLimits",
+    ),
+    (
+        "cost",
+        lambda v: v is None or callable(v) or isinstance(v, Mapping),
+        "None, a mapping like {'memory_mb': 2048}, or a callable item -> mapping",
+    ),
+    (
+        "keep_items",
+        lambda v: v is True or v is False or v == "failed",
+        "True (every result keeps its item), False (none does) or 'failed' "
+        "(only failed results do)",
+    ),
+)
