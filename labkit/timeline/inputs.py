@@ -119,6 +119,26 @@ def read_timelines(timelines: Any, axis: Axis = "t") -> tuple[list[Instance], li
     without a step (NaN: a resource sample between steps) are left out, and a
     ``t`` column is not a metric.
     """
+    frames = _frames(timelines, axis)
+    skipped = {"t", "step"} if axis == "step" else {"t"}
+    instances: list[Instance] = []
+    metrics: dict[str, None] = {}  # insertion-ordered set
+    for position, frame in enumerate(frames):
+        instance = _read_one(frame, position, axis, skipped, metrics)
+        if instance is not None:
+            instances.append(instance)
+    if not metrics:
+        raise ConfigError(
+            "timelines",
+            Shown("timelines with only a 't' column"),
+            "at least one metric column besides 't'",
+        )
+    _check_output_names(list(metrics), axis)
+    return instances, list(metrics), len(frames)
+
+
+def _frames(timelines: Any, axis: Axis) -> list[Any]:
+    """The timelines as a non-empty list (one per instance)."""
     if isinstance(timelines, pd.DataFrame | Mapping):
         raise ConfigError(
             "timelines",
@@ -135,109 +155,122 @@ def read_timelines(timelines: Any, axis: Axis = "t") -> tuple[list[Instance], li
         raise ConfigError(
             "timelines", [], f"at least one timeline (a DataFrame with {_AXIS_TEXT[axis]})"
         )
-    skipped = {"t", "step"} if axis == "step" else {"t"}
+    return frames
 
-    instances: list[Instance] = []
-    metrics: dict[str, None] = {}  # insertion-ordered set
-    for position, frame in enumerate(frames):
-        where = f"timelines[{position}]"
-        if isinstance(frame, Mapping):
-            frame = pd.DataFrame(dict(frame))
-        elif not isinstance(frame, pd.DataFrame):
-            raise ConfigError(
-                where, Shown(type(frame).__name__), f"a DataFrame with {_AXIS_TEXT[axis]}"
-            )
-        names = list(frame.columns)
-        if axis not in names:
-            hint = (
-                f" ('{axis}' is the index: call reset_index())" if frame.index.name == axis else ""
-            )
-            raise ConfigError(
-                f"{where}.columns",
-                Shown(repr([str(c) for c in names])),
-                f"{_AXIS_TEXT[axis]}{hint}",
-            )
-        if len(set(names)) != len(names):
-            raise ConfigError(f"{where}.columns", Shown(repr(names)), "unique column names")
-        for name in names:
-            if not isinstance(name, str):
-                raise ConfigError(f"{where}.columns", Shown(repr(name)), "string column names")
-            if name not in skipped:
-                metrics.setdefault(name, None)
 
-        t_column = frame[axis]
-        if axis == "t" and pd.api.types.is_timedelta64_dtype(t_column.dtype):
-            raise ConfigError(
-                f"{where}['t']",
-                Shown("a timedelta column"),
-                "float seconds since the instance started: use t.dt.total_seconds()",
-            )
-        t = as_float(t_column, f"{where}[{axis!r}]", _AXIS_TEXT[axis][2:])
-        columns = {
-            name: as_float(
-                frame[name],
-                f"{where}[{name!r}]",
-                f"a numeric metric column (every column but {_and(skipped)} is a metric)",
-            )
-            for name in names
-            if name not in skipped
-        }
-        if axis == "step" and np.isnan(t).any():
-            stepped = ~np.isnan(t)  # rows between steps (resource samples) have none
-            t = t[stepped]
-            columns = {name: values[stepped] for name, values in columns.items()}
-        if t.size == 0:
-            continue
-        # Strictly increasing (the common case) means sorted without repeated times;
-        # sorted with finite ends means all finite (NaN compares false): one pass.
-        increasing = t.size < 2 or bool((t[1:] > t[:-1]).all())
-        in_order = increasing or bool((t[1:] >= t[:-1]).all())
-        if not (in_order and math.isfinite(t[0]) and math.isfinite(t[-1])) and not _all_finite(t):
-            raise ConfigError(
-                f"{where}[{axis!r}]",
-                Shown("a column with NaN or inf"),
-                "finite times in seconds" if axis == "t" else "finite steps",
-            )
-        if not in_order:
-            order = np.argsort(t, kind="stable")
-            t = t[order]
-            columns = {name: values[order] for name, values in columns.items()}
-        if axis == "t" and t[0] < 0:
-            raise ConfigError(
-                f"{where}['t']",
-                Shown(f"{float(t[0])!r} at row {_rows(frame, 't', lambda times: times < 0)[0]!r}"),
-                "times >= 0 (seconds since the instance started); shift the timeline "
-                "so that it starts at 0",
-            )
-        if axis == "t" and not increasing:  # a repeated step keeps its last row, by design
-            _check_repeated_times(frame, where, t, columns)
-
-        clean: dict[str, FloatArray] = {}
-        ragged: dict[str, tuple[FloatArray, FloatArray]] = {}
-        nonfinite: dict[str, FloatArray] = {}
-        for name, values in columns.items():
-            if _all_finite(values):
-                clean[name] = values
-                continue
-            # A diverging metric (inf) is a measurement, not bad input: its inf
-            # samples are counted, and only its finite samples are averaged.
-            infinite = np.isinf(values)
-            if infinite.any():
-                nonfinite[name] = t[infinite]
-            valid = np.isfinite(values)
-            if valid.any():
-                ragged[name] = (t[valid], values[valid])
-            # No finite value in this instance: it lacks the metric.
-        instances.append(Instance(position, t, clean, ragged, nonfinite))
-
-    if not metrics:
+def _read_one(
+    frame: Any, position: int, axis: Axis, skipped: set[str], metrics: dict[str, None]
+) -> Instance | None:
+    """One timeline as an :class:`Instance` (None when it has no sample); its metric
+    names are added to ``metrics``."""
+    where = f"timelines[{position}]"
+    if isinstance(frame, Mapping):
+        frame = pd.DataFrame(dict(frame))
+    elif not isinstance(frame, pd.DataFrame):
         raise ConfigError(
-            "timelines",
-            Shown("timelines with only a 't' column"),
-            "at least one metric column besides 't'",
+            where, Shown(type(frame).__name__), f"a DataFrame with {_AXIS_TEXT[axis]}"
         )
-    _check_output_names(list(metrics), axis)
-    return instances, list(metrics), len(frames)
+    names = _column_names(frame, where, axis)
+    for name in names:
+        if name not in skipped:
+            metrics.setdefault(name, None)
+    t_column = frame[axis]
+    if axis == "t" and pd.api.types.is_timedelta64_dtype(t_column.dtype):
+        raise ConfigError(
+            f"{where}['t']",
+            Shown("a timedelta column"),
+            "float seconds since the instance started: use t.dt.total_seconds()",
+        )
+    t = as_float(t_column, f"{where}[{axis!r}]", _AXIS_TEXT[axis][2:])
+    columns = {
+        name: as_float(
+            frame[name],
+            f"{where}[{name!r}]",
+            f"a numeric metric column (every column but {_and(skipped)} is a metric)",
+        )
+        for name in names
+        if name not in skipped
+    }
+    if axis == "step" and np.isnan(t).any():
+        stepped = ~np.isnan(t)  # rows between steps (resource samples) have none
+        t = t[stepped]
+        columns = {name: values[stepped] for name, values in columns.items()}
+    if t.size == 0:
+        return None
+    t, columns = _in_time_order(frame, where, axis, t, columns)
+    return _instance(position, t, columns)
+
+
+def _column_names(frame: pd.DataFrame, where: str, axis: Axis) -> list[str]:
+    """The frame's column names, checked: the axis present, unique, strings."""
+    names = list(frame.columns)
+    if axis not in names:
+        hint = f" ('{axis}' is the index: call reset_index())" if frame.index.name == axis else ""
+        raise ConfigError(
+            f"{where}.columns", Shown(repr([str(c) for c in names])), f"{_AXIS_TEXT[axis]}{hint}"
+        )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}.columns", Shown(repr(names)), "unique column names")
+    for name in names:
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}.columns", Shown(repr(name)), "string column names")
+    return names
+
+
+def _in_time_order(
+    frame: pd.DataFrame,
+    where: str,
+    axis: Axis,
+    t: FloatArray,
+    columns: dict[str, FloatArray],
+) -> tuple[FloatArray, dict[str, FloatArray]]:
+    """``t`` and the columns sorted by time, after checking the times are finite,
+    not negative, and not repeated with conflicting values."""
+    # Strictly increasing (the common case) means sorted without repeated times;
+    # sorted with finite ends means all finite (NaN compares false): one pass.
+    increasing = t.size < 2 or bool((t[1:] > t[:-1]).all())
+    in_order = increasing or bool((t[1:] >= t[:-1]).all())
+    if not (in_order and math.isfinite(t[0]) and math.isfinite(t[-1])) and not _all_finite(t):
+        raise ConfigError(
+            f"{where}[{axis!r}]",
+            Shown("a column with NaN or inf"),
+            "finite times in seconds" if axis == "t" else "finite steps",
+        )
+    if not in_order:
+        order = np.argsort(t, kind="stable")
+        t = t[order]
+        columns = {name: values[order] for name, values in columns.items()}
+    if axis == "t" and t[0] < 0:
+        raise ConfigError(
+            f"{where}['t']",
+            Shown(f"{float(t[0])!r} at row {_rows(frame, 't', lambda times: times < 0)[0]!r}"),
+            "times >= 0 (seconds since the instance started); shift the timeline "
+            "so that it starts at 0",
+        )
+    if axis == "t" and not increasing:  # a repeated step keeps its last row, by design
+        _check_repeated_times(frame, where, t, columns)
+    return t, columns
+
+
+def _instance(position: int, t: FloatArray, columns: dict[str, FloatArray]) -> Instance:
+    """The instance's metrics split into all-finite columns and ragged ones."""
+    clean: dict[str, FloatArray] = {}
+    ragged: dict[str, tuple[FloatArray, FloatArray]] = {}
+    nonfinite: dict[str, FloatArray] = {}
+    for name, values in columns.items():
+        if _all_finite(values):
+            clean[name] = values
+            continue
+        # A diverging metric (inf) is a measurement, not bad input: its inf
+        # samples are counted, and only its finite samples are averaged.
+        infinite = np.isinf(values)
+        if infinite.any():
+            nonfinite[name] = t[infinite]
+        valid = np.isfinite(values)
+        if valid.any():
+            ragged[name] = (t[valid], values[valid])
+        # No finite value in this instance: it lacks the metric.
+    return Instance(position, t, clean, ragged, nonfinite)
 
 
 def _check_repeated_times(
