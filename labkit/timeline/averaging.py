@@ -27,6 +27,7 @@ from labkit.timeline.inputs import (
     Axis,
     FloatArray,
     Instance,
+    IntArray,
     Method,
     read_timelines,
     resolve_methods,
@@ -191,26 +192,7 @@ def average(
     # written once.
     for lo in range(0, size, block_points):
         hi = min(lo + block_points, size)
-        for state in states.values():
-            moments.reset(state, hi - lo)
-        full: list[Series] = []  # series covering the whole block: folded together
-        for parts in series:
-            for part in parts:
-                start, stop = max(lo, part.k0), min(hi, part.stop)
-                if start >= stop:
-                    continue
-                if start == lo and stop == hi and part is parts[0]:
-                    full.append(part)
-                    continue
-                for name, values in gridder.values(part, start, stop, methods):
-                    moments.update(states[name], start - lo, values, scratch)
-            whole = parts[0]  # the instance's own span: its first to last sample
-            start, stop = max(lo, whole.k0), min(hi, whole.stop)
-            if start < stop:
-                n[start:stop] += 1
-        for first in range(0, len(full), block_rows):
-            rows = full[first : first + block_rows]
-            _fold_rows(rows, lo, hi, gridder, methods, states, scratch, block_rows)
+        _accumulate_block(lo, hi, series, states, n, gridder, methods, scratch, block_rows)
         for name in metrics:
             moments.finalize(
                 states[name],
@@ -220,7 +202,54 @@ def average(
                 scratch,
                 round_mean=name in rounded,
             )
+    return _frame(grid, n, outputs, metrics, instances, size, grid_step)
 
+
+def _accumulate_block(
+    lo: int,
+    hi: int,
+    series: Sequence[Sequence[Series]],
+    states: Mapping[str, Any],
+    n: IntArray,
+    gridder: Gridder,
+    methods: Mapping[str, str],
+    scratch: Scratch,
+    block_rows: int,
+) -> None:
+    """Every instance's samples on grid points ``lo:hi`` into the moment states,
+    and each grid point's instance count into ``n``."""
+    for state in states.values():
+        moments.reset(state, hi - lo)
+    full: list[Series] = []  # series covering the whole block: folded together
+    for parts in series:
+        for part in parts:
+            start, stop = max(lo, part.k0), min(hi, part.stop)
+            if start >= stop:
+                continue
+            if start == lo and stop == hi and part is parts[0]:
+                full.append(part)
+                continue
+            for name, values in gridder.values(part, start, stop, methods):
+                moments.update(states[name], start - lo, values, scratch)
+        whole = parts[0]  # the instance's own span: its first to last sample
+        start, stop = max(lo, whole.k0), min(hi, whole.stop)
+        if start < stop:
+            n[start:stop] += 1
+    for first in range(0, len(full), block_rows):
+        rows = full[first : first + block_rows]
+        _fold_rows(rows, lo, hi, gridder, methods, states, scratch, block_rows)
+
+
+def _frame(
+    grid: FloatArray,
+    n: IntArray,
+    outputs: Mapping[str, list[FloatArray]],
+    metrics: Sequence[str],
+    instances: Sequence[Instance],
+    size: int,
+    grid_step: float,
+) -> pd.DataFrame:
+    """The averaged frame: grid points where no instance contributes are dropped."""
     nonfinite = _nonfinite_counts(
         instances, metrics, size, lambda times: np.floor(times / grid_step + 0.5)
     )
