@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -164,37 +165,63 @@ async def run_experiment(
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(runner)
         await stack.enter_async_context(_heartbeat(store, book.experiment_id, heartbeat_every))
-        if cluster is not None:
-            config["executor"] = "dask"
-            remote = await stack.enter_async_context(DaskAttempts(book, cluster, duration))
-            attempt = remote.instance
-        else:
-            if sandbox_pool is None and experiment.needs_sandbox:
-                sandbox_pool = await stack.enter_async_context(_local_sandboxes(options.planned))
-            config["sandbox"] = None if sandbox_pool is None else type(sandbox_pool).__name__
-            local = LocalAttempts(
-                instances=book,
-                duration=duration,
-                gpus=gpus,
-                gpu_pool=gpu_pool,
-                sandbox_pool=sandbox_pool,
-                sample_every=sample_every,
-            )
-            attempt = local.instance
-
-        async def run(indices: Sequence[int]) -> None:
-            todo = [index for index in indices if index not in results]
-            if todo:
-                for task in (await runner.map(attempt, todo)).results:
-                    error = None if task.ok else task.error or RuntimeError("unknown error")
-                    results[task.item] = book.result(task.item, error)
-                    if error is not None:
-                        await book.record(results[task.item])
-
-        await run_instances(options, results, run)
+        attempt = await _attempts(
+            stack, book, cluster, options, experiment, gpus, gpu_pool, sandbox_pool, config
+        )
+        batch = functools.partial(_run_batch, runner, attempt, book, results)
+        await run_instances(options, results, batch)
     if options.adaptive:
         config["instances_run"] = len(results)
     return await _finish(experiment, book, list(results.values()), config)
+
+
+async def _attempts(
+    stack: contextlib.AsyncExitStack,
+    book: Instances,
+    cluster: Any,
+    options: ExperimentOptions,
+    experiment: Experiment,
+    gpus: int,
+    gpu_pool: Any,
+    sandbox_pool: Any,
+    config: dict[str, Any],
+) -> Callable[[int], Awaitable[Any]]:
+    """The function that runs one instance: on the Dask cluster, or here (holding its
+    GPUs, sandbox and sampler); what it holds is closed with ``stack``."""
+    if cluster is not None:
+        config["executor"] = "dask"
+        remote = await stack.enter_async_context(DaskAttempts(book, cluster, options.duration))
+        return remote.instance
+    if sandbox_pool is None and experiment.needs_sandbox:
+        sandbox_pool = await stack.enter_async_context(_local_sandboxes(options.planned))
+    config["sandbox"] = None if sandbox_pool is None else type(sandbox_pool).__name__
+    local = LocalAttempts(
+        instances=book,
+        duration=options.duration,
+        gpus=gpus,
+        gpu_pool=gpu_pool,
+        sandbox_pool=sandbox_pool,
+        sample_every=options.sample_every,
+    )
+    return local.instance
+
+
+async def _run_batch(
+    runner: Any,
+    attempt: Callable[[int], Awaitable[Any]],
+    book: Instances,
+    results: dict[int, InstanceResult],
+    indices: Sequence[int],
+) -> None:
+    """Run the instances of ``indices`` not in ``results`` yet, and record each."""
+    todo = [index for index in indices if index not in results]
+    if not todo:
+        return
+    for task in (await runner.map(attempt, todo)).results:
+        error = None if task.ok else task.error or RuntimeError("unknown error")
+        results[task.item] = book.result(task.item, error)
+        if error is not None:
+            await book.record(results[task.item])
 
 
 async def _finish(
