@@ -37,7 +37,7 @@ import functools
 import importlib
 import itertools
 import math
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -535,39 +535,9 @@ async def sweep(
             contradicts a study's, or ``run_experiment`` refuses its options
             (that would fail every trial alike).
     """
-    check(isinstance(experiment, Experiment), "experiment", experiment, "a labkit.Experiment")
-    check(
-        isinstance(objective, str) or callable(objective),
-        "objective",
-        objective,
-        "a summary key, a metric name or a function of the ExperimentResult",
+    _check_options(
+        experiment, objective, direction, instances, max_parallel, n_trials, max_instances, resume
     )
-    check(direction in ("min", "max"), "direction", direction, '"min" or "max"')
-    check(
-        instances in ("auto", "race") or (is_int(instances) and 1 <= instances <= MAX_INSTANCES),  # type: ignore[operator]
-        "instances",
-        instances,
-        f"an int from 1 to {MAX_INSTANCES}, 'auto' or 'race'",
-    )
-    check(
-        is_int(max_parallel) and 1 <= max_parallel <= MAX_INSTANCES,
-        "max_parallel",
-        max_parallel,
-        f"an int from 1 to {MAX_INSTANCES}",
-    )
-    check(
-        n_trials is None or (is_int(n_trials) and n_trials >= 1),
-        "n_trials",
-        n_trials,
-        "an int >= 1, or None",
-    )
-    check(
-        max_instances is None or (is_int(max_instances) and 1 <= max_instances <= MAX_INSTANCES),
-        "max_instances",
-        max_instances,
-        f"None or an int from 1 to {MAX_INSTANCES}",
-    )
-    check(isinstance(resume, bool), "resume", resume, "True or False")
     check_resources(gpu_pool, None, store)
     racing = instances == "race"
     options = (
@@ -612,19 +582,7 @@ async def sweep(
 
     async with Runner(max_concurrency=max_parallel) as runner:
         if options is None:
-            numbers = itertools.count()
-
-            async def one(params: Mapping[str, Any]) -> int:
-                trial = _Trial(next(numbers), dict(params))
-                board.started(trial)
-                await trial_runner.run(trial, instances)
-                board.finished(trial)
-                if strategy is not None:
-                    strategy.tell(params, trial.objective if trial.status == "ok" else None)
-                return trial.number
-
-            each: Callable[[Any], Awaitable[Any]] = one  # the runner's map is generic
-            await runner.map(each, trial_runner.unless_refused(source))
+            await _fixed(runner, trial_runner, board, strategy, source, instances)
             decision: RaceDecision | None = None
         else:
             asked = list(source)
@@ -635,6 +593,76 @@ async def sweep(
     if trial_runner.refused is not None:
         raise trial_runner.refused
     return _frame(board, decision)
+
+
+def _check_options(
+    experiment: Any,
+    objective: Any,
+    direction: Any,
+    instances: Any,
+    max_parallel: Any,
+    n_trials: Any,
+    max_instances: Any,
+    resume: Any,
+) -> None:
+    """Refuse a bad sweep option before any trial starts."""
+    check(isinstance(experiment, Experiment), "experiment", experiment, "a labkit.Experiment")
+    check(
+        isinstance(objective, str) or callable(objective),
+        "objective",
+        objective,
+        "a summary key, a metric name or a function of the ExperimentResult",
+    )
+    check(direction in ("min", "max"), "direction", direction, '"min" or "max"')
+    check(
+        instances in ("auto", "race") or (is_int(instances) and 1 <= instances <= MAX_INSTANCES),
+        "instances",
+        instances,
+        f"an int from 1 to {MAX_INSTANCES}, 'auto' or 'race'",
+    )
+    check(
+        is_int(max_parallel) and 1 <= max_parallel <= MAX_INSTANCES,
+        "max_parallel",
+        max_parallel,
+        f"an int from 1 to {MAX_INSTANCES}",
+    )
+    check(
+        n_trials is None or (is_int(n_trials) and n_trials >= 1),
+        "n_trials",
+        n_trials,
+        "an int >= 1, or None",
+    )
+    check(
+        max_instances is None or (is_int(max_instances) and 1 <= max_instances <= MAX_INSTANCES),
+        "max_instances",
+        max_instances,
+        f"None or an int from 1 to {MAX_INSTANCES}",
+    )
+    check(isinstance(resume, bool), "resume", resume, "True or False")
+
+
+async def _fixed(
+    runner: Any,
+    trial_runner: _TrialRunner,
+    board: _Board,
+    strategy: Any,
+    source: Iterable[Mapping[str, Any]],
+    instances: int | Literal["auto", "race"],
+) -> None:
+    """Every trial with the same number of instances (or ``"auto"``), as it comes."""
+    numbers = itertools.count()
+
+    async def one(params: Mapping[str, Any]) -> int:
+        trial = _Trial(next(numbers), dict(params))
+        board.started(trial)
+        await trial_runner.run(trial, instances)
+        board.finished(trial)
+        if strategy is not None:
+            strategy.tell(params, trial.objective if trial.status == "ok" else None)
+        return trial.number
+
+    each: Callable[[Any], Awaitable[Any]] = one  # the runner's map is generic
+    await runner.map(each, trial_runner.unless_refused(source))
 
 
 async def _race(
