@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 SCRIPT = textwrap.dedent(
     """
@@ -132,12 +133,28 @@ def _interrupted_cli(tmp_path: object, signals: int) -> tuple[int, str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(4)  # let it start its instances
+    _wait_until_running(Path(str(tmp_path)) / "labkit.db", child)
     for _ in range(signals):
         child.send_signal(signal.SIGINT)
-        time.sleep(0.2)
+        time.sleep(0.2)  # the second Ctrl-C lands during the first one's cleanup
     _, err = child.communicate(timeout=60)
     return child.returncode, err
+
+
+def _wait_until_running(db: Path, child: subprocess.Popen[str]) -> None:
+    """Until the demo's experiment is recorded as running (its instances started)."""
+    from labkit.store import Store
+
+    deadline = time.monotonic() + 60
+    while True:
+        assert child.poll() is None, "the demo ended before it could be interrupted"
+        assert time.monotonic() < deadline, "the demo never started"
+        if db.exists():
+            with Store(db, read_only=True) as store:
+                frame = store.experiments()
+            if not frame.empty and frame["status"].iloc[0] == "running":
+                return
+        time.sleep(0.05)
 
 
 def test_the_command_line_exits_130_on_ctrl_c(tmp_path: object) -> None:
