@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import _processes
 import psutil
 import pytest
+from _processes import appear, none_remain, remaining
 
 from labkit.errors import SandboxStartError
 from labkit.sandbox import LocalSandbox, SandboxPool
@@ -29,37 +30,7 @@ pytestmark = pytest.mark.asyncio
 
 
 def token() -> str:
-    """A ``sleep`` duration no other process on the machine uses."""
-    return f"{random.randint(200, 299)}.{random.randint(10**8, 10**9 - 1)}"
-
-
-def remaining(mark: str) -> list[psutil.Process]:
-    """Live processes (not zombies) whose command line holds ``mark``."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        if proc.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        if any(mark in part for part in proc.info["cmdline"] or ()):
-            found.append(proc)
-    return found
-
-
-async def none_remain(mark: str, seconds: float = 5.0) -> list[psutil.Process]:
-    """``[]`` once no process holds ``mark``; what is left after ``seconds`` otherwise."""
-    for _ in range(int(seconds / 0.02)):
-        left = remaining(mark)
-        if not left:
-            return []
-        await asyncio.sleep(0.02)
-    return remaining(mark)
-
-
-async def appear(mark: str, count: int) -> None:
-    for _ in range(250):
-        if len(remaining(mark)) >= count:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"expected {count} processes holding {mark}, saw {remaining(mark)}")
+    return _processes.token(200)
 
 
 def escapes(mark: str) -> str:
