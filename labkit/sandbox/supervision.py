@@ -34,6 +34,7 @@ import functools
 import itertools
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -248,11 +249,9 @@ class Supervisor:
         with contextlib.suppress(OSError):
             self._sock.send(b'{"op": "exit"}')
         self._sock.close()
-        try:
-            self._popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        if not _exited_within(self._popen, 10.0):
             self._popen.kill()  # its reapers' parent-death signal kills their trees
-            self._popen.wait()
+        self._popen.wait()
         self.broken = True
         for future in self._pending.values():
             if not future.done():
@@ -326,3 +325,28 @@ class Supervisor:
             if not future.done():
                 future.set_exception(SandboxError(why))
         self._pending.clear()
+
+
+def _exited_within(process: subprocess.Popen[bytes], seconds: float) -> bool:
+    """Whether ``process`` exits within ``seconds``, woken the moment it does.
+
+    ``Popen.wait(timeout=)`` polls with sleeps that grow to 50 ms, which costs a
+    closing sandbox about 15 ms; a pidfd (Linux 5.3+) wakes at the exit itself.
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is not None:
+        try:
+            fd = pidfd_open(process.pid)
+        except OSError:  # already reaped, or no pidfd here
+            fd = -1
+        if fd >= 0:
+            try:
+                readable, _, _ = select.select([fd], [], [], seconds)
+            finally:
+                os.close(fd)
+            return bool(readable)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
