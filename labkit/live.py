@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Literal, TypeAlias, cast
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +39,7 @@ from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import ConfigError, is_int, is_real
 from labkit.events import InstanceEvent
 from labkit.stats import t_quantile
-from labkit.timeline import average_timelines
+from labkit.timeline.inputs import default_step
 
 __all__ = (
     "AverageSnapshot",
@@ -65,10 +65,6 @@ DEFAULT_MAX_POINTS = 2000
 """Points per line above which a timeline is decimated for display."""
 
 BANDS: tuple[str, ...] = ("std", "minmax", "ci95")
-
-# InstanceEvent's fields by position: reading them with C-level getters is what
-# keeps a frame of tens of thousands of events cheap.
-_KIND, _INSTANCE, _OFFSET, _METRICS = itemgetter(0), itemgetter(1), itemgetter(3), itemgetter(4)
 
 
 def decimate_indices(values: npt.ArrayLike, max_points: int = DEFAULT_MAX_POINTS) -> IntArray:
@@ -464,16 +460,17 @@ class _MetricGrid:
             stats[:, : self._stats.shape[1]] = self._stats
             self._stats = stats
 
+    def reserve(self, k: int) -> int:
+        """Thin the grid until grid index ``k`` fits; the stride then in force."""
+        while k // self.stride >= self._capacity:
+            self._thin()
+        return self.stride
+
     def put(self, row: int, ks: IntArray, values: FloatArray) -> None:
-        """Store ``values`` at grid indices ``ks`` (multiples of the stride)."""
+        """Store ``values`` at grid indices ``ks``: multiples of the stride, ascending,
+        the last one :meth:`reserve`-d."""
         if ks.size == 0:
             return
-        while int(ks[-1]) // self.stride >= self._capacity:
-            self._thin()
-            keep = ks % self.stride == 0
-            ks, values = ks[keep], values[keep]
-            if ks.size == 0:
-                return
         columns = ks // self.stride
         self.ensure(row + 1, int(columns[-1]) + 1)
         self.values[row, columns] = values
@@ -544,22 +541,28 @@ class _Columns:
     names: tuple[str, ...]  # the metrics in order of first appearance
 
 
-def _columns(events: list[InstanceEvent]) -> _Columns | None:
-    """Sample events as columns, read with C-level getters (no Python loop per event)."""
-    dicts = list(map(_METRICS, events))
-    if not all(dicts):  # a sample without values carries nothing to draw
-        events = [event for event in events if event.metrics]
-        if not events:
+def _columns(
+    events: Sequence[InstanceEvent], fields: Sequence[tuple[Any, ...]] | None = None
+) -> _Columns | None:
+    """Sample events as columns, read at C speed (no Python loop per event).
+
+    One transposition (``zip``, or ``fields`` when the caller has it) gives every
+    field as a tuple; the metrics are read from their dicts once per metric.
+    """
+    _, instances, _, offsets, rows, _ = fields or tuple(zip(*events, strict=True))
+    if not all(rows):  # a sample without values carries nothing to draw
+        kept = [event for event in events if event.metrics]
+        if not kept:
             return None
-        dicts = list(map(_METRICS, events))
-    rows = cast(list[Mapping[str, float]], dicts)
+        _, instances, _, offsets, rows, _ = zip(*kept, strict=True)
     count = len(rows)
     values: dict[str, FloatArray] = {}
-    # Usually every sample holds the same metrics: then the first sample's names
-    # are all of them (same sizes, and each name found in every sample).
-    if len(set(map(len, rows))) == 1:
+    # Usually every sample holds the same metrics. When each holds all of the first
+    # sample's (else a KeyError) and no more (the sizes add up), those are all.
+    first = rows[0]
+    if sum(map(len, rows)) == len(first) * count:
         try:
-            for metric in rows[0]:
+            for metric in first:
                 values[metric] = np.fromiter(map(itemgetter(metric), rows), np.float64, count)
         except KeyError:
             values = {}
@@ -573,8 +576,8 @@ def _columns(events: list[InstanceEvent]) -> _Columns | None:
         for metric in ordered:  # NaN where a sample lacks the metric
             values[metric] = np.array([d.get(metric, math.nan) for d in rows], np.float64)
     return _Columns(
-        owners=np.fromiter(map(_INSTANCE, events), np.int64, count),
-        offsets=np.array(list(map(_OFFSET, events)), np.float64),
+        owners=np.fromiter(instances, np.int64, count),
+        offsets=np.fromiter(offsets, np.float64, count),
         values=values,
         names=tuple(values),
     )
@@ -793,21 +796,26 @@ class LiveTimelineModel:
             if not events:
                 return
         # Columns at C speed: a frame may read tens of thousands of events.
-        kinds = list(map(_KIND, events))
-        start = 0
+        fields = tuple(zip(*events, strict=True))
+        kinds = fields[0]
         staged = self._staged
-        if kinds.count("sample") != len(kinds):
-            for position, kind in enumerate(kinds):
-                if kind == "sample":
-                    continue
-                if position > start:
-                    chunk = _columns(events[start:position])
-                    if chunk is not None:
-                        staged.append(chunk)
-                staged.append(events[position])  # a state change, after the samples before it
-                start = position + 1
+        if kinds.count("sample") == len(kinds):
+            chunk = _columns(events, fields)
+            if chunk is not None:
+                staged.append(chunk)
+            return
+        start = 0
+        for position, kind in enumerate(kinds):
+            if kind == "sample":
+                continue
+            if position > start:
+                chunk = _columns(events[start:position])
+                if chunk is not None:
+                    staged.append(chunk)
+            staged.append(events[position])  # a state change, after the samples before it
+            start = position + 1
         if start < len(kinds):
-            chunk = _columns(events[start:] if start else events)
+            chunk = _columns(events[start:])
             if chunk is not None:
                 staged.append(chunk)
 
@@ -973,14 +981,8 @@ class LiveTimelineModel:
         )
         if np.unique(times).shape[0] < 2:
             return
-        frames = [
-            pd.DataFrame({"t": t, "x": np.zeros(t.shape[0])}) for t in self._early_times.values()
-        ]
-        grid = average_timelines(frames)["t"].to_numpy()
-        if grid.shape[0] < 2:
-            return
-        # Grid times are k * step: their difference carries the last bits' error.
-        self._step = float(f"{np.diff(grid).min():.12g}")
+        # Each instance's distinct times, ascending: what averaging reads them as.
+        self._step = default_step([np.unique(t) for t in self._early_times.values()])
         self._early_times.clear()
         for key, cursor in self._cursors.items():
             held, cursor.waiting = cursor.waiting, []
@@ -1048,7 +1050,7 @@ class LiveTimelineModel:
         grid = self._grids.get(key[1])
         if grid is None:
             grid = self._grids[key[1]] = _MetricGrid(len(self._rows), self.max_grid_points)
-        stride = grid.stride
+        stride = grid.reserve(last_k)  # thinned first: only kept points are interpolated
         start = -(-first_k // stride) * stride
         ks = np.arange(start, last_k + 1, stride, dtype=np.int64)
         cursor.next_k = last_k + 1
@@ -1067,8 +1069,9 @@ class LiveTimelineModel:
         grid = self._grids.get(key[1])
         if grid is None:
             grid = self._grids[key[1]] = _MetricGrid(len(self._rows), self.max_grid_points)
-        on_grid = ks % grid.stride == 0
-        grid.put(self._rows[key[0]], ks[on_grid], y[on_grid])
+        if ks.size:
+            on_grid = ks % grid.reserve(int(ks[-1])) == 0
+            grid.put(self._rows[key[0]], ks[on_grid], y[on_grid])
 
     def _close_lines(self, instance: int) -> None:
         """A finished instance covers the grid point nearest its last sample too."""

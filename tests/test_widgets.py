@@ -131,8 +131,34 @@ def test_live_chart_shows_a_placeholder_before_the_first_sample() -> None:
     assert layout.yaxis.title.text == "cpu (%)" and layout.yaxis2.title.text == "memory (MB)"
     assert layout.xaxis2.title.text == "time (s)" and layout.xaxis2.visible
 
+    traces = chart.figure.data
     chart.reset()
-    assert chart.figure.data == () and "press Start" in chart.figure.layout.annotations[0].text
+    layout = chart.figure.layout
+    assert "press Start" in layout.annotations[0].text
+    assert not layout.xaxis2.visible and not layout.yaxis.visible and layout.showlegend is False
+    # The traces stay for the next run, with nothing to draw.
+    assert chart.figure.data == traces
+    assert all(len(trace.x) == len(trace.y) == 0 for trace in chart.figure.data)
+
+    # The next run's first frame brings the same chart back, restyled in place.
+    chart.handle(_sample(0, 0.0, cpu=41.0, memory=301.0))
+    chart.handle(_sample(0, 1.0, cpu=51.0, memory=311.0))
+    chart.flush()
+    layout = chart.figure.layout
+    assert not layout.annotations and layout.showlegend is None
+    assert layout.xaxis2.visible and layout.yaxis.visible and layout.yaxis2.visible
+    assert chart.figure.data == traces
+    assert list(chart.figure.data[0].y) == [41.0, 51.0]
+
+    # A run of other metrics gets its own chart.
+    chart.reset()
+    chart.handle(_sample(0, 0.0, loss=1.0))
+    chart.handle(_sample(0, 1.0, loss=0.5))
+    chart.flush()
+    layout = chart.figure.layout
+    assert layout.yaxis.title.text == "loss" and layout.yaxis.visible
+    assert not layout.yaxis2.visible  # the earlier run's second subplot stays hidden
+    assert [list(trace.y) for trace in chart.figure.data if trace.name == "average"] == [[1.0, 0.5]]
     chart.close()
 
 

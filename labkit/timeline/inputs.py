@@ -367,21 +367,26 @@ def resolve_step(step: Any, instances: Sequence[Instance]) -> float:
 
 
 def _default_step(instances: Sequence[Instance]) -> float:
-    """The median interval between consecutive samples, over every instance.
+    return default_step([instance.t for instance in instances])
 
-    Snapped to the shortest decimal within 1 % of it, so that grid times read
+
+def default_step(times: Sequence[FloatArray]) -> float:
+    """The grid step in seconds that averaging chooses for instances sampled at ``times``.
+
+    ``times`` holds each instance's sample times (seconds, ascending). The step
+    is the median interval between consecutive samples, over every instance,
+    snapped to the shortest decimal within 1 % of it, so that grid times read
     cleanly (a jittered 10 ms sampler gives 0.01, not 0.0100613). Beyond
     ``_STEP_SAMPLE`` intervals, an evenly strided sample of them is used.
     """
-    total = sum(max(instance.t.size - 1, 0) for instance in instances)
+    total = sum(max(t.size - 1, 0) for t in times)
     if total == 0:
         return _FALLBACK_STEP
     # Long inputs: every k-th interval of every instance, at most _STEP_SAMPLE in
     # all, estimates the median well within the 1 % the step is snapped to.
     stride = -(-total // _STEP_SAMPLE)
     pieces = []
-    for instance in instances:
-        t = instance.t
+    for t in times:
         if t.size > 1:
             pieces.append(t[1::stride] - t[:-1:stride])
     gaps = np.concatenate(pieces)

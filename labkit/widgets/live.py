@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 
 from labkit.clock import SYSTEM_CLOCK, Clock
@@ -123,7 +124,8 @@ class LiveTimeline:
         self._threshold = 1  # inbox length at which handle() has more to do than append
         self._frame: asyncio.Task[None] | None = None
         self._drawn_version = -1
-        self._layout_key: tuple[str, ...] | None = None
+        self._layout_key: tuple[str, ...] | None = None  # the metrics the axes are laid out for
+        self._hidden = True  # the placeholder shows: the axes (if any) are hidden
         self._drawn: list[dict[str, Any]] = []  # the trace dicts on the figure, in order
         self._memo: dict[str, tuple[tuple[Any, ...], list[dict[str, Any]]]] = {}
         self.flushes = 0
@@ -256,6 +258,8 @@ class LiveTimeline:
         same = _same_shapes(traces, self._drawn)
         if snapshot.metrics != self._layout_key:
             self._layout_axes(snapshot.metrics)
+        elif self._hidden:
+            self._reveal()
         if not same:
             # New traces go in without their data, which follows in one restyle:
             # adding traces checks every array one by one, a restyle does not.
@@ -274,17 +278,17 @@ class LiveTimeline:
         ``plotly_restyle`` updates many traces in one message, about ten times
         cheaper than updating them one by one (each checks its arrays on its own).
         """
+        changes: dict[tuple[int, ...], dict[str, list[Any]]] = {}
         for key in _DATA_KEYS:
-            positions = [
+            positions = tuple(
                 position
                 for position, (new, old) in enumerate(zip(traces, self._drawn, strict=True))
                 if key in new and new[key] is not old.get(key)
-            ]
+            )
             if positions:
-                self.figure.plotly_restyle(
-                    {key: [traces[position][key] for position in positions]},
-                    trace_indexes=positions,
-                )
+                changes.setdefault(positions, {})[key] = [traces[p][key] for p in positions]
+        for positions, data in changes.items():
+            self.figure.plotly_restyle(data, trace_indexes=list(positions))
 
     def _traces(self, snapshot: LiveSnapshot) -> list[dict[str, Any]]:
         """Every trace, per metric: instances first, then band and average on top."""
@@ -363,32 +367,62 @@ class LiveTimeline:
             self.figure.layout[key] = axes.pop(key)
         with self.figure.batch_update():
             self.figure.layout.annotations = ()  # the placeholder goes
-            self.figure.layout.update(
-                axes,
-                height=100 + 220 * count,
-                title={"text": self._title},
-                margin={"t": 60 if self._title else 30, "b": 40},
-            )
+            self.figure.layout.update(axes, **self._chart_size(count))
+        self._hidden = False
+
+    def _chart_size(self, count: int) -> dict[str, Any]:
+        """The layout of a chart of ``count`` subplots, legend shown (not the placeholder's)."""
+        return {
+            "height": 100 + 220 * count,
+            "title": {"text": self._title},
+            "margin": {"t": 60 if self._title else 30, "b": 40},
+            "showlegend": None,
+        }
+
+    def _reveal(self) -> None:
+        """The placeholder gives way to the axes laid out for the same metrics before."""
+        assert self._layout_key is not None
+        count = len(self._layout_key)
+        shown: dict[str, Any] = {}
+        for position in range(count):
+            suffix = "" if position == 0 else str(position + 1)
+            shown[f"xaxis{suffix}.visible"] = shown[f"yaxis{suffix}.visible"] = True
+        with self.figure.batch_update():
+            self.figure.layout.annotations = ()
+            self.figure.layout.update(shown, **self._chart_size(count))
+        self._hidden = False
 
     def _show_placeholder(self) -> None:
-        """No samples yet: one line of text, no axes (not empty axes from -1 to 6)."""
-        self._drawn = []
-        self._layout_key = None
+        """No samples yet: one line of text, no axes (not empty axes from -1 to 6).
+
+        The traces and axes stay on the figure, emptied and hidden: when the next
+        run draws the same metrics (a new Start), its first frame only restyles
+        them instead of building the chart again.
+        """
         self._drawn_version = -1
-        self.figure.data = []
+        if self._drawn:
+            empty = np.empty(0)
+            cleared = [
+                {key: empty if key in _DATA_KEYS else value for key, value in trace.items()}
+                for trace in self._drawn
+            ]
+            self._restyle(cleared)
+            self._drawn = cleared
         existing = self.figure.layout.to_plotly_json()
         with self.figure.batch_update():
             for key in existing:
                 if key.startswith(("xaxis", "yaxis")) and key not in ("xaxis", "yaxis"):
-                    self.figure.layout[key].visible = False  # an earlier run's subplots
+                    self.figure.layout[key].visible = False  # the subplots of a run
             self.figure.layout.update(
                 xaxis={"visible": False},
                 yaxis={"visible": False},
                 height=120,
                 margin={"t": 40 if self._title else 20, "b": 20},
                 title={"text": self._title},
+                showlegend=False,
             )
             self.figure.layout.annotations = [_PLACEHOLDER_NOTE]
+        self._hidden = True
 
 
 _PLACEHOLDER_NOTE = {
