@@ -301,3 +301,24 @@ def _run_sixteen(page: Page, panel: Locator) -> None:
     traces = panel.locator(".js-plotly-plot .scatterlayer .trace")
     assert traces.count() == 8
     panel.screenshot(path=str(SHOTS / "sixteen-after.png"))
+
+    # Start again: the chart keeps its traces across the reset and comes back whole.
+    panel.locator("button", has_text="Start").click()
+    page.wait_for_function(
+        """() => document.querySelectorAll('.labkit-panel-message')[1]
+            .textContent.includes('Running')""",
+        timeout=30_000,
+    )
+    page.wait_for_function(
+        """() => {
+            const panel = document.querySelectorAll('.labkit-experiment-panel')[1];
+            const message = panel.querySelector('.labkit-panel-message').textContent;
+            return message.includes('Done') && message.includes('16 of 16');
+        }""",
+        timeout=60_000,
+    )
+    assert "press Start" not in chart.inner_text()
+    assert traces.count() == 8
+    assert "instances (16)" in (legend.text_content() or "")
+    assert {"cpu (%)", "memory (MB)"} <= set(titles.all_text_contents())
+    panel.screenshot(path=str(SHOTS / "sixteen-again.png"))
