@@ -10,7 +10,7 @@ Times are seconds on the emitter's clock (:mod:`labkit.clock`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
 __all__ = (
@@ -73,12 +73,6 @@ class InstanceEvent(NamedTuple):
         offset: Seconds since the instance's attempt started (the timeline's ``t``).
         metrics: The sample's values, for ``sample``.
         message: The log line or the error text.
-        samples: For ``started`` and ``sample`` of an attempt running in this
-            process: every sample the attempt recorded so far, as ``(offset,
-            metrics)`` pairs in a read-only view that grows as it records. A
-            watcher may read new samples from it in bulk (``samples[seen:]``)
-            instead of handling each sample event, as the live chart does.
-            ``None`` for samples that arrive from elsewhere (a Dask worker).
     """
 
     kind: InstanceEventKind
@@ -87,7 +81,6 @@ class InstanceEvent(NamedTuple):
     offset: float = 0.0
     metrics: Mapping[str, float] | None = None
     message: str | None = None
-    samples: Sequence[tuple[float, Mapping[str, float]]] | None = None
 
 
 class TrialEvent(NamedTuple):

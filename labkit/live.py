@@ -549,24 +549,12 @@ def _columns(
     One transposition (``zip``, or ``fields`` when the caller has it) gives every
     field as a tuple; the metrics are read from their dicts once per metric.
     """
-    _, instances, _, offsets, rows, _, _ = fields or tuple(zip(*events, strict=True))
+    _, instances, _, offsets, rows, _ = fields or tuple(zip(*events, strict=True))
     if not all(rows):  # a sample without values carries nothing to draw
         kept = [event for event in events if event.metrics]
         if not kept:
             return None
-        _, instances, _, offsets, rows, _, _ = zip(*kept, strict=True)
-    return _table(np.fromiter(instances, np.int64, len(rows)), offsets, rows)
-
-
-def _feed_columns(instance: int, samples: Sequence[tuple[float, Mapping[str, float]]]) -> _Columns:
-    """An instance's ``(offset, metrics)`` samples as columns (a feed read in bulk)."""
-    offsets, rows = zip(*samples, strict=True)
-    return _table(np.full(len(rows), instance, np.int64), offsets, rows)
-
-
-def _table(
-    owners: IntArray, offsets: Sequence[float], rows: Sequence[Mapping[str, float]]
-) -> _Columns:
+        _, instances, _, offsets, rows, _ = zip(*kept, strict=True)
     count = len(rows)
     values: dict[str, FloatArray] = {}
     # Usually every sample holds the same metrics. When each holds all of the first
@@ -588,7 +576,7 @@ def _table(
         for metric in ordered:  # NaN where a sample lacks the metric
             values[metric] = np.array([d.get(metric, math.nan) for d in rows], np.float64)
     return _Columns(
-        owners=owners,
+        owners=np.fromiter(instances, np.int64, count),
         offsets=np.fromiter(offsets, np.float64, count),
         values=values,
         names=tuple(values),
@@ -698,12 +686,10 @@ class LiveTimelineModel:
         self._clock = clock
         self._pending: list[Any] = []
         self._staged: list[_Columns | InstanceEvent] = []
-        self._feeds: dict[int, list[Any]] = {}  # instance -> [its sample log, samples read]
-        self._unread = 0  # samples that arrived through the feeds since they were read
         self.append = self._pending.append
-        """Receive one event as it is, feeds ignored; the cheapest way in (no method
-        call of the model's own). Whoever uses it calls :meth:`compact` when
-        :attr:`pending` reaches :attr:`chunk_size`."""
+        """Receive one event; the cheapest way in (no method call of the model's own).
+        Whoever uses it calls :meth:`compact` when :attr:`pending` reaches
+        :attr:`chunk_size`."""
         self.chunk_size = 1024
         """Events worth turning into columns at once (see :meth:`compact`)."""
         self._final: dict[str, AverageSnapshot] = {}
@@ -731,54 +717,11 @@ class LiveTimelineModel:
     # Receiving -----------------------------------------------------------------------
 
     def handle(self, event: Any) -> None:
-        """Receive one event (an ``on_event`` callback); it is read at the next update.
-
-        An event that carries its attempt's ``samples`` (a live view) makes that
-        view the instance's feed: the instance's sample events are then dropped
-        on arrival and its samples read from the view, every ``chunk_size`` of
-        them and at each update, in order with the instance's other events. A
-        sample then costs the instance that recorded it no more than its own
-        list append and this check.
-        """
-        if type(event) is InstanceEvent:
-            feed = self._feeds.get(event.instance)
-            if event.kind == "sample":
-                if feed is not None and feed[0] is event.samples:
-                    self._unread += 1
-                    if self._unread >= self.chunk_size:
-                        self.read_feeds()
-                    return
-                if event.samples is not None:  # watching began during the attempt
-                    self.read_feeds()
-                    self._feeds[event.instance] = [event.samples, 0]
-                    return
-            elif feed is not None:  # a change: the samples before it come first
-                self.read_feeds()
-                if event.samples is None:
-                    if event.kind in ("finished", "failed"):
-                        del self._feeds[event.instance]  # read to its end
-                elif event.samples is not feed[0]:
-                    self._feeds[event.instance] = [event.samples, 0]  # a new attempt's
-            elif event.samples is not None:
-                self.compact()
-                self._feeds[event.instance] = [event.samples, 0]
+        """Receive one event (an ``on_event`` callback); it is read at the next update."""
         pending = self._pending
         pending.append(event)
         if len(pending) >= self.chunk_size:
             self.compact()
-
-    def read_feeds(self) -> None:
-        """Stage the samples the feeds got since they were last read, after what is
-        pending (both in arrival order)."""
-        self.compact()
-        self._unread = 0
-        staged = self._staged
-        for instance, feed in self._feeds.items():
-            samples, seen = feed
-            fresh = samples[seen:]
-            if fresh:
-                feed[1] = seen + len(fresh)
-                staged.append(_feed_columns(instance, fresh))
 
     handle.event_types = event_types  # type: ignore[attr-defined]
 
@@ -790,6 +733,12 @@ class LiveTimelineModel:
     def pending(self) -> int:
         """Events received and not yet turned into columns (see :meth:`compact`)."""
         return len(self._pending)
+
+    @property
+    def inbox(self) -> list[Any]:
+        """The list :attr:`append` adds to: a view may check its length per event
+        (cheaper than asking :attr:`pending`); never modify it."""
+        return self._pending
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -811,8 +760,6 @@ class LiveTimelineModel:
         version = self._version
         self._pending.clear()
         self._staged.clear()
-        self._feeds.clear()
-        self._unread = 0
         self._clear()
         self._version = version + 1  # versions only grow: a view sees the change
 
@@ -844,19 +791,19 @@ class LiveTimelineModel:
             return
         events = self._pending[:]
         del self._pending[:]  # in place: ``append`` is bound to this list
-        staged = self._staged
-        if set(map(type, events)) == {InstanceEvent}:
-            # Columns at C speed: a frame may read tens of thousands of events.
-            fields = tuple(zip(*events, strict=True))
-            kinds: Sequence[str | None] = fields[0]
-            if kinds.count("sample") == len(kinds):
-                chunk = _columns(events, fields)
-                if chunk is not None:
-                    staged.append(chunk)
-                return
-        else:  # events of other kinds: dropped
+        if set(map(type, events)) != {InstanceEvent}:
             events = [event for event in events if type(event) is InstanceEvent]
-            kinds = [event.kind for event in events]
+            if not events:
+                return
+        # Columns at C speed: a frame may read tens of thousands of events.
+        fields = tuple(zip(*events, strict=True))
+        kinds = fields[0]
+        staged = self._staged
+        if kinds.count("sample") == len(kinds):
+            chunk = _columns(events, fields)
+            if chunk is not None:
+                staged.append(chunk)
+            return
         start = 0
         for position, kind in enumerate(kinds):
             if kind == "sample":
@@ -873,12 +820,12 @@ class LiveTimelineModel:
                 staged.append(chunk)
 
     def update(self) -> bool:
-        """Read every pending event, and what the feeds got, into the lines and averages.
+        """Read every pending event into the lines and averages.
 
         Returns:
             Whether anything changed.
         """
-        self.read_feeds()
+        self.compact()
         if not self._staged:
             return False
         staged, self._staged = self._staged, []

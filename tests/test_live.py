@@ -3,16 +3,13 @@ immutable snapshots and frame timing, all on an injected clock (no sleeping)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from labkit.errors import ConfigError
 from labkit.events import TaskEvent
-from labkit.experiment import Experiment, InstanceContext, InstanceEvent, run_experiment
-from labkit.experiment.context import SampleLog
+from labkit.experiment import InstanceEvent
 from labkit.live import AverageSnapshot, FrameBudget, LiveTimelineModel
 from labkit.testing import FakeClock
 from labkit.timeline import average_timelines
@@ -165,85 +162,6 @@ def test_receiving_is_an_append_and_other_events_are_dropped() -> None:
     assert model.pending == 0
     assert model.snapshot().instances == (1,)
     assert LiveTimelineModel.event_types == (InstanceEvent,)
-
-
-class _Attempt:
-    """An instance recording into its own sample log, as InstanceContext does."""
-
-    def __init__(self, instance: int) -> None:
-        self.instance = instance
-        self.rows: list[tuple[float, dict[str, float]]] = []
-        self.log = SampleLog(self.rows, instance)
-
-    def started(self) -> InstanceEvent:
-        return InstanceEvent("started", self.instance, 0.0, samples=self.log)
-
-    def record(self, offset: float, **metrics: float) -> InstanceEvent:
-        self.rows.append((offset, metrics))
-        return InstanceEvent("sample", self.instance, offset, offset, metrics, None, self.log)
-
-
-def test_samples_are_read_from_the_attempts_log_in_order_with_its_events() -> None:
-    model = LiveTimelineModel(step=1.0)
-    model.chunk_size = 8
-    first = _Attempt(0)
-    model.handle(first.started())
-    for step in range(20):
-        model.handle(first.record(float(step), cpu=float(step)))
-    # Nothing was kept per event: the log is read every chunk_size samples.
-    assert model.pending == 0
-    line = model.snapshot().lines_of("cpu")[0]
-    assert line.samples == 20 and list(line.y) == [float(step) for step in range(20)]
-
-    # The samples before a change come before it: the failure marks all 25.
-    for step in range(20, 25):
-        model.handle(first.record(float(step), cpu=float(step)))
-    model.handle(InstanceEvent("failed", 0, 25.0, 25.0, message="boom"))
-    snapshot = model.snapshot()
-    assert snapshot.lines_of("cpu")[0].samples == 25 and snapshot.lines_of("cpu")[0].failed
-
-    # A retry brings a new log: the old line goes, the new one is read from its start.
-    retry = _Attempt(0)
-    retry.rows.append((0.0, {"cpu": 100.0}))  # recorded before the start was handled
-    model.handle(retry.started())
-    model.handle(retry.record(1.0, cpu=101.0))
-    line = model.snapshot().lines_of("cpu")[0]
-    assert list(line.y) == [100.0, 101.0] and not line.failed
-
-
-def test_watching_that_begins_during_an_attempt_reads_its_whole_log() -> None:
-    model = LiveTimelineModel()
-    attempt = _Attempt(3)
-    for step in range(5):
-        event = attempt.record(float(step), loss=1.0 / (step + 1))
-    model.handle(event)  # the first event this model sees: the fifth sample
-    model.handle(InstanceEvent("finished", 3, 5.0, 5.0))
-    line = model.snapshot().lines_of("loss")[0]
-    assert line.instance == 3 and line.samples == 5
-    attempt.rows.append((9.0, {"loss": 0.0}))  # after the end: not read any more
-    assert model.snapshot().lines_of("loss")[0].samples == 5
-
-
-@pytest.mark.asyncio
-async def test_an_experiment_watched_through_its_logs_shows_every_sample_once() -> None:
-    async def train(ctx: InstanceContext) -> None:
-        for step in range(300):
-            ctx.record(loss=1.0 / (step + 1) + ctx.index, step=step)
-            if step % 7 == 0:
-                await asyncio.sleep(0)
-
-    model = LiveTimelineModel()
-    model.chunk_size = 64
-    result = await run_experiment(Experiment("train", train), instances=3, on_event=model)
-    # No sample event was kept: only the last "finished" waits (one per sample would
-    # leave (3 + 900 + 3) % 64 = 10 pending).
-    assert model.pending == 1
-    snapshot = model.snapshot()
-    assert snapshot.samples == 3 * 300
-    assert [line.samples for line in snapshot.lines_of("loss")] == [300, 300, 300]
-    np.testing.assert_allclose(
-        snapshot.averages["loss"].mean, result.averaged["loss"].to_numpy(), rtol=1e-12
-    )
 
 
 def test_failed_instance_is_marked_and_leaves_the_average() -> None:

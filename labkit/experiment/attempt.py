@@ -232,7 +232,7 @@ class LocalAttempt:
             )
             record.context = ctx
             record.started = ctx.started
-            book.emit(InstanceEvent("started", self.index, ctx.started, samples=ctx.sample_log))
+            book.emit(InstanceEvent("started", self.index, ctx.started))
             if sandbox is not None:
                 await stack.enter_async_context(
                     ResourceSampler(sandbox, ctx.record, every=self.sample_every, clock=book.clock)

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,41 +19,10 @@ from labkit.loop import running_loop
 if TYPE_CHECKING:
     from labkit.sandbox.base import Sandbox
 
-__all__ = ("InstanceContext", "Sample", "SampleLog", "samples_to_frame")
+__all__ = ("InstanceContext", "Sample", "samples_to_frame")
 
 Sample = tuple[float, dict[str, float]]
 """One timeline sample: its offset in seconds and its values by metric name."""
-
-
-class SampleLog(Sequence[Sample]):
-    """An attempt's samples as it records them: a read-only view that grows.
-
-    Watchers read the new samples in bulk (``log[seen:]``, a list) instead of
-    taking one event per sample; :class:`labkit.InstanceEvent` carries it as
-    ``samples``.
-
-    Attributes:
-        instance: The instance whose samples these are.
-    """
-
-    __slots__ = ("_samples", "instance")
-
-    def __init__(self, samples: list[Sample], instance: int) -> None:
-        self._samples = samples
-        self.instance = instance
-
-    def __len__(self) -> int:
-        return len(self._samples)
-
-    @overload
-    def __getitem__(self, position: int) -> Sample: ...
-    @overload
-    def __getitem__(self, position: slice) -> list[Sample]: ...
-    def __getitem__(self, position: int | slice) -> Sample | list[Sample]:
-        return self._samples[position]
-
-    def __repr__(self) -> str:
-        return f"<SampleLog of instance {self.instance}: {len(self._samples)} samples>"
 
 
 class InstanceContext:
@@ -85,7 +54,6 @@ class InstanceContext:
         "gpus",
         "index",
         "params",
-        "sample_log",
         "sandbox",
     )
 
@@ -114,8 +82,6 @@ class InstanceContext:
         self._emit = emit
         self._recorder = recorder
         self._samples: list[Sample] = []
-        self.sample_log = SampleLog(self._samples, index)
-        """Every sample recorded so far, as a live read-only view (see :class:`SampleLog`)."""
         self._lines: list[str] = []
         self._started = clock.now()
         # On a Dask worker a sync function runs in the task thread with no loop at
@@ -183,9 +149,7 @@ class InstanceContext:
         offset = float(t)
         self._samples.append((offset, values))
         self._deliver(
-            InstanceEvent(
-                "sample", self.index, self._clock.now(), offset, values, None, self.sample_log
-            )
+            InstanceEvent("sample", self.index, self._clock.now(), offset, metrics=values)
         )
         if self._recorder is not None:
             self._call_on_loop(self._recorder, self.index, offset, values)

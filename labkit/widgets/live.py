@@ -2,13 +2,12 @@
 
 :class:`LiveTimeline` is an ``on_event`` callback and a plotly ``FigureWidget``:
 pass it (or :meth:`LiveTimeline.handle`) to ``run_experiment(on_event=...)`` and
-display :attr:`LiveTimeline.figure`. A sample costs the instance that recorded it
-little beyond its own list append (the chart reads the attempt's sample log in
-bulk), any other event one append; everything else happens in frames. A
-:class:`labkit.live.FrameBudget` decides when a frame is due (at most
-``updates_per_s`` a second, drawing at most ``max_load`` of the time); a frame
-takes a snapshot of the :class:`labkit.live.LiveTimelineModel` and maps it to
-traces with the static chart's builders (:func:`labkit.plots.instance_traces`,
+display :attr:`LiveTimeline.figure`. An event costs the instance that recorded it
+one list append; everything else happens in frames. A :class:`labkit.live.FrameBudget`
+decides when a frame is due (at most ``updates_per_s`` a second, drawing at most
+``max_load`` of the time); a frame takes a snapshot of the
+:class:`labkit.live.LiveTimelineModel` and maps it to traces with the static
+chart's builders (:func:`labkit.plots.instance_traces`,
 :func:`labkit.plots.average_traces`), sending only the traces whose data changed.
 :meth:`LiveTimeline.show_result` replaces the running average with the exact one.
 """
@@ -120,7 +119,9 @@ class LiveTimeline:
         self._on_frame = on_frame
         self._title = title
         self._x_axis: XAxis = x_axis or "time"
-        self._receive = self.model.handle
+        self._inbox = self.model.inbox
+        self._chunk = self.model.chunk_size
+        self._threshold = 1  # inbox length at which handle() has more to do than append
         self._frame: asyncio.Task[None] | None = None
         self._drawn_version = -1
         self._layout_key: tuple[str, ...] | None = None  # the metrics the axes are laid out for
@@ -148,18 +149,26 @@ class LiveTimeline:
         self.handle(event)
 
     def handle(self, event: Any) -> None:
-        """Take an event: the model receives it, and a frame is scheduled if none is.
+        """Take an event: one append, and a frame scheduled if none is (never draws here).
 
-        Never draws here. The model turns events into columns every
-        ``model.chunk_size`` (a fraction of a millisecond), so that event records
-        do not pile up for the garbage collector until the next frame; samples of
-        an attempt that shares its sample log are read from the log instead.
+        Every ``model.chunk_size`` events the model turns them into columns
+        (a fraction of a millisecond), so that event records do not pile up
+        for the garbage collector to walk until the next frame.
         """
-        self._receive(event)
-        if self._frame is None:
-            self._schedule()
+        inbox = self._inbox
+        inbox.append(event)
+        # One test per event: the threshold is 1 while no frame is scheduled (this
+        # event schedules one), the chunk size while one is.
+        if len(inbox) >= self._threshold:
+            self._take()
 
     handle.event_types = event_types  # type: ignore[attr-defined]
+
+    def _take(self) -> None:
+        if self._frame is None:
+            self._schedule()
+        if len(self._inbox) >= self._chunk:
+            self.model.compact()
 
     def _schedule(self) -> None:
         try:
@@ -171,10 +180,12 @@ class LiveTimeline:
                 self.flush()
             return
         self._frame = loop.create_task(self._next_frame(), name="labkit-live-frame")
+        self._threshold = self._chunk
 
     async def _next_frame(self) -> None:
         await self._clock.sleep(self.budget.delay())
         self._frame = None
+        self._threshold = 1
         self._frame_now()
 
     def _frame_now(self) -> None:
@@ -192,6 +203,7 @@ class LiveTimeline:
         if self._frame is not None:
             self._frame.cancel()
             self._frame = None
+        self._threshold = 1
 
     def flush(self) -> None:
         """Draw everything received now, in one frame."""
@@ -211,7 +223,8 @@ class LiveTimeline:
         """
         self._cancel_frame()
         self.model = model
-        self._receive = model.handle
+        self._inbox = model.inbox
+        self._chunk = model.chunk_size
         self._memo.clear()
         self._drawn_version = -1
         self.flush()
