@@ -81,16 +81,19 @@ async def test_a_directory_swapped_for_a_symlink_never_leads_out(
     outside = tmp_path / "outside"
     outside.mkdir()
     async with LocalSandbox() as sb:
-        # Inside the sandbox, swap directory d for a link to `outside` as fast as a
-        # shell can, for 2 s, while write_file("d/x.txt") is called over and over.
+        # Inside the sandbox, swap directory d for a link to `outside` over and over
+        # (the link stays a few ms each time, so that calls meet it), for 3 s, while
+        # write_file("d/x.txt") is called over and over: for 1 s at least, and until
+        # it has met both states (2.5 s at most).
         swap = (
-            f"mkdir d; end=$(($(date +%s) + 3)); while [ $(date +%s) -lt $end ]; do "
-            f"mv d d.real; ln -s {outside} d; rm d; mv d.real d; done"
+            f"mkdir d; end=$(($(date +%s) + 4)); while [ $(date +%s) -lt $end ]; do "
+            f"mv d d.real; ln -s {outside} d; sleep 0.005; rm d; mv d.real d; done"
         )
-        loop = asyncio.create_task(sb.run(swap, timeout=4))
+        loop = asyncio.create_task(sb.run(swap, timeout=5))
         written = refused = 0
-        deadline = asyncio.get_running_loop().time() + 2.0
-        while asyncio.get_running_loop().time() < deadline:
+        now = asyncio.get_running_loop().time
+        began = now()
+        while now() < began + 1.0 or (not (written and refused) and now() < began + 2.5):
             try:
                 await sb.write_file("d/x.txt", "data")
                 written += 1
