@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -109,68 +110,21 @@ def average_summaries(
         ConfigError: If ``summaries`` is not a sequence, is empty, or an item is
             neither a mapping nor ``None``.
     """
-    if isinstance(summaries, Mapping | str) or not isinstance(summaries, Iterable):
-        raise ConfigError(
-            "summaries",
-            Shown(type(summaries).__name__),
-            "a sequence of summaries (one dict per instance, None for a failed one)",
-        )
-    items = list(summaries)
-    if not items:
-        raise ConfigError("summaries", [], "at least one summary (a dict, or None if it failed)")
+    items = _summary_list(summaries)
     rounded = {round_to_int} if isinstance(round_to_int, str) else set(round_to_int)
-
-    numbers: dict[str, list[float]] = {}
-    others: dict[str, list[Any]] = {}
-    order: dict[str, None] = {}
-    errors: dict[int, str] = {}
-    recovery: list[Any] = []
-    succeeded = 0
-    for position, summary in enumerate(items):
-        if summary is not None and not isinstance(summary, Mapping):
-            raise ConfigError(
-                f"summaries[{position}]", Shown(type(summary).__name__), "a dict or None"
-            )
-        recovery.append(_recovery_of(summary))
-        failure = failure_text(summary)
-        if failure is not None:
-            errors[position] = failure
-            continue
-        assert summary is not None
-        succeeded += 1
-        for key, value in summary.items():
-            if key in SUMMARY_RESERVED or key in RECOVERY_KEYS:
-                continue
-            order.setdefault(key, None)
-            if is_real(value, finite=False):
-                if math.isfinite(float(value)):
-                    numbers.setdefault(key, []).append(float(value))
-                else:
-                    numbers.setdefault(key, [])
-            else:
-                others.setdefault(key, []).append(value)
-
+    seen = _gather(items)
     result: dict[str, Any] = {}
-    for key in order:
-        if key in numbers and key not in others:
-            values = numbers[key]
-            mean = math.fsum(values) / len(values) if values else math.nan
-            if key in rounded and math.isfinite(mean):
-                result[key] = math.floor(mean + 0.5)
-            elif math.isfinite(mean):
-                # 15 significant digits drop binary noise only: 146.1 / 3 is 48.7,
-                # not 48.699999999999996.
-                result[key] = float(f"{mean:.15g}")
-            else:
-                result[key] = mean
-        elif key in others and key not in numbers:
-            kept = others[key]
-            if len(kept) == succeeded and all(_same(kept[0], v) for v in kept[1:]):
+    for key in seen.order:
+        if key in seen.numbers and key not in seen.others:
+            result[key] = _mean(seen.numbers[key], rounded=key in rounded)
+        elif key in seen.others and key not in seen.numbers:
+            kept = seen.others[key]
+            if len(kept) == seen.succeeded and all(_same(kept[0], v) for v in kept[1:]):
                 result[key] = kept[0]
     result["num_instances"] = len(items)
-    result["num_failed"] = len(errors)
-    result["errors"] = errors
-    result["recovery_times"] = recovery
+    result["num_failed"] = len(seen.errors)
+    result["errors"] = seen.errors
+    result["recovery_times"] = seen.recovery
     return result
 
 
@@ -182,17 +136,77 @@ def summary_figures(summaries: Iterable[Mapping[str, Any] | None]) -> dict[str, 
     value gives an empty array). Failed summaries (``None``, ``ok=False``) are
     skipped. Recovery times and the bookkeeping keys are not figures.
     """
-    figures: dict[str, list[float]] = {}
-    for summary in summaries:
-        if summary is None or failure_text(summary) is not None:
+    numbers = _gather(list(summaries)).numbers
+    return {key: np.array(values, dtype=np.float64) for key, values in numbers.items()}
+
+
+def _summary_list(summaries: Any) -> list[Any]:
+    """``summaries`` as a list, refused when it is no sequence of summaries or is empty."""
+    if isinstance(summaries, Mapping | str) or not isinstance(summaries, Iterable):
+        raise ConfigError(
+            "summaries",
+            Shown(type(summaries).__name__),
+            "a sequence of summaries (one dict per instance, None for a failed one)",
+        )
+    items = list(summaries)
+    if not items:
+        raise ConfigError("summaries", [], "at least one summary (a dict, or None if it failed)")
+    return items
+
+
+@dataclass
+class _Gathered:
+    """The successful summaries' values by key, and what the failed ones left."""
+
+    numbers: dict[str, list[float]] = field(default_factory=dict)  # finite values only
+    others: dict[str, list[Any]] = field(default_factory=dict)  # non-numeric values
+    order: dict[str, None] = field(default_factory=dict)  # every key, first appearance first
+    errors: dict[int, str] = field(default_factory=dict)  # position -> failure text
+    recovery: list[Any] = field(default_factory=list)  # one per summary
+    succeeded: int = 0
+
+
+def _gather(items: list[Any]) -> _Gathered:
+    """One pass over the summaries: each key's values, the failures, the recovery times.
+
+    Raises:
+        ConfigError: An item is neither a mapping nor ``None``.
+    """
+    seen = _Gathered()
+    for position, summary in enumerate(items):
+        if summary is not None and not isinstance(summary, Mapping):
+            raise ConfigError(
+                f"summaries[{position}]", Shown(type(summary).__name__), "a dict or None"
+            )
+        seen.recovery.append(_recovery_of(summary))
+        failure = failure_text(summary)
+        if failure is not None:
+            seen.errors[position] = failure
             continue
+        assert summary is not None
+        seen.succeeded += 1
         for key, value in summary.items():
-            if key in SUMMARY_RESERVED or key in RECOVERY_KEYS or not is_real(value, finite=False):
+            if key in SUMMARY_RESERVED or key in RECOVERY_KEYS:
                 continue
-            kept = figures.setdefault(key, [])
-            if math.isfinite(float(value)):
-                kept.append(float(value))
-    return {key: np.array(values, dtype=np.float64) for key, values in figures.items()}
+            seen.order.setdefault(key, None)
+            if is_real(value, finite=False):
+                kept = seen.numbers.setdefault(key, [])
+                if math.isfinite(float(value)):
+                    kept.append(float(value))
+            else:
+                seen.others.setdefault(key, []).append(value)
+    return seen
+
+
+def _mean(values: list[float], *, rounded: bool) -> float | int:
+    """The mean of finite ``values`` (NaN for none), a whole number when ``rounded``."""
+    mean = math.fsum(values) / len(values) if values else math.nan
+    if not math.isfinite(mean):
+        return mean
+    if rounded:
+        return math.floor(mean + 0.5)
+    # 15 significant digits drop binary noise only: 146.1 / 3 is 48.7, not 48.699999999999996.
+    return float(f"{mean:.15g}")
 
 
 def _same(a: Any, b: Any) -> bool:
