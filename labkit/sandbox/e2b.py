@@ -214,38 +214,13 @@ class E2BSandbox(SandboxLifecycle):
         cpus: float | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        for option, value in (("memory_mb", memory_mb), ("cpus", cpus)):
-            if value is not None:
-                raise ConfigError(
-                    option,
-                    value,
-                    "None: an E2B sandbox's memory and CPUs come from its template; build "
-                    "a template with them (e2b template build --memory-mb N --cpu-count N) "
-                    "and pass template=",
-                )
-        check(
-            create_rate is None or (is_real(create_rate) and create_rate > 0),
-            "create_rate",
-            create_rate,
-            "None (no pacing) or a finite number of creations per second > 0",
-        )
-        check(
-            is_int(timeout) and 1 <= timeout <= MAX_LIFETIME,
-            "timeout",
-            timeout,
-            f"an int of seconds from 1 to {MAX_LIFETIME}",
-        )
-        check(
-            template is None or (isinstance(template, str) and bool(template)),
-            "template",
-            template,
-            "None (E2B's base) or a template name or id",
-        )
-        check(
-            isinstance(workdir, str) and workdir.startswith("/"),
-            "workdir",
-            workdir,
-            "an absolute path in the VM",
+        _check_options(
+            template=template,
+            timeout=timeout,
+            workdir=workdir,
+            create_rate=create_rate,
+            memory_mb=memory_mb,
+            cpus=cpus,
         )
         self._secrets = DEFAULT_SECRETS | frozenset(secrets)
         refuse_secrets("envs", envs or {}, self._secrets)
@@ -649,3 +624,48 @@ async def _kill_command(handle: Any) -> None:
 async def _kill_quietly(sdk: Any) -> None:
     with contextlib.suppress(Exception):
         await asyncio.shield(sdk.kill())
+
+
+def _check_options(
+    *,
+    template: str | None,
+    timeout: int,
+    workdir: str,
+    create_rate: float | None,
+    memory_mb: float | None,
+    cpus: float | None,
+) -> None:
+    """Refuse a bad option of :class:`E2BSandbox`, naming it (ConfigError)."""
+    for option, value in (("memory_mb", memory_mb), ("cpus", cpus)):
+        if value is not None:
+            raise ConfigError(
+                option,
+                value,
+                "None: an E2B sandbox's memory and CPUs come from its template; build "
+                "a template with them (e2b template build --memory-mb N --cpu-count N) "
+                "and pass template=",
+            )
+    check(
+        create_rate is None or (is_real(create_rate) and create_rate > 0),
+        "create_rate",
+        create_rate,
+        "None (no pacing) or a finite number of creations per second > 0",
+    )
+    check(
+        is_int(timeout) and 1 <= timeout <= MAX_LIFETIME,
+        "timeout",
+        timeout,
+        f"an int of seconds from 1 to {MAX_LIFETIME}",
+    )
+    check(
+        template is None or (isinstance(template, str) and bool(template)),
+        "template",
+        template,
+        "None (E2B's base) or a template name or id",
+    )
+    check(
+        isinstance(workdir, str) and workdir.startswith("/"),
+        "workdir",
+        workdir,
+        "an absolute path in the VM",
+    )

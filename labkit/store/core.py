@@ -113,35 +113,14 @@ class Store:
         checkpoint_interval: float = 10.0,
         read_only: bool = False,
     ) -> None:
-        check(synchronous in ("normal", "full"), "synchronous", synchronous, '"normal" or "full"')
-        check(
-            is_real(timeout) and 0 <= timeout <= _MAX_SECONDS,
-            "timeout",
-            timeout,
-            f"a finite number of seconds from 0 to {_MAX_SECONDS:,.0f}",
-        )
-        check(
-            is_int(batch_rows) and 1 <= batch_rows <= _MAX_BATCH_ROWS,
-            "batch_rows",
-            batch_rows,
-            f"an integer from 1 to {_MAX_BATCH_ROWS:,}",
-        )
-        for option, seconds in (
-            ("flush_interval", flush_interval),
-            ("checkpoint_interval", checkpoint_interval),
-        ):
-            check(
-                is_real(seconds) and 0 < seconds <= _MAX_SECONDS,
-                option,
-                seconds,
-                f"a finite number of seconds > 0 and <= {_MAX_SECONDS:,.0f}",
-            )
-        check(isinstance(read_only, bool), "read_only", read_only, "True or False")
-        check(
-            isinstance(path, str | os.PathLike) and str(path) not in (":memory:", ""),
-            "path",
+        _check_options(
             path,
-            "a file path",
+            synchronous=synchronous,
+            timeout=timeout,
+            batch_rows=batch_rows,
+            flush_interval=flush_interval,
+            checkpoint_interval=checkpoint_interval,
+            read_only=read_only,
         )
         self._path = Path(path).absolute()
         fstype = network_filesystem(self._path.parent)
@@ -767,3 +746,46 @@ def _shutdown(writer: Writer | None, reader: sqlite3.Connection) -> None:
 
 def _result(future: concurrent.futures.Future[T]) -> T:
     return future.result()
+
+
+def _check_options(
+    path: str | os.PathLike[str],
+    *,
+    synchronous: str,
+    timeout: float,
+    batch_rows: int,
+    flush_interval: float,
+    checkpoint_interval: float,
+    read_only: bool,
+) -> None:
+    """Refuse a bad option of :class:`Store`, naming it (ConfigError)."""
+    check(synchronous in ("normal", "full"), "synchronous", synchronous, '"normal" or "full"')
+    check(
+        is_real(timeout) and 0 <= timeout <= _MAX_SECONDS,
+        "timeout",
+        timeout,
+        f"a finite number of seconds from 0 to {_MAX_SECONDS:,.0f}",
+    )
+    check(
+        is_int(batch_rows) and 1 <= batch_rows <= _MAX_BATCH_ROWS,
+        "batch_rows",
+        batch_rows,
+        f"an integer from 1 to {_MAX_BATCH_ROWS:,}",
+    )
+    for option, seconds in (
+        ("flush_interval", flush_interval),
+        ("checkpoint_interval", checkpoint_interval),
+    ):
+        check(
+            is_real(seconds) and 0 < seconds <= _MAX_SECONDS,
+            option,
+            seconds,
+            f"a finite number of seconds > 0 and <= {_MAX_SECONDS:,.0f}",
+        )
+    check(isinstance(read_only, bool), "read_only", read_only, "True or False")
+    check(
+        isinstance(path, str | os.PathLike) and str(path) not in (":memory:", ""),
+        "path",
+        path,
+        "a file path",
+    )
