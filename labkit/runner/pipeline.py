@@ -167,15 +167,12 @@ class TaskPipeline:
         """
         slots = self.slots
         waiters = slots._waiters
-        now = self._now
         guard = self._guard
         limiter = self._limiter
         timeout = self._timeout
         reject = self._reject
         retry = self._retry
-        routes = self._routes
-        bus = self._bus
-        deliver = bus.deliver
+        begin = self._begin
         record = self.record
         while pair is not None:
             if crew is not None:
@@ -202,18 +199,7 @@ class TaskPipeline:
                     if limiter is not None:
                         await self._rate_limit(result)
                     # 3. attempt
-                    attempt = result.attempts = result.attempts + 1
-                    start = now()
-                    if attempt == 1:
-                        result.started = start
-                    self.running += 1
-                    if self.running > self.peak:
-                        self.peak = self.running
-                    if (subscribers := routes.get(TaskEvent)) is None:
-                        subscribers = bus.route(TaskEvent)
-                    if subscribers:
-                        event = TaskEvent("started", index, start, attempt, None, 0.0, 0.0)
-                        deliver(subscribers, event)
+                    attempt = begin(result)
                     try:
                         if timeout is None:
                             value = await invoker.run(item)
@@ -243,17 +229,38 @@ class TaskPipeline:
                 raise
             finally:
                 if admitted:
-                    if reserved > 0:
-                        guard.release(reserved)  # type: ignore[union-attr]
-                    if waiters:
-                        slots.release()
-                    else:
-                        slots.free += 1
+                    self._let_go(reserved)
                 else:
                     self.queued -= 1
                 # 5. record
                 record(result, results)
             pair = next(pairs, None)
+
+    def _begin(self, result: TaskResult[Any]) -> int:
+        """An attempt starts now: count it, stamp it, announce it; its number."""
+        attempt = result.attempts = result.attempts + 1
+        start = self._now()
+        if attempt == 1:
+            result.started = start
+        running = self.running = self.running + 1
+        if running > self.peak:
+            self.peak = running
+        if (subscribers := self._routes.get(TaskEvent)) is None:
+            subscribers = self._bus.route(TaskEvent)
+        if subscribers:
+            event = TaskEvent("started", result.index, start, attempt, None, 0.0, 0.0)
+            self._bus.deliver(subscribers, event)
+        return attempt
+
+    def _let_go(self, reserved: float) -> None:
+        """Give back an admitted task's slot and the memory it reserved (MB)."""
+        if reserved > 0:
+            self._guard.release(reserved)  # type: ignore[union-attr]
+        slots = self.slots
+        if slots._waiters:
+            slots.release()
+        else:
+            slots.free += 1
 
     async def _admit(self, result: TaskResult[Any]) -> float:
         """Wait for the host; the memory reserved (MB), or -1 when the task is refused."""
