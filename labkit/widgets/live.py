@@ -365,19 +365,7 @@ class LiveTimeline:
             # edit that sets an axis and one of its attributes at once, which is
             # what a batch would send.
             self.figure.layout[key] = axes.pop(key)
-        with self.figure.batch_update():
-            self.figure.layout.annotations = ()  # the placeholder goes
-            self.figure.layout.update(axes, **self._chart_size(count))
-        self._hidden = False
-
-    def _chart_size(self, count: int) -> dict[str, Any]:
-        """The layout of a chart of ``count`` subplots, legend shown (not the placeholder's)."""
-        return {
-            "height": 100 + 220 * count,
-            "title": {"text": self._title},
-            "margin": {"t": 60 if self._title else 30, "b": 40},
-            "showlegend": None,
-        }
+        self._show_axes(axes, count)
 
     def _reveal(self) -> None:
         """The placeholder gives way to the axes laid out for the same metrics before."""
@@ -387,9 +375,19 @@ class LiveTimeline:
         for position in range(count):
             suffix = "" if position == 0 else str(position + 1)
             shown[f"xaxis{suffix}.visible"] = shown[f"yaxis{suffix}.visible"] = True
+        self._show_axes(shown, count)
+
+    def _show_axes(self, axes: dict[str, Any], count: int) -> None:
+        """Apply ``axes`` to a chart of ``count`` subplots, the placeholder gone."""
         with self.figure.batch_update():
             self.figure.layout.annotations = ()
-            self.figure.layout.update(shown, **self._chart_size(count))
+            self.figure.layout.update(
+                axes,
+                height=100 + 220 * count,
+                title={"text": self._title},
+                margin={"t": 60 if self._title else 30, "b": 40},
+                showlegend=None,
+            )
         self._hidden = False
 
     def _show_placeholder(self) -> None:
