@@ -809,15 +809,24 @@ class LiveTimelineModel:
             if kind == "sample":
                 continue
             if position > start:
-                chunk = _columns(events[start:position])
-                if chunk is not None:
-                    staged.append(chunk)
+                self._stage_samples(events, fields, start, position)
             staged.append(events[position])  # a state change, after the samples before it
             start = position + 1
         if start < len(kinds):
-            chunk = _columns(events[start:])
-            if chunk is not None:
-                staged.append(chunk)
+            self._stage_samples(events, fields, start, len(kinds))
+
+    def _stage_samples(
+        self,
+        events: list[InstanceEvent],
+        fields: tuple[tuple[Any, ...], ...],
+        start: int,
+        stop: int,
+    ) -> None:
+        """Stage the sample events ``events[start:stop]`` as columns (``fields`` transposed)."""
+        part = tuple(column[start:stop] for column in fields)
+        chunk = _columns(events[start:stop], part)
+        if chunk is not None:
+            self._staged.append(chunk)
 
     def update(self) -> bool:
         """Read every pending event into the lines and averages.
