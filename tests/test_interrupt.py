@@ -133,27 +133,35 @@ def _interrupted_cli(tmp_path: object, signals: int) -> tuple[int, str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    _wait_until_running(Path(str(tmp_path)) / "labkit.db", child)
-    for _ in range(signals):
+    db = Path(str(tmp_path)) / "labkit.db"
+    _wait_for_status(db, child, "running")
+    child.send_signal(signal.SIGINT)
+    if signals == 2:
+        # The second Ctrl-C once the first one's shutdown is under way: the run
+        # was cancelled and marked interrupted, the command has not ended yet.
+        _wait_for_status(db, child, "interrupted")
         child.send_signal(signal.SIGINT)
-        time.sleep(0.2)  # the second Ctrl-C lands during the first one's cleanup
     _, err = child.communicate(timeout=60)
     return child.returncode, err
 
 
-def _wait_until_running(db: Path, child: subprocess.Popen[str]) -> None:
-    """Until the demo's experiment is recorded as running (its instances started)."""
+def _wait_for_status(db: Path, child: subprocess.Popen[str], status: str) -> None:
+    """Until the demo's experiment is recorded with ``status`` (polling the store, whose
+    writer is another process: there is no clock to inject)."""
+    from labkit.errors import StoreError
     from labkit.store import Store
 
     deadline = time.monotonic() + 60
     while True:
-        assert child.poll() is None, "the demo ended before it could be interrupted"
-        assert time.monotonic() < deadline, "the demo never started"
-        if db.exists():
+        assert child.poll() is None, f"the demo ended before it was {status}"
+        assert time.monotonic() < deadline, f"the demo never was {status}"
+        try:
             with Store(db, read_only=True) as store:
                 frame = store.experiments()
-            if not frame.empty and frame["status"].iloc[0] == "running":
-                return
+        except StoreError:  # not created yet, or its schema not written yet
+            frame = None
+        if frame is not None and not frame.empty and frame["status"].iloc[0] == status:
+            return
         time.sleep(0.05)
 
 
