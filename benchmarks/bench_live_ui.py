@@ -224,29 +224,47 @@ async def scale(watched: bool) -> dict[str, float]:
         "read_mean_ms": 1e3 * statistics.mean(reads) if reads else 0.0,
         "read_per_sample_us": 1e6 * sum(reads) / figures["samples"],
     }
-    # Every line changes at once: the worst frame once the buffers are full.
-    full = []
-    for step in range(5):
-        for instance in range(SCALE_INSTANCES):
-            chart.handle(
-                lk.InstanceEvent(
-                    "sample", instance, 0.0, 1e3 + step, metrics=dict.fromkeys(SCALE_METRICS, 1.0)
-                )
-            )
-        began = time.perf_counter()
-        chart.flush()
-        full.append(time.perf_counter() - began)
-    figures["full_redraw_ms"] = 1e3 * statistics.median(full)
     figures["traces"] = len(chart.figure.data)
     chart.close()
+    figures["full_redraw_ms"] = full_redraw(result)
     return figures
 
 
-async def chart_cost(frames: int = 4) -> dict[str, float]:
+def full_redraw(result: lk.ExperimentResult) -> float:
+    """Milliseconds of a frame where every line changes at once (the median of five),
+    on a chart that holds ``result``'s whole timelines: the worst frame of a long run."""
+    chart = LiveTimeline()
+    logs = []
+    for instance in result.instances:
+        timeline = instance.timeline
+        log = lk.SampleLog()
+        for row in timeline.itertuples(index=False):
+            values = row._asdict()
+            log.append(values.pop("t"), values)
+        chart.handle(lk.InstanceEvent("started", instance.index, 0.0))
+        chart.handle(lk.TimelineEvent(instance.index, 0.0, log))
+        logs.append(log)
+    chart.flush()
+    costs = []
+    for step in range(5):
+        for log in logs:
+            log.append(1e3 + step, dict.fromkeys(SCALE_METRICS, 1.0))
+        began = time.perf_counter()
+        chart.flush()
+        costs.append(time.perf_counter() - began)
+    chart.close()
+    return 1e3 * statistics.median(costs)
+
+
+async def chart_cost(*, logs: bool, frames: int = 4) -> dict[str, float]:
     """The chart's own work for the flood's 80,000 samples, apart from any experiment:
-    receiving them (an append each, columns every 1,024; on a running loop, as in a
-    notebook) and ``frames`` frames that read and draw them. Best of ``REPEAT``;
-    microseconds per sample, milliseconds per frame."""
+    receiving their events (on a running loop, as in a notebook) and ``frames``
+    frames that read and draw them. With ``logs``, as a local run feeds it: each
+    attempt's log comes in a ``TimelineEvent`` and gains the rows before their
+    events (the recording is not timed), so frames read the logs and the events
+    pass; else from the events alone (an append each, columns every 1,024), as a
+    Dask run or a hand-fed chart gives them. Best of ``REPEAT``; microseconds per
+    sample, milliseconds per frame."""
     events = [
         lk.InstanceEvent(
             "sample", i % INSTANCES, 0.0, (i // INSTANCES) * 1e-4,
@@ -257,9 +275,17 @@ async def chart_cost(frames: int = 4) -> dict[str, float]:
     best = {"receive_us": math.inf, "read_us": math.inf, "draw_ms": math.inf}
     for _ in range(REPEAT):
         chart = LiveTimeline()
+        attempts = [lk.SampleLog() for _ in range(INSTANCES)]
+        for instance, log in enumerate(attempts):
+            chart.handle(lk.InstanceEvent("started", instance, 0.0))
+            if logs:
+                chart.handle(lk.TimelineEvent(instance, 0.0, log))
         receive = read = draw = 0.0
         for part in range(frames):
             chunk = events[part * len(events) // frames : (part + 1) * len(events) // frames]
+            if logs:
+                for event in chunk:
+                    attempts[event.instance].append(event.offset, event.metrics or {})
             began = time.perf_counter()
             for event in chunk:
                 chart.handle(event)
@@ -310,11 +336,13 @@ async def main() -> None:
             f"{watched_wall / bare_wall:>10.2f}  {verdict}"
         )
     flood_bare = rows[2][1]
-    cost = await chart_cost()
+    fed, alone = await chart_cost(logs=True), await chart_cost(logs=False)
     print(
-        f"\nthe chart's own work in the flood: receiving {cost['receive_us']:.2f} us and "
-        f"reading {cost['read_us']:.2f} us a sample, drawing {cost['draw_ms']:.1f} ms a "
-        f"frame; recording a sample bare costs {1e6 / flood_bare:.2f} us of CPU"
+        f"\nthe chart's own work in the flood, a sample: receiving {fed['receive_us']:.2f} us "
+        f"and reading {fed['read_us']:.2f} us from the attempts' logs (from the events "
+        f"alone: {alone['receive_us']:.2f} us and {alone['read_us']:.2f} us); drawing "
+        f"{fed['draw_ms']:.1f} ms a frame; recording a sample bare costs "
+        f"{1e6 / flood_bare:.2f} us of CPU"
     )
     bare = await scale(watched=False)
     figures = await scale(watched=True)

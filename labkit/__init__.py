@@ -16,7 +16,7 @@ from labkit import errors
 from labkit.adaptive import AutoConcurrency
 from labkit.clock import Clock, SystemClock
 from labkit.cluster import DaskExecutor, gpu_cluster
-from labkit.events import EventBus, TaskEvent, TrialEvent
+from labkit.events import EventBus, TaskEvent, TimelineEvent, TrialEvent
 from labkit.experiment import (
     Experiment,
     ExperimentOptions,
@@ -50,6 +50,7 @@ from labkit.runner import (
     run_parallel,
     run_parallel_sync,
 )
+from labkit.samplelog import SampleLog
 from labkit.sandbox import (
     CommandResult,
     E2BSandbox,
@@ -105,6 +106,7 @@ __all__ = (
     "RunStats",
     "Runner",
     "RunnerStats",
+    "SampleLog",
     "Sandbox",
     "SandboxPool",
     "SandboxPoolStats",
@@ -119,6 +121,7 @@ __all__ = (
     "TaskEvent",
     "TaskHandle",
     "TaskResult",
+    "TimelineEvent",
     "TrialEvent",
     "average_summaries",
     "average_timelines",

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
+from labkit.samplelog import SampleLog
+
 __all__ = (
     "ConcurrencyEvent",
     "EventBus",
@@ -21,6 +23,7 @@ __all__ = (
     "InstanceEventKind",
     "TaskEvent",
     "TaskEventKind",
+    "TimelineEvent",
     "TrialEvent",
     "Unsubscribe",
 )
@@ -83,6 +86,29 @@ class InstanceEvent(NamedTuple):
     message: str | None = None
 
 
+class TimelineEvent(NamedTuple):
+    """An instance's attempt began: ``log`` is its timeline, and grows as it records.
+
+    Emitted once per attempt, right after its ``started`` :class:`InstanceEvent`.
+    Every sample enters the log before its ``sample`` event goes out, so a
+    watcher holding the log may read new rows in bulk whenever it pleases
+    (:meth:`labkit.SampleLog.read`) and let that attempt's sample events pass:
+    the live chart does, so a flood of samples costs it nothing per sample.
+    Read the log only; never append to it.
+
+    Attributes:
+        instance: The instance's index.
+        time: When the attempt started, in seconds on the run's clock.
+        log: The attempt's samples, in recording order.
+        kind: Always ``"timeline"`` (code that reads every event's ``kind`` keeps working).
+    """
+
+    instance: int
+    time: float
+    log: SampleLog
+    kind: Literal["timeline"] = "timeline"
+
+
 class TrialEvent(NamedTuple):
     """An event of one trial of a sweep, with the trial it belongs to.
 
@@ -139,6 +165,10 @@ class ConcurrencyEvent(NamedTuple):
 
 Unsubscribe = Callable[[], None]
 
+_Subscriber = tuple[Callable[[Any], object], tuple[type, ...] | None, bool]
+"""A subscription: the callback, the event types it wants (``None``: all), and
+whether it takes the sample events of attempts whose log was announced."""
+
 
 class EventBus:
     """Fan-out of events to subscribers, in subscription order.
@@ -146,20 +176,27 @@ class EventBus:
     A subscriber may ask for some event types only (``types=``, or an
     ``event_types`` attribute on the callback); emitters ask :meth:`route` which
     subscribers want a type, and skip creating events nobody wants. A subscriber
-    that raises is logged and kept: watching must never break the work watched.
+    that reads samples from each attempt's log (a :class:`TimelineEvent`) may
+    decline the per-sample :class:`InstanceEvent` (``sample_events=False``, or a
+    ``sample_events`` attribute on the callback): emitters that announce every
+    attempt's log send samples along :meth:`sample_route`, which leaves it out.
+    A subscriber that raises is logged and kept: watching must never break the
+    work watched.
     """
 
-    __slots__ = ("_routes", "_subscribers")
+    __slots__ = ("_routes", "_sample_route", "_subscribers")
 
     def __init__(self) -> None:
-        self._subscribers: tuple[tuple[Callable[[Any], object], tuple[type, ...] | None], ...] = ()
+        self._subscribers: tuple[_Subscriber, ...] = ()
         self._routes: dict[type, tuple[Callable[[Any], object], ...]] = {}
+        self._sample_route: tuple[Callable[[Any], object], ...] | None = None
 
     def subscribe(
         self,
         callback: Callable[[Any], object],
         *,
         types: type | tuple[type, ...] | None = None,
+        sample_events: bool | None = None,
     ) -> Unsubscribe:
         """Call ``callback(event)`` for every event from now on; returns an unsubscriber.
 
@@ -167,19 +204,28 @@ class EventBus:
             callback: Called with each event, on the emitter's thread.
             types: Only events of these types; default: the callback's own
                 ``event_types`` attribute if it has one, else every event.
+            sample_events: ``False``: not the ``sample`` events of attempts whose
+                log was announced (the callback reads the logs); default: the
+                callback's own ``sample_events`` attribute, else ``True``.
         """
         if types is None:
             types = getattr(callback, "event_types", None)
+        if sample_events is None:
+            sample_events = bool(getattr(callback, "sample_events", True))
         wanted = (types,) if isinstance(types, type) else types
-        entry = (callback, None if wanted is None else tuple(wanted))
+        entry = (callback, None if wanted is None else tuple(wanted), sample_events)
         self._subscribers = (*self._subscribers, entry)
-        self._routes.clear()  # in place: emitters may hold this dict (see routes)
+        self._changed()
 
         def unsubscribe() -> None:
             self._subscribers = tuple(s for s in self._subscribers if s is not entry)
-            self._routes.clear()
+            self._changed()
 
         return unsubscribe
+
+    def _changed(self) -> None:
+        self._routes.clear()  # in place: emitters may hold this dict (see routes)
+        self._sample_route = None
 
     @property
     def routes(self) -> dict[type, tuple[Callable[[Any], object], ...]]:
@@ -194,11 +240,29 @@ class EventBus:
         if callbacks is None:
             callbacks = tuple(
                 callback
-                for callback, types in self._subscribers
+                for callback, types, _ in self._subscribers
                 if types is None or issubclass(event_type, types)
             )
             self._routes[event_type] = callbacks
         return callbacks
+
+    def sample_route(self) -> tuple[Callable[[Any], object], ...]:
+        """The callbacks for a ``sample`` :class:`InstanceEvent` of an attempt whose
+        log was announced in a :class:`TimelineEvent`: those of :meth:`route` that
+        did not decline sample events."""
+        callbacks = self._sample_route
+        if callbacks is None:
+            callbacks = self._sample_route = tuple(
+                callback
+                for callback, types, wanted in self._subscribers
+                if wanted and (types is None or issubclass(InstanceEvent, types))
+            )
+        return callbacks
+
+    def emit_sample(self, event: InstanceEvent) -> None:
+        """Deliver a ``sample`` event of an attempt whose log was announced (see
+        :meth:`sample_route`)."""
+        self.deliver(self.sample_route(), event)
 
     def __bool__(self) -> bool:
         return bool(self._subscribers)

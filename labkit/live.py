@@ -37,7 +37,8 @@ import pandas as pd
 
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import ConfigError, is_int, is_real
-from labkit.events import InstanceEvent
+from labkit.events import InstanceEvent, TimelineEvent
+from labkit.samplelog import SampleLog
 from labkit.stats import t_quantile
 from labkit.timeline.inputs import default_step
 
@@ -614,6 +615,16 @@ def _merged(chunks: list[_Columns]) -> _Columns:
     )
 
 
+class _Feed:
+    """An attempt's log the model reads from, and how many of its rows it has read."""
+
+    __slots__ = ("log", "read")
+
+    def __init__(self, log: SampleLog) -> None:
+        self.log = log
+        self.read = 0
+
+
 # --------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------
@@ -623,7 +634,10 @@ class LiveTimelineModel:
     """Instance events in, immutable snapshots out: what a live chart draws.
 
     Only instance events matter (``sample``, and ``started``, ``finished``,
-    ``failed``); anything else is dropped at the next :meth:`update`. A
+    ``failed``) and an attempt's :class:`~labkit.events.TimelineEvent`; anything
+    else is dropped at the next :meth:`update`. Once an attempt's timeline event
+    has come, its samples are read from its log at each update, in bulk, and its
+    ``sample`` events are let pass (they hold the same samples). A
     ``started`` event for an instance that already has samples begins a new
     attempt: its old line is dropped, as the result keeps only the last attempt.
     A failed instance's line stays (marked) but leaves the average, as in the
@@ -652,8 +666,12 @@ class LiveTimelineModel:
             ``step`` is not a positive number.
     """
 
-    event_types = (InstanceEvent,)
-    """What the model reads: a bus routes it only instance events."""
+    event_types = (InstanceEvent, TimelineEvent)
+    """What the model reads: a bus routes it only instance and timeline events."""
+
+    sample_events = False
+    """The model reads each attempt's log: a bus spares it the sample events of
+    attempts whose log was announced (:meth:`labkit.EventBus.sample_route`)."""
 
     def __init__(
         self,
@@ -685,11 +703,8 @@ class LiveTimelineModel:
         self._rounded = frozenset(round_to_int)
         self._clock = clock
         self._pending: list[Any] = []
-        self._staged: list[_Columns | InstanceEvent] = []
-        self.append = self._pending.append
-        """Receive one event; the cheapest way in (no method call of the model's own).
-        Whoever uses it calls :meth:`compact` when :attr:`pending` reaches
-        :attr:`chunk_size`."""
+        self._staged: list[_Columns | InstanceEvent | TimelineEvent] = []
+        self._fed: set[int] = set()
         self.chunk_size = 1024
         """Events worth turning into columns at once (see :meth:`compact`)."""
         self._final: dict[str, AverageSnapshot] = {}
@@ -707,6 +722,7 @@ class LiveTimelineModel:
         self._step = self._fixed_step
         self._axis: Axis | None = self._fixed_axis
         self._early_times: dict[int, FloatArray] = {}  # sample times before the step is known
+        self._feeds: dict[int, _Feed] = {}  # instance -> the log its samples are read from
         self._version = 0
         self._samples = 0
         self._snapshot: LiveSnapshot | None = None
@@ -717,13 +733,25 @@ class LiveTimelineModel:
     # Receiving -----------------------------------------------------------------------
 
     def handle(self, event: Any) -> None:
-        """Receive one event (an ``on_event`` callback); it is read at the next update."""
+        """Receive one event (an ``on_event`` callback); it is read at the next update.
+
+        A sample of an instance whose log the model reads is let pass at once.
+        """
+        if event.__class__ is InstanceEvent:
+            if event.kind == "sample":
+                if event.instance in self._fed:
+                    return
+            elif event.kind == "started":
+                self._fed.discard(event.instance)  # a new attempt: its own log comes next
+        elif event.__class__ is TimelineEvent:
+            self._fed.add(event.instance)
         pending = self._pending
         pending.append(event)
         if len(pending) >= self.chunk_size:
             self.compact()
 
     handle.event_types = event_types  # type: ignore[attr-defined]
+    handle.sample_events = sample_events  # type: ignore[attr-defined]
 
     def __call__(self, event: Any) -> None:
         """Same as :meth:`handle`: the model itself can be an ``on_event`` callback."""
@@ -736,9 +764,24 @@ class LiveTimelineModel:
 
     @property
     def inbox(self) -> list[Any]:
-        """The list :attr:`append` adds to: a view may check its length per event
-        (cheaper than asking :attr:`pending`); never modify it."""
+        """The list :meth:`handle` adds events to. A view on a hot path may append a
+        ``sample`` event itself (one call less) when its instance is not in
+        :attr:`fed`, and must call :meth:`compact` when the list reaches
+        :attr:`chunk_size`; everything else goes through :meth:`handle`."""
         return self._pending
+
+    @property
+    def fed(self) -> set[int]:
+        """Instances whose samples are read from their attempt's log: their ``sample``
+        events carry nothing new (the set itself, for hot paths; never modify it)."""
+        return self._fed
+
+    @property
+    def feeding(self) -> bool:
+        """Whether some attempt's log is read at each update (its attempt has not ended,
+        as of the last update): a view keeps its frames coming, since the attempt's
+        samples may come with no event at all."""
+        return bool(self._feeds)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -760,6 +803,7 @@ class LiveTimelineModel:
         version = self._version
         self._pending.clear()
         self._staged.clear()
+        self._fed.clear()
         self._clear()
         self._version = version + 1  # versions only grow: a view sees the change
 
@@ -790,14 +834,18 @@ class LiveTimelineModel:
         if not self._pending:
             return
         events = self._pending[:]
-        del self._pending[:]  # in place: ``append`` is bound to this list
-        if set(map(type, events)) != {InstanceEvent}:
-            events = [event for event in events if type(event) is InstanceEvent]
+        del self._pending[:]  # in place: views append to this list
+        fields: tuple[tuple[Any, ...], ...] | None = None
+        kinds: Sequence[str]
+        if set(map(type, events)) == {InstanceEvent}:
+            # Columns at C speed: a frame may read tens of thousands of events.
+            fields = tuple(zip(*events, strict=True))
+            kinds = fields[0]
+        else:
+            events = [event for event in events if type(event) in self.event_types]
             if not events:
                 return
-        # Columns at C speed: a frame may read tens of thousands of events.
-        fields = tuple(zip(*events, strict=True))
-        kinds = fields[0]
+            kinds = [event.kind for event in events]
         staged = self._staged
         if kinds.count("sample") == len(kinds):
             chunk = _columns(events, fields)
@@ -817,32 +865,40 @@ class LiveTimelineModel:
 
     def _stage_samples(
         self,
-        events: list[InstanceEvent],
-        fields: tuple[tuple[Any, ...], ...],
+        events: list[Any],
+        fields: tuple[tuple[Any, ...], ...] | None,
         start: int,
         stop: int,
     ) -> None:
-        """Stage the sample events ``events[start:stop]`` as columns (``fields`` transposed)."""
-        part = tuple(column[start:stop] for column in fields)
+        """Stage the sample events ``events[start:stop]`` as columns (``fields``: all
+        the events transposed, if they were)."""
+        part = None if fields is None else tuple(column[start:stop] for column in fields)
         chunk = _columns(events[start:stop], part)
         if chunk is not None:
             self._staged.append(chunk)
 
     def update(self) -> bool:
-        """Read every pending event into the lines and averages.
+        """Read every pending event, and the new rows of every log, into the lines and averages.
 
         Returns:
             Whether anything changed.
         """
         self.compact()
-        if not self._staged:
-            return False
+        changed = self._read_staged() if self._staged else False
+        for instance in list(self._feeds):
+            changed |= self._read_feed(instance)
+        if changed:
+            self._version += 1
+        return changed
+
+    def _read_staged(self) -> bool:
+        """Read the staged chunks and state changes."""
         staged, self._staged = self._staged, []
         # Every chunk is read as one (per-line work is per read, not per chunk).
         # A state change concerns its own instance only: it applies after that
         # instance's samples received before it, and before the later ones.
         chunks = [item for item in staged if isinstance(item, _Columns)]
-        changes: dict[int, list[tuple[int, InstanceEvent]]] = {}
+        changes: dict[int, list[tuple[int, InstanceEvent | TimelineEvent]]] = {}
         received = 0
         for item in staged:
             if isinstance(item, _Columns):
@@ -864,33 +920,59 @@ class LiveTimelineModel:
                 changed |= self._apply(event)
             if done < positions.shape[0] and prepared is not None:
                 changed |= self._add_instance(instance, positions[done:], *prepared[1:])
-        if changed:
-            self._version += 1
         return changed
 
-    def _apply(self, event: InstanceEvent) -> bool:
+    def _read_feed(self, instance: int) -> bool:
+        """Read the rows ``instance``'s log gained since the last read."""
+        feed = self._feeds.get(instance)
+        if feed is None:
+            return False
+        offsets, values = feed.log.read(feed.read)
+        count = offsets.shape[0]
+        if not count:
+            return False
+        feed.read += count
+        chunk = _Columns(
+            owners=np.full(count, instance, dtype=np.int64),
+            offsets=offsets,
+            values=values,
+            names=tuple(values),
+        )
+        prepared = self._prepare(chunk)
+        if prepared is None:
+            return False
+        return self._add_instance(instance, None, *prepared[1:])
+
+    def _apply(self, event: InstanceEvent | TimelineEvent) -> bool:
         instance = event.instance
+        if type(event) is TimelineEvent:
+            self._feeds[instance] = _Feed(event.log)
+            return False
         if event.kind == "started":
+            self._feeds.pop(instance, None)  # the last attempt's: its samples go anyway
             had = instance in self._rows or instance in self._failed
             self._failed.discard(instance)
             self._finished.discard(instance)
             if had:
                 self._forget(instance)
             return had
+        if event.kind not in ("failed", "finished"):
+            return False
+        # The attempt ended: its log holds every sample it will have.
+        read = self._read_feed(instance)
+        self._feeds.pop(instance, None)
         if event.kind == "failed":
             if instance in self._failed:
-                return False
+                return read
             self._failed.add(instance)
             row = self._rows.get(instance)
             if row is not None:
                 for grid in self._grids.values():
                     grid.clear_row(row)
             return True
-        if event.kind == "finished":
-            self._finished.add(instance)
-            self._close_lines(instance)
-            return True
-        return False
+        self._finished.add(instance)
+        self._close_lines(instance)
+        return True
 
     def _forget(self, instance: int) -> None:
         self._latest.pop(instance, None)
@@ -937,30 +1019,36 @@ class LiveTimelineModel:
     def _add_instance(
         self,
         instance: int,
-        index: IntArray,
+        index: IntArray | None,
         times: FloatArray,
         columns: Mapping[str, FloatArray],
         offsets: FloatArray,
     ) -> bool:
-        """Add one instance's samples (rows ``index`` of the columns) to its lines."""
-        if index.shape[0]:
-            latest = float(offsets[index].max())
+        """Add one instance's samples (rows ``index`` of the columns; ``None``: every
+        row, as a log's are) to its lines."""
+        if index is None:
+            t, mine = times, offsets
+        else:
+            t, mine = times[index], offsets[index]
+        if mine.shape[0]:
+            latest = float(mine.max())
             self._latest[instance] = max(self._latest.get(instance, latest), latest)
-        t = times[index]
         if self._axis == "step":
             stepped = ~np.isnan(t)
             if not stepped.all():
-                index, t = index[stepped], t[stepped]
+                index = np.flatnonzero(stepped) if index is None else index[stepped]
+                t = t[stepped]
             if not t.shape[0]:
                 return False
-        if t.shape[0] > 1 and bool((np.diff(t) < 0).any()):
+        if t.shape[0] > 1 and bool((t[1:] < t[:-1]).any()):
             by_time = np.argsort(t, kind="stable")
-            index, t = index[by_time], t[by_time]
+            index = by_time if index is None else index[by_time]
+            t = t[by_time]
         if self._step is None:
             self._learn_step(instance, t)
         changed = False
         for metric, values in columns.items():
-            y = values[index]
+            y = values if index is None else values[index]
             finite = np.isfinite(y)  # also drops the NaN of samples without it
             if finite.all():
                 self._add_line(instance, metric, t, y)

@@ -30,6 +30,7 @@ from labkit.experiment import (
 from labkit.gpu import GPUPool, static_fleet
 from labkit.policies import Retry
 from labkit.results import ExperimentResult, InstanceResult
+from labkit.samplelog import SampleLog
 from labkit.sampling import ResourceSampler
 from labkit.sandbox.base import ResourceSample
 from labkit.sandbox.fake import FakeSandbox
@@ -648,3 +649,44 @@ async def test_a_cancelled_run_is_marked_interrupted_at_once_and_resumes(tmp_pat
         result = await run_experiment(experiment, instances=2, store=store, resume=True)
         assert store.experiments()["status"].tolist() == ["finished"]
     assert ran == [0, 1, 1] and result.ok
+
+
+def test_a_subscriber_may_decline_the_sample_events_of_announced_logs() -> None:
+    bus = EventBus()
+    everything: list[Any] = []
+    read_logs: list[Any] = []
+
+    def reader(event: Any) -> None:
+        read_logs.append(event)
+
+    reader.sample_events = False  # type: ignore[attr-defined]
+    bus.subscribe(everything.append)
+    unsubscribe = bus.subscribe(reader)
+    typed: list[Any] = []
+    bus.subscribe(typed.append, types=InstanceEvent, sample_events=False)
+    started = InstanceEvent("started", 0, 0.0)
+    sample = InstanceEvent("sample", 0, 0.0, 0.0, metrics={"x": 1.0})
+
+    bus.emit(started)
+    bus.emit_sample(sample)
+    assert everything == [started, sample]
+    assert read_logs == [started] and typed == [started]
+    bus.emit(sample)  # a plain emit still reaches everyone (no log was announced)
+    assert read_logs == [started, sample]
+    unsubscribe()
+    bus.emit_sample(sample)
+    assert len(everything) == 4 and len(read_logs) == 2 and typed == [started, sample]
+
+
+@pytest.mark.asyncio
+async def test_each_attempt_announces_its_log_before_its_samples() -> None:
+    seen: list[Any] = []
+    result = await run(ramp(0.0), instances=2, on_event=seen.append)
+
+    for instance in range(2):
+        mine = [e for e in seen if getattr(e, "instance", None) == instance]
+        kinds = [e.kind for e in mine]
+        assert kinds[:2] == ["started", "timeline"]
+        log = mine[1].log
+        assert isinstance(log, SampleLog) and len(log) == 5
+        pd.testing.assert_frame_equal(log.frame(), result.instances[instance].timeline)

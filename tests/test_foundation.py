@@ -60,6 +60,7 @@ PUBLIC_NAMES = {
     "RunnerStats",
     "RunReport",
     "RunStats",
+    "SampleLog",
     "Sandbox",
     "SandboxPool",
     "SandboxPoolStats",
@@ -77,6 +78,7 @@ PUBLIC_NAMES = {
     "TaskEvent",
     "TaskHandle",
     "TaskResult",
+    "TimelineEvent",
 }
 
 UI_MODULES = ("ipywidgets", "IPython", "traitlets", "anywidget", "plotly")

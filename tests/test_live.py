@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from labkit.errors import ConfigError
-from labkit.events import TaskEvent
+from labkit.events import TaskEvent, TimelineEvent
 from labkit.experiment import InstanceEvent
 from labkit.live import AverageSnapshot, FrameBudget, LiveTimelineModel
+from labkit.samplelog import SampleLog
 from labkit.testing import FakeClock
 from labkit.timeline import average_timelines
 
@@ -156,12 +157,12 @@ def test_events_become_columns_in_chunks_and_are_let_go() -> None:
 def test_receiving_is_an_append_and_other_events_are_dropped() -> None:
     model = LiveTimelineModel()
     model.handle(TaskEvent("started", 0, 0.0))
-    model.append(_sample(1, 0.0, cpu=4.0))
+    model.handle(_sample(1, 0.0, cpu=4.0))
     model(InstanceEvent("log", 1, 0.0, message="hello"))
     assert model.pending == 3 and model.snapshot().samples == 1
     assert model.pending == 0
     assert model.snapshot().instances == (1,)
-    assert LiveTimelineModel.event_types == (InstanceEvent,)
+    assert LiveTimelineModel.event_types == (InstanceEvent, TimelineEvent)
 
 
 def test_failed_instance_is_marked_and_leaves_the_average() -> None:
@@ -303,3 +304,106 @@ def test_frame_budget_caps_the_rate_and_the_load() -> None:
 
     budget.reset()
     assert budget.delay() == 0.25
+
+
+# Reading the attempts' logs -----------------------------------------------------------
+
+
+def _announce(model: LiveTimelineModel, instance: int, log: SampleLog) -> None:
+    model.handle(InstanceEvent("started", instance, 0.0))
+    model.handle(TimelineEvent(instance, 0.0, log))
+
+
+def test_a_log_is_read_in_bulk_and_its_sample_events_pass() -> None:
+    frames = _jittered(count=3, samples=300)
+    from_events = LiveTimelineModel()
+    _feed(from_events, frames, every=41)
+    from_logs = LiveTimelineModel()
+    logs = [SampleLog() for _ in frames]
+    for instance, log in enumerate(logs):
+        _announce(from_logs, instance, log)
+    for k in range(len(frames[0])):
+        for instance, frame in enumerate(frames):
+            row = frame.iloc[k]
+            values = {"cpu": float(row.cpu), "memory": float(row.memory)}
+            logs[instance].append(float(row.t), values)  # the recorder, then the event
+            from_logs.handle(_sample(instance, float(row.t), **values))
+        if k % 41 == 0:
+            from_logs.update()
+        assert from_logs.pending <= 2 * len(frames)  # the sample events were let pass
+    for instance in range(len(frames)):
+        from_logs.handle(InstanceEvent("finished", instance, 0.0))
+
+    a, b = from_events.snapshot(), from_logs.snapshot()
+    assert b.samples == a.samples == 2 * 3 * 300  # each sample counted once
+    assert b.step == a.step
+    for line_a, line_b in zip(a.lines, b.lines, strict=True):
+        assert (line_a.instance, line_a.metric) == (line_b.instance, line_b.metric)
+        assert np.array_equal(line_a.t, line_b.t) and np.array_equal(line_a.y, line_b.y)
+    for metric in ("cpu", "memory"):
+        assert np.array_equal(a.averages[metric].t, b.averages[metric].t)
+        assert np.allclose(a.averages[metric].mean, b.averages[metric].mean)
+        assert np.array_equal(a.averages[metric].n, b.averages[metric].n)
+
+
+def test_rows_recorded_with_no_event_appear_at_the_next_update() -> None:
+    model = LiveTimelineModel(step=1.0)
+    log = SampleLog()
+    _announce(model, 0, log)
+    assert model.update() is False and model.feeding
+    for step in range(5):
+        log.append(float(step), {"cpu": 10.0 * step})
+    assert model.update() is True
+    assert model.snapshot().lines[0].samples == 5
+    assert model.update() is False  # nothing new: no new version
+    log.append(5.0, {"cpu": 50.0})
+    model.handle(InstanceEvent("finished", 0, 5.0, 5.0))  # the last row is read first
+    snapshot = model.snapshot()
+    assert snapshot.lines[0].samples == 6 and snapshot.finished == frozenset({0})
+    assert not model.feeding  # an ended attempt's log is read no more
+    assert snapshot.averages["cpu"].mean.tolist() == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]
+
+
+def test_a_retried_attempt_is_read_from_its_own_log() -> None:
+    model = LiveTimelineModel(step=1.0)
+    first, second = SampleLog(), SampleLog()
+    _announce(model, 0, first)
+    for step in range(4):
+        first.append(float(step), {"cpu": 99.0})
+    model.handle(InstanceEvent("failed", 0, 4.0, 4.0, message="flaky"))
+    assert model.snapshot().failed == frozenset({0})
+    assert model.snapshot().lines[0].samples == 4  # the failed attempt's line stays
+    _announce(model, 0, second)
+    for step in range(3):
+        second.append(float(step), {"cpu": 1.0})
+        first.append(10.0 + step, {"cpu": 99.0})  # an abandoned attempt still recording
+    snapshot = model.snapshot()
+    assert snapshot.failed == frozenset()
+    assert list(snapshot.lines[0].y) == [1.0, 1.0, 1.0]
+    assert np.allclose(snapshot.averages["cpu"].mean, 1.0)
+
+
+def test_a_new_metric_in_a_log_gets_its_line() -> None:
+    model = LiveTimelineModel(step=1.0)
+    log = SampleLog()
+    _announce(model, 0, log)
+    log.append(0.0, {"cpu": 1.0})
+    log.append(1.0, {"cpu": 2.0})
+    model.update()
+    log.append(2.0, {"cpu": 3.0, "loss": 0.5})
+    log.append(3.0, {"loss": 0.25})
+    snapshot = model.snapshot()
+    assert snapshot.metrics == ("cpu", "loss")
+    assert list(snapshot.lines_of("cpu")[0].y) == [1.0, 2.0, 3.0]
+    assert list(snapshot.lines_of("loss")[0].t) == [2.0, 3.0]
+
+
+def test_reset_forgets_the_logs() -> None:
+    model = LiveTimelineModel()
+    log = SampleLog()
+    _announce(model, 0, log)
+    log.append(0.0, {"cpu": 1.0})
+    model.reset()
+    assert not model.feeding and model.fed == set()
+    model.handle(_sample(0, 0.0, cpu=5.0))  # a hand-fed sample counts again
+    assert model.snapshot().lines[0].y.tolist() == [5.0]

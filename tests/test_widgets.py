@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
 
 from labkit.errors import ConfigError
 from labkit.events import TaskEvent, TrialEvent
-from labkit.experiment import Experiment, InstanceContext, InstanceEvent
+from labkit.experiment import Experiment, InstanceContext, InstanceEvent, run_experiment
 from labkit.gpu import GPU, GPUPool, StaticInventory, static_fleet
 from labkit.results import ExperimentResult
 from labkit.testing import FakeClock
@@ -607,3 +608,53 @@ def test_sweep_panel_options_checked() -> None:
         SweepPanel(top=0)
     with pytest.raises(ConfigError, match="refresh_every"):
         SweepPanel(refresh_every=-1)
+
+
+def _drawn_points(chart: LiveTimeline) -> int:
+    """Points on the chart's instance lines (finite x), as the figure holds them."""
+    return sum(
+        int(np.isfinite(np.asarray(trace.x, dtype=float)).sum())
+        for trace in chart.figure.data
+        if trace.x is not None and str(trace.name or "").startswith("instance")
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_run_is_drawn_from_its_logs_with_no_sample_event_to_the_chart() -> None:
+    clock = FakeClock()
+    chart = LiveTimeline(clock=clock)
+    reached: list[Any] = []
+
+    def on_event(event: Any) -> None:
+        reached.append(event)
+        chart.handle(event)
+
+    on_event.event_types = chart.event_types  # type: ignore[attr-defined]
+    on_event.sample_events = chart.sample_events  # type: ignore[attr-defined]
+    drawn_during_run: list[int] = []
+
+    async def drawn(points: int) -> int:
+        """Let the chart's clock run until a frame drew ``points`` (or 50 s passed)."""
+        for _ in range(50):
+            clock.advance(1.0)
+            await asyncio.sleep(0)
+            if _drawn_points(chart) >= points:
+                break
+        return _drawn_points(chart)
+
+    async def fn(ctx: InstanceContext) -> None:
+        for step in range(10):
+            ctx.record(loss=1.0 / (step + 1))
+        drawn_during_run.append(await drawn(10))  # the frame the started event scheduled
+        for step in range(10, 25):
+            ctx.record(loss=1.0 / (step + 1))
+        # No event reached the chart since: it kept reading the log on its own.
+        drawn_during_run.append(await drawn(25))
+
+    result = await run_experiment(Experiment("logs", fn), instances=1, on_event=on_event)
+
+    assert result.ok
+    assert not any(getattr(e, "kind", None) == "sample" for e in reached)
+    assert drawn_during_run == [10, 25]
+    assert chart.model.snapshot().samples == 25
+    chart.close()

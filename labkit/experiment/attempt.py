@@ -20,10 +20,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from labkit.clock import Clock
-from labkit.events import InstanceEvent
-from labkit.experiment.context import InstanceContext, Sample, samples_to_frame
+from labkit.events import InstanceEvent, TimelineEvent
+from labkit.experiment.context import InstanceContext
 from labkit.experiment.spec import Experiment, InstanceFunction, summary_figures
 from labkit.results import ExperimentRecorder, InstanceResult, error_text
+from labkit.samplelog import SampleLog
 from labkit.sampling import ResourceSampler
 
 if TYPE_CHECKING:
@@ -43,9 +44,8 @@ class AttemptRecord:
     gpu_uuids: tuple[str, ...] = ()
     sandbox_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    samples: list[Sample] = field(default_factory=list)
-    context: InstanceContext | None = None
-    """A local attempt's context (its samples are read from there while it runs)."""
+    log: SampleLog = field(default_factory=SampleLog)
+    """The attempt's samples: its timeline."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -55,6 +55,9 @@ class Instances:
     experiment: Experiment
     clock: Clock
     emit: Callable[[Any], None]
+    emit_sample: Callable[[InstanceEvent], None]
+    """Where ``sample`` events go: the bus's sample route, which spares subscribers
+    that read the attempts' logs instead (every attempt's log is announced)."""
     recorder: ExperimentRecorder | None = None
     experiment_id: str | None = None
     records: dict[int, AttemptRecord] = field(default_factory=dict)
@@ -69,17 +72,25 @@ class Instances:
         record.gpu_uuids = ()
         record.sandbox_id = None
         record.extra = {}
-        record.samples = []
-        record.context = None
+        record.log = SampleLog()
         return record
 
-    def started(self, index: int, gpus: tuple[str, ...] = ()) -> float:
-        """Note once that the attempt runs (resources held); returns when it started."""
+    def started(self, index: int, gpus: tuple[str, ...] = (), at: float | None = None) -> float:
+        """Note once that the attempt runs (resources held); returns when it started.
+
+        Reports ``started``, then the attempt's log (a :class:`TimelineEvent`).
+
+        Args:
+            index: The instance.
+            gpus: The GPUs it holds, if not noted yet.
+            at: When it started (s, on the run's clock); default: now.
+        """
         record = self.records[index]
         if record.started is None:
-            record.started = self.clock.now()
+            record.started = self.clock.now() if at is None else at
             record.gpu_uuids = record.gpu_uuids or gpus
             self.emit(InstanceEvent("started", index, record.started))
+            self.emit(TimelineEvent(index, record.started, record.log))
         return record.started
 
     def failed(self, index: int, error: BaseException) -> None:
@@ -124,8 +135,7 @@ class Instances:
     def result(self, index: int, error: BaseException | None) -> InstanceResult:
         """The instance's result from its last attempt (``error`` set when it failed)."""
         record = self.records.get(index, AttemptRecord())
-        samples = record.context.samples if record.context is not None else record.samples
-        timeline = samples_to_frame(samples)
+        timeline = record.log.frame()
         summary = summary_figures(timeline, self.experiment.summarize)
         summary.update(record.extra)
         return InstanceResult(
@@ -228,11 +238,11 @@ class LocalAttempt:
                 attempt=record.attempts,
                 clock=book.clock,
                 emit=book.emit,
+                emit_sample=book.emit_sample,
                 recorder=book.sample if book.recorder is not None else None,
+                sample_log=record.log,
             )
-            record.context = ctx
-            record.started = ctx.started
-            book.emit(InstanceEvent("started", self.index, ctx.started))
+            book.started(self.index, at=ctx.started)
             if sandbox is not None:
                 await stack.enter_async_context(
                     ResourceSampler(sandbox, ctx.record, every=self.sample_every, clock=book.clock)

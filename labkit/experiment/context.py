@@ -8,18 +8,18 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from labkit.clock import Clock
 from labkit.errors import check, is_real
 from labkit.events import InstanceEvent
 from labkit.loop import running_loop
+from labkit.samplelog import SampleLog
 
 if TYPE_CHECKING:
     from labkit.sandbox.base import Sandbox
 
-__all__ = ("InstanceContext", "Sample", "samples_to_frame")
+__all__ = ("InstanceContext", "Sample")
 
 Sample = tuple[float, dict[str, float]]
 """One timeline sample: its offset in seconds and its values by metric name."""
@@ -42,11 +42,12 @@ class InstanceContext:
     __slots__ = (
         "_clock",
         "_emit",
+        "_emit_sample",
         "_lines",
+        "_log",
         "_loop",
         "_loop_thread",
         "_recorder",
-        "_samples",
         "_started",
         "attempt",
         "duration",
@@ -70,6 +71,8 @@ class InstanceContext:
         clock: Clock,
         emit: Callable[[InstanceEvent], None],
         recorder: Callable[[int, float, Mapping[str, float]], None] | None,
+        sample_log: SampleLog | None = None,
+        emit_sample: Callable[[InstanceEvent], None] | None = None,
     ) -> None:
         self.index = index
         self.params: Mapping[str, Any] = MappingProxyType(dict(params))
@@ -80,8 +83,9 @@ class InstanceContext:
         self.attempt = attempt
         self._clock = clock
         self._emit = emit
+        self._emit_sample = emit if emit_sample is None else emit_sample
         self._recorder = recorder
-        self._samples: list[Sample] = []
+        self._log = SampleLog() if sample_log is None else sample_log
         self._lines: list[str] = []
         self._started = clock.now()
         # On a Dask worker a sync function runs in the task thread with no loop at
@@ -97,7 +101,7 @@ class InstanceContext:
     @property
     def samples(self) -> tuple[Sample, ...]:
         """Every sample recorded so far, in recording order (read-only)."""
-        return tuple(self._samples)
+        return tuple(self._log.samples())
 
     @property
     def elapsed(self) -> float:
@@ -147,9 +151,10 @@ class InstanceContext:
         if not values:
             return
         offset = float(t)
-        self._samples.append((offset, values))
-        self._deliver(
-            InstanceEvent("sample", self.index, self._clock.now(), offset, metrics=values)
+        self._log.append(offset, values)  # before the event: a reader of the log has it
+        self._call_on_loop(
+            self._emit_sample,
+            InstanceEvent("sample", self.index, self._clock.now(), offset, metrics=values),
         )
         if self._recorder is not None:
             self._call_on_loop(self._recorder, self.index, offset, values)
@@ -169,7 +174,7 @@ class InstanceContext:
 
     def timeline(self) -> pd.DataFrame:
         """The samples so far as a DataFrame: ``t`` and one column per metric."""
-        return samples_to_frame(self._samples)
+        return self._log.frame()
 
     def _deliver(self, event: InstanceEvent) -> None:
         self._call_on_loop(self._emit, event)
@@ -184,12 +189,3 @@ class InstanceContext:
 
     def __repr__(self) -> str:
         return f"InstanceContext(index={self.index}, attempt={self.attempt}, gpus={self.gpus})"
-
-
-def samples_to_frame(samples: Sequence[tuple[float, Mapping[str, float]]]) -> pd.DataFrame:
-    """Samples as a timeline: ``t`` and one float column per metric, in time order."""
-    if not samples:
-        return pd.DataFrame({"t": np.array([], dtype=float)})
-    frame = pd.DataFrame.from_records([{"t": t, **values} for t, values in samples])
-    # Samples from the sampler and from the function interleave; keep time order.
-    return frame.sort_values("t", kind="stable", ignore_index=True).astype(float)

@@ -23,8 +23,9 @@ from labkit.errors import check
 from labkit.events import InstanceEvent
 from labkit.executors import is_async_callable, is_dask_client
 from labkit.experiment.attempt import Instances
-from labkit.experiment.context import InstanceContext, Sample
+from labkit.experiment.context import InstanceContext
 from labkit.experiment.spec import Experiment, InstanceFunction
+from labkit.samplelog import SampleLog
 
 if TYPE_CHECKING:
     from labkit.cluster import DaskExecutor
@@ -151,13 +152,13 @@ class DaskAttempts:
         book = self.instances
         record = book.begin(index)
         try:
-            value, samples, gpus = await self._remote((index, record.attempts))
+            value, log, gpus = await self._remote((index, record.attempts))
         except BaseException as exc:
             book.failed(index, exc)
             raise
         # Started messages arrive before the result; this only covers a lost one.
         book.started(index, tuple(gpus))
-        record.samples = [(float(t), dict(metrics)) for t, metrics in samples]
+        record.log = log
         record.gpu_uuids = tuple(gpus)
         await book.finished(index, value)
         return value
@@ -178,8 +179,8 @@ class DaskAttempts:
         elif kind == "sample":
             offset = float(message["t"])
             metrics = {str(name): float(value) for name, value in message["m"].items()}
-            record.samples.append((offset, metrics))
-            book.emit(InstanceEvent("sample", index, clock.now(), offset, metrics=metrics))
+            record.log.append(offset, metrics)
+            book.emit_sample(InstanceEvent("sample", index, clock.now(), offset, metrics=metrics))
             book.sample(index, offset, metrics)
         elif kind == "log":
             book.emit(
@@ -197,14 +198,15 @@ class DaskAttempts:
 _Job = tuple[int, int]
 """What the caller sends per attempt: the instance's index and the attempt's number."""
 
-_Outcome = tuple[Any, list[Sample], tuple[str, ...]]
+_Outcome = tuple[Any, SampleLog, tuple[str, ...]]
 """What a worker returns: the function's value, every sample it recorded, its GPUs."""
 
 
 def _worker_context(
     job: _Job, params: Mapping[str, Any], duration: float | None, gpus: int, topic: str
-) -> InstanceContext:
-    """The instance's context on a worker: samples and log lines go out on ``topic``."""
+) -> tuple[InstanceContext, SampleLog]:
+    """The instance's context on a worker, and the log it records into: samples and
+    log lines also go out on ``topic``."""
     from labkit.cluster import publish
 
     index, number = job
@@ -215,6 +217,7 @@ def _worker_context(
         uuids = tuple(uuid for uuid in (visible or "").split(",") if uuid)
     else:
         env, uuids = {"CUDA_VISIBLE_DEVICES": ""}, ()
+    log = SampleLog()
 
     def emit(event: InstanceEvent) -> None:
         head = {"i": index, "a": number, "t": event.offset}
@@ -234,9 +237,10 @@ def _worker_context(
         clock=SYSTEM_CLOCK,
         emit=emit,
         recorder=None,
+        sample_log=log,
     )
     publish(topic, {"i": index, "a": number, "kind": "started", "gpus": list(uuids)})
-    return ctx
+    return ctx, log
 
 
 async def _remote_async(
@@ -248,9 +252,9 @@ async def _remote_async(
     job: _Job,
 ) -> _Outcome:
     """An async instance function's attempt, in the worker's loop for this task."""
-    ctx = _worker_context(job, params, duration, gpus, topic)
+    ctx, log = _worker_context(job, params, duration, gpus, topic)
     value = await fn(ctx)
-    return value, list(ctx.samples), ctx.gpus
+    return value, log, ctx.gpus
 
 
 def _remote_sync(
@@ -262,11 +266,11 @@ def _remote_sync(
     job: _Job,
 ) -> _Outcome:
     """A sync instance function's attempt, in the worker's task thread."""
-    ctx = _worker_context(job, params, duration, gpus, topic)
+    ctx, log = _worker_context(job, params, duration, gpus, topic)
     value = fn(ctx)
     if inspect.isawaitable(value):
         value = asyncio.run(_await(value))
-    return value, list(ctx.samples), ctx.gpus
+    return value, log, ctx.gpus
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

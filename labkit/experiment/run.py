@@ -152,7 +152,13 @@ async def run_experiment(
     # Built here so that bad runner options fail before anything starts.
     runner = Runner(on_event=bus, clock=clock, **runner_options)
     config = {**options.config(runner_options), "gpus_per_instance": gpus}
-    book = Instances(experiment=experiment, clock=clock, emit=bus.emit, recorder=store)
+    book = Instances(
+        experiment=experiment,
+        clock=clock,
+        emit=bus.emit,
+        emit_sample=bus.emit_sample,
+        recorder=store,
+    )
     results: dict[int, InstanceResult] = {}
     if store is not None:
         book.experiment_id, results = store.begin(

@@ -256,7 +256,7 @@ def _timeline_outliers(
         if not shared.any():
             continue
         part = stack[:, shared]
-        median_curve = np.nanmedian(part, axis=0)
+        median_curve = _column_medians(part)
         distance = np.full(len(instances), np.nan)
         for row in range(len(instances)):
             mine = present[row, shared]
@@ -273,3 +273,18 @@ def _timeline_outliers(
                 position = instances[index].position
                 found.append(Outlier(position, name, score, float(distance[index]), median))
     return found
+
+
+def _column_medians(stack: FloatArray) -> FloatArray:
+    """Each column's median over its non-NaN values, as ``np.nanmedian(stack, axis=0)``.
+
+    numpy's own takes a masked-array path when there are fewer than 600 rows (a
+    handful of instances over thousands of grid points): about 30 ms per 10,000
+    columns, against well under 1 ms for one sort here.
+    """
+    ordered = np.sort(stack, axis=0)  # NaN sorts last
+    count = stack.shape[0] - np.isnan(stack).sum(axis=0)
+    columns = np.arange(stack.shape[1])
+    low = ordered[np.maximum(count - 1, 0) // 2, columns]
+    high = ordered[count // 2 - (count == 0), columns]
+    return np.where(count > 0, (low + high) / 2, np.nan)

@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import ConfigError
-from labkit.events import InstanceEvent
+from labkit.events import InstanceEvent, TimelineEvent
 from labkit.live import (
     DEFAULT_MAX_POINTS,
     AverageSnapshot,
@@ -83,9 +83,13 @@ class LiveTimeline:
             is invalid.
     """
 
-    event_types = (InstanceEvent,)
+    event_types = (InstanceEvent, TimelineEvent)
     """What the chart reads: a bus given the chart (or ``chart.handle``) routes it only
-    instance events, so a runner creates no task events for it."""
+    instance and timeline events, so a runner creates no task events for it."""
+
+    sample_events = False
+    """The chart reads each attempt's log, so a bus spares it the sample events of
+    attempts whose log was announced (:meth:`labkit.EventBus.sample_route`)."""
 
     def __init__(
         self,
@@ -120,6 +124,7 @@ class LiveTimeline:
         self._title = title
         self._x_axis: XAxis = x_axis or "time"
         self._inbox = self.model.inbox
+        self._fed = self.model.fed
         self._chunk = self.model.chunk_size
         self._threshold = 1  # inbox length at which handle() has more to do than append
         self._frame: asyncio.Task[None] | None = None
@@ -149,20 +154,32 @@ class LiveTimeline:
         self.handle(event)
 
     def handle(self, event: Any) -> None:
-        """Take an event: one append, and a frame scheduled if none is (never draws here).
+        """Take an event: at most one append, and a frame scheduled if none is (never draws here).
 
-        Every ``model.chunk_size`` events the model turns them into columns
-        (a fraction of a millisecond), so that event records do not pile up
-        for the garbage collector to walk until the next frame.
+        A sample of an attempt whose log the model reads (see
+        :class:`labkit.TimelineEvent`) costs nothing more: the frame reads the log.
+        Other samples are appended, and every ``model.chunk_size`` of them the
+        model turns them into columns (a fraction of a millisecond), so that event
+        records do not pile up for the garbage collector to walk until the next frame.
         """
-        inbox = self._inbox
-        inbox.append(event)
-        # One test per event: the threshold is 1 while no frame is scheduled (this
-        # event schedules one), the chunk size while one is.
-        if len(inbox) >= self._threshold:
-            self._take()
+        if event.__class__ is InstanceEvent and event.kind == "sample":
+            if event.instance in self._fed:
+                if self._frame is None:
+                    self._schedule()
+                return
+            inbox = self._inbox
+            inbox.append(event)
+            # One test per event: the threshold is 1 while no frame is scheduled
+            # (this event schedules one), the chunk size while one is.
+            if len(inbox) >= self._threshold:
+                self._take()
+            return
+        self.model.handle(event)  # a state change or a log: the model keeps track
+        if self._frame is None:
+            self._schedule()
 
     handle.event_types = event_types  # type: ignore[attr-defined]
+    handle.sample_events = sample_events  # type: ignore[attr-defined]
 
     def _take(self) -> None:
         if self._frame is None:
@@ -170,13 +187,14 @@ class LiveTimeline:
         if len(self._inbox) >= self._chunk:
             self.model.compact()
 
-    def _schedule(self) -> None:
+    def _schedule(self, *, or_draw: bool = True) -> None:
+        """Schedule the next frame on the running loop; with no loop (a script feeding
+        events by hand), draw now if one is due and ``or_draw``."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            # No loop (a script feeding events by hand): draw when due; call
-            # flush() at the end for what came after the last redraw.
-            if self.budget.delay() <= 0:
+            # Call flush() at the end for what came after the last redraw.
+            if or_draw and self.budget.delay() <= 0:
                 self.flush()
             return
         self._frame = loop.create_task(self._next_frame(), name="labkit-live-frame")
@@ -198,6 +216,9 @@ class LiveTimeline:
         self.budget.drew(started)
         if self._on_frame is not None:
             self._on_frame(self.model.snapshot())
+        if self.model.feeding and self._frame is None:
+            # Samples go into the logs with no event to say so: keep reading them.
+            self._schedule(or_draw=False)
 
     def _cancel_frame(self) -> None:
         if self._frame is not None:
@@ -224,6 +245,7 @@ class LiveTimeline:
         self._cancel_frame()
         self.model = model
         self._inbox = model.inbox
+        self._fed = model.fed
         self._chunk = model.chunk_size
         self._memo.clear()
         self._drawn_version = -1
@@ -378,16 +400,25 @@ class LiveTimeline:
         self._show_axes(shown, count)
 
     def _show_axes(self, axes: dict[str, Any], count: int) -> None:
-        """Apply ``axes`` to a chart of ``count`` subplots, the placeholder gone."""
-        with self.figure.batch_update():
-            self.figure.layout.annotations = ()
-            self.figure.layout.update(
-                axes,
-                height=100 + 220 * count,
-                title={"text": self._title},
-                margin={"t": 60 if self._title else 30, "b": 40},
-                showlegend=None,
-            )
+        """Apply ``axes`` (whole axes, or attributes by path) to a chart of ``count``
+        subplots, the placeholder gone.
+
+        ``plotly_relayout`` of flat paths: a third of the cost of ``layout.update``
+        with nested dicts, which walks plotly's property tree.
+        """
+        # Arrays of objects (annotations) are set as properties: a relayout would
+        # leave plotly's Python view of them as it was.
+        self.figure.layout.annotations = ()
+        self.figure.plotly_relayout(
+            {
+                **axes,
+                "height": 100 + 220 * count,
+                "title.text": self._title,
+                "margin.t": 60 if self._title else 30,
+                "margin.b": 40,
+                "showlegend": None,
+            }
+        )
         self._hidden = False
 
     def _show_placeholder(self) -> None:
@@ -406,20 +437,21 @@ class LiveTimeline:
             ]
             self._restyle(cleared)
             self._drawn = cleared
-        existing = self.figure.layout.to_plotly_json()
-        with self.figure.batch_update():
-            for key in existing:
-                if key.startswith(("xaxis", "yaxis")) and key not in ("xaxis", "yaxis"):
-                    self.figure.layout[key].visible = False  # the subplots of a run
-            self.figure.layout.update(
-                xaxis={"visible": False},
-                yaxis={"visible": False},
-                height=120,
-                margin={"t": 40 if self._title else 20, "b": 20},
-                title={"text": self._title},
-                showlegend=False,
-            )
-            self.figure.layout.annotations = [_PLACEHOLDER_NOTE]
+        hidden: dict[str, Any] = {"xaxis.visible": False, "yaxis.visible": False}
+        for key in self.figure.layout.to_plotly_json():
+            if key.startswith(("xaxis", "yaxis")) and key not in ("xaxis", "yaxis"):
+                hidden[f"{key}.visible"] = False  # the subplots of a run
+        self.figure.layout.annotations = [_PLACEHOLDER_NOTE]
+        self.figure.plotly_relayout(
+            {
+                **hidden,
+                "height": 120,
+                "title.text": self._title,
+                "margin.t": 40 if self._title else 20,
+                "margin.b": 20,
+                "showlegend": False,
+            }
+        )
         self._hidden = True
 
 

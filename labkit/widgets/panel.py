@@ -278,6 +278,10 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
             if row is not None:
                 row.show(status=f"retrying (attempt {event.attempt + 1})", style="warning")
 
+    # The bars move with the chart's frames and the chart reads the attempts' logs:
+    # a run spares the panel its per-sample events.
+    _on_event.sample_events = False  # type: ignore[attr-defined]
+
     def _show_progress(self, snapshot: LiveSnapshot) -> None:
         """Each instance's bar at its latest sample's offset over the duration."""
         if not self._duration_s:
