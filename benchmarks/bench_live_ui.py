@@ -6,8 +6,11 @@ Three workloads, in one process, each run three ways in turn (the best of
 - bare: nobody watches;
 - subscribed: a callback that does nothing is subscribed to the events, which is
   what any watcher costs the core (it then creates and delivers events);
-- watched: the ``LiveTimeline`` takes every event and a ``PoolMonitor`` refreshes
-  from the runner's and a GPU pool's ``stats()`` every 0.1 s (ten times its default).
+- watched: the ``LiveTimeline`` is subscribed as a notebook user subscribes it
+  (it takes instance events, and reads each attempt's samples from the log its
+  ``TimelineEvent`` announces, so a run sends it no sample event) and a
+  ``PoolMonitor`` refreshes from the runner's and a GPU pool's ``stats()`` every
+  0.1 s (ten times its default).
   One chart serves every watched run, reset before each, as the experiment panel's
   does at each Start.
 
@@ -16,7 +19,7 @@ Three workloads, in one process, each run three ways in turn (the best of
    2,000 samples of two metrics, one per step of about 0.1 ms of CPU work (a fast
    training loop; a real instance often records a few samples a second).
 3. Flood: the same with no work between samples, 10,000 per instance: the
-   chart's worst case, where handling each event costs a visible share of
+   chart's worst case, where any work per sample costs a visible share of
    recording it.
 
 Goal: watched / bare throughput >= 0.9. Rates are per second of this process's CPU
@@ -338,9 +341,10 @@ async def main() -> None:
     flood_bare = rows[2][1]
     fed, alone = await chart_cost(logs=True), await chart_cost(logs=False)
     print(
-        f"\nthe chart's own work in the flood, a sample: receiving {fed['receive_us']:.2f} us "
-        f"and reading {fed['read_us']:.2f} us from the attempts' logs (from the events "
-        f"alone: {alone['receive_us']:.2f} us and {alone['read_us']:.2f} us); drawing "
+        f"\nthe chart's own work in the flood, a sample: reading {fed['read_us']:.2f} us from "
+        f"the attempts' logs, and {fed['receive_us']:.2f} us to let its event pass if one "
+        f"comes (a run sends none); from the events alone (a hand-fed chart): receiving "
+        f"{alone['receive_us']:.2f} us and reading {alone['read_us']:.2f} us; drawing "
         f"{fed['draw_ms']:.1f} ms a frame; recording a sample bare costs "
         f"{1e6 / flood_bare:.2f} us of CPU"
     )

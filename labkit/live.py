@@ -453,7 +453,8 @@ class _MetricGrid:
                 if columns <= have_cols
                 else max(columns, min(2 * have_cols, self._capacity))
             )
-            grown = np.full((max(rows, 2 * have_rows), wide), np.nan)
+            tall = have_rows if rows <= have_rows else max(rows, 2 * have_rows)
+            grown = np.full((tall, wide), np.nan)
             grown[:have_rows, :have_cols] = self.values
             self.values = grown
         if columns > self._stats.shape[1]:
@@ -1049,13 +1050,13 @@ class LiveTimelineModel:
         changed = False
         for metric, values in columns.items():
             y = values if index is None else values[index]
-            finite = np.isfinite(y)  # also drops the NaN of samples without it
-            if finite.all():
+            if math.isfinite(float(np.add.reduce(y))):  # one pass: every value is finite
                 self._add_line(instance, metric, t, y)
-            elif finite.any():
-                self._add_line(instance, metric, t[finite], y[finite])
             else:
-                continue
+                finite = np.isfinite(y)  # also drops the NaN of samples without it
+                if not finite.any():
+                    continue
+                self._add_line(instance, metric, t[finite], y[finite])
             changed = True
         return changed
 
@@ -1114,14 +1115,14 @@ class LiveTimelineModel:
         if self._axis == "step":
             self._place_steps(key, t, y)
             return
+        before: tuple[float, float] | None = None
         if cursor.next_k >= 0:
-            newer = t > cursor.last_t
-            if not newer.all():
-                t, y = t[newer], y[newer]  # late samples are drawn, not averaged
+            if not t[0] > cursor.last_t:  # t ascends: only a head can be late
+                late = int(np.searchsorted(t, cursor.last_t, side="right"))
+                t, y = t[late:], y[late:]  # late samples are drawn, not averaged
             if t.shape[0] == 0:
                 return
-            t = np.concatenate(([cursor.last_t], t))
-            y = np.concatenate(([cursor.last_y], y))
+            before = (cursor.last_t, cursor.last_y)
             first_k = cursor.next_k
         else:
             first_k = math.floor(t[0] / step + 0.5)  # the grid point nearest the first sample
@@ -1131,7 +1132,7 @@ class LiveTimelineModel:
             if cursor.next_k < 0:
                 cursor.next_k = first_k
             return
-        self._put(key, cursor, first_k, last_k, t, y)
+        self._put(key, cursor, first_k, last_k, t, y, before)
 
     def _put(
         self,
@@ -1141,7 +1142,10 @@ class LiveTimelineModel:
         last_k: int,
         t: FloatArray,
         y: FloatArray,
+        before: tuple[float, float] | None = None,
     ) -> None:
+        """Interpolate grid points ``first_k`` to ``last_k`` from the samples ``t, y``
+        (ascending) and the sample ``before`` them, if any (the line's last one)."""
         step = self._step
         assert step is not None
         grid = self._grids.get(key[1])
@@ -1151,8 +1155,17 @@ class LiveTimelineModel:
         start = -(-first_k // stride) * stride
         ks = np.arange(start, last_k + 1, stride, dtype=np.int64)
         cursor.next_k = last_k + 1
-        if ks.size:
-            grid.put(self._rows[key[0]], ks, np.interp(ks * step, t, y))
+        if not ks.size:
+            return
+        at = ks * step
+        values = np.interp(at, t, y)
+        if before is not None and at[0] < t[0]:
+            # Points between the line's last sample and these: interpolated across the
+            # gap, without copying the new samples to put that one in front of them.
+            gap = at < t[0]
+            bt, by = before
+            values[gap] = np.interp(at[gap], (bt, float(t[0])), (by, float(y[0])))
+        grid.put(self._rows[key[0]], ks, values)
 
     def _place_steps(self, key: tuple[int, str], steps: FloatArray, y: FloatArray) -> None:
         """On a step axis each sample is its step's value: no grid, no interpolation."""

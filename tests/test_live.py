@@ -407,3 +407,13 @@ def test_reset_forgets_the_logs() -> None:
     assert not model.feeding and model.fed == set()
     model.handle(_sample(0, 0.0, cpu=5.0))  # a hand-fed sample counts again
     assert model.snapshot().lines[0].y.tolist() == [5.0]
+
+
+def test_the_grid_grows_its_columns_without_growing_its_rows() -> None:
+    from labkit.live import _MetricGrid
+
+    grid = _MetricGrid(rows=3, capacity=4096)
+    for k in range(0, 4000, 10):  # the grid widens a few times as the run goes on
+        grid.put(2, np.array([k]), np.array([float(k)]))
+    assert grid.values.shape == (3, 4096)  # rows as many as the instances, not doubled
+    assert grid.statistics(3)[1, 3990 // grid.stride] == 3990.0

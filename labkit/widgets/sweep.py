@@ -21,7 +21,7 @@ import numpy as np
 
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import ConfigError
-from labkit.events import InstanceEvent, TrialEvent
+from labkit.events import InstanceEvent, TimelineEvent, TrialEvent
 from labkit.live import LiveTimelineModel
 from labkit.results import ROUND_TO_INT
 from labkit.stats import t_quantile
@@ -138,6 +138,9 @@ class SweepPanel(w.VBox):  # type: ignore[misc]
             inner = event.event
             if type(inner) is InstanceEvent:
                 self._instance_event(event.trial, inner)
+            elif type(inner) is TimelineEvent:
+                self._trial(event.trial)
+                self._receiver(event.trial).handle(inner)  # its samples come from the log
         elif type(event) is SweepEvent:
             self._sweep_event(event)
 
@@ -158,12 +161,13 @@ class SweepPanel(w.VBox):  # type: ignore[misc]
             self._models[number] = LiveTimelineModel(round_to_int=ROUND_TO_INT, clock=self._clock)
         return trial
 
+    def _receiver(self, number: int) -> LiveTimeline | LiveTimelineModel:
+        """Where a trial's events go: the chart while it shows the trial, else its model."""
+        return self.chart if number == self._shown else self._models[number]
+
     def _instance_event(self, number: int, event: InstanceEvent) -> None:
         trial = self._trial(number)
-        if number == self._shown:
-            self.chart.handle(event)
-        else:
-            self._models[number].handle(event)
+        self._receiver(number).handle(event)
         kind = event.kind
         if kind == "sample":
             metrics = event.metrics
