@@ -2,10 +2,13 @@
 
 :class:`LiveTimelineModel` takes instance events (an ``on_event`` callback or a
 bus subscriber) and hands out immutable :class:`LiveSnapshot` records; a widget
-only maps snapshots to traces. Receiving an event costs one list append: the
-work (grouping samples by instance and metric, decimating, gridding, the
-statistics) happens once per frame in :meth:`LiveTimelineModel.update`, over
-every event that arrived since, with numpy.
+only maps snapshots to traces. Samples come from each attempt's
+:class:`~labkit.samplelog.SampleLog`, announced by a :class:`~labkit.events.TimelineEvent`
+(a bus then spares the model the sample events), or from ``sample`` events alone
+(a hand-fed model). Receiving an event costs one list append: the work (reading
+the logs' new rows, grouping samples by instance and metric, decimating,
+gridding, the statistics) happens once per frame in
+:meth:`LiveTimelineModel.update`, with numpy.
 
 - Each instance's line is kept to a fixed number of points by streaming min/max
   decimation: samples fall into buckets of equal sample counts, each bucket keeps

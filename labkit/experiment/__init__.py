@@ -11,7 +11,10 @@ kept beside them.
 
 Instance-level events (:class:`~labkit.events.InstanceEvent`) go to ``on_event``
 together with the runner's :class:`~labkit.events.TaskEvent`, so a progress bar or
-a widget can follow every instance live.
+a widget can follow every instance live. Each attempt records into a
+:class:`~labkit.samplelog.SampleLog`, announced by a
+:class:`~labkit.events.TimelineEvent` right after its ``started`` event: a watcher
+may read the samples from there in bulk and decline the per-sample events.
 
 The package, by concern:
 

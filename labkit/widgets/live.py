@@ -2,8 +2,10 @@
 
 :class:`LiveTimeline` is an ``on_event`` callback and a plotly ``FigureWidget``:
 pass it (or :meth:`LiveTimeline.handle`) to ``run_experiment(on_event=...)`` and
-display :attr:`LiveTimeline.figure`. An event costs the instance that recorded it
-one list append; everything else happens in frames. A :class:`labkit.live.FrameBudget`
+display :attr:`LiveTimeline.figure`. A run sends the chart no event per sample: it
+reads each attempt's :class:`labkit.SampleLog` at its frames (see
+:class:`labkit.TimelineEvent`); any other event costs one list append. Everything
+else happens in frames, which keep coming while a log is read. A :class:`labkit.live.FrameBudget`
 decides when a frame is due (at most ``updates_per_s`` a second, drawing at most
 ``max_load`` of the time); a frame takes a snapshot of the
 :class:`labkit.live.LiveTimelineModel` and maps it to traces with the static
