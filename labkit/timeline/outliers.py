@@ -257,12 +257,7 @@ def _timeline_outliers(
             continue
         part = stack[:, shared]
         median_curve = _column_medians(part)
-        distance = np.full(len(instances), np.nan)
-        for row in range(len(instances)):
-            mine = present[row, shared]
-            if mine.any():
-                gap = part[row, mine] - median_curve[mine]
-                distance[row] = math.sqrt(float(np.mean(gap * gap)))
+        distance = _rms_distances(part, median_curve)
         usable = np.flatnonzero(~np.isnan(distance))
         if usable.size < 3:
             continue
@@ -288,3 +283,14 @@ def _column_medians(stack: FloatArray) -> FloatArray:
     low = ordered[np.maximum(count - 1, 0) // 2, columns]
     high = ordered[count // 2 - (count == 0), columns]
     return np.where(count > 0, (low + high) / 2, np.nan)
+
+
+def _rms_distances(part: FloatArray, curve: FloatArray) -> FloatArray:
+    """Each row's root-mean-square distance to ``curve`` over its non-NaN values
+    (NaN for a row with none), all rows in one pass."""
+    present = ~np.isnan(part)
+    gap = np.where(present, part - curve, 0.0)
+    counts = present.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, np.sqrt((gap * gap).sum(axis=1) / counts), np.nan)
+
