@@ -69,8 +69,8 @@ class LiveTimeline:
         updates_per_s: The most redraws per second; samples in between are batched.
         max_load: The largest fraction of the event loop's time redraws may take
             (0.05: after a 10 ms redraw the next waits at least 0.2 s). Reading
-            the events into the model is not counted: it costs the same however
-            often frames come.
+            the samples into the model is not counted: its cost is mostly per
+            sample, about the same however often frames come.
         max_points: The most points kept and drawn per instance line.
         title: The chart's title.
         x_axis: ``"time"`` (seconds since each instance started) or ``"step"``
@@ -209,7 +209,7 @@ class LiveTimeline:
         self._frame_now()
 
     def _frame_now(self) -> None:
-        # Reading the events costs the same however they are batched; only drawing
+        # Reading the samples costs about the same however they are batched; drawing
         # is what more frames would add, so only drawing counts against max_load
         # (counting both would make a late frame read more and come later still).
         self.model.update()
