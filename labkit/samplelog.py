@@ -70,18 +70,28 @@ class SampleLog:
         """
         count = self._count
         columns = self._columns
-        if len(values) == len(columns):  # the same metrics as every row so far, usually
-            try:
-                for name, value in values.items():
-                    columns[name].append(value)
-            except KeyError:
-                for column in columns.values():
-                    del column[count:]
-            else:
-                self._offsets.append(offset)
-                self._count = count + 1
-                return
-        self._append_other(count, offset, values)
+        try:
+            if len(values) == len(columns):  # the same metrics as every row so far, usually
+                try:
+                    for name, value in values.items():
+                        columns[name].append(value)
+                except KeyError:
+                    self._truncate(count)
+                else:
+                    self._offsets.append(offset)
+                    self._count = count + 1
+                    return
+            self._append_other(count, offset, values)
+        except BaseException:
+            self._truncate(count)  # a value that is not a number: the row is not half kept
+            raise
+
+    def _truncate(self, count: int) -> None:
+        """Drop whatever a failed append left past row ``count``, new columns included."""
+        for name in [name for name, row in self._born.items() if row >= count]:
+            del self._columns[name], self._born[name]
+        for column in (self._offsets, *self._columns.values()):
+            del column[count:]
 
     def _append_other(self, count: int, offset: float, values: Mapping[str, float]) -> None:
         """A sample with other metrics than the columns: new columns, NaN for those it lacks."""

@@ -118,3 +118,16 @@ def test_a_log_in_time_order_is_not_sorted_again(rows: int) -> None:
     samples = [(0.1 * i, {"x": float(i)}) for i in range(rows)]
     frame = SampleLog.from_samples(samples).frame()
     pd.testing.assert_frame_equal(frame, _reference_frame(samples))
+
+
+def test_a_value_that_is_not_a_number_leaves_no_half_row() -> None:
+    log = SampleLog.from_samples([(0.0, {"a": 1.0, "b": 2.0})])
+    with pytest.raises(TypeError):
+        log.append(1.0, {"a": 3.0, "b": "high"})  # type: ignore[dict-item]
+    with pytest.raises(TypeError):
+        log.append(1.0, {"a": 3.0, "c": None})  # type: ignore[dict-item]
+    log.append(2.0, {"a": 5.0, "b": 6.0})
+    offsets, values = log.read()
+    assert offsets.tolist() == [0.0, 2.0]
+    assert values["a"].tolist() == [1.0, 5.0] and values["b"].tolist() == [2.0, 6.0]
+    assert list(values) == ["a", "b"]  # no column for the metric that never went in

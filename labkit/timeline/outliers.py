@@ -293,4 +293,3 @@ def _rms_distances(part: FloatArray, curve: FloatArray) -> FloatArray:
     counts = present.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, np.sqrt((gap * gap).sum(axis=1) / counts), np.nan)
-
