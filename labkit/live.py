@@ -929,8 +929,8 @@ class LiveTimelineModel:
     def _read_feed(self, instance: int) -> bool:
         """Read the rows ``instance``'s log gained since the last read."""
         feed = self._feeds.get(instance)
-        if feed is None:
-            return False
+        if feed is None or len(feed.log) <= feed.read:
+            return False  # nothing new: no arrays made for it
         offsets, values = feed.log.read(feed.read)
         count = offsets.shape[0]
         if not count:
