@@ -52,6 +52,7 @@ from labkit.experiment.options import check_resources
 from labkit.experiment.spec import MAX_INSTANCES
 from labkit.race import RaceDecision, RaceOptions, race
 from labkit.results import ExperimentResult, InstanceResult, error_text
+from labkit.seeds import check_seed
 
 if TYPE_CHECKING:
     from labkit.gpu import GPUPool
@@ -461,6 +462,7 @@ async def sweep(
     initial_instances: int = 2,
     max_instances: int | None = None,
     budget: int | None = None,
+    seed: int = 0,
     **run_options: Any,
 ) -> pd.DataFrame:
     """Run ``experiment`` once per parameter set and mark the best trial.
@@ -511,6 +513,9 @@ async def sweep(
             with ``instances="auto"``, passed to ``run_experiment``.
         budget: Racing: the most instances in all (default: trials times
             ``max_instances``).
+        seed: The base seed of every trial: instance *i* of every trial gets the
+            same ``ctx.seed`` (common random numbers, so trials compare pair by
+            pair), and no two instances of one trial share one.
         **run_options: Passed to ``run_experiment`` for every trial (``duration``,
             ``gpus_per_instance``, ``timeout``, ``retry``...). ``on_event`` gets
             every trial's events as :class:`~labkit.events.TrialEvent` and the
@@ -539,6 +544,7 @@ async def sweep(
         experiment, objective, direction, instances, max_parallel, n_trials, max_instances, resume
     )
     check_resources(gpu_pool, None, store)
+    run_options["seed"] = check_seed(seed)
     racing = instances == "race"
     options = (
         RaceOptions(
