@@ -166,9 +166,11 @@ class _Worker:
         loop = asyncio.get_running_loop()
         return loop.sock_sendall(self.sock, _HEADER.pack(len(data)) + data)
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Close the socket (the worker then exits); False, to filter on."""
         with contextlib.suppress(OSError):
             self.sock.close()
+        return False
 
 
 def _ignore(frame: Any) -> None:
@@ -296,19 +298,19 @@ class WorkerPool:
     # -- workers -------------------------------------------------------------------
 
     async def _take(self, cuda: str | None) -> _Worker:
-        """An idle worker that may run with ``cuda``, else a fresh one (started here)."""
+        """An idle worker that may run with ``cuda`` (one pinned to it first, where CUDA
+        is ready), else a fresh one (started here)."""
         with self._lock:
-            for position in range(len(self._idle) - 1, -1, -1):
-                worker = self._idle[position]
-                if not worker.alive():
-                    del self._idle[position]
-                    worker.close()
-                    continue
-                if worker.cuda is None or worker.cuda == cuda:
-                    del self._idle[position]
-                    self._busy.add(worker)
-                    self._reused += 1
-                    return worker
+            self._idle = [worker for worker in self._idle if worker.alive() or worker.close()]
+            fits = [w for w in self._idle if w.cuda is not None and w.cuda == cuda] or [
+                w for w in self._idle if w.cuda is None
+            ]
+            if fits:
+                worker = fits[-1]  # the one used last: the warmest
+                self._idle.remove(worker)
+                self._busy.add(worker)
+                self._reused += 1
+                return worker
             worker = _Worker.spawn()
             self._started += 1
             self._busy.add(worker)

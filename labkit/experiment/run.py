@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from labkit.clock import SYSTEM_CLOCK, Clock, SystemClock
@@ -193,6 +193,7 @@ class ExperimentRun:
         self._book = book
         self._next = max(results, default=-1) + 1
         self._attempt: Callable[[int], Awaitable[Any]] | None = None
+        self.shared_cores: _SharedCores | None = None
 
     @property
     def experiment_id(self) -> str | None:
@@ -221,7 +222,14 @@ class ExperimentRun:
 
         A failure here (averaging, the store) becomes a note; no instance is lost.
         """
-        return await _finish(self.experiment, self._book, list(self.results.values()), self.config)
+        shared = self.shared_cores
+        return await _finish(
+            self.experiment,
+            self._book,
+            list(self.results.values()),
+            self.config,
+            review=None if shared is None else shared.after,
+        )
 
 
 @contextlib.asynccontextmanager
@@ -319,11 +327,12 @@ async def open_run(
             for index, result in loaded.items()
         }
     run = ExperimentRun(experiment, options, runner, book, results, config)
-    at_once = runner_options["max_concurrency"]
-    note = _oversubscribed(where, sandbox_pool, experiment, at_once, options)
-    if note is not None:
-        book.notes.append(note)
-        warnings.warn(note, OversubscribedWarning, stacklevel=3)
+    shared = _shared_cores(
+        where, sandbox_pool, experiment, runner_options["max_concurrency"], options
+    )
+    run.shared_cores = shared
+    if shared is not None and shared.kind == "worker processes":
+        _say(book.notes, shared.message())
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(runner)
         await stack.enter_async_context(_heartbeat(store, book.experiment_id, heartbeat_every))
@@ -397,9 +406,17 @@ async def _run_batch(
 
 
 async def _finish(
-    experiment: Experiment, book: Instances, results: list[InstanceResult], config: dict[str, Any]
+    experiment: Experiment,
+    book: Instances,
+    results: list[InstanceResult],
+    config: dict[str, Any],
+    *,
+    review: Callable[[ExperimentResult], str | None] | None = None,
 ) -> ExperimentResult:
-    """Average the instances and record the run; a failure here becomes a note."""
+    """Average the instances and record the run; a failure here becomes a note.
+
+    ``review`` may add one note about the averaged result before it is recorded.
+    """
     result = ExperimentResult.build(
         experiment.name,
         dict(experiment.params or {}),
@@ -408,6 +425,10 @@ async def _finish(
         experiment_id=book.experiment_id,
         notes=book.notes,
     )
+    said = review(result) if review is not None else None
+    if said is not None:
+        _say(book.notes, said)
+        result = replace(result, notes=(*result.notes, said))
     if book.recorder is not None and book.experiment_id is not None:
         try:
             await book.recorder.finish(book.experiment_id, result)
@@ -460,28 +481,75 @@ def _where(
     )
 
 
-def _oversubscribed(
+@dataclass(frozen=True, slots=True)
+class _SharedCores:
+    """More instances at once in processes of this machine than it has cores.
+
+    CPU-bound instances then share cores, and what they time is inflated. Worker
+    processes run Python functions, most often CPU-bound: that is said when the
+    run starts. Local sandboxes often wait on the network or a disk: that is said
+    at the end, only when their sampled ``cpu`` (% of one core) added up to at
+    least half of the machine's (``cores × 50 %``) at some moment.
+    """
+
+    at_once: int
+    cores: int
+    kind: str
+
+    def message(self, measured: str = "") -> str:
+        return (
+            f"{self.at_once} instances run at once in {self.kind} on {self.cores} CPU cores"
+            f"{measured}: CPU-bound instances then share cores and their timings are "
+            f"inflated (max_concurrency={self.cores} runs them one per core)"
+        )
+
+    def after(self, result: ExperimentResult) -> str | None:
+        """What to say once local sandboxes ran, from the CPU they used together."""
+        frame = result.averaged
+        if self.kind != "local sandboxes" or "cpu" not in frame or frame.empty:
+            return None
+        together = float((frame["cpu"] * frame["n"]).max())
+        if not together >= 50.0 * self.cores:
+            return None
+        return self.message(f" (together they used up to {together:.0f} % CPU)")
+
+
+def _shared_cores(
     where: str | DaskExecutor,
     sandbox_pool: SandboxPool | None,
     experiment: Experiment,
     max_concurrency: Any,
     options: ExperimentOptions,
-) -> str | None:
-    """What to say when more instances in processes run at once than there are cores."""
-    if where != "process" and sandbox_pool is None and not experiment.needs_sandbox:
+) -> _SharedCores | None:
+    """The cores the run's instances share, when they are more than the cores."""
+    if where == "process":
+        kind = "worker processes"
+    elif _local_sandboxes_used(sandbox_pool, experiment):
+        kind = "local sandboxes"
+    else:
         return None
     at_once = options.planned
     if is_int(max_concurrency):
         at_once = min(at_once, max_concurrency)
     cores = available_cores()
-    if at_once <= cores:
-        return None
-    kind = "worker processes" if where == "process" else "sandboxes"
-    return (
-        f"{at_once} instances run at once in {kind} on {cores} CPU cores: CPU-bound "
-        f"instances then share cores and their timings are inflated "
-        f"(max_concurrency={cores} runs them one per core)"
-    )
+    return _SharedCores(at_once, cores, kind) if at_once > cores else None
+
+
+def _say(notes: list[str], note: str) -> None:
+    """A warning for whoever watches, and a note the result and the store keep."""
+    notes.append(note)
+    warnings.warn(note, OversubscribedWarning, stacklevel=4)
+
+
+def _local_sandboxes_used(sandbox_pool: SandboxPool | None, experiment: Experiment) -> bool:
+    """Whether instances run in sandboxes on this machine (E2B's run elsewhere)."""
+    from labkit.sandbox.local import LocalSandbox
+
+    if sandbox_pool is None:
+        return experiment.needs_sandbox  # then local ones are made
+    factory = sandbox_pool.factory
+    factory = getattr(factory, "func", factory)  # a functools.partial of a class
+    return isinstance(factory, type) and issubclass(factory, LocalSandbox)
 
 
 def _local_gpu_pool(gpus: int, gpu_pool: GPUPool | None) -> GPUPool | None:

@@ -254,6 +254,11 @@ class SandboxPool:
         """``True`` once :meth:`close` was called."""
         return self._closed
 
+    @property
+    def factory(self) -> Callable[[], Sandbox | Awaitable[Sandbox]]:
+        """What makes this pool's sandboxes (a class such as :class:`LocalSandbox`)."""
+        return self._factory
+
     def stats(self) -> SandboxPoolStats:
         """A snapshot of sizes and counters (see :class:`SandboxPoolStats`)."""
         sessions = self._hits + self._misses
