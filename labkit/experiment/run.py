@@ -489,7 +489,7 @@ class _SharedCores:
     processes run Python functions, most often CPU-bound: that is said when the
     run starts. Local sandboxes often wait on the network or a disk: that is said
     at the end, only when their sampled ``cpu`` (% of one core) added up to at
-    least half of the machine's (``cores × 50 %``) at some moment.
+    least half of the machine's (``cores * 50 %``) at some moment.
     """
 
     at_once: int
