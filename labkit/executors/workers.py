@@ -277,10 +277,12 @@ class WorkerPool:
         loop.add_reader(worker.sock.fileno(), worker.readable)
         reusable = False
         try:
-            await worker.send(("job", payload, dict(env), list(sys.path)))
-            await call.started  # waiting for the worker to begin is not the call's time
-            if on_started is not None and not call.done.done():
-                on_started()
+            signal_start = timeout is not None or on_started is not None
+            await worker.send(("job", payload, dict(env), list(sys.path), signal_start))
+            if signal_start:
+                await call.started  # waiting for the worker to begin is not the call's time
+                if on_started is not None and not call.done.done():
+                    on_started()
             if timeout is None:
                 outcome = await call.done
             else:
