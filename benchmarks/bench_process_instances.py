@@ -11,7 +11,9 @@ first run):
    that return at once. What the process path adds per instance (labkit's time per
    instance with ``executor="process"`` less its time with the thread path: the
    experiment's own bookkeeping, events and result are the same on both) against
-   loky's time per task (goal: within 2x); the raw times are printed too.
+   loky's time per task (goal: within 2x); the raw times are printed too, and loky
+   with ``batch_size=1`` (one task per message, as labkit sends one instance per
+   message: joblib batches trivial tasks by default).
 3. **The thread path** (the default executor) on the same trivial instances, against
    a bare ``asyncio.to_thread`` per instance: the default path is unchanged.
 
@@ -71,8 +73,10 @@ def labkit(fn: Callable[[InstanceContext], Any], n: int, executor: str) -> None:
     assert result.ok, result.summary["errors"]
 
 
-def loky(fn: Callable[[int], Any], n: int) -> None:
-    Parallel(n_jobs=-1, backend="loky")(delayed(fn)(index) for index in range(n))
+def loky(fn: Callable[[int], Any], n: int, batch_size: int | str = "auto") -> None:
+    Parallel(n_jobs=-1, backend="loky", batch_size=batch_size)(
+        delayed(fn)(index) for index in range(n)
+    )
 
 
 def sequential() -> None:
@@ -108,10 +112,17 @@ def main() -> None:
     print(f"   labkit / loky:       {median['labkit'] / median['loky']:.3f}  (goal <= 1.1)")
     print(f"   labkit / sequential: {median['labkit'] / median['loop']:.3f}  (goal <= 0.6)")
 
-    small: dict[str, list[float]] = {"labkit": [], "loky": [], "threads": [], "bare": []}
+    small: dict[str, list[float]] = {
+        "labkit": [],
+        "loky": [],
+        "loky1": [],
+        "threads": [],
+        "bare": [],
+    }
     for _ in range(ROUNDS):
         small["labkit"].append(seconds(lambda: labkit(trivial, TRIVIAL, "process")) / TRIVIAL)
         small["loky"].append(seconds(lambda: loky(trivial_task, TRIVIAL)) / TRIVIAL)
+        small["loky1"].append(seconds(lambda: loky(trivial_task, TRIVIAL, 1)) / TRIVIAL)
         small["threads"].append(seconds(lambda: labkit(trivial, TRIVIAL, "thread")) / TRIVIAL)
         small["bare"].append(seconds(threads_bare) / TRIVIAL)
     per = {name: statistics.median(times) * 1e3 for name, times in small.items()}
@@ -120,6 +131,10 @@ def main() -> None:
     print(f"   labkit process: {per['labkit']:.3f} ms, labkit thread: {per['threads']:.3f} ms")
     print(f"   the process path adds {added:.3f} ms; loky: {per['loky']:.3f} ms per task")
     print(f"   process path / loky: {added / per['loky']:.3f}  (goal <= 2.0)")
+    print(
+        f"   loky one task a message (batch_size=1, as labkit sends one instance): "
+        f"{per['loky1']:.3f} ms per task; process path / that: {added / per['loky1']:.3f}"
+    )
     print("\n3. the thread path, per trivial instance, ms (median):")
     print(
         f"   labkit thread: {per['threads']:.3f} ms, bare asyncio.to_thread: {per['bare']:.3f} ms"
