@@ -8,7 +8,9 @@ task through these steps:
 2. **rate-limit**: wait for the limiter's start (every attempt is a start);
 3. **attempt**: call the function, bounded by ``timeout`` (see
    :mod:`labkit.executors` for what a timeout does per kind of call);
-4. **decide**: accept the value, or retry after a backoff, or give up;
+4. **decide**: accept the value, or retry after a backoff (or the wait a
+   refusing service asked for), or give up; a refusal also slows an adaptive
+   rate limit;
 5. **record**: the one place that finishes a :class:`TaskResult`, updates the
    counters and emits the task's last event.
 
@@ -30,7 +32,7 @@ from labkit.errors import ConfigError, ResourceUnavailable, ResultRejected, Task
 from labkit.events import ConcurrencyEvent, EventBus, TaskEvent, TaskEventKind
 from labkit.executors import AttemptExpired, Invoker
 from labkit.guard import ResourceGuard, cost_of
-from labkit.policies import RateLimiter
+from labkit.policies import RateLimiter, is_rejection, retry_after_of
 from labkit.runner.options import RunOptions
 from labkit.runner.records import TaskResult
 from labkit.runner.slots import Slots
@@ -222,6 +224,8 @@ class TaskPipeline:
                         self.running -= 1
                     # 4. decide
                     result.error = error
+                    if limiter is not None and limiter.policy.adaptive and is_rejection(error):
+                        limiter.rejected()
                     if retry is None or not await self._decide(result, error):
                         break
             except asyncio.CancelledError as cancelled:
@@ -301,7 +305,7 @@ class TaskPipeline:
         assert retry is not None
         if not retry.should_retry(error, result.attempts):
             return False
-        delay = retry.delay(result.attempts, self._rng)
+        delay = retry.delay(result.attempts, self._rng, retry_after_of(error))
         self.retries += 1
         if self._bus.route(TaskEvent):
             self._bus.emit(
