@@ -17,7 +17,8 @@ import pytest
 
 from labkit.errors import ConfigError, SandboxError
 from labkit.sandbox import LocalSandbox, SandboxPool, caps
-from labkit.sandbox.base import DEFAULT_MAX_OUTPUT
+from labkit.sandbox.base import DEFAULT_MAX_OUTPUT, CommandResult
+from labkit.testing import FakeSandbox
 
 pytestmark = pytest.mark.asyncio
 
@@ -144,3 +145,10 @@ async def test_the_sandbox_default_cap_and_a_per_command_one() -> None:
         assert (capped.stdout, capped.stderr, capped.truncated) == ("1234", "abcd", True)
         wider = await sb.run("echo 123456789", max_output=100)
         assert (wider.stdout, wider.truncated) == ("123456789\n", False)
+
+
+async def test_a_fake_sandbox_cuts_scripted_output_the_same_way() -> None:
+    sb = FakeSandbox([CommandResult(0, "x" * 20, "", 0.0)] * 2, max_output=16)
+    cut = await sb.run("anything")
+    assert (len(cut.stdout), cut.truncated) == (16, True)
+    assert not (await sb.run("anything", max_output=20)).truncated
