@@ -131,10 +131,16 @@ def extreme(state: Moments) -> bool:
     if state.scaled:
         return False
     size = state.size
-    largest = np.maximum(-state.low[:size], state.high[:size])
-    # NaN (a non-finite folded value) fails both comparisons: extreme too.
-    usual = (largest <= _SAFE_HIGH) & ((largest >= _SAFE_LOW) | (largest <= 0.0))
-    return not bool(usual.all())
+    low, high = state.low[:size], state.high[:size]
+    # Two reductions, no float temporaries: this runs for every block. NaN (a
+    # non-finite folded value) fails the comparisons: extreme too.
+    if not (low.min() >= -_SAFE_HIGH and high.max() <= _SAFE_HIGH):
+        return True
+    small = (high < _SAFE_LOW) & (low > -_SAFE_LOW)  # empty points (inf, -inf) too
+    if not small.any():
+        return False
+    low, high = low[small], high[small]
+    return bool(((low <= high) & ((low != 0.0) | (high != 0.0))).any())
 
 
 def rescale(state: Moments) -> None:
