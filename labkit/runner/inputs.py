@@ -59,6 +59,8 @@ class Input:
             so that never-started items keep their item on their result.
         error: The exception the user's iterable raised, if it did: the run then
             stops pulling and ends with what it pulled.
+        threaded: Whether the items are pulled through a :class:`Feed` (any
+            iterable but a list, tuple, range or :class:`OnLoop`).
     """
 
     __slots__ = ("error", "items", "pairs", "size", "threaded")
@@ -68,10 +70,9 @@ class Input:
         self.size = size
         self.items = lookup
         # Builtin sequences cannot raise part-way nor block: only other iterables are
-        # guarded, and pulled through a Feed.
+        # guarded, and pulled through a Feed (off the loop when slow).
         safe = type(items) in (list, tuple, range)
         self.threaded = not safe and not isinstance(items, OnLoop)
-        """Whether items are to be pulled through a :class:`Feed` (off the loop)."""
         self.pairs: Iterator[tuple[int, Any]] = enumerate(items if safe else self._guarded(items))
 
     def _guarded(self, items: Iterable[Any]) -> Iterator[Any]:
