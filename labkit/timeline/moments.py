@@ -224,11 +224,7 @@ def update(state: Moments, start: int, x: FloatArray, scratch: Scratch) -> None:
 def update_rows(state: Moments, rows: FloatArray, scratch: Scratch) -> None:
     """Add several instances that cover the whole block: ``rows`` is (instances, size)."""
     count, size = rows.shape
-    total = scratch.floats("total", size)
-    np.minimum.reduce(rows, axis=0, out=total)
-    np.minimum(state.low[:size], total, out=state.low[:size])
-    np.maximum.reduce(rows, axis=0, out=total)
-    np.maximum(state.high[:size], total, out=state.high[:size])
+    raw = rows
     if state.scaled:
         rows = np.multiply(
             rows, state.inverse[:size], out=scratch.floats("scaled", rows.size).reshape(rows.shape)
@@ -237,11 +233,16 @@ def update_rows(state: Moments, rows: FloatArray, scratch: Scratch) -> None:
         state.shift[lo:hi] = rows[0, lo:hi]
     deviation = scratch.floats("deviations", count * size).reshape(count, size)
     np.subtract(rows, state.shift[:size], out=deviation)
+    total = scratch.floats("total", size)
     np.add.reduce(deviation, axis=0, out=total)
     state.sum1[:size] += total
     deviation *= deviation
     np.add.reduce(deviation, axis=0, out=total)
     state.sum2[:size] += total
+    np.minimum.reduce(raw, axis=0, out=total)
+    np.minimum(state.low[:size], total, out=state.low[:size])
+    np.maximum.reduce(raw, axis=0, out=total)
+    np.maximum(state.high[:size], total, out=state.high[:size])
     if state.count is not None:
         state.count[:size] += count
 
