@@ -52,6 +52,7 @@ from labkit.experiment.options import check_resources
 from labkit.experiment.spec import MAX_INSTANCES
 from labkit.race import RaceDecision, RaceOptions, race
 from labkit.results import ExperimentResult, InstanceResult, error_text
+from labkit.runner.inputs import OnLoop
 from labkit.seeds import check_seed
 
 if TYPE_CHECKING:
@@ -668,7 +669,8 @@ async def _fixed(
         return trial.number
 
     each: Callable[[Any], Awaitable[Any]] = one  # the runner's map is generic
-    await runner.map(each, trial_runner.unless_refused(source))
+    # On the loop: a strategy's ask() and tell() must never run at once in two threads.
+    await runner.map(each, OnLoop(trial_runner.unless_refused(source)))
 
 
 async def _race(
@@ -690,7 +692,7 @@ async def _race(
 
     async def run(batches: Sequence[tuple[int, int]]) -> dict[int, list[float]]:
         each: Callable[[Any], Awaitable[Any]] = batch
-        await runner.map(each, trial_runner.unless_refused(batches))
+        await runner.map(each, OnLoop(trial_runner.unless_refused(batches)))
         return {trial.number: trial.values for trial in trials}
 
     def on_round(decision: RaceDecision, counts: Mapping[int, int]) -> None:
