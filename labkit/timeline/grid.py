@@ -2,11 +2,16 @@
 
 The grid is ``t = 0, step, 2*step, ...``; a sample belongs to its nearest grid
 point. An instance's value at a grid point is interpolated (``"linear"``) or held
-from the last sample (``"previous"``), only inside the instance's own range.
+from the last sample (``"previous"``), only inside a run of its samples no two of
+which are more than ``max_gap`` apart; or (``"sum"``, counters) the sum of the
+samples nearest that point, 0 where there are none, over the whole grid.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,8 +55,10 @@ class Scratch:
 class Series:
     """Samples that share one time array, and the grid points [k0, stop) they cover.
 
-    An instance gives one series for its metrics without gaps, plus one per
-    metric with NaN samples (that metric's valid samples only).
+    An instance gives one series per run of samples without a gap (longer than
+    the metric's ``max_gap``): one for its metrics without missing values, one
+    per metric with NaN samples (that metric's valid samples only). A ``"sum"``
+    metric's series covers the whole grid.
     """
 
     t: FloatArray
@@ -65,10 +72,105 @@ class Series:
         return cls(t, metrics, k0, nearest_index(float(t[-1]), step) + 1)
 
 
-def _series_of(instance: Instance, step: float) -> list[Series]:
-    series = [Series.of(instance.t, list(instance.clean.items()), step)]
-    series += [Series.of(t, [(name, v)], step) for name, (t, v) in instance.ragged.items()]
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Every instance on the grid: its grid length, spans and series.
+
+    Attributes:
+        size: Grid points, up to the one nearest the latest sample of any instance.
+        spans: Per instance, the grid points [start, stop) from the one nearest its
+            first sample to the one nearest its last (what ``n`` counts).
+        series: Per instance, its series.
+        shared: The metrics whose count of instances is ``n`` everywhere: every
+            instance has them at each of its samples, without a gap, and they
+            are not summed (the others keep a count of their own).
+    """
+
+    size: int
+    spans: list[tuple[int, int]]
+    series: list[list[Series]]
+    shared: frozenset[str]
+
+
+def _runs(
+    t: FloatArray,
+    metrics: list[tuple[str, FloatArray]],
+    step: float,
+    gaps: Mapping[str, float],
+    scratch: Scratch,
+) -> list[Series]:
+    """The series of samples sharing ``t``, cut wherever two samples are further
+    apart than their metric's gap (metrics with equal gaps share their series)."""
+    if t.size < 2 or all(gaps.get(name, math.inf) == math.inf for name, _ in metrics):
+        return [Series.of(t, metrics, step)]
+    intervals = np.subtract(t[1:], t[:-1], out=scratch.floats("intervals", t.size - 1))
+    widest = float(intervals.max())
+    groups: dict[float, list[tuple[str, FloatArray]]] = {}
+    for name, values in metrics:
+        limit = gaps.get(name, math.inf)
+        groups.setdefault(limit if widest > limit else math.inf, []).append((name, values))
+    series = []
+    for limit, group in groups.items():
+        if limit == math.inf:
+            series.append(Series.of(t, group, step))
+            continue
+        cuts = [0, *(np.flatnonzero(np.subtract(t[1:], t[:-1]) > limit) + 1).tolist(), t.size]
+        for start, stop in itertools.pairwise(cuts):
+            series.append(Series.of(t[start:stop], [(n, v[start:stop]) for n, v in group], step))
     return series
+
+
+def layout(
+    instances: Sequence[Instance],
+    step: float,
+    methods: Mapping[str, str] | None = None,
+    gaps: Mapping[str, float] | None = None,
+) -> Layout:
+    """The grid length and each instance's span and series; refuses absurdly long grids.
+
+    ``methods`` (default: linear for all) and ``gaps`` (each metric's ``max_gap``
+    in seconds; default: none) shape the series.
+    """
+    methods = methods or {}
+    gaps = gaps or {}
+    scratch = Scratch()
+    spans: list[tuple[int, int]] = []
+    series: list[list[Series]] = []
+    summed: list[Series] = []
+    shared: set[str] | None = None
+    for instance in instances:
+        spans.append(
+            (
+                max(nearest_index(float(instance.t[0]), step), 0),
+                nearest_index(float(instance.t[-1]), step) + 1,
+            )
+        )
+        clean = [(n, v) for n, v in instance.clean.items() if methods.get(n) != "sum"]
+        parts = _runs(instance.t, clean, step, gaps, scratch) if clean else []
+        for name, (t, v) in instance.ragged.items():
+            if methods.get(name) != "sum":
+                parts += _runs(t, [(name, v)], step, gaps, scratch)
+        for name, values in instance.clean.items():
+            if methods.get(name) == "sum":
+                parts.append(Series(instance.t, [(name, values)], 0, 0))
+        for name, (t, v) in instance.ragged.items():
+            if methods.get(name) == "sum":
+                parts.append(Series(t, [(name, v)], 0, 0))
+        summed += [part for part in parts if part.stop == 0]
+        runs = Counter(name for part in parts for name, _ in part.metrics)
+        whole = {name for name, _ in clean if runs[name] == 1}
+        shared = whole if shared is None else shared & whole
+        series.append(parts)
+    size = max((stop for _, stop in spans), default=0)
+    if size > _MAX_GRID_POINTS:
+        raise ConfigError(
+            "step",
+            step,
+            f"a step giving at most {_MAX_GRID_POINTS:,} grid points (this one gives {size:,})",
+        )
+    for part in summed:
+        part.stop = size
+    return Layout(max(size, 0), spans, series, frozenset(shared or ()))
 
 
 class Gridder:
@@ -144,6 +246,10 @@ class Gridder:
         previous: tuple[int, int, IntArray] | None = None
         for name, v in series.metrics:
             out = scratch.floats("values", size) if outputs is None else outputs[name]
+            if methods[name] == "sum":
+                self._sums(t, v, lo, hi, out)
+                yield name, out
+                continue
             if methods[name] == "previous":
                 if previous is None:
                     # A sample belongs to its nearest grid point: it is "at or
@@ -174,6 +280,22 @@ class Gridder:
             out += part
             yield name, out
 
+    def _sums(self, t: FloatArray, v: FloatArray, lo: int, hi: int, out: FloatArray) -> None:
+        """Into ``out``: per grid point lo..hi-1, the sum of the samples nearest it."""
+        step, size = self._step, hi - lo
+        s0, s1 = self._window(t, (lo - 0.5) * step, (hi - 0.5) * step, "left")
+        # The rounding of nearest_index and of the non-finite counts, so that a
+        # sample is summed at exactly one grid point whatever the blocks.
+        position = self._scratch.floats("position", s1 - s0)
+        np.divide(t[s0:s1], step, out=position)
+        position += 0.5
+        np.floor(position, out=position)
+        position -= lo
+        first, last = np.searchsorted(position, (0, size)).tolist()  # the block's samples
+        bins = self._scratch.ints("bins", last - first)
+        np.copyto(bins, position[first:last], casting="unsafe")
+        out[:] = np.bincount(bins, weights=v[s0 + first : s0 + last], minlength=size)
+
     def _linear(self, t: FloatArray, lo: int, hi: int) -> tuple[int, int, IntArray, FloatArray]:
         step, scratch = self._step, self._scratch
         size = hi - lo
@@ -197,16 +319,3 @@ class Gridder:
             # hold the first value instead of extrapolating.
             np.maximum(weight, 0.0, out=weight)
         return s0, s1, index, weight
-
-
-def layout(instances: Sequence[Instance], step: float) -> tuple[int, list[list[Series]]]:
-    """The grid length and each instance's series; refuses absurdly long grids."""
-    series = [_series_of(instance, step) for instance in instances]
-    size = max((parts[0].stop for parts in series), default=0)
-    if size > _MAX_GRID_POINTS:
-        raise ConfigError(
-            "step",
-            step,
-            f"a step giving at most {_MAX_GRID_POINTS:,} grid points (this one gives {size:,})",
-        )
-    return max(size, 0), series

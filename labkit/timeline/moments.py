@@ -219,8 +219,10 @@ def finalize(
     scratch: Scratch,
     *,
     round_mean: bool,
+    count_out: npt.NDArray[np.int64] | None = None,
 ) -> None:
-    """Write mean, std, min, max and ci95 of the block into ``out`` (five arrays).
+    """Write mean, std, min, max and ci95 of the block into ``out`` (five arrays),
+    and the number of values at each point into ``count_out`` when given.
 
     ``n`` is the number of instances at each point, used where the state keeps
     no count of its own.
@@ -228,6 +230,8 @@ def finalize(
     size = state.size
     mean, std, low, high, ci95 = out
     counts = n if state.count is None else state.count[:size]
+    if count_out is not None:
+        count_out[:] = counts
     sum1, sum2 = state.sum1[:size], state.sum2[:size]
     least, most = int(counts.min()), int(counts.max())
     offset = scratch.floats("offset", size)
