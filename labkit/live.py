@@ -151,7 +151,8 @@ class AverageSnapshot:
     Attributes:
         metric: The metric's name.
         t: Grid times, in seconds.
-        n: Instances that cover each grid time.
+        n: Instances that measured the metric at each grid time (0 in a gap that
+            every instance has: the statistics are NaN there, drawn as a break).
         mean: The mean over those instances.
         std: Sample standard deviation (ddof=1; NaN where ``n < 2``).
         min: The smallest instance value.
@@ -192,9 +193,10 @@ class AverageSnapshot:
     def from_frame(
         cls, averaged: pd.DataFrame, metric: str, *, final: bool = True
     ) -> AverageSnapshot:
-        """``metric``'s columns of an averaged timeline (``t`` or ``step``, ``n``, ``m``,
-        ``m_std``...); ``t`` holds the steps of a timeline indexed by step.
+        """``metric``'s columns of an averaged timeline (``t`` or ``step``, ``m``,
+        ``m_n``, ``m_std``...); ``t`` holds the steps of a timeline indexed by step.
 
+        ``n`` is the metric's own count ``m_n`` (``n`` in a frame without it).
         Missing statistic columns read as NaN.
 
         Raises:
@@ -211,7 +213,8 @@ class AverageSnapshot:
                 return _frozen(averaged[name].to_numpy(dtype=float))
             return _frozen(np.full(rows, np.nan))
 
-        counts = averaged["n"].to_numpy() if "n" in averaged.columns else np.zeros(rows)
+        count = f"{metric}_n" if f"{metric}_n" in averaged.columns else "n"
+        counts = averaged[count].to_numpy() if count in averaged.columns else np.zeros(rows)
         n = np.array(counts, dtype=np.int64)
         n.flags.writeable = False
         return cls(

@@ -51,7 +51,7 @@ __all__ = (
     "timeline_figure",
 )
 
-STAT_SUFFIXES = ("_std", "_min", "_max", "_ci95", "_nonfinite")
+STAT_SUFFIXES = ("_std", "_min", "_max", "_ci95", "_n", "_nonfinite")
 """Suffixes of the per-metric statistic columns of an averaged timeline."""
 
 _BANDS = ("std", "minmax", "ci95")
@@ -221,49 +221,51 @@ def average_traces(
     max_points: int = DEFAULT_MAX_POINTS,
     x_axis: XAxis = "time",
 ) -> list[dict[str, Any]]:
-    """The band's two edges and the thick average line of one metric, in drawing order.
+    """The band around the average and the thick average line of one metric, in drawing order.
 
-    The lower edge comes first: the upper edge fills down to it (``tonexty``).
-    Draw these after the instances so the average is on top. Hovering the average
-    shows its time, value and ``n``, the instances that contribute there.
+    NaN (a gap: no instance measured the metric there) is drawn as a break in
+    the line and in the band, never bridged: the band is one closed shape per
+    run of points where both its edges are known (``fill="toself"``, which
+    plotly closes per segment; ``"tonexty"`` would fill across gaps), and
+    decimation keeps the first and last point of every run. Draw these after
+    the instances so the average is on top. Hovering the average shows its
+    time, value and ``n``, the instances that contribute there.
 
     Args:
         average: The metric's average and spread (live, or from an averaged
             timeline with :meth:`AverageSnapshot.from_frame`).
         band: ``"std"``, ``"minmax"``, ``"ci95"`` or ``None`` for no band.
         show_legend: List the traces in the legend (true for the first subplot).
-        max_points: The most points per trace (min/max decimation of the mean).
+        max_points: The most points per trace (min/max decimation of the mean,
+            plus the first and last point of each run between gaps).
         x_axis: What the horizontal axis counts.
 
     Returns:
-        Plotly scatter trace dicts: lower edge, upper edge (when ``band``), average.
+        Plotly scatter trace dicts: the band (when ``band``), then the average.
 
     Raises:
         ConfigError: If ``band`` is unknown.
     """
-    keep = decimate_indices(average.mean, max_points)
+    edges = average.band(band) if band is not None else None
+    ends = _run_ends(average.mean, *(edges or ()))
+    keep = np.union1d(decimate_indices(average.mean, max_points), ends)
     t = average.t[keep]
     hover_x = _X_HOVER[x_axis]
     traces: list[dict[str, Any]] = []
-    if band is not None:
-        lower, upper = average.band(band)
-        edge = {"type": "scatter", "x": t, "mode": "lines", "line": {"width": 0}}
+    if edges is not None:
+        # The outline runs along both edges: half the points each.
+        kept = np.union1d(decimate_indices(average.mean, max(max_points // 2, 4)), ends)
+        x, y = _band_outline(average.t[kept], edges[0][kept], edges[1][kept])
         traces.append(
             {
-                **edge,
-                "y": lower[keep],
-                "name": f"band ({band}) lower",
-                "legendgroup": "average-band",
-                "showlegend": False,
-                "hoverinfo": "skip",
-            }
-        )
-        traces.append(
-            {
-                **edge,
-                "y": upper[keep],
-                "fill": "tonexty",
+                "type": "scatter",
+                "x": x,
+                "y": y,
+                "mode": "lines",
+                "line": {"width": 0},
+                "fill": "toself",
                 "fillcolor": BAND_COLOR,
+                "connectgaps": False,
                 "name": f"band ({band})",
                 "legendgroup": "average-band",
                 "showlegend": show_legend,
@@ -277,6 +279,7 @@ def average_traces(
             "y": average.mean[keep],
             "customdata": average.n[keep].astype(np.int32),
             "mode": "lines",
+            "connectgaps": False,
             "name": "average",
             "legendgroup": "average",
             "showlegend": show_legend,
@@ -288,6 +291,36 @@ def average_traces(
         }
     )
     return traces
+
+
+def _run_ends(*series: np.ndarray) -> np.ndarray:
+    """Positions where any of ``series`` turns from a number to NaN or back, both sides:
+    decimation must keep them, or a gap would be bridged."""
+    known = np.isfinite(np.asarray(series[0], dtype=float))
+    changes = np.zeros(known.size, dtype=bool)
+    for values in series:
+        finite = np.isfinite(np.asarray(values, dtype=float))
+        changes[1:] |= finite[1:] != finite[:-1]
+    after = np.flatnonzero(changes)
+    return np.union1d(after, after - 1)
+
+
+def _band_outline(t: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The band as closed outlines, one per run of points with both edges known:
+    along the upper edge, back along the lower one, then NaN before the next run."""
+    known = np.isfinite(lower) & np.isfinite(upper)
+    edges = np.diff(known.astype(np.int8), prepend=0, append=0)
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    gap = np.array([np.nan])
+    for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
+        run = slice(start, stop)
+        xs += [t[run], t[run][::-1], gap]
+        ys += [upper[run], lower[run][::-1], gap]
+    if not xs:
+        return np.array([], dtype=float), np.array([], dtype=float)
+    return np.concatenate(xs[:-1]), np.concatenate(ys[:-1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +338,7 @@ def metric_names(frame: pd.DataFrame) -> list[str]:
 
     ``t`` (or ``step`` in a frame indexed by step, which has no ``t``), ``n`` and the
     statistic columns (``m_std``, ``m_min``, ``m_max``,
-    ``m_ci95``, ``m_nonfinite``) are not metrics.
+    ``m_ci95``, ``m_n``, ``m_nonfinite``) are not metrics.
     """
     columns = [str(c) for c in frame.columns]
     names = set(columns)

@@ -69,8 +69,10 @@ class InstanceResult:
         error: ``"TypeName: message"`` when it failed, else ``None``.
         timeline: Samples as a DataFrame: ``t`` (seconds since the instance
             started) and one column per metric (NaN where a sample lacks it).
-        summary: Per-instance figures: ``cpu_peak``, ``memory_peak``,
-            ``error_count``, ``recovery_time`` and whatever the function returned.
+        summary: Per-instance figures: each recorded metric's default figure
+            (``loss_last``; ``cpu_peak``, ``memory_peak``; ``error_count`` when
+            errors were recorded) or those ``Experiment.summarize`` asks for,
+            and whatever the function returned (``recovery_time``...).
         started: When the instance began, seconds on the run's clock.
         finished: When it ended, seconds on the run's clock.
         gpu_uuids: The GPUs it held.
@@ -143,8 +145,9 @@ class ExperimentResult:
         averaged: The averaged timeline: ``t``, ``n`` and for each metric ``m``:
             ``m``, ``m_std``, ``m_min``, ``m_max``. Empty when no instance succeeded.
         summary: Averaged figures in the form ``{"cpu_peak": .., "memory_peak": ..,
-            "error_count": .., "num_instances": N, "num_failed": k,
-            "recovery_times": [..], "errors": {index: text}}``.
+            "loss_last": .., "error_count": .., "num_instances": N, "num_failed": k,
+            "recovery_times": [..], "errors": {index: text}}``; ``error_count``
+            and ``recovery_times`` only when some instance recorded them.
         outliers: For each metric where some instances stand apart from the
             others, the indices of those instances (``{"cpu": [2]}``).
         config: How it ran (instances, duration, GPUs per instance, ...).

@@ -70,7 +70,7 @@ async def test_three_instances_are_averaged_with_their_spread() -> None:
     assert list(averaged["x_std"]) == pytest.approx([1.0] * 5)
     summary = result.summary
     assert summary["num_instances"] == 3 and summary["num_failed"] == 0
-    assert summary["x_peak"] == pytest.approx(5.0)  # peaks 4, 5, 6
+    assert summary["x_last"] == pytest.approx(5.0)  # last values 4, 5, 6
     assert summary["error_count"] == 5
     assert summary["score"] == pytest.approx(11.0)  # the functions' own figures
 
@@ -369,7 +369,7 @@ async def test_a_recorder_gets_every_sample_instance_and_the_result() -> None:
 
 @pytest.mark.asyncio
 async def test_resume_loads_finished_instances_instead_of_rerunning_them() -> None:
-    done = InstanceResult(0, True, None, pd.DataFrame({"t": [0.0], "x": [7.0]}), {"x_peak": 7.0})
+    done = InstanceResult(0, True, None, pd.DataFrame({"t": [0.0], "x": [7.0]}), {"x_last": 7.0})
     recorder = MemoryRecorder({0: done})
     ran: list[int] = []
 
@@ -381,7 +381,7 @@ async def test_resume_loads_finished_instances_instead_of_rerunning_them() -> No
 
     assert ran == [1]
     assert result.instances[0] is done
-    assert result.summary["x_peak"] == pytest.approx(8.0)
+    assert result.summary["x_last"] == pytest.approx(8.0)
 
 
 @pytest.mark.asyncio
@@ -583,21 +583,41 @@ def training(ctx: InstanceContext) -> None:
 
 async def test_summarize_chooses_each_metrics_figure() -> None:
     experiment = Experiment(
-        "train", training, summarize={"loss": "last", "accuracy": ["max", "mean"]}
+        "train", training, summarize={"loss": "peak", "accuracy": ["max", "mean"]}
     )
     result = await run_experiment(experiment, instances=2, clock=FakeClock(autojump=True))
     first = result.instances[0].summary
-    assert first["loss_last"] == 1.0 and "loss_peak" not in first
+    assert first["loss_peak"] == 4.0 and "loss_last" not in first
     assert first["accuracy_max"] == 0.9 and first["accuracy_mean"] == pytest.approx(0.725)
-    assert result.summary["loss_last"] == 0.5  # (1.0 + 0.0) / 2
-    assert result.summary["error_count"] == 0
+    assert "accuracy_last" not in first
+    assert result.summary["loss_peak"] == 3.5  # (4.0 + 3.0) / 2
 
 
-async def test_without_summarize_the_peaks_stay() -> None:
+async def test_a_recorded_metric_defaults_to_its_last_value() -> None:
     result = await run_experiment(
-        Experiment("train", training), instances=1, clock=FakeClock(autojump=True)
+        Experiment("train", training), instances=2, clock=FakeClock(autojump=True)
     )
-    assert result.summary["loss_peak"] == 4.0 and "loss_last" not in result.summary
+    first = result.instances[0].summary
+    assert first == {"loss_last": 1.0, "accuracy_last": 0.8}  # where training ended up
+    assert result.summary["loss_last"] == 0.5  # (1.0 + 0.0) / 2
+    # Nothing was recorded about errors or recoveries: no figure claims it was.
+    assert "error_count" not in result.summary and "recovery_times" not in result.summary
+    assert set(result.summary_table().index) == {"loss_last", "accuracy_last"}
+
+
+async def test_errors_and_recovery_times_appear_when_recorded() -> None:
+    def flaky(ctx: InstanceContext) -> dict[str, float]:
+        ctx.record(errors=ctx.index + 1, cpu=10.0 * (ctx.index + 1))
+        ctx.record(errors=0, cpu=5.0)
+        return {"recovery_time": 0.5 * (ctx.index + 1)}
+
+    result = await run_experiment(
+        Experiment("flaky", flaky), instances=2, clock=FakeClock(autojump=True)
+    )
+    assert result.instances[1].summary == {"cpu_peak": 20.0, "error_count": 2, "recovery_time": 1.0}
+    assert result.summary["error_count"] == 2  # (1 + 2) / 2, halves up
+    assert result.summary["cpu_peak"] == 15.0
+    assert result.summary["recovery_times"] == [0.5, 1.0]
 
 
 def test_summarize_refuses_an_unknown_kind() -> None:

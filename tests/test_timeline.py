@@ -790,6 +790,7 @@ def test_average_summaries_seed_example() -> None:
         "recovery_times": [1.5, 2.5, 0.5],
     }
     assert isinstance(out["error_count"], int)
+    assert "recovery_times" not in average_summaries([{"cpu_peak": 1.0}, None])
 
 
 def test_failed_instances_are_counted_and_kept_but_not_averaged() -> None:
@@ -845,6 +846,10 @@ def test_summarize_timeline_peaks_and_error_total() -> None:
     timeline = frame([0.0, 1.0, 2.0], cpu=[40.0, 52.5, np.nan], errors=[2.0, 0.0, 1.0])
 
     assert summarize_timeline(timeline) == {"cpu_peak": 52.5, "error_count": 3}
+    unsorted = frame([2.0, 0.0, 1.0, 3.0], loss=[0.5, 1.4, 0.9, np.nan], memory=[3, 9, 4, 1])
+    assert summarize_timeline(unsorted) == {"loss_last": 0.5, "memory_peak": 9.0}
+    diverged = frame([0.0, 1.0], loss=[1.0, np.inf], errors=[np.nan, np.nan])
+    assert summarize_timeline(diverged) == {"loss_last": math.inf}  # no errors recorded
     with pytest.raises(ConfigError):
         summarize_timeline(pd.DataFrame({"cpu": [1.0]}))
 
@@ -1280,4 +1285,4 @@ def test_a_recorded_step_is_an_axis_not_a_summary_figure() -> None:
     from labkit.timeline import summarize_timeline
 
     timeline = pd.DataFrame({"t": [0.0, 1.0, 2.0], "step": [0, 1, 2], "loss": [3.0, 2.0, 1.0]})
-    assert summarize_timeline(timeline) == {"loss_peak": 3.0}
+    assert summarize_timeline(timeline) == {"loss_last": 1.0}

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from labkit.errors import check
-from labkit.timeline import summarize_timeline
+from labkit.timeline import default_figure, summarize_timeline
 
 if TYPE_CHECKING:
     from labkit.experiment.context import InstanceContext
@@ -53,9 +53,12 @@ class Experiment:
             name: ``"last"`` (its last recorded value: what training runs
             compare), ``"min"``, ``"max"``, ``"mean"`` or ``"peak"`` (the
             largest finite value), or a list of these. Each figure is named
-            ``<metric>_<kind>`` (``{"loss": "last"}`` gives ``loss_last`` instead
-            of ``loss_peak``). Metrics not named keep the defaults: ``m_peak``,
-            and ``error_count`` for ``errors``. ``last``, ``min``, ``max`` and
+            ``<metric>_<kind>`` (``{"loss": "min"}`` gives ``loss_min`` instead
+            of ``loss_last``). Metrics not named keep the defaults
+            (:func:`labkit.timeline.default_figure`): ``m_last``, but
+            ``cpu_peak`` and ``memory_peak`` for the sampler's resources and
+            ``error_count`` for ``errors`` (which a kind named for ``errors``
+            joins rather than replaces). ``last``, ``min``, ``max`` and
             ``mean`` read the values as recorded, inf included (a diverged loss
             stays visible as ``inf``); NaN means "not sampled" and is skipped.
 
@@ -135,16 +138,18 @@ def summary_figures(
             ``None`` for the defaults only.
 
     Returns:
-        ``error_count`` (0 without an ``errors`` metric), ``m_peak`` for each
-        metric not in ``summarize``, and ``m_<kind>`` for each one in it (NaN
-        where the metric was never recorded).
+        Each metric not in ``summarize`` under its default name
+        (:func:`labkit.timeline.summarize_timeline`: ``m_last``, ``cpu_peak``,
+        ``memory_peak``, and ``error_count`` only when ``errors`` were
+        recorded), and ``m_<kind>`` for each one in it (NaN where the metric
+        was never recorded).
     """
-    summary: dict[str, Any] = {"error_count": 0, **summarize_timeline(timeline)}
+    summary: dict[str, Any] = summarize_timeline(timeline)
     if not summarize:
         return summary
     for metric, kinds in summarize.items():
         if metric != "errors":
-            summary.pop(f"{metric}_peak", None)
+            summary.pop(default_figure(metric), None)
         values = (
             timeline[metric].to_numpy(dtype=float)
             if metric in timeline.columns

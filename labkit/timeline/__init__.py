@@ -57,13 +57,19 @@ from labkit.stats import instances_needed, t_quantile
 from labkit.timeline.averaging import average_timelines
 from labkit.timeline.inputs import Method
 from labkit.timeline.outliers import Outlier, detect_outliers
-from labkit.timeline.summaries import average_summaries, summarize_timeline, summary_figures
+from labkit.timeline.summaries import (
+    average_summaries,
+    default_figure,
+    summarize_timeline,
+    summary_figures,
+)
 
 __all__ = (
     "Method",
     "Outlier",
     "average_summaries",
     "average_timelines",
+    "default_figure",
     "detect_outliers",
     "instances_needed",
     "summarize_timeline",
