@@ -710,3 +710,82 @@ async def test_each_attempt_announces_its_log_before_its_samples() -> None:
         log = mine[1].log
         assert isinstance(log, SampleLog) and len(log) == 5
         pd.testing.assert_frame_equal(log.frame(), result.instances[instance].timeline)
+
+
+async def outage(ctx: InstanceContext) -> None:
+    """Latency every second for 10 s; instance 0's server is down from 3 to 7 s, and
+    its first sample after the outage counts the errors it saw meanwhile."""
+    for second in range(10):
+        down = ctx.index == 0 and 3 < second < 7
+        if not down:
+            errors = 12 if (ctx.index == 0 and second == 7) else second % 2
+            ctx.record(latency=10.0 * (ctx.index + 1), errors=errors)
+        await ctx.sleep(1.0)
+
+
+@pytest.mark.asyncio
+async def test_an_outage_is_averaged_from_the_instances_that_measured(tmp_path: Any) -> None:
+    from labkit.store import Store
+
+    with Store(tmp_path / "labkit.db") as store:
+        result = await run(outage, instances=2, store=store)
+        loaded = store.load(result.experiment_id or "")
+
+    at = result.averaged.set_index("t")
+    assert at.loc[[4.0, 5.0, 6.0], "latency"].tolist() == [20.0] * 3  # instance 1 only
+    assert at.loc[[4.0, 5.0, 6.0], "latency_n"].tolist() == [1] * 3
+    assert at.loc[[3.0, 7.0], "latency"].tolist() == [15.0, 15.0]
+    totals = [instance.summary["error_count"] for instance in result.instances]
+    assert totals == [15, 5]  # 0 + 1 + 0 + 1 + 12 + 0 + 1, and 1 + 1 + 1 + 1 + 1
+    assert result.averaged["errors"].sum() == 10  # the instances' totals, averaged
+    assert (result.averaged["errors_n"] == 2).all()
+    pd.testing.assert_frame_equal(loaded.averaged, result.averaged, check_dtype=False)
+
+
+@pytest.mark.asyncio
+async def test_max_gap_and_method_reach_the_average_from_the_experiment_or_the_run(
+    tmp_path: Any,
+) -> None:
+    from labkit.store import Store
+
+    bridged = Experiment("exp", outage, max_gap=math.inf, method={"errors": "linear"})
+    with Store(tmp_path / "labkit.db") as store:
+        result = await run_experiment(
+            bridged, instances=2, clock=FakeClock(autojump=True), store=store
+        )
+        loaded = store.load(result.experiment_id or "")
+    overridden = await run_experiment(
+        bridged, instances=2, clock=FakeClock(autojump=True), max_gap=2.0, method="previous"
+    )
+
+    assert result.config["max_gap"] == "inf" and result.config["method"] == {"errors": "linear"}
+    assert result.averaged.set_index("t").loc[5.0, "latency_n"] == 2  # bridged
+    assert result.averaged["errors"].sum() != 10  # interpolated, as asked: not conserved
+    pd.testing.assert_frame_equal(loaded.averaged, result.averaged, check_dtype=False)
+    assert overridden.config["max_gap"] == 2.0 and overridden.config["method"] == "previous"
+    assert overridden.averaged.set_index("t").loc[5.0, "latency_n"] == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"max_gap": 0.0}, "max_gap"),
+        ({"max_gap": {"latency": -1.0}}, "max_gap['latency']"),
+        ({"method": "cubic"}, "method"),
+        ({"method": {"errors": "count"}}, "method['errors']"),
+    ],
+)
+async def test_bad_averaging_options_are_refused_before_anything_runs(
+    options: dict[str, Any], option: str
+) -> None:
+    ran: list[int] = []
+
+    def fn(ctx: InstanceContext) -> None:
+        ran.append(ctx.index)
+
+    with pytest.raises(ConfigError) as on_experiment:
+        Experiment("exp", fn, **options)
+    with pytest.raises(ConfigError) as on_run:
+        await run_experiment(Experiment("exp", fn), clock=FakeClock(autojump=True), **options)
+    assert on_experiment.value.option == option and on_run.value.option == option
+    assert ran == []

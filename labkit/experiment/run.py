@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,13 +16,14 @@ from labkit.experiment.attempt import Instances, LocalAttempts
 from labkit.experiment.auto import run_instances
 from labkit.experiment.dask import DaskAttempts, cluster_executor, on_dask
 from labkit.experiment.options import ExperimentOptions, check_resources
-from labkit.experiment.spec import Experiment
+from labkit.experiment.spec import Experiment, averaging_config
 from labkit.results import ExperimentRecorder, ExperimentResult, InstanceResult, error_text
 
 if TYPE_CHECKING:
     from labkit.cluster import DaskExecutor
     from labkit.gpu import GPUPool
     from labkit.sandbox.pool import SandboxPool
+    from labkit.timeline import Method
 
 __all__ = ("run_experiment",)
 
@@ -44,6 +45,8 @@ async def run_experiment(
     max_instances: int = 32,
     auto_metric: str | None = None,
     heartbeat_every: float = 5.0,
+    max_gap: float | Mapping[str, float | None] | None = None,
+    method: Method | Mapping[str, Method] | None = None,
     **runner_options: Any,
 ) -> ExperimentResult:
     """Run ``experiment`` as parallel instances and average what they measured.
@@ -110,6 +113,12 @@ async def run_experiment(
             ``cpu_peak``, else ``memory_peak``, else the first numeric figure).
         heartbeat_every: Seconds between heartbeats to a store that takes them
             (``Store.heartbeat``); wall-clock time, whatever ``clock`` is.
+        max_gap: The averaged timeline's gaps, overriding ``experiment.max_gap``
+            (see :func:`labkit.timeline.average_timelines`: by default a silence
+            longer than 3 median sampling intervals of a metric is a gap where
+            that instance does not count).
+        method: How each metric is averaged, overriding ``experiment.method``
+            (default: ``errors`` summed, so its total is kept; the rest linear).
         **runner_options: Passed to :class:`labkit.Runner`, except ``executor``:
             ``None`` (instances run on this event loop, a sync function in a
             thread), a ``distributed.Client`` or a
@@ -151,7 +160,11 @@ async def run_experiment(
 
     # Built here so that bad runner options fail before anything starts.
     runner = Runner(on_event=bus, clock=clock, **runner_options)
-    config = {**options.config(runner_options), "gpus_per_instance": gpus}
+    config = {
+        **options.config(runner_options),
+        "gpus_per_instance": gpus,
+        **averaging_config(experiment, max_gap, method),
+    }
     book = Instances(
         experiment=experiment,
         clock=clock,

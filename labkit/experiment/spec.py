@@ -12,12 +12,20 @@ import numpy as np
 import pandas as pd
 
 from labkit.errors import check
-from labkit.timeline import default_figure, summarize_timeline
+from labkit.timeline import Method, default_figure, summarize_timeline
+from labkit.timeline.inputs import check_max_gap, check_method
 
 if TYPE_CHECKING:
     from labkit.experiment.context import InstanceContext
 
-__all__ = ("MAX_DURATION", "MAX_INSTANCES", "Experiment", "SummaryKind", "summary_figures")
+__all__ = (
+    "MAX_DURATION",
+    "MAX_INSTANCES",
+    "Experiment",
+    "SummaryKind",
+    "averaging_config",
+    "summary_figures",
+)
 
 MAX_INSTANCES = 1024
 """The most instances one run may ask for (and the cap of ``instances="auto"``)."""
@@ -61,11 +69,22 @@ class Experiment:
             joins rather than replaces). ``last``, ``min``, ``max`` and
             ``mean`` read the values as recorded, inf included (a diverged loss
             stays visible as ``inf``); NaN means "not sampled" and is skipped.
+        max_gap: How the averaged timeline treats a silence in a metric: the
+            longest interval (seconds) between an instance's samples that is
+            bridged; a longer one is a gap where that instance does not count
+            (see :func:`labkit.timeline.average_timelines`). ``None``: 3 times
+            the metric's median sampling interval. ``run_experiment(max_gap=)``
+            overrides it.
+        method: How each metric is put on the averaged timeline's grid:
+            ``"linear"``, ``"previous"``, ``"sum"``, or ``{metric: method}``.
+            ``None``: ``"sum"`` for ``errors`` (its total is kept), ``"linear"``
+            for the rest. ``run_experiment(method=)`` overrides it.
 
     Raises:
         ConfigError: ``name`` is empty, ``fn`` is not callable, ``params`` is not
-            a mapping with str keys, ``needs_sandbox`` is not a bool, or
-            ``summarize`` names a kind other than those above.
+            a mapping with str keys, ``needs_sandbox`` is not a bool,
+            ``summarize`` names a kind other than those above, or ``max_gap``
+            or ``method`` is not one of the forms above.
     """
 
     name: str
@@ -76,6 +95,8 @@ class Experiment:
     summarize: Mapping[str, SummaryKind | Sequence[SummaryKind]] | None = field(
         default=None, kw_only=True
     )
+    max_gap: float | Mapping[str, float | None] | None = field(default=None, kw_only=True)
+    method: Method | Mapping[str, Method] | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         check(isinstance(self.name, str) and bool(self.name), "name", self.name, "a non-empty str")
@@ -94,6 +115,12 @@ class Experiment:
             "True or False",
         )
         check(isinstance(self.description, str), "description", self.description, "a str")
+        check_max_gap(self.max_gap)
+        check_method(self.method)
+        for option in ("max_gap", "method"):
+            value = getattr(self, option)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, option, MappingProxyType(dict(value)))
         object.__setattr__(self, "params", MappingProxyType(dict(self.params or {})))
         if self.summarize is not None:
             check(
@@ -125,6 +152,41 @@ class Experiment:
     def with_params(self, **params: Any) -> Experiment:
         """A copy with ``params`` merged over this experiment's own."""
         return replace(self, params={**(self.params or {}), **params})
+
+
+def averaging_config(
+    experiment: Experiment,
+    max_gap: float | Mapping[str, float | None] | None,
+    method: Method | Mapping[str, Method] | None,
+) -> dict[str, Any]:
+    """How a run averages its timelines, as its config keeps it (JSON values).
+
+    ``max_gap`` and ``method`` (``run_experiment``'s) override the
+    experiment's own; an infinite gap is written ``"inf"`` (JSON has no inf).
+    ``ExperimentResult.build`` reads them back, so a stored run is averaged
+    as it was.
+
+    Raises:
+        ConfigError: For a bad ``max_gap`` or ``method``.
+    """
+    check_max_gap(max_gap)
+    check_method(method)
+    gap = experiment.max_gap if max_gap is None else max_gap
+    chosen = experiment.method if method is None else method
+    config: dict[str, Any] = {}
+    if gap is not None:
+        config["max_gap"] = (
+            {name: _seconds(value) for name, value in gap.items()}
+            if isinstance(gap, Mapping)
+            else _seconds(gap)
+        )
+    if chosen is not None:
+        config["method"] = chosen if isinstance(chosen, str) else dict(chosen)
+    return config
+
+
+def _seconds(value: float | None) -> float | str | None:
+    return "inf" if value is not None and math.isinf(value) else value
 
 
 def summary_figures(

@@ -355,6 +355,25 @@ def resolve_methods(method: Any, metrics: Sequence[str]) -> dict[str, str]:
     return resolved
 
 
+def check_method(method: Any) -> None:
+    """Refuse a ``method`` that is not None, a method's name or a mapping of them.
+
+    Raises:
+        ConfigError: Naming the option (or ``method[metric]``) and the bad value.
+    """
+    if method is None or (isinstance(method, str) and method in METHODS):
+        return
+    if not isinstance(method, Mapping):
+        raise ConfigError(
+            "method", method, "'linear', 'previous', 'sum', None, or {metric: one of them}"
+        )
+    for name, value in method.items():
+        if not isinstance(name, str):
+            raise ConfigError("method", Shown(repr(name)), "metric names (str) as keys")
+        if value not in METHODS:
+            raise ConfigError(f"method[{name!r}]", value, "'linear', 'previous' or 'sum'")
+
+
 def check_max_gap(max_gap: Any) -> None:
     """Refuse a ``max_gap`` that is not None, seconds > 0 (inf allowed) or a mapping of them.
 
