@@ -43,7 +43,15 @@ from labkit.errors import ConfigError, is_int, is_real
 from labkit.events import InstanceEvent, TimelineEvent
 from labkit.samplelog import SampleLog
 from labkit.stats import t_quantile
-from labkit.timeline.inputs import default_step
+from labkit.timeline.inputs import (
+    COUNTERS,
+    GAP_FACTOR,
+    Method,
+    check_max_gap,
+    check_method,
+    default_step,
+    median_interval,
+)
 
 __all__ = (
     "AverageSnapshot",
@@ -67,6 +75,10 @@ Axis = Literal["t", "step"]
 
 DEFAULT_MAX_POINTS = 2000
 """Points per line above which a timeline is decimated for display."""
+
+GAP_INTERVALS = 1
+"""Intervals between a metric's samples seen before its default ``max_gap`` is fixed
+(as the step, from the first samples that have one: the chart starts at once)."""
 
 BANDS: tuple[str, ...] = ("std", "minmax", "ci95")
 
@@ -434,14 +446,18 @@ class _MetricGrid:
 
     ``values[row, col]`` is instance ``row``'s value at grid index ``col * stride``
     (NaN: not covered). Statistics are cached per column and recomputed from the
-    first column that changed.
+    first column that changed. A summed grid (a counter) holds each instance's
+    counts per grid point; an instance that has counted anything counts 0 at
+    every other point, as in the final average.
     """
 
-    __slots__ = ("_capacity", "_dirty_from", "_stats", "stride", "values")
+    __slots__ = ("_capacity", "_dirty_from", "_stats", "members", "stride", "summed", "values")
 
-    def __init__(self, rows: int, capacity: int) -> None:
+    def __init__(self, rows: int, capacity: int, *, summed: bool = False) -> None:
         self._capacity = capacity
         self.values = np.full((rows, 16), np.nan)
+        self.members = np.zeros(rows, dtype=bool)  # summed: the rows that have counted
+        self.summed = summed
         self.stride = 1
         self._stats = np.full((6, 0), np.nan)  # n, mean, std, min, max, ci95
         self._dirty_from = 0
@@ -463,6 +479,9 @@ class _MetricGrid:
             grown = np.full((tall, wide), np.nan)
             grown[:have_rows, :have_cols] = self.values
             self.values = grown
+            members = np.zeros(tall, dtype=bool)
+            members[:have_rows] = self.members
+            self.members = members
         if columns > self._stats.shape[1]:
             stats = np.full((6, columns), np.nan)
             stats[:, : self._stats.shape[1]] = self._stats
@@ -484,9 +503,24 @@ class _MetricGrid:
         self.values[row, columns] = values
         self._dirty_from = min(self._dirty_from, int(columns[0]))
 
+    def add(self, row: int, ks: IntArray, counts: FloatArray) -> None:
+        """Add ``counts`` at grid indices ``ks`` (distinct multiples of the stride,
+        ascending, the last one :meth:`reserve`-d) to a summed grid."""
+        if ks.size == 0:
+            return
+        columns = ks // self.stride
+        self.ensure(row + 1, int(columns[-1]) + 1)
+        held = self.values[row, columns]
+        self.values[row, columns] = np.where(np.isnan(held), 0.0, held) + counts
+        if not self.members[row]:
+            self.members[row] = True
+            self._dirty_from = 0  # its zeros count everywhere
+        self._dirty_from = min(self._dirty_from, int(columns[0]))
+
     def clear_row(self, row: int) -> None:
         if row < self.values.shape[0]:
             self.values[row, :] = np.nan
+            self.members[row] = False
             self._dirty_from = 0
 
     def _thin(self) -> None:
@@ -508,6 +542,9 @@ class _MetricGrid:
         start, stop = self._dirty_from, self._stats.shape[1]
         if start < stop:
             block = self.values[:rows, start:stop]
+            if self.summed:
+                counted = self.members[:rows, np.newaxis] & np.isnan(block)
+                block = np.where(counted, 0.0, block)
             valid = ~np.isnan(block)
             n = valid.sum(axis=0)
             safe = np.maximum(n, 1)
@@ -661,7 +698,17 @@ class LiveTimelineModel:
             :func:`labkit.timeline.average_timelines` chooses for the samples of
             the first update that has at least two sample times in an instance.
         round_to_int: Metrics whose mean is rounded to a whole number (halves up),
-            as the result rounds error counts.
+            as the result rounds error counts (a summed metric on its running
+            total, as the result does).
+        max_gap: As for :func:`labkit.timeline.average_timelines`: two samples of a
+            metric further apart than this (seconds) are a gap the average does
+            not bridge. ``None``: 3 times the median interval between the
+            metric's samples in the first line that has two (all of that read:
+            the step is learnt the same way; the final average takes the median
+            over every interval, the same for a steady sampler).
+        method: As for :func:`labkit.timeline.average_timelines`: ``"linear"``,
+            ``"previous"``, ``"sum"`` or per metric; ``None``: ``errors`` summed,
+            the rest linear.
         on: ``"t"``: lines over seconds (``offset``); ``"step"``: over each
             sample's ``step`` value (samples without one are left out, and the
             average is per whole step, with no interpolation, as the result's);
@@ -669,8 +716,9 @@ class LiveTimelineModel:
         clock: The clock that stamps snapshots.
 
     Raises:
-        ConfigError: If ``max_points`` or ``max_grid_points`` is below 4, or
-            ``step`` is not a positive number.
+        ConfigError: If ``max_points`` or ``max_grid_points`` is below 4,
+            ``step`` is not a positive number, or ``max_gap`` or ``method`` is
+            not one of the forms above.
     """
 
     event_types = (InstanceEvent, TimelineEvent)
@@ -690,6 +738,8 @@ class LiveTimelineModel:
         round_to_int: Iterable[str] = (),
         on: Axis | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        max_gap: float | Mapping[str, float | None] | None = None,
+        method: Method | Mapping[str, Method] | None = None,
     ) -> None:
         if on not in (None, "t", "step"):
             raise ConfigError("on", on, "'t', 'step' or None")
@@ -701,6 +751,10 @@ class LiveTimelineModel:
             raise ConfigError("step", step, "None on a step axis (steps align exactly)")
         if step is not None and not (is_real(step) and step > 0):
             raise ConfigError("step", step, "a finite number of seconds > 0, or None")
+        check_max_gap(max_gap)
+        check_method(method)
+        self._max_gap = max_gap
+        self._method = method
         self.max_points = max_points
         self.max_grid_points = max_grid_points
         self._fixed_step = None if step is None else float(step)
@@ -729,6 +783,9 @@ class LiveTimelineModel:
         self._step = self._fixed_step
         self._axis: Axis | None = self._fixed_axis
         self._early_times: dict[int, FloatArray] = {}  # sample times before the step is known
+        self._gaps: dict[str, float] = self._given_gaps()  # each metric's max_gap, once known
+        self._intervals: dict[str, list[FloatArray]] = {}  # seen before a gap is known
+        self._seen: dict[tuple[int, str], float] = {}  # each line's latest time, till then
         self._feeds: dict[int, _Feed] = {}  # instance -> the log its samples are read from
         self._version = 0
         self._samples = 0
@@ -1088,7 +1145,69 @@ class LiveTimelineModel:
         # Each instance's distinct times, ascending: what averaging reads them as.
         self._step = default_step([np.unique(t) for t in self._early_times.values()])
         self._early_times.clear()
+        self._flush()
+
+    def _given_gaps(self) -> dict[str, float]:
+        """The gaps ``max_gap`` fixes: one for every metric (``"*"``) or by name."""
+        given = self._max_gap
+        if given is None:
+            return {}
+        if isinstance(given, Mapping):
+            return {name: float(value) for name, value in given.items() if value is not None}
+        return {"*": float(given)}
+
+    def _method_of(self, metric: str) -> str:
+        method = self._method
+        if isinstance(method, str):
+            return method
+        if isinstance(method, Mapping) and metric in method:
+            return str(method[metric])
+        return "sum" if metric in COUNTERS else "linear"
+
+    def _gap_of(self, metric: str) -> float | None:
+        """The metric's ``max_gap`` in seconds (at least the step), ``None`` till known."""
+        gap = self._gaps.get(metric, self._gaps.get("*"))
+        if gap is None or self._step is None:
+            return None
+        return max(gap, self._step)
+
+    def _ready(self, key: tuple[int, str], t: FloatArray) -> bool:
+        """Whether the metric of line ``key`` can be gridded (its gap is known or not
+        needed); notes the intervals of the samples ``t`` on the way."""
+        metric = key[1]
+        if (
+            metric in self._gaps
+            or "*" in self._gaps
+            or self._axis == "step"
+            or self._method_of(metric) == "sum"
+        ):
+            return True
+        before = self._seen.get(key)
+        times = t if before is None else np.concatenate(([before], t))
+        self._seen[key] = float(t[-1])
+        intervals = self._intervals.setdefault(metric, [])
+        intervals.append(times)
+        if sum(times.shape[0] - 1 for times in intervals) >= GAP_INTERVALS:
+            self._settle(metric)
+            return True
+        return False
+
+    def _settle(self, metric: str) -> None:
+        """Fix the metric's default gap from the intervals seen (none: no gap)."""
+        self._gaps[metric] = GAP_FACTOR * median_interval(self._intervals.pop(metric, []))
+        for key in [key for key in self._seen if key[1] == metric]:
+            del self._seen[key]
+
+    def _flush(self, metric: str | None = None) -> None:
+        """Grid the samples that waited for the step or a gap (of ``metric``, or all)."""
+        if self._step is None:
+            return
         for key, cursor in self._cursors.items():
+            if not cursor.waiting or (metric is not None and key[1] != metric):
+                continue
+            gridded = self._axis == "step" or self._method_of(key[1]) == "sum"
+            if not gridded and self._gap_of(key[1]) is None:
+                continue
             held, cursor.waiting = cursor.waiting, []
             for t, y in held:
                 self._grid(key, cursor, t, y)
@@ -1107,38 +1226,91 @@ class LiveTimelineModel:
         cursor = self._cursors.get(key)
         if cursor is None:
             cursor = self._cursors[key] = _GridCursor()
-        if self._step is None:
-            cursor.waiting.append((t, y))
+        ready = self._ready(key, t) and self._step is not None
+        if ready and not cursor.waiting:
+            self._grid(key, cursor, t, y)
             return
-        self._grid(key, cursor, t, y)
+        cursor.waiting.append((t, y))
+        if ready:
+            self._flush(key[1])
 
     def _grid(
         self, key: tuple[int, str], cursor: _GridCursor, t: FloatArray, y: FloatArray
     ) -> None:
-        """Give the grid points up to the latest sample time their interpolated values."""
+        """Give the grid points up to the latest sample time their values, run by run:
+        samples further apart than the metric's gap are not bridged."""
         step = self._step
         assert step is not None
         if self._axis == "step":
             self._place_steps(key, t, y)
             return
-        before: tuple[float, float] | None = None
-        if cursor.next_k >= 0:
-            if not t[0] > cursor.last_t:  # t ascends: only a head can be late
-                late = int(np.searchsorted(t, cursor.last_t, side="right"))
-                t, y = t[late:], y[late:]  # late samples are drawn, not averaged
+        if cursor.next_k >= 0 and not t[0] > cursor.last_t:  # t ascends: only a head can be late
+            late = int(np.searchsorted(t, cursor.last_t, side="right"))
+            t, y = t[late:], y[late:]  # late samples are drawn, not averaged
             if t.shape[0] == 0:
                 return
+        method = self._method_of(key[1])
+        if method == "sum":
+            self._count(key, cursor, t, y)
+            return
+        gap = self._gap_of(key[1])
+        assert gap is not None
+        if cursor.next_k >= 0 and t[0] - cursor.last_t > gap:
+            self._close(key, cursor)  # the run before the gap ends at its last sample
+            cursor.next_k = -1
+        if t.shape[0] > 1 and float(np.subtract(t[1:], t[:-1]).max()) > gap:
+            cuts = np.flatnonzero(np.subtract(t[1:], t[:-1]) > gap) + 1
+            for position, (run_t, run_y) in enumerate(
+                zip(np.split(t, cuts), np.split(y, cuts), strict=True)
+            ):
+                if position:
+                    self._close(key, cursor)
+                    cursor.next_k = -1
+                self._extend(key, cursor, run_t, run_y, method)
+            return
+        self._extend(key, cursor, t, y, method)
+
+    def _extend(
+        self, key: tuple[int, str], cursor: _GridCursor, t: FloatArray, y: FloatArray, method: str
+    ) -> None:
+        """Grid the samples ``t, y`` of one run: the points they settle (interpolated up
+        to the latest time; held up to the point before the latest sample's own)."""
+        step = self._step
+        assert step is not None
+        before: tuple[float, float] | None = None
+        if cursor.next_k >= 0:
             before = (cursor.last_t, cursor.last_y)
             first_k = cursor.next_k
         else:
             first_k = math.floor(t[0] / step + 0.5)  # the grid point nearest the first sample
         cursor.last_t, cursor.last_y = float(t[-1]), float(y[-1])
-        last_k = math.floor(t[-1] / step)
+        if method == "previous":
+            # A later sample may still round to the latest one's point and replace it.
+            last_k = math.floor(t[-1] / step + 0.5) - 1
+        else:
+            last_k = math.floor(t[-1] / step)
         if last_k < first_k:
             if cursor.next_k < 0:
                 cursor.next_k = first_k
             return
-        self._put(key, cursor, first_k, last_k, t, y, before)
+        self._put(key, cursor, first_k, last_k, t, y, before, method)
+
+    def _close(self, key: tuple[int, str], cursor: _GridCursor) -> None:
+        """End a run: it covers the grid point nearest its last sample too."""
+        assert self._step is not None
+        last_k = math.floor(cursor.last_t / self._step + 0.5)
+        if cursor.next_k >= 0 and last_k >= cursor.next_k:
+            t = np.array([cursor.last_t])
+            y = np.array([cursor.last_y])
+            self._put(key, cursor, cursor.next_k, last_k, t, y, None, self._method_of(key[1]))
+
+    def _grid_of(self, metric: str) -> _MetricGrid:
+        grid = self._grids.get(metric)
+        if grid is None:
+            summed = self._axis != "step" and self._method_of(metric) == "sum"
+            grid = _MetricGrid(len(self._rows), self.max_grid_points, summed=summed)
+            self._grids[metric] = grid
+        return grid
 
     def _put(
         self,
@@ -1148,30 +1320,54 @@ class LiveTimelineModel:
         last_k: int,
         t: FloatArray,
         y: FloatArray,
-        before: tuple[float, float] | None = None,
+        before: tuple[float, float] | None,
+        method: str,
     ) -> None:
-        """Interpolate grid points ``first_k`` to ``last_k`` from the samples ``t, y``
-        (ascending) and the sample ``before`` them, if any (the line's last one)."""
+        """Give grid points ``first_k`` to ``last_k`` their values from the samples
+        ``t, y`` (ascending) and the sample ``before`` them, if any (the line's last
+        one): interpolated, or held (``"previous"``)."""
         step = self._step
         assert step is not None
-        grid = self._grids.get(key[1])
-        if grid is None:
-            grid = self._grids[key[1]] = _MetricGrid(len(self._rows), self.max_grid_points)
+        grid = self._grid_of(key[1])
         stride = grid.reserve(last_k)  # thinned first: only kept points are interpolated
         start = -(-first_k // stride) * stride
         ks = np.arange(start, last_k + 1, stride, dtype=np.int64)
         cursor.next_k = last_k + 1
         if not ks.size:
             return
-        at = ks * step
-        values = np.interp(at, t, y)
-        if before is not None and at[0] < t[0]:
-            # Points between the line's last sample and these: interpolated across the
-            # gap, without copying the new samples to put that one in front of them.
-            gap = at < t[0]
-            bt, by = before
-            values[gap] = np.interp(at[gap], (bt, float(t[0])), (by, float(y[0])))
+        if method == "previous":
+            # The last sample whose nearest grid point is at or before each point.
+            nearest = np.floor(t / step + 0.5)
+            index = np.searchsorted(nearest, ks, side="right") - 1
+            values = y[np.maximum(index, 0)]
+            if before is not None:
+                values[index < 0] = before[1]
+        else:
+            at = ks * step
+            values = np.interp(at, t, y)
+            if before is not None and at[0] < t[0]:
+                # Points between the line's last sample and these: interpolated across
+                # the gap, without copying the new samples to put that one in front.
+                gap = at < t[0]
+                bt, by = before
+                values[gap] = np.interp(at[gap], (bt, float(t[0])), (by, float(y[0])))
         grid.put(self._rows[key[0]], ks, values)
+
+    def _count(
+        self, key: tuple[int, str], cursor: _GridCursor, t: FloatArray, y: FloatArray
+    ) -> None:
+        """A counter's samples, each added at its nearest grid point."""
+        step = self._step
+        assert step is not None
+        cursor.last_t, cursor.last_y = float(t[-1]), float(y[-1])
+        cursor.next_k = 0  # samples before this one are late from now on
+        ks = np.floor(t / step + 0.5).astype(np.int64)
+        grid = self._grid_of(key[1])
+        stride = grid.reserve(int(ks[-1]))
+        kept = ks % stride == 0
+        points, where = np.unique(ks[kept], return_inverse=True)
+        counts = np.asarray(np.bincount(where, weights=y[kept]), dtype=np.float64)
+        grid.add(self._rows[key[0]], points, counts)
 
     def _place_steps(self, key: tuple[int, str], steps: FloatArray, y: FloatArray) -> None:
         """On a step axis each sample is its step's value: no grid, no interpolation."""
@@ -1182,25 +1378,24 @@ class LiveTimelineModel:
             picked = ks.shape[0] - 1 - last
             ks, y = ks[picked], y[picked]
         ks, y = ks[ks >= 0], y[ks >= 0]
-        grid = self._grids.get(key[1])
-        if grid is None:
-            grid = self._grids[key[1]] = _MetricGrid(len(self._rows), self.max_grid_points)
+        grid = self._grid_of(key[1])
         if ks.size:
             on_grid = ks % grid.reserve(int(ks[-1])) == 0
             grid.put(self._rows[key[0]], ks[on_grid], y[on_grid])
 
     def _close_lines(self, instance: int) -> None:
         """A finished instance covers the grid point nearest its last sample too."""
-        if self._step is None or instance in self._failed or self._axis == "step":
+        if instance in self._failed or self._axis == "step":
+            return
+        for metric in {metric for i, metric in self._cursors if i == instance}:
+            if metric in self._intervals:  # too few samples to wait for more
+                self._settle(metric)
+                self._flush(metric)
+        if self._step is None:
             return
         for key, cursor in self._cursors.items():
-            if key[0] != instance or cursor.next_k < 0:
-                continue
-            last_k = math.floor(cursor.last_t / self._step + 0.5)
-            if last_k >= cursor.next_k:
-                t = np.array([cursor.last_t])
-                y = np.array([cursor.last_y])
-                self._put(key, cursor, cursor.next_k, last_k, t, y)
+            if key[0] == instance and self._method_of(key[1]) != "sum":
+                self._close(key, cursor)
 
     # Snapshots -----------------------------------------------------------------------
 
@@ -1259,10 +1454,16 @@ class LiveTimelineModel:
         if cached is not None and not grid.changed:
             return cached
         stats = grid.statistics(len(self._rows))
-        covered = stats[0] > 0
-        columns = np.flatnonzero(covered)
+        covered = np.flatnonzero(stats[0] > 0)
+        # Columns no instance measured between measured ones stay, as NaN: a gap
+        # is drawn as a break, not bridged.
+        columns = np.arange(covered[0], covered[-1] + 1) if covered.size else covered
         mean = stats[1, columns]
-        if metric in self._rounded:
+        if metric in self._rounded and grid.summed:
+            # On the running total, as the final average rounds a counter.
+            running = np.floor(np.cumsum(mean) + 0.5)
+            mean = np.diff(running, prepend=0.0)
+        elif metric in self._rounded:
             mean = np.floor(mean + 0.5)
         counts = stats[0, columns].astype(np.int64)
         counts.flags.writeable = False
