@@ -1238,7 +1238,15 @@ class LiveTimelineModel:
         self, key: tuple[int, str], cursor: _GridCursor, t: FloatArray, y: FloatArray
     ) -> None:
         """Give the grid points up to the latest sample time their values, run by run:
-        samples further apart than the metric's gap are not bridged."""
+        samples further apart than the metric's gap are not bridged.
+
+        One pass of numpy for every run of the samples, however many gaps they hold.
+        A run between gaps covers the grid points from the one nearest its first
+        sample to the one nearest its last (held there, not extrapolated); the open
+        run at the end covers the points its samples settle: up to the latest time
+        (interpolated), or up to the point before the latest sample's own (held: a
+        later sample may still round to that point).
+        """
         step = self._step
         assert step is not None
         if self._axis == "step":
@@ -1255,54 +1263,57 @@ class LiveTimelineModel:
             return
         gap = self._gap_of(key[1])
         assert gap is not None
-        if cursor.next_k >= 0 and t[0] - cursor.last_t > gap:
-            self._close(key, cursor)  # the run before the gap ends at its last sample
-            cursor.next_k = -1
-        if t.shape[0] > 1 and float(np.subtract(t[1:], t[:-1]).max()) > gap:
-            cuts = np.flatnonzero(np.subtract(t[1:], t[:-1]) > gap) + 1
-            for position, (run_t, run_y) in enumerate(
-                zip(np.split(t, cuts), np.split(y, cuts), strict=True)
-            ):
-                if position:
-                    self._close(key, cursor)
-                    cursor.next_k = -1
-                self._extend(key, cursor, run_t, run_y, method)
-            return
-        self._extend(key, cursor, t, y, method)
-
-    def _extend(
-        self, key: tuple[int, str], cursor: _GridCursor, t: FloatArray, y: FloatArray, method: str
-    ) -> None:
-        """Grid the samples ``t, y`` of one run: the points they settle (interpolated up
-        to the latest time; held up to the point before the latest sample's own)."""
-        step = self._step
-        assert step is not None
-        before: tuple[float, float] | None = None
-        if cursor.next_k >= 0:
-            before = (cursor.last_t, cursor.last_y)
-            first_k = cursor.next_k
-        else:
-            first_k = math.floor(t[0] / step + 0.5)  # the grid point nearest the first sample
+        continuing = cursor.next_k >= 0
+        if continuing:  # the run so far ends with the line's last sample
+            t = np.concatenate(((cursor.last_t,), t))
+            y = np.concatenate(((cursor.last_y,), y))
         cursor.last_t, cursor.last_y = float(t[-1]), float(y[-1])
+        breaks = np.flatnonzero(np.subtract(t[1:], t[:-1]) > gap) + 1
+        firsts = np.concatenate(((0,), breaks))
+        lasts = np.concatenate((breaks - 1, (t.shape[0] - 1,)))
+        lo = np.floor(t[firsts] / step + 0.5).astype(np.int64)
+        hi = np.floor(t[lasts] / step + 0.5).astype(np.int64)
+        if continuing:
+            lo[0] = cursor.next_k
         if method == "previous":
-            # A later sample may still round to the latest one's point and replace it.
-            last_k = math.floor(t[-1] / step + 0.5) - 1
+            hi[-1] -= 1
         else:
-            last_k = math.floor(t[-1] / step)
-        if last_k < first_k:
-            if cursor.next_k < 0:
-                cursor.next_k = first_k
+            hi[-1] = math.floor(t[-1] / step)
+        cursor.next_k = max(int(hi[-1]) + 1, int(lo[-1]))
+        if not bool((hi >= lo).any()):
             return
-        self._put(key, cursor, first_k, last_k, t, y, before, method)
+        grid = self._grid_of(key[1])
+        stride = grid.reserve(int(hi.max()))  # thinned first: only kept points are computed
+        first = -(-lo // stride) * stride
+        counts = np.maximum((hi - first) // stride + 1, 0)
+        total = int(counts.sum())
+        if not total:
+            return
+        run = np.repeat(np.arange(counts.shape[0]), counts)
+        offsets = np.repeat(np.cumsum(counts) - counts, counts)  # each run's first position
+        ks = first[run] + stride * (np.arange(total) - offsets)
+        if method == "previous":
+            # The last sample whose nearest grid point is at or before each point.
+            nearest = np.floor(t / step + 0.5)
+            values = y[np.searchsorted(nearest, ks, side="right") - 1]
+        else:
+            # Each point's time, kept inside its own run: held at the run's ends.
+            at = np.clip(ks * step, t[firsts][run], t[lasts][run])
+            values = np.interp(at, t, y)
+        grid.put(self._rows[key[0]], ks, values)
 
     def _close(self, key: tuple[int, str], cursor: _GridCursor) -> None:
-        """End a run: it covers the grid point nearest its last sample too."""
+        """End a finished line's run: it covers the grid point nearest its last sample
+        too, holding that sample's value."""
         assert self._step is not None
         last_k = math.floor(cursor.last_t / self._step + 0.5)
-        if cursor.next_k >= 0 and last_k >= cursor.next_k:
-            t = np.array([cursor.last_t])
-            y = np.array([cursor.last_y])
-            self._put(key, cursor, cursor.next_k, last_k, t, y, None, self._method_of(key[1]))
+        if cursor.next_k < 0 or last_k < cursor.next_k:
+            return
+        grid = self._grid_of(key[1])
+        stride = grid.reserve(last_k)
+        ks = np.arange(-(-cursor.next_k // stride) * stride, last_k + 1, stride, dtype=np.int64)
+        cursor.next_k = last_k + 1
+        grid.put(self._rows[key[0]], ks, np.full(ks.shape[0], cursor.last_y))
 
     def _grid_of(self, metric: str) -> _MetricGrid:
         grid = self._grids.get(metric)
@@ -1311,47 +1322,6 @@ class LiveTimelineModel:
             grid = _MetricGrid(len(self._rows), self.max_grid_points, summed=summed)
             self._grids[metric] = grid
         return grid
-
-    def _put(
-        self,
-        key: tuple[int, str],
-        cursor: _GridCursor,
-        first_k: int,
-        last_k: int,
-        t: FloatArray,
-        y: FloatArray,
-        before: tuple[float, float] | None,
-        method: str,
-    ) -> None:
-        """Give grid points ``first_k`` to ``last_k`` their values from the samples
-        ``t, y`` (ascending) and the sample ``before`` them, if any (the line's last
-        one): interpolated, or held (``"previous"``)."""
-        step = self._step
-        assert step is not None
-        grid = self._grid_of(key[1])
-        stride = grid.reserve(last_k)  # thinned first: only kept points are interpolated
-        start = -(-first_k // stride) * stride
-        ks = np.arange(start, last_k + 1, stride, dtype=np.int64)
-        cursor.next_k = last_k + 1
-        if not ks.size:
-            return
-        if method == "previous":
-            # The last sample whose nearest grid point is at or before each point.
-            nearest = np.floor(t / step + 0.5)
-            index = np.searchsorted(nearest, ks, side="right") - 1
-            values = y[np.maximum(index, 0)]
-            if before is not None:
-                values[index < 0] = before[1]
-        else:
-            at = ks * step
-            values = np.interp(at, t, y)
-            if before is not None and at[0] < t[0]:
-                # Points between the line's last sample and these: interpolated across
-                # the gap, without copying the new samples to put that one in front.
-                gap = at < t[0]
-                bt, by = before
-                values[gap] = np.interp(at[gap], (bt, float(t[0])), (by, float(y[0])))
-        grid.put(self._rows[key[0]], ks, values)
 
     def _count(
         self, key: tuple[int, str], cursor: _GridCursor, t: FloatArray, y: FloatArray

@@ -95,9 +95,11 @@ def _outages(seed: int = 4) -> list[pd.DataFrame]:
     return frames
 
 
-def test_running_average_with_gaps_is_the_final_average() -> None:
+@pytest.mark.parametrize(("method", "every"), [(None, 37), (None, 1000), ("previous", 37)])
+def test_running_average_with_gaps_is_the_final_average(method: str | None, every: int) -> None:
     frames = _outages()
-    model = LiveTimelineModel(round_to_int=["errors"])
+    options = {} if method is None else {"method": {"cpu": method, "memory": method}}
+    model = LiveTimelineModel(round_to_int=["errors"], **options)  # type: ignore[arg-type]
     for i in range(len(frames)):
         model.handle(InstanceEvent("started", i, 0.0))
     rows = sorted(
@@ -107,13 +109,13 @@ def test_running_average_with_gaps_is_the_final_average() -> None:
     )
     for position, (t, i, row) in enumerate(rows):
         model.handle(_sample(i, t, cpu=row["cpu"], memory=row["memory"], errors=row["errors"]))
-        if position % 37 == 0:
+        if position % every == 0:
             model.update()
     for i in range(len(frames)):
         model.handle(InstanceEvent("finished", i, 0.0))
 
     snapshot = model.snapshot()
-    final = average_timelines(frames, round_to_int=["errors"])
+    final = average_timelines(frames, round_to_int=["errors"], **options)  # type: ignore[arg-type]
     at = final.set_index(np.round(final["t"].to_numpy() / 0.1).astype(int))
     assert (at.loc[125:145, "cpu_n"] == 1).all() and (at.loc[160:190, "cpu_n"] == 3).all()
     for metric in ("cpu", "memory", "errors"):

@@ -294,11 +294,12 @@ def _accumulate_block(
             start, stop = max(lo, part.k0), min(hi, part.stop)
             if start >= stop:
                 continue
-            if start == lo and stop == hi:
+            keep = gridder.keep(part, start, stop)
+            if start == lo and stop == hi and keep is None:
                 full.append(part)
                 continue
             for name, values in gridder.values(part, start, stop, methods):
-                moments.update(states[name], start - lo, values, scratch)
+                moments.update(states[name], start - lo, values, scratch, keep)
     for first in range(0, len(full), block_rows):
         rows = full[first : first + block_rows]
         _fold_rows(rows, lo, hi, gridder, methods, states, scratch, block_rows)

@@ -9,14 +9,13 @@ samples nearest that point, 0 where there are none, over the whole grid.
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from labkit.errors import ConfigError
 from labkit.timeline.inputs import FloatArray, Instance, IntArray, nearest_index
@@ -51,25 +50,57 @@ class Scratch:
         return buffer[:size]
 
 
+@dataclass(frozen=True, slots=True)
+class Gaps:
+    """Where a series' samples are further apart than its metrics' ``max_gap``.
+
+    For gap ``j``, between samples ``before[j]`` and ``before[j] + 1``: the grid
+    points strictly between ``end[j]`` (nearest the sample before it) and
+    ``start[j]`` (nearest the sample after) get no value from the series.
+    """
+
+    before: IntArray
+    end: IntArray
+    start: IntArray
+
+    @classmethod
+    def of(cls, t: FloatArray, limit: float, step: float) -> Gaps | None:
+        """The gaps of sample times ``t`` longer than ``limit`` (None: there are none)."""
+        before = np.flatnonzero(np.subtract(t[1:], t[:-1]) > limit)
+        if not before.size:
+            return None
+        # nearest_index's rounding, vectorised: floor(t/step + 1/2).
+        end = np.floor(t[before] / step + 0.5).astype(np.intp)
+        start = np.floor(t[before + 1] / step + 0.5).astype(np.intp)
+        return cls(before, end, start)
+
+
 @dataclass(slots=True)
 class Series:
     """Samples that share one time array, and the grid points [k0, stop) they cover.
 
-    An instance gives one series per run of samples without a gap (longer than
-    the metric's ``max_gap``): one for its metrics without missing values, one
-    per metric with NaN samples (that metric's valid samples only). A ``"sum"``
-    metric's series covers the whole grid.
+    An instance gives one series for its metrics without missing values (one per
+    distinct ``max_gap`` among those that have gaps), one per metric with NaN
+    samples (that metric's valid samples only), and one per ``"sum"`` metric,
+    covering the whole grid. ``gaps`` says where the series has no value.
     """
 
     t: FloatArray
     metrics: list[tuple[str, FloatArray]]
     k0: int
     stop: int
+    gaps: Gaps | None = None
 
     @classmethod
-    def of(cls, t: FloatArray, metrics: list[tuple[str, FloatArray]], step: float) -> Series:
+    def of(
+        cls,
+        t: FloatArray,
+        metrics: list[tuple[str, FloatArray]],
+        step: float,
+        gaps: Gaps | None = None,
+    ) -> Series:
         k0 = max(nearest_index(float(t[0]), step), 0)
-        return cls(t, metrics, k0, nearest_index(float(t[-1]), step) + 1)
+        return cls(t, metrics, k0, nearest_index(float(t[-1]), step) + 1, gaps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,32 +123,27 @@ class Layout:
     shared: frozenset[str]
 
 
-def _runs(
+def _with_gaps(
     t: FloatArray,
     metrics: list[tuple[str, FloatArray]],
     step: float,
-    gaps: Mapping[str, float],
+    limits: Mapping[str, float],
     scratch: Scratch,
 ) -> list[Series]:
-    """The series of samples sharing ``t``, cut wherever two samples are further
-    apart than their metric's gap (metrics with equal gaps share their series)."""
-    if t.size < 2 or all(gaps.get(name, math.inf) == math.inf for name, _ in metrics):
+    """The series of samples sharing ``t``: one for the metrics without a gap longer
+    than their ``max_gap``, one per distinct ``max_gap`` of the others."""
+    if t.size < 2 or all(limits.get(name, math.inf) == math.inf for name, _ in metrics):
         return [Series.of(t, metrics, step)]
     intervals = np.subtract(t[1:], t[:-1], out=scratch.floats("intervals", t.size - 1))
     widest = float(intervals.max())
     groups: dict[float, list[tuple[str, FloatArray]]] = {}
     for name, values in metrics:
-        limit = gaps.get(name, math.inf)
+        limit = limits.get(name, math.inf)
         groups.setdefault(limit if widest > limit else math.inf, []).append((name, values))
-    series = []
-    for limit, group in groups.items():
-        if limit == math.inf:
-            series.append(Series.of(t, group, step))
-            continue
-        cuts = [0, *(np.flatnonzero(np.subtract(t[1:], t[:-1]) > limit) + 1).tolist(), t.size]
-        for start, stop in itertools.pairwise(cuts):
-            series.append(Series.of(t[start:stop], [(n, v[start:stop]) for n, v in group], step))
-    return series
+    return [
+        Series.of(t, group, step, None if limit == math.inf else Gaps.of(t, limit, step))
+        for limit, group in groups.items()
+    ]
 
 
 def layout(
@@ -146,10 +172,10 @@ def layout(
             )
         )
         clean = [(n, v) for n, v in instance.clean.items() if methods.get(n) != "sum"]
-        parts = _runs(instance.t, clean, step, gaps, scratch) if clean else []
+        parts = _with_gaps(instance.t, clean, step, gaps, scratch) if clean else []
         for name, (t, v) in instance.ragged.items():
             if methods.get(name) != "sum":
-                parts += _runs(t, [(name, v)], step, gaps, scratch)
+                parts += _with_gaps(t, [(name, v)], step, gaps, scratch)
         for name, values in instance.clean.items():
             if methods.get(name) == "sum":
                 parts.append(Series(instance.t, [(name, values)], 0, 0))
@@ -157,8 +183,8 @@ def layout(
             if methods.get(name) == "sum":
                 parts.append(Series(t, [(name, v)], 0, 0))
         summed += [part for part in parts if part.stop == 0]
-        runs = Counter(name for part in parts for name, _ in part.metrics)
-        whole = {name for name, _ in clean if runs[name] == 1}
+        whole = {name for part in parts if part.gaps is None for name, _ in part.metrics}
+        whole &= {name for name, _ in clean}
         shared = whole if shared is None else shared & whole
         series.append(parts)
     size = max((stop for _, stop in spans), default=0)
@@ -278,7 +304,42 @@ class Gridder:
             np.take(rise, index, out=part, mode="clip")
             part *= weight
             out += part
+            if series.gaps is not None:
+                self._hold_edges(series, v, lo, hi, out)
             yield name, out
+
+    def keep(self, series: Series, lo: int, hi: int) -> npt.NDArray[np.bool_] | None:
+        """Which of grid points lo..hi-1 the series gives a value (None: all of them)."""
+        gaps = series.gaps
+        if gaps is None:
+            return None
+        # Gaps overlapping the block: their [end + 1, start) ranges, counted in.
+        first, last = np.searchsorted(gaps.start, lo, side="right"), np.searchsorted(gaps.end, hi)
+        if first >= last:
+            return None
+        size = hi - lo
+        inside = np.zeros(size + 1, dtype=np.intp)
+        np.add.at(inside, np.clip(gaps.end[first:last] + 1 - lo, 0, size), 1)
+        np.add.at(inside, np.clip(gaps.start[first:last] - lo, 0, size), -1)
+        kept: npt.NDArray[np.bool_] = np.cumsum(inside[:size]) == 0
+        return kept
+
+    def _hold_edges(self, series: Series, v: FloatArray, lo: int, hi: int, out: FloatArray) -> None:
+        """Linear values at a gap's edges: the point nearest the sample before it holds
+        that sample (when after it), the point nearest the one after holds that one
+        (when before it), as at an instance's own first and last sample."""
+        gaps = series.gaps
+        assert gaps is not None
+        t, grid = series.t, self._grid
+        first, last = np.searchsorted(gaps.start, lo), np.searchsorted(gaps.end, hi)
+        for edge, sample, later in (
+            (gaps.end[first:last], gaps.before[first:last], True),
+            (gaps.start[first:last], gaps.before[first:last] + 1, False),
+        ):
+            inside = (edge >= lo) & (edge < hi)
+            edge, sample = edge[inside], sample[inside]
+            beyond = grid[edge] > t[sample] if later else grid[edge] < t[sample]
+            out[edge[beyond] - lo] = v[sample[beyond]]
 
     def _sums(self, t: FloatArray, v: FloatArray, lo: int, hi: int, out: FloatArray) -> None:
         """Into ``out``: per grid point lo..hi-1, the sum of the samples nearest it."""

@@ -121,24 +121,40 @@ def _uncovered(covered: list[list[int]], lo: int, hi: int) -> list[tuple[int, in
     return gaps
 
 
-def update(state: Moments, start: int, x: FloatArray, scratch: Scratch) -> None:
-    """Add one instance's values at block points start..start+len(x)-1."""
+def update(
+    state: Moments,
+    start: int,
+    x: FloatArray,
+    scratch: Scratch,
+    keep: npt.NDArray[np.bool_] | None = None,
+) -> None:
+    """Add one instance's values at block points start..start+len(x)-1; with ``keep``,
+    only where it is true (the state must have its own count)."""
     stop = start + x.size
     for lo, hi in _uncovered(state.covered, start, stop):
+        # A value left out is still a finite number near the data: a fine shift.
         state.shift[lo:hi] = x[lo - start : hi - start]
     deviation = scratch.floats("deviation", x.size)
     np.subtract(x, state.shift[start:stop], out=deviation)
+    if keep is not None:
+        deviation *= keep
     sum1 = state.sum1[start:stop]
     sum1 += deviation
     deviation *= deviation
     sum2 = state.sum2[start:stop]
     sum2 += deviation
     low = state.low[start:stop]
-    np.minimum(low, x, out=low)
     high = state.high[start:stop]
-    np.maximum(high, x, out=high)
+    if keep is None:
+        np.minimum(low, x, out=low)
+        np.maximum(high, x, out=high)
+    else:
+        np.minimum(low, x, out=low, where=keep)
+        np.maximum(high, x, out=high, where=keep)
     if state.count is not None:
-        state.count[start:stop] += 1
+        state.count[start:stop] += 1 if keep is None else keep
+    elif keep is not None:
+        raise ValueError("update with keep needs a state with its own count")
 
 
 def update_rows(state: Moments, rows: FloatArray, scratch: Scratch) -> None:
