@@ -1205,6 +1205,9 @@ class LiveTimelineModel:
         for key, cursor in self._cursors.items():
             if not cursor.waiting or (metric is not None and key[1] != metric):
                 continue
+            if key[0] in self._failed:  # out of the average, as in the result
+                cursor.waiting = []
+                continue
             gridded = self._axis == "step" or self._method_of(key[1]) == "sum"
             if not gridded and self._gap_of(key[1]) is None:
                 continue

@@ -501,3 +501,18 @@ def test_the_grid_grows_its_columns_without_growing_its_rows() -> None:
         grid.put(2, np.array([k]), np.array([float(k)]))
     assert grid.values.shape == (3, 4096)  # rows as many as the instances, not doubled
     assert grid.statistics(3)[1, 3990 // grid.stride] == 3990.0
+
+
+def test_samples_waiting_for_the_step_never_bring_a_failed_instance_back() -> None:
+    model = LiveTimelineModel()
+    model.handle(_sample(0, 0.0, cpu=1.0))
+    model.handle(_sample(1, 0.0, cpu=100.0))
+    model.update()  # one time each: no interval yet, the samples wait
+    model.handle(InstanceEvent("failed", 1, 0.5, 0.5, message="RuntimeError: boom"))
+    model.update()
+    for t in (1.0, 2.0):
+        model.handle(_sample(0, t, cpu=1.0))
+
+    average = model.snapshot().averages["cpu"]
+
+    assert list(average.n) == [1, 1, 1] and (average.mean == 1.0).all()
