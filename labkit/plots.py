@@ -17,6 +17,7 @@ its peaks stay visible.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,6 +29,7 @@ from plotly.subplots import make_subplots
 
 from labkit.errors import ConfigError, error_text
 from labkit.live import DEFAULT_MAX_POINTS, AverageSnapshot, Band, decimate_indices
+from labkit.timeline.inputs import GAP_FACTOR, median_interval
 
 __all__ = (
     "AVERAGE_COLOR",
@@ -398,6 +400,7 @@ def timeline_figure(
     title: str | None = None,
     max_points: int = DEFAULT_MAX_POINTS,
     x_axis: XAxis | None = None,
+    max_gap: float | Mapping[str, float | None] | None = None,
 ) -> go.Figure:
     """Every instance's timeline against the average, one subplot per metric.
 
@@ -405,10 +408,13 @@ def timeline_figure(
     an instance in every subplot (more than :data:`MANY_INSTANCES` share one faint
     trace and legend entry); hovering shows the instance and its value. The
     average is a thick line on top with ``band`` filled around it; its hover
-    shows ``n``. Axis titles carry units (``cpu (%)``, ``time (s)``). Failed instances are
-    left out and named in a note under the title; outlier instances are drawn in
-    a warning colour. Traces longer than ``max_points`` are decimated (each
-    bucket's minimum and maximum kept).
+    shows ``n`` (the instances that measured the metric there). Axis titles carry
+    units (``cpu (%)``, ``time (s)``). Failed instances are left out and named in
+    a note under the title; outlier instances are drawn in a warning colour.
+    Traces longer than ``max_points`` are decimated (each bucket's minimum and
+    maximum kept). A gap is a break, never a bridge: in the average and its band
+    where no instance measured (NaN), in an instance's line where its samples are
+    further apart than ``max_gap``.
 
     Args:
         result: An ``ExperimentResult`` (anything with ``instances`` and
@@ -428,6 +434,11 @@ def timeline_figure(
         x_axis: ``"time"`` (``t`` in seconds) or ``"step"`` (timelines indexed by
             step); default: ``"step"`` when the averaged timeline has a ``step``
             column instead of ``t``.
+        max_gap: Where an instance's line breaks (seconds between two of its
+            samples, or ``{metric: seconds}``), as averaging treats a gap;
+            default: the result's own (``result.config["max_gap"]``), else 3
+            times the line's median interval. A gap in the average (NaN) is
+            always a break.
 
     Returns:
         A ``plotly.graph_objects.Figure``.
@@ -441,6 +452,8 @@ def timeline_figure(
     if max_points < 4:
         raise ConfigError("max_points", max_points, "an integer >= 4")
     instances, failed, mean_frame, name = _read_result(result, averaged, outliers)
+    if max_gap is None:  # as the result was averaged
+        max_gap = (getattr(result, "config", None) or {}).get("max_gap")
     if mean_frame is None:
         raise ConfigError("averaged", None, "an averaged timeline DataFrame (t, n, m, m_std...)")
     names = _pick_metrics(mean_frame, metrics)
@@ -458,7 +471,7 @@ def timeline_figure(
         first = row == 1
         traces: list[dict[str, Any]] = []
         if show_instances:
-            lines = [_lines_of(inst, metric, x_column, max_points) for inst in instances]
+            lines = [_lines_of(inst, metric, x_column, max_points, max_gap) for inst in instances]
             traces += instance_traces(
                 [line for line in lines if line is not None],
                 metric,
@@ -563,7 +576,9 @@ def _pick_metrics(mean_frame: pd.DataFrame, metrics: Sequence[str] | str | None)
     return wanted
 
 
-def _lines_of(inst: _Instance, metric: str, x_column: str, max_points: int) -> InstanceLine | None:
+def _lines_of(
+    inst: _Instance, metric: str, x_column: str, max_points: int, max_gap: Any
+) -> InstanceLine | None:
     frame = inst.timeline
     if metric not in frame.columns or x_column not in frame.columns:
         return None
@@ -577,8 +592,34 @@ def _lines_of(inst: _Instance, metric: str, x_column: str, max_points: int) -> I
         t, y = t[sampled], y[sampled]
     if y.size == 0:
         return None
-    keep = decimate_indices(y, max_points)
+    if x_column == "t":
+        t, y = _broken_at_gaps(t, y, _gap_of(max_gap, metric))
+    keep = np.union1d(decimate_indices(y, max_points), _run_ends(y))
     if inst.outlier_in is None:
         return InstanceLine(inst.index, t[keep], y[keep])
     note = f"outlier: {', '.join(inst.outlier_in)}" if inst.outlier_in else "outlier"
     return InstanceLine(inst.index, t[keep], y[keep], state="outlier", note=note)
+
+
+def _gap_of(max_gap: Any, metric: str) -> float | None:
+    """``metric``'s ``max_gap`` in seconds from a number, ``"inf"`` (a stored config's
+    infinity) or a mapping; ``None``: the default, found from the line itself."""
+    if isinstance(max_gap, Mapping):
+        max_gap = max_gap.get(metric)
+    if max_gap is None:
+        return None
+    return math.inf if max_gap == "inf" else float(max_gap)
+
+
+def _broken_at_gaps(
+    t: np.ndarray, y: np.ndarray, max_gap: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The line with NaN between samples further apart than ``max_gap`` (default: 3
+    times its median interval, the averaging's rule), so a silence is not bridged."""
+    if t.size < 3:
+        return t, y
+    limit = GAP_FACTOR * median_interval([t]) if max_gap is None else max_gap
+    cuts = np.flatnonzero(np.diff(t) > limit) + 1
+    if not cuts.size:
+        return t, y
+    return np.insert(t, cuts, np.nan), np.insert(y, cuts, np.nan)

@@ -135,6 +135,23 @@ def test_a_gap_in_the_average_is_a_break_in_line_and_band_never_a_bridge() -> No
     x = np.asarray(outline.x, dtype=float)
     first, second = x[: np.flatnonzero(np.isnan(x))[0]], x[np.flatnonzero(np.isnan(x))[0] + 1 :]
     assert first.max() == 3.0 and second.min() == 7.0  # neither shape spans the gap
+    instance = _traces(fig, "instance 0")[0]
+    broken = np.isnan(np.asarray(instance.y, dtype=float))
+    assert broken.sum() == 1  # the instance's own line breaks at its silence too
+    assert np.asarray(instance.x, dtype=float)[np.flatnonzero(broken)[0] - 1] == 3.0
+
+
+def test_an_instance_line_breaks_where_the_result_was_told_its_gaps_are() -> None:
+    t = np.array([0.0, 1.0, 2.0, 3.0, 7.0, 8.0, 9.0])
+    frame = pd.DataFrame({"t": t, "cpu": 1.0, "memory": 2.0})
+    bridged = _result([frame, frame])
+    bridged.config["max_gap"] = "inf"  # as a stored run writes math.inf
+
+    assert not np.isnan(np.asarray(_traces(timeline_figure(bridged), "instance 0")[0].y)).any()
+    own = timeline_figure(_result([frame, frame]))
+    assert np.isnan(np.asarray(_traces(own, "instance 0")[0].y, dtype=float)).sum() == 1
+    wide = timeline_figure(_result([frame, frame]), max_gap={"cpu": 5.0})
+    assert not np.isnan(np.asarray(_traces(wide, "instance 0")[0].y, dtype=float)).any()
 
 
 def test_no_band() -> None:
