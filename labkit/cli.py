@@ -17,8 +17,9 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, get_args
 
 from labkit.errors import ConfigError, LabkitError, StoreError, error_text
 from labkit.events import TaskEvent
@@ -26,6 +27,7 @@ from labkit.experiment import (
     MAX_INSTANCES,
     Experiment,
     InstanceEvent,
+    SummaryKind,
     estimate_cost,
     run_experiment,
 )
@@ -223,6 +225,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write a standalone HTML report here, a file (default: no report)",
     )
+    _summarize_option(run)
     _instance_options(run)
     _common_outputs(run)
     run.set_defaults(handler=_run)
@@ -291,6 +294,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a parameter every trial gets, as for `labkit run`; repeatable (default: none)",
     )
+    _summarize_option(sweep)
     sweep.add_argument("--db", default="labkit.db", metavar="PATH", help="record the trials here")
     sweep.add_argument("--no-db", action="store_true", help="do not record the trials")
     sweep.add_argument("--json", action="store_true", help="print the trials as JSON on stdout")
@@ -330,6 +334,50 @@ def _parser() -> argparse.ArgumentParser:
     )
     monitor.set_defaults(handler=_monitor)
     return parser
+
+
+SUMMARY_KINDS: tuple[str, ...] = get_args(SummaryKind)
+
+
+def _summarize_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--summarize",
+        action="append",
+        type=_summary_kinds,
+        default=[],
+        metavar="METRIC=KIND,...",
+        help=f"how a recorded metric becomes each instance's summary figure, KIND one of "
+        f"{', '.join(SUMMARY_KINDS)} (loss=last,acc=max gives loss_last and acc_max); "
+        "repeatable (default: the last value, the peak for cpu and memory)",
+    )
+
+
+def _summary_kinds(text: str) -> dict[str, list[str]]:
+    """``"loss=last,acc=max"`` as ``{"loss": ["last"], "acc": ["max"]}`` (a metric named
+    twice gets both kinds)."""
+    chosen: dict[str, list[str]] = {}
+    for pair in text.split(","):
+        metric, sep, kind = (part.strip() for part in pair.partition("="))
+        if not sep or not metric or metric in ("t", "step"):
+            raise argparse.ArgumentTypeError(
+                f"expected METRIC=KIND pairs separated by commas, got {pair!r}"
+            )
+        if kind not in SUMMARY_KINDS:
+            raise argparse.ArgumentTypeError(
+                f"{metric}: expected a kind among {', '.join(SUMMARY_KINDS)}, got {kind!r}"
+            )
+        chosen.setdefault(metric, []).append(kind)
+    return chosen
+
+
+def _summarized(experiment: Experiment, chosen: Sequence[Mapping[str, list[str]]]) -> Experiment:
+    """``experiment`` with the figures of ``--summarize`` over its own ``summarize``."""
+    if not chosen:
+        return experiment
+    summarize: dict[str, Any] = dict(experiment.summarize or {})
+    for given in chosen:
+        summarize.update(given)
+    return replace(experiment, summarize=summarize)
 
 
 def _common_outputs(parser: argparse.ArgumentParser) -> None:
@@ -552,7 +600,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    experiment = load_target(args.target)
+    experiment = _summarized(load_target(args.target), args.summarize)
     params = parse_params(args.param)
     if params:
         experiment = experiment.with_params(**params)
@@ -791,7 +839,7 @@ def _cell(value: Any) -> str:
 def _sweep(args: argparse.Namespace) -> int:
     from labkit.sweep import SweepEvent, leaderboard, sweep
 
-    experiment = load_target(args.target)
+    experiment = _summarized(load_target(args.target), args.summarize)
     params = parse_params(args.param)
     if params:
         experiment = experiment.with_params(**params)

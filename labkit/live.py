@@ -43,7 +43,15 @@ from labkit.errors import ConfigError, is_int, is_real
 from labkit.events import InstanceEvent, TimelineEvent
 from labkit.samplelog import SampleLog
 from labkit.stats import mean_std, t_quantile
-from labkit.timeline.inputs import default_step
+from labkit.timeline.inputs import (
+    COUNTERS,
+    GAP_FACTOR,
+    Method,
+    check_max_gap,
+    check_method,
+    default_step,
+    median_interval,
+)
 
 __all__ = (
     "AverageSnapshot",
@@ -67,6 +75,10 @@ Axis = Literal["t", "step"]
 
 DEFAULT_MAX_POINTS = 2000
 """Points per line above which a timeline is decimated for display."""
+
+GAP_INTERVALS = 1
+"""Intervals between a metric's samples seen before its default ``max_gap`` is fixed
+(as the step, from the first samples that have one: the chart starts at once)."""
 
 BANDS: tuple[str, ...] = ("std", "minmax", "ci95")
 
@@ -151,7 +163,8 @@ class AverageSnapshot:
     Attributes:
         metric: The metric's name.
         t: Grid times, in seconds.
-        n: Instances that cover each grid time.
+        n: Instances that measured the metric at each grid time (0 in a gap that
+            every instance has: the statistics are NaN there, drawn as a break).
         mean: The mean over those instances.
         std: Sample standard deviation (ddof=1; NaN where ``n < 2``).
         min: The smallest instance value.
@@ -192,9 +205,10 @@ class AverageSnapshot:
     def from_frame(
         cls, averaged: pd.DataFrame, metric: str, *, final: bool = True
     ) -> AverageSnapshot:
-        """``metric``'s columns of an averaged timeline (``t`` or ``step``, ``n``, ``m``,
-        ``m_std``...); ``t`` holds the steps of a timeline indexed by step.
+        """``metric``'s columns of an averaged timeline (``t`` or ``step``, ``m``,
+        ``m_n``, ``m_std``...); ``t`` holds the steps of a timeline indexed by step.
 
+        ``n`` is the metric's own count ``m_n`` (``n`` in a frame without it).
         Missing statistic columns read as NaN.
 
         Raises:
@@ -211,7 +225,8 @@ class AverageSnapshot:
                 return _frozen(averaged[name].to_numpy(dtype=float))
             return _frozen(np.full(rows, np.nan))
 
-        counts = averaged["n"].to_numpy() if "n" in averaged.columns else np.zeros(rows)
+        count = f"{metric}_n" if f"{metric}_n" in averaged.columns else "n"
+        counts = averaged[count].to_numpy() if count in averaged.columns else np.zeros(rows)
         n = np.array(counts, dtype=np.int64)
         n.flags.writeable = False
         return cls(
@@ -431,14 +446,18 @@ class _MetricGrid:
 
     ``values[row, col]`` is instance ``row``'s value at grid index ``col * stride``
     (NaN: not covered). Statistics are cached per column and recomputed from the
-    first column that changed.
+    first column that changed. A summed grid (a counter) holds each instance's
+    counts per grid point; an instance that has counted anything counts 0 at
+    every other point, as in the final average.
     """
 
-    __slots__ = ("_capacity", "_dirty_from", "_stats", "stride", "values")
+    __slots__ = ("_capacity", "_dirty_from", "_stats", "members", "stride", "summed", "values")
 
-    def __init__(self, rows: int, capacity: int) -> None:
+    def __init__(self, rows: int, capacity: int, *, summed: bool = False) -> None:
         self._capacity = capacity
         self.values = np.full((rows, 16), np.nan)
+        self.members = np.zeros(rows, dtype=bool)  # summed: the rows that have counted
+        self.summed = summed
         self.stride = 1
         self._stats = np.full((6, 0), np.nan)  # n, mean, std, min, max, ci95
         self._dirty_from = 0
@@ -460,6 +479,9 @@ class _MetricGrid:
             grown = np.full((tall, wide), np.nan)
             grown[:have_rows, :have_cols] = self.values
             self.values = grown
+            members = np.zeros(tall, dtype=bool)
+            members[:have_rows] = self.members
+            self.members = members
         if columns > self._stats.shape[1]:
             stats = np.full((6, columns), np.nan)
             stats[:, : self._stats.shape[1]] = self._stats
@@ -481,9 +503,24 @@ class _MetricGrid:
         self.values[row, columns] = values
         self._dirty_from = min(self._dirty_from, int(columns[0]))
 
+    def add(self, row: int, ks: IntArray, counts: FloatArray) -> None:
+        """Add ``counts`` at grid indices ``ks`` (distinct multiples of the stride,
+        ascending, the last one :meth:`reserve`-d) to a summed grid."""
+        if ks.size == 0:
+            return
+        columns = ks // self.stride
+        self.ensure(row + 1, int(columns[-1]) + 1)
+        held = self.values[row, columns]
+        self.values[row, columns] = np.where(np.isnan(held), 0.0, held) + counts
+        if not self.members[row]:
+            self.members[row] = True
+            self._dirty_from = 0  # its zeros count everywhere
+        self._dirty_from = min(self._dirty_from, int(columns[0]))
+
     def clear_row(self, row: int) -> None:
         if row < self.values.shape[0]:
             self.values[row, :] = np.nan
+            self.members[row] = False
             self._dirty_from = 0
 
     def _thin(self) -> None:
@@ -505,6 +542,9 @@ class _MetricGrid:
         start, stop = self._dirty_from, self._stats.shape[1]
         if start < stop:
             block = self.values[:rows, start:stop]
+            if self.summed:
+                counted = self.members[:rows, np.newaxis] & np.isnan(block)
+                block = np.where(counted, 0.0, block)
             valid = ~np.isnan(block)
             n = valid.sum(axis=0)
             safe = np.maximum(n, 1)
@@ -657,7 +697,17 @@ class LiveTimelineModel:
             :func:`labkit.timeline.average_timelines` chooses for the samples of
             the first update that has at least two sample times in an instance.
         round_to_int: Metrics whose mean is rounded to a whole number (halves up),
-            as the result rounds error counts.
+            as the result rounds error counts (a summed metric on its running
+            total, as the result does).
+        max_gap: As for :func:`labkit.timeline.average_timelines`: two samples of a
+            metric further apart than this (seconds) are a gap the average does
+            not bridge. ``None``: 3 times the median interval between the
+            metric's samples in the first line that has two (all of that read:
+            the step is learnt the same way; the final average takes the median
+            over every interval, the same for a steady sampler).
+        method: As for :func:`labkit.timeline.average_timelines`: ``"linear"``,
+            ``"previous"``, ``"sum"`` or per metric; ``None``: ``errors`` summed,
+            the rest linear.
         on: ``"t"``: lines over seconds (``offset``); ``"step"``: over each
             sample's ``step`` value (samples without one are left out, and the
             average is per whole step, with no interpolation, as the result's);
@@ -665,8 +715,9 @@ class LiveTimelineModel:
         clock: The clock that stamps snapshots.
 
     Raises:
-        ConfigError: If ``max_points`` or ``max_grid_points`` is below 4, or
-            ``step`` is not a positive number.
+        ConfigError: If ``max_points`` or ``max_grid_points`` is below 4,
+            ``step`` is not a positive number, or ``max_gap`` or ``method`` is
+            not one of the forms above.
     """
 
     event_types = (InstanceEvent, TimelineEvent)
@@ -686,6 +737,8 @@ class LiveTimelineModel:
         round_to_int: Iterable[str] = (),
         on: Axis | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        max_gap: float | Mapping[str, float | None] | None = None,
+        method: Method | Mapping[str, Method] | None = None,
     ) -> None:
         if on not in (None, "t", "step"):
             raise ConfigError("on", on, "'t', 'step' or None")
@@ -697,6 +750,10 @@ class LiveTimelineModel:
             raise ConfigError("step", step, "None on a step axis (steps align exactly)")
         if step is not None and not (is_real(step) and step > 0):
             raise ConfigError("step", step, "a finite number of seconds > 0, or None")
+        check_max_gap(max_gap)
+        check_method(method)
+        self._max_gap = max_gap
+        self._method = method
         self.max_points = max_points
         self.max_grid_points = max_grid_points
         self._fixed_step = None if step is None else float(step)
@@ -725,6 +782,9 @@ class LiveTimelineModel:
         self._step = self._fixed_step
         self._axis: Axis | None = self._fixed_axis
         self._early_times: dict[int, FloatArray] = {}  # sample times before the step is known
+        self._gaps: dict[str, float] = self._given_gaps()  # each metric's max_gap, once known
+        self._intervals: dict[str, list[FloatArray]] = {}  # seen before a gap is known
+        self._seen: dict[tuple[int, str], float] = {}  # each line's latest time, till then
         self._feeds: dict[int, _Feed] = {}  # instance -> the log its samples are read from
         self._version = 0
         self._samples = 0
@@ -1088,7 +1148,72 @@ class LiveTimelineModel:
         # Each instance's distinct times, ascending: what averaging reads them as.
         self._step = default_step([np.unique(t) for t in self._early_times.values()])
         self._early_times.clear()
+        self._flush()
+
+    def _given_gaps(self) -> dict[str, float]:
+        """The gaps ``max_gap`` fixes: one for every metric (``"*"``) or by name."""
+        given = self._max_gap
+        if given is None:
+            return {}
+        if isinstance(given, Mapping):
+            return {name: float(value) for name, value in given.items() if value is not None}
+        return {"*": float(given)}
+
+    def _method_of(self, metric: str) -> str:
+        method = self._method
+        if isinstance(method, str):
+            return method
+        if isinstance(method, Mapping) and metric in method:
+            return str(method[metric])
+        return "sum" if metric in COUNTERS else "linear"
+
+    def _gap_of(self, metric: str) -> float | None:
+        """The metric's ``max_gap`` in seconds (at least the step), ``None`` till known."""
+        gap = self._gaps.get(metric, self._gaps.get("*"))
+        if gap is None or self._step is None:
+            return None
+        return max(gap, self._step)
+
+    def _ready(self, key: tuple[int, str], t: FloatArray) -> bool:
+        """Whether the metric of line ``key`` can be gridded (its gap is known or not
+        needed); notes the intervals of the samples ``t`` on the way."""
+        metric = key[1]
+        if (
+            metric in self._gaps
+            or "*" in self._gaps
+            or self._axis == "step"
+            or self._method_of(metric) == "sum"
+        ):
+            return True
+        before = self._seen.get(key)
+        times = t if before is None else np.concatenate(([before], t))
+        self._seen[key] = float(t[-1])
+        intervals = self._intervals.setdefault(metric, [])
+        intervals.append(times)
+        if sum(times.shape[0] - 1 for times in intervals) >= GAP_INTERVALS:
+            self._settle(metric)
+            return True
+        return False
+
+    def _settle(self, metric: str) -> None:
+        """Fix the metric's default gap from the intervals seen (none: no gap)."""
+        self._gaps[metric] = GAP_FACTOR * median_interval(self._intervals.pop(metric, []))
+        for key in [key for key in self._seen if key[1] == metric]:
+            del self._seen[key]
+
+    def _flush(self, metric: str | None = None) -> None:
+        """Grid the samples that waited for the step or a gap (of ``metric``, or all)."""
+        if self._step is None:
+            return
         for key, cursor in self._cursors.items():
+            if not cursor.waiting or (metric is not None and key[1] != metric):
+                continue
+            if key[0] in self._failed:  # out of the average, as in the result
+                cursor.waiting = []
+                continue
+            gridded = self._axis == "step" or self._method_of(key[1]) == "sum"
+            if not gridded and self._gap_of(key[1]) is None:
+                continue
             held, cursor.waiting = cursor.waiting, []
             for t, y in held:
                 self._grid(key, cursor, t, y)
@@ -1107,71 +1232,118 @@ class LiveTimelineModel:
         cursor = self._cursors.get(key)
         if cursor is None:
             cursor = self._cursors[key] = _GridCursor()
-        if self._step is None:
-            cursor.waiting.append((t, y))
+        ready = self._ready(key, t) and self._step is not None
+        if ready and not cursor.waiting:
+            self._grid(key, cursor, t, y)
             return
-        self._grid(key, cursor, t, y)
+        cursor.waiting.append((t, y))
+        if ready:
+            self._flush(key[1])
 
     def _grid(
         self, key: tuple[int, str], cursor: _GridCursor, t: FloatArray, y: FloatArray
     ) -> None:
-        """Give the grid points up to the latest sample time their interpolated values."""
+        """Give the grid points up to the latest sample time their values, run by run:
+        samples further apart than the metric's gap are not bridged.
+
+        One pass of numpy for every run of the samples, however many gaps they hold.
+        A run between gaps covers the grid points from the one nearest its first
+        sample to the one nearest its last (held there, not extrapolated); the open
+        run at the end covers the points its samples settle: up to the latest time
+        (interpolated), or up to the point before the latest sample's own (held: a
+        later sample may still round to that point).
+        """
         step = self._step
         assert step is not None
         if self._axis == "step":
             self._place_steps(key, t, y)
             return
-        before: tuple[float, float] | None = None
-        if cursor.next_k >= 0:
-            if not t[0] > cursor.last_t:  # t ascends: only a head can be late
-                late = int(np.searchsorted(t, cursor.last_t, side="right"))
-                t, y = t[late:], y[late:]  # late samples are drawn, not averaged
+        if cursor.next_k >= 0 and not t[0] > cursor.last_t:  # t ascends: only a head can be late
+            late = int(np.searchsorted(t, cursor.last_t, side="right"))
+            t, y = t[late:], y[late:]  # late samples are drawn, not averaged
             if t.shape[0] == 0:
                 return
-            before = (cursor.last_t, cursor.last_y)
-            first_k = cursor.next_k
-        else:
-            first_k = math.floor(t[0] / step + 0.5)  # the grid point nearest the first sample
-        cursor.last_t, cursor.last_y = float(t[-1]), float(y[-1])
-        last_k = math.floor(t[-1] / step)
-        if last_k < first_k:
-            if cursor.next_k < 0:
-                cursor.next_k = first_k
+        method = self._method_of(key[1])
+        if method == "sum":
+            self._count(key, cursor, t, y)
             return
-        self._put(key, cursor, first_k, last_k, t, y, before)
+        gap = self._gap_of(key[1])
+        assert gap is not None
+        continuing = cursor.next_k >= 0
+        if continuing:  # the run so far ends with the line's last sample
+            t = np.concatenate(((cursor.last_t,), t))
+            y = np.concatenate(((cursor.last_y,), y))
+        cursor.last_t, cursor.last_y = float(t[-1]), float(y[-1])
+        breaks = np.flatnonzero(np.subtract(t[1:], t[:-1]) > gap) + 1
+        firsts = np.concatenate(((0,), breaks))
+        lasts = np.concatenate((breaks - 1, (t.shape[0] - 1,)))
+        lo = np.floor(t[firsts] / step + 0.5).astype(np.int64)
+        hi = np.floor(t[lasts] / step + 0.5).astype(np.int64)
+        if continuing:
+            lo[0] = cursor.next_k
+        if method == "previous":
+            hi[-1] -= 1
+        else:
+            hi[-1] = math.floor(t[-1] / step)
+        cursor.next_k = max(int(hi[-1]) + 1, int(lo[-1]))
+        if not bool((hi >= lo).any()):
+            return
+        grid = self._grid_of(key[1])
+        stride = grid.reserve(int(hi.max()))  # thinned first: only kept points are computed
+        first = -(-lo // stride) * stride
+        counts = np.maximum((hi - first) // stride + 1, 0)
+        total = int(counts.sum())
+        if not total:
+            return
+        run = np.repeat(np.arange(counts.shape[0]), counts)
+        offsets = np.repeat(np.cumsum(counts) - counts, counts)  # each run's first position
+        ks = first[run] + stride * (np.arange(total) - offsets)
+        if method == "previous":
+            # The last sample whose nearest grid point is at or before each point.
+            nearest = np.floor(t / step + 0.5)
+            values = y[np.searchsorted(nearest, ks, side="right") - 1]
+        else:
+            # Each point's time, kept inside its own run: held at the run's ends.
+            at = np.clip(ks * step, t[firsts][run], t[lasts][run])
+            values = np.interp(at, t, y)
+        grid.put(self._rows[key[0]], ks, values)
 
-    def _put(
-        self,
-        key: tuple[int, str],
-        cursor: _GridCursor,
-        first_k: int,
-        last_k: int,
-        t: FloatArray,
-        y: FloatArray,
-        before: tuple[float, float] | None = None,
+    def _close(self, key: tuple[int, str], cursor: _GridCursor) -> None:
+        """End a finished line's run: it covers the grid point nearest its last sample
+        too, holding that sample's value."""
+        assert self._step is not None
+        last_k = math.floor(cursor.last_t / self._step + 0.5)
+        if cursor.next_k < 0 or last_k < cursor.next_k:
+            return
+        grid = self._grid_of(key[1])
+        stride = grid.reserve(last_k)
+        ks = np.arange(-(-cursor.next_k // stride) * stride, last_k + 1, stride, dtype=np.int64)
+        cursor.next_k = last_k + 1
+        grid.put(self._rows[key[0]], ks, np.full(ks.shape[0], cursor.last_y))
+
+    def _grid_of(self, metric: str) -> _MetricGrid:
+        grid = self._grids.get(metric)
+        if grid is None:
+            summed = self._axis != "step" and self._method_of(metric) == "sum"
+            grid = _MetricGrid(len(self._rows), self.max_grid_points, summed=summed)
+            self._grids[metric] = grid
+        return grid
+
+    def _count(
+        self, key: tuple[int, str], cursor: _GridCursor, t: FloatArray, y: FloatArray
     ) -> None:
-        """Interpolate grid points ``first_k`` to ``last_k`` from the samples ``t, y``
-        (ascending) and the sample ``before`` them, if any (the line's last one)."""
+        """A counter's samples, each added at its nearest grid point."""
         step = self._step
         assert step is not None
-        grid = self._grids.get(key[1])
-        if grid is None:
-            grid = self._grids[key[1]] = _MetricGrid(len(self._rows), self.max_grid_points)
-        stride = grid.reserve(last_k)  # thinned first: only kept points are interpolated
-        start = -(-first_k // stride) * stride
-        ks = np.arange(start, last_k + 1, stride, dtype=np.int64)
-        cursor.next_k = last_k + 1
-        if not ks.size:
-            return
-        at = ks * step
-        values = np.interp(at, t, y)
-        if before is not None and at[0] < t[0]:
-            # Points between the line's last sample and these: interpolated across the
-            # gap, without copying the new samples to put that one in front of them.
-            gap = at < t[0]
-            bt, by = before
-            values[gap] = np.interp(at[gap], (bt, float(t[0])), (by, float(y[0])))
-        grid.put(self._rows[key[0]], ks, values)
+        cursor.last_t, cursor.last_y = float(t[-1]), float(y[-1])
+        cursor.next_k = 0  # samples before this one are late from now on
+        ks = np.floor(t / step + 0.5).astype(np.int64)
+        grid = self._grid_of(key[1])
+        stride = grid.reserve(int(ks[-1]))
+        kept = ks % stride == 0
+        points, where = np.unique(ks[kept], return_inverse=True)
+        counts = np.asarray(np.bincount(where, weights=y[kept]), dtype=np.float64)
+        grid.add(self._rows[key[0]], points, counts)
 
     def _place_steps(self, key: tuple[int, str], steps: FloatArray, y: FloatArray) -> None:
         """On a step axis each sample is its step's value: no grid, no interpolation."""
@@ -1182,25 +1354,24 @@ class LiveTimelineModel:
             picked = ks.shape[0] - 1 - last
             ks, y = ks[picked], y[picked]
         ks, y = ks[ks >= 0], y[ks >= 0]
-        grid = self._grids.get(key[1])
-        if grid is None:
-            grid = self._grids[key[1]] = _MetricGrid(len(self._rows), self.max_grid_points)
+        grid = self._grid_of(key[1])
         if ks.size:
             on_grid = ks % grid.reserve(int(ks[-1])) == 0
             grid.put(self._rows[key[0]], ks[on_grid], y[on_grid])
 
     def _close_lines(self, instance: int) -> None:
         """A finished instance covers the grid point nearest its last sample too."""
-        if self._step is None or instance in self._failed or self._axis == "step":
+        if instance in self._failed or self._axis == "step":
+            return
+        for metric in {metric for i, metric in self._cursors if i == instance}:
+            if metric in self._intervals:  # too few samples to wait for more
+                self._settle(metric)
+                self._flush(metric)
+        if self._step is None:
             return
         for key, cursor in self._cursors.items():
-            if key[0] != instance or cursor.next_k < 0:
-                continue
-            last_k = math.floor(cursor.last_t / self._step + 0.5)
-            if last_k >= cursor.next_k:
-                t = np.array([cursor.last_t])
-                y = np.array([cursor.last_y])
-                self._put(key, cursor, cursor.next_k, last_k, t, y)
+            if key[0] == instance and self._method_of(key[1]) != "sum":
+                self._close(key, cursor)
 
     # Snapshots -----------------------------------------------------------------------
 
@@ -1259,10 +1430,16 @@ class LiveTimelineModel:
         if cached is not None and not grid.changed:
             return cached
         stats = grid.statistics(len(self._rows))
-        covered = stats[0] > 0
-        columns = np.flatnonzero(covered)
+        covered = np.flatnonzero(stats[0] > 0)
+        # Columns no instance measured between measured ones stay, as NaN: a gap
+        # is drawn as a break, not bridged.
+        columns = np.arange(covered[0], covered[-1] + 1) if covered.size else covered
         mean = stats[1, columns]
-        if metric in self._rounded:
+        if metric in self._rounded and grid.summed:
+            # On the running total, as the final average rounds a counter.
+            running = np.floor(np.cumsum(mean) + 0.5)
+            mean = np.diff(running, prepend=0.0)
+        elif metric in self._rounded:
             mean = np.floor(mean + 0.5)
         counts = stats[0, columns].astype(np.int64)
         counts.flags.writeable = False

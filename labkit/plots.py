@@ -17,6 +17,7 @@ its peaks stay visible.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,6 +29,7 @@ from plotly.subplots import make_subplots
 
 from labkit.errors import ConfigError, error_text
 from labkit.live import DEFAULT_MAX_POINTS, AverageSnapshot, Band, decimate_indices
+from labkit.timeline.inputs import GAP_FACTOR, median_interval
 
 __all__ = (
     "AVERAGE_COLOR",
@@ -51,7 +53,7 @@ __all__ = (
     "timeline_figure",
 )
 
-STAT_SUFFIXES = ("_std", "_min", "_max", "_ci95", "_nonfinite")
+STAT_SUFFIXES = ("_std", "_min", "_max", "_ci95", "_n", "_nonfinite")
 """Suffixes of the per-metric statistic columns of an averaged timeline."""
 
 _BANDS = ("std", "minmax", "ci95")
@@ -221,49 +223,51 @@ def average_traces(
     max_points: int = DEFAULT_MAX_POINTS,
     x_axis: XAxis = "time",
 ) -> list[dict[str, Any]]:
-    """The band's two edges and the thick average line of one metric, in drawing order.
+    """The band around the average and the thick average line of one metric, in drawing order.
 
-    The lower edge comes first: the upper edge fills down to it (``tonexty``).
-    Draw these after the instances so the average is on top. Hovering the average
-    shows its time, value and ``n``, the instances that contribute there.
+    NaN (a gap: no instance measured the metric there) is drawn as a break in
+    the line and in the band, never bridged: the band is one closed shape per
+    run of points where both its edges are known (``fill="toself"``, which
+    plotly closes per segment; ``"tonexty"`` would fill across gaps), and
+    decimation keeps the first and last point of every run. Draw these after
+    the instances so the average is on top. Hovering the average shows its
+    time, value and ``n``, the instances that contribute there.
 
     Args:
         average: The metric's average and spread (live, or from an averaged
             timeline with :meth:`AverageSnapshot.from_frame`).
         band: ``"std"``, ``"minmax"``, ``"ci95"`` or ``None`` for no band.
         show_legend: List the traces in the legend (true for the first subplot).
-        max_points: The most points per trace (min/max decimation of the mean).
+        max_points: The most points per trace (min/max decimation of the mean,
+            plus the first and last point of each run between gaps).
         x_axis: What the horizontal axis counts.
 
     Returns:
-        Plotly scatter trace dicts: lower edge, upper edge (when ``band``), average.
+        Plotly scatter trace dicts: the band (when ``band``), then the average.
 
     Raises:
         ConfigError: If ``band`` is unknown.
     """
-    keep = decimate_indices(average.mean, max_points)
+    edges = average.band(band) if band is not None else None
+    ends = _run_ends(average.mean, *(edges or ()))
+    keep = np.union1d(decimate_indices(average.mean, max_points), ends)
     t = average.t[keep]
     hover_x = _X_HOVER[x_axis]
     traces: list[dict[str, Any]] = []
-    if band is not None:
-        lower, upper = average.band(band)
-        edge = {"type": "scatter", "x": t, "mode": "lines", "line": {"width": 0}}
+    if edges is not None:
+        # The outline runs along both edges: half the points each.
+        kept = np.union1d(decimate_indices(average.mean, max(max_points // 2, 4)), ends)
+        x, y = _band_outline(average.t[kept], edges[0][kept], edges[1][kept])
         traces.append(
             {
-                **edge,
-                "y": lower[keep],
-                "name": f"band ({band}) lower",
-                "legendgroup": "average-band",
-                "showlegend": False,
-                "hoverinfo": "skip",
-            }
-        )
-        traces.append(
-            {
-                **edge,
-                "y": upper[keep],
-                "fill": "tonexty",
+                "type": "scatter",
+                "x": x,
+                "y": y,
+                "mode": "lines",
+                "line": {"width": 0},
+                "fill": "toself",
                 "fillcolor": BAND_COLOR,
+                "connectgaps": False,
                 "name": f"band ({band})",
                 "legendgroup": "average-band",
                 "showlegend": show_legend,
@@ -277,6 +281,7 @@ def average_traces(
             "y": average.mean[keep],
             "customdata": average.n[keep].astype(np.int32),
             "mode": "lines",
+            "connectgaps": False,
             "name": "average",
             "legendgroup": "average",
             "showlegend": show_legend,
@@ -288,6 +293,36 @@ def average_traces(
         }
     )
     return traces
+
+
+def _run_ends(*series: np.ndarray) -> np.ndarray:
+    """Positions where any of ``series`` turns from a number to NaN or back, both sides:
+    decimation must keep them, or a gap would be bridged."""
+    known = np.isfinite(np.asarray(series[0], dtype=float))
+    changes = np.zeros(known.size, dtype=bool)
+    for values in series:
+        finite = np.isfinite(np.asarray(values, dtype=float))
+        changes[1:] |= finite[1:] != finite[:-1]
+    after = np.flatnonzero(changes)
+    return np.union1d(after, after - 1)
+
+
+def _band_outline(t: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The band as closed outlines, one per run of points with both edges known:
+    along the upper edge, back along the lower one, then NaN before the next run."""
+    known = np.isfinite(lower) & np.isfinite(upper)
+    edges = np.diff(known.astype(np.int8), prepend=0, append=0)
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    gap = np.array([np.nan])
+    for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
+        run = slice(start, stop)
+        xs += [t[run], t[run][::-1], gap]
+        ys += [upper[run], lower[run][::-1], gap]
+    if not xs:
+        return np.array([], dtype=float), np.array([], dtype=float)
+    return np.concatenate(xs[:-1]), np.concatenate(ys[:-1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +340,7 @@ def metric_names(frame: pd.DataFrame) -> list[str]:
 
     ``t`` (or ``step`` in a frame indexed by step, which has no ``t``), ``n`` and the
     statistic columns (``m_std``, ``m_min``, ``m_max``,
-    ``m_ci95``, ``m_nonfinite``) are not metrics.
+    ``m_ci95``, ``m_n``, ``m_nonfinite``) are not metrics.
     """
     columns = [str(c) for c in frame.columns]
     names = set(columns)
@@ -365,6 +400,7 @@ def timeline_figure(
     title: str | None = None,
     max_points: int = DEFAULT_MAX_POINTS,
     x_axis: XAxis | None = None,
+    max_gap: float | Mapping[str, float | None] | None = None,
 ) -> go.Figure:
     """Every instance's timeline against the average, one subplot per metric.
 
@@ -372,10 +408,13 @@ def timeline_figure(
     an instance in every subplot (more than :data:`MANY_INSTANCES` share one faint
     trace and legend entry); hovering shows the instance and its value. The
     average is a thick line on top with ``band`` filled around it; its hover
-    shows ``n``. Axis titles carry units (``cpu (%)``, ``time (s)``). Failed instances are
-    left out and named in a note under the title; outlier instances are drawn in
-    a warning colour. Traces longer than ``max_points`` are decimated (each
-    bucket's minimum and maximum kept).
+    shows ``n`` (the instances that measured the metric there). Axis titles carry
+    units (``cpu (%)``, ``time (s)``). Failed instances are left out and named in
+    a note under the title; outlier instances are drawn in a warning colour.
+    Traces longer than ``max_points`` are decimated (each bucket's minimum and
+    maximum kept). A gap is a break, never a bridge: in the average and its band
+    where no instance measured (NaN), in an instance's line where its samples are
+    further apart than ``max_gap``.
 
     Args:
         result: An ``ExperimentResult`` (anything with ``instances`` and
@@ -395,6 +434,11 @@ def timeline_figure(
         x_axis: ``"time"`` (``t`` in seconds) or ``"step"`` (timelines indexed by
             step); default: ``"step"`` when the averaged timeline has a ``step``
             column instead of ``t``.
+        max_gap: Where an instance's line breaks (seconds between two of its
+            samples, or ``{metric: seconds}``), as averaging treats a gap;
+            default: the result's own (``result.config["max_gap"]``), else 3
+            times the line's median interval. A gap in the average (NaN) is
+            always a break.
 
     Returns:
         A ``plotly.graph_objects.Figure``.
@@ -408,6 +452,8 @@ def timeline_figure(
     if max_points < 4:
         raise ConfigError("max_points", max_points, "an integer >= 4")
     instances, failed, mean_frame, name = _read_result(result, averaged, outliers)
+    if max_gap is None:  # as the result was averaged
+        max_gap = (getattr(result, "config", None) or {}).get("max_gap")
     if mean_frame is None:
         raise ConfigError("averaged", None, "an averaged timeline DataFrame (t, n, m, m_std...)")
     names = _pick_metrics(mean_frame, metrics)
@@ -425,7 +471,7 @@ def timeline_figure(
         first = row == 1
         traces: list[dict[str, Any]] = []
         if show_instances:
-            lines = [_lines_of(inst, metric, x_column, max_points) for inst in instances]
+            lines = [_lines_of(inst, metric, x_column, max_points, max_gap) for inst in instances]
             traces += instance_traces(
                 [line for line in lines if line is not None],
                 metric,
@@ -530,7 +576,9 @@ def _pick_metrics(mean_frame: pd.DataFrame, metrics: Sequence[str] | str | None)
     return wanted
 
 
-def _lines_of(inst: _Instance, metric: str, x_column: str, max_points: int) -> InstanceLine | None:
+def _lines_of(
+    inst: _Instance, metric: str, x_column: str, max_points: int, max_gap: Any
+) -> InstanceLine | None:
     frame = inst.timeline
     if metric not in frame.columns or x_column not in frame.columns:
         return None
@@ -544,8 +592,34 @@ def _lines_of(inst: _Instance, metric: str, x_column: str, max_points: int) -> I
         t, y = t[sampled], y[sampled]
     if y.size == 0:
         return None
-    keep = decimate_indices(y, max_points)
+    if x_column == "t":
+        t, y = _broken_at_gaps(t, y, _gap_of(max_gap, metric))
+    keep = np.union1d(decimate_indices(y, max_points), _run_ends(y))
     if inst.outlier_in is None:
         return InstanceLine(inst.index, t[keep], y[keep])
     note = f"outlier: {', '.join(inst.outlier_in)}" if inst.outlier_in else "outlier"
     return InstanceLine(inst.index, t[keep], y[keep], state="outlier", note=note)
+
+
+def _gap_of(max_gap: Any, metric: str) -> float | None:
+    """``metric``'s ``max_gap`` in seconds from a number, ``"inf"`` (a stored config's
+    infinity) or a mapping; ``None``: the default, found from the line itself."""
+    if isinstance(max_gap, Mapping):
+        max_gap = max_gap.get(metric)
+    if max_gap is None:
+        return None
+    return math.inf if max_gap == "inf" else float(max_gap)
+
+
+def _broken_at_gaps(
+    t: np.ndarray, y: np.ndarray, max_gap: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The line with NaN between samples further apart than ``max_gap`` (default: 3
+    times its median interval, the averaging's rule), so a silence is not bridged."""
+    if t.size < 3:
+        return t, y
+    limit = GAP_FACTOR * median_interval([t]) if max_gap is None else max_gap
+    cuts = np.flatnonzero(np.diff(t) > limit) + 1
+    if not cuts.size:
+        return t, y
+    return np.insert(t, cuts, np.nan), np.insert(y, cuts, np.nan)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -70,8 +70,10 @@ class InstanceResult:
         error: ``"TypeName: message"`` when it failed, else ``None``.
         timeline: Samples as a DataFrame: ``t`` (seconds since the instance
             started) and one column per metric (NaN where a sample lacks it).
-        summary: Per-instance figures: ``cpu_peak``, ``memory_peak``,
-            ``error_count``, ``recovery_time`` and whatever the function returned.
+        summary: Per-instance figures: each recorded metric's default figure
+            (``loss_last``; ``cpu_peak``, ``memory_peak``; ``error_count`` when
+            errors were recorded) or those ``Experiment.summarize`` asks for,
+            and whatever the function returned (``recovery_time``...).
         started: When the instance began, seconds on the run's clock.
         finished: When it ended, seconds on the run's clock.
         gpu_uuids: The GPUs it held.
@@ -161,10 +163,14 @@ class ExperimentResult:
         params: The parameters every instance received.
         instances: Every instance, failed ones included, by index.
         averaged: The averaged timeline: ``t``, ``n`` and for each metric ``m``:
-            ``m``, ``m_std``, ``m_min``, ``m_max``. Empty when no instance succeeded.
+            ``m``, ``m_std``, ``m_min``, ``m_max``, ``m_ci95``, ``m_n``,
+            ``m_nonfinite`` (see ``labkit.timeline.average_timelines``), with the
+            ``max_gap`` and ``method`` the run's config names. Empty when no
+            instance succeeded.
         summary: Averaged figures in the form ``{"cpu_peak": .., "memory_peak": ..,
-            "error_count": .., "num_instances": N, "num_failed": k,
-            "recovery_times": [..], "errors": {index: text}}``.
+            "loss_last": .., "error_count": .., "num_instances": N, "num_failed": k,
+            "recovery_times": [..], "errors": {index: text}}``; ``error_count``
+            and ``recovery_times`` only when some instance recorded them.
         outliers: For each metric where some instances stand apart from the
             others, the indices of those instances (``{"cpu": [2]}``).
         config: How it ran (instances, duration, GPUs per instance, ...).
@@ -229,7 +235,9 @@ class ExperimentResult:
         if metrics:
             try:
                 averaged = timeline.average_timelines(
-                    frames, round_to_int=tuple(m for m in ROUND_TO_INT if m in metrics)
+                    frames,
+                    round_to_int=tuple(m for m in ROUND_TO_INT if m in metrics),
+                    **_averaging(config, metrics),
                 )
             except Exception as exc:
                 kept.append(f"averaging the timelines failed: {error_text(exc)}")
@@ -372,6 +380,25 @@ class ExperimentResult:
     def from_json(cls, text: str) -> ExperimentResult:
         """Rebuild a result from :meth:`to_json`'s output."""
         return cls.from_dict(json.loads(text))
+
+
+def _averaging(config: Mapping[str, Any], metrics: Collection[Any]) -> dict[str, Any]:
+    """The ``max_gap`` and ``method`` a run's config asks for (see
+    ``labkit.experiment.spec.averaging_config``), limited to the metrics measured:
+    a metric named there that no instance recorded is no error."""
+    options: dict[str, Any] = {}
+    for option in ("max_gap", "method"):
+        value = config.get(option)
+        if isinstance(value, Mapping):
+            value = {name: _number(item) for name, item in value.items() if name in metrics}
+        if value is not None:
+            options[option] = _number(value)
+    return options
+
+
+def _number(value: Any) -> Any:
+    """``"inf"`` (how a config writes an infinite gap) as ``math.inf``."""
+    return math.inf if value == "inf" else value
 
 
 def _averaged_summary(ordered: Sequence[InstanceResult]) -> dict[str, Any]:

@@ -392,7 +392,7 @@ def recovery_time(
 
 
 def _scenario(
-    name: str, fn: Callable[[InstanceContext], Any], description: str
+    name: str, fn: Callable[[InstanceContext], Any], description: str, peaks: tuple[str, ...]
 ) -> Callable[..., Experiment]:
     def make(intensity: Intensity = "medium", **params: Any) -> Experiment:
         check(intensity in INTENSITIES, "intensity", intensity, "'low', 'medium' or 'high'")
@@ -402,6 +402,9 @@ def _scenario(
             params={"intensity": intensity, **params},
             needs_sandbox=True,
             description=description,
+            # A load's figure is its peak (the most memory held, the worst latency),
+            # not where it ended: memory_pressure frees everything before it stops.
+            summarize=dict.fromkeys(peaks, "peak"),
         )
 
     make.__name__ = make.__qualname__ = name
@@ -423,24 +426,30 @@ def _scenario(
 
 
 cpu_stress = _scenario(
-    "cpu_stress", _cpu_stress, "A busy loop at 25/50/100 % duty cycle; records ops per interval."
+    "cpu_stress",
+    _cpu_stress,
+    "A busy loop at 25/50/100 % duty cycle; records ops per interval.",
+    ("ops",),
 )
 memory_pressure = _scenario(
     "memory_pressure",
     _memory_pressure,
     "Allocates 64/160/320 MB step by step, holds it, frees it; records allocated_mb.",
+    ("allocated_mb",),
 )
 network_delay = _scenario(
     "network_delay",
     _network_delay,
     "A loopback TCP echo server adding 5/20/50 ms and dropping 1/5/15 % of requests; "
     "records latency_ms and errors.",
+    ("latency_ms", "requests"),
 )
 error_burst = _scenario(
     "error_burst",
     _error_burst,
     "A service failing 20/50/90 % of requests for a quarter of the run, then recovering; "
     "records errors and latency_ms, and recovery_time in the summary.",
+    ("latency_ms", "requests"),
 )
 
 SCENARIOS: Mapping[str, Callable[..., Experiment]] = {

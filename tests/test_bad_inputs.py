@@ -377,7 +377,12 @@ SPECS = [
          seconds()),
     Spec("average_timelines", "method",
          lambda value: lk.average_timelines([TIMELINE], method=value),
-         st.one_of(st.integers(), st.text(max_size=3), st.none())),
+         st.one_of(st.integers(), st.text(max_size=3).filter(lambda text: text != "sum"))),
+    Spec("average_timelines", "max_gap",
+         lambda value: lk.average_timelines([TIMELINE], max_gap=value),
+         # math.inf is allowed (bridge everything), and a dict names its own metrics.
+         st.one_of(BOOLS, st.sampled_from([NAN, -INF]), st.floats(max_value=0.0),
+                   st.text(max_size=4), st.lists(st.integers(), max_size=2))),
     Spec("average_timelines", "timelines[0]['t']",
          lambda value: lk.average_timelines([pd.DataFrame({"t": [value, 1.0], "x": [1, 2]})]),
          st.one_of(NONFINITE, st.floats(max_value=-1e-12, allow_infinity=False)), described=True),

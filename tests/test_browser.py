@@ -297,9 +297,9 @@ def _run_sixteen(page: Page, panel: Locator) -> None:
     assert "num_instances" in panel.locator(".labkit-summary").inner_text()
     titles = panel.locator(".js-plotly-plot .g-ytitle, .js-plotly-plot .g-y2title")
     assert {"cpu (%)", "memory (MB)"} <= set(titles.all_text_contents())
-    # Per subplot: the instances' trace, the band's two edges, the average last (on top).
+    # Per subplot: the instances' trace, the band's outline, the average last (on top).
     traces = panel.locator(".js-plotly-plot .scatterlayer .trace")
-    assert traces.count() == 8
+    assert traces.count() == 6
     panel.screenshot(path=str(SHOTS / "sixteen-after.png"))
 
     # Start again: the chart keeps its traces across the reset and comes back whole.
@@ -318,7 +318,7 @@ def _run_sixteen(page: Page, panel: Locator) -> None:
         timeout=60_000,
     )
     assert "press Start" not in chart.inner_text()
-    assert traces.count() == 8
+    assert traces.count() == 6
     assert "instances (16)" in (legend.text_content() or "")
     assert {"cpu (%)", "memory (MB)"} <= set(titles.all_text_contents())
     panel.screenshot(path=str(SHOTS / "sixteen-again.png"))

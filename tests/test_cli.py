@@ -62,6 +62,41 @@ def test_demo_prints_the_summary_writes_the_report_and_records_the_run(tmp_path:
     assert list(frame["succeeded"]) == [3]
 
 
+def test_run_prints_each_metrics_last_value_or_the_figures_summarize_asks_for(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "workload.py").write_text(WORKLOAD)
+
+    default = labkit("run", "workload:work", "-n", "2", "--no-db", "--no-progress", cwd=tmp_path)
+    chosen = labkit(
+        "run", "workload:work", "-n", "2", "--no-db", "--json",
+        "--summarize", "value=max,value=mean", cwd=tmp_path,
+    )  # fmt: skip
+
+    assert default.returncode == 0, default.stderr
+    figures = [line.split()[0] for line in default.stdout.splitlines()[2:]]
+    assert "value_last" in figures and "value_peak" not in figures
+    # Nothing recorded errors or recovery times: no figure says otherwise.
+    assert "error_count" not in figures and "recovery_times" not in figures
+    assert chosen.returncode == 0, chosen.stderr
+    summary = json.loads(chosen.stdout)["summary"]
+    assert summary["value_max"] == 2.5  # last steps 2 and 3
+    assert summary["value_mean"] == 1.5  # means 1 and 2
+    assert "value_last" not in summary
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [("value=median", "'median'"), ("value", "METRIC=KIND"), ("t=last", "METRIC=KIND")],
+)
+def test_a_bad_summarize_value_exits_2_naming_it(tmp_path: Path, value: str, words: str) -> None:
+    for command in (["run", "workload:work"], ["sweep", "workload:work", "--grid", "a=1"]):
+        done = labkit(*command, "--summarize", value, cwd=tmp_path)
+
+        assert done.returncode == 2
+        assert "--summarize" in done.stderr and words in done.stderr
+
+
 def test_run_exits_1_when_an_instance_fails_and_still_writes_everything(tmp_path: Path) -> None:
     (tmp_path / "workload.py").write_text(WORKLOAD)
     done = labkit(

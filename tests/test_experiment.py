@@ -71,7 +71,7 @@ async def test_three_instances_are_averaged_with_their_spread() -> None:
     assert list(averaged["x_std"]) == pytest.approx([1.0] * 5)
     summary = result.summary
     assert summary["num_instances"] == 3 and summary["num_failed"] == 0
-    assert summary["x_peak"] == pytest.approx(5.0)  # peaks 4, 5, 6
+    assert summary["x_last"] == pytest.approx(5.0)  # last values 4, 5, 6
     assert summary["error_count"] == 5
     assert summary["score"] == pytest.approx(11.0)  # the functions' own figures
 
@@ -372,7 +372,7 @@ async def test_a_recorder_gets_every_sample_instance_and_the_result() -> None:
 
 @pytest.mark.asyncio
 async def test_resume_loads_finished_instances_instead_of_rerunning_them() -> None:
-    done = InstanceResult(0, True, None, pd.DataFrame({"t": [0.0], "x": [7.0]}), {"x_peak": 7.0})
+    done = InstanceResult(0, True, None, pd.DataFrame({"t": [0.0], "x": [7.0]}), {"x_last": 7.0})
     recorder = MemoryRecorder({0: done})
     ran: list[int] = []
 
@@ -387,7 +387,7 @@ async def test_resume_loads_finished_instances_instead_of_rerunning_them() -> No
     kept = result.instances[0]
     assert kept.timeline is done.timeline and kept.summary is done.summary
     assert kept.seed == instance_seed(0, 0)
-    assert result.summary["x_peak"] == pytest.approx(8.0)
+    assert result.summary["x_last"] == pytest.approx(8.0)
 
 
 @pytest.mark.asyncio
@@ -589,21 +589,41 @@ def training(ctx: InstanceContext) -> None:
 
 async def test_summarize_chooses_each_metrics_figure() -> None:
     experiment = Experiment(
-        "train", training, summarize={"loss": "last", "accuracy": ["max", "mean"]}
+        "train", training, summarize={"loss": "peak", "accuracy": ["max", "mean"]}
     )
     result = await run_experiment(experiment, instances=2, clock=FakeClock(autojump=True))
     first = result.instances[0].summary
-    assert first["loss_last"] == 1.0 and "loss_peak" not in first
+    assert first["loss_peak"] == 4.0 and "loss_last" not in first
     assert first["accuracy_max"] == 0.9 and first["accuracy_mean"] == pytest.approx(0.725)
-    assert result.summary["loss_last"] == 0.5  # (1.0 + 0.0) / 2
-    assert result.summary["error_count"] == 0
+    assert "accuracy_last" not in first
+    assert result.summary["loss_peak"] == 3.5  # (4.0 + 3.0) / 2
 
 
-async def test_without_summarize_the_peaks_stay() -> None:
+async def test_a_recorded_metric_defaults_to_its_last_value() -> None:
     result = await run_experiment(
-        Experiment("train", training), instances=1, clock=FakeClock(autojump=True)
+        Experiment("train", training), instances=2, clock=FakeClock(autojump=True)
     )
-    assert result.summary["loss_peak"] == 4.0 and "loss_last" not in result.summary
+    first = result.instances[0].summary
+    assert first == {"loss_last": 1.0, "accuracy_last": 0.8}  # where training ended up
+    assert result.summary["loss_last"] == 0.5  # (1.0 + 0.0) / 2
+    # Nothing was recorded about errors or recoveries: no figure claims it was.
+    assert "error_count" not in result.summary and "recovery_times" not in result.summary
+    assert set(result.summary_table().index) == {"loss_last", "accuracy_last"}
+
+
+async def test_errors_and_recovery_times_appear_when_recorded() -> None:
+    def flaky(ctx: InstanceContext) -> dict[str, float]:
+        ctx.record(errors=ctx.index + 1, cpu=10.0 * (ctx.index + 1))
+        ctx.record(errors=0, cpu=5.0)
+        return {"recovery_time": 0.5 * (ctx.index + 1)}
+
+    result = await run_experiment(
+        Experiment("flaky", flaky), instances=2, clock=FakeClock(autojump=True)
+    )
+    assert result.instances[1].summary == {"cpu_peak": 20.0, "error_count": 2, "recovery_time": 1.0}
+    assert result.summary["error_count"] == 2  # (1 + 2) / 2, halves up
+    assert result.summary["cpu_peak"] == 15.0
+    assert result.summary["recovery_times"] == [0.5, 1.0]
 
 
 def test_summarize_refuses_an_unknown_kind() -> None:
@@ -696,3 +716,82 @@ async def test_each_attempt_announces_its_log_before_its_samples() -> None:
         log = mine[1].log
         assert isinstance(log, SampleLog) and len(log) == 5
         pd.testing.assert_frame_equal(log.frame(), result.instances[instance].timeline)
+
+
+async def outage(ctx: InstanceContext) -> None:
+    """Latency every second for 10 s; instance 0's server is down from 3 to 7 s, and
+    its first sample after the outage counts the errors it saw meanwhile."""
+    for second in range(10):
+        down = ctx.index == 0 and 3 < second < 7
+        if not down:
+            errors = 12 if (ctx.index == 0 and second == 7) else second % 2
+            ctx.record(latency=10.0 * (ctx.index + 1), errors=errors)
+        await ctx.sleep(1.0)
+
+
+@pytest.mark.asyncio
+async def test_an_outage_is_averaged_from_the_instances_that_measured(tmp_path: Any) -> None:
+    from labkit.store import Store
+
+    with Store(tmp_path / "labkit.db") as store:
+        result = await run(outage, instances=2, store=store)
+        loaded = store.load(result.experiment_id or "")
+
+    at = result.averaged.set_index("t")
+    assert at.loc[[4.0, 5.0, 6.0], "latency"].tolist() == [20.0] * 3  # instance 1 only
+    assert at.loc[[4.0, 5.0, 6.0], "latency_n"].tolist() == [1] * 3
+    assert at.loc[[3.0, 7.0], "latency"].tolist() == [15.0, 15.0]
+    totals = [instance.summary["error_count"] for instance in result.instances]
+    assert totals == [15, 5]  # 0 + 1 + 0 + 1 + 12 + 0 + 1, and 1 + 1 + 1 + 1 + 1
+    assert result.averaged["errors"].sum() == 10  # the instances' totals, averaged
+    assert (result.averaged["errors_n"] == 2).all()
+    pd.testing.assert_frame_equal(loaded.averaged, result.averaged, check_dtype=False)
+
+
+@pytest.mark.asyncio
+async def test_max_gap_and_method_reach_the_average_from_the_experiment_or_the_run(
+    tmp_path: Any,
+) -> None:
+    from labkit.store import Store
+
+    bridged = Experiment("exp", outage, max_gap=math.inf, method={"errors": "linear"})
+    with Store(tmp_path / "labkit.db") as store:
+        result = await run_experiment(
+            bridged, instances=2, clock=FakeClock(autojump=True), store=store
+        )
+        loaded = store.load(result.experiment_id or "")
+    overridden = await run_experiment(
+        bridged, instances=2, clock=FakeClock(autojump=True), max_gap=2.0, method="previous"
+    )
+
+    assert result.config["max_gap"] == "inf" and result.config["method"] == {"errors": "linear"}
+    assert result.averaged.set_index("t").loc[5.0, "latency_n"] == 2  # bridged
+    assert result.averaged["errors"].sum() != 10  # interpolated, as asked: not conserved
+    pd.testing.assert_frame_equal(loaded.averaged, result.averaged, check_dtype=False)
+    assert overridden.config["max_gap"] == 2.0 and overridden.config["method"] == "previous"
+    assert overridden.averaged.set_index("t").loc[5.0, "latency_n"] == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"max_gap": 0.0}, "max_gap"),
+        ({"max_gap": {"latency": -1.0}}, "max_gap['latency']"),
+        ({"method": "cubic"}, "method"),
+        ({"method": {"errors": "count"}}, "method['errors']"),
+    ],
+)
+async def test_bad_averaging_options_are_refused_before_anything_runs(
+    options: dict[str, Any], option: str
+) -> None:
+    ran: list[int] = []
+
+    def fn(ctx: InstanceContext) -> None:
+        ran.append(ctx.index)
+
+    with pytest.raises(ConfigError) as on_experiment:
+        Experiment("exp", fn, **options)
+    with pytest.raises(ConfigError) as on_run:
+        await run_experiment(Experiment("exp", fn), clock=FakeClock(autojump=True), **options)
+    assert on_experiment.value.option == option and on_run.value.option == option
+    assert ran == []

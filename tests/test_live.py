@@ -62,7 +62,7 @@ def test_running_average_is_the_final_average_on_its_grid(max_grid_points: int) 
         live = snapshot.averages[metric]
         assert live.t.size <= max_grid_points
         expected = _final_at(final, live.t, snapshot.step)
-        np.testing.assert_array_equal(live.n, expected["n"].to_numpy())
+        np.testing.assert_array_equal(live.n, expected[f"{metric}_n"].to_numpy())
         for column, values in [
             (metric, live.mean),
             (f"{metric}_std", live.std),
@@ -76,6 +76,81 @@ def test_running_average_is_the_final_average_on_its_grid(max_grid_points: int) 
     else:  # thinned by a power of two: still points of the final grid
         spacing = np.diff(snapshot.averages["cpu"].t) / snapshot.step
         assert np.allclose(spacing, spacing[0]) and round(spacing[0]) in (8, 16)
+
+
+def _outages(seed: int = 4) -> list[pd.DataFrame]:
+    """Four instances sampled every 0.1 s (jittered) for 40 s, with cpu, memory and
+    an error counter; instance 0 is silent from 10 to 15 s, 1 from 12 to 20 s and
+    3 from 12 to 15 s: from 12 to 15 s only instance 2 measures."""
+    rng = np.random.default_rng(seed)
+    silent = {0: (10.0, 15.0), 1: (12.0, 20.0), 3: (12.0, 15.0)}
+    frames = []
+    for i in range(4):
+        t = np.arange(400) * 0.1 + rng.uniform(-0.001, 0.001, 400) + 0.001
+        start, stop = silent.get(i, (np.inf, np.inf))
+        t = t[(t < start) | (t > stop)]
+        errors = rng.poisson(0.3, t.size).astype(float)
+        frames.append(pd.DataFrame({"t": t, "cpu": np.sin(t) + i, "memory": 100.0 + t * i,
+                                    "errors": errors}))  # fmt: skip
+    return frames
+
+
+@pytest.mark.parametrize(("method", "every"), [(None, 37), (None, 1000), ("previous", 37)])
+def test_running_average_with_gaps_is_the_final_average(method: str | None, every: int) -> None:
+    frames = _outages()
+    options = {} if method is None else {"method": {"cpu": method, "memory": method}}
+    model = LiveTimelineModel(round_to_int=["errors"], **options)  # type: ignore[arg-type]
+    for i in range(len(frames)):
+        model.handle(InstanceEvent("started", i, 0.0))
+    rows = sorted(
+        (float(t), i, row)
+        for i, frame in enumerate(frames)
+        for t, row in zip(frame["t"], frame.to_dict("records"), strict=True)
+    )
+    for position, (t, i, row) in enumerate(rows):
+        model.handle(_sample(i, t, cpu=row["cpu"], memory=row["memory"], errors=row["errors"]))
+        if position % every == 0:
+            model.update()
+    for i in range(len(frames)):
+        model.handle(InstanceEvent("finished", i, 0.0))
+
+    snapshot = model.snapshot()
+    final = average_timelines(frames, round_to_int=["errors"], **options)  # type: ignore[arg-type]
+    at = final.set_index(np.round(final["t"].to_numpy() / 0.1).astype(int))
+    assert (at.loc[125:145, "cpu_n"] == 1).all() and (at.loc[160:190, "cpu_n"] == 3).all()
+    for metric in ("cpu", "memory", "errors"):
+        live = snapshot.averages[metric]
+        expected = _final_at(final, live.t, snapshot.step)
+        np.testing.assert_array_equal(live.n, expected[f"{metric}_n"].to_numpy())
+        for column, values in [
+            (metric, live.mean),
+            (f"{metric}_std", live.std),
+            (f"{metric}_min", live.min),
+            (f"{metric}_max", live.max),
+            (f"{metric}_ci95", live.ci95),
+        ]:
+            np.testing.assert_allclose(values, expected[column].to_numpy(), rtol=1e-9, atol=1e-9)
+    # Every final grid point is drawn live, the gap ones as NaN, not skipped.
+    assert snapshot.averages["cpu"].t.size == len(final)
+    assert np.isnan(snapshot.averages["cpu"].mean).sum() == 0  # instance 2 never stops
+    assert final["errors"].sum() == pytest.approx(
+        np.mean([frame["errors"].sum() for frame in frames]), abs=0.5
+    )
+
+
+def test_a_gap_every_instance_has_is_nan_in_the_running_average() -> None:
+    model = LiveTimelineModel(step=1.0)
+    for second in [0, 1, 2, 3, 7, 8, 9]:
+        for instance in range(2):
+            model.handle(_sample(instance, float(second), latency=10.0 * (instance + 1)))
+    for instance in range(2):
+        model.handle(InstanceEvent("finished", instance, 0.0))
+
+    average = model.snapshot().averages["latency"]
+
+    assert list(average.t) == [float(k) for k in range(10)]  # the gap's points stay
+    assert list(average.n) == [2, 2, 2, 2, 0, 0, 0, 2, 2, 2]
+    assert np.isnan(average.mean[4:7]).all() and (average.mean[[0, 3, 7, 9]] == 15.0).all()
 
 
 def test_lines_are_decimated_to_a_fixed_size_and_keep_peaks() -> None:
@@ -216,10 +291,19 @@ def test_metrics_sampled_apart_each_get_their_own_line() -> None:
 
 def test_error_counts_are_rounded_like_the_result() -> None:
     model = LiveTimelineModel(step=1.0, round_to_int=["errors"])
+    frames = [
+        pd.DataFrame({"t": [0.0, 1.0, 2.0], "errors": [1.0, 1.0, 1.0]}),
+        pd.DataFrame({"t": [0.0, 1.0, 2.0], "errors": [2.0, 2.0, 2.0]}),
+    ]
     for step in range(3):
-        model.handle(_sample(0, float(step), errors=1.0))
-        model.handle(_sample(1, float(step), errors=2.0))
-    np.testing.assert_array_equal(model.snapshot().averages["errors"].mean, [2.0, 2.0, 2.0])
+        for instance, frame in enumerate(frames):
+            model.handle(_sample(instance, float(step), errors=frame["errors"][step]))
+    final = average_timelines(frames, step=1.0, round_to_int=["errors"])
+
+    live = model.snapshot().averages["errors"].mean
+    # Summed and rounded on the running total: 1.5, 3, 4.5 rounded are 2, 3, 5.
+    np.testing.assert_array_equal(live, [2.0, 1.0, 2.0])
+    np.testing.assert_array_equal(live, final["errors"].to_numpy())
 
 
 def test_complete_replaces_the_running_average_with_the_exact_one() -> None:
@@ -231,7 +315,7 @@ def test_complete_replaces_the_running_average_with_the_exact_one() -> None:
     average = model.snapshot().averages["cpu"]
     assert average.final
     np.testing.assert_array_equal(average.mean, exact["cpu"].to_numpy())
-    np.testing.assert_array_equal(average.n, exact["n"].to_numpy())
+    np.testing.assert_array_equal(average.n, exact["cpu_n"].to_numpy())
 
 
 def test_average_snapshot_bands() -> None:
@@ -436,3 +520,18 @@ def test_running_average_at_the_ends_of_the_float_range() -> None:
     np.testing.assert_allclose(averages["tiny"].mean, 3e-300, rtol=1e-12)
     assert averages["wide"].mean.tolist() == [0.0] * 3  # not -1.7e308
     np.testing.assert_allclose(averages["wide"].std, 1.7e308, rtol=1e-12)
+
+
+def test_samples_waiting_for_the_step_never_bring_a_failed_instance_back() -> None:
+    model = LiveTimelineModel()
+    model.handle(_sample(0, 0.0, cpu=1.0))
+    model.handle(_sample(1, 0.0, cpu=100.0))
+    model.update()  # one time each: no interval yet, the samples wait
+    model.handle(InstanceEvent("failed", 1, 0.5, 0.5, message="RuntimeError: boom"))
+    model.update()
+    for t in (1.0, 2.0):
+        model.handle(_sample(0, t, cpu=1.0))
+
+    average = model.snapshot().averages["cpu"]
+
+    assert list(average.n) == [1, 1, 1] and (average.mean == 1.0).all()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -106,11 +108,50 @@ def test_band_filled_around_the_average(band, lower, upper) -> None:  # type: ig
     fig = timeline_figure(timelines, metrics="cpu", averaged=averaged, band=band)
 
     names = [t.name for t in fig.data]
-    low_at = names.index(f"band ({band}) lower")
-    high = fig.data[low_at + 1]
-    assert high.fill == "tonexty"  # fills down to the lower edge drawn just before it
-    np.testing.assert_allclose(fig.data[low_at].y, lower(averaged))
-    np.testing.assert_allclose(high.y, upper(averaged))
+    outline = fig.data[names.index(f"band ({band})")]
+    assert outline.fill == "toself"  # one closed shape: up the upper edge, back the lower
+    assert names.index(f"band ({band})") + 1 == names.index("average")  # the line on top
+    size = len(averaged)
+    np.testing.assert_allclose(outline.y[:size], upper(averaged))
+    np.testing.assert_allclose(outline.y[size:], lower(averaged)[::-1])
+    np.testing.assert_allclose(outline.x, np.concatenate([averaged["t"], averaged["t"][::-1]]))
+
+
+def test_a_gap_in_the_average_is_a_break_in_line_and_band_never_a_bridge() -> None:
+    gap = pd.DataFrame({"t": [0.0, 1.0, 2.0, 3.0, 7.0, 8.0, 9.0], "cpu": [1.0] * 7})
+    timelines = [gap, gap.assign(cpu=3.0)]
+    averaged = average_timelines(timelines)
+
+    fig = timeline_figure(timelines, averaged=averaged, band="std", max_points=8)
+
+    line = _traces(fig, "average")[0]
+    at = {float(x): y for x, y in zip(line.x, line.y, strict=True)}
+    assert math.isnan(at[4.0]) and at[3.0] == 2.0 and at[7.0] == 2.0  # kept despite decimation
+    assert line.connectgaps is False
+    assert dict(zip(line.x, line.customdata, strict=True))[4.0] == 0  # cpu_n, not n
+    outline = _traces(fig, "band (std)")[0]
+    y = np.asarray(outline.y, dtype=float)
+    assert np.isnan(y).sum() == 1  # two closed shapes, one each side of the gap
+    x = np.asarray(outline.x, dtype=float)
+    first, second = x[: np.flatnonzero(np.isnan(x))[0]], x[np.flatnonzero(np.isnan(x))[0] + 1 :]
+    assert first.max() == 3.0 and second.min() == 7.0  # neither shape spans the gap
+    instance = _traces(fig, "instance 0")[0]
+    broken = np.isnan(np.asarray(instance.y, dtype=float))
+    assert broken.sum() == 1  # the instance's own line breaks at its silence too
+    assert np.asarray(instance.x, dtype=float)[np.flatnonzero(broken)[0] - 1] == 3.0
+
+
+def test_an_instance_line_breaks_where_the_result_was_told_its_gaps_are() -> None:
+    t = np.array([0.0, 1.0, 2.0, 3.0, 7.0, 8.0, 9.0])
+    frame = pd.DataFrame({"t": t, "cpu": 1.0, "memory": 2.0})
+    bridged = _result([frame, frame])
+    bridged.config["max_gap"] = "inf"  # as a stored run writes math.inf
+
+    assert not np.isnan(np.asarray(_traces(timeline_figure(bridged), "instance 0")[0].y)).any()
+    own = timeline_figure(_result([frame, frame]))
+    assert np.isnan(np.asarray(_traces(own, "instance 0")[0].y, dtype=float)).sum() == 1
+    wide = timeline_figure(_result([frame, frame]), max_gap={"cpu": 5.0})
+    assert not np.isnan(np.asarray(_traces(wide, "instance 0")[0].y, dtype=float)).any()
 
 
 def test_no_band() -> None:
@@ -251,8 +292,7 @@ def test_many_instances_share_one_faint_trace_and_legend_entry() -> None:
     fig = timeline_figure(timelines, averaged=_average(timelines), metrics="cpu", outliers=[5])
 
     names = [trace.name for trace in fig.data]
-    assert names == ["instances (11)", "instance 5 (outlier)", "band (std) lower", "band (std)",
-                     "average"]  # fmt: skip
+    assert names == ["instances (11)", "instance 5 (outlier)", "band (std)", "average"]
     many = fig.data[0]
     assert 0.25 <= many.opacity < 0.7
     assert sorted(set(np.asarray(many.customdata).tolist())) == [i for i in range(12) if i != 5]

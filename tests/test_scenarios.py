@@ -48,7 +48,9 @@ async def test_a_failing_and_a_timed_out_instance_are_recorded_beside_the_others
             await ctx.sandbox.run("sleep 30", timeout=60)  # stopped by the run's timeout
         return await base.fn(ctx)
 
-    experiment = Experiment("mixed", fn, params=base.params, needs_sandbox=True)
+    experiment = Experiment(
+        "mixed", fn, params=base.params, needs_sandbox=True, summarize=base.summarize
+    )
     result = await run_experiment(
         experiment, instances=3, duration=1.0, timeout=2.5, sample_every=0.1
     )

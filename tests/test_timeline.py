@@ -8,6 +8,7 @@ import tracemalloc
 import warnings
 from decimal import Decimal, localcontext
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -86,8 +87,8 @@ def test_seed_numbers_mean_spread_and_rounded_errors() -> None:
 
     assert list(out.columns) == [
         "t", "n",
-        "cpu", "cpu_std", "cpu_min", "cpu_max", "cpu_ci95", "cpu_nonfinite",
-        "errors", "errors_std", "errors_min", "errors_max", "errors_ci95",
+        "cpu", "cpu_std", "cpu_min", "cpu_max", "cpu_ci95", "cpu_n", "cpu_nonfinite",
+        "errors", "errors_std", "errors_min", "errors_max", "errors_ci95", "errors_n",
         "errors_nonfinite",
     ]  # fmt: skip
     assert out["t"].tolist() == [0.0, 1.0, 2.0]
@@ -307,7 +308,8 @@ def test_sparse_irregular_samples_across_blocks_match_the_reference(block: int) 
         frames.append(frame(t, v=rng.normal(size=t.size), c=np.arange(t.size, dtype=float)))
     step = 0.05
 
-    out = average(frames, step=step, method={"c": "previous"}, block_points=block)
+    # The reference bridges every gap between samples.
+    out = average(frames, step=step, method={"c": "previous"}, block_points=block, max_gap=math.inf)
 
     ref = reference_average(frames, step, "v")
     np.testing.assert_array_equal(out["n"], ref["n"])
@@ -413,7 +415,7 @@ def test_empty_frames_contribute_nothing() -> None:
 
     assert out["n"].tolist() == [1, 1]
     assert list(nothing.columns) == [
-        "t", "n", "v", "v_std", "v_min", "v_max", "v_ci95", "v_nonfinite"
+        "t", "n", "v", "v_std", "v_min", "v_max", "v_ci95", "v_n", "v_nonfinite"
     ]  # fmt: skip
     assert len(nothing) == 0
 
@@ -458,6 +460,153 @@ def test_memory_grows_with_the_grid_not_with_instances() -> None:
 
 
 # --------------------------------------------------------------------------------------
+# average_timelines: gaps stay gaps, counters keep their totals
+# --------------------------------------------------------------------------------------
+
+
+def _outage(metric: str = "latency") -> pd.DataFrame:
+    """Recorded at t = 0-3 s and 7-9 s: a killed server in between."""
+    t = [0.0, 1.0, 2.0, 3.0, 7.0, 8.0, 9.0]
+    return frame(t, **{metric: [10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0]})
+
+
+def test_an_outage_in_one_instance_is_averaged_from_the_others_only() -> None:
+    steady = frame(np.arange(10.0), latency=np.arange(10.0) * 10.0)
+
+    out = average_timelines([_outage(), steady])
+
+    during = out["t"].isin([4.0, 5.0, 6.0])
+    assert out.loc[during, "latency"].tolist() == [40.0, 50.0, 60.0]  # the second only
+    assert out.loc[during, "latency_n"].tolist() == [1, 1, 1]
+    assert out.loc[during, "latency_std"].isna().all()  # one value: no spread
+    assert out.loc[during, "n"].tolist() == [2, 2, 2]  # both still running
+    assert out.loc[~during, "latency_n"].tolist() == [2] * 7
+    # At the outage's edges both instances measured: 3 s and 7 s are averages of two.
+    assert out.loc[out["t"] == 3.0, "latency"].item() == 20.0
+    assert out.loc[out["t"] == 7.0, "latency"].item() == 40.0
+
+
+def test_where_every_instance_has_the_gap_the_average_is_nan_and_the_row_stays() -> None:
+    out = average_timelines([_outage(), _outage()])
+
+    during = out["t"].isin([4.0, 5.0, 6.0])
+    assert during.sum() == 3  # the rows stay: a chart draws a break there, not a bridge
+    assert out.loc[during, "latency"].isna().all()
+    assert out.loc[during, ["latency_std", "latency_min", "latency_max"]].isna().all().all()
+    assert out.loc[during, "latency_n"].tolist() == [0, 0, 0]
+    assert out.loc[~during, "latency"].tolist() == [10.0] * 7
+
+
+def test_max_gap_decides_what_is_a_gap_per_metric_and_inf_bridges_everything() -> None:
+    steady = frame(np.arange(10.0), latency=np.arange(10.0) * 10.0)
+
+    bridged = average_timelines([_outage(), steady], max_gap=math.inf)
+    wide = average_timelines([_outage(), steady], max_gap=4.0)  # the 4 s gap is allowed
+    per_metric = average_timelines([_outage(), steady], max_gap={"latency": 4.0})
+    narrow = average_timelines([_outage(), steady], max_gap=3.9)
+
+    assert bridged.loc[bridged["t"] == 5.0, "latency_n"].item() == 2
+    assert bridged.loc[bridged["t"] == 5.0, "latency"].item() == 30.0  # (10 + 50) / 2
+    pd.testing.assert_frame_equal(wide, bridged)
+    pd.testing.assert_frame_equal(per_metric, bridged)
+    assert narrow.loc[narrow["t"] == 5.0, "latency_n"].item() == 1
+
+
+def test_the_default_max_gap_is_three_median_intervals_of_each_metric() -> None:
+    # cpu every 0.5 s, loss every 2 s: each metric's own interval sets its gap.
+    t = np.arange(0.0, 40.0, 0.5)
+    loss = np.where(t % 2 == 0, t, np.nan)
+    a = frame(t, cpu=np.ones(t.size), loss=loss)
+    quiet = (t > 10) & (t < 11.5)  # cpu silent 1.5 s: 3 intervals, not a gap
+    silent = (t > 10) & (t < 12)  # cpu silent 2 s: 4 intervals, a gap
+    b = frame(t[~quiet], cpu=np.ones((~quiet).sum()), loss=loss[~quiet])
+    c = frame(t[~silent], cpu=np.ones((~silent).sum()), loss=loss[~silent])
+
+    out = average_timelines([a, b, c], step=0.5)
+
+    at = out.set_index("t")
+    assert at.loc[11.0, "cpu_n"] == 2  # c's 2 s silence (> 3 x 0.5 s) is a gap
+    assert at.loc[10.5, "cpu_n"] == 2
+    # loss is sampled every 2 s: its gap is 6 s, so c's missing sample at 11 s
+    # (a 4 s interval) is bridged: every grid point up to its last sample (38 s)
+    # has all three instances.
+    assert (out.loc[out["t"] <= 38.0, "loss_n"] == 3).all()
+    assert (out["cpu_n"] >= 2).all()
+    assert (at.loc[[9.5, 10.0, 12.0], "cpu_n"] == 3).all()
+
+
+def test_previous_holds_values_only_within_a_run_of_samples() -> None:
+    out = average_timelines([_outage()], method="previous")
+
+    assert out["latency_n"].tolist() == [1, 1, 1, 1, 0, 0, 0, 1, 1, 1]
+
+
+def test_gaps_across_small_blocks_give_the_same_result() -> None:
+    rng = np.random.default_rng(5)
+    frames = []
+    for i in range(5):
+        t = np.sort(rng.uniform(0, 30, 600))
+        t = t[(t < 8 + i) | (t > 12 + i)]  # each instance silent for 4 s somewhere
+        frames.append(frame(t, v=rng.normal(size=t.size), errors=rng.poisson(1, t.size)))
+
+    whole = average(frames, step=0.05, max_gap=1.0)
+    blocks = average(frames, step=0.05, max_gap=1.0, block_points=7, block_rows=2)
+
+    pd.testing.assert_frame_equal(blocks, whole, rtol=1e-12, atol=1e-9)
+    assert (whole["v_n"] < whole["n"]).any()
+
+
+def test_error_counts_are_summed_so_the_total_is_kept() -> None:
+    rng = np.random.default_rng(12)
+    frames = []
+    for i in range(6):
+        # Different lengths and sampling rates, jittered: counts since the last sample.
+        t = np.sort(rng.uniform(0, 20 + 3 * i, 50 + 20 * i))
+        frames.append(frame(t, errors=rng.poisson(2.0, t.size).astype(float)))
+    totals = [f["errors"].sum() for f in frames]
+
+    out = average_timelines(frames, step=0.5)
+    rounded = average_timelines(frames, step=0.5, round_to_int=["errors"])
+    interpolated = average_timelines(frames, step=0.5, method="linear")
+
+    assert out["errors"].sum() == pytest.approx(statistics.fmean(totals), rel=1e-12)
+    assert (out["errors_n"] == 6).all()  # an instance counts 0 where it reported nothing
+    assert (rounded["errors"] == np.round(rounded["errors"])).all()
+    assert abs(rounded["errors"].sum() - statistics.fmean(totals)) <= 0.5
+    # Interpolating a counter invents counts: its sum is nowhere near the total.
+    assert abs(interpolated["errors"].sum() - statistics.fmean(totals)) > 10
+
+
+def test_an_outage_stays_nan_while_the_errors_during_it_are_counted() -> None:
+    # The instance's latency stops at 3 s; its error sample at 7 s counts the
+    # errors since 3 s (the outage): they stay in the total.
+    broken = frame(
+        [0.0, 1.0, 2.0, 3.0, 7.0, 8.0, 9.0],
+        latency=[10.0] * 7,
+        errors=[0.0, 0.0, 1.0, 0.0, 12.0, 0.0, 0.0],
+    )
+    other = broken.assign(errors=[0.0, 1.0, 0.0, 0.0, 8.0, 1.0, 0.0])
+
+    out = average_timelines([broken, other], round_to_int=["errors"])
+
+    during = out["t"].isin([4.0, 5.0, 6.0])
+    assert out.loc[during, "latency"].isna().all()
+    assert out.loc[during, "latency_n"].tolist() == [0, 0, 0]
+    assert out["errors"].sum() == (13 + 10) / 2 + 0.5  # 11.5, rounded halves up
+    assert out.loc[out["t"] == 7.0, "errors"].item() == 10.0
+
+
+def test_step_indexed_averages_count_each_metric() -> None:
+    a = pd.DataFrame({"step": [0, 1, 2], "loss": [1.0, np.nan, 0.5]})
+    b = pd.DataFrame({"step": [0, 1, 2], "loss": [3.0, 2.0, 1.5]})
+
+    out = average_timelines([a, b])
+
+    assert out["n"].tolist() == [2, 2, 2]
+    assert out["loss_n"].tolist() == [2, 1, 2]
+
+
+# --------------------------------------------------------------------------------------
 # average_timelines: properties
 # --------------------------------------------------------------------------------------
 
@@ -477,16 +626,18 @@ def timelines(draw: st.DrawFn, length: int | None = None) -> pd.DataFrame:
 
 
 steps = st.sampled_from([None, 0.05, 0.3, 1.0])
-methods = st.sampled_from(["linear", "previous", {"errors": "previous"}])
+methods = st.sampled_from(["linear", "previous", None, {"errors": "previous"}])
+max_gaps = st.sampled_from([None, math.inf, 0.5])
 
 
 @SETTINGS
-@given(timelines(), st.integers(1, 6), steps, methods)
+@given(timelines(), st.integers(1, 6), steps, methods, max_gaps)
 def test_property_copies_of_a_timeline_average_to_it_with_zero_spread(
-    timeline: pd.DataFrame, copies: int, step: float | None, method: object
+    timeline: pd.DataFrame, copies: int, step: float | None, method: object, max_gap: float | None
 ) -> None:
-    alone = average_timelines([timeline], step=step, method=method)  # type: ignore[arg-type]
-    many = average_timelines([timeline] * copies, step=step, method=method)  # type: ignore[arg-type]
+    options: dict[str, Any] = {"step": step, "method": method, "max_gap": max_gap}
+    alone = average_timelines([timeline], **options)
+    many = average_timelines([timeline] * copies, **options)
 
     np.testing.assert_array_equal(many["t"], alone["t"])
     assert (many["n"] == copies).all()
@@ -494,41 +645,53 @@ def test_property_copies_of_a_timeline_average_to_it_with_zero_spread(
         np.testing.assert_array_equal(many[metric], alone[metric])
         np.testing.assert_array_equal(many[f"{metric}_min"], alone[metric])
         np.testing.assert_array_equal(many[f"{metric}_max"], alone[metric])
+        np.testing.assert_array_equal(many[f"{metric}_n"], alone[f"{metric}_n"] * copies)
         if copies > 1:
-            assert (many[f"{metric}_std"] == 0.0).all()
+            measured = many[f"{metric}_n"] > 0
+            assert (many[f"{metric}_std"][measured] == 0.0).all()
 
 
 @SETTINGS
-@given(st.lists(timelines(), min_size=1, max_size=5), values, steps, methods)
+@given(st.lists(timelines(), min_size=1, max_size=5), values, steps, methods, max_gaps)
 def test_property_a_constant_shift_shifts_the_mean_and_keeps_the_spread(
-    frames: list[pd.DataFrame], shift: float, step: float | None, method: object
+    frames: list[pd.DataFrame],
+    shift: float,
+    step: float | None,
+    method: object,
+    max_gap: float | None,
 ) -> None:
     moved = [f.assign(cpu=f["cpu"] + shift) for f in frames]
+    options: dict[str, Any] = {"step": step, "method": method, "max_gap": max_gap}
 
-    before = average_timelines(frames, step=step, method=method)  # type: ignore[arg-type]
-    after = average_timelines(moved, step=step, method=method)  # type: ignore[arg-type]
+    before = average_timelines(frames, **options)
+    after = average_timelines(moved, **options)
 
     scale = 1e-9 * (1 + abs(shift) + max(f["cpu"].abs().max() for f in frames))
     np.testing.assert_array_equal(after["t"], before["t"])
+    np.testing.assert_array_equal(after["cpu_n"], before["cpu_n"])
     np.testing.assert_allclose(after["cpu"], before["cpu"] + shift, rtol=0, atol=scale)
     np.testing.assert_allclose(after["cpu_std"], before["cpu_std"], rtol=0, atol=scale)
 
 
 @SETTINGS
-@given(st.lists(timelines(), min_size=1, max_size=6), steps, methods)
+@given(st.lists(timelines(), min_size=1, max_size=6), steps, methods, max_gaps)
 def test_property_mean_between_min_and_max_and_n_at_most_the_instances(
-    frames: list[pd.DataFrame], step: float | None, method: object
+    frames: list[pd.DataFrame], step: float | None, method: object, max_gap: float | None
 ) -> None:
-    out = average_timelines(frames, step=step, method=method)  # type: ignore[arg-type]
+    out = average_timelines(frames, step=step, method=method, max_gap=max_gap)  # type: ignore[arg-type]
 
     assert len(out) > 0
     assert ((out["n"] >= 1) & (out["n"] <= len(frames))).all()
     assert out["t"].is_monotonic_increasing and out["t"].is_unique
     for metric in ("cpu", "errors"):
-        assert (out[f"{metric}_min"] <= out[metric]).all()
-        assert (out[metric] <= out[f"{metric}_max"]).all()
+        count = out[f"{metric}_n"]
+        assert ((count >= 0) & (count <= len(frames))).all()
+        measured = count > 0
+        assert (out[f"{metric}_min"][measured] <= out[metric][measured]).all()
+        assert (out[metric][measured] <= out[f"{metric}_max"][measured]).all()
+        assert out[metric][~measured].isna().all()
         spread = out[f"{metric}_std"]
-        assert (spread[out["n"] >= 2] >= 0).all() and spread[out["n"] < 2].isna().all()
+        assert (spread[count >= 2] >= 0).all() and spread[count < 2].isna().all()
 
 
 @SETTINGS
@@ -590,6 +753,13 @@ def test_bad_timelines_are_a_value_error_naming_the_problem(
         ({"method": {"v": "nearest"}}, "method['v']"),
         ({"method": {"gpu": "linear"}}, "method['gpu']"),
         ({"round_to_int": ["errors"]}, "round_to_int"),
+        ({"max_gap": 0}, "max_gap"),
+        ({"max_gap": -1.0}, "max_gap"),
+        ({"max_gap": "3"}, "max_gap"),
+        ({"max_gap": float("nan")}, "max_gap"),
+        ({"max_gap": {"v": 0.0}}, "max_gap['v']"),
+        ({"max_gap": {"gpu": 1.0}}, "max_gap['gpu']"),
+        ({"method": {"v": "total"}}, "method['v']"),
     ],
 )
 def test_bad_options_are_config_errors_naming_the_option(options: dict, option: str) -> None:
@@ -622,6 +792,7 @@ def test_average_summaries_seed_example() -> None:
         "recovery_times": [1.5, 2.5, 0.5],
     }
     assert isinstance(out["error_count"], int)
+    assert "recovery_times" not in average_summaries([{"cpu_peak": 1.0}, None])
 
 
 def test_failed_instances_are_counted_and_kept_but_not_averaged() -> None:
@@ -677,6 +848,10 @@ def test_summarize_timeline_peaks_and_error_total() -> None:
     timeline = frame([0.0, 1.0, 2.0], cpu=[40.0, 52.5, np.nan], errors=[2.0, 0.0, 1.0])
 
     assert summarize_timeline(timeline) == {"cpu_peak": 52.5, "error_count": 3}
+    unsorted = frame([2.0, 0.0, 1.0, 3.0], loss=[0.5, 1.4, 0.9, np.nan], memory=[3, 9, 4, 1])
+    assert summarize_timeline(unsorted) == {"loss_last": 0.5, "memory_peak": 9.0}
+    diverged = frame([0.0, 1.0], loss=[1.0, np.inf], errors=[np.nan, np.nan])
+    assert summarize_timeline(diverged) == {"loss_last": math.inf}  # no errors recorded
     with pytest.raises(ConfigError):
         summarize_timeline(pd.DataFrame({"cpu": [1.0]}))
 
@@ -1112,7 +1287,7 @@ def test_a_recorded_step_is_an_axis_not_a_summary_figure() -> None:
     from labkit.timeline import summarize_timeline
 
     timeline = pd.DataFrame({"t": [0.0, 1.0, 2.0], "step": [0, 1, 2], "loss": [3.0, 2.0, 1.0]})
-    assert summarize_timeline(timeline) == {"loss_peak": 3.0}
+    assert summarize_timeline(timeline) == {"loss_last": 1.0}
 
 
 # --------------------------------------------------------------------------------------

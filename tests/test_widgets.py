@@ -171,8 +171,8 @@ def test_live_chart_with_many_instances_stays_readable() -> None:
     chart.flush()
 
     names = [trace.name for trace in chart.figure.data]
-    assert names == ["instances (16)", "band (std) lower", "band (std)", "average"]
-    instances, _, _, average = chart.figure.data
+    assert names == ["instances (16)", "band (std)", "average"]
+    instances, _, average = chart.figure.data
     # One faint trace for all: the legend lists four entries, not sixteen.
     assert 0.2 <= instances.opacity <= 0.6 and instances.line.width == 1
     assert sorted(set(np.asarray(instances.customdata).tolist())) == list(range(16))
@@ -196,15 +196,14 @@ async def test_live_chart_average_band_and_failed_instance() -> None:
     averages = _by_name(chart, "average")
     np.testing.assert_allclose(averages[0].y, 15.0)
     np.testing.assert_allclose(averages[1].y, 2.0)
-    upper = _by_name(chart, "band (minmax)")[0]
-    np.testing.assert_allclose(upper.y, 20.0)
+    band = _by_name(chart, "band (minmax)")[0]
+    np.testing.assert_allclose(band.y, [20.0] * 5 + [10.0] * 5)  # up the top, back the bottom
     # In each subplot, band and average are drawn after (on top of) the instances.
     for axis in ("y", "y2"):
         names = [trace.name for trace in chart.figure.data if trace.yaxis == axis]
         assert names == [
             "instance 0",
             "instance 1",
-            "band (minmax) lower",
             "band (minmax)",
             "average",
         ]
@@ -443,7 +442,7 @@ async def test_panel_start_runs_on_the_loop_and_shows_results() -> None:
         row.bar.value == 1.0 and row.bar.bar_style == "success" for row in panel._rows.values()
     )
     assert "3 of 3" in panel.message.value
-    assert "num_instances" in panel.summary.value and "loss_peak" in panel.summary.value
+    assert "num_instances" in panel.summary.value and "loss_last" in panel.summary.value
     assert not panel.start_button.disabled and panel.stop_button.disabled
     names = [trace.name for trace in panel.chart.figure.data]
     assert {"instance 0", "instance 1", "instance 2", "average"} <= set(names)

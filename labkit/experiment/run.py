@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,7 +18,7 @@ from labkit.experiment.auto import run_instances
 from labkit.experiment.dask import DaskAttempts, cluster_executor, on_dask
 from labkit.experiment.options import ExperimentOptions, check_resources
 from labkit.experiment.process import ProcessCaller
-from labkit.experiment.spec import Experiment
+from labkit.experiment.spec import Experiment, averaging_config
 from labkit.results import ExperimentRecorder, ExperimentResult, InstanceResult, error_text
 from labkit.runner.options import RunOptions
 from labkit.seeds import check_seed, instance_seed
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from labkit.gpu import GPUPool
     from labkit.runner import Runner
     from labkit.sandbox.pool import SandboxPool
+    from labkit.timeline import Method
 
 __all__ = ("ExperimentRun", "open_run", "run_experiment")
 
@@ -51,6 +52,8 @@ async def run_experiment(
     heartbeat_every: float = 5.0,
     seed: int = 0,
     executor: Any = None,
+    max_gap: float | Mapping[str, float | None] | None = None,
+    method: Method | Mapping[str, Method] | None = None,
     **runner_options: Any,
 ) -> ExperimentResult:
     """Run ``experiment`` as parallel instances and average what they measured.
@@ -117,6 +120,12 @@ async def run_experiment(
             ``cpu_peak``, else ``memory_peak``, else the first numeric figure).
         heartbeat_every: Seconds between heartbeats to a store that takes them
             (``Store.heartbeat``); wall-clock time, whatever ``clock`` is.
+        max_gap: The averaged timeline's gaps, overriding ``experiment.max_gap``
+            (see :func:`labkit.timeline.average_timelines`: by default a silence
+            longer than 3 median sampling intervals of a metric is a gap where
+            that instance does not count).
+        method: How each metric is averaged, overriding ``experiment.method``
+            (default: ``errors`` summed, so its total is kept; the rest linear).
         **runner_options: Passed to :class:`labkit.Runner`, except ``executor``:
             ``None`` (instances run on this event loop, a sync function in a
             thread), a ``distributed.Client`` or a
@@ -152,6 +161,8 @@ async def run_experiment(
         heartbeat_every=heartbeat_every,
         seed=seed,
         executor=executor,
+        max_gap=max_gap,
+        method=method,
         **runner_options,
     ) as run:
         await run_instances(run.options, run.results, run.run)
@@ -252,6 +263,8 @@ async def open_run(
     heartbeat_every: float = 5.0,
     seed: int = 0,
     executor: Any = None,
+    max_gap: float | Mapping[str, float | None] | None = None,
+    method: Method | Mapping[str, Method] | None = None,
     **runner_options: Any,
 ) -> AsyncIterator[ExperimentRun]:
     """An :class:`ExperimentRun` of ``experiment``, open for the block.
@@ -304,6 +317,7 @@ async def open_run(
         "gpus_per_instance": gpus,
         "seed": base_seed,
         "executor": where if isinstance(where, str) else "dask",
+        **averaging_config(experiment, max_gap, method),
     }
     book = Instances(
         experiment=experiment,

@@ -12,12 +12,20 @@ import numpy as np
 import pandas as pd
 
 from labkit.errors import check
-from labkit.timeline import summarize_timeline
+from labkit.timeline import Method, default_figure, summarize_timeline
+from labkit.timeline.inputs import check_max_gap, check_method
 
 if TYPE_CHECKING:
     from labkit.experiment.context import InstanceContext
 
-__all__ = ("MAX_DURATION", "MAX_INSTANCES", "Experiment", "SummaryKind", "summary_figures")
+__all__ = (
+    "MAX_DURATION",
+    "MAX_INSTANCES",
+    "Experiment",
+    "SummaryKind",
+    "averaging_config",
+    "summary_figures",
+)
 
 MAX_INSTANCES = 1024
 """The most instances one run may ask for (and the cap of ``instances="auto"``)."""
@@ -53,16 +61,30 @@ class Experiment:
             name: ``"last"`` (its last recorded value: what training runs
             compare), ``"min"``, ``"max"``, ``"mean"`` or ``"peak"`` (the
             largest finite value), or a list of these. Each figure is named
-            ``<metric>_<kind>`` (``{"loss": "last"}`` gives ``loss_last`` instead
-            of ``loss_peak``). Metrics not named keep the defaults: ``m_peak``,
-            and ``error_count`` for ``errors``. ``last``, ``min``, ``max`` and
+            ``<metric>_<kind>`` (``{"loss": "min"}`` gives ``loss_min`` instead
+            of ``loss_last``). Metrics not named keep the defaults
+            (:func:`labkit.timeline.default_figure`): ``m_last``, but
+            ``cpu_peak`` and ``memory_peak`` for the sampler's resources and
+            ``error_count`` for ``errors`` (which a kind named for ``errors``
+            joins rather than replaces). ``last``, ``min``, ``max`` and
             ``mean`` read the values as recorded, inf included (a diverged loss
             stays visible as ``inf``); NaN means "not sampled" and is skipped.
+        max_gap: How the averaged timeline treats a silence in a metric: the
+            longest interval (seconds) between an instance's samples that is
+            bridged; a longer one is a gap where that instance does not count
+            (see :func:`labkit.timeline.average_timelines`). ``None``: 3 times
+            the metric's median sampling interval. ``run_experiment(max_gap=)``
+            overrides it.
+        method: How each metric is put on the averaged timeline's grid:
+            ``"linear"``, ``"previous"``, ``"sum"``, or ``{metric: method}``.
+            ``None``: ``"sum"`` for ``errors`` (its total is kept), ``"linear"``
+            for the rest. ``run_experiment(method=)`` overrides it.
 
     Raises:
         ConfigError: ``name`` is empty, ``fn`` is not callable, ``params`` is not
-            a mapping with str keys, ``needs_sandbox`` is not a bool, or
-            ``summarize`` names a kind other than those above.
+            a mapping with str keys, ``needs_sandbox`` is not a bool,
+            ``summarize`` names a kind other than those above, or ``max_gap``
+            or ``method`` is not one of the forms above.
     """
 
     name: str
@@ -73,6 +95,8 @@ class Experiment:
     summarize: Mapping[str, SummaryKind | Sequence[SummaryKind]] | None = field(
         default=None, kw_only=True
     )
+    max_gap: float | Mapping[str, float | None] | None = field(default=None, kw_only=True)
+    method: Method | Mapping[str, Method] | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         check(isinstance(self.name, str) and bool(self.name), "name", self.name, "a non-empty str")
@@ -91,6 +115,12 @@ class Experiment:
             "True or False",
         )
         check(isinstance(self.description, str), "description", self.description, "a str")
+        check_max_gap(self.max_gap)
+        check_method(self.method)
+        for option in ("max_gap", "method"):
+            value = getattr(self, option)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, option, MappingProxyType(dict(value)))
         object.__setattr__(self, "params", MappingProxyType(dict(self.params or {})))
         if self.summarize is not None:
             check(
@@ -124,6 +154,41 @@ class Experiment:
         return replace(self, params={**(self.params or {}), **params})
 
 
+def averaging_config(
+    experiment: Experiment,
+    max_gap: float | Mapping[str, float | None] | None,
+    method: Method | Mapping[str, Method] | None,
+) -> dict[str, Any]:
+    """How a run averages its timelines, as its config keeps it (JSON values).
+
+    ``max_gap`` and ``method`` (``run_experiment``'s) override the
+    experiment's own; an infinite gap is written ``"inf"`` (JSON has no inf).
+    ``ExperimentResult.build`` reads them back, so a stored run is averaged
+    as it was.
+
+    Raises:
+        ConfigError: For a bad ``max_gap`` or ``method``.
+    """
+    check_max_gap(max_gap)
+    check_method(method)
+    gap = experiment.max_gap if max_gap is None else max_gap
+    chosen = experiment.method if method is None else method
+    config: dict[str, Any] = {}
+    if gap is not None:
+        config["max_gap"] = (
+            {name: _seconds(value) for name, value in gap.items()}
+            if isinstance(gap, Mapping)
+            else _seconds(gap)
+        )
+    if chosen is not None:
+        config["method"] = chosen if isinstance(chosen, str) else dict(chosen)
+    return config
+
+
+def _seconds(value: float | None) -> float | str | None:
+    return "inf" if value is not None and math.isinf(value) else value
+
+
 def summary_figures(
     timeline: pd.DataFrame, summarize: Mapping[str, Sequence[str]] | None
 ) -> dict[str, Any]:
@@ -135,16 +200,18 @@ def summary_figures(
             ``None`` for the defaults only.
 
     Returns:
-        ``error_count`` (0 without an ``errors`` metric), ``m_peak`` for each
-        metric not in ``summarize``, and ``m_<kind>`` for each one in it (NaN
-        where the metric was never recorded).
+        Each metric not in ``summarize`` under its default name
+        (:func:`labkit.timeline.summarize_timeline`: ``m_last``, ``cpu_peak``,
+        ``memory_peak``, and ``error_count`` only when ``errors`` were
+        recorded), and ``m_<kind>`` for each one in it (NaN where the metric
+        was never recorded).
     """
-    summary: dict[str, Any] = {"error_count": 0, **summarize_timeline(timeline)}
+    summary: dict[str, Any] = summarize_timeline(timeline)
     if not summarize:
         return summary
     for metric, kinds in summarize.items():
         if metric != "errors":
-            summary.pop(f"{metric}_peak", None)
+            summary.pop(default_figure(metric), None)
         values = (
             timeline[metric].to_numpy(dtype=float)
             if metric in timeline.columns

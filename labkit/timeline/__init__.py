@@ -13,11 +13,12 @@ Data formats:
   diverging loss) is a non-finite sample: never an error, it is left out of the
   mean and spread and counted instead.
 - An *averaged timeline* (:func:`average_timelines`) has the columns ``t``,
-  ``n`` (how many instances contributed at ``t``) and, for each metric ``m`` in
+  ``n`` (how many instances' spans cover ``t``) and, for each metric ``m`` in
   order of first appearance: ``m`` (mean), ``m_std`` (sample standard deviation,
   ddof=1), ``m_min``, ``m_max``, ``m_ci95`` (half-width of the 95 %
-  confidence interval of the mean, Student t) and ``m_nonfinite`` (instances
-  with an inf sample of ``m`` nearest ``t``).
+  confidence interval of the mean, Student t), ``m_n`` (instances that measured
+  ``m`` at ``t``: NaN statistics where it is 0, in a gap) and ``m_nonfinite``
+  (instances with an inf sample of ``m`` nearest ``t``).
 - A timeline may be indexed by step (an epoch, an iteration) instead: a
   ``step`` column in place of ``t``; instances are then aligned on equal steps
   exactly, and the averaged timeline has ``step`` instead of ``t``.
@@ -31,7 +32,10 @@ put half of them one step early), so an instance covers the grid points from
 the one nearest its first sample to the one nearest its last, and contributes
 nowhere else: no extrapolation. Inside that range its value at a grid time is
 interpolated (``"linear"``, for gauges such as CPU %) or held from the last
-sample at or before that grid point (``"previous"``, for counters).
+sample at or before that grid point (``"previous"``), but never across a gap:
+two samples of a metric more than ``max_gap`` apart (by default 3 times the
+metric's median sampling interval). Counters such as ``errors`` are summed at
+each sample's nearest grid point instead (``"sum"``), which keeps their totals.
 
 Averaging streams, block by block over the grid: within a block of a few
 thousand grid points every instance is interpolated (the search for each grid
@@ -53,13 +57,19 @@ from labkit.stats import instances_needed, t_quantile
 from labkit.timeline.averaging import average_timelines
 from labkit.timeline.inputs import Method
 from labkit.timeline.outliers import Outlier, detect_outliers
-from labkit.timeline.summaries import average_summaries, summarize_timeline, summary_figures
+from labkit.timeline.summaries import (
+    average_summaries,
+    default_figure,
+    summarize_timeline,
+    summary_figures,
+)
 
 __all__ = (
     "Method",
     "Outlier",
     "average_summaries",
     "average_timelines",
+    "default_figure",
     "detect_outliers",
     "instances_needed",
     "summarize_timeline",

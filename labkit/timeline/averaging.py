@@ -11,6 +11,7 @@ never instances x grid. Timelines indexed by step are aligned exactly instead.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from labkit.errors import ConfigError, is_int
 from labkit.timeline import moments
 from labkit.timeline.grid import BLOCK_POINTS, Gridder, Scratch, Series, layout
 from labkit.timeline.inputs import (
+    COUNT,
     NONFINITE,
     STAT_SUFFIXES,
     Axis,
@@ -29,7 +31,9 @@ from labkit.timeline.inputs import (
     Instance,
     IntArray,
     Method,
+    check_max_gap,
     read_timelines,
+    resolve_max_gaps,
     resolve_methods,
     resolve_names,
     resolve_step,
@@ -44,36 +48,46 @@ def average_timelines(
     timelines: Iterable[pd.DataFrame],
     *,
     step: float | None = None,
-    method: Method | Mapping[str, Method] = "linear",
+    method: Method | Mapping[str, Method] | None = None,
     round_to_int: Iterable[str] = (),
     on: Axis | None = None,
+    max_gap: float | Mapping[str, float | None] | None = None,
 ) -> pd.DataFrame:
     """Average instances' timelines on one time grid, with their spread.
 
     The grid is ``t = 0, step, 2*step, ...``. Each instance covers the grid points
     from the one nearest its first sample to the one nearest its last, and only
-    those (no extrapolation; a one-sample timeline covers one point). Inside, its
-    value at a grid time is interpolated or held, per ``method``. A metric with
-    NaN or inf samples in an instance is gridded from that instance's finite
-    samples of it; an instance without a metric (column absent, or no finite
-    value) does not contribute to it. Non-finite samples never make averaging
-    fail: NaN means "not sampled", and each inf sample (a diverging loss) is
-    left out of the mean and spread and counted in ``m_nonfinite`` at its
-    nearest grid point instead (an inf between finite samples is bridged by
-    them, as a NaN is).
+    those (no extrapolation; a one-sample timeline covers one point): ``n``
+    counts these instances. Within that span an instance contributes to a
+    metric only where it measured it: two consecutive samples of the metric
+    more than ``max_gap`` apart are a gap, never bridged, and the grid points
+    strictly inside it get nothing from that instance (the point nearest each
+    sample at its edges still does). ``<metric>_n`` counts the instances that
+    contribute to the metric at each point; where it is 0 the metric's
+    statistics are NaN (a chart draws a break there).
+
+    Inside a run of samples without a gap, an instance's value at a grid time
+    is interpolated or held, per ``method``; a counter is summed instead. A
+    metric with NaN or inf samples in an instance is gridded from that
+    instance's finite samples of it; an instance without a metric (column
+    absent, or no finite value) does not contribute to it. Non-finite samples
+    never make averaging fail: NaN means "not sampled", and each inf sample (a
+    diverging loss) is left out of the mean and spread and counted in
+    ``m_nonfinite`` at its nearest grid point instead (an inf between finite
+    samples is bridged by them, as a NaN is, when they are within ``max_gap``).
 
     Indexed by step, the output has a ``step`` column (every step some
     instance recorded, ascending) instead of ``t``; ``n`` counts the instances
-    with a row at that step, and a metric's statistics the instances with a
-    finite value of it there. Rows without a step (resource samples between
-    steps) and a ``t`` column are left out.
+    with a row at that step, and a metric's statistics (and ``m_n``) the
+    instances with a finite value of it there. Rows without a step (resource
+    samples between steps) and a ``t`` column are left out.
 
     Memory grows with the grid length, not with instances x grid: instances are
     folded one at a time into running statistics.
 
     Args:
-        timelines: One DataFrame per instance: a float column ``t`` (seconds since
-            the instance started, >= 0; any order) and one numeric column per
+        timelines: One DataFrame per instance: a float column ``t`` (seconds since the
+            instance started, >= 0; any order) and one numeric column per
             metric. A frame with no rows contributes nothing. Rows may share a
             ``t`` when they hold different metrics or the same value; two
             different values of one metric at one ``t`` are refused rather than
@@ -83,27 +97,47 @@ def average_timelines(
             decimal within 1 % of it (0.01006 gives 0.01); 1.0 when no instance
             has two distinct sample times.
         method: ``"linear"`` interpolates between samples (gauges such as CPU %),
-            ``"previous"`` holds the last sample at or before the grid point
-            (counters); a mapping gives a method per metric (others: linear).
+            ``"previous"`` holds the last sample at or before the grid point,
+            ``"sum"`` adds up the samples nearest each grid point (counters whose
+            samples count events since the previous sample): an instance counts
+            0 wherever it reported nothing, over the whole grid, so that
+            ``<metric>_n`` is the number of instances with the metric everywhere
+            and the averaged counts add up to the mean of the instances' totals.
+            A mapping gives a method per metric. ``None`` (and metrics a mapping
+            does not name): ``"sum"`` for ``errors``, ``"linear"`` for the rest.
         round_to_int: Metrics whose mean is rounded to a whole number after
             averaging (halves up), such as error counts. Spread columns are not.
+            A summed metric is rounded on its running total (each count is the
+            rounded total up to it minus the rounded total before it), so its
+            rounded counts still add up to the rounded mean total.
         on: What the timelines are indexed by: ``"t"`` (seconds, on the grid
             above) or ``"step"`` (an epoch or iteration: instances are aligned
-            on equal steps exactly, no grid and no interpolation; ``step`` and
-            ``method`` do not apply). ``None``: ``"step"`` when every frame has
-            a ``step`` column, else ``"t"``.
+            on equal steps exactly, no grid and no interpolation; ``step``,
+            ``method`` and ``max_gap`` do not apply). ``None``: ``"step"`` when
+            every frame has a ``step`` column, else ``"t"``.
+        max_gap: The longest interval, in seconds, between two consecutive
+            samples of a metric in one instance that is bridged by ``method``;
+            a longer one is a gap. ``None`` (the default): for each metric,
+            3 times the median interval between consecutive samples of that
+            metric over every instance (a sampler that misses two samples in a
+            row leaves a gap; one that misses one does not); no gap for a
+            metric no instance sampled twice. A number applies to every
+            metric, ``math.inf`` bridges everything; a mapping gives seconds
+            (or ``None``: the default) per metric. A gap no longer than
+            ``step`` holds no grid point of its own and is always bridged.
+            ``"sum"`` metrics have no gaps (the sample after a silence counts
+            what happened during it).
 
     Returns:
-        A DataFrame with ``t`` (grid seconds), ``n`` (instances that cover ``t``)
-        and, per metric ``m`` in order of first appearance: ``m`` (mean),
-        ``m_std`` (sample standard deviation, ddof=1; NaN where fewer than 2
-        instances have a value), ``m_min``, ``m_max`` and ``m_ci95`` (half-width
-        of the 95 % Student-t confidence interval of the mean; NaN below 2
-        values) and ``m_nonfinite`` (int: instances with an inf sample of ``m``
-        nearest ``t``). Statistics of a metric some instances lack at ``t`` use
-        only the instances that have it (all NaN where none has). Grid points
-        no instance covers are left out; when no timeline has a row, the frame
-        has these columns and no rows.
+        A DataFrame with ``t`` (grid seconds), ``n`` (instances whose span
+        covers ``t``) and, per metric ``m`` in order of first appearance: ``m``
+        (mean), ``m_std`` (sample standard deviation, ddof=1; NaN where fewer
+        than 2 instances have a value), ``m_min``, ``m_max``, ``m_ci95``
+        (half-width of the 95 % Student-t confidence interval of the mean; NaN
+        below 2 values), ``m_n`` (int: instances that contribute a value of
+        ``m`` at ``t``) and ``m_nonfinite`` (int: instances with an inf sample
+        of ``m`` nearest ``t``). Grid points no instance covers are left out;
+        when no timeline has a row, the frame has these columns and no rows.
 
     Raises:
         ConfigError: (a ``ValueError``) for empty input, a frame without ``t``
@@ -111,7 +145,7 @@ def average_timelines(
             message names the timeline and the row), two different values of a
             metric at one ``t`` (named likewise), an inf ``step``, a
             non-numeric metric, metric names that clash with output columns, or
-            a bad ``step``, ``method``, ``round_to_int`` or ``on``.
+            a bad ``step``, ``method``, ``round_to_int``, ``on`` or ``max_gap``.
 
     Example:
         >>> a = pd.DataFrame({"t": [0.0, 1.0], "errors": [7, 7]})
@@ -119,17 +153,27 @@ def average_timelines(
         >>> c = pd.DataFrame({"t": [0.0, 1.0], "errors": [6, 6]})
         >>> average_timelines([a, b, c], round_to_int=["errors"])["errors"].tolist()
         [6.0, 6.0]
+        >>> gap = pd.DataFrame({"t": [0.0, 1.0, 2.0, 6.0, 7.0], "latency": [20.0] * 5})
+        >>> whole = pd.DataFrame({"t": [float(t) for t in range(8)], "latency": [40.0] * 8})
+        >>> out = average_timelines([gap, whole])
+        >>> out["latency"].tolist()
+        [30.0, 30.0, 30.0, 40.0, 40.0, 40.0, 30.0, 30.0]
+        >>> out["latency_n"].tolist()
+        [2, 2, 2, 1, 1, 1, 2, 2]
     """
-    return average(timelines, step=step, method=method, round_to_int=round_to_int, on=on)
+    return average(
+        timelines, step=step, method=method, round_to_int=round_to_int, on=on, max_gap=max_gap
+    )
 
 
 def average(
     timelines: Iterable[pd.DataFrame],
     *,
     step: float | None = None,
-    method: Method | Mapping[str, Method] = "linear",
+    method: Method | Mapping[str, Method] | None = None,
     round_to_int: Iterable[str] = (),
     on: Axis | None = None,
+    max_gap: float | Mapping[str, float | None] | None = None,
     block_points: int = BLOCK_POINTS,
     block_rows: int = BLOCK_ROWS,
 ) -> pd.DataFrame:
@@ -145,6 +189,7 @@ def average(
         method: As for :func:`average_timelines`.
         round_to_int: As for :func:`average_timelines`.
         on: As for :func:`average_timelines`.
+        max_gap: As for :func:`average_timelines`.
         block_points: Grid points per block (>= 1).
         block_rows: Instances folded together within a block (>= 1).
 
@@ -159,6 +204,7 @@ def average(
         with contextlib.suppress(TypeError):  # read_timelines says what is wrong
             frames = list(timelines)
     axis = timeline_axis(frames if isinstance(frames, list) else [], on)
+    check_max_gap(max_gap)
     instances, metrics, _ = read_timelines(frames, axis)
     methods = resolve_methods(method, metrics)
     rounded = set(resolve_names(round_to_int, "round_to_int", metrics))
@@ -169,24 +215,26 @@ def average(
             )
         return _average_steps(instances, metrics, rounded)
     grid_step = resolve_step(step, instances)
+    gaps = resolve_max_gaps(max_gap, instances, metrics, grid_step)
 
-    size, series = layout(instances, grid_step)
-    # A metric needs its own count where some instance lacks it (absent, or gaps).
-    partial = {
-        name
-        for instance, parts in zip(instances, series, strict=True)
-        if parts[0].k0 < parts[0].stop
-        for name in metrics
-        if name not in instance.clean
-    }
+    grid_layout = layout(instances, grid_step, methods, gaps)
+    size, series = grid_layout.size, grid_layout.series
     grid = np.arange(size, dtype=np.float64) * grid_step
     n = np.zeros(size, dtype=np.int64)
+    for start, stop in grid_layout.spans:
+        n[start:stop] += 1
     outputs = {name: [np.empty(size) for _ in range(5)] for name in metrics}
+    counts = {name: np.empty(size, dtype=np.int64) for name in metrics}
     capacity = min(block_points, size)
-    states = {name: moments.init(capacity, own_count=name in partial) for name in metrics}
+    states = {
+        name: moments.init(capacity, own_count=name not in grid_layout.shared) for name in metrics
+    }
     quantiles = moments.QuantileTable(len(instances))
     scratch = Scratch()
     gridder = Gridder(grid, grid_step, scratch)
+    # A summed counter is rounded on its running total, so that the rounded counts
+    # still add up to the rounded average total.
+    totals = dict.fromkeys((name for name in rounded if methods[name] == "sum"), 0.0)
     # Block by block over the grid, every instance within a block, then the block's
     # statistics: each block's work stays in cache, and the full-length arrays are
     # written once.
@@ -197,7 +245,7 @@ def average(
             hi = min(lo + block_points, size)
             for state in states.values():
                 moments.reset(state, hi - lo)
-            _accumulate_block(lo, hi, series, states, n, gridder, methods, scratch, block_rows)
+            _accumulate_block(lo, hi, series, states, gridder, methods, scratch, block_rows)
             extreme = {name for name, state in states.items() if moments.extreme(state)}
             if extreme:
                 # Magnitudes past 2**+-400 (rare): fold the block again, those metrics
@@ -207,20 +255,41 @@ def average(
                         moments.rescale(state)
                     else:
                         moments.reset(state, hi - lo)
-                n[lo:hi] = 0
                 gridder.careful = True
-                _accumulate_block(lo, hi, series, states, n, gridder, methods, scratch, block_rows)
+                _accumulate_block(lo, hi, series, states, gridder, methods, scratch, block_rows)
                 gridder.careful = False
             for name in metrics:
+                mean = outputs[name][0][lo:hi]
                 moments.finalize(
                     states[name],
                     n[lo:hi],
                     [array[lo:hi] for array in outputs[name]],
                     quantiles,
                     scratch,
-                    round_mean=name in rounded,
+                    round_mean=name in rounded and name not in totals,
+                    count_out=counts[name][lo:hi],
                 )
-    return _frame(grid, n, outputs, metrics, instances, size, grid_step)
+                if name in totals:
+                    totals[name] = _round_running_total(mean, totals[name])
+    return _frame(grid, n, outputs, counts, metrics, instances, size, grid_step)
+
+
+def _round_running_total(mean: FloatArray, before: float) -> float:
+    """Round counts in place so that their running total is the rounded running total.
+
+    ``before`` is the unrounded total of the counts before these; returns it
+    with these added. Each count becomes ``round(total up to it) - round(total
+    before it)`` (halves up): whole numbers whose sum is within 0.5 of the sum
+    of the unrounded ones, however many there are.
+    """
+    running = np.cumsum(mean)
+    running += before
+    after = float(running[-1]) if running.size else before
+    np.floor(running + 0.5, out=running)
+    mean[1:] = running[1:] - running[:-1]
+    if mean.size:
+        mean[0] = running[0] - math.floor(before + 0.5)
+    return after
 
 
 def _accumulate_block(
@@ -228,30 +297,25 @@ def _accumulate_block(
     hi: int,
     series: Sequence[Sequence[Series]],
     states: Mapping[str, Any],
-    n: IntArray,
     gridder: Gridder,
     methods: Mapping[str, str],
     scratch: Scratch,
     block_rows: int,
 ) -> None:
     """Every instance's samples on grid points ``lo:hi`` into the moment states
-    (started for the block by the caller), and each grid point's instance count
-    into ``n``."""
+    (started for the block by the caller)."""
     full: list[Series] = []  # series covering the whole block: folded together
     for parts in series:
         for part in parts:
             start, stop = max(lo, part.k0), min(hi, part.stop)
             if start >= stop:
                 continue
-            if start == lo and stop == hi and part is parts[0]:
+            keep = gridder.keep(part, start, stop)
+            if start == lo and stop == hi and keep is None:
                 full.append(part)
                 continue
             for name, values in gridder.values(part, start, stop, methods):
-                moments.update(states[name], start - lo, values, scratch)
-        whole = parts[0]  # the instance's own span: its first to last sample
-        start, stop = max(lo, whole.k0), min(hi, whole.stop)
-        if start < stop:
-            n[start:stop] += 1
+                moments.update(states[name], start - lo, values, scratch, keep)
     for first in range(0, len(full), block_rows):
         rows = full[first : first + block_rows]
         _fold_rows(rows, lo, hi, gridder, methods, states, scratch, block_rows)
@@ -261,6 +325,7 @@ def _frame(
     grid: FloatArray,
     n: IntArray,
     outputs: Mapping[str, list[FloatArray]],
+    counts: Mapping[str, npt.NDArray[np.int64]],
     metrics: Sequence[str],
     instances: Sequence[Instance],
     size: int,
@@ -278,8 +343,9 @@ def _frame(
     for name in metrics:
         for suffix, values in zip(("", *STAT_SUFFIXES), outputs[name], strict=True):
             columns[name + suffix] = values if everywhere else values[keep]
-        counts = nonfinite[name]
-        columns[name + NONFINITE] = counts if everywhere else counts[keep]
+        columns[name + COUNT] = counts[name] if everywhere else counts[name][keep]
+        infinite = nonfinite[name]
+        columns[name + NONFINITE] = infinite if everywhere else infinite[keep]
     return pd.DataFrame(columns, copy=False)
 
 
@@ -313,9 +379,13 @@ def _average_steps(
             moments.rescale(state)
             _fold_steps(state, instances, name, steps)
         outputs = [np.empty(size) for _ in range(5)]
-        moments.finalize(state, n, outputs, quantiles, scratch, round_mean=name in rounded)
+        count = np.empty(size, dtype=np.int64)
+        moments.finalize(
+            state, n, outputs, quantiles, scratch, round_mean=name in rounded, count_out=count
+        )
         for suffix, values in zip(("", *STAT_SUFFIXES), outputs, strict=True):
             columns[name + suffix] = values
+        columns[name + COUNT] = count
         columns[name + NONFINITE] = nonfinite[name]
     return pd.DataFrame(columns, copy=False)
 

@@ -2,16 +2,20 @@
 
 The grid is ``t = 0, step, 2*step, ...``; a sample belongs to its nearest grid
 point. An instance's value at a grid point is interpolated (``"linear"``) or held
-from the last sample (``"previous"``), only inside the instance's own range.
+from the last sample (``"previous"``), only inside a run of its samples no two of
+which are more than ``max_gap`` apart; or (``"sum"``, counters) the sum of the
+samples nearest that point, 0 where there are none, over the whole grid.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from labkit.errors import ConfigError
 from labkit.timeline.inputs import FloatArray, Instance, IntArray, nearest_index
@@ -46,29 +50,153 @@ class Scratch:
         return buffer[:size]
 
 
+@dataclass(frozen=True, slots=True)
+class Gaps:
+    """Where a series' samples are further apart than its metrics' ``max_gap``.
+
+    For gap ``j``, between samples ``before[j]`` and ``before[j] + 1``: the grid
+    points strictly between ``end[j]`` (nearest the sample before it) and
+    ``start[j]`` (nearest the sample after) get no value from the series.
+    """
+
+    before: IntArray
+    end: IntArray
+    start: IntArray
+
+    @classmethod
+    def of(cls, t: FloatArray, limit: float, step: float) -> Gaps | None:
+        """The gaps of sample times ``t`` longer than ``limit`` (None: there are none)."""
+        before = np.flatnonzero(np.subtract(t[1:], t[:-1]) > limit)
+        if not before.size:
+            return None
+        # nearest_index's rounding, vectorised: floor(t/step + 1/2).
+        end = np.floor(t[before] / step + 0.5).astype(np.intp)
+        start = np.floor(t[before + 1] / step + 0.5).astype(np.intp)
+        return cls(before, end, start)
+
+
 @dataclass(slots=True)
 class Series:
     """Samples that share one time array, and the grid points [k0, stop) they cover.
 
-    An instance gives one series for its metrics without gaps, plus one per
-    metric with NaN samples (that metric's valid samples only).
+    An instance gives one series for its metrics without missing values (one per
+    distinct ``max_gap`` among those that have gaps), one per metric with NaN
+    samples (that metric's valid samples only), and one per ``"sum"`` metric,
+    covering the whole grid. ``gaps`` says where the series has no value.
     """
 
     t: FloatArray
     metrics: list[tuple[str, FloatArray]]
     k0: int
     stop: int
+    gaps: Gaps | None = None
 
     @classmethod
-    def of(cls, t: FloatArray, metrics: list[tuple[str, FloatArray]], step: float) -> Series:
+    def of(
+        cls,
+        t: FloatArray,
+        metrics: list[tuple[str, FloatArray]],
+        step: float,
+        gaps: Gaps | None = None,
+    ) -> Series:
         k0 = max(nearest_index(float(t[0]), step), 0)
-        return cls(t, metrics, k0, nearest_index(float(t[-1]), step) + 1)
+        return cls(t, metrics, k0, nearest_index(float(t[-1]), step) + 1, gaps)
 
 
-def _series_of(instance: Instance, step: float) -> list[Series]:
-    series = [Series.of(instance.t, list(instance.clean.items()), step)]
-    series += [Series.of(t, [(name, v)], step) for name, (t, v) in instance.ragged.items()]
-    return series
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Every instance on the grid: its grid length, spans and series.
+
+    Attributes:
+        size: Grid points, up to the one nearest the latest sample of any instance.
+        spans: Per instance, the grid points [start, stop) from the one nearest its
+            first sample to the one nearest its last (what ``n`` counts).
+        series: Per instance, its series.
+        shared: The metrics whose count of instances is ``n`` everywhere: every
+            instance has them at each of its samples, without a gap, and they
+            are not summed (the others keep a count of their own).
+    """
+
+    size: int
+    spans: list[tuple[int, int]]
+    series: list[list[Series]]
+    shared: frozenset[str]
+
+
+def _with_gaps(
+    t: FloatArray,
+    metrics: list[tuple[str, FloatArray]],
+    step: float,
+    limits: Mapping[str, float],
+    scratch: Scratch,
+) -> list[Series]:
+    """The series of samples sharing ``t``: one for the metrics without a gap longer
+    than their ``max_gap``, one per distinct ``max_gap`` of the others."""
+    if t.size < 2 or all(limits.get(name, math.inf) == math.inf for name, _ in metrics):
+        return [Series.of(t, metrics, step)]
+    intervals = np.subtract(t[1:], t[:-1], out=scratch.floats("intervals", t.size - 1))
+    widest = float(intervals.max())
+    groups: dict[float, list[tuple[str, FloatArray]]] = {}
+    for name, values in metrics:
+        limit = limits.get(name, math.inf)
+        groups.setdefault(limit if widest > limit else math.inf, []).append((name, values))
+    return [
+        Series.of(t, group, step, None if limit == math.inf else Gaps.of(t, limit, step))
+        for limit, group in groups.items()
+    ]
+
+
+def layout(
+    instances: Sequence[Instance],
+    step: float,
+    methods: Mapping[str, str] | None = None,
+    gaps: Mapping[str, float] | None = None,
+) -> Layout:
+    """The grid length and each instance's span and series; refuses absurdly long grids.
+
+    ``methods`` (default: linear for all) and ``gaps`` (each metric's ``max_gap``
+    in seconds; default: none) shape the series.
+    """
+    methods = methods or {}
+    gaps = gaps or {}
+    scratch = Scratch()
+    spans: list[tuple[int, int]] = []
+    series: list[list[Series]] = []
+    summed: list[Series] = []
+    shared: set[str] | None = None
+    for instance in instances:
+        spans.append(
+            (
+                max(nearest_index(float(instance.t[0]), step), 0),
+                nearest_index(float(instance.t[-1]), step) + 1,
+            )
+        )
+        clean = [(n, v) for n, v in instance.clean.items() if methods.get(n) != "sum"]
+        parts = _with_gaps(instance.t, clean, step, gaps, scratch) if clean else []
+        for name, (t, v) in instance.ragged.items():
+            if methods.get(name) != "sum":
+                parts += _with_gaps(t, [(name, v)], step, gaps, scratch)
+        for name, values in instance.clean.items():
+            if methods.get(name) == "sum":
+                parts.append(Series(instance.t, [(name, values)], 0, 0))
+        for name, (t, v) in instance.ragged.items():
+            if methods.get(name) == "sum":
+                parts.append(Series(t, [(name, v)], 0, 0))
+        summed += [part for part in parts if part.stop == 0]
+        whole = {name for part in parts if part.gaps is None for name, _ in part.metrics}
+        whole &= {name for name, _ in clean}
+        shared = whole if shared is None else shared & whole
+        series.append(parts)
+    size = max((stop for _, stop in spans), default=0)
+    if size > _MAX_GRID_POINTS:
+        raise ConfigError(
+            "step",
+            step,
+            f"a step giving at most {_MAX_GRID_POINTS:,} grid points (this one gives {size:,})",
+        )
+    for part in summed:
+        part.stop = size
+    return Layout(max(size, 0), spans, series, frozenset(shared or ()))
 
 
 class Gridder:
@@ -148,6 +276,10 @@ class Gridder:
         previous: tuple[int, int, IntArray] | None = None
         for name, v in series.metrics:
             out = scratch.floats("values", size) if outputs is None else outputs[name]
+            if methods[name] == "sum":
+                self._sums(t, v, lo, hi, out)
+                yield name, out
+                continue
             if methods[name] == "previous":
                 if previous is None:
                     # A sample belongs to its nearest grid point: it is "at or
@@ -178,7 +310,58 @@ class Gridder:
             out += part
             if self.careful:
                 _bridge(out, v, s0 + np.minimum(index, s1 - s0 - 1), weight)
+            if series.gaps is not None:
+                self._hold_edges(series, v, lo, hi, out)
             yield name, out
+
+    def keep(self, series: Series, lo: int, hi: int) -> npt.NDArray[np.bool_] | None:
+        """Which of grid points lo..hi-1 the series gives a value (None: all of them)."""
+        gaps = series.gaps
+        if gaps is None:
+            return None
+        # Gaps overlapping the block: their [end + 1, start) ranges, counted in.
+        first, last = np.searchsorted(gaps.start, lo, side="right"), np.searchsorted(gaps.end, hi)
+        if first >= last:
+            return None
+        size = hi - lo
+        inside = np.zeros(size + 1, dtype=np.intp)
+        np.add.at(inside, np.clip(gaps.end[first:last] + 1 - lo, 0, size), 1)
+        np.add.at(inside, np.clip(gaps.start[first:last] - lo, 0, size), -1)
+        kept: npt.NDArray[np.bool_] = np.cumsum(inside[:size]) == 0
+        return kept
+
+    def _hold_edges(self, series: Series, v: FloatArray, lo: int, hi: int, out: FloatArray) -> None:
+        """Linear values at a gap's edges: the point nearest the sample before it holds
+        that sample (when after it), the point nearest the one after holds that one
+        (when before it), as at an instance's own first and last sample."""
+        gaps = series.gaps
+        assert gaps is not None
+        t, grid = series.t, self._grid
+        first, last = np.searchsorted(gaps.start, lo), np.searchsorted(gaps.end, hi)
+        for edge, sample, later in (
+            (gaps.end[first:last], gaps.before[first:last], True),
+            (gaps.start[first:last], gaps.before[first:last] + 1, False),
+        ):
+            inside = (edge >= lo) & (edge < hi)
+            edge, sample = edge[inside], sample[inside]
+            beyond = grid[edge] > t[sample] if later else grid[edge] < t[sample]
+            out[edge[beyond] - lo] = v[sample[beyond]]
+
+    def _sums(self, t: FloatArray, v: FloatArray, lo: int, hi: int, out: FloatArray) -> None:
+        """Into ``out``: per grid point lo..hi-1, the sum of the samples nearest it."""
+        step, size = self._step, hi - lo
+        s0, s1 = self._window(t, (lo - 0.5) * step, (hi - 0.5) * step, "left")
+        # The rounding of nearest_index and of the non-finite counts, so that a
+        # sample is summed at exactly one grid point whatever the blocks.
+        position = self._scratch.floats("position", s1 - s0)
+        np.divide(t[s0:s1], step, out=position)
+        position += 0.5
+        np.floor(position, out=position)
+        position -= lo
+        first, last = np.searchsorted(position, (0, size)).tolist()  # the block's samples
+        bins = self._scratch.ints("bins", last - first)
+        np.copyto(bins, position[first:last], casting="unsafe")
+        out[:] = np.bincount(bins, weights=v[s0 + first : s0 + last], minlength=size)
 
     def _linear(self, t: FloatArray, lo: int, hi: int) -> tuple[int, int, IntArray, FloatArray]:
         step, scratch = self._step, self._scratch
@@ -217,16 +400,3 @@ def _bridge(out: FloatArray, v: FloatArray, below: IntArray, weight: FloatArray)
     a, b = v[at], v[np.minimum(at + 1, v.size - 1)]
     w = weight[bad]
     out[bad] = np.clip(a * (1.0 - w) + b * w, np.minimum(a, b), np.maximum(a, b))
-
-
-def layout(instances: Sequence[Instance], step: float) -> tuple[int, list[list[Series]]]:
-    """The grid length and each instance's series; refuses absurdly long grids."""
-    series = [_series_of(instance, step) for instance in instances]
-    size = max((parts[0].stop for parts in series), default=0)
-    if size > _MAX_GRID_POINTS:
-        raise ConfigError(
-            "step",
-            step,
-            f"a step giving at most {_MAX_GRID_POINTS:,} grid points (this one gives {size:,})",
-        )
-    return max(size, 0), series

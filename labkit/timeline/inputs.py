@@ -19,17 +19,24 @@ import pandas as pd
 
 from labkit.errors import ConfigError, is_real
 
-Method = Literal["linear", "previous"]
+Method = Literal["linear", "previous", "sum"]
 """How an instance's samples give its value at a grid time."""
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 IntArray: TypeAlias = npt.NDArray[np.intp]
 
-METHODS: tuple[str, ...] = ("linear", "previous")
+METHODS: tuple[str, ...] = ("linear", "previous", "sum")
 STAT_SUFFIXES = ("_std", "_min", "_max", "_ci95")
+COUNT = "_n"
 NONFINITE = "_nonfinite"
+COUNTERS: tuple[str, ...] = ("errors",)
+"""Metrics whose samples count events since the previous sample: averaged with
+``"sum"`` unless ``method`` says otherwise, so that their totals are kept."""
+GAP_FACTOR = 3.0
+"""The default ``max_gap`` of a metric, in multiples of its median sampling interval."""
 _FALLBACK_STEP = 1.0
 _STEP_SAMPLE = 250_000  # intervals looked at for the default step, at most
+_GAP_SAMPLE = 25_000  # ... and for a default max_gap (three times a median: a rougher need)
 
 
 class Shown:
@@ -309,19 +316,25 @@ def _rows(frame: pd.DataFrame, axis: Axis, select: Any, metric: str | None = Non
 
 
 def _check_output_names(metrics: Sequence[str], axis: Axis) -> None:
-    taken = {axis, "n"} | {m + s for m in metrics for s in (*STAT_SUFFIXES, NONFINITE)}
+    taken = {axis, "n"} | {m + s for m in metrics for s in (*STAT_SUFFIXES, COUNT, NONFINITE)}
     clash = [m for m in metrics if m in taken]
     if clash:
         raise ConfigError(
             "timelines",
             Shown(f"a metric named {clash[0]!r}"),
             "metric names that do not clash with the output columns "
-            f"({axis!r}, 'n' and '<metric>_std', '_min', '_max', '_ci95', '_nonfinite')",
+            f"({axis!r}, 'n' and '<metric>_std', '_min', '_max', '_ci95', '_n', '_nonfinite')",
         )
 
 
 def resolve_methods(method: Any, metrics: Sequence[str]) -> dict[str, str]:
-    allowed = "'linear', 'previous', or a mapping of metric name to one of them"
+    """Each metric's method: ``None`` gives the defaults (``"sum"`` for the
+    :data:`COUNTERS`, ``"linear"`` for the rest), a str applies to every metric, a
+    mapping names some metrics (the others keep their default)."""
+    allowed = "'linear', 'previous', 'sum', None, or a mapping of metric name to one of them"
+    defaults = {name: "sum" if name in COUNTERS else "linear" for name in metrics}
+    if method is None:
+        return defaults
     if isinstance(method, str):
         if method not in METHODS:
             raise ConfigError("method", method, allowed)
@@ -335,11 +348,101 @@ def resolve_methods(method: Any, metrics: Sequence[str]) -> dict[str, str]:
         )
     resolved = {}
     for name in metrics:
-        value = method.get(name, "linear")
+        value = method.get(name, defaults[name])
         if value not in METHODS:
-            raise ConfigError(f"method[{name!r}]", value, "'linear' or 'previous'")
+            raise ConfigError(f"method[{name!r}]", value, "'linear', 'previous' or 'sum'")
         resolved[name] = value
     return resolved
+
+
+def check_method(method: Any) -> None:
+    """Refuse a ``method`` that is not None, a method's name or a mapping of them.
+
+    Raises:
+        ConfigError: Naming the option (or ``method[metric]``) and the bad value.
+    """
+    if method is None or (isinstance(method, str) and method in METHODS):
+        return
+    if not isinstance(method, Mapping):
+        raise ConfigError(
+            "method", method, "'linear', 'previous', 'sum', None, or {metric: one of them}"
+        )
+    for name, value in method.items():
+        if not isinstance(name, str):
+            raise ConfigError("method", Shown(repr(name)), "metric names (str) as keys")
+        if value not in METHODS:
+            raise ConfigError(f"method[{name!r}]", value, "'linear', 'previous' or 'sum'")
+
+
+def check_max_gap(max_gap: Any) -> None:
+    """Refuse a ``max_gap`` that is not None, seconds > 0 (inf allowed) or a mapping of them.
+
+    Raises:
+        ConfigError: Naming the option (or ``max_gap[metric]``) and the bad value.
+    """
+    allowed = "seconds > 0 (math.inf: never a gap), None (the default), or {metric: seconds}"
+    if max_gap is None:
+        return
+    if isinstance(max_gap, Mapping):
+        for name, value in max_gap.items():
+            if not isinstance(name, str):
+                raise ConfigError("max_gap", Shown(repr(name)), "metric names (str) as keys")
+            if value is not None and not (is_real(value, finite=False) and value > 0):
+                raise ConfigError(f"max_gap[{name!r}]", value, "seconds > 0, math.inf or None")
+        return
+    if not (is_real(max_gap, finite=False) and max_gap > 0):
+        raise ConfigError("max_gap", max_gap, allowed)
+
+
+def resolve_max_gaps(
+    max_gap: Any, instances: Sequence[Instance], metrics: Sequence[str], step: float
+) -> dict[str, float]:
+    """Each metric's longest interval between two of an instance's samples that is
+    bridged (seconds; ``inf``: never a gap). At least ``step``: a shorter gap holds
+    no grid point of its own.
+
+    A metric without a value in ``max_gap`` gets :data:`GAP_FACTOR` times the median
+    interval between consecutive samples of that metric, over every instance
+    (:func:`median_interval`, from at most 25,000 evenly strided intervals);
+    ``inf`` when no instance sampled it twice.
+
+    Raises:
+        ConfigError: For a bad ``max_gap`` or a mapping naming an unknown metric.
+    """
+    check_max_gap(max_gap)
+    given: Mapping[str, Any]
+    if isinstance(max_gap, Mapping):
+        unknown = [name for name in max_gap if name not in metrics]
+        if unknown:
+            raise ConfigError(
+                f"max_gap[{unknown[0]!r}]", max_gap[unknown[0]], f"a metric among {list(metrics)}"
+            )
+        given = max_gap
+    else:
+        given = dict.fromkeys(metrics, max_gap)
+    gaps: dict[str, float] = {}
+    medians: dict[tuple[int, ...], float] = {}  # metrics sampled at the same times share it
+    for name in metrics:
+        value = given.get(name)
+        if value is None:
+            times = metric_times(instances, name)
+            key = tuple(id(t) for t in times)
+            if key not in medians:
+                medians[key] = median_interval(times, _GAP_SAMPLE)
+            value = GAP_FACTOR * medians[key]
+        gaps[name] = max(float(value), step)
+    return gaps
+
+
+def metric_times(instances: Sequence[Instance], name: str) -> list[FloatArray]:
+    """Each instance's times of its finite samples of ``name`` (instances without it left out)."""
+    times = []
+    for instance in instances:
+        if name in instance.clean:
+            times.append(instance.t)
+        elif name in instance.ragged:
+            times.append(instance.ragged[name][0])
+    return times
 
 
 def resolve_names(names: Any, option: str, metrics: Sequence[str]) -> list[str]:
@@ -374,17 +477,28 @@ def default_step(times: Sequence[FloatArray]) -> float:
     """The grid step in seconds that averaging chooses for instances sampled at ``times``.
 
     ``times`` holds each instance's sample times (seconds, ascending). The step
-    is the median interval between consecutive samples, over every instance,
-    snapped to the shortest decimal within 1 % of it, so that grid times read
-    cleanly (a jittered 10 ms sampler gives 0.01, not 0.0100613). Beyond
-    ``_STEP_SAMPLE`` intervals, an evenly strided sample of them is used.
+    is the median interval between consecutive samples, over every instance
+    (:func:`median_interval`), snapped to the shortest decimal within 1 % of
+    it, so that grid times read cleanly (a jittered 10 ms sampler gives 0.01,
+    not 0.0100613); 1.0 when no instance has two distinct sample times.
+    """
+    median = median_interval(times)
+    return _FALLBACK_STEP if math.isinf(median) else _snap(median)
+
+
+def median_interval(times: Sequence[FloatArray], at_most: int = _STEP_SAMPLE) -> float:
+    """The median interval between consecutive distinct sample times, over every instance.
+
+    ``times`` holds each instance's sample times (seconds, ascending). Beyond
+    ``at_most`` intervals, an evenly strided sample of them is used.
+    ``inf`` when no instance has two distinct sample times.
     """
     total = sum(max(t.size - 1, 0) for t in times)
     if total == 0:
-        return _FALLBACK_STEP
-    # Long inputs: every k-th interval of every instance, at most _STEP_SAMPLE in
+        return math.inf
+    # Long inputs: every k-th interval of every instance, at most ``at_most`` in
     # all, estimates the median well within the 1 % the step is snapped to.
-    stride = -(-total // _STEP_SAMPLE)
+    stride = -(-total // at_most)
     pieces = []
     for t in times:
         if t.size > 1:
@@ -393,15 +507,13 @@ def default_step(times: Sequence[FloatArray]) -> float:
     if not gaps.min() > 0:
         gaps = gaps[gaps > 0]  # repeated timestamps are not an interval
         if gaps.size == 0:
-            return _FALLBACK_STEP
+            return math.inf
     middle = gaps.size // 2
     if gaps.size % 2:
         gaps.partition(middle)
-        return _snap(float(gaps[middle]))
-    else:
-        gaps.partition((middle - 1, middle))
-        median = (float(gaps[middle - 1]) + float(gaps[middle])) / 2
-    return _snap(median)
+        return float(gaps[middle])
+    gaps.partition((middle - 1, middle))
+    return (float(gaps[middle - 1]) + float(gaps[middle])) / 2
 
 
 def _snap(interval: float) -> float:

@@ -199,26 +199,46 @@ def _uncovered(covered: list[list[int]], lo: int, hi: int) -> list[tuple[int, in
     return gaps
 
 
-def update(state: Moments, start: int, x: FloatArray, scratch: Scratch) -> None:
-    """Add one instance's values at block points start..start+len(x)-1."""
+def update(
+    state: Moments,
+    start: int,
+    x: FloatArray,
+    scratch: Scratch,
+    keep: npt.NDArray[np.bool_] | None = None,
+) -> None:
+    """Add one instance's values at block points start..start+len(x)-1; with ``keep``,
+    only where it is true (the state must have its own count)."""
     stop = start + x.size
     low = state.low[start:stop]
-    np.minimum(low, x, out=low)
     high = state.high[start:stop]
-    np.maximum(high, x, out=high)
+    if keep is None:
+        np.minimum(low, x, out=low)
+        np.maximum(high, x, out=high)
+    else:
+        np.minimum(low, x, out=low, where=keep)
+        np.maximum(high, x, out=high, where=keep)
     if state.scaled:
+        if keep is not None:
+            # A value left out may be far larger than the point's scale: scaled, it
+            # could overflow, and inf times 0 is NaN. Left-out values count as 0.
+            x = np.where(keep, x, 0.0)
         x = np.multiply(x, state.inverse[start:stop], out=scratch.floats("scaled", x.size))
     for lo, hi in _uncovered(state.covered, start, stop):
+        # A value left out is still a finite number near the data: a fine shift.
         state.shift[lo:hi] = x[lo - start : hi - start]
     deviation = scratch.floats("deviation", x.size)
     np.subtract(x, state.shift[start:stop], out=deviation)
+    if keep is not None:
+        deviation *= keep
     sum1 = state.sum1[start:stop]
     sum1 += deviation
     deviation *= deviation
     sum2 = state.sum2[start:stop]
     sum2 += deviation
     if state.count is not None:
-        state.count[start:stop] += 1
+        state.count[start:stop] += 1 if keep is None else keep
+    elif keep is not None:
+        raise ValueError("update with keep needs a state with its own count")
 
 
 def update_rows(state: Moments, rows: FloatArray, scratch: Scratch) -> None:
@@ -309,15 +329,17 @@ def finalize(
     scratch: Scratch,
     *,
     round_mean: bool,
+    count_out: npt.NDArray[np.int64] | None = None,
 ) -> None:
-    """Write mean, std, min, max and ci95 of the block into ``out`` (five arrays).
+    """Write mean, std, min, max and ci95 of the block into ``out`` (five arrays),
+    and the number of values at each point into ``count_out`` when given.
 
     ``n`` is the number of instances at each point, used where the state keeps
     no count of its own. A scaled state's mean and spread are scaled back;
     where the true spread or interval exceeds the largest float it is inf.
     """
     with np.errstate(over="ignore"):  # inf is the answer past the largest float
-        _finalize(state, n, out, quantiles, scratch, round_mean=round_mean)
+        _finalize(state, n, out, quantiles, scratch, round_mean=round_mean, count_out=count_out)
 
 
 def _finalize(
@@ -328,10 +350,13 @@ def _finalize(
     scratch: Scratch,
     *,
     round_mean: bool,
+    count_out: npt.NDArray[np.int64] | None,
 ) -> None:
     size = state.size
     mean, std, low, high, ci95 = out
     counts = n if state.count is None else state.count[:size]
+    if count_out is not None:
+        count_out[:] = counts
     sum1, sum2 = state.sum1[:size], state.sum2[:size]
     least, most = int(counts.min()), int(counts.max())
     offset = scratch.floats("offset", size)

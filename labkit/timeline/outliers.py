@@ -190,7 +190,8 @@ def _grid_stacks(
     instances: Sequence[Instance], wanted: Sequence[str], methods: Mapping[str, str], step: float
 ) -> Iterator[tuple[str, FloatArray]]:
     """Per metric: instances x grid values (NaN outside an instance's range)."""
-    size, series = layout(instances, step)
+    grid_layout = layout(instances, step, methods)
+    size, series = grid_layout.size, grid_layout.series
     scratch = Scratch()
     gridder = Gridder(np.arange(size, dtype=np.float64) * step, step, scratch)
     for name in wanted:

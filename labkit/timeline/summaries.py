@@ -1,7 +1,7 @@
 """Instances' summaries: one instance's figures from its timeline, and their average.
 
 A *summary* is a flat dict of one instance's figures (``{"cpu_peak": 45.2,
-"error_count": 7, "recovery_time": 1.5, ...}``); :func:`average_summaries`
+"loss_last": 0.31, "error_count": 7, "recovery_time": 1.5, ...}``); :func:`average_summaries`
 reduces many to one in the same format, :func:`summary_figures` gives each
 figure's values for tables and comparisons.
 """
@@ -27,20 +27,39 @@ RECOVERY_KEYS = ("recovery_time", "recovery_times")
 
 _AXES = frozenset({"t", "step"})
 
+PEAK_METRICS = ("cpu", "memory")
+"""The resource metrics labkit's sampler records: their default figure is the peak."""
+
+
+def default_figure(metric: str) -> str:
+    """The name of a metric's default summary figure.
+
+    ``error_count`` for ``errors`` (the sum of its per-interval counts),
+    ``<metric>_peak`` for ``cpu`` and ``memory`` (the most the instance used),
+    ``<metric>_last`` for every other metric (where a training loss or an
+    accuracy ended up).
+    """
+    if metric == "errors":
+        return "error_count"
+    return f"{metric}_peak" if metric in PEAK_METRICS else f"{metric}_last"
+
 
 def summarize_timeline(timeline: pd.DataFrame) -> dict[str, float | int]:
-    """One instance's summary figures from its timeline, in the summary format.
+    """One instance's default summary figures from its timeline, in the summary format.
 
-    Every metric ``m`` gives ``m_peak`` (its largest value), except ``errors``,
-    whose samples count the errors since the previous sample: it gives
-    ``error_count``, their sum. ``t`` and ``step`` are the axes, not metrics.
-    Missing values (NaN) are ignored; a metric with no value gives NaN
-    (``error_count``: 0).
+    Each metric gives its :func:`default_figure`: ``cpu_peak`` and
+    ``memory_peak`` (the largest finite value), ``error_count`` (the sum of the
+    ``errors`` samples, each counting the errors since the previous sample) and,
+    for every other metric ``m``, ``m_last``: its last recorded value in time
+    order (inf included: a diverged loss stays visible). ``t`` and ``step`` are
+    the axes, not metrics. Missing values (NaN) are skipped; a metric with no
+    value gives NaN, except ``errors``: without a recorded value there is no
+    ``error_count``.
 
     Example:
         >>> summarize_timeline(pd.DataFrame({"t": [0.0, 1.0], "cpu": [40.0, 52.5],
-        ...                                  "errors": [2, 1]}))
-        {'cpu_peak': 52.5, 'error_count': 3}
+        ...                                  "loss": [1.4, 0.3], "errors": [2, 1]}))
+        {'cpu_peak': 52.5, 'loss_last': 0.3, 'error_count': 3}
 
     Raises:
         ConfigError: If ``timeline`` is not a DataFrame with a ``t`` column, or a
@@ -50,16 +69,24 @@ def summarize_timeline(timeline: pd.DataFrame) -> dict[str, float | int]:
         raise ConfigError("timeline", Shown(type(timeline).__name__), "a DataFrame")
     if "t" not in timeline.columns:
         raise ConfigError("timeline.columns", Shown(repr(list(timeline.columns))), "a 't' column")
+    t = as_float(timeline["t"], "timeline['t']", "float seconds since the instance started")
+    order = None if bool((t[1:] >= t[:-1]).all()) else np.argsort(t, kind="stable")
     summary: dict[str, float | int] = {}
     for name in timeline.columns:
         if name in _AXES:
             continue  # the time offset and a recorded step are axes, not metrics
         values = as_float(timeline[name], f"timeline[{name!r}]", "a numeric metric column")
-        finite = values[np.isfinite(values)]
         if name == "errors":
-            summary["error_count"] = math.floor(math.fsum(finite.tolist()) + 0.5)
-        else:
+            finite = values[np.isfinite(values)]
+            if finite.size:
+                summary["error_count"] = math.floor(math.fsum(finite.tolist()) + 0.5)
+        elif name in PEAK_METRICS:
+            finite = values[np.isfinite(values)]
             summary[f"{name}_peak"] = float(finite.max()) if finite.size else math.nan
+        else:
+            ordered = values if order is None else values[order]
+            recorded = ordered[~np.isnan(ordered)]
+            summary[f"{name}_last"] = float(recorded[-1]) if recorded.size else math.nan
     return summary
 
 
@@ -100,11 +127,11 @@ def average_summaries(
         ``num_instances`` (every instance given, failed ones included),
         ``num_failed``, ``errors`` (``{position: "TypeName: message"}`` for each
         failed instance, by its position in ``summaries``; empty when none
-        failed) and ``recovery_times`` (one entry per instance, in order: its
-        ``recovery_time``, or ``None`` where it has none). E.g. cpu_peak 45.2,
-        52.8, 48.1 and error_count 7, 5, 6 give ``{"cpu_peak": 48.7,
-        "error_count": 6, "num_instances": 3, "num_failed": 0, "errors": {},
-        "recovery_times": [None, None, None]}``.
+        failed) and, when some instance recorded one, ``recovery_times`` (one
+        entry per instance, in order: its ``recovery_time``, or ``None`` where
+        it has none). E.g. cpu_peak 45.2, 52.8, 48.1 and error_count 7, 5, 6
+        give ``{"cpu_peak": 48.7, "error_count": 6, "num_instances": 3,
+        "num_failed": 0, "errors": {}}``.
 
     Raises:
         ConfigError: If ``summaries`` is not a sequence, is empty, or an item is
@@ -124,7 +151,8 @@ def average_summaries(
     result["num_instances"] = len(items)
     result["num_failed"] = len(seen.errors)
     result["errors"] = seen.errors
-    result["recovery_times"] = seen.recovery
+    if any(recovery is not None for recovery in seen.recovery):
+        result["recovery_times"] = seen.recovery
     return result
 
 

@@ -17,7 +17,7 @@ chart's builders (:func:`labkit.plots.instance_traces`,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ from labkit.plots import (
     time_title,
 )
 from labkit.results import ROUND_TO_INT
+from labkit.timeline import Method
 
 __all__ = ("LiveTimeline",)
 
@@ -79,10 +80,14 @@ class LiveTimeline:
         clock: The clock frames are timed on (a test's ``FakeClock``).
         on_frame: Called with each frame's snapshot after it is drawn (the
             experiment panel moves its progress bars then, not per sample).
+        max_gap: The running average's gaps, as the experiment's ``max_gap``
+            (see :class:`labkit.live.LiveTimelineModel`): a gap is drawn as a
+            break, never bridged.
+        method: How each metric is averaged, as the experiment's ``method``.
 
     Raises:
-        ConfigError: If ``band``, ``updates_per_s``, ``max_load`` or ``max_points``
-            is invalid.
+        ConfigError: If ``band``, ``updates_per_s``, ``max_load``, ``max_points``,
+            ``max_gap`` or ``method`` is invalid.
     """
 
     event_types = (InstanceEvent, TimelineEvent)
@@ -105,6 +110,8 @@ class LiveTimeline:
         x_axis: XAxis | None = None,
         clock: Clock = SYSTEM_CLOCK,
         on_frame: Callable[[LiveSnapshot], object] | None = None,
+        max_gap: float | Mapping[str, float | None] | None = None,
+        method: Method | Mapping[str, Method] | None = None,
     ) -> None:
         if band is not None and band not in ("std", "minmax", "ci95"):
             raise ConfigError("band", band, "'std', 'minmax', 'ci95' or None")
@@ -117,6 +124,8 @@ class LiveTimeline:
             round_to_int=ROUND_TO_INT,
             on=None if x_axis is None else "t" if x_axis == "time" else "step",
             clock=clock,
+            max_gap=max_gap,
+            method=method,
         )
         """The model behind the chart: ``chart.model.snapshot()`` is what it shows."""
         self.budget = FrameBudget(updates_per_s, max_load, clock=clock)
