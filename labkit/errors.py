@@ -30,6 +30,8 @@ that already catches the built-ins keeps working::
 
     RunInterrupted (KeyboardInterrupt)      Ctrl-C during a blocking run; carries `.report`
 
+    StoreLockWarning (UserWarning)          a store call waits for another process's lock
+
 ``RunInterrupted`` is deliberately outside ``LabkitError``: an ``except Exception``
 must never swallow a Ctrl-C.
 """
@@ -64,6 +66,7 @@ __all__ = (
     "SandboxStartError",
     "SandboxTimeout",
     "StoreError",
+    "StoreLockWarning",
     "TaskFailed",
     "TaskTimeout",
 )
@@ -364,7 +367,18 @@ class SandboxTimeout(SandboxError, TimeoutError):
 
 
 class StoreError(LabkitError):
-    """The experiment store cannot be opened, read or written."""
+    """The experiment store cannot be opened, read or written.
+
+    The message names the file, and the experiment and instance where there is one.
+    """
+
+
+class StoreLockWarning(UserWarning):
+    """A store call has waited a few seconds for another process's write lock.
+
+    It goes on waiting up to the store's ``timeout``, off the event loop; then the
+    call fails with :class:`StoreError`.
+    """
 
 
 class ExperimentError(LabkitError):
