@@ -253,6 +253,8 @@ class Writer:
         with self._finished_lock:
             skip = finishing | self._finished
         logs = {key: log for key, log in pending.items() if key not in skip}
+        if not logs:
+            return
         written = 0
 
         def chunks(conn: sqlite3.Connection) -> Iterator[tuple[str, int, int, str]]:
