@@ -422,6 +422,31 @@ def test_opening_a_store_on_a_full_disk_is_a_store_error(full_disk: Path) -> Non
 
 
 @pytest.mark.asyncio
+async def test_a_disk_filling_up_mid_run_names_file_experiment_and_instance(
+    full_disk: Path,
+) -> None:
+    (full_disk / "filler").unlink()  # room to open the store and begin
+    path = full_disk / "labkit.db"
+    store = lk.Store(path)
+
+    async def fill_then_record(ctx: lk.InstanceContext) -> None:
+        with contextlib.suppress(OSError), (full_disk / "filler").open("wb") as filler:
+            while True:
+                filler.write(bytes(4096))
+                filler.flush()
+        for step in range(20_000):  # a timeline larger than any room left in the WAL
+            ctx.record(loss=float(step))
+
+    result = await lk.run_experiment(lk.Experiment("full", fill_then_record), store=store)
+    with contextlib.suppress(StoreError):
+        store.close()  # streamed samples were dropped too: close() says so
+    assert [i.ok for i in result.instances] == [True]
+    recorded = f"recording instance 0 of experiment {result.experiment_id}"
+    (note,) = [note for note in result.notes if "instance 0" in note]
+    assert recorded in note and str(path) in note and "disk is full" in note
+
+
+@pytest.mark.asyncio
 async def test_damaged_pages_are_a_store_error_naming_the_experiment(tmp_path: Path) -> None:
     path = tmp_path / "labkit.db"
     with lk.Store(path) as store:
@@ -449,3 +474,9 @@ async def test_damaged_sample_json_is_a_store_error_naming_the_instance(tmp_path
         store.load(str(result.experiment_id))
     message = str(raised.value)
     assert str(path) in message and f"instance 1 of experiment {result.experiment_id}" in message
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE experiments SET summary = '{'")
+    conn.close()
+    with lk.Store(path) as store, pytest.raises(StoreError) as raised:
+        store.experiments()
+    assert f"experiment {result.experiment_id} is damaged" in str(raised.value)

@@ -508,7 +508,7 @@ class Store:
 
         Raises:
             StoreError: If the store is closed.
-            TypeError: A value is not a number.
+            TypeError, ValueError: A value is not a number (nothing is buffered).
         """
         self._writable().add((experiment_id, instance), t, metrics)
 
@@ -627,17 +627,7 @@ class Store:
                 "GROUP BY e.id ORDER BY e.created, e.rowid",
                 (time.time() if now is None else now, MISSED_HEARTBEATS, HEARTBEAT_EVERY),
             ).fetchall()
-            records = [
-                (
-                    *row[:8],
-                    json.loads(row[8]),
-                    json.loads(row[9]) if row[9] else {},
-                    row[10],
-                    row[11],
-                    json.loads(row[12]) if row[12] else [],
-                )
-                for row in rows
-            ]
+            records = [self._experiment_row(row) for row in rows]
         columns = (
             "id",
             "name",
@@ -659,6 +649,26 @@ class Store:
         for column in ("created", "finished", "heartbeat"):
             frame[column] = pd.to_datetime(frame[column].astype(float), unit="s", utc=True)
         return frame
+
+    def _experiment_row(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A row of :meth:`experiments` with its JSON parsed.
+
+        Raises:
+            StoreError: Its JSON is damaged (naming the experiment).
+        """
+        try:
+            return (
+                *row[:8],
+                json.loads(row[8]),
+                json.loads(row[9]) if row[9] else {},
+                row[10],
+                row[11],
+                json.loads(row[12]) if row[12] else [],
+            )
+        except (ValueError, TypeError) as exc:
+            raise StoreError(
+                f"reading {self._path} failed: experiment {row[0]} is damaged: {exc}"
+            ) from exc
 
     def find(self, name: str, params: Mapping[str, Any], instances: int) -> str | None:
         """The id of the last finished experiment with this name, params and count.

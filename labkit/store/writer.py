@@ -1,7 +1,7 @@
 """The store's one writer: a thread that owns a connection and commits in batches.
 
-Samples are buffered per instance as float64 columns (a :class:`~labkit.samplelog.SampleLog`,
-8 bytes a value, not a Python object per sample) and committed every ``batch_rows``
+Samples are buffered per instance as float64 columns (8 bytes a value, NaN where a
+sample lacks a metric; no Python object per sample) and committed every ``batch_rows``
 samples or ``flush_interval`` seconds, in chunks of at most :data:`CHUNK_ROWS`
 samples each, so no batch and no finished timeline is ever encoded whole.
 Commands (every other write) are queued behind them, so a command runs after every
@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import sqlite3
 import threading
 import time
 import warnings
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -30,10 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from labkit.errors import StoreError, StoreLockWarning
-from labkit.samplelog import SampleLog, SampleRows
+import numpy as np
 
-__all__ = ("CHUNK_ROWS", "LOCK_WARNING_AFTER", "Writer", "checkpoint", "chunk_json")
+from labkit.errors import StoreError, StoreLockWarning
+from labkit.samplelog import SampleRows
+
+__all__ = ("CHUNK_ROWS", "LOCK_WARNING_AFTER", "Buffer", "Writer", "checkpoint", "chunk_json")
 
 T = TypeVar("T")
 
@@ -45,6 +49,48 @@ LOCK_WARNING_AFTER = 2.0
 
 Key = tuple[str, int]
 """An instance: its experiment's id and its index."""
+
+
+class Buffer:
+    """One instance's samples waiting for the writer, as float64 columns.
+
+    A metric a sample lacks is NaN there, as it is once stored and loaded; so a
+    buffered sample costs 8 bytes a column, whatever metrics it has.
+    """
+
+    __slots__ = ("columns", "offsets")
+
+    def __init__(self) -> None:
+        self.offsets = array("d")
+        self.columns: dict[str, array[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def append(self, t: float, metrics: Mapping[str, float]) -> None:
+        """Add one sample; a value that is not a number adds nothing.
+
+        Raises:
+            TypeError, ValueError: A value (or ``t``) is not a number.
+        """
+        offset = float(t)
+        values = {name: float(value) for name, value in metrics.items()}
+        count = len(self.offsets)
+        for name in values.keys() - self.columns.keys():
+            self.columns[name] = array("d", [math.nan]) * count
+        for name, column in self.columns.items():
+            column.append(values.get(name, math.nan))
+        self.offsets.append(offset)
+
+    def rows(self, start: int, stop: int) -> SampleRows:
+        """Samples ``start`` to ``stop`` as new arrays."""
+        return _floats(self.offsets, start, stop), {
+            name: _floats(column, start, stop) for name, column in self.columns.items()
+        }
+
+
+def _floats(column: array[float], start: int, stop: int) -> np.ndarray:
+    return np.frombuffer(column[start:stop], dtype=np.float64)
 
 
 @dataclass(slots=True)
@@ -100,7 +146,7 @@ class Writer:
         self._owners = owners
         # The sample buffers, swapped out whole by the writer: the lock makes an
         # append and the swap exclusive, so no sample lands in a buffer already taken.
-        self._pending: dict[Key, SampleLog] = {}
+        self._pending: dict[Key, Buffer] = {}
         self._pending_lock = threading.Lock()
         # Instances already finished in this store: late samples for them are dropped
         # instead of being appended after their final timeline.
@@ -116,12 +162,12 @@ class Writer:
         """Buffer one sample of instance ``key`` (never waits for the database).
 
         Raises:
-            TypeError: A value is not a number.
+            TypeError, ValueError: A value is not a number.
         """
         with self._pending_lock:
             log = self._pending.get(key)
             if log is None:
-                log = self._pending[key] = SampleLog()
+                log = self._pending[key] = Buffer()
             log.append(t, metrics)
             self.pending_samples += 1
             full = self.pending_samples >= self._batch_rows
@@ -245,7 +291,7 @@ class Writer:
     def _write_samples(
         self,
         conn: sqlite3.Connection,
-        pending: dict[Key, SampleLog],
+        pending: dict[Key, Buffer],
         count: int,
         finishing: set[Key],
     ) -> None:
@@ -270,7 +316,7 @@ class Writer:
                 if experiment_id not in mine:
                     continue
                 for start in range(0, len(log), CHUNK_ROWS):
-                    rows = log.read(start, start + CHUNK_ROWS)
+                    rows = log.rows(start, start + CHUNK_ROWS)
                     written += len(rows[0])
                     yield experiment_id, instance, len(rows[0]), chunk_json(rows)
 
@@ -298,7 +344,8 @@ class Writer:
             with self._transaction(conn, command.deadline):
                 value = command.work(conn)
         except StoreError as exc:
-            error = StoreError(f"{command.what} failed: {exc}")
+            where = "" if str(self._path) in str(exc) else f" ({self._path})"
+            error = StoreError(f"{command.what} failed{where}: {exc}")
             error.__cause__ = exc
             command.future.set_exception(error)
         except Exception as exc:
@@ -315,8 +362,9 @@ class Writer:
 def chunk_json(rows: SampleRows) -> str:
     """One stored chunk, ``{"t": [...], "<metric>": [...]}``; NaN and inf as recorded.
 
-    A metric a sample lacks is NaN in a :class:`SampleLog`'s rows and is stored
-    so (``NaN``): it loads as NaN, as a missing value does.
+    A metric a sample lacks is NaN in a :class:`Buffer` (and in a
+    :class:`~labkit.samplelog.SampleLog`) and is stored so: it loads as NaN, as a
+    missing value does.
     """
     offsets, values = rows
     data = {"t": offsets.tolist(), **{name: column.tolist() for name, column in values.items()}}
