@@ -17,8 +17,9 @@ import textwrap
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -217,7 +218,7 @@ RUNNER = textwrap.dedent(
     import asyncio, os, sys, time
     import labkit as lk
 
-    path, ran, tag, seconds, wait, go = sys.argv[1:7]
+    path, ran, tag, seconds, wait, go, release = sys.argv[1:8]
 
     async def fn(ctx):
         with open(ran, "a") as log:
@@ -228,11 +229,14 @@ RUNNER = textwrap.dedent(
         for step in range(5):
             ctx.record(loss=float(step))
             await asyncio.sleep(float(seconds) / 5)
+        while release != "-" and not os.path.exists(release):
+            await asyncio.sleep(0.02)
 
     async def main():
         while go != "-" and not os.path.exists(go):
             time.sleep(0.001)
         with lk.Store(path, resume_wait=float(wait)) as store:
+            print("begin", flush=True)
             try:
                 result = await lk.run_experiment(
                     lk.Experiment("owned", fn), instances=4, store=store, resume=True,
@@ -249,15 +253,40 @@ RUNNER = textwrap.dedent(
 
 
 def runner(
-    tmp_path: Path, tag: str, *, seconds: float, wait: float = 0.0, go: str = "-"
+    tmp_path: Path,
+    tag: str,
+    *,
+    seconds: float,
+    wait: float = 0.0,
+    go: str = "-",
+    release: str = "-",
 ) -> subprocess.Popen[str]:
-    """A real process running (or resuming) the experiment ``owned``."""
+    """A real process running (or resuming) the experiment ``owned``.
+
+    It starts once the file ``go`` exists, resumes with ``resume_wait=wait``, and
+    each instance records for ``seconds``, then holds on until ``release`` exists.
+    """
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
-    args = [tmp_path / "labkit.db", tmp_path / "ran.log", tag, seconds, wait, go]
+    args = [tmp_path / "labkit.db", tmp_path / "ran.log", tag, seconds, wait, go, release]
     return subprocess.Popen(
         [sys.executable, str(script), *map(str, args)], stdout=subprocess.PIPE, text=True
     )
+
+
+@pytest.fixture
+def runners(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Starts :func:`runner` processes; any still running at the end is killed."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(tag: str, **options: Any) -> subprocess.Popen[str]:
+        started.append(runner(tmp_path, tag, **options))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait(30)
 
 
 def ran(tmp_path: Path) -> list[tuple[str, int]]:
@@ -265,37 +294,43 @@ def ran(tmp_path: Path) -> list[tuple[str, int]]:
     return [(line.split()[0], int(line.split()[1])) for line in lines if line]
 
 
-def test_resume_refuses_a_run_that_is_still_alive_or_waits_for_it(tmp_path: Path) -> None:
-    first = runner(tmp_path, "first", seconds=3.0)
-    try:
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "ran.log").exists() or len(ran(tmp_path)) < 4:
-            assert time.monotonic() < deadline and first.poll() is None
-            time.sleep(0.01)
-        refused = runner(tmp_path, "second", seconds=0.1)
-        out, _ = refused.communicate(timeout=60)
-        assert refused.returncode == 3, out
-        assert "is still running in process" in out and str(first.pid) in out
-        # Asked to wait, a resume waits for the live run to end, then runs nothing again.
-        waiting = runner(tmp_path, "third", seconds=0.1, wait=60)
-        out, _ = waiting.communicate(timeout=90)
-        assert waiting.returncode == 0, out
-        assert "ran: [0, 1, 2, 3]" in out
-        assert first.wait(30) == 0
-    finally:
-        first.kill()
-        first.wait(30)
+def test_resume_refuses_a_run_that_is_still_alive_or_waits_for_it(
+    tmp_path: Path, runners: Callable[..., subprocess.Popen[str]]
+) -> None:
+    release = tmp_path / "release"
+    first = runners("first", seconds=0.1, release=str(release))
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "ran.log").exists() or len(ran(tmp_path)) < 4:
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.01)
+    refused = runners("second", seconds=0.1)
+    out, _ = refused.communicate(timeout=60)
+    assert refused.returncode == 3, out
+    assert "is still running in process" in out and str(first.pid) in out
+    # Asked to wait, a resume waits for the live run to end, then runs nothing again.
+    waiting = runners("third", seconds=0.1, wait=60)
+    assert waiting.stdout is not None
+    assert waiting.stdout.readline().strip() == "begin"
+    time.sleep(1.0)  # it is waiting now: the first run is held until released
+    assert waiting.poll() is None
+    release.touch()
+    out, _ = waiting.communicate(timeout=90)
+    assert waiting.returncode == 0, out
+    assert "ran: [0, 1, 2, 3]" in out
+    assert first.wait(30) == 0
     assert sorted(ran(tmp_path)) == [("first", i) for i in range(4)]
 
 
-def test_two_resumes_started_together_never_run_an_instance_twice(tmp_path: Path) -> None:
+def test_two_resumes_started_together_never_run_an_instance_twice(
+    tmp_path: Path, runners: Callable[..., subprocess.Popen[str]]
+) -> None:
     for index in (1, 2, 3):
         (tmp_path / f"ran.log.fail{index}").touch()
-    setup = runner(tmp_path, "setup", seconds=0.05)
+    setup = runners("setup", seconds=0.05)
     assert setup.wait(60) == 0
     assert sorted(ran(tmp_path)) == [("setup", i) for i in range(4)]
     go = tmp_path / "go"
-    resumers = [runner(tmp_path, f"r{n}", seconds=1.0, go=str(go)) for n in range(2)]
+    resumers = [runners(f"r{n}", seconds=1.0, go=str(go)) for n in range(2)]
     time.sleep(1.0)  # both started and waiting at the line
     go.touch()
     outs = [process.communicate(timeout=60)[0] for process in resumers]
