@@ -452,7 +452,6 @@ class Store:
             "seconds > 0",
         )
         now = time.time()
-
         owner = self._owners.get(experiment_id)
 
         def work(conn: sqlite3.Connection) -> None:
@@ -476,7 +475,6 @@ class Store:
         Raises:
             StoreError: If the store is closed.
         """
-
         owner = self._owners.pop(experiment_id, None)
         if owner is not None:
             ended_here(owner)
@@ -547,6 +545,9 @@ class Store:
                 "DELETE FROM samples WHERE experiment_id = ? AND instance = ?",
                 (experiment_id, result.index),
             )
+            # The final timeline keeps inf and NaN as recorded (a diverged loss stays
+            # inf when loaded); only the summaries are strict JSON. One chunk at a
+            # time is encoded: executemany pulls them from the generator.
             conn.executemany(
                 "INSERT INTO samples (experiment_id, instance, n, data) VALUES (?, ?, ?, ?)",
                 (
