@@ -161,7 +161,7 @@ async def test_a_locked_store_never_blocks_the_loop_and_the_wait_is_announced(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "labkit.db"
-    hold = 3.0
+    hold = 5.0
     with lk.Store(path, timeout=30.0) as store:
         with locked(path, hold), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", StoreLockWarning)
@@ -183,7 +183,7 @@ async def test_a_lock_held_past_the_timeout_fails_the_writes_within_it_and_keeps
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "labkit.db"
-    hold = 8.0
+    hold = 20.0  # the locker is killed once the run returned
     store = lk.Store(path, timeout=0.5)
     try:
         lock = contextlib.ExitStack()

@@ -75,10 +75,13 @@ class Buffer:
         """
         offset = float(t)
         values = {name: float(value) for name, value in metrics.items()}
-        count = len(self.offsets)
-        for name in values.keys() - self.columns.keys():
-            self.columns[name] = array("d", [math.nan]) * count
-        for name, column in self.columns.items():
+        columns = self.columns
+        if values.keys() != columns.keys():  # a new metric (compared without a copy)
+            count = len(self.offsets)
+            for name in values:
+                if name not in columns:
+                    columns[name] = array("d", [math.nan]) * count
+        for name, column in columns.items():
             column.append(values.get(name, math.nan))
         self.offsets.append(offset)
 
