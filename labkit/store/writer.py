@@ -168,10 +168,10 @@ class Writer:
             TypeError, ValueError: A value is not a number.
         """
         with self._pending_lock:
-            log = self._pending.get(key)
-            if log is None:
-                log = self._pending[key] = Buffer()
-            log.append(t, metrics)
+            buffer = self._pending.get(key)
+            if buffer is None:
+                buffer = self._pending[key] = Buffer()
+            buffer.append(t, metrics)
             self.pending_samples += 1
             full = self.pending_samples >= self._batch_rows
         # is_set() takes no lock; set() does, so call it once per batch, not per sample.
@@ -301,34 +301,34 @@ class Writer:
         started = time.perf_counter()
         with self._finished_lock:
             skip = finishing | self._finished
-        logs = {key: log for key, log in pending.items() if key not in skip}
+        logs = {key: buffer for key, buffer in pending.items() if key not in skip}
         if not logs:
             return
         written = 0
 
-        def chunks(conn: sqlite3.Connection) -> Iterator[tuple[str, int, int, str]]:
+        def chunks(mine: set[str]) -> Iterator[tuple[str, int, int, str]]:
             nonlocal written
-            # Samples of an experiment another run took over are not written:
-            # they would mix with that run's own.
-            mine = {
-                experiment_id
-                for experiment_id in {key[0] for key in logs}
-                if _owned(conn, experiment_id, self._owners.get(experiment_id))
-            }
-            for (experiment_id, instance), log in logs.items():
+            for (experiment_id, instance), buffer in logs.items():
                 if experiment_id not in mine:
                     continue
-                for start in range(0, len(log), CHUNK_ROWS):
-                    rows = log.rows(start, start + CHUNK_ROWS)
+                for start in range(0, len(buffer), CHUNK_ROWS):
+                    rows = buffer.rows(start, start + CHUNK_ROWS)
                     written += len(rows[0])
                     yield experiment_id, instance, len(rows[0]), chunk_json(rows)
 
         try:
             with self._transaction(conn, time.monotonic() + self._timeout):
+                # Samples of an experiment another run took over are not written:
+                # they would mix with that run's own.
+                mine = {
+                    experiment_id
+                    for experiment_id in {key[0] for key in logs}
+                    if _owned(conn, experiment_id, self._owners.get(experiment_id))
+                }
                 # executemany pulls one chunk at a time: one chunk's JSON in memory.
                 conn.executemany(
                     "INSERT INTO samples (experiment_id, instance, n, data) VALUES (?, ?, ?, ?)",
-                    chunks(conn),
+                    chunks(mine),
                 )
         except (sqlite3.Error, StoreError) as exc:
             # Dropped samples are counted and reported by close(); a finished
