@@ -271,7 +271,8 @@ class Writer:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                # Extended codes (SQLITE_BUSY_SNAPSHOT...) keep the primary one in the low byte.
+                if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     raise StoreError(f"cannot write to {self._path}: {exc}") from exc
                 if until >= deadline:
                     waited = time.monotonic() - started
