@@ -430,6 +430,29 @@ async def test_recording_samples_holds_little_memory_and_never_stalls_the_loop(
     pd.testing.assert_frame_equal(loaded, timeline)
 
 
+def test_samples_waiting_behind_another_process_lock_hold_a_few_bytes_each(tmp_path: Path) -> None:
+    path = tmp_path / "labkit.db"
+    samples = 300_000
+    process = psutil.Process()
+    with lk.Store(path, timeout=60.0) as store, warnings.catch_warnings():
+        warnings.simplefilter("ignore", StoreLockWarning)
+        experiment_id, _ = store.begin(name="held", params={}, instances=1, config={}, resume=False)
+        values = np.arange(samples, dtype=float).tolist()
+        # A sampler's cpu beside the function's loss: every sample lacks one metric.
+        metrics = [{"cpu": 1.0}, {"loss": 2.0}]
+        gc.collect()
+        with locked(path, 60.0):
+            before = process.memory_info().rss
+            for step, t in enumerate(values):
+                store.sample(experiment_id, 0, t, metrics[step % 2])
+            held = (process.memory_info().rss - before) / samples
+            assert store.stats().samples_written == 0  # nothing could be committed
+        store.flush()  # the lock is gone: everything buffered is committed
+        assert store.stats().samples_written == samples
+    print(f"RSS per sample waiting for the writer: {held:.1f} B")
+    assert held <= 64
+
+
 # -- every failure is a StoreError naming the file, experiment and instance ---------------
 
 

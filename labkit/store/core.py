@@ -506,7 +506,7 @@ class Store:
 
         Raises:
             StoreError: If the store is closed.
-            TypeError, ValueError: A value is not a number (nothing is buffered).
+            TypeError: A value is not a number (nothing is buffered).
         """
         self._writable().add((experiment_id, instance), t, metrics)
 

@@ -71,19 +71,34 @@ class Buffer:
         """Add one sample; a value that is not a number adds nothing.
 
         Raises:
-            TypeError, ValueError: A value (or ``t``) is not a number.
+            TypeError: A value (or ``t``) is not a number.
         """
-        offset = float(t)
-        values = {name: float(value) for name, value in metrics.items()}
         columns = self.columns
-        if values.keys() != columns.keys():  # a new metric (compared without a copy)
-            count = len(self.offsets)
-            for name in values:
+        count = len(self.offsets)
+        born: list[str] = []
+        try:
+            self.offsets.append(t)
+            if len(metrics) == len(columns):
+                try:  # the usual metrics, usually: one append per column
+                    for name, value in metrics.items():
+                        columns[name].append(value)
+                    return
+                except KeyError:  # as many metrics, not the same ones: start over
+                    for column in columns.values():
+                        del column[count:]
+            for name in metrics:
                 if name not in columns:
                     columns[name] = array("d", [math.nan]) * count
-        for name, column in columns.items():
-            column.append(values.get(name, math.nan))
-        self.offsets.append(offset)
+                    born.append(name)
+            for name, column in columns.items():
+                column.append(metrics.get(name, math.nan))
+        except BaseException:
+            # Not half a row: no column it added, every other back to ``count`` rows.
+            for name in born:
+                del columns[name]
+            for column in (self.offsets, *columns.values()):
+                del column[count:]
+            raise
 
     def rows(self, start: int, stop: int) -> SampleRows:
         """Samples ``start`` to ``stop`` as new arrays."""
@@ -165,7 +180,7 @@ class Writer:
         """Buffer one sample of instance ``key`` (never waits for the database).
 
         Raises:
-            TypeError, ValueError: A value is not a number.
+            TypeError: A value is not a number.
         """
         with self._pending_lock:
             buffer = self._pending.get(key)
