@@ -10,6 +10,12 @@
 3. Commit latency: how long ``await store.finish_instance(...)`` takes for an
    instance with a 1,000-sample timeline, idle and while the sustained load runs,
    with synchronous NORMAL and FULL.
+4. A long timeline: one instance records 2.9 M samples through ``Store.sample``
+   (yielding to the loop every 2,000, as a busy instance does), then finishes with
+   that timeline; reports the RSS the store added per recorded sample (at its peak)
+   and the worst stall of a 10 ms ticker on the loop, against the same loop
+   appending to a bare ``SampleLog`` (what recording costs without a store). Each
+   runs in a fresh process, so that neither reuses memory the other freed.
 
 Run: ``python benchmarks/bench_store.py``. Not a test: numbers depend on the disk.
 """
@@ -17,16 +23,23 @@ Run: ``python benchmarks/bench_store.py``. Not a test: numbers depend on the dis
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import gc
+import multiprocessing
 import sqlite3
 import statistics
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 
 from labkit.results import InstanceResult
+from labkit.samplelog import SampleLog
 from labkit.store import Store
 
 INSTANCES = 8
@@ -34,6 +47,7 @@ RATE = 1000  # samples per second per instance
 SECONDS = 4.0
 CAPACITY_SAMPLES = 200_000
 FINISHES = 30
+LONG_SAMPLES = 2_900_000
 
 
 def timeline(n: int = 1000) -> pd.DataFrame:
@@ -148,6 +162,73 @@ async def idle_latencies(path: Path, synchronous: str) -> list[float]:
         return await finish_latencies(store, experiment_id, FINISHES, 0.0, 0)
 
 
+async def long_timeline(path: Path | None) -> tuple[float, float]:
+    """Record LONG_SAMPLES samples of one instance (into a store at ``path``, or a
+    bare SampleLog); the peak RSS added per sample (B) and the worst loop stall (s)."""
+    offsets = np.arange(LONG_SAMPLES, dtype=float) * 0.001
+    frame = pd.DataFrame({"t": offsets, "loss": offsets * 2.0})
+    values = offsets.tolist()
+    store = None if path is None else Store(path)
+    log = SampleLog()
+    if store is not None:
+        experiment_id = begin(store, "long")
+        record: Callable[[float], None] = lambda t: store.sample(  # noqa: E731
+            experiment_id, 0, t, {"loss": t}
+        )
+    else:
+        record = lambda t: log.append(t, {"loss": t})  # noqa: E731
+    process = psutil.Process()
+    gc.collect()
+    before = peak = process.memory_info().rss
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(0.002)
+
+    worst = 0.0
+
+    async def tick() -> None:
+        nonlocal worst
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            worst, last = max(worst, now - last), now
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    for step, t in enumerate(values):
+        record(t)
+        if step % 2000 == 0:
+            await asyncio.sleep(0)
+    if store is not None:
+        result = InstanceResult(index=0, ok=True, error=None, timeline=frame)
+        await store.finish_instance(experiment_id, result)
+    ticker.cancel()
+    done.set()
+    watcher.join()
+    per_sample = (max(peak, process.memory_info().rss) - before) / LONG_SAMPLES
+    if store is not None:
+        store.close()
+    return per_sample, worst
+
+
+def in_fresh_process(path: Path | None) -> tuple[float, float]:
+    """:func:`long_timeline` in a new interpreter."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(_long_timeline, path).result()
+
+
+def _long_timeline(path: Path | None) -> tuple[float, float]:
+    return asyncio.run(long_timeline(path))
+
+
 def ms(values: list[float]) -> str:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
@@ -165,6 +246,8 @@ def main() -> None:
         raw_rate = capacity_raw(root / "raw.db")
         idle_normal = asyncio.run(idle_latencies(root / "normal.db", "normal"))
         idle_full = asyncio.run(idle_latencies(root / "full.db", "full"))
+        bare_rss, bare_stall = in_fresh_process(None)
+        long_rss, long_stall = in_fresh_process(root / "long.db")
 
     print(f"sustained: {INSTANCES} instances x {RATE} samples/s for {SECONDS:.0f} s")
     print(f"  offered            {offered:>10,.0f} samples/s (target {INSTANCES * RATE:,})")
@@ -178,6 +261,15 @@ def main() -> None:
     print(f"  idle, NORMAL       {ms(idle_normal)}")
     print(f"  idle, FULL         {ms(idle_full)}")
     print(f"  under load, NORMAL {ms(loaded)}")
+    print(f"a long timeline ({LONG_SAMPLES:,} samples of one instance, recorded then finished)")
+    print(
+        f"  bare SampleLog     {bare_rss:>6.1f} B/sample peak RSS, worst loop stall "
+        f"{bare_stall * 1000:5.0f} ms (baseline)"
+    )
+    print(
+        f"  Store              {long_rss:>6.1f} B/sample peak RSS, worst loop stall "
+        f"{long_stall * 1000:5.0f} ms ({long_stall / bare_stall:.1f}x baseline)"
+    )
 
 
 if __name__ == "__main__":

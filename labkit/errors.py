@@ -32,6 +32,7 @@ that already catches the built-ins keeps working::
 
     RunInterrupted (KeyboardInterrupt)      Ctrl-C during a blocking run; carries `.report`
     OversubscribedWarning (UserWarning)     more instances in processes at once than cores
+    StoreLockWarning (UserWarning)          a store call waits for another process's lock
 
 ``RunInterrupted`` is deliberately outside ``LabkitError``: an ``except Exception``
 must never swallow a Ctrl-C.
@@ -69,6 +70,7 @@ __all__ = (
     "SandboxTimeout",
     "OversubscribedWarning",
     "StoreError",
+    "StoreLockWarning",
     "WorkerDied",
     "TaskFailed",
     "TaskTimeout",
@@ -409,7 +411,18 @@ class SandboxTimeout(SandboxError, TimeoutError):
 
 
 class StoreError(LabkitError):
-    """The experiment store cannot be opened, read or written."""
+    """The experiment store cannot be opened, read or written.
+
+    The message names the file, and the experiment and instance where there is one.
+    """
+
+
+class StoreLockWarning(UserWarning):
+    """A store call has waited a few seconds for another process's write lock.
+
+    It goes on waiting up to the store's ``timeout``, off the event loop; then the
+    call fails with :class:`StoreError`.
+    """
 
 
 class WorkerDied(LabkitError):

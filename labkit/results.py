@@ -456,7 +456,7 @@ class ExperimentRecorder(Protocol):
     ) -> tuple[str, dict[int, InstanceResult]]:
         """Create (or, with ``resume=True``, find by fingerprint of name+params+instances)
         the experiment; returns its id and the instances already finished (to load,
-        not rerun)."""
+        not rerun). It may block: ``run_experiment`` calls it in a thread."""
         ...
 
     def sample(

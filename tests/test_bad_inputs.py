@@ -350,6 +350,8 @@ SPECS = [
     Spec("Store", "checkpoint_interval",
          lambda value: lk.Store(NOWHERE, checkpoint_interval=value), seconds(high=86_400)),
     Spec("Store", "read_only", lambda value: lk.Store(NOWHERE, read_only=value), not_bool()),
+    Spec("Store", "resume_wait", lambda value: lk.Store(NOWHERE, resume_wait=value),
+         seconds(zero_ok=True, high=86_400)),
     Spec("Store", "synchronous", lambda value: lk.Store(NOWHERE, synchronous=value),
          st.one_of(st.integers(), st.text(max_size=3), st.none())),
     Spec("Store", "path", lambda value: lk.Store(value),

@@ -109,6 +109,8 @@ async def run_experiment(
         store: Records the run (``labkit.Store`` or any ``ExperimentRecorder``).
         resume: With ``store``, load the instances a previous run of the same
             experiment, parameters and instance count finished, and run only the rest.
+            A run of it that is still alive is never taken over: ``labkit.Store``
+            refuses with a ``StoreError`` (or waits, see its ``resume_wait``).
         sample_every: Seconds between resource samples of an instance's sandbox.
         on_event: A callback, or an :class:`~labkit.events.EventBus`, given every
             :class:`~labkit.events.InstanceEvent` and the runner's ``TaskEvent``.
@@ -329,7 +331,9 @@ async def open_run(
     )
     results: dict[int, InstanceResult] = {}
     if store is not None:
-        book.experiment_id, loaded = store.begin(
+        # In a thread: begin() may wait for another process's lock or a live run.
+        book.experiment_id, loaded = await asyncio.to_thread(
+            store.begin,
             name=experiment.name,
             params=dict(experiment.params or {}),
             instances=options.planned,

@@ -18,12 +18,16 @@ How it stays fast and safe under parallel writers:
   that reads and then writes fails at once with "database is locked" when another
   connection committed in between, whatever the timeout.
 - One writer per store: a background thread that owns its own connection. Samples
-  are buffered without blocking and committed in batches (every ``batch_rows`` rows
-  or ``flush_interval`` seconds); everything else the writer does is queued behind
-  them, so a finished instance is committed, samples and all, before
-  :meth:`Store.finish_instance` returns. A thread (not an asyncio task) serves
-  scripts, notebooks and several event loops alike, and keeps SQLite's blocking
-  calls off the loop.
+  are buffered without blocking, as float64 columns per instance, and committed in
+  batches (every ``batch_rows`` samples or ``flush_interval`` seconds) of chunks of
+  at most :data:`~labkit.store.writer.CHUNK_ROWS` samples; everything else the
+  writer does is queued behind them, so a finished instance is committed, samples
+  and all, before :meth:`Store.finish_instance` returns. A thread (not an asyncio
+  task) serves scripts, notebooks and several event loops alike, and keeps SQLite's
+  blocking calls and every wait for another process's lock off the loop. Each call
+  waits for the lock at most ``timeout`` seconds from when it was made; past
+  :data:`~labkit.store.writer.LOCK_WARNING_AFTER` seconds a
+  :class:`~labkit.errors.StoreLockWarning` says so.
 - Reads use a second connection and short transactions; the writer checkpoints the
   WAL every ``checkpoint_interval`` seconds and truncates it on close, and
   ``journal_size_limit`` caps the file kept after a checkpoint.
@@ -51,6 +55,16 @@ Liveness: a run writes a heartbeat (:meth:`Store.heartbeat`) every few seconds. 
 experiment still marked ``running`` whose heartbeat is older than
 :data:`MISSED_HEARTBEATS` intervals reads as ``interrupted`` (its process died);
 ``resume=True`` picks it up like any unfinished run.
+
+Ownership (:mod:`labkit.store.ownership`): the run that begins an experiment writes
+itself as its owner, in the same ``BEGIN IMMEDIATE`` transaction that checks the
+current one. A resume never takes over a live run (``running``, heartbeat fresh,
+process not known dead): it is refused, or waits ``resume_wait`` seconds; and a
+run that lost its experiment writes nothing more to it.
+
+The file is watched: the store remembers the device and inode it opened, and a
+file deleted or replaced since is refused with a :class:`~labkit.errors.StoreError`
+on every call, rather than written to where no one will ever read it.
 """
 
 from labkit.store.codec import fingerprint

@@ -5,14 +5,13 @@ Everything the store writes goes through :func:`labkit._json.to_builtins`, the
 one sanitiser: params and config as strict JSON values (anything else is refused,
 as an identity must not depend on an object's ``repr``), summaries as builtins
 (other objects kept as their ``str``). Samples are stored as column chunks
-``{"t": [...], "<metric>": [...]}``; :func:`columns` builds one and
-:func:`join_chunks` joins them back.
+``{"t": [...], "<metric>": [...]}`` (:func:`labkit.store.writer.chunk_json` writes
+one); :func:`join_chunks` joins them back.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,10 +19,7 @@ from typing import Any
 from labkit._json import to_builtins
 from labkit.errors import ConfigError
 
-__all__ = ("Row", "columns", "dumps", "fingerprint", "join_chunks", "plain")
-
-Row = tuple[str, int, float, dict[str, Any]]
-"""One buffered sample: experiment id, instance index, ``t`` (s), metrics."""
+__all__ = ("dumps", "fingerprint", "join_chunks", "plain")
 
 
 def fingerprint(name: str, params: Mapping[str, Any], instances: int) -> str:
@@ -56,17 +52,6 @@ def fingerprint(name: str, params: Mapping[str, Any], instances: int) -> str:
         allow_nan=True,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def columns(rows: Sequence[Row]) -> dict[str, list[Any]]:
-    """Samples as columns: ``{"t": [...], metric: [...]}``, ``None`` where missing."""
-    metrics = [row[3] for row in rows]
-    names = dict.fromkeys(itertools.chain.from_iterable(metrics))
-    names.pop("t", None)
-    columns: dict[str, list[Any]] = {"t": [row[2] for row in rows]}
-    for name in names:
-        columns[name] = [values.get(name) for values in metrics]
-    return columns
 
 
 def join_chunks(texts: Sequence[str]) -> dict[str, list[Any]]:

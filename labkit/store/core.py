@@ -26,14 +26,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
+import numpy as np
 import pandas as pd
 
+from labkit._json import to_builtins
 from labkit.errors import MissingDependency, StoreError, check, is_int, is_real
 from labkit.results import ExperimentResult, InstanceResult, frame_from_dict
+from labkit.samplelog import SampleRows
 from labkit.store.codec import dumps, fingerprint, join_chunks, plain
 from labkit.store.filesystems import network_filesystem
+from labkit.store.ownership import Owner, ended_here, started_here
 from labkit.store.schema import check_version, migrate
-from labkit.store.writer import Writer
+from labkit.store.writer import CHUNK_ROWS, Writer, chunk_json
 
 __all__ = ("HEARTBEAT_EVERY", "MISSED_HEARTBEATS", "Store", "StoreStats")
 
@@ -85,8 +89,12 @@ class Store:
             any moment (the WAL is in the OS's hands), but the last commits may be
             lost if the machine loses power. ``"full"``: fsync on every commit,
             which survives power loss too, at about a tenth of the commit rate.
-        timeout: How long a write waits for another process's lock before failing
-            (s); SQLite's ``busy_timeout``.
+        timeout: How long a store call waits for another process's write lock
+            before it fails with :class:`~labkit.errors.StoreError` (s), counted
+            from the call (SQLite's ``busy_timeout``, kept per call). The wait
+            happens in the writer thread, never on an event loop; one longer than
+            a few seconds is announced with a
+            :class:`~labkit.errors.StoreLockWarning`.
         batch_rows: Commit buffered samples once this many are waiting.
         flush_interval: Commit buffered samples at least this often (s).
         checkpoint_interval: Checkpoint the WAL this often while writing (s).
@@ -94,6 +102,14 @@ class Store:
             written; no writer thread), so a store on a read-only filesystem or
             in a directory one cannot write to can still be listed and loaded.
             Every write raises :class:`~labkit.errors.StoreError`.
+        resume_wait: How long :meth:`begin` with ``resume=True`` waits for a
+            live run of the same experiment (``running``, its heartbeat fresh)
+            to end before refusing it (s); 0 refuses at once. A live run is
+            never taken over.
+
+    The file is watched: once it is deleted or replaced by another file (its
+    folder removed, say), every call raises :class:`~labkit.errors.StoreError`
+    saying so, instead of writing to a file no one can open again.
 
     Raises:
         ConfigError: For an option out of range: a bool or NaN where a number
@@ -112,6 +128,7 @@ class Store:
         flush_interval: float = 0.25,
         checkpoint_interval: float = 10.0,
         read_only: bool = False,
+        resume_wait: float = 0.0,
     ) -> None:
         _check_options(
             path,
@@ -121,8 +138,10 @@ class Store:
             flush_interval=flush_interval,
             checkpoint_interval=checkpoint_interval,
             read_only=read_only,
+            resume_wait=resume_wait,
         )
         self._path = Path(path).absolute()
+        self._resume_wait = float(resume_wait)
         fstype = network_filesystem(self._path.parent)
         if fstype is not None:
             raise StoreError(
@@ -137,17 +156,26 @@ class Store:
         self._closed = False
         self._read_lock = threading.Lock()
         self._writer: Writer | None = None
+        # The runs this store began, by experiment id (see labkit.store.ownership).
+        self._owners: dict[str, str] = {}
+        self._lost: str | None = None
         self._reader = self._connect_read_only() if read_only else self._connect()
         try:
             if read_only:
                 check_version(self._reader, self._path)
             else:
                 migrate(self._reader, self._path)
+            self._identity = _identity(self._path)
+            if not read_only:
                 self._writer = Writer(
                     self._connect,
+                    path=self._path,
+                    timeout=timeout,
                     batch_rows=batch_rows,
                     flush_interval=flush_interval,
                     checkpoint_interval=checkpoint_interval,
+                    guard=self._check_file,
+                    owners=self._owners,
                 )
         except BaseException:
             self._reader.close()
@@ -212,25 +240,65 @@ class Store:
         return self._writer
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        """A short read transaction: one consistent snapshot, then let go of the WAL."""
+    def _reading(self, what: str = "") -> Iterator[sqlite3.Connection]:
+        """A short read transaction: one consistent snapshot, then let go of the WAL.
+
+        Raises:
+            StoreError: The file is gone or replaced, or SQLite or the JSON it
+                holds failed (a damaged file), naming the file and ``what`` was read.
+        """
         self._check_open()
+        self._check_file()
+        where = f"{self._path}{f' ({what})' if what else ''}"
         with self._read_lock:
             conn = self._reader
-            conn.execute("BEGIN")
             try:
-                yield conn
+                conn.execute("BEGIN")
+                try:
+                    yield conn
+                finally:
+                    conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StoreError(f"reading {self._path} failed: {exc}") from exc
-            finally:
-                conn.execute("COMMIT")
+                raise StoreError(f"reading {where} failed: {exc}") from exc
+            except (ValueError, TypeError) as exc:  # stored JSON that does not parse
+                raise StoreError(f"reading {where} failed: damaged data: {exc}") from exc
 
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"the store {self._path} is closed")
 
-    def _write(self, work: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
-        return self._writable().submit(work)
+    def _check_file(self) -> None:
+        """Refuse to go on with a file that is no longer the one opened.
+
+        SQLite keeps writing to a deleted file through its open handle, and to its
+        own handle of a file replaced at the same path: both would lose every
+        write in silence.
+
+        Raises:
+            StoreError: The file was deleted or replaced since the store opened it.
+        """
+        if self._lost is None:
+            try:
+                now = _identity(self._path)
+            except FileNotFoundError:
+                self._lost = "was deleted (its file or folder removed)"
+            else:
+                if now != self._identity:
+                    self._lost = "was replaced by another file"
+        if self._lost is not None:
+            raise StoreError(
+                f"the store {self._path} {self._lost} after it was opened: nothing written "
+                "since can be kept; open a new Store to record again"
+            )
+
+    def _write(
+        self,
+        work: Callable[[sqlite3.Connection], T],
+        what: str,
+        *,
+        finishing: tuple[str, int] | None = None,
+    ) -> concurrent.futures.Future[T]:
+        return self._writable().submit(work, what=what, finishing=finishing)
 
     @property
     def path(self) -> Path:
@@ -250,6 +318,16 @@ class Store:
     ) -> tuple[str, dict[int, InstanceResult]]:
         """Create an experiment, or with ``resume=True`` find the last one like it.
 
+        Blocks while it waits for the database (``run_experiment`` calls it in a
+        thread, off the event loop).
+
+        The experiment is then held by this run: its owner is written in the same
+        ``BEGIN IMMEDIATE`` transaction that checks the one before, so of two
+        runs resuming at once, one holds it and the other is refused, and no
+        instance ever runs twice. Writes of a run that lost its experiment to
+        another (its heartbeat had stopped long enough to read as dead) are
+        refused.
+
         Args:
             name: The experiment's name.
             params: Its parameters (JSON values).
@@ -258,7 +336,10 @@ class Store:
             resume: Look for the latest experiment with the same name, params and
                 instance count, whatever its status (``interrupted`` included);
                 when found, keep the instances that succeeded and forget the
-                others (they run again).
+                others (they run again). An experiment whose run is alive
+                (``running`` and its heartbeat fresh, its process not known to
+                be dead) is never taken over: this waits up to ``resume_wait``
+                seconds for it to end, then refuses.
 
         Returns:
             The experiment's id and the instances already finished successfully,
@@ -266,27 +347,29 @@ class Store:
 
         Raises:
             ConfigError: If ``params`` or ``config`` are not JSON values.
-            StoreError: If the store is closed or the write fails.
+            StoreError: If the store is closed or the write fails, or (with
+                ``resume=True``) the experiment's run is still alive.
         """
         key = fingerprint(name, params, instances)
         params_json = dumps(plain(params, "params"))
         config_json = dumps(plain(config, "config"))
+        owner = Owner.new()
 
-        def work(conn: sqlite3.Connection) -> tuple[str, list[int]]:
+        def work(conn: sqlite3.Connection) -> tuple[str, list[int]] | _Live:
+            now = time.time()
             found = None
             if resume:
                 found = conn.execute(
-                    "SELECT id FROM experiments WHERE fingerprint = ? "
-                    "ORDER BY created DESC LIMIT 1",
+                    "SELECT id, status, heartbeat, heartbeat_every, owner FROM experiments "
+                    "WHERE fingerprint = ? ORDER BY created DESC LIMIT 1",
                     (key,),
                 ).fetchone()
             if found is None:
                 experiment_id = uuid.uuid4().hex[:16]
-                now = time.time()
                 conn.execute(
                     "INSERT INTO experiments (id, name, params, config, instances, "
-                    "fingerprint, status, created, heartbeat, heartbeat_every) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+                    "fingerprint, status, created, heartbeat, heartbeat_every, owner) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
                     (
                         experiment_id,
                         name,
@@ -297,10 +380,14 @@ class Store:
                         now,
                         now,
                         HEARTBEAT_EVERY,
+                        str(owner),
                     ),
                 )
                 return experiment_id, []
-            experiment_id = found[0]
+            experiment_id, status, heartbeat, every, holder = found
+            live = _live(experiment_id, status, heartbeat, every, Owner.parse(holder), now)
+            if live is not None:
+                return live
             conn.execute(
                 "DELETE FROM samples WHERE experiment_id = ? AND instance NOT IN "
                 "(SELECT idx FROM instances WHERE experiment_id = ? AND status = 'ok')",
@@ -312,8 +399,9 @@ class Store:
             )
             conn.execute(
                 "UPDATE experiments SET status = 'running', finished = NULL, summary = NULL, "
-                "notes = NULL, config = ?, heartbeat = ? WHERE id = ?",
-                (config_json, time.time(), experiment_id),
+                "notes = NULL, config = ?, heartbeat = ?, heartbeat_every = ?, owner = ? "
+                "WHERE id = ?",
+                (config_json, now, HEARTBEAT_EVERY, str(owner), experiment_id),
             )
             done = conn.execute(
                 "SELECT idx FROM instances WHERE experiment_id = ? AND idx < ?",
@@ -321,11 +409,23 @@ class Store:
             ).fetchall()
             return experiment_id, [row[0] for row in done]
 
-        experiment_id, done = _result(self._write(work))
+        what = f"beginning experiment {name!r}"
+        deadline = time.monotonic() + self._resume_wait
+        while True:
+            begun = _result(self._write(work, what))
+            if not isinstance(begun, _Live):
+                break
+            if time.monotonic() >= deadline:
+                raise StoreError(begun.refusal(self._path, name, self._resume_wait))
+            # Look again once the run could have beaten or ended.
+            time.sleep(min(begun.every / 2, max(0.0, deadline - time.monotonic())))
+        experiment_id, done = begun
+        self._owners[experiment_id] = str(owner)
+        started_here(str(owner))
         self._writable().reopen(experiment_id)
         if not done:
             return experiment_id, {}
-        with self._reading() as conn:
+        with self._reading(f"experiment {experiment_id}") as conn:
             loaded = self._instances(conn, experiment_id)
         return experiment_id, {index: loaded[index] for index in done if index in loaded}
 
@@ -352,14 +452,17 @@ class Store:
             "seconds > 0",
         )
         now = time.time()
+        owner = self._owners.get(experiment_id)
 
         def work(conn: sqlite3.Connection) -> None:
+            # A run that lost its experiment to another never beats for it again.
             conn.execute(
-                "UPDATE experiments SET heartbeat = ?, heartbeat_every = ? WHERE id = ?",
-                (now, float(every), experiment_id),
+                "UPDATE experiments SET heartbeat = ?, heartbeat_every = ? "
+                "WHERE id = ? AND (? IS NULL OR owner = ?)",
+                (now, float(every), experiment_id, owner, owner),
             )
 
-        self._write(work)
+        self._write(work, f"the heartbeat of experiment {experiment_id}")
 
     def mark_interrupted(self, experiment_id: str) -> None:
         """Mark a running experiment ``interrupted`` now: its run was cancelled or raised.
@@ -372,23 +475,28 @@ class Store:
         Raises:
             StoreError: If the store is closed.
         """
+        owner = self._owners.pop(experiment_id, None)
+        if owner is not None:
+            ended_here(owner)
 
         def work(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE experiments SET status = 'interrupted' WHERE id = ? AND status = 'running'",
-                (experiment_id,),
+                "UPDATE experiments SET status = 'interrupted' "
+                "WHERE id = ? AND status = 'running' AND (? IS NULL OR owner = ?)",
+                (experiment_id, owner, owner),
             )
 
-        self._write(work)
+        self._write(work, f"marking experiment {experiment_id} interrupted")
 
     def sample(
         self, experiment_id: str, instance: int, t: float, metrics: Mapping[str, float]
     ) -> None:
         """Buffer one timeline sample; it is committed with the next batch.
 
-        Never blocks on the database. Samples still buffered when the process is
-        killed are lost; a finished instance's timeline never is (see
-        :meth:`finish_instance`).
+        Never blocks on the database: it is appended to the instance's buffer of
+        float64 columns (8 bytes a value) until the writer commits it, in chunks.
+        Samples still buffered when the process is killed are lost; a finished
+        instance's timeline never is (see :meth:`finish_instance`).
 
         Args:
             experiment_id: From :meth:`begin`.
@@ -398,50 +506,53 @@ class Store:
 
         Raises:
             StoreError: If the store is closed.
+            TypeError: A value is not a number (nothing is buffered).
         """
-        self._writable().add((experiment_id, instance, t, dict(metrics)))
+        self._writable().add((experiment_id, instance), t, metrics)
 
     async def finish_instance(self, experiment_id: str, result: InstanceResult) -> None:
         """Record a finished (or failed) instance; committed before this returns.
 
         The instance's streamed samples are replaced by ``result.timeline``, so
-        the stored timeline is exactly the one the run averaged.
+        the stored timeline is exactly the one the run averaged. It is encoded
+        and written in the writer thread, in chunks of at most ``CHUNK_ROWS``
+        samples: however long the timeline, the event loop is not held up and
+        no copy of it as Python objects or JSON text is ever built whole.
 
         Raises:
-            StoreError: If the commit fails.
+            StoreError: If the commit fails, or another run took the experiment
+                over (see :meth:`begin`); the message names the instance.
         """
-        data = result.to_dict()
         row = (
             experiment_id,
             result.index,
             "ok" if result.ok else "failed",
             result.error,
-            data["started"],
-            data["finished"],
-            dumps(data["summary"]),
-            dumps(data["gpu_uuids"]),
+            to_builtins(result.started),
+            to_builtins(result.finished),
+            dumps(to_builtins(result.summary)),
+            dumps(list(result.gpu_uuids)),
             result.sandbox_id,
             result.attempts,
         )
-        # The final timeline keeps inf and NaN as recorded (a diverged loss stays
-        # inf when loaded); only the summaries are strict JSON.
-        timeline = {
-            str(column): result.timeline[column].to_numpy(dtype=float).tolist()
-            for column in result.timeline.columns
-        }
+        owner = self._owners.get(experiment_id)
+        timeline = result.timeline
+        what = f"recording instance {result.index} of experiment {experiment_id}"
 
         def work(conn: sqlite3.Connection) -> None:
+            _check_owner(conn, experiment_id, owner)
             conn.execute(
                 "DELETE FROM samples WHERE experiment_id = ? AND instance = ?",
                 (experiment_id, result.index),
             )
-            conn.execute(
+            # The final timeline keeps inf and NaN as recorded (a diverged loss stays
+            # inf when loaded); only the summaries are strict JSON. One chunk at a
+            # time is encoded: executemany pulls them from the generator.
+            conn.executemany(
                 "INSERT INTO samples (experiment_id, instance, n, data) VALUES (?, ?, ?, ?)",
                 (
-                    experiment_id,
-                    result.index,
-                    len(timeline.get("t", ())),
-                    json.dumps(timeline, separators=(",", ":")),
+                    (experiment_id, result.index, len(rows[0]), chunk_json(rows))
+                    for rows in _timeline_chunks(timeline)
                 ),
             )
             conn.execute(
@@ -451,36 +562,37 @@ class Store:
                 row,
             )
 
-        await asyncio.wrap_future(
-            self._writable().submit(work, finishing=(experiment_id, result.index))
-        )
+        await asyncio.wrap_future(self._write(work, what, finishing=(experiment_id, result.index)))
 
     async def finish(self, experiment_id: str, result: ExperimentResult) -> None:
         """Mark the experiment finished (``"failed"`` if no instance succeeded).
 
         Stores the result's summary, config and notes (what failed after the
         instances ran: the experiment is finished all the same); committed
-        before this returns.
+        before this returns. The run no longer holds the experiment.
 
         Raises:
-            StoreError: If the experiment is unknown or the commit fails.
+            StoreError: If the experiment is unknown, another run took it over,
+                or the commit fails.
         """
         status = "failed" if result.all_failed else "finished"
         summary = dumps(plain(result.summary, "summary", strict=False))
         # The run may have completed its config after begin() (the sandbox kind...).
         config = dumps(plain(result.config, "config", strict=False))
         notes = dumps(list(result.notes)) if result.notes else None
+        owner = self._owners.pop(experiment_id, None)
+        if owner is not None:
+            ended_here(owner)
 
         def work(conn: sqlite3.Connection) -> None:
-            cursor = conn.execute(
+            _check_owner(conn, experiment_id, owner)
+            conn.execute(
                 "UPDATE experiments SET status = ?, summary = ?, config = ?, finished = ?, "
                 "notes = ? WHERE id = ?",
                 (status, summary, config, time.time(), notes, experiment_id),
             )
-            if cursor.rowcount == 0:
-                raise StoreError(f"no experiment {experiment_id!r} in {self._path}")
 
-        await asyncio.wrap_future(self._write(work))
+        await asyncio.wrap_future(self._write(work, f"finishing experiment {experiment_id}"))
 
     # -- queries ---------------------------------------------------------------------
 
@@ -502,7 +614,7 @@ class Store:
             (UTC timestamp of the last one) and ``notes`` (list of what failed
             after the instances ran).
         """
-        with self._reading() as conn:
+        with self._reading("the list of experiments") as conn:
             rows = conn.execute(
                 "SELECT e.id, e.name, "
                 "CASE WHEN e.status = 'running' AND e.heartbeat < ? - ? * "
@@ -516,6 +628,7 @@ class Store:
                 "GROUP BY e.id ORDER BY e.created, e.rowid",
                 (time.time() if now is None else now, MISSED_HEARTBEATS, HEARTBEAT_EVERY),
             ).fetchall()
+            records = [self._experiment_row(row) for row in rows]
         columns = (
             "id",
             "name",
@@ -531,17 +644,6 @@ class Store:
             "heartbeat",
             "notes",
         )
-        records = [
-            (
-                *row[:8],
-                json.loads(row[8]),
-                json.loads(row[9]) if row[9] else {},
-                row[10],
-                row[11],
-                json.loads(row[12]) if row[12] else [],
-            )
-            for row in rows
-        ]
         frame = pd.DataFrame.from_records(records, columns=columns)
         for column in ("instances", "succeeded", "failed"):
             frame[column] = frame[column].astype("int64")
@@ -549,13 +651,33 @@ class Store:
             frame[column] = pd.to_datetime(frame[column].astype(float), unit="s", utc=True)
         return frame
 
+    def _experiment_row(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A row of :meth:`experiments` with its JSON parsed.
+
+        Raises:
+            StoreError: Its JSON is damaged (naming the experiment).
+        """
+        try:
+            return (
+                *row[:8],
+                json.loads(row[8]),
+                json.loads(row[9]) if row[9] else {},
+                row[10],
+                row[11],
+                json.loads(row[12]) if row[12] else [],
+            )
+        except (ValueError, TypeError) as exc:
+            raise StoreError(
+                f"reading {self._path} failed: experiment {row[0]} is damaged: {exc}"
+            ) from exc
+
     def find(self, name: str, params: Mapping[str, Any], instances: int) -> str | None:
         """The id of the last finished experiment with this name, params and count.
 
         Experiments still running, or whose every instance failed, are not found.
         """
         key = fingerprint(name, params, instances)
-        with self._reading() as conn:
+        with self._reading(f"experiment {name!r}") as conn:
             row = conn.execute(
                 "SELECT id FROM experiments WHERE fingerprint = ? AND status = 'finished' "
                 "ORDER BY created DESC LIMIT 1",
@@ -572,9 +694,11 @@ class Store:
         never finished (the process was killed) are not part of it.
 
         Raises:
-            StoreError: If there is no such experiment.
+            StoreError: If there is no such experiment, or what is stored of it
+                cannot be read (a damaged file or damaged JSON): the message names
+                the file, the experiment and, where it is one, the instance.
         """
-        with self._reading() as conn:
+        with self._reading(f"experiment {experiment_id}") as conn:
             row = conn.execute(
                 "SELECT name, params, config, notes FROM experiments WHERE id = ?",
                 (experiment_id,),
@@ -582,17 +706,24 @@ class Store:
             if row is None:
                 raise StoreError(f"no experiment {experiment_id!r} in {self._path}")
             instances = self._instances(conn, experiment_id)
-        name, params, config, notes = row
+            name, params, config, notes = row
+            params, config = json.loads(params), json.loads(config)
+            notes = json.loads(notes) if notes else ()
         return ExperimentResult.build(
             name,
-            json.loads(params),
+            params,
             list(instances.values()),
-            json.loads(config),
+            config,
             experiment_id=experiment_id,
-            notes=json.loads(notes) if notes else (),
+            notes=notes,
         )
 
     def _instances(self, conn: sqlite3.Connection, experiment_id: str) -> dict[int, InstanceResult]:
+        """The recorded instances of an experiment, by index.
+
+        Raises:
+            StoreError: An instance's row or samples cannot be read (naming it).
+        """
         rows = conn.execute(
             "SELECT idx, status, error, started, finished, summary, gpu_uuids, sandbox_id, "
             "attempts FROM instances WHERE experiment_id = ? ORDER BY idx",
@@ -604,21 +735,27 @@ class Store:
             (experiment_id,),
         ):
             chunks.setdefault(instance, []).append(data)
-        return {
-            row[0]: InstanceResult(
-                index=row[0],
-                ok=row[1] == "ok",
-                error=row[2],
-                timeline=frame_from_dict(join_chunks(chunks.get(row[0], []))),
-                summary=json.loads(row[5]),
-                started=row[3],
-                finished=row[4],
-                gpu_uuids=tuple(json.loads(row[6])),
-                sandbox_id=row[7],
-                attempts=row[8],
-            )
-            for row in rows
-        }
+        loaded: dict[int, InstanceResult] = {}
+        for row in rows:
+            try:
+                loaded[row[0]] = InstanceResult(
+                    index=row[0],
+                    ok=row[1] == "ok",
+                    error=row[2],
+                    timeline=frame_from_dict(join_chunks(chunks.get(row[0], []))),
+                    summary=json.loads(row[5]),
+                    started=row[3],
+                    finished=row[4],
+                    gpu_uuids=tuple(json.loads(row[6])),
+                    sandbox_id=row[7],
+                    attempts=row[8],
+                )
+            except (ValueError, TypeError) as exc:
+                raise StoreError(
+                    f"reading {self._path} failed: instance {row[0]} of experiment "
+                    f"{experiment_id} is damaged: {exc}"
+                ) from exc
+        return loaded
 
     # -- upkeep ----------------------------------------------------------------------
 
@@ -636,7 +773,7 @@ class Store:
             conn.execute("DELETE FROM instances WHERE experiment_id = ?", (experiment_id,))
             conn.execute("DELETE FROM samples WHERE experiment_id = ?", (experiment_id,))
 
-        _result(self._write(work))
+        _result(self._write(work, f"deleting experiment {experiment_id}"))
 
     def export(self, experiment_id: str, path: str | os.PathLike[str]) -> Path:
         """Write an experiment's per-instance timelines to a CSV or Parquet file.
@@ -678,7 +815,7 @@ class Store:
         Raises:
             StoreError: If the store is closed.
         """
-        _result(self._write(lambda conn: None))
+        _result(self._write(lambda conn: None, "flushing"))
 
     def stats(self) -> StoreStats:
         """A snapshot of the writer: buffered, written and dropped samples (all 0 read-only)."""
@@ -694,7 +831,7 @@ class Store:
             )
         return StoreStats(
             path=self._path,
-            pending_samples=len(writer.samples),
+            pending_samples=writer.pending_samples,
             samples_written=writer.samples_written,
             samples_dropped=writer.samples_dropped,
             batches=writer.batches,
@@ -715,6 +852,10 @@ class Store:
             return
         self._closed = True
         self._finalizer()
+        # Its runs can no longer write: a resume may take their experiments over.
+        for owner in self._owners.values():
+            ended_here(owner)
+        self._owners.clear()
         writer = self._writer
         if writer is not None and writer.error is not None:
             raise StoreError(
@@ -748,6 +889,85 @@ def _result(future: concurrent.futures.Future[T]) -> T:
     return future.result()
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    """The file at ``path`` as the filesystem knows it: device and inode.
+
+    Raises:
+        FileNotFoundError: Nothing is at ``path``.
+    """
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+@dataclass(frozen=True, slots=True)
+class _Live:
+    """A resumed experiment whose run is alive: who holds it, when it last beat."""
+
+    experiment_id: str
+    owner: Owner | None
+    age: float
+    every: float
+
+    def refusal(self, path: Path, name: str, waited: float) -> str:
+        who = "another run" if self.owner is None else self.owner.describe()
+        waiting = f", waited {waited:g} s for it to end" if waited else ""
+        return (
+            f"experiment {self.experiment_id} ({name!r}) in {path} is still running in "
+            f"{who} (last heartbeat {self.age:.1f} s ago{waiting}): resume=True never "
+            "takes over a live run. Let it finish or stop it, or wait for it with "
+            f"Store(..., resume_wait=seconds); a run that died unnoticed reads as "
+            f"interrupted {MISSED_HEARTBEATS * self.every:g} s after its last heartbeat."
+        )
+
+
+def _live(
+    experiment_id: str,
+    status: str,
+    heartbeat: float | None,
+    every: float | None,
+    owner: Owner | None,
+    now: float,
+) -> _Live | None:
+    """The live run that holds an experiment, or ``None`` when it may be taken over."""
+    every = every or HEARTBEAT_EVERY
+    age = now - (heartbeat or 0.0)
+    if status != "running" or age > MISSED_HEARTBEATS * every:
+        return None
+    if owner is not None and owner.dead():
+        return None
+    return _Live(experiment_id, owner, age, every)
+
+
+def _check_owner(conn: sqlite3.Connection, experiment_id: str, owner: str | None) -> None:
+    """Refuse a write for an experiment that is gone or that another run took over.
+
+    Raises:
+        StoreError: Either.
+    """
+    row = conn.execute("SELECT owner FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
+    if row is None:
+        raise StoreError(f"no experiment {experiment_id!r}")
+    if owner is not None and row[0] != owner:
+        holder = Owner.parse(row[0])
+        who = "another run" if holder is None else holder.describe()
+        raise StoreError(
+            f"experiment {experiment_id} was taken over by {who} (this run's heartbeat "
+            "had stopped for long enough to read as dead)"
+        )
+
+
+def _timeline_chunks(timeline: pd.DataFrame) -> Iterator[SampleRows]:
+    """A timeline as stored chunks of at most ``CHUNK_ROWS`` samples; one (maybe empty)
+    chunk at least, so that an empty timeline keeps its columns."""
+    offsets = timeline["t"].to_numpy(dtype=float) if "t" in timeline else np.empty(0)
+    values = {
+        str(name): timeline[name].to_numpy(dtype=float) for name in timeline.columns if name != "t"
+    }
+    for start in range(0, max(len(offsets), 1), CHUNK_ROWS):
+        stop = start + CHUNK_ROWS
+        yield offsets[start:stop], {name: column[start:stop] for name, column in values.items()}
+
+
 def _check_options(
     path: str | os.PathLike[str],
     *,
@@ -757,6 +977,7 @@ def _check_options(
     flush_interval: float,
     checkpoint_interval: float,
     read_only: bool,
+    resume_wait: float,
 ) -> None:
     """Refuse a bad option of :class:`Store`, naming it (ConfigError)."""
     check(synchronous in ("normal", "full"), "synchronous", synchronous, '"normal" or "full"')
@@ -783,6 +1004,12 @@ def _check_options(
             f"a finite number of seconds > 0 and <= {_MAX_SECONDS:,.0f}",
         )
     check(isinstance(read_only, bool), "read_only", read_only, "True or False")
+    check(
+        is_real(resume_wait) and 0 <= resume_wait <= _MAX_SECONDS,
+        "resume_wait",
+        resume_wait,
+        f"a finite number of seconds from 0 to {_MAX_SECONDS:,.0f}",
+    )
     check(
         isinstance(path, str | os.PathLike) and str(path) not in (":memory:", ""),
         "path",

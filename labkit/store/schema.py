@@ -3,14 +3,15 @@
 The schema is a list of migrations; a database that has had the first ``k``
 applied has ``PRAGMA user_version = k``. Opening a store applies the missing ones
 in one ``BEGIN IMMEDIATE`` transaction (so two processes opening a new file at
-once migrate it once), and refuses a file of a newer labkit.
+once migrate it once), and refuses a file of a newer labkit. A file already at the
+latest version is only read: opening it never waits for another process's lock.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from labkit.errors import StoreError
@@ -59,6 +60,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE experiments ADD COLUMN heartbeat_every REAL",
         "ALTER TABLE experiments ADD COLUMN notes TEXT",
     ),
+    # The run that holds a running experiment (see labkit.store.ownership).
+    ("ALTER TABLE experiments ADD COLUMN owner TEXT",),
 )
 """Schema migrations; after applying the first k, ``PRAGMA user_version`` is k."""
 
@@ -68,8 +71,10 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
 
     Raises:
         StoreError: The file has a schema version newer than :data:`MIGRATIONS`
-            knows, or it cannot be written.
+            knows, or it cannot be read or written (a full disk, a damaged file).
     """
+    if _version(conn, path) == len(MIGRATIONS):
+        return
     with immediate(conn, path):
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
@@ -91,10 +96,7 @@ def check_version(conn: sqlite3.Connection, path: Path) -> None:
         StoreError: The file's schema is newer than :data:`MIGRATIONS` knows, or
             older (it needs migrating, which a read-only store cannot do).
     """
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read {path}: {exc}") from exc
+    version = _version(conn, path)
     if version > len(MIGRATIONS):
         raise StoreError(
             f"{path} has schema version {version}, newer than this labkit "
@@ -107,17 +109,32 @@ def check_version(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
+def _version(conn: sqlite3.Connection, path: Path) -> int:
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read {path}: {exc}") from exc
+
+
 @contextmanager
-def immediate(conn: sqlite3.Connection, path: Path | None = None) -> Iterator[None]:
-    """A write transaction that takes the write lock up front (``BEGIN IMMEDIATE``)."""
+def immediate(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
+    """A write transaction that takes the write lock up front (``BEGIN IMMEDIATE``).
+
+    Raises:
+        StoreError: The lock cannot be had, a statement or the commit fails (a
+            full disk, a damaged file): every SQLite error names ``path``.
+    """
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
-        where = f" {path}" if path else ""
-        raise StoreError(f"cannot write to the store{where}: {exc}") from exc
+        raise StoreError(f"cannot write to the store {path}: {exc}") from exc
     try:
         yield
-    except BaseException:
-        conn.execute("ROLLBACK")
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        # SQLite may have rolled back already (a full disk): nothing left to undo.
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"cannot write to the store {path}: {exc}") from exc
         raise
-    conn.execute("COMMIT")

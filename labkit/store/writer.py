@@ -1,64 +1,174 @@
 """The store's one writer: a thread that owns a connection and commits in batches.
 
-Samples are buffered without blocking (``deque.append``) and committed every
-``batch_rows`` rows or ``flush_interval`` seconds; commands (every other write)
-are queued behind them, so a command runs after every sample appended before it.
-A thread (not an asyncio task) serves scripts, notebooks and several event loops
-alike, and keeps SQLite's blocking calls off the loop.
+Samples are buffered per instance as float64 columns (8 bytes a value, NaN where a
+sample lacks a metric; no Python object per sample) and committed every ``batch_rows``
+samples or ``flush_interval`` seconds, in chunks of at most :data:`CHUNK_ROWS`
+samples each, so no batch and no finished timeline is ever encoded whole.
+Commands (every other write) are queued behind them, so a command runs after every
+sample added before it. A thread (not an asyncio task) serves scripts, notebooks
+and several event loops alike, and keeps SQLite's blocking calls off the loop.
+
+Every transaction starts with ``BEGIN IMMEDIATE`` after checking that the file is
+still the one the store opened, and waits for another process's write lock at
+most until its deadline: ``timeout`` seconds after the call that asked for it. A
+wait longer than :data:`LOCK_WARNING_AFTER` seconds is announced with a
+:class:`~labkit.errors.StoreLockWarning`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import math
 import sqlite3
 import threading
 import time
+import warnings
+from array import array
 from collections import deque
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from labkit.errors import StoreError
-from labkit.store.codec import Row, columns, dumps
-from labkit.store.schema import immediate
+import numpy as np
 
-__all__ = ("Writer", "checkpoint")
+from labkit.errors import StoreError, StoreLockWarning
+from labkit.samplelog import SampleRows
+
+__all__ = ("CHUNK_ROWS", "LOCK_WARNING_AFTER", "Buffer", "Writer", "checkpoint", "chunk_json")
 
 T = TypeVar("T")
+
+CHUNK_ROWS = 16_384
+"""Samples per stored chunk: encoding one holds the GIL for a few milliseconds."""
+
+LOCK_WARNING_AFTER = 2.0
+"""Seconds a transaction waits for another process's lock before a warning says so."""
+
+Key = tuple[str, int]
+"""An instance: its experiment's id and its index."""
+
+
+class Buffer:
+    """One instance's samples waiting for the writer, as float64 columns.
+
+    A metric a sample lacks is NaN there, as it is once stored and loaded; so a
+    buffered sample costs 8 bytes a column, whatever metrics it has.
+    """
+
+    __slots__ = ("columns", "offsets")
+
+    def __init__(self) -> None:
+        self.offsets = array("d")
+        self.columns: dict[str, array[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def append(self, t: float, metrics: Mapping[str, float]) -> None:
+        """Add one sample; a value that is not a number adds nothing.
+
+        Raises:
+            TypeError: A value (or ``t``) is not a number.
+        """
+        columns = self.columns
+        count = len(self.offsets)
+        born: list[str] = []
+        try:
+            self.offsets.append(t)
+            if len(metrics) == len(columns):
+                try:  # the usual metrics, usually: one append per column
+                    for name, value in metrics.items():
+                        columns[name].append(value)
+                    return
+                except KeyError:  # as many metrics, not the same ones: start over
+                    for column in columns.values():
+                        del column[count:]
+            for name in metrics:
+                if name not in columns:
+                    columns[name] = array("d", [math.nan]) * count
+                    born.append(name)
+            for name, column in columns.items():
+                column.append(metrics.get(name, math.nan))
+        except BaseException:
+            # Not half a row: no column it added, every other back to ``count`` rows.
+            for name in born:
+                del columns[name]
+            for column in (self.offsets, *columns.values()):
+                del column[count:]
+            raise
+
+    def rows(self, start: int, stop: int) -> SampleRows:
+        """Samples ``start`` to ``stop`` as new arrays."""
+        return _floats(self.offsets, start, stop), {
+            name: _floats(column, start, stop) for name, column in self.columns.items()
+        }
+
+
+def _floats(column: array[float], start: int, stop: int) -> np.ndarray:
+    return np.frombuffer(column[start:stop], dtype=np.float64)
 
 
 @dataclass(slots=True)
 class _Command:
     work: Callable[[sqlite3.Connection], Any]
     future: concurrent.futures.Future[Any]
-    finishing: tuple[str, int] | None
+    finishing: Key | None
+    deadline: float
+    what: str
 
 
 class Writer:
-    """The one thread that writes: sample batches, then queued commands, in order."""
+    """The one thread that writes: sample batches, then queued commands, in order.
+
+    Args:
+        connect: Opens the writer's connection.
+        path: The database file, for messages.
+        timeout: How long a call waits for another process's write lock (s).
+        batch_rows: Commit buffered samples once this many are waiting.
+        flush_interval: Commit buffered samples at least this often (s).
+        checkpoint_interval: Checkpoint the WAL this often (s).
+        guard: Called before every transaction; raises :class:`StoreError` when
+            the file may no longer be written (deleted or replaced).
+        owners: The runs this store holds, by experiment id: samples of an
+            experiment that another run took over are not written.
+    """
 
     def __init__(
         self,
         connect: Callable[[], sqlite3.Connection],
         *,
+        path: Path,
+        timeout: float,
         batch_rows: int,
         flush_interval: float,
         checkpoint_interval: float,
+        guard: Callable[[], None],
+        owners: Mapping[str, str],
     ) -> None:
-        self.samples: deque[Row] = deque()
         self.commands: deque[_Command] = deque()
+        self.pending_samples = 0
         self.samples_written = 0
         self.samples_dropped = 0
         self.batches = 0
         self.last_batch_ms = 0.0
         self.error: BaseException | None = None
+        self._path = path
+        self._timeout = timeout
         self._batch_rows = batch_rows
         self._flush_interval = flush_interval
         self._checkpoint_interval = checkpoint_interval
+        self._guard = guard
+        self._owners = owners
+        # The sample buffers, swapped out whole by the writer: the lock makes an
+        # append and the swap exclusive, so no sample lands in a buffer already taken.
+        self._pending: dict[Key, Buffer] = {}
+        self._pending_lock = threading.Lock()
         # Instances already finished in this store: late samples for them are dropped
         # instead of being appended after their final timeline.
-        self._finished: set[tuple[str, int]] = set()
+        self._finished: set[Key] = set()
         self._finished_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -66,24 +176,37 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="labkit-store-writer", daemon=True)
         self._thread.start()
 
-    def add(self, row: Row) -> None:
-        # deque.append is atomic: no lock on the hot path.
-        self.samples.append(row)
+    def add(self, key: Key, t: float, metrics: Mapping[str, float]) -> None:
+        """Buffer one sample of instance ``key`` (never waits for the database).
+
+        Raises:
+            TypeError: A value is not a number.
+        """
+        with self._pending_lock:
+            buffer = self._pending.get(key)
+            if buffer is None:
+                buffer = self._pending[key] = Buffer()
+            buffer.append(t, metrics)
+            self.pending_samples += 1
+            full = self.pending_samples >= self._batch_rows
         # is_set() takes no lock; set() does, so call it once per batch, not per sample.
-        if len(self.samples) >= self._batch_rows and not self._wake.is_set():
+        if full and not self._wake.is_set():
             self._wake.set()
 
     def submit(
         self,
         work: Callable[[sqlite3.Connection], T],
         *,
-        finishing: tuple[str, int] | None = None,
+        what: str,
+        finishing: Key | None = None,
     ) -> concurrent.futures.Future[T]:
+        """Queue ``work`` to run in its own transaction; ``what`` names it in errors."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         if self._stopping:
-            future.set_exception(StoreError("the store is closed"))
+            future.set_exception(StoreError(f"{what} failed: the store {self._path} is closed"))
             return future
-        self.commands.append(_Command(work, future, finishing))
+        deadline = time.monotonic() + self._timeout
+        self.commands.append(_Command(work, future, finishing, deadline, what))
         self._wake.set()
         return future
 
@@ -106,53 +229,130 @@ class Writer:
                 self._wake.wait(self._flush_interval)
                 self._wake.clear()
                 stopping = self._stopping
-                # Commands first, then samples: every sample appended before a command
+                # Commands first, then samples: every sample added before a command
                 # was queued is in this drain, so it is committed before the command runs.
                 commands = _drain(self.commands)
-                rows = _drain(self.samples)
+                with self._pending_lock:
+                    pending, self._pending = self._pending, {}
+                    count, self.pending_samples = self.pending_samples, 0
                 finishing = {c.finishing for c in commands if c.finishing is not None}
-                if rows:
-                    self._write_samples(conn, rows, finishing)
+                if pending:
+                    self._write_samples(conn, pending, count, finishing)
                 for command in commands:
                     self._execute(conn, command)
                 if time.monotonic() - last_checkpoint >= self._checkpoint_interval:
                     checkpoint(conn, "PASSIVE")
                     last_checkpoint = time.monotonic()
-                if stopping and not self.commands and not self.samples:
+                if stopping and not self.commands and not self._pending:
                     break
         finally:
             checkpoint(conn, "TRUNCATE")
             conn.close()
             for command in _drain(self.commands):
-                command.future.set_exception(StoreError("the store is closed"))
+                command.future.set_exception(
+                    StoreError(f"{command.what} failed: the store {self._path} is closed")
+                )
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection, deadline: float) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, waiting for the lock until ``deadline``.
+
+        Raises:
+            StoreError: The file was deleted or replaced, the lock stayed taken
+                past the deadline, or SQLite failed (a full disk, a damaged file).
+        """
+        self._guard()
+        self._begin(conn, deadline)
+        try:
+            yield
+        except BaseException:
+            # SQLite may have rolled back already (a full disk): nothing left to undo.
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise StoreError(f"cannot commit to {self._path}: {exc}") from exc
+
+    def _begin(self, conn: sqlite3.Connection, deadline: float) -> None:
+        started = time.monotonic()
+        # Two waits: up to the warning, then (having said so) up to the deadline.
+        for until in (min(deadline, started + LOCK_WARNING_AFTER), deadline):
+            wait = max(0.0, until - time.monotonic())
+            conn.execute(f"PRAGMA busy_timeout = {round(wait * 1000)}")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                # Extended codes (SQLITE_BUSY_SNAPSHOT...) keep the primary one in the low byte.
+                if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise StoreError(f"cannot write to {self._path}: {exc}") from exc
+                if until >= deadline:
+                    waited = time.monotonic() - started
+                    raise StoreError(
+                        f"{self._path} stayed locked by another process for {waited:.1f} s "
+                        f"(the store's timeout is {self._timeout:g} s): {exc}"
+                    ) from exc
+                warnings.warn(
+                    f"the labkit store {self._path} is locked by another process: "
+                    f"waited {LOCK_WARNING_AFTER:g} s so far, waiting up to "
+                    f"{max(0.0, deadline - time.monotonic()):.1f} s more",
+                    StoreLockWarning,
+                    stacklevel=1,
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write to {self._path}: {exc}") from exc
+            else:
+                return
 
     def _write_samples(
-        self, conn: sqlite3.Connection, rows: list[Row], finishing: set[tuple[str, int]]
+        self,
+        conn: sqlite3.Connection,
+        pending: dict[Key, Buffer],
+        count: int,
+        finishing: set[Key],
     ) -> None:
         started = time.perf_counter()
-        groups: dict[tuple[str, int], list[Row]] = {}
         with self._finished_lock:
             skip = finishing | self._finished
-        for row in rows:
-            key = (row[0], row[1])
-            if key not in skip:
-                groups.setdefault(key, []).append(row)
+        logs = {key: buffer for key, buffer in pending.items() if key not in skip}
+        if not logs:
+            return
+        written = 0
+
+        def chunks(mine: set[str]) -> Iterator[tuple[str, int, int, str]]:
+            nonlocal written
+            for (experiment_id, instance), buffer in logs.items():
+                if experiment_id not in mine:
+                    continue
+                for start in range(0, len(buffer), CHUNK_ROWS):
+                    rows = buffer.rows(start, start + CHUNK_ROWS)
+                    written += len(rows[0])
+                    yield experiment_id, instance, len(rows[0]), chunk_json(rows)
+
         try:
-            chunks = [
-                (key[0], key[1], len(group), dumps(columns(group))) for key, group in groups.items()
-            ]
-            with immediate(conn):
+            with self._transaction(conn, time.monotonic() + self._timeout):
+                # Samples of an experiment another run took over are not written:
+                # they would mix with that run's own.
+                mine = {
+                    experiment_id
+                    for experiment_id in {key[0] for key in logs}
+                    if _owned(conn, experiment_id, self._owners.get(experiment_id))
+                }
+                # executemany pulls one chunk at a time: one chunk's JSON in memory.
                 conn.executemany(
                     "INSERT INTO samples (experiment_id, instance, n, data) VALUES (?, ?, ?, ?)",
-                    chunks,
+                    chunks(mine),
                 )
-        except (sqlite3.Error, StoreError, TypeError, ValueError) as exc:
+        except (sqlite3.Error, StoreError) as exc:
             # Dropped samples are counted and reported by close(); a finished
             # instance still commits its whole timeline on its own.
-            self.error = exc
-            self.samples_dropped += len(rows)
+            self.error = exc if isinstance(exc, StoreError) else _store_error(self._path, exc)
+            self.samples_dropped += count
             return
-        self.samples_written += sum(chunk[2] for chunk in chunks)
+        self.samples_written += written
         self.batches += 1
         self.last_batch_ms = (time.perf_counter() - started) * 1000
 
@@ -160,12 +360,15 @@ class Writer:
         if not command.future.set_running_or_notify_cancel():
             return
         try:
-            with immediate(conn):
+            with self._transaction(conn, command.deadline):
                 value = command.work(conn)
         except StoreError as exc:
-            command.future.set_exception(exc)
+            where = "" if str(self._path) in str(exc) else f" ({self._path})"
+            error = StoreError(f"{command.what} failed{where}: {exc}")
+            error.__cause__ = exc
+            command.future.set_exception(error)
         except Exception as exc:
-            error = StoreError(f"writing to the store failed: {exc}")
+            error = StoreError(f"{command.what} failed ({self._path}): {exc}")
             error.__cause__ = exc
             command.future.set_exception(error)
         else:
@@ -173,6 +376,30 @@ class Writer:
                 with self._finished_lock:
                     self._finished.add(command.finishing)
             command.future.set_result(value)
+
+
+def chunk_json(rows: SampleRows) -> str:
+    """One stored chunk, ``{"t": [...], "<metric>": [...]}``; NaN and inf as recorded.
+
+    A metric a sample lacks is NaN in a :class:`Buffer` (and in a
+    :class:`~labkit.samplelog.SampleLog`) and is stored so: it loads as NaN, as a
+    missing value does.
+    """
+    offsets, values = rows
+    data = {"t": offsets.tolist(), **{name: column.tolist() for name, column in values.items()}}
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _owned(conn: sqlite3.Connection, experiment_id: str, owner: str | None) -> bool:
+    """Whether the experiment is still there and, if this store began it, still its run's."""
+    row = conn.execute("SELECT owner FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
+    return row is not None and (owner is None or row[0] == owner)
+
+
+def _store_error(path: Path, exc: BaseException) -> StoreError:
+    error = StoreError(f"writing to {path} failed: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def checkpoint(conn: sqlite3.Connection, mode: Literal["PASSIVE", "TRUNCATE"]) -> None:
