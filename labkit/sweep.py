@@ -20,9 +20,10 @@ emits a :class:`SweepEvent` as each trial starts and ends, carrying a
 :class:`SweepStats` snapshot with the leaderboard so far (:func:`leaderboard`
 prints one).
 
-With ``instances="race"`` the sweep races its trials (:mod:`labkit.race`): a few
-instances each, then more only for the trials it cannot yet tell apart from the
-leader; the frame says how many each got and what was decided.
+With ``instances=lk.Race(...)`` (or ``"race"``) the sweep races its trials
+(:mod:`labkit.race`): a few instances each, then one more per round for every
+trial not yet ruled out; the frame says how many each got and what was decided,
+a statement that is wrong at most ``1 - confidence`` of the time.
 
 With a store and ``resume=True`` a trial whose experiment (same name, params and
 instance count) already finished in the store is loaded instead of run; one that
@@ -50,7 +51,7 @@ from labkit.events import EventBus, TrialEvent
 from labkit.experiment import Experiment, run_experiment
 from labkit.experiment.options import check_resources
 from labkit.experiment.spec import MAX_INSTANCES
-from labkit.race import RaceDecision, RaceOptions, race
+from labkit.race import Race, RaceDecision, race
 from labkit.results import ExperimentResult, InstanceResult, error_text
 
 if TYPE_CHECKING:
@@ -245,16 +246,18 @@ def objective_value(result: ExperimentResult, objective: Objective) -> float:
 
 
 def instance_values(result: ExperimentResult, objective: Objective) -> list[float]:
-    """The objective of each instance that succeeded, as a one-instance experiment.
+    """The objective of each instance, in instance order, as a one-instance experiment.
 
     What a racing sweep compares: for a summary key, each instance's figure; for a
     recorded metric, its last value; for a function, the function of a result
-    holding that instance alone. An instance whose objective cannot be computed
-    gives NaN (left out of the comparison).
+    holding that instance alone. A failed instance, or one whose objective cannot
+    be computed, gives NaN (left out of the comparison; its place keeps the
+    instances of two trials paired by index).
     """
     values: list[float] = []
-    for instance in result.instances:
+    for instance in sorted(result.instances, key=lambda instance: instance.index):
         if not instance.ok:
+            values.append(math.nan)
             continue
         alone = ExperimentResult.build(result.name, result.params, [instance], result.config)
         try:
@@ -448,7 +451,7 @@ async def sweep(
     experiment: Experiment,
     space: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]] | Strategy | Any,
     *,
-    instances: int | Literal["auto", "race"] = 1,
+    instances: int | Literal["auto", "race"] | Race = 1,
     max_parallel: int = 1,
     objective: Objective,
     direction: Literal["min", "max"] = "min",
@@ -456,9 +459,9 @@ async def sweep(
     resume: bool = True,
     gpu_pool: GPUPool | None = None,
     n_trials: int | None = None,
-    confidence: float = 0.95,
-    min_effect: float = 0.0,
-    initial_instances: int = 2,
+    confidence: float | None = None,
+    min_effect: float | None = None,
+    initial_instances: int | None = None,
     max_instances: int | None = None,
     budget: int | None = None,
     **run_options: Any,
@@ -472,24 +475,29 @@ async def sweep(
     raises, or whose objective cannot be computed, is recorded as failed (its
     error text keeps the original exception's type) and the sweep goes on.
 
-    Racing (``instances="race"``): every trial starts with ``initial_instances``;
-    then, round after round, two more instances go to the leader and the trial
-    most likely to overtake it, among those :func:`labkit.stats.compare` cannot
-    yet tell apart from the leader at ``confidence``, each to whichever of the
-    two has fewer values; the race stops when
-    the leader beats every other trial (or the rest are within ``min_effect`` of
-    it), when the undecided trials have ``max_instances`` (default 10), or when
-    ``budget`` instances ran in all. Each round's instances of a trial are one
-    ``run_experiment`` (recorded in the store as such; racing does not resume).
-    A strategy is asked for ``n_trials`` trials up front and told their final
-    objectives at the end.
+    Racing (``instances=lk.Race(...)``, or ``"race"`` with the options below):
+    every trial starts with ``initial`` instances (5); then, round after round,
+    one more instance goes to every trial not yet ruled out, and a trial is
+    ruled out once another trial still racing is shown better than it by an
+    anytime-valid confidence sequence on their instance-by-instance
+    differences (paired by seed in a seeded sweep). The race stops when one
+    trial is left (or, with ``min_effect``, the leader is shown within it of
+    every trial left), when the trials left reach ``max_instances`` (default
+    10), or when ``budget`` instances ran in all; its decision is wrong at most
+    ``1 - confidence`` of the time (:mod:`labkit.race` says under which
+    assumptions). Each round's instances of a trial are one
+    ``run_experiment`` (recorded in the store as such; racing does not
+    resume). A strategy is asked for ``n_trials`` trials up front and told
+    their final objectives at the end.
 
     Args:
         experiment: What to run; each trial's params are merged over its own.
         space: A dict of lists (the grid), a list of param dicts, a
             :class:`Strategy`, or an ``optuna.Study`` wrapped in
             :class:`StudyStrategy`.
-        instances: Instances per trial (as in ``run_experiment``), or ``"race"``.
+        instances: Instances per trial (as in ``run_experiment``), a
+            :class:`~labkit.race.Race`, or ``"race"`` (a ``Race`` built from
+            the racing options below).
         max_parallel: Trials running at once.
         objective: What to optimise: a summary key (``"cpu_peak"``), a recorded
             metric (its last value per instance, averaged), or a function of the
@@ -503,14 +511,13 @@ async def sweep(
             one ``GPUPool()`` for the whole sweep when GPUs are asked for without one.
         n_trials: Run at most this many trials; needed for a strategy that never
             says it is done (an optuna study).
-        confidence: Racing: the level at which the leader must beat a trial.
-        min_effect: Racing: a difference that small (objective's units) never
-            needs deciding.
-        initial_instances: Racing: instances every trial starts with (>= 2; default 2).
-        max_instances: Racing: the most instances one trial gets (default 10);
+        confidence: With ``"race"``: the race's confidence (0.95).
+        min_effect: With ``"race"``: its indifference zone (0).
+        initial_instances: With ``"race"``: instances every trial starts with (5).
+        max_instances: With ``"race"``: the most instances one trial gets (10);
             with ``instances="auto"``, passed to ``run_experiment``.
-        budget: Racing: the most instances in all (default: trials times
-            ``max_instances``).
+        budget: With ``"race"``: the most instances in all (default: trials
+            times ``max_instances``). With a ``Race`` these five stay unset.
         **run_options: Passed to ``run_experiment`` for every trial (``duration``,
             ``gpus_per_instance``, ``timeout``, ``retry``...). ``on_event`` gets
             every trial's events as :class:`~labkit.events.TrialEvent` and the
@@ -521,14 +528,17 @@ async def sweep(
         ``status`` (``"ok"`` or ``"failed"``), ``objective`` (NaN when failed),
         ``best`` (exactly one True when any trial succeeded; among equal
         objectives the trial that finished first, as optuna's ``best_trial``),
-        ``tied_with_best`` (racing: not told apart from the best at
-        ``confidence``; otherwise: an objective equal to the best's),
+        ``tied_with_best`` (racing: still racing when every trial left reached
+        ``max_instances``, never ruled out; otherwise: an objective equal to
+        the best's),
         ``instances`` (instances run), ``resumed`` (loaded from the store),
         ``experiment_id``, ``error``, ``finished_order``, then the scalar figures
         of each trial's summary (``summary.<key>`` where a key clashes with a
         column above). ``frame.attrs`` holds ``direction``, ``params`` (the
         parameter columns) and, for a race, ``decision``: what was decided, as
-        a sentence ("trial 3 beats the other 7 at 95 %").
+        a sentence ("trial 3 beats the other 7 at 95 %", or "no decision:
+        trials 3 and 5 still race after 7 instances each, the budget is spent
+        (trial 3 leads); 6 others are beaten at 95 %").
 
     Raises:
         ConfigError: An option or the ``space`` is invalid, ``direction``
@@ -539,18 +549,15 @@ async def sweep(
         experiment, objective, direction, instances, max_parallel, n_trials, max_instances, resume
     )
     check_resources(gpu_pool, None, store)
-    racing = instances == "race"
-    options = (
-        RaceOptions(
-            initial=initial_instances,
-            max_instances=10 if max_instances is None else max_instances,
-            budget=budget,
-            confidence=confidence,
-            min_effect=min_effect,
-        )
-        if racing
-        else None
+    options = _race_options(
+        instances,
+        confidence=confidence,
+        min_effect=min_effect,
+        initial=initial_instances,
+        max_instances=max_instances,
+        budget=budget,
     )
+    racing = options is not None
     if instances == "auto" and max_instances is not None:
         run_options["max_instances"] = max_instances
     source, strategy = _trials(space, n_trials)
@@ -582,6 +589,7 @@ async def sweep(
 
     async with Runner(max_concurrency=max_parallel) as runner:
         if options is None:
+            assert not isinstance(instances, Race)  # a Race is always raced
             await _fixed(runner, trial_runner, board, strategy, source, instances)
             decision: RaceDecision | None = None
         else:
@@ -593,6 +601,31 @@ async def sweep(
     if trial_runner.refused is not None:
         raise trial_runner.refused
     return _frame(board, decision)
+
+
+def _race_options(instances: Any, **given: Any) -> Race | None:
+    """The race a sweep runs: ``instances`` itself, one built from ``given``, or none."""
+    if isinstance(instances, Race):
+        for name, value in given.items():
+            option = "initial_instances" if name == "initial" else name
+            check(
+                value is None,
+                option,
+                value,
+                "unset when instances is a labkit.Race (set it on the Race)",
+            )
+        return instances
+    if instances != "race":
+        for name in ("confidence", "min_effect", "initial", "budget"):
+            option = "initial_instances" if name == "initial" else name
+            check(
+                given[name] is None,
+                option,
+                given[name],
+                'unset unless instances is "race" or a labkit.Race',
+            )
+        return None
+    return Race(**{name: value for name, value in given.items() if value is not None})
 
 
 def _check_options(
@@ -615,10 +648,12 @@ def _check_options(
     )
     check(direction in ("min", "max"), "direction", direction, '"min" or "max"')
     check(
-        instances in ("auto", "race") or (is_int(instances) and 1 <= instances <= MAX_INSTANCES),
+        isinstance(instances, Race)
+        or instances in ("auto", "race")
+        or (is_int(instances) and 1 <= instances <= MAX_INSTANCES),
         "instances",
         instances,
-        f"an int from 1 to {MAX_INSTANCES}, 'auto' or 'race'",
+        f"an int from 1 to {MAX_INSTANCES}, 'auto', 'race' or a labkit.Race",
     )
     check(
         is_int(max_parallel) and 1 <= max_parallel <= MAX_INSTANCES,
@@ -669,7 +704,7 @@ async def _race(
     runner: Any,
     trial_runner: _TrialRunner,
     asked: Sequence[Mapping[str, Any]],
-    options: RaceOptions,
+    options: Race,
     direction: Literal["min", "max"],
 ) -> RaceDecision:
     board = trial_runner.board
@@ -866,7 +901,8 @@ def _frame(board: _Board, decision: RaceDecision | None) -> pd.DataFrame:
     tied: set[int] = set()
     if best is not None:
         if decision is not None:
-            tied = set(decision.contenders)
+            # Only trials examined to the end are tied; an undecided race says so.
+            tied = set(decision.contenders) if decision.ending == "max_instances" else set()
         else:
             tied = {
                 trial.number
