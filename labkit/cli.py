@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -59,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning(args.command)
+            return handler(args)
     except (UsageError, ConfigError) as exc:
         print(f"labkit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -69,6 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"labkit {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _show_warning(command: str) -> Callable[..., None]:
+    """A warning as one line on stderr (``labkit run: warning: ...``), not a source line."""
+
+    def show(message: Warning | str, *_: Any, **__: Any) -> None:
+        print(f"labkit {command}: warning: {message}", file=sys.stderr)
+
+    return show
 
 
 # -- argument parsing -------------------------------------------------------------------
@@ -211,6 +223,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write a standalone HTML report here, a file (default: no report)",
     )
+    _instance_options(run)
     _common_outputs(run)
     run.set_defaults(handler=_run)
 
@@ -281,6 +294,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--db", default="labkit.db", metavar="PATH", help="record the trials here")
     sweep.add_argument("--no-db", action="store_true", help="do not record the trials")
     sweep.add_argument("--json", action="store_true", help="print the trials as JSON on stdout")
+    _instance_options(sweep)
     sweep.set_defaults(handler=_sweep)
 
     history = commands.add_parser(
@@ -331,6 +345,35 @@ def _positive_int(text: str) -> int:
     value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _instance_options(command: argparse.ArgumentParser) -> None:
+    """``--executor`` and ``--seed``: where instances run and how they are seeded."""
+    command.add_argument(
+        "--executor",
+        choices=("thread", "process"),
+        default="thread",
+        help="where each instance's function runs: 'thread' (this process: async on the "
+        "event loop, sync in a thread) or 'process' (a worker process each: CPU-bound "
+        "Python runs on all cores, a timeout kills the instance's whole process tree)",
+    )
+    command.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        metavar="N",
+        help="base seed: instance i gets ctx.seed derived from N and i (the same i, the "
+        "same seed in every trial of a sweep)",
+    )
+
+
+def _seed(text: str) -> int:
+    from labkit.seeds import MAX_SEED
+
+    value = _int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {text!r}")
     return value
 
 
@@ -525,7 +568,17 @@ def _run(args: argparse.Namespace) -> int:
         options["retry"] = Retry(attempts=args.retries + 1)
     if args.sandbox == "none" and experiment.needs_sandbox:
         raise UsageError(f"{experiment.name} runs in a sandbox: use --sandbox local or e2b")
+    if args.executor == "process" and (
+        args.sandbox in ("local", "e2b") or (args.sandbox == "auto" and experiment.needs_sandbox)
+    ):
+        raise UsageError(
+            f"--executor process runs each instance in a worker process; {experiment.name} "
+            "runs in a sandbox (a process already): leave --executor at 'thread'"
+        )
     options["sandbox"] = args.sandbox
+    options["seed"] = args.seed
+    if args.executor == "process":
+        options["executor"] = "process"
     return _execute(
         args,
         experiment,
@@ -755,6 +808,8 @@ def _sweep(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
+    executor: dict[str, Any] = {"executor": "process"} if args.executor == "process" else {}
+
     async def go() -> Any:
         from labkit.store import Store
 
@@ -770,6 +825,8 @@ def _sweep(args: argparse.Namespace) -> int:
                 store=store,
                 max_instances=args.max_instances,
                 on_event=report,
+                seed=args.seed,
+                **executor,
             )
         finally:
             if store is not None:

@@ -26,9 +26,11 @@ that already catches the built-ins keeps working::
      |    +-- SandboxClosed                 the sandbox was used after close()
      |    +-- SandboxTimeout (TimeoutError) a pool session waited past its `timeout`
      +-- StoreError                         the experiment store cannot be read or written
+     +-- WorkerDied                         a worker process died while it ran a call
      +-- ExperimentError                    an experiment as a whole could not run
 
     RunInterrupted (KeyboardInterrupt)      Ctrl-C during a blocking run; carries `.report`
+    OversubscribedWarning (UserWarning)     more instances in processes at once than cores
 
 ``RunInterrupted`` is deliberately outside ``LabkitError``: an ``except Exception``
 must never swallow a Ctrl-C.
@@ -63,7 +65,9 @@ __all__ = (
     "SandboxRateLimited",
     "SandboxStartError",
     "SandboxTimeout",
+    "OversubscribedWarning",
     "StoreError",
+    "WorkerDied",
     "TaskFailed",
     "TaskTimeout",
 )
@@ -365,6 +369,41 @@ class SandboxTimeout(SandboxError, TimeoutError):
 
 class StoreError(LabkitError):
     """The experiment store cannot be opened, read or written."""
+
+
+class WorkerDied(LabkitError):
+    """A worker process (``executor="process"``) died while it started or ran a call.
+
+    It was killed from outside, crashed, or ran out of memory; whatever its call
+    sent before (an instance's samples) was delivered.
+
+    Attributes:
+        pid: The worker's process id.
+        returncode: Its exit status (negative: the signal that ended it), or ``None``
+            when not collected yet.
+    """
+
+    def __init__(self, pid: int, returncode: int | None, when: str) -> None:
+        self.pid = pid
+        self.returncode = returncode
+        if returncode is None:
+            how = "died"
+        elif returncode < 0:
+            import signal
+
+            try:
+                how = f"was killed by {signal.Signals(-returncode).name}"
+            except ValueError:
+                how = f"was killed by signal {-returncode}"
+        else:
+            how = f"exited with status {returncode}"
+        super().__init__(f"worker process {pid} {how} {when}")
+
+
+class OversubscribedWarning(UserWarning):
+    """More instances run at once in processes (worker processes, sandboxes) than the
+    machine has cores: CPU-bound instances then share cores, and what they time is
+    inflated. Said once per run, with the numbers."""
 
 
 class ExperimentError(LabkitError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -23,6 +23,7 @@ import pandas as pd
 from labkit import stats, timeline
 from labkit._json import to_builtins
 from labkit.errors import error_text
+from labkit.seeds import instance_seed
 
 __all__ = (
     "ExperimentRecorder",
@@ -76,6 +77,8 @@ class InstanceResult:
         gpu_uuids: The GPUs it held.
         sandbox_id: The sandbox it ran in, if any.
         attempts: How many attempts the runner made (retries included).
+        seed: The instance's ``ctx.seed`` (:func:`labkit.seeds.instance_seed`),
+            or ``None`` where it is not known (a result built by hand).
     """
 
     index: int
@@ -88,6 +91,7 @@ class InstanceResult:
     gpu_uuids: tuple[str, ...] = ()
     sandbox_id: str | None = None
     attempts: int = 1
+    seed: int | None = None
 
     @property
     def duration(self) -> float | None:
@@ -109,6 +113,7 @@ class InstanceResult:
             "gpu_uuids": list(self.gpu_uuids),
             "sandbox_id": self.sandbox_id,
             "attempts": self.attempts,
+            "seed": self.seed,
         }
 
     @classmethod
@@ -125,7 +130,22 @@ class InstanceResult:
             gpu_uuids=tuple(data.get("gpu_uuids") or ()),
             sandbox_id=data.get("sandbox_id"),
             attempts=int(data.get("attempts", 1)),
+            seed=None if data.get("seed") is None else int(data["seed"]),
         )
+
+
+def _seeded(instances: Sequence[InstanceResult], config: Mapping[str, Any]) -> list[InstanceResult]:
+    """The instances, each with its seed: one it lacks is derived from the run's base seed
+    (``config["seed"]``), as the run derived it (a store keeps the base seed, not each seed)."""
+    base = config.get("seed")
+    if not isinstance(base, int) or isinstance(base, bool):
+        return list(instances)
+    return [
+        instance
+        if instance.seed is not None
+        else replace(instance, seed=instance_seed(base, instance.index))
+        for instance in instances
+    ]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -192,7 +212,7 @@ class ExperimentResult:
             The result, with ``summary["all_failed"]`` true when nothing succeeded.
         """
         kept = list(notes)
-        ordered = tuple(sorted(instances, key=lambda instance: instance.index))
+        ordered = tuple(sorted(_seeded(instances, config), key=lambda instance: instance.index))
         succeeded = [instance for instance in ordered if instance.ok]
         metrics = {
             column

@@ -256,7 +256,7 @@ async def _run_script(
         "duration": duration,
         "interval": interval,
         "out": _METRICS_FILE,
-        "seed": int(ctx.params.get("seed", 0)) * 1000 + ctx.index,
+        "seed": ctx.seed,
         **settings,
     }
     await sandbox.write_file(_SCRIPT_FILE, _SCRIPT)
@@ -409,7 +409,8 @@ def _scenario(
 
     Args:
         intensity: ``"low"``, ``"medium"`` or ``"high"``.
-        **params: More parameters for ``ctx.params`` (``seed`` varies the randomness).
+        **params: More parameters for ``ctx.params``. The randomness comes from
+            ``ctx.seed``: pass ``seed=`` to ``run_experiment`` to vary it.
 
     Returns:
         The :class:`~labkit.experiment.Experiment`; its instances need a sandbox

@@ -23,22 +23,27 @@ prints one).
 With ``instances=lk.Race(...)`` (or ``"race"``) the sweep races its trials
 (:mod:`labkit.race`): a few instances each, then one more per round for every
 trial not yet ruled out; the frame says how many each got and what was decided,
-a statement that is wrong at most ``1 - confidence`` of the time.
+a statement that is wrong at most ``1 - confidence`` of the time. A racing trial
+is one experiment that grows round by round (one store record, indices and seeds
+continuing, its averaged timeline over all its instances).
 
 With a store and ``resume=True`` a trial whose experiment (same name, params and
 instance count) already finished in the store is loaded instead of run; one that
-was interrupted resumes its missing instances.
+was interrupted resumes its missing instances. A race resumes the same way: each
+trial picks up the instances its record has (its most instances, ``max_instances``,
+are the count that identifies it) and the race goes on from there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import functools
 import importlib
 import itertools
 import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -50,9 +55,11 @@ from labkit.errors import ConfigError, check, is_int, is_real
 from labkit.events import EventBus, TrialEvent
 from labkit.experiment import Experiment, run_experiment
 from labkit.experiment.options import check_resources
+from labkit.experiment.run import ExperimentRun, open_run
 from labkit.experiment.spec import MAX_INSTANCES
 from labkit.race import Race, RaceDecision, race
 from labkit.results import ExperimentResult, InstanceResult, error_text
+from labkit.seeds import check_seed
 
 if TYPE_CHECKING:
     from labkit.gpu import GPUPool
@@ -245,8 +252,13 @@ def objective_value(result: ExperimentResult, objective: Objective) -> float:
     return value
 
 
-def instance_values(result: ExperimentResult, objective: Objective) -> list[float]:
-    """The objective of each instance, in instance order, as a one-instance experiment.
+def instance_values(
+    name: str,
+    params: Mapping[str, Any],
+    instances: Sequence[InstanceResult],
+    objective: Objective,
+) -> list[float]:
+    """The objective of each of ``instances``, each as a one-instance experiment.
 
     What a racing sweep compares: for a summary key, each instance's figure; for a
     recorded metric, its last value; for a function, the function of a result
@@ -255,11 +267,11 @@ def instance_values(result: ExperimentResult, objective: Objective) -> list[floa
     instances of two trials paired by index).
     """
     values: list[float] = []
-    for instance in sorted(result.instances, key=lambda instance: instance.index):
+    for instance in instances:
         if not instance.ok:
             values.append(math.nan)
             continue
-        alone = ExperimentResult.build(result.name, result.params, [instance], result.config)
+        alone = ExperimentResult.build(name, dict(params), [instance], {})
         try:
             values.append(objective_value(alone, objective))
         except (KeyError, ValueError):
@@ -464,6 +476,7 @@ async def sweep(
     initial_instances: int | None = None,
     max_instances: int | None = None,
     budget: int | None = None,
+    seed: int = 0,
     **run_options: Any,
 ) -> pd.DataFrame:
     """Run ``experiment`` once per parameter set and mark the best trial.
@@ -485,10 +498,13 @@ async def sweep(
     every trial left), when the trials left reach ``max_instances`` (default
     10), or when ``budget`` instances ran in all; its decision is wrong at most
     ``1 - confidence`` of the time (:mod:`labkit.race` says under which
-    assumptions). Each round's instances of a trial are one
-    ``run_experiment`` (recorded in the store as such; racing does not
-    resume). A strategy is asked for ``n_trials`` trials up front and told
-    their final objectives at the end.
+    assumptions). Each trial is one experiment that grows round by round
+    (:func:`~labkit.experiment.run.open_run`: one store record, instance
+    indices and seeds continuing, so instance *i* of every trial shares its
+    seed and the race compares them pair by pair); with a store and
+    ``resume`` an interrupted race continues from what its trials recorded.
+    A strategy is asked for ``n_trials`` trials up front and told their final
+    objectives at the end.
 
     Args:
         experiment: What to run; each trial's params are merged over its own.
@@ -518,6 +534,9 @@ async def sweep(
             with ``instances="auto"``, passed to ``run_experiment``.
         budget: With ``"race"``: the most instances in all (default: trials
             times ``max_instances``). With a ``Race`` these five stay unset.
+        seed: The base seed of every trial: instance *i* of every trial gets the
+            same ``ctx.seed`` (common random numbers, so trials compare pair by
+            pair), and no two instances of one trial share one.
         **run_options: Passed to ``run_experiment`` for every trial (``duration``,
             ``gpus_per_instance``, ``timeout``, ``retry``...). ``on_event`` gets
             every trial's events as :class:`~labkit.events.TrialEvent` and the
@@ -549,6 +568,7 @@ async def sweep(
         experiment, objective, direction, instances, max_parallel, n_trials, max_instances, resume
     )
     check_resources(gpu_pool, None, store)
+    run_options["seed"] = check_seed(seed)
     options = _race_options(
         instances,
         confidence=confidence,
@@ -557,7 +577,6 @@ async def sweep(
         max_instances=max_instances,
         budget=budget,
     )
-    racing = options is not None
     if instances == "auto" and max_instances is not None:
         run_options["max_instances"] = max_instances
     source, strategy = _trials(space, n_trials)
@@ -580,7 +599,7 @@ async def sweep(
         experiment=experiment,
         objective=objective,
         store=store,
-        resume=resume and not racing,
+        resume=resume,
         gpu_pool=gpu_pool,
         board=board,
         run_options=run_options,
@@ -707,29 +726,61 @@ async def _race(
     options: Race,
     direction: Literal["min", "max"],
 ) -> RaceDecision:
+    """Race the trials, each one experiment that grows round by round (:func:`open_run`).
+
+    Every trial's run is opened (its options checked) before any instance runs;
+    with a store and ``resume`` each picks up the instances its record already
+    has, and the race goes on from there. Each trial is finished (averaged over
+    all its instances, recorded once) when the race ends.
+    """
     board = trial_runner.board
     trials = [_Trial(number, dict(params)) for number, params in enumerate(asked)]
     for trial in trials:
         board.started(trial)
+    async with contextlib.AsyncExitStack() as stack:
+        runs = [
+            await stack.enter_async_context(trial_runner.open(trial, options.max_instances))
+            for trial in trials
+        ]
+        for trial, grown in zip(trials, runs, strict=True):
+            # Resumed instances by index; one that failed (and was forgotten) is a NaN,
+            # so that instance i of every trial stays at position i, paired by seed.
+            loaded = trial_runner.values(trial, [grown.results[i] for i in sorted(grown.results)])
+            by_index = dict(zip(sorted(grown.results), loaded, strict=True))
+            trial.resumed = bool(by_index)
+            trial.values = [by_index.get(i, math.nan) for i in range(max(by_index, default=-1) + 1)]
 
-    async def batch(job: tuple[int, int]) -> int:
-        number, size = job
-        await trial_runner.run(trials[number], size, adding=True)
-        return number
+        async def batch(job: tuple[int, int]) -> int:
+            number, size = job
+            trial = trials[number]
+            try:
+                added = await runs[number].add(size)
+            except Exception as exc:
+                trial.error = error_text(exc)
+                trial.values.extend([math.nan] * size)  # keeps later instances paired
+            else:
+                trial.values.extend(trial_runner.values(trial, added))
+            return number
 
-    async def run(batches: Sequence[tuple[int, int]]) -> dict[int, list[float]]:
-        each: Callable[[Any], Awaitable[Any]] = batch
-        await runner.map(each, trial_runner.unless_refused(batches))
-        return {trial.number: trial.values for trial in trials}
+        async def run(batches: Sequence[tuple[int, int]]) -> dict[int, list[float]]:
+            each: Callable[[Any], Awaitable[Any]] = batch
+            await runner.map(each, batches)
+            return {trial.number: trial.values for trial in trials}
 
-    def on_round(decision: RaceDecision, counts: Mapping[int, int]) -> None:
-        board.decided(decision.statement(counts))
+        def on_round(decision: RaceDecision, counts: Mapping[int, int]) -> None:
+            board.decided(decision.statement(counts))
 
-    decision, _ = await race(
-        [trial.number for trial in trials], run, options, direction=direction, on_round=on_round
-    )
-    for trial in trials:
-        board.finished(trial)
+        decision, _ = await race(
+            [trial.number for trial in trials],
+            run,
+            options,
+            direction=direction,
+            on_round=on_round,
+            counts={trial.number: len(trial.values) for trial in trials},
+        )
+        for trial, grown in zip(trials, runs, strict=True):
+            trial_runner.take(trial, await grown.finish())
+            board.finished(trial)
     return decision
 
 
@@ -759,7 +810,24 @@ class _TrialRunner:
                 return
             yield item
 
-    async def run(self, trial: _Trial, instances: Any, *, adding: bool = False) -> None:
+    def open(self, trial: _Trial, planned: int) -> AbstractAsyncContextManager[ExperimentRun]:
+        """A racing trial's experiment, open to grow (``planned``: its most instances)."""
+        return open_run(
+            self.experiment.with_params(**trial.params),
+            instances=planned,
+            store=self.store,
+            resume=self.resume and self.store is not None,
+            gpu_pool=self.gpu_pool,
+            on_event=functools.partial(_wrap, self.board.bus, trial.number),
+            **self.run_options,
+        )
+
+    def values(self, trial: _Trial, instances: Sequence[InstanceResult]) -> list[float]:
+        """The objective of each of ``instances``, in order (NaN where it has none)."""
+        variant = self.experiment.with_params(**trial.params)
+        return instance_values(variant.name, dict(variant.params or {}), instances, self.objective)
+
+    async def run(self, trial: _Trial, instances: Any) -> None:
         variant = self.experiment.with_params(**trial.params)
         result: ExperimentResult | None = None
         store = self.store
@@ -787,23 +855,12 @@ class _TrialRunner:
         except Exception as exc:
             trial.error = error_text(exc)
             return
-        self._add(trial, result, adding=adding)
+        self.take(trial, result)
 
-    def _add(self, trial: _Trial, result: ExperimentResult, *, adding: bool) -> None:
-        """Take ``result``'s instances into the trial and recompute its objective."""
+    def take(self, trial: _Trial, result: ExperimentResult) -> None:
+        """Fill in the trial's row from its experiment's result."""
         trial.experiment_id = result.experiment_id
-        offset = len(trial.instances) if adding else 0
-        batch = [dataclasses.replace(i, index=i.index + offset) for i in result.instances]
-        trial.instances = [*trial.instances, *batch] if adding else batch
-        if adding:
-            trial.values.extend(instance_values(result, self.objective))
-            result = ExperimentResult.build(
-                result.name,
-                result.params,
-                trial.instances,
-                result.config,
-                experiment_id=result.experiment_id,
-            )
+        trial.instances = list(result.instances)
         trial.summary = result.summary
         trial.status, trial.error, trial.objective = "failed", None, math.nan
         if result.all_failed:

@@ -320,3 +320,37 @@ def test_a_read_only_store_refuses_writes(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no such file"):
         Store(tmp_path / "missing.db", read_only=True)
     assert not (tmp_path / "missing.db").exists()
+
+
+CPU_WORKLOAD = textwrap.dedent(
+    """
+    import os
+
+    def work(ctx):
+        ctx.record(value=float(ctx.index))
+        return {"pid": os.getpid(), "seed_seen": ctx.seed}
+    """
+)
+
+
+def test_run_with_the_process_executor_and_a_seed(tmp_path: Path) -> None:
+    from labkit.seeds import instance_seed
+
+    (tmp_path / "cpu_work.py").write_text(CPU_WORKLOAD)
+    done = labkit(
+        "run", "cpu_work:work", "-n", "2", "--executor", "process", "--seed", "9",
+        "--no-db", "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["config"]["executor"] == "process" and result["config"]["seed"] == 9
+    instances = result["instances"]
+    assert [i["seed"] for i in instances] == [instance_seed(9, 0), instance_seed(9, 1)]
+    assert [i["summary"]["seed_seen"] for i in instances] == [i["seed"] for i in instances]
+    assert len({i["summary"]["pid"] for i in instances}) == 2
+    refused = labkit(
+        "run", "labkit.scenarios:cpu_stress", "--executor", "process", "--no-db", cwd=tmp_path
+    )
+    assert refused.returncode == 2 and "--executor process" in refused.stderr
+    bad_seed = labkit("run", "cpu_work:work", "--seed", "-1", cwd=tmp_path)
+    assert bad_seed.returncode == 2 and "--seed" in bad_seed.stderr

@@ -713,7 +713,7 @@ async def test_an_experiment_on_a_cluster_refuses_local_resources(client: Client
         await lk.run_experiment(needs_sandbox, executor=client, on_event=events.append)
     assert caught.value.option == "needs_sandbox"
     with pytest.raises(ConfigError) as caught:
-        await lk.run_experiment(experiment, executor="thread", on_event=events.append)
+        await lk.run_experiment(experiment, executor="threads", on_event=events.append)
     assert caught.value.option == "executor" and "distributed.Client" in str(caught.value)
     assert events == []  # nothing started
 

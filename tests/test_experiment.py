@@ -36,6 +36,7 @@ from labkit.sandbox.base import ResourceSample
 from labkit.sandbox.fake import FakeSandbox
 from labkit.sandbox.local import LocalSandbox
 from labkit.sandbox.pool import SandboxPool
+from labkit.seeds import instance_seed
 from labkit.testing import FakeClock
 
 
@@ -295,8 +296,10 @@ async def test_options_are_checked_before_anything_starts() -> None:
         await run_experiment(experiment, duration=7 * 24 * 3600.0)
     with pytest.raises(ConfigError, match="max_concurrency"):
         await run_experiment(experiment, max_concurrency=0)
-    with pytest.raises(ConfigError, match="executor"):
-        await run_experiment(experiment, executor="process")
+    with pytest.raises(ConfigError, match=r"executor='processes'.*'process'"):
+        await run_experiment(experiment, executor="processes")
+    with pytest.raises(ConfigError, match="seed=-1"):
+        await run_experiment(experiment, seed=-1)
     assert calls == []
 
 
@@ -380,7 +383,10 @@ async def test_resume_loads_finished_instances_instead_of_rerunning_them() -> No
     result = await run(fn, instances=2, store=recorder, resume=True)
 
     assert ran == [1]
-    assert result.instances[0] is done
+    # The loaded instance is kept as stored, given its seed (the store keeps the base seed).
+    kept = result.instances[0]
+    assert kept.timeline is done.timeline and kept.summary is done.summary
+    assert kept.seed == instance_seed(0, 0)
     assert result.summary["x_peak"] == pytest.approx(8.0)
 
 

@@ -396,3 +396,28 @@ def test_interval_coverage_by_n(dist: str) -> None:
             # trimmed-t interval of the IQM stays close to nominal.
             assert rates["iqm"] >= 0.91, (n, rates)
             assert rates["iqm"] > rates["mean"], (n, rates)
+
+
+async def test_compare_pairs_two_results_by_seed() -> None:
+    from labkit.experiment import Experiment, run_experiment
+
+    async def fn(ctx: object) -> dict[str, float]:
+        import random
+
+        shared = random.Random(ctx.seed).gauss(0.0, 5.0)  # type: ignore[attr-defined]
+        noise = random.Random(ctx.seed + ctx.params["shift"]).gauss(0.0, 0.1)  # type: ignore[attr-defined]
+        return {"loss": 10.0 + ctx.params["shift"] + shared + noise}  # type: ignore[attr-defined]
+
+    a = await run_experiment(Experiment("a", fn, params={"shift": 0.0}), instances=6, seed=3)
+    b = await run_experiment(Experiment("b", fn, params={"shift": -0.5}), instances=8, seed=3)
+    paired = stats.compare(a, b, metric="loss")
+    assert paired.pairing == "seed" and paired.n_a == 6  # the 6 seeds both have
+    assert paired.better == "b"
+    assert "6 pairs by seed, paired t" in repr(paired)
+    welch = stats.compare(a, b, metric="loss", paired=False)
+    assert not welch.paired and welch.better is None and (welch.n_a, welch.n_b) == (6, 8)
+    other = await run_experiment(Experiment("c", fn, params={"shift": -0.5}), instances=4, seed=9)
+    assert not stats.compare(a, other, metric="loss").paired  # no seed in common: Welch
+    with pytest.raises(ConfigError) as caught:
+        stats.compare(a, other, metric="loss", paired=True)
+    assert caught.value.option == "paired" and "0 seed(s) shared" in str(caught.value)

@@ -602,3 +602,82 @@ async def test_race_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="budget") as small:
         await sweep(EXP, {"x": [1, 2, 3]}, instances=lk.Race(budget=2), objective="score")
     assert "at least one instance per trial (3)" in str(small.value)
+
+
+# --- a racing trial is one experiment that grows -------------------------------------------
+
+
+def seeded(means: Sequence[float], seed_sd: float, noise: float) -> Experiment:
+    """Trial ``k`` scores ``means[k]`` plus an effect of ``ctx.seed`` shared by every trial."""
+
+    async def fn(ctx: InstanceContext) -> dict[str, float]:
+        k = ctx.params["k"]
+        ctx.params["seen"].append((k, ctx.index, ctx.seed))
+        shared = random.Random(ctx.seed).gauss(0.0, seed_sd)
+        own = random.Random(ctx.seed * 31 + k).gauss(0.0, noise)
+        ctx.record(score=means[k] + shared + own)
+        return {"score": means[k] + shared + own}
+
+    return Experiment("seeded", fn)
+
+
+async def test_a_racing_trial_is_one_stored_experiment_whose_instances_continue(
+    tmp_path: Path,
+) -> None:
+    seen: list[tuple[int, int, int]] = []
+    experiment = seeded([0.0, 0.05, 3.0], seed_sd=1.0, noise=0.5).with_params(seen=seen)
+    with Store(tmp_path / "race.db") as store:
+        frame = await sweep(
+            experiment, {"k": [0, 1, 2]}, instances=lk.Race(max_instances=8),
+            objective="score", store=store,
+        )  # fmt: skip
+        records = store.experiments()
+        assert len(records) == 3  # one record per trial, however many rounds it ran
+        for _, row in frame.iterrows():
+            result = store.load(row["experiment_id"])
+            indices = sorted(instance.index for instance in result.instances)
+            assert indices == list(range(int(row["instances"])))
+            assert int(result.averaged["n"].max()) == row["instances"]  # every round averaged
+            assert result.summary["num_instances"] == row["instances"]
+    assert frame["instances"].tolist()[:2] == [8, 8]
+    # Instance i has the same seed in every trial, and no seed repeats within a trial.
+    seeds: dict[int, set[int]] = {}
+    for k, index, seed in seen:
+        seeds.setdefault(index, set()).add(seed)
+    assert all(len(found) == 1 for found in seeds.values())
+    per_trial = [[seed for k, _, seed in seen if k == trial] for trial in range(3)]
+    assert all(len(set(trial)) == len(trial) for trial in per_trial)
+
+
+async def test_trials_sharing_seeds_race_on_paired_differences() -> None:
+    # A seed's effect (sd 10) dwarfs the difference (1): compared as unrelated samples,
+    # 5 instances a side could not tell; paired by seed, the first round does.
+    experiment = seeded([0.0, 1.0, 2.0], seed_sd=10.0, noise=0.05).with_params(seen=[])
+    frame = await sweep(
+        experiment, {"k": [0, 1, 2]}, instances=lk.Race(max_instances=6), objective="score"
+    )
+    assert frame.attrs["decision"] == "trial 0 beats the other 2 at 95 %"
+    assert frame["instances"].tolist() == [5, 5, 5]
+
+
+async def test_a_race_resumes_from_its_trials_records(tmp_path: Path) -> None:
+    seen: list[tuple[int, int, int]] = []
+    experiment = seeded([0.0, 0.0, 0.1], seed_sd=1.0, noise=1.0).with_params(seen=seen)
+    race = {"k": [0, 1, 2]}
+    with Store(tmp_path / "race.db") as store:
+        first = await sweep(
+            experiment, race, instances=lk.Race(max_instances=12, budget=15),
+            objective="score", store=store,
+        )  # fmt: skip
+        assert first.attrs["decision"].startswith("no decision")
+        assert first["instances"].tolist() == [5, 5, 5]
+        seen.clear()
+        second = await sweep(
+            experiment, race, instances=lk.Race(max_instances=12, budget=24),
+            objective="score", store=store,
+        )  # fmt: skip
+        assert len(store.experiments()) == 3  # the same three records, grown
+    assert second["resumed"].all()
+    assert second["instances"].tolist() == [8, 8, 8]
+    assert sorted({index for _, index, _ in seen}) == [5, 6, 7]  # nothing ran twice
+    assert second["experiment_id"].tolist() == first["experiment_id"].tolist()

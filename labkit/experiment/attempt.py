@@ -14,24 +14,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from labkit.clock import Clock
+from labkit.errors import TaskTimeout
 from labkit.events import InstanceEvent, TimelineEvent
+from labkit.executors.base import AttemptExpired, is_async_callable, within
 from labkit.experiment.context import InstanceContext
 from labkit.experiment.spec import Experiment, InstanceFunction, summary_figures
 from labkit.results import ExperimentRecorder, InstanceResult, error_text
 from labkit.samplelog import SampleLog
 from labkit.sampling import ResourceSampler
+from labkit.seeds import instance_seed
+from labkit.threadpool import ElasticThreadPool
 
 if TYPE_CHECKING:
-    from labkit.gpu import GPUPool
+    from labkit.gpu import GPUAllocation, GPUPool
     from labkit.sandbox.pool import SandboxPool
 
-__all__ = ("AttemptRecord", "Instances", "LocalAttempt", "LocalAttempts")
+__all__ = (
+    "AttemptRecord",
+    "InstanceCaller",
+    "Instances",
+    "LocalAttempt",
+    "LocalAttempts",
+    "call_here",
+    "instance_threads",
+)
 
 
 @dataclass(slots=True)
@@ -59,6 +71,8 @@ class Instances:
     """Where ``sample`` events go: the bus's sample route, which spares subscribers
     that read the attempts' logs instead (every attempt's log is announced)."""
     recorder: ExperimentRecorder | None = None
+    seed: int = 0
+    """The run's base seed: instance ``i`` gets ``instance_seed(seed, i)``."""
     experiment_id: str | None = None
     records: dict[int, AttemptRecord] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -149,6 +163,7 @@ class Instances:
             gpu_uuids=record.gpu_uuids,
             sandbox_id=record.sandbox_id,
             attempts=max(record.attempts, 1),
+            seed=instance_seed(self.seed, index),
         )
 
 
@@ -156,9 +171,16 @@ class LocalAttempt:
     """One attempt of one instance on this machine, as an async context manager.
 
     Entering acquires the instance's GPUs and sandbox session, builds its
-    :class:`InstanceContext`, reports ``started`` and starts the sandbox's
-    sampler; exiting stops the sampler and gives the sandbox and GPUs back,
-    however the block ends, and reports ``failed`` if it raised.
+    :class:`InstanceContext` (:attr:`ctx`), reports ``started`` and starts the
+    sandbox's sampler; exiting reports ``failed`` if the block raised, then stops
+    the sampler and gives the sandbox and GPUs back, however the block ends.
+
+    A lease lasts as long as the code that uses it: when the instance's function
+    still runs after the attempt ended (a sync function past its timeout, which a
+    thread cannot stop), :meth:`runs_on` keeps the GPUs and the sandbox held until
+    it really ends, and the pools count them as ``abandoned`` meanwhile. From the
+    attempt's end on, what that code records reaches its own log only: no event,
+    no store, never the next attempt's timeline.
 
     Args:
         instances: The run's bookkeeping.
@@ -172,7 +194,12 @@ class LocalAttempt:
     """
 
     __slots__ = (
+        "_allocation",
+        "_current",
+        "_runs_on",
+        "_sandbox",
         "_stack",
+        "ctx",
         "duration",
         "gpu_pool",
         "gpus",
@@ -182,6 +209,9 @@ class LocalAttempt:
         "sample_every",
         "sandbox_pool",
     )
+
+    ctx: InstanceContext
+    """The instance's context, once entered."""
 
     def __init__(
         self,
@@ -204,8 +234,12 @@ class LocalAttempt:
         self.sandbox_pool = sandbox_pool
         self.sample_every = sample_every
         self._stack = contextlib.AsyncExitStack()
+        self._current = True
+        self._runs_on: asyncio.Future[Any] | None = None
+        self._allocation: GPUAllocation | None = None
+        self._sandbox: Any = None
 
-    async def __aenter__(self) -> InstanceContext:
+    async def __aenter__(self) -> LocalAttempt:
         book = self.instances
         record = book.begin(self.index)
         stack = self._stack
@@ -219,6 +253,7 @@ class LocalAttempt:
                         gpus=self.gpus, owner=f"{book.experiment.name}[{self.index}]"
                     )
                 )
+                self._allocation = allocation
                 env.update(allocation.env)
                 record.gpu_uuids = tuple(allocation.uuids)
             else:
@@ -227,9 +262,11 @@ class LocalAttempt:
             sandbox = None
             if self.sandbox_pool is not None:
                 sandbox = await stack.enter_async_context(self.sandbox_pool.session())
+                self._sandbox = sandbox
             record.sandbox_id = _sandbox_id(sandbox)
-            ctx = InstanceContext(
+            self.ctx = ctx = InstanceContext(
                 index=self.index,
+                seed=instance_seed(book.seed, self.index),
                 params=self.params,
                 duration=self.duration,
                 env=env,
@@ -237,9 +274,9 @@ class LocalAttempt:
                 sandbox=sandbox,
                 attempt=record.attempts,
                 clock=book.clock,
-                emit=book.emit,
-                emit_sample=book.emit_sample,
-                recorder=book.sample if book.recorder is not None else None,
+                emit=self._while_current(book.emit),
+                emit_sample=self._while_current(book.emit_sample),
+                recorder=self._while_current(book.sample) if book.recorder is not None else None,
                 sample_log=record.log,
             )
             book.started(self.index, at=ctx.started)
@@ -250,7 +287,25 @@ class LocalAttempt:
         except BaseException as exc:
             await stack.__aexit__(type(exc), exc, exc.__traceback__)
             raise
-        return ctx
+        return self
+
+    def _while_current(self, fn: Callable[..., None]) -> Callable[..., None]:
+        """``fn``, silenced once this attempt has ended (its code may run on)."""
+
+        def forward(*args: Any) -> None:
+            if self._current:
+                fn(*args)
+
+        return forward
+
+    def runs_on(self, done: asyncio.Future[Any]) -> None:
+        """The instance's code runs on after this attempt ends, until ``done`` resolves:
+        keep its GPUs and sandbox held until then (counted as abandoned by the pools)."""
+        self._runs_on = done
+        if self._allocation is not None and self.gpu_pool is not None:
+            self.gpu_pool.mark_abandoned(self._allocation)
+        if self._sandbox is not None and self.sandbox_pool is not None:
+            self.sandbox_pool.mark_abandoned(self._sandbox)
 
     async def __aexit__(
         self,
@@ -258,20 +313,79 @@ class LocalAttempt:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._current = False
         if exc is not None:
             self.instances.failed(self.index, exc)
-        await self._stack.__aexit__(exc_type, exc, tb)
+        runs_on = self._runs_on
+        if runs_on is None or runs_on.done():
+            await self._stack.__aexit__(exc_type, exc, tb)
+            return
+        stack = self._stack
+
+        def release(_: asyncio.Future[Any]) -> None:
+            task = asyncio.get_running_loop().create_task(stack.aclose())
+            _RELEASING.add(task)
+            task.add_done_callback(_RELEASING.discard)
+
+        runs_on.add_done_callback(release)
 
 
-async def call(fn: InstanceFunction, ctx: InstanceContext) -> Any:
-    """Call the instance function: awaited if async, else in a thread."""
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
-        return await fn(ctx)
-    # A sync function runs in a thread so it cannot block the other instances.
-    result = await asyncio.to_thread(fn, ctx)
-    if inspect.isawaitable(result):
-        return await result
-    return result
+_RELEASING: set[asyncio.Task[None]] = set()
+"""Releases of leases whose code ended after its attempt (kept until they finish)."""
+
+_THREADS: list[ElasticThreadPool] = []
+
+
+def instance_threads() -> ElasticThreadPool:
+    """The threads sync instance functions run in (one pool per process, grown on demand)."""
+    if not _THREADS:
+        _THREADS.append(ElasticThreadPool("labkit-instance"))
+    return _THREADS[0]
+
+
+async def call_here(
+    fn: InstanceFunction, attempt: LocalAttempt, timeout: float | None, clock: Clock
+) -> Any:
+    """Call the instance function in this process: awaited if async, else in a thread.
+
+    The ``timeout`` (s) counts from when the function begins (a sync one: when its
+    thread begins it). A sync function past it cannot be stopped: the attempt ends
+    with :class:`AttemptExpired`, and the function runs on in its thread, holding
+    the attempt's GPUs and sandbox until it ends (:meth:`LocalAttempt.runs_on`).
+
+    Raises:
+        AttemptExpired: ``timeout`` ran out.
+    """
+    ctx = attempt.ctx
+    if is_async_callable(fn):
+        if timeout is None:
+            return await fn(ctx)
+        return await within(clock, fn, ctx, timeout)
+    threads = instance_threads()
+    call = threads.submit(fn, ctx, signal_start=True)
+    assert call.started is not None
+    try:
+        await asyncio.shield(call.started)
+        start = clock.now()
+        try:
+            async with clock.timeout(timeout):
+                value = await asyncio.shield(call.done)
+        except TimeoutError as exc:
+            if call.done.done():
+                raise  # the function's own TimeoutError
+            raise AttemptExpired from exc
+    finally:
+        if not call.done.done() and not call.cancel():
+            threads.abandon(call)
+            attempt.runs_on(call.done)
+    if inspect.isawaitable(value):
+        left = None if timeout is None else timeout - (clock.now() - start)
+        return await (_awaited(value) if left is None else within(clock, _awaited, value, left))
+    return value
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 def describe(error: BaseException) -> str:
@@ -299,9 +413,18 @@ def _extra_summary(value: Any) -> dict[str, Any]:
     return {"value": value}
 
 
+InstanceCaller = Callable[[InstanceFunction, LocalAttempt, "float | None", Clock], Awaitable[Any]]
+"""How an attempt calls the instance function: :func:`call_here`, or in a worker process."""
+
+
 @dataclass(slots=True, kw_only=True)
 class LocalAttempts:
-    """The attempts of one run's instances on this machine (see :class:`LocalAttempt`)."""
+    """The attempts of one run's instances on this machine (see :class:`LocalAttempt`).
+
+    ``timeout`` (s) bounds each attempt's function from when it begins: waiting for
+    GPUs, a sandbox or a worker is not run time. An attempt past it fails with
+    :class:`~labkit.errors.TaskTimeout`, as a runner's timeout does.
+    """
 
     instances: Instances
     duration: float | None
@@ -309,6 +432,8 @@ class LocalAttempts:
     gpu_pool: GPUPool | None
     sandbox_pool: SandboxPool | None
     sample_every: float
+    timeout: float | None = None
+    caller: InstanceCaller = call_here
 
     async def instance(self, index: int) -> Any:
         """One attempt of instance ``index``: hold its resources, run it, sample it."""
@@ -323,7 +448,10 @@ class LocalAttempts:
             gpu_pool=self.gpu_pool,
             sandbox_pool=self.sandbox_pool,
             sample_every=self.sample_every,
-        ) as ctx:
-            value = await call(experiment.fn, ctx)
+        ) as attempt:
+            try:
+                value = await self.caller(experiment.fn, attempt, self.timeout, book.clock)
+            except AttemptExpired as expired:
+                raise TaskTimeout(index, attempt.ctx.attempt, self.timeout or 0.0) from expired
         await book.finished(index, value)
         return value

@@ -30,6 +30,10 @@ class InstanceContext:
 
     Attributes:
         index: The instance's number, from 0.
+        seed: The instance's seed (an int from 0 to 2**32 - 1), derived from the
+            run's base seed and ``index`` (:func:`labkit.seeds.instance_seed`):
+            the one way to seed an instance. Instance *i* of every configuration
+            of a sweep shares it; no two instances of one experiment do.
         params: The experiment's parameters (read-only).
         duration: How long the instance is meant to run, in seconds, or ``None``.
         env: Environment for anything the instance starts: the GPU allocation's
@@ -56,6 +60,7 @@ class InstanceContext:
         "index",
         "params",
         "sandbox",
+        "seed",
     )
 
     def __init__(
@@ -73,8 +78,10 @@ class InstanceContext:
         recorder: Callable[[int, float, Mapping[str, float]], None] | None,
         sample_log: SampleLog | None = None,
         emit_sample: Callable[[InstanceEvent], None] | None = None,
+        seed: int = 0,
     ) -> None:
         self.index = index
+        self.seed = seed
         self.params: Mapping[str, Any] = MappingProxyType(dict(params))
         self.duration = duration
         self.env: dict[str, str] = dict(env)
@@ -188,4 +195,7 @@ class InstanceContext:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def __repr__(self) -> str:
-        return f"InstanceContext(index={self.index}, attempt={self.attempt}, gpus={self.gpus})"
+        return (
+            f"InstanceContext(index={self.index}, seed={self.seed}, attempt={self.attempt}, "
+            f"gpus={self.gpus})"
+        )

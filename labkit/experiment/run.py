@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import check
+from labkit.clock import SYSTEM_CLOCK, Clock, SystemClock
+from labkit.errors import OversubscribedWarning, check, is_int
 from labkit.events import EventBus
-from labkit.experiment.attempt import Instances, LocalAttempts
+from labkit.executors.workers import available_cores
+from labkit.experiment.attempt import InstanceCaller, Instances, LocalAttempts, call_here
 from labkit.experiment.auto import run_instances
 from labkit.experiment.dask import DaskAttempts, cluster_executor, on_dask
 from labkit.experiment.options import ExperimentOptions, check_resources
+from labkit.experiment.process import ProcessCaller
 from labkit.experiment.spec import Experiment
 from labkit.results import ExperimentRecorder, ExperimentResult, InstanceResult, error_text
+from labkit.runner.options import RunOptions
+from labkit.seeds import check_seed, instance_seed
 
 if TYPE_CHECKING:
     from labkit.cluster import DaskExecutor
     from labkit.gpu import GPUPool
+    from labkit.runner import Runner
     from labkit.sandbox.pool import SandboxPool
 
-__all__ = ("run_experiment",)
+__all__ = ("ExperimentRun", "open_run", "run_experiment")
 
 
 async def run_experiment(
@@ -44,6 +49,8 @@ async def run_experiment(
     max_instances: int = 32,
     auto_metric: str | None = None,
     heartbeat_every: float = 5.0,
+    seed: int = 0,
+    executor: Any = None,
     **runner_options: Any,
 ) -> ExperimentResult:
     """Run ``experiment`` as parallel instances and average what they measured.
@@ -127,6 +134,136 @@ async def run_experiment(
         asyncio.CancelledError: The caller was cancelled; every instance was
             cancelled and gave its GPUs and sandbox back.
     """
+    async with open_run(
+        experiment,
+        instances=instances,
+        duration=duration,
+        gpus_per_instance=gpus_per_instance,
+        gpu_pool=gpu_pool,
+        sandbox_pool=sandbox_pool,
+        store=store,
+        resume=resume,
+        sample_every=sample_every,
+        on_event=on_event,
+        clock=clock,
+        target_rel_half_width=target_rel_half_width,
+        max_instances=max_instances,
+        auto_metric=auto_metric,
+        heartbeat_every=heartbeat_every,
+        seed=seed,
+        executor=executor,
+        **runner_options,
+    ) as run:
+        await run_instances(run.options, run.results, run.run)
+        if run.options.adaptive:
+            run.config["instances_run"] = len(run.results)
+        return await run.finish()
+
+
+class ExperimentRun:
+    """An experiment whose instances run in batches: one record, indices and seeds continuing.
+
+    Made by :func:`open_run`. :meth:`add` runs the next ``n`` instances (their
+    indices continue from the highest one run or resumed, so their seeds never
+    repeat); :meth:`finish` averages every instance run so far into one
+    :class:`~labkit.results.ExperimentResult` and records it as one experiment.
+    A racing sweep grows each trial this way; ``run_experiment`` is one batch (or
+    the batches of ``instances="auto"``).
+
+    Attributes:
+        options: The run's checked options.
+        results: Every instance run (or resumed) so far, by index.
+        config: The run's configuration as the store and the result keep it.
+    """
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        options: ExperimentOptions,
+        runner: Runner,
+        book: Instances,
+        results: dict[int, InstanceResult],
+        config: dict[str, Any],
+    ) -> None:
+        self.experiment = experiment
+        self.options = options
+        self.results = results
+        self.config = config
+        self._runner = runner
+        self._book = book
+        self._next = max(results, default=-1) + 1
+        self._attempt: Callable[[int], Awaitable[Any]] | None = None
+        self.shared_cores: _SharedCores | None = None
+
+    @property
+    def experiment_id(self) -> str | None:
+        """The store's key for this experiment, when it is recorded."""
+        return self._book.experiment_id
+
+    async def run(self, indices: Sequence[int]) -> None:
+        """Run the instances of ``indices`` that have no result yet; each is recorded."""
+        assert self._attempt is not None, "use ExperimentRun through open_run()"
+        self._next = max(self._next, max(indices, default=-1) + 1)
+        await _run_batch(self._runner, self._attempt, self._book, self.results, indices)
+
+    async def add(self, n: int) -> list[InstanceResult]:
+        """Run ``n`` more instances (the next indices) and return their results.
+
+        Raises:
+            ConfigError: ``n`` is not an int >= 1.
+        """
+        check(is_int(n) and n >= 1, "n", n, "an int >= 1 (instances to add)")
+        indices = range(self._next, self._next + n)
+        await self.run(indices)
+        return [self.results[index] for index in indices]
+
+    async def finish(self) -> ExperimentResult:
+        """Average every instance so far into the result, and record it as finished.
+
+        A failure here (averaging, the store) becomes a note; no instance is lost.
+        """
+        shared = self.shared_cores
+        return await _finish(
+            self.experiment,
+            self._book,
+            list(self.results.values()),
+            self.config,
+            review=None if shared is None else shared.after,
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_run(
+    experiment: Experiment,
+    *,
+    instances: int | Literal["auto"] = 1,
+    duration: float | None = None,
+    gpus_per_instance: int = 0,
+    gpu_pool: GPUPool | None = None,
+    sandbox_pool: SandboxPool | None = None,
+    store: ExperimentRecorder | None = None,
+    resume: bool = False,
+    sample_every: float = 1.0,
+    on_event: Callable[[Any], object] | EventBus | None = None,
+    clock: Clock | None = None,
+    target_rel_half_width: float = 0.05,
+    max_instances: int = 32,
+    auto_metric: str | None = None,
+    heartbeat_every: float = 5.0,
+    seed: int = 0,
+    executor: Any = None,
+    **runner_options: Any,
+) -> AsyncIterator[ExperimentRun]:
+    """An :class:`ExperimentRun` of ``experiment``, open for the block.
+
+    Takes :func:`run_experiment`'s arguments and checks them all before anything
+    starts; ``instances`` is the count the store keeps (and resume matches on) and
+    the default concurrency. Leaving the block stops the heartbeat and the runner;
+    a block left by an exception marks a stored run ``interrupted``.
+
+    Raises:
+        ConfigError: An option is out of range (see :func:`run_experiment`).
+    """
     check(isinstance(experiment, Experiment), "experiment", experiment, "a labkit.Experiment")
     options = ExperimentOptions(
         instances=instances,
@@ -139,46 +276,80 @@ async def run_experiment(
         auto_metric=auto_metric,
         heartbeat_every=heartbeat_every,
     )
+    base_seed = check_seed(seed)
     check_resources(gpu_pool, sandbox_pool, store)
-    executor = runner_options.pop("executor", None)
-    cluster = _cluster(executor, options, experiment, gpu_pool, sandbox_pool, clock)
+    where = _where(executor, options, experiment, gpu_pool, sandbox_pool, clock)
+    cluster = where if not isinstance(where, str) else None
     gpus = options.gpus_per_instance if cluster is None else cluster.gpus
     gpu_pool = gpu_pool if cluster is not None else _local_gpu_pool(gpus, gpu_pool)
     clock = clock or SYSTEM_CLOCK
     bus = _bus(on_event)
-    runner_options.setdefault("max_concurrency", options.planned)
+    timeout = None
+    if cluster is None:
+        # Here the attempt keeps the timeout, from when the function begins: waiting
+        # for GPUs, a sandbox or a worker process is not run time.
+        timeout = runner_options.pop("timeout", None)
+        RunOptions(timeout=timeout)
+    default_concurrency = options.planned
+    if where == "process":
+        default_concurrency = min(options.planned, available_cores())
+    runner_options.setdefault("max_concurrency", default_concurrency)
     from labkit.runner import Runner
 
     # Built here so that bad runner options fail before anything starts.
     runner = Runner(on_event=bus, clock=clock, **runner_options)
-    config = {**options.config(runner_options), "gpus_per_instance": gpus}
+    caller = ProcessCaller(experiment.fn, experiment.params or {}) if where == "process" else None
+    config = {
+        **options.config({**runner_options, "timeout": timeout} if timeout else runner_options),
+        "gpus_per_instance": gpus,
+        "seed": base_seed,
+        "executor": where if isinstance(where, str) else "dask",
+    }
     book = Instances(
         experiment=experiment,
         clock=clock,
         emit=bus.emit,
         emit_sample=bus.emit_sample,
         recorder=store,
+        seed=base_seed,
     )
     results: dict[int, InstanceResult] = {}
     if store is not None:
-        book.experiment_id, results = store.begin(
+        book.experiment_id, loaded = store.begin(
             name=experiment.name,
             params=dict(experiment.params or {}),
             instances=options.planned,
             config=config,
             resume=options.resume,
         )
+        results = {
+            index: replace(result, seed=instance_seed(base_seed, index))
+            for index, result in loaded.items()
+        }
+    run = ExperimentRun(experiment, options, runner, book, results, config)
+    shared = _shared_cores(
+        where, sandbox_pool, experiment, runner_options["max_concurrency"], options
+    )
+    run.shared_cores = shared
+    if shared is not None and shared.kind == "worker processes":
+        _say(book.notes, shared.message())
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(runner)
         await stack.enter_async_context(_heartbeat(store, book.experiment_id, heartbeat_every))
-        attempt = await _attempts(
-            stack, book, cluster, options, experiment, gpus, gpu_pool, sandbox_pool, config
+        run._attempt = await _attempts(
+            stack,
+            book,
+            cluster,
+            options,
+            experiment,
+            gpus,
+            gpu_pool,
+            sandbox_pool,
+            config,
+            timeout=timeout,
+            caller=caller,
         )
-        batch = functools.partial(_run_batch, runner, attempt, book, results)
-        await run_instances(options, results, batch)
-    if options.adaptive:
-        config["instances_run"] = len(results)
-    return await _finish(experiment, book, list(results.values()), config)
+        yield run
 
 
 async def _attempts(
@@ -191,11 +362,13 @@ async def _attempts(
     gpu_pool: Any,
     sandbox_pool: Any,
     config: dict[str, Any],
+    *,
+    timeout: float | None,
+    caller: InstanceCaller | None,
 ) -> Callable[[int], Awaitable[Any]]:
     """The function that runs one instance: on the Dask cluster, or here (holding its
     GPUs, sandbox and sampler); what it holds is closed with ``stack``."""
     if cluster is not None:
-        config["executor"] = "dask"
         remote = await stack.enter_async_context(DaskAttempts(book, cluster, options.duration))
         return remote.instance
     if sandbox_pool is None and experiment.needs_sandbox:
@@ -208,6 +381,8 @@ async def _attempts(
         gpu_pool=gpu_pool,
         sandbox_pool=sandbox_pool,
         sample_every=options.sample_every,
+        timeout=timeout,
+        caller=caller or call_here,
     )
     return local.instance
 
@@ -231,9 +406,17 @@ async def _run_batch(
 
 
 async def _finish(
-    experiment: Experiment, book: Instances, results: list[InstanceResult], config: dict[str, Any]
+    experiment: Experiment,
+    book: Instances,
+    results: list[InstanceResult],
+    config: dict[str, Any],
+    *,
+    review: Callable[[ExperimentResult], str | None] | None = None,
 ) -> ExperimentResult:
-    """Average the instances and record the run; a failure here becomes a note."""
+    """Average the instances and record the run; a failure here becomes a note.
+
+    ``review`` may add one note about the averaged result before it is recorded.
+    """
     result = ExperimentResult.build(
         experiment.name,
         dict(experiment.params or {}),
@@ -242,6 +425,10 @@ async def _finish(
         experiment_id=book.experiment_id,
         notes=book.notes,
     )
+    said = review(result) if review is not None else None
+    if said is not None:
+        _say(book.notes, said)
+        result = replace(result, notes=(*result.notes, said))
     if book.recorder is not None and book.experiment_id is not None:
         try:
             await book.recorder.finish(book.experiment_id, result)
@@ -251,29 +438,118 @@ async def _finish(
     return result
 
 
-def _cluster(
+def _where(
     executor: Any,
     options: ExperimentOptions,
     experiment: Experiment,
     gpu_pool: GPUPool | None,
     sandbox_pool: SandboxPool | None,
     clock: Clock | None,
-) -> DaskExecutor | None:
-    """The Dask executor to run on, or ``None`` to run here."""
-    if executor is None:
-        return None
+) -> str | DaskExecutor:
+    """Where instances run: ``"thread"`` (this process), ``"process"`` (worker
+    processes), or the Dask executor to submit to."""
+    if executor is None or executor == "thread":
+        return "thread"
+    if executor == "process":
+        on = "with executor='process'"
+        check(
+            sandbox_pool is None and not experiment.needs_sandbox,
+            "sandbox_pool",
+            sandbox_pool,
+            f"None {on}: a sandbox is a process already (run sandboxed instances "
+            "with executor='thread')",
+        )
+        check(
+            clock is None or isinstance(clock, SystemClock),
+            "clock",
+            clock,
+            f"None or the system clock {on}: workers stamp samples in real time",
+        )
+        return "process"
     check(
         on_dask(executor),
         "executor",
         executor,
-        "None (instances run on the event loop, a sync function in a thread), "
-        "a distributed.Client or a labkit.cluster.DaskExecutor",
+        "None or 'thread' (instances run here: async on the event loop, sync in a thread), "
+        "'process' (each instance in a worker process), a distributed.Client or a "
+        "labkit.cluster.DaskExecutor",
     )
     # The cluster's workers own their GPUs: no local fleet to check against; a
     # request no worker can meet fails each instance with GPUUnavailable.
     return cluster_executor(
         executor, options.gpus_per_instance, experiment, gpu_pool, sandbox_pool, clock
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _SharedCores:
+    """More instances at once in processes of this machine than it has cores.
+
+    CPU-bound instances then share cores, and what they time is inflated. Worker
+    processes run Python functions, most often CPU-bound: that is said when the
+    run starts. Local sandboxes often wait on the network or a disk: that is said
+    at the end, only when their sampled ``cpu`` (% of one core) added up to at
+    least half of the machine's (``cores * 50 %``) at some moment.
+    """
+
+    at_once: int
+    cores: int
+    kind: str
+
+    def message(self, measured: str = "") -> str:
+        return (
+            f"{self.at_once} instances run at once in {self.kind} on {self.cores} CPU cores"
+            f"{measured}: CPU-bound instances then share cores and their timings are "
+            f"inflated (max_concurrency={self.cores} runs them one per core)"
+        )
+
+    def after(self, result: ExperimentResult) -> str | None:
+        """What to say once local sandboxes ran, from the CPU they used together."""
+        frame = result.averaged
+        if self.kind != "local sandboxes" or "cpu" not in frame or frame.empty:
+            return None
+        together = float((frame["cpu"] * frame["n"]).max())
+        if not together >= 50.0 * self.cores:
+            return None
+        return self.message(f" (together they used up to {together:.0f} % CPU)")
+
+
+def _shared_cores(
+    where: str | DaskExecutor,
+    sandbox_pool: SandboxPool | None,
+    experiment: Experiment,
+    max_concurrency: Any,
+    options: ExperimentOptions,
+) -> _SharedCores | None:
+    """The cores the run's instances share, when they are more than the cores."""
+    if where == "process":
+        kind = "worker processes"
+    elif _local_sandboxes_used(sandbox_pool, experiment):
+        kind = "local sandboxes"
+    else:
+        return None
+    at_once = options.planned
+    if is_int(max_concurrency):
+        at_once = min(at_once, max_concurrency)
+    cores = available_cores()
+    return _SharedCores(at_once, cores, kind) if at_once > cores else None
+
+
+def _say(notes: list[str], note: str) -> None:
+    """A warning for whoever watches, and a note the result and the store keep."""
+    notes.append(note)
+    warnings.warn(note, OversubscribedWarning, stacklevel=4)
+
+
+def _local_sandboxes_used(sandbox_pool: SandboxPool | None, experiment: Experiment) -> bool:
+    """Whether instances run in sandboxes on this machine (E2B's run elsewhere)."""
+    from labkit.sandbox.local import LocalSandbox
+
+    if sandbox_pool is None:
+        return experiment.needs_sandbox  # then local ones are made
+    factory = sandbox_pool.factory
+    factory = getattr(factory, "func", factory)  # a functools.partial of a class
+    return isinstance(factory, type) and issubclass(factory, LocalSandbox)
 
 
 def _local_gpu_pool(gpus: int, gpu_pool: GPUPool | None) -> GPUPool | None:

@@ -171,6 +171,9 @@ class GPUPoolStats:
         cancelled: Requests cancelled while waiting.
         mean_wait_s: Mean queue wait over granted allocations (s).
         max_wait_s: Longest queue wait of a granted allocation (s).
+        abandoned: Allocations still held by code that its caller gave up on (a
+            sync instance past its timeout, still running in its thread): they
+            go back when that code really ends (:meth:`GPUPool.mark_abandoned`).
     """
 
     gpus: tuple[GPUStats, ...]
@@ -183,6 +186,7 @@ class GPUPoolStats:
     cancelled: int
     mean_wait_s: float
     max_wait_s: float
+    abandoned: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +317,7 @@ class GPUPool:
             returned=self.release, left=self._dispatch
         )
         self._active: dict[int, GPUAllocation] = {}
+        self._abandoned: set[int] = set()
         self._holder: dict[str, GPUAllocation] = {}  # uuid -> allocation holding it
         self._last_devices: tuple[GPU, ...] = ()
         self._ranked_from: Sequence[GPU] | None = None
@@ -433,9 +438,19 @@ class GPUPool:
         if self._active.get(allocation.id) is not allocation:
             return
         del self._active[allocation.id]
+        self._abandoned.discard(allocation.id)
         for uuid in allocation.uuids:
             self._holder.pop(uuid, None)
         self._dispatch()
+
+    def mark_abandoned(self, allocation: GPUAllocation) -> None:
+        """Count ``allocation`` as held by code its caller gave up on, until released.
+
+        The allocation stays held (no one else gets its GPUs) while that code can
+        still run; :meth:`stats` counts it in ``abandoned``.
+        """
+        if self._active.get(allocation.id) is allocation:
+            self._abandoned.add(allocation.id)
 
     def refresh(self) -> None:
         """Re-read the inventory now and serve waiting requests that fit.
@@ -485,6 +500,7 @@ class GPUPool:
             cancelled=self._cancelled,
             mean_wait_s=self._wait_total / self._granted if self._granted else 0.0,
             max_wait_s=self._wait_max,
+            abandoned=len(self._abandoned),
         )
 
     def snapshot(self) -> list[dict[str, Any]]:

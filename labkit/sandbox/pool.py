@@ -87,6 +87,9 @@ class SandboxPoolStats:
         cost_usd: US dollars spent so far: each sandbox's ``price_per_second``
             (E2B's rates, see :mod:`labkit.sandbox.cost`; 0 for local ones) times
             the seconds from its start to its close, or to now while it lives.
+        abandoned: Sessions still held by code its caller gave up on (a sync
+            instance past its timeout, still running in its thread): the sandbox
+            goes back when that code really ends (:meth:`SandboxPool.mark_abandoned`).
     """
 
     max_size: int
@@ -107,6 +110,7 @@ class SandboxPoolStats:
     target_size: int = 0
     vanished: int = 0
     cost_usd: float = 0.0
+    abandoned: int = 0
 
 
 class _Entry:
@@ -211,6 +215,7 @@ class SandboxPool:
         self._clock = clock
         self._idle: deque[_Entry] = deque()  # oldest first; reuse takes the newest
         self._active: set[_Entry] = set()
+        self._abandoned: set[Sandbox] = set()
         self._handed: set[_Entry] = set()  # given to a waiter that has not resumed yet
         # Starts, resets and retirements in flight: close() waits for them.
         self._transitions: set[asyncio.Future[Any]] = set()
@@ -249,6 +254,11 @@ class SandboxPool:
         """``True`` once :meth:`close` was called."""
         return self._closed
 
+    @property
+    def factory(self) -> Callable[[], Sandbox | Awaitable[Sandbox]]:
+        """What makes this pool's sandboxes (a class such as :class:`LocalSandbox`)."""
+        return self._factory
+
     def stats(self) -> SandboxPoolStats:
         """A snapshot of sizes and counters (see :class:`SandboxPoolStats`)."""
         sessions = self._hits + self._misses
@@ -271,7 +281,17 @@ class SandboxPool:
             target_size=self._target_size(),
             vanished=self._vanished,
             cost_usd=self._spent + sum(self._running_cost(e) for e in self._entries()),
+            abandoned=sum(entry.sandbox in self._abandoned for entry in self._active),
         )
+
+    def mark_abandoned(self, sandbox: Sandbox) -> None:
+        """Count ``sandbox``'s session as held by code its caller gave up on.
+
+        The session stays open (no one else gets the sandbox) while that code can
+        still run, and :meth:`stats` counts it in ``abandoned`` until it ends.
+        """
+        if any(entry.sandbox is sandbox for entry in self._active):
+            self._abandoned.add(sandbox)
 
     def _entries(self) -> list[_Entry]:
         return [*self._idle, *self._handed, *self._active]
@@ -526,6 +546,7 @@ class SandboxPool:
         if entry not in self._active:  # close() took it
             return
         self._active.discard(entry)
+        self._abandoned.discard(entry.sandbox)
         # Reset even after a failed or cancelled session: a killed command can leave
         # files and background processes behind. The reset runs as its own task, so
         # a second cancellation cannot leave a half-reset sandbox in the idle list,

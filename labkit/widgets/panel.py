@@ -77,7 +77,8 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
         max_duration: The duration slider's maximum, in seconds.
         run: The coroutine function that runs an experiment (default
             :func:`labkit.experiment.run_experiment`; tests may pass their own).
-        **run_options: More keyword arguments for ``run`` (``timeout``, ``store``,
+        **run_options: More keyword arguments for ``run`` (``executor="process"``,
+            ``seed``, ``timeout``, ``store``,
             ``sample_every``, ``clock``...).
 
     Raises:
