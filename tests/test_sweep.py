@@ -642,7 +642,7 @@ async def test_a_racing_trial_is_one_stored_experiment_whose_instances_continue(
     assert frame["instances"].tolist()[:2] == [8, 8]
     # Instance i has the same seed in every trial, and no seed repeats within a trial.
     seeds: dict[int, set[int]] = {}
-    for k, index, seed in seen:
+    for _, index, seed in seen:
         seeds.setdefault(index, set()).add(seed)
     assert all(len(found) == 1 for found in seeds.values())
     per_trial = [[seed for k, _, seed in seen if k == trial] for trial in range(3)]
