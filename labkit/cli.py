@@ -854,8 +854,19 @@ def _history(args: argparse.Namespace) -> int:
         print(f"no experiments recorded in {args.db}")
         return EXIT_OK
     columns = ["id", "name", "status", "instances", "succeeded", "failed", "created"]
-    print(frame[[column for column in columns if column in frame]].to_string(index=False))
+    shown = frame[[column for column in columns if column in frame]].copy()
+    if "params" in frame:
+        # A sweep's trials share a name: their parameters tell them apart.
+        shown["params"] = [_params_text(params) for params in frame["params"]]
+    print(shown.to_string(index=False))
     return EXIT_OK
+
+
+def _params_text(params: Any) -> str:
+    """``lr=0.1 batch=32`` (``-`` without parameters), as the sweep's leaderboard writes them."""
+    if not isinstance(params, dict) or not params:
+        return "-"
+    return " ".join(f"{name}={value!r}" for name, value in params.items())
 
 
 def _open_store(db: str) -> Store:
