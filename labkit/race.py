@@ -1,12 +1,13 @@
 """Racing: spend instances only on the trials a sweep has not yet ruled out.
 
 A racing sweep (``sweep(..., instances=lk.Race(...))``, or ``"race"`` for the
-defaults) runs every trial's first ``initial`` instances, then adds one instance
-per round to every trial still in the race (round-robin), and after each round
-rules out each trial that another trial still in the race is shown to beat. It
-ends when one trial is left (or, with ``min_effect``, when the leader is shown
-to be at most ``min_effect`` worse than each trial left), when the trials left
-reach ``max_instances``, or when the ``budget`` is spent.
+defaults) runs every trial's first ``initial`` instances, then adds instances
+round by round to the trials still in the race (:func:`next_round`: one each for
+the leader and the trials that may beat it, else for every undecided trial), and
+after each round rules out each trial that another trial still in the race is
+shown to beat. It ends when one trial is left (or, with ``min_effect``, when the
+leader is shown to be at most ``min_effect`` worse than each trial left), when
+the undecided trials reach ``max_instances``, or when the ``budget`` is spent.
 
 The guarantee
 -------------

@@ -118,6 +118,10 @@ def test_equal_trials_claim_a_winner_at_most_one_minus_confidence_of_the_time() 
     claims = sum(outcome.decision.decided for outcome in outcomes)
     value, se = rate(claims, len(outcomes))
     assert value <= 0.05 + 2 * se
+    # Stronger: any trial ruled out is a false statement among equals, and every
+    # statement holds together at the race's confidence.
+    rulings, se = rate(sum(bool(o.decision.beaten) for o in outcomes), len(outcomes))
+    assert rulings <= 0.05 + 2 * se
     undecided = [outcome.decision for outcome in outcomes if not outcome.decision.decided]
     assert all(decision.ending == "max_instances" for decision in undecided)
     assert undecided[0].statement({t: 20 for t in range(8)}).startswith("trials ")
