@@ -20,7 +20,8 @@ number of instances for every trial (the baseline, measured in the same run):
 5. Pairs: ``compare(paired=True)``'s false-positive rate on paired data, and
    instances a race uses on trials sharing seeds against independent ones.
 
-Each rate is followed by ± its standard error. Run:
+Each rate is followed by ± its standard error; the figures of a run at 1,000
+races per line are in the README's racing section. Run:
 ``python benchmarks/bench_racing.py [--races 2000] [--checks 1 2 3 4 5]``.
 """
 

@@ -50,6 +50,14 @@ follow both; the sequence itself needs no first stage (it is valid from the
 first pair), so ``initial`` only sets how many instances run before the first
 look.
 
+Measured (``benchmarks/bench_racing.py``, 1,000 simulated races of 8 trials per
+figure): among equal trials the race ruled out some trial 1.3 to 2.8 % of the
+time and never named a winner, where a plain race testing Welch's interval
+after every instance (no correction) ruled one out 76 to 94 % of the time; with
+half a fixed sweep's instances its leader was the best about as often as the
+fixed sweep's (93.0 against 94.3 % at 20 per trial, trials 0.5 sd apart), less
+often when many trials sit close to the best.
+
 The decision is a pure function (:func:`judge`) of the values seen and of the
 trials already ruled out, and the allocation (:func:`next_round`) of the
 decision and the counts, so both are tested by simulating thousands of races.
