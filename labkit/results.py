@@ -223,7 +223,7 @@ class ExperimentResult:
         # A metric no succeeded instance measured (all NaN) is left out, not an error.
         frames = [
             instance.timeline[["t", *(c for c in instance.timeline if c in metrics)]]
-            for instance in succeeded
+            for instance in (succeeded if metrics else ())
         ]
         averaged = pd.DataFrame({"t": np.array([], dtype=float), "n": np.array([], dtype=int)})
         if metrics:

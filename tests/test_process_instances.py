@@ -284,9 +284,13 @@ def _reads(channel: Any, name: str) -> str | None:
 
 
 def _loads_fake_cuda(channel: Any, folder: str) -> int:
-    """Maps a shared library under the name libcuda.so.1, as a CUDA program would."""
+    """Maps a shared library under the name libcuda.so.1, as a CUDA program would
+    (after importing its bindings: the worker reads its memory map only then)."""
     import ctypes
     import shutil
+    import types
+
+    sys.modules.setdefault("cuda", types.ModuleType("cuda"))  # as cuda-python's would be
 
     maps = Path("/proc/self/maps").read_text()
     for name in ("libform.so.6", "libpanel.so.6", "libgdbm.so.6", "liblzma.so.5", "libbz2.so.1.0"):

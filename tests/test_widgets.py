@@ -398,6 +398,28 @@ async def _until_started(panel: ExperimentPanel, count: int) -> None:
     raise AssertionError("instances never started")
 
 
+def _in_a_worker(ctx: InstanceContext) -> dict[str, float]:
+    import os
+
+    for step in range(3):
+        ctx.record(loss=1.0 / (step + 1))
+    return {"pid": float(os.getpid()), "seed": float(ctx.seed)}
+
+
+@pytest.mark.asyncio
+async def test_panel_runs_instances_in_worker_processes_when_asked() -> None:
+    import os
+
+    panel = ExperimentPanel(Experiment("worker", _in_a_worker), executor="process", seed=4)
+    panel.instances.value = 2
+    result = await panel.start()
+    assert isinstance(result, ExperimentResult), panel.message.value
+    assert result.config["executor"] == "process" and result.config["seed"] == 4
+    assert all(i.ok and i.summary["pid"] != os.getpid() for i in result.instances)
+    assert [row.bar.bar_style for row in panel._rows.values()] == ["success", "success"]
+    panel.close()
+
+
 @pytest.mark.asyncio
 async def test_panel_start_runs_on_the_loop_and_shows_results() -> None:
     clock = FakeClock(autojump=True)

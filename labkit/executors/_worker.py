@@ -5,11 +5,12 @@ fork of a process that holds threads and an event loop), that talks to the labki
 process over one stream socket, one frame per message (a 4-byte big-endian length,
 then a pickle).
 
-Requests (labkit -> worker): ``("job", payload, env, sys_path)`` where ``payload``
-is ``cloudpickle.dumps((fn, args))``; ``("exit",)``.
+Requests (labkit -> worker): ``("job", payload, env, sys_path, signal_start)`` where
+``payload`` is ``cloudpickle.dumps((fn, args))``; ``("exit",)``.
 
 Replies (worker -> labkit): ``("ready", pid)`` once; per job ``("started",)`` when
-``fn`` begins, any number of ``("msg", message)`` that ``fn`` sends through the
+``fn`` begins (only when ``signal_start``: a timeout counts from then), any number
+of ``("msg", message)`` that ``fn`` sends through the
 :class:`Channel` it is called with, then ``("ok", value, cuda)`` or
 ``("err", error, text, traceback, cuda)``, where ``cuda`` says whether the CUDA
 driver library is now loaded in this process (then the process keeps the
@@ -88,8 +89,15 @@ def _receive(sock: socket.socket) -> Any:
     return None if body is None else pickle.loads(body)
 
 
+_CUDA_USERS = ("torch", "jax", "jaxlib", "cupy", "tensorflow", "numba", "pycuda", "cuda")
+"""Top-level packages that may load the CUDA driver: without one of them imported,
+the (slow) read of this process's memory map is skipped."""
+
+
 def _cuda_loaded() -> bool:
     """Whether the CUDA driver library is mapped into this process."""
+    if not any(name in sys.modules for name in _CUDA_USERS):
+        return False
     try:
         with open("/proc/self/maps", "rb") as maps:
             return b"libcuda.so" in maps.read()
@@ -112,7 +120,7 @@ def _environment(env: Mapping[str, str]) -> Any:
                 os.environ[name] = value
 
 
-def _run(channel: Channel, payload: bytes, env: Mapping[str, str]) -> None:
+def _run(channel: Channel, payload: bytes, env: Mapping[str, str], signal_start: bool) -> None:
     import cloudpickle
 
     try:
@@ -121,19 +129,30 @@ def _run(channel: Channel, payload: bytes, env: Mapping[str, str]) -> None:
         _reply_error(channel, exc)
         return
     with _environment(env):
-        channel._write(("started",))
+        if signal_start:
+            channel._write(("started",))
         try:
             value = fn(channel, *args)
         except BaseException as exc:
             _reply_error(channel, exc)
             return
     try:
-        data = cloudpickle.dumps(value)
+        data = _dumps(value)
     except Exception as exc:
         error = TypeError(f"the value returned cannot be pickled: {type(exc).__name__}: {exc}")
         _reply_error(channel, error)
         return
     channel._write(("ok", data, _cuda_loaded()))
+
+
+def _dumps(value: Any) -> bytes:
+    """``value`` pickled: by the standard pickle when it can (fast), else cloudpickle."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import cloudpickle
+
+        return bytes(cloudpickle.dumps(value))
 
 
 def _reply_error(channel: Channel, error: BaseException) -> None:
@@ -167,9 +186,10 @@ def main(fd: int, parent: int) -> None:
         request = _receive(sock)
         if request is None or request[0] == "exit":
             break
-        _, payload, env, path = request
-        sys.path[:] = path
-        _run(channel, payload, env)
+        _, payload, env, path, signal_start = request
+        if sys.path != path:
+            sys.path[:] = path
+        _run(channel, payload, env, signal_start)
         _reap()
     sock.close()
     # Skip the interpreter's teardown: nothing of a job's must run after this.

@@ -277,23 +277,31 @@ class WorkerPool:
         loop.add_reader(worker.sock.fileno(), worker.readable)
         reusable = False
         try:
-            await worker.send(("job", payload, dict(env), list(sys.path)))
-            await call.started  # waiting for the worker to begin is not the call's time
-            if on_started is not None and not call.done.done():
-                on_started()
+            signal_start = timeout is not None or on_started is not None
+            await worker.send(("job", payload, dict(env), list(sys.path), signal_start))
+            if signal_start:
+                await call.started  # waiting for the worker to begin is not the call's time
+                if on_started is not None and not call.done.done():
+                    on_started()
             if timeout is None:
                 outcome = await call.done
             else:
                 outcome = await _within(clock, call.done, timeout)
             reusable = outcome[0] != "lost"
+            if not reusable:
+                loop.remove_reader(worker.sock.fileno())
+                # The stream ended before the process did: collect how it ended.
+                await _uncancellable(self._kill(worker, lost=True))
+                raise WorkerDied(worker.pid, worker.process.returncode, "while running a call")
             return self._value(worker, outcome, env)
         finally:
-            loop.remove_reader(worker.sock.fileno())
-            worker.handler = _ignore
-            if reusable:
-                self._put_back(worker)
-            else:
-                await _uncancellable(self._kill(worker, lost=call.done.done()))
+            if worker.handler is not _ignore:
+                loop.remove_reader(worker.sock.fileno())
+                worker.handler = _ignore
+                if reusable:
+                    self._put_back(worker)
+                else:
+                    await _uncancellable(self._kill(worker, lost=False))
 
     # -- workers -------------------------------------------------------------------
 
@@ -344,8 +352,6 @@ class WorkerPool:
         import cloudpickle
 
         kind = outcome[0]
-        if kind == "lost":
-            raise WorkerDied(worker.pid, worker.process.poll(), "while running a call")
         if outcome[-1]:  # CUDA is loaded: this worker keeps its devices
             worker.cuda = env.get("CUDA_VISIBLE_DEVICES")
         if kind == "ok":
@@ -374,10 +380,14 @@ class WorkerPool:
             _stop(old)
 
     async def _kill(self, worker: _Worker, *, lost: bool) -> None:
-        """Kill ``worker`` and everything below it; return once the worker is gone."""
+        """Kill ``worker`` and everything below it; return once the worker is gone.
+
+        ``lost``: the worker died by itself (counted apart from the ones killed here).
+        """
+        worker.handler = _ignore
         with self._lock:
             self._busy.discard(worker)
-            if lost and worker.process.poll() is not None:
+            if lost:
                 self._lost += 1
             else:
                 self._killed += 1

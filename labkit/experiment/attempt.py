@@ -128,7 +128,8 @@ class Instances:
         record.finished = self.clock.now()
         record.extra = _extra_summary(value)
         self.emit(InstanceEvent("finished", index, record.finished, record.finished - started))
-        await self.record(self.result(index, None))
+        if self.recorder is not None:
+            await self.record(self.result(index, None))
 
     async def record(self, result: InstanceResult) -> None:
         """Commit an instance's result to the store, if there is one."""

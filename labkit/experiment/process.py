@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import pickle
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
@@ -107,8 +108,6 @@ class ProcessCaller:
     async def __call__(
         self, fn: InstanceFunction, attempt: LocalAttempt, timeout: float | None, clock: Clock
     ) -> Any:
-        import cloudpickle
-
         ctx = attempt.ctx
         job = (
             self._function,
@@ -120,7 +119,9 @@ class ProcessCaller:
             dict(ctx.env),
             ctx.gpus,
         )
-        payload = cloudpickle.dumps((_in_worker, job))
+        # Plain data and a module-level function: the standard pickle is enough (and
+        # fast); the user's function went through cloudpickle once, in __init__.
+        payload = pickle.dumps((_in_worker, job), protocol=pickle.HIGHEST_PROTOCOL)
         pool = self._pool or shared_pool()
         return await pool.call(
             payload,
@@ -155,9 +156,7 @@ def _in_worker(
     gpus: tuple[str, ...],
 ) -> Any:
     """One attempt of one instance, in a worker process."""
-    import cloudpickle
-
-    fn = cloudpickle.loads(function)
+    fn = _function(function)
     send = channel.send
 
     def recorder(_: int, offset: float, values: Mapping[str, float]) -> None:
@@ -189,6 +188,21 @@ def _in_worker(
     if inspect.isawaitable(value):
         return asyncio.run(_awaited(value))
     return value
+
+
+_FUNCTIONS: dict[bytes, Any] = {}
+"""The instance functions this worker has unpickled, by their pickle (a few per run)."""
+
+
+def _function(data: bytes) -> Any:
+    fn = _FUNCTIONS.get(data)
+    if fn is None:
+        import cloudpickle
+
+        if len(_FUNCTIONS) >= 16:
+            _FUNCTIONS.clear()
+        fn = _FUNCTIONS[data] = cloudpickle.loads(data)
+    return fn
 
 
 async def _async_attempt(fn: Any, context: Any) -> Any:
