@@ -74,7 +74,7 @@ import numpy as np
 
 from labkit.errors import ConfigError, check, is_int, is_real
 from labkit.experiment.spec import MAX_INSTANCES
-from labkit.stats import _t_quantile_int
+from labkit.stats import t_quantile
 
 __all__ = ("Race", "RaceDecision", "judge", "next_round", "race")
 
@@ -398,7 +398,7 @@ def next_round(
     # The leader is slot 0 of ``racing``; a trial may beat it while its plain interval
     # of the difference reaches below the leader's mean.
     quantiles = np.array(
-        [_t_quantile_int(0.5 + options.confidence / 2, max(min(k, n[0]) - 1, 1)) for k in n]
+        [t_quantile(0.5 + options.confidence / 2, max(min(int(k), int(n[0])) - 1, 1)) for k in n]
     )
     with np.errstate(invalid="ignore", divide="ignore"):
         reach = mean - quantiles * np.sqrt(var / n + var[0] / n[0])
