@@ -10,6 +10,7 @@ that already catches the built-ins keeps working::
      +-- TaskFailed                         raised by RunReport.raise_for_errors() (in a group)
      +-- TaskTimeout (TimeoutError)         one attempt of a task ran past the run's `timeout`
      +-- ResultRejected                     `Retry(retry_if_result=...)` rejected every value
+     +-- RetryAfter                         raised by a task: "refused, try again in N seconds"
      +-- ItemsFailed                        the `items` iterable raised; carries `.report`
      +-- DependencyFailed                   a task did not run: a task it depends on failed
      +-- GraphError (ValueError)            a task graph has a cycle or an unknown name
@@ -57,6 +58,7 @@ __all__ = (
     "ItemsFailed",
     "ResourceUnavailable",
     "ResultRejected",
+    "RetryAfter",
     "RunInterrupted",
     "SandboxAuthError",
     "SandboxClosed",
@@ -252,6 +254,45 @@ class TaskTimeout(LabkitError, TimeoutError):
         self.attempt = attempt
         self.timeout = timeout
         super().__init__(f"task {index}, attempt {attempt}: timed out after {timeout} s")
+
+
+class RetryAfter(LabkitError):
+    """Raised by a task's function: the service refused it, try again after a while.
+
+    A :class:`labkit.Retry` waits ``retry_after`` seconds (at least) before the
+    next attempt instead of its own backoff, and ``RateLimit(..., adaptive=True)``
+    counts it as a rejection and lowers its rate. Errors of HTTP clients carrying a
+    ``Retry-After`` header (httpx, aiohttp, requests) are read the same way, without
+    wrapping (see :func:`labkit.policies.retry_after_of`).
+
+    Args:
+        retry_after: Seconds to wait before trying again (>= 0, finite).
+        message: What was refused, for the error's text.
+
+    Raises:
+        ConfigError: ``retry_after`` is not a finite number >= 0.
+
+    Example:
+        >>> async def call(item):
+        ...     response = await client.post(URL, json=item)
+        ...     if response.status_code == 429:
+        ...         raise RetryAfter(float(response.headers.get("Retry-After", 1)))
+    """
+
+    def __init__(self, retry_after: float, message: str = "") -> None:
+        check(
+            is_real(retry_after) and retry_after >= 0,
+            "retry_after",
+            retry_after,
+            "a finite number of seconds >= 0",
+        )
+        self.retry_after = float(retry_after)
+        self.message = message
+        detail = f"{message}: " if message else ""
+        super().__init__(f"{detail}refused, retry after {self.retry_after:g} s")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled from process workers
+        return (type(self), (self.retry_after, self.message))
 
 
 class DependencyFailed(LabkitError):

@@ -42,7 +42,7 @@ from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import ConfigError, is_int, is_real
 from labkit.events import InstanceEvent, TimelineEvent
 from labkit.samplelog import SampleLog
-from labkit.stats import t_quantile
+from labkit.stats import mean_std, t_quantile
 from labkit.timeline.inputs import default_step
 
 __all__ = (
@@ -508,9 +508,7 @@ class _MetricGrid:
             valid = ~np.isnan(block)
             n = valid.sum(axis=0)
             safe = np.maximum(n, 1)
-            mean = np.where(valid, block, 0.0).sum(axis=0) / safe
-            deviation = np.where(valid, block - mean, 0.0)
-            std = np.sqrt((deviation * deviation).sum(axis=0) / np.maximum(n - 1, 1))
+            mean, std = mean_std(block)  # scaled: any magnitude
             low = np.where(valid, block, np.inf).min(axis=0)
             high = np.where(valid, block, -np.inf).max(axis=0)
             counts, where = np.unique(n, return_inverse=True)  # a few distinct n at most
@@ -518,7 +516,8 @@ class _MetricGrid:
                 [t_quantile(0.975, int(k) - 1) if k >= 2 else np.nan for k in counts]
             )
             quantiles = quantiles[where.reshape(-1)]
-            ci95 = quantiles * std / np.sqrt(safe)
+            with np.errstate(over="ignore"):  # inf: its true value is past the largest float
+                ci95 = std * (quantiles / np.sqrt(safe))
             none, single = n == 0, n < 2
             stats = self._stats
             stats[0, start:stop] = n
@@ -1053,7 +1052,11 @@ class LiveTimelineModel:
         changed = False
         for metric, values in columns.items():
             y = values if index is None else values[index]
-            if math.isfinite(float(np.add.reduce(y))):  # one pass: every value is finite
+            # One pass: every value is finite (a sum past the largest float only
+            # sends the values to the exact check below).
+            with np.errstate(over="ignore", invalid="ignore"):
+                total = float(np.add.reduce(y))
+            if math.isfinite(total):
                 self._add_line(instance, metric, t, y)
             else:
                 finite = np.isfinite(y)  # also drops the NaN of samples without it

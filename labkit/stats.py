@@ -43,6 +43,7 @@ __all__ = (
     "instances_per_side",
     "iqm",
     "mean",
+    "mean_std",
     "median",
     "power",
     "probability_of_improvement",
@@ -356,6 +357,41 @@ def _values(values: Any, option: str, *, at_least: int) -> FloatArray:
     return finite
 
 
+def mean_std(values: npt.ArrayLike, *, axis: int = 0) -> tuple[FloatArray, FloatArray]:
+    """Mean and sample standard deviation (ddof=1) along ``axis``, at any magnitude.
+
+    NaN values are left out (NaN means "not sampled"); the mean is NaN where no
+    value is left, the deviation where fewer than 2 are. Each column is scaled
+    by the power of two that brings its largest magnitude just under 1 before
+    squaring (without rounding: powers of two), so that values from 1e-300 to
+    1e300 give finite, correctly rounded results wherever the true ones are
+    finite (a plain sum of squares overflows past 1e154 and underflows below
+    1e-154), and identical values give exactly zero spread.
+
+    Args:
+        values: Finite numbers or NaN.
+        axis: The axis the statistics are taken along.
+
+    Returns:
+        ``(mean, std)``, arrays of the shape of ``values`` without ``axis``
+        (0-d for 1-d input).
+    """
+    data = np.asarray(values, dtype=np.float64)
+    valid = ~np.isnan(data)
+    count = valid.sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        largest = np.max(np.where(valid, np.abs(data), 0.0), axis=axis, initial=0.0)
+        # |x| < 2**e; clipped so that 2**-e stays a finite float.
+        exponent = np.clip(np.frexp(largest)[1], -1021, 1024)
+        scaled = data * np.expand_dims(np.ldexp(1.0, -exponent), axis)
+        center = np.where(valid, scaled, 0.0).sum(axis=axis) / count
+        deviation = np.where(valid, scaled - np.expand_dims(center, axis), 0.0)
+        spread = np.sqrt((deviation * deviation).sum(axis=axis) / (count - 1))
+        mean = np.ldexp(center, exponent)
+        std = np.where(count >= 2, np.ldexp(spread, exponent), np.nan)
+    return mean, std
+
+
 def _confidence(confidence: Any) -> float:
     if not (is_real(confidence) and 0.0 < confidence < 1.0):
         raise ConfigError("confidence", confidence, "a level strictly between 0 and 1 (0.95)")
@@ -422,10 +458,11 @@ def mean(values: Iterable[float], confidence: float = 0.95) -> Interval:
     """
     level = _confidence(confidence)
     data = _values(values, "values", at_least=1)
-    center = float(np.mean(data))
+    average, spread = mean_std(data)
+    center = float(average)
     if data.size < 2:
         return Interval(center, math.nan, math.nan, level, 1, "Student t")
-    half = t_quantile(0.5 + level / 2, data.size - 1) * float(np.std(data, ddof=1))
+    half = t_quantile(0.5 + level / 2, data.size - 1) * float(spread)
     half /= math.sqrt(data.size)
     return Interval(center, center - half, center + half, level, int(data.size), "Student t")
 
@@ -516,14 +553,14 @@ def iqm(values: Iterable[float], confidence: float = 0.95) -> Interval:
     n = int(data.size)
     cut = n // 4
     kept = data[cut : n - cut]
-    center = float(np.mean(kept))
+    center = float(mean_std(kept)[0])
     h = int(kept.size)
     method = "Yuen trimmed t"
     if h < 2:
         return Interval(center, math.nan, math.nan, level, n, method)
     winsorised = np.clip(data, kept[0], kept[-1])
-    variance = float(np.var(winsorised, ddof=1))
-    half = t_quantile(0.5 + level / 2, h - 1) * math.sqrt((n - 1) * variance / (h * (h - 1)))
+    spread = float(mean_std(winsorised)[1])
+    half = t_quantile(0.5 + level / 2, h - 1) * spread * math.sqrt((n - 1) / (h * (h - 1)))
     return Interval(center, center - half, center + half, level, n, method)
 
 
@@ -612,23 +649,26 @@ def power(
             raise ConfigError(option, std, "a finite standard deviation >= 0")
     if not is_real(difference):
         raise ConfigError("difference", difference, "a finite number")
-    return _power(abs(difference), std_a**2, std_b**2, int(n_a), int(n_b), level)
+    return _power(abs(difference), std_a, std_b, int(n_a), int(n_b), level)
 
 
-def _welch_df(var_a: float, var_b: float, n_a: int, n_b: int) -> tuple[float, float]:
+def _welch_df(std_a: float, std_b: float, n_a: int, n_b: int) -> tuple[float, float]:
     """(standard error of the difference of means, Welch-Satterthwaite df)."""
-    va, vb = var_a / n_a, var_b / n_b
-    se2 = va + vb
-    if se2 == 0.0:
+    scale = max(std_a, std_b)
+    if scale == 0.0:
         return 0.0, math.inf
+    # In units of the larger spread: the fourth powers below stay finite at any magnitude.
+    ratio_a, ratio_b = std_a / scale, std_b / scale
+    va, vb = ratio_a * ratio_a / n_a, ratio_b * ratio_b / n_b
+    se2 = va + vb
     df = se2 * se2 / (va * va / (n_a - 1) + vb * vb / (n_b - 1))
-    return math.sqrt(se2), max(df, 1.0)
+    return scale * math.sqrt(se2), max(df, 1.0)
 
 
 def _power(
-    difference: float, var_a: float, var_b: float, n_a: int, n_b: int, level: float
+    difference: float, std_a: float, std_b: float, n_a: int, n_b: int, level: float
 ) -> float:
-    se, df = _welch_df(var_a, var_b, n_a, n_b)
+    se, df = _welch_df(std_a, std_b, n_a, n_b)
     if se == 0.0:
         return 1.0 if difference > 0 else 1.0 - level
     critical = t_quantile(0.5 + level / 2, df)
@@ -672,25 +712,27 @@ def instances_per_side(
     for option, std in (("std_a", std_a), ("std_b", std_b)):
         if not (is_real(std) and std >= 0):
             raise ConfigError(option, std, "a finite standard deviation >= 0")
-    return _instances_per_side(difference, std_a**2, std_b**2, level, power)
+    return _instances_per_side(difference, std_a, std_b, level, power)
 
 
 def _instances_per_side(
-    difference: float, var_a: float, var_b: float, level: float, target: float
+    difference: float, std_a: float, std_b: float, level: float, target: float
 ) -> int:
-    if var_a + var_b == 0.0:
+    scale = max(std_a, std_b)
+    if scale == 0.0:
         return 2
     # The normal approximation is a lower bound: step up from it, doubling, then bisect.
     z = _NORMAL.inv_cdf(0.5 + level / 2) + _NORMAL.inv_cdf(target)
-    low = max(2, math.floor(z * z * (var_a + var_b) / difference**2))
-    if _power(difference, var_a, var_b, low, low, level) >= target:
+    ratio_a, ratio_b = std_a / scale, std_b / scale  # squares in range at any magnitude
+    low = max(2, math.floor(z * z * (ratio_a**2 + ratio_b**2) / (difference / scale) ** 2))
+    if _power(difference, std_a, std_b, low, low, level) >= target:
         return low
     high = low + 1
-    while _power(difference, var_a, var_b, high, high, level) < target:
+    while _power(difference, std_a, std_b, high, high, level) < target:
         low, high = high, high * 2
     while high - low > 1:
         middle = (low + high) // 2
-        if _power(difference, var_a, var_b, middle, middle, level) >= target:
+        if _power(difference, std_a, std_b, middle, middle, level) >= target:
             high = middle
         else:
             low = middle
@@ -793,8 +835,8 @@ class Comparison:
         if not target > 0:
             return None
         if self.paired:
-            return _instances_per_side(target, self.std_difference**2, 0.0, self.confidence, _POWER)
-        return _instances_per_side(target, self.std_a**2, self.std_b**2, self.confidence, _POWER)
+            return _instances_per_side(target, self.std_difference, 0.0, self.confidence, _POWER)
+        return _instances_per_side(target, self.std_a, self.std_b, self.confidence, _POWER)
 
     def __repr__(self) -> str:
         if self.pairing == "seed":
@@ -1013,16 +1055,16 @@ def compare(
         raise ConfigError("min_effect", min_effect, "a difference >= 0 in the metric's units")
     xa, xb, pairing = _pairs(a, b, metric, paired)
     n_a, n_b = int(xa.size), int(xb.size)
-    mean_a, mean_b = float(np.mean(xa)), float(np.mean(xb))
-    var_a, var_b = float(np.var(xa, ddof=1)), float(np.var(xb, ddof=1))
+    (center_a, spread_a), (center_b, spread_b) = mean_std(xa), mean_std(xb)
+    mean_a, mean_b = float(center_a), float(center_b)
+    std_a, std_b = float(spread_a), float(spread_b)
     std_difference = math.nan
     if pairing is None:
         difference = mean_b - mean_a
-        se, df = _welch_df(var_a, var_b, n_a, n_b)
+        se, df = _welch_df(std_a, std_b, n_a, n_b)
     else:
-        differences = xb - xa
-        difference = float(np.mean(differences))
-        std_difference = float(np.std(differences, ddof=1))
+        center_d, spread_d = mean_std(xb - xa)
+        difference, std_difference = float(center_d), float(spread_d)
         se = std_difference / math.sqrt(n_a)
         df = float(n_a - 1) if se > 0 else math.inf
     if se == 0.0:
@@ -1045,8 +1087,8 @@ def compare(
         min_effect=float(min_effect),
         mean_a=mean_a,
         mean_b=mean_b,
-        std_a=math.sqrt(var_a),
-        std_b=math.sqrt(var_b),
+        std_a=std_a,
+        std_b=std_b,
         n_a=n_a,
         n_b=n_b,
         difference=difference,
@@ -1145,8 +1187,8 @@ def instances_needed(
         raise ConfigError("values", _Shown(f"{pilot.size} value(s)"), "a pilot of >= 2 values")
     if not bool(np.isfinite(pilot).all()):
         raise ConfigError("values", _Shown("a pilot with NaN or inf"), "finite values")
-    center = float(np.mean(pilot))
-    spread = float(np.std(pilot, ddof=1))
+    average, deviation = mean_std(pilot)
+    center, spread = float(average), float(deviation)
     if center == 0.0:
         raise ConfigError(
             "values", _Shown("a pilot whose mean is 0"), "a nonzero mean (the width is relative)"

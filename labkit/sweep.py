@@ -59,6 +59,7 @@ from labkit.experiment.run import ExperimentRun, open_run
 from labkit.experiment.spec import MAX_INSTANCES
 from labkit.race import Race, RaceDecision, race
 from labkit.results import ExperimentResult, InstanceResult, error_text
+from labkit.runner.inputs import OnLoop
 from labkit.seeds import check_seed
 
 if TYPE_CHECKING:
@@ -716,7 +717,8 @@ async def _fixed(
         return trial.number
 
     each: Callable[[Any], Awaitable[Any]] = one  # the runner's map is generic
-    await runner.map(each, trial_runner.unless_refused(source))
+    # On the loop: a strategy's ask() and tell() must never run at once in two threads.
+    await runner.map(each, OnLoop(trial_runner.unless_refused(source)))
 
 
 async def _race(

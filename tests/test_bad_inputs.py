@@ -280,6 +280,24 @@ SPECS = [
          number(low=1.0, high=16 * 1024 * 1024).filter(lambda v: v != 1.0)),
     Spec("LocalSandbox", "cpus", lambda value: lk.LocalSandbox(cpus=value),
          number(low=0.01, high=4096).filter(lambda v: v != 0.01)),
+    Spec("LocalSandbox", "max_output", lambda value: lk.LocalSandbox(max_output=value),
+         count()),
+    Spec("LocalSandbox", "env", lambda value: lk.LocalSandbox(env=value),
+         st.one_of(st.integers(), st.text(min_size=1, max_size=3), st.just({1: "x"}),
+                   st.just({"": "x"}), st.just({"A=B": "x"}), st.just({"A\0": "x"})),
+         described=True),  # a bad name is shown alone: the values may be secrets
+    # Commands: refused before the sandbox starts (no process, nothing to close).
+    Spec("LocalSandbox.run", "cmd", lambda value: bounded(lk.LocalSandbox().run(value)),
+         st.one_of(st.none(), st.integers(), st.binary(max_size=3),
+                   st.text(max_size=3).map(lambda text: text + "\0"))),
+    Spec("LocalSandbox.run", "timeout",
+         lambda value: bounded(lk.LocalSandbox().run("true", timeout=value)),
+         seconds().filter(lambda value: value is not None)),
+    Spec("LocalSandbox.run", "max_output",
+         lambda value: bounded(lk.LocalSandbox().run("true", max_output=value)),
+         count().filter(lambda value: value is not None)),
+    Spec("FakeSandbox.run", "cmd", lambda value: bounded(FakeSandbox().run(value)),
+         st.one_of(st.none(), st.integers(), st.just("echo \0"))),
     Spec("E2BSandbox", "timeout", lambda value: lk.E2BSandbox(timeout=value, api_key="k"),
          count(high=86_400)),
     Spec("E2BSandbox", "create_rate",
@@ -455,11 +473,22 @@ ISSUE_CASES = [
     ("batch_rows", lambda: lk.Store(NOWHERE, batch_rows=2.5)),
     ("flush_interval", lambda: lk.Store(NOWHERE, flush_interval=INF)),
     ("initial", lambda: lk.Retry(initial=INF)),
+    ("cmd", lambda: bounded(lk.LocalSandbox().run(None))),  # type: ignore[arg-type]
+    ("cmd", lambda: bounded(lk.LocalSandbox().run("echo a\0b"))),
+    ("env['A']", lambda: bounded(lk.LocalSandbox().run("true", env={"A": "x\0y"}))),
+    ("env['A']", lambda: lk.LocalSandbox(env={"A": "x\0y"})),
+    ("timeout", lambda: bounded(lk.LocalSandbox().run("true", timeout="1"))),  # type: ignore[arg-type]
+    ("factory", lambda: bounded(_session_of(lambda: None))),
     ("timelines[0]['t']", lambda: lk.average_timelines([pd.DataFrame({"t": [-1.0, 0.0],
                                                                       "x": [1.0, 2.0]})])),
     ("timelines[0]['x']", lambda: lk.average_timelines([pd.DataFrame({"t": [0.0, 0.0],
                                                                       "x": [1.0, 2.0]})])),
 ]  # fmt: skip
+
+
+async def _session_of(factory: Callable[[], Any]) -> None:
+    async with lk.SandboxPool(factory, max_size=1) as pool, pool.session():
+        pass
 
 
 @pytest.mark.parametrize(("option", "call"), ISSUE_CASES, ids=[c[0] for c in ISSUE_CASES])

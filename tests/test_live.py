@@ -417,3 +417,22 @@ def test_the_grid_grows_its_columns_without_growing_its_rows() -> None:
         grid.put(2, np.array([k]), np.array([float(k)]))
     assert grid.values.shape == (3, 4096)  # rows as many as the instances, not doubled
     assert grid.statistics(3)[1, 3990 // grid.stride] == 3990.0
+
+
+def test_running_average_at_the_ends_of_the_float_range() -> None:
+    model = LiveTimelineModel()
+    values = {"big": (1e155, 3e155, 5e155), "tiny": (1e-300, 3e-300, 5e-300)}
+    for i in range(3):
+        model.handle(InstanceEvent("started", i, 0.0))
+    for offset in (0.0, 1.0, 2.0):
+        for i in range(3):
+            metrics = {name: triple[i] for name, triple in values.items()}
+            model.handle(_sample(i, offset, **metrics, wide=(1.7e308, -1.7e308, 0.0)[i]))
+    model.update()
+
+    averages = model.snapshot().averages
+    np.testing.assert_allclose(averages["big"].std, 2e155, rtol=1e-12)  # not NaN
+    np.testing.assert_allclose(averages["tiny"].std, 2e-300, rtol=1e-12)  # not 0
+    np.testing.assert_allclose(averages["tiny"].mean, 3e-300, rtol=1e-12)
+    assert averages["wide"].mean.tolist() == [0.0] * 3  # not -1.7e308
+    np.testing.assert_allclose(averages["wide"].std, 1.7e308, rtol=1e-12)

@@ -7,12 +7,15 @@ import itertools
 import os
 import random
 import threading
+import time
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import pytest
 
 import labkit as lk
 from labkit.errors import ConfigError, TaskFailed, TaskTimeout
+from labkit.runner.inputs import OnLoop
 from labkit.testing import FakeClock
 
 
@@ -653,3 +656,84 @@ async def test_subscribers_get_only_the_event_types_they_ask_for() -> None:
     assert [e.kind for e in task_events].count("succeeded") == 2
     unsubscribe()
     assert bus.route(lk.TaskEvent) == ()
+
+
+# -- a slow items generator -----------------------------------------------------------
+
+
+async def _largest_tick_gap(run: Awaitable[Any]) -> tuple[Any, float]:
+    """Run ``run`` while a ticker wakes every 5 ms; the longest the loop kept it waiting."""
+    loop = asyncio.get_running_loop()
+    ticks: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            ticks.append(loop.time())
+            await asyncio.sleep(0.005)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.02)
+    try:
+        value = await run
+    finally:
+        ticker.cancel()
+    return value, max(later - earlier for earlier, later in itertools.pairwise(ticks))
+
+
+async def test_a_slow_items_generator_does_not_freeze_the_loop() -> None:
+    item_s = 0.3
+    pulled_in: set[int] = set()
+
+    def slow_items() -> Iterator[int]:
+        for i in range(4):
+            time.sleep(item_s)  # reading a file, a database cursor...
+            pulled_in.add(threading.get_ident())
+            yield i
+
+    async def double(x: int) -> int:
+        return 2 * x
+
+    report, gap = await _largest_tick_gap(lk.run_parallel(double, slow_items()))
+    print(f"largest loop stall while pulling 4 items of {item_s} s each: {gap * 1000:.0f} ms")
+    assert report.values == [0, 2, 4, 6]
+    assert threading.get_ident() not in pulled_in
+    assert gap < item_s / 2  # was the whole item time, every item
+
+
+async def test_fast_generators_are_pulled_on_the_loop_after_the_first_item() -> None:
+    threads: list[int] = []
+
+    def items(n: int) -> Iterator[int]:
+        for i in range(n):
+            threads.append(threading.get_ident())
+            yield i
+
+    async def same(x: int) -> int:
+        return x
+
+    report = await lk.run_parallel(same, items(50), max_concurrency=4)
+    assert report.values == list(range(50))
+    here = threading.get_ident()
+    assert threads[0] != here and set(threads[1:]) == {here}  # then no thread hop per item
+    threads.clear()
+    report = await lk.run_parallel(same, OnLoop(items(10)), batch_size=3)
+    assert report.values == list(range(10)) and set(threads) == {here}
+
+
+async def test_a_generator_that_turns_slow_moves_off_the_loop_and_can_still_fail() -> None:
+    def items() -> Iterator[int]:
+        yield from range(5)  # fast: pulled on the loop
+        for i in range(5, 8):
+            time.sleep(0.2)
+            yield i
+        raise OSError("the file went away")
+
+    async def same(x: int) -> int:
+        return x
+
+    with pytest.raises(lk.errors.ItemsFailed) as caught:
+        await _largest_tick_gap(lk.run_parallel(same, items(), batch_size=2))
+    assert caught.value.report.values == list(range(8))
+    # The first slow pull stalls the loop once, at most: the rest come from the thread.
+    _, gap = await _largest_tick_gap(lk.run_parallel(same, itertools.islice(items(), 8)))
+    assert gap < 0.2 + 0.1

@@ -12,10 +12,13 @@ import functools
 import os
 import sys
 
+import psutil
 import pytest
 
 from labkit.errors import ConfigError, SandboxError
 from labkit.sandbox import LocalSandbox, SandboxPool, caps
+from labkit.sandbox.base import DEFAULT_MAX_OUTPUT, CommandResult
+from labkit.testing import FakeSandbox
 
 pytestmark = pytest.mark.asyncio
 
@@ -114,3 +117,38 @@ async def test_without_cgroups_a_cpu_cap_refuses_to_start(no_cgroups: None) -> N
     with pytest.raises(SandboxError, match=r"cpus=0\.5 needs a writable cgroup v1 'cpu'"):
         await sb.start()
     await sb.close()
+
+
+async def test_a_gigabyte_of_output_costs_labkit_only_the_cap() -> None:
+    gigabyte = 1 << 30
+    me = psutil.Process()
+    async with LocalSandbox(memory_mb=256) as sb:
+        await sb.run("true")  # the supervisor and its buffers exist before measuring
+        before = me.memory_info().rss
+        flood = await sb.run(f"yes labkit | head -c {gigabyte}; echo done >&2")
+        grown = me.memory_info().rss - before
+        print(f"1 GiB of output: labkit's RSS grew by {grown / 2**20:.1f} MiB")
+        assert flood.ok and flood.truncated and flood.killed_reason is None
+        assert len(flood.stdout.encode()) == DEFAULT_MAX_OUTPUT  # the first 16 MiB, whole lines
+        assert flood.stdout.startswith("labkit\nlabkit\n") and flood.stderr == "done\n"
+        assert grown < 4 * DEFAULT_MAX_OUTPUT, f"grew {grown / 2**20:.0f} MiB"
+
+        small = await sb.run("printf 'héllo wörld'", max_output=9)  # cut inside the ö
+        assert (small.stdout, small.truncated) == ("héllo w", True)
+        whole = await sb.run("printf 'héllo wörld'", max_output=13)
+        assert (whole.stdout, whole.truncated) == ("héllo wörld", False)
+
+
+async def test_the_sandbox_default_cap_and_a_per_command_one() -> None:
+    async with LocalSandbox(max_output=4) as sb:
+        capped = await sb.run("echo 123456789; echo abcdefgh >&2")
+        assert (capped.stdout, capped.stderr, capped.truncated) == ("1234", "abcd", True)
+        wider = await sb.run("echo 123456789", max_output=100)
+        assert (wider.stdout, wider.truncated) == ("123456789\n", False)
+
+
+async def test_a_fake_sandbox_cuts_scripted_output_the_same_way() -> None:
+    sb = FakeSandbox([CommandResult(0, "x" * 20, "", 0.0)] * 2, max_output=16)
+    cut = await sb.run("anything")
+    assert (len(cut.stdout), cut.truncated) == (16, True)
+    assert not (await sb.run("anything", max_output=20)).truncated

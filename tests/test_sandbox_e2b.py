@@ -559,3 +559,21 @@ async def test_pool_stats_show_dollars_at_estimate_cost_rates(
     assert make(fake_sdk).price_per_second == pytest.approx(
         estimate_cost(instances=1, duration=1.0)
     )
+
+
+async def test_output_past_max_output_is_cut_and_says_so(fake_sdk: type[FakeSDKSandbox]) -> None:
+    async with make(fake_sdk, max_output=8) as sb:
+        vm = fake_sdk.created[0]
+        vm.commands.outcomes = [
+            e2b.CommandResult(stdout="0123456789ab", stderr="ok", exit_code=0, error=None),
+            e2b.CommandResult(stdout="0123456789ab", stderr="", exit_code=0, error=None),
+            FakeHandle(e2b.TimeoutException("deadline exceeded"), stdout="é" * 10),
+        ]
+        cut = await sb.run("yes")
+        assert (cut.stdout, cut.stderr, cut.truncated) == ("01234567", "ok", True)
+        whole = await sb.run("yes", max_output=100)
+        assert (whole.stdout, whole.truncated) == ("0123456789ab", False)
+        late = await sb.run("yes", timeout=1)
+        assert (late.stdout, late.truncated, late.timed_out) == ("é" * 4, True, True)
+        with pytest.raises(ConfigError, match="cmd"):
+            await sb.run("echo \0")

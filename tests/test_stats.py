@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from fractions import Fraction
 from statistics import NormalDist
 
 import numpy as np
@@ -396,6 +397,47 @@ def test_interval_coverage_by_n(dist: str) -> None:
             # trimmed-t interval of the IQM stays close to nominal.
             assert rates["iqm"] >= 0.91, (n, rates)
             assert rates["iqm"] > rates["mean"], (n, rates)
+
+
+def test_mean_std_is_correctly_rounded_at_any_magnitude() -> None:
+    # 2,000 columns of 2 to 8 values (NaN pads), each value from 1e-300 to 1e300.
+    rng = np.random.default_rng(27)
+    signs = np.where(rng.random((8, 2000)) < 0.5, -1.0, 1.0)
+    values = signs * 10.0 ** rng.uniform(-300, 300, (8, 2000))
+    counts = rng.integers(2, 9, 2000)
+    values[np.arange(8)[:, None] >= counts] = np.nan
+
+    mean, std = stats.mean_std(values)
+
+    worst = 0.0
+    for column in range(2000):
+        exact = [Fraction(x) for x in values[: counts[column], column]]
+        center = sum(exact, Fraction(0)) / len(exact)
+        variance = sum(((x - center) ** 2 for x in exact), Fraction(0)) / (len(exact) - 1)
+        worst = max(
+            worst,
+            float(abs(Fraction(mean[column]) - center) / abs(center)),
+            float(abs(Fraction(std[column]) ** 2 - variance) / variance) / 2,  # std's error
+        )
+    assert worst <= 1e-12, worst
+
+
+def test_decisions_hold_at_the_ends_of_the_float_range() -> None:
+    assert stats.mean([1.7e308, -1.7e308]).estimate == 0.0
+    interval = stats.mean([1e155, 3e155, 5e155])
+    assert interval.high - interval.estimate == pytest.approx(4.302652729749462 * 2e155 / 3**0.5)
+    assert math.isfinite(stats.iqm([1e-300, 3e-300, 5e-300, 7e-300]).low)
+    assert stats.mean_std([1e-300, 1e-300, 1e-300])[1] == 0.0  # identical: exactly none
+    for scale in (1e200, 1.0, 1e-300):  # Welch's df and p-value do not depend on the unit
+        comparison = stats.compare(
+            [1 * scale, 2 * scale, 3 * scale], [4 * scale, 5 * scale, 6 * scale]
+        )
+        assert comparison.better == "a"
+        assert comparison.df == pytest.approx(4.0)
+        assert comparison.p_value == pytest.approx(0.0213116411, rel=1e-8)
+    assert stats.instances_needed([0.9e300, 1.0e300, 1.1e300]) == stats.instances_needed(
+        [0.9, 1.0, 1.1]
+    )
 
 
 async def test_compare_pairs_two_results_by_seed() -> None:

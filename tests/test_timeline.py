@@ -6,6 +6,8 @@ import math
 import statistics
 import tracemalloc
 import warnings
+from decimal import Decimal, localcontext
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -1111,3 +1113,100 @@ def test_a_recorded_step_is_an_axis_not_a_summary_figure() -> None:
 
     timeline = pd.DataFrame({"t": [0.0, 1.0, 2.0], "step": [0, 1, 2], "loss": [3.0, 2.0, 1.0]})
     assert summarize_timeline(timeline) == {"loss_peak": 3.0}
+
+
+# --------------------------------------------------------------------------------------
+# Extreme magnitudes: exact references with fractions.Fraction
+# --------------------------------------------------------------------------------------
+
+
+def exact_mean_std(values: list[float]) -> tuple[Fraction, Decimal]:
+    """The exact mean (a Fraction) and the standard deviation (ddof=1) to 40 digits."""
+    exact = [Fraction(value) for value in values]
+    mean = sum(exact, Fraction(0)) / len(exact)
+    variance = sum(((x - mean) ** 2 for x in exact), Fraction(0)) / (len(exact) - 1)
+    with localcontext() as context:
+        context.prec = 40
+        std = (Decimal(variance.numerator) / Decimal(variance.denominator)).sqrt()
+    return mean, std
+
+
+def relative_error(ours: float, exact: Fraction | Decimal) -> float:
+    reference = Fraction(exact)
+    if reference == 0:
+        return 0.0 if ours == 0.0 else math.inf
+    return float(abs(Fraction(ours) - reference) / abs(reference))
+
+
+def extreme_values(rng: np.random.Generator, kind: str, shape: tuple[int, int]) -> np.ndarray:
+    """Values from 1e-300 to 1e300: one magnitude per grid point, or one per value
+    (with random signs)."""
+    _, points = shape
+    if kind == "per point":
+        return 10.0 ** rng.uniform(-300, 300, points) * rng.lognormal(0.0, 1.0, shape)
+    signs = np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+    return signs * 10.0 ** rng.uniform(-300, 300, shape)
+
+
+@pytest.mark.parametrize("kind", ["per point", "per value"])
+def test_averages_at_any_magnitude_are_correctly_rounded(kind: str) -> None:
+    # 7 instances, 1,500 grid points each a case; instances start at different points
+    # (counts differ: both paths of the statistics), blocks of 256 points.
+    rng = np.random.default_rng(27 if kind == "per point" else 28)
+    values = extreme_values(rng, kind, (7, 1500))
+    starts = [0, 0, 1, 2, 0, 2, 1]
+    frames = [
+        frame(np.arange(start, 1500), v=values[row, start:]) for row, start in enumerate(starts)
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        averaged = average(frames, step=1.0, block_points=256)
+
+    worst_mean = worst_std = 0.0
+    for k in range(1500):
+        mean, std = exact_mean_std([values[row, k] for row, s in enumerate(starts) if s <= k])
+        worst_mean = max(worst_mean, relative_error(averaged["v"].iat[k], mean))
+        worst_std = max(worst_std, relative_error(averaged["v_std"].iat[k], std))
+    assert worst_mean <= 1e-12 and worst_std <= 1e-12, (worst_mean, worst_std)
+
+
+def test_averages_at_the_ends_of_the_float_range() -> None:
+    def averaged(*values: float, on: str = "t") -> pd.DataFrame:
+        frames = [pd.DataFrame({on: [0.0, 1.0], "v": [value, value]}) for value in values]
+        return average_timelines(frames, **({"step": 1.0} if on == "t" else {}))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for on in ("t", "step"):
+            assert averaged(1.7e308, -1.7e308, on=on)["v"].tolist() == [0.0, 0.0]
+            huge = averaged(1e155, 3e155, 5e155, on=on)["v_std"]
+            assert huge.tolist() == pytest.approx([2e155, 2e155], rel=1e-12)
+            tiny = averaged(1e-300, 3e-300, 5e-300, on=on)
+            assert tiny["v_std"].tolist() == pytest.approx([2e-300] * 2, rel=1e-12)  # not 0
+            assert tiny["v"].tolist() == pytest.approx([3e-300, 3e-300], rel=1e-12)
+            # Identical instances still give exactly zero spread, at any magnitude.
+            for value in (1.7e308, -1e200, 1e-300, 5e-324):
+                same = averaged(value, value, value, on=on)
+                assert same["v_std"].tolist() == [0.0, 0.0]
+                assert same["v"].tolist() == [value, value]
+            # A spread past the largest float is inf (its true value), never NaN.
+            assert averaged(1.7e308, -1.7e308, on=on)["v_std"].tolist() == [math.inf] * 2
+
+
+def test_interpolating_between_opposite_extremes_stays_between_them() -> None:
+    wild = frame([0.0, 0.55, 1.1], v=[1.7e308, -1.7e308, 1.7e308])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        averaged = average_timelines([wild, wild], step=0.25)
+    values = averaged["v"].to_numpy()
+    assert np.isfinite(values).all()
+    assert (np.abs(values) <= 1.7e308).all()
+    # At 0.25 s: 1.7e308 + (0.25 / 0.55) (-3.4e308), taken as a (1 - w) + b w.
+    assert values[1] == pytest.approx(1.7e308 * (1 - 2 * 0.25 / 0.55), rel=1e-12)
+    assert averaged["v_std"].tolist() == [0.0] * len(averaged)
+
+
+def test_averaged_summaries_at_the_ends_of_the_float_range() -> None:
+    summary = average_summaries([{"peak": 1.7e308}, {"peak": 1.7e308}, {"peak": 1.6e308}])
+    assert summary["peak"] == pytest.approx(1.7e308 / 3 * 2 + 1.6e308 / 3, rel=1e-12)
+    assert average_summaries([{"x": 1e-320}, {"x": 3e-320}])["x"] == 2e-320

@@ -16,7 +16,7 @@ from labkit.events import EventBus, TaskEvent, Unsubscribe
 from labkit.executors import Backend, Invoker
 from labkit.guard import ResourceGuard
 from labkit.policies import RateLimiter
-from labkit.runner.inputs import Input, ordered_input
+from labkit.runner.inputs import Feed, Input, ordered_input
 from labkit.runner.options import Priority, RunOptions
 from labkit.runner.pipeline import Crew, Results, TaskPipeline
 from labkit.runner.records import RunnerStats, RunReport, RunStats, TaskResult
@@ -348,21 +348,25 @@ class Runner:
                 deliver, subscribers = self._bus.deliver, self._bus.route(TaskEvent)
                 for index in range(size):
                     deliver(subscribers, TaskEvent("queued", index, start, 0, None, 0.0, 0.0))
+        counted = size is not None
+        feed = Feed(run_input.pairs, _count_into(pipeline, counted)) if run_input.threaded else None
         try:
-            counted = size is not None
+            pairs: Iterator[tuple[int, Any]] | Feed = run_input.pairs if feed is None else feed
             if opts.batch_size is None:
-                await self._drain(invoker, run_input.pairs, counted, results)
+                await self._drain(invoker, pairs, counted or feed is not None, results)
             else:
                 number = 0
-                while batch := list(itertools.islice(run_input.pairs, opts.batch_size)):
+                while batch := await _take(pairs, opts.batch_size):
                     if number and opts.batch_delay:
                         await self._clock.sleep(opts.batch_delay)
                     number += 1
-                    await self._drain(invoker, iter(batch), counted, results)
+                    await self._drain(invoker, iter(batch), counted or feed is not None, results)
         except asyncio.CancelledError:
             self.last_report = self._report(current, pipeline.peak, fill=True)
             raise
         finally:
+            if feed is not None:
+                feed.close()
             run_peak = pipeline.peak
             pipeline.peak = max(current.peak_before, run_peak)
             self._current = previous
@@ -375,20 +379,22 @@ class Runner:
     async def _drain(
         self,
         invoker: Invoker,
-        pairs: Iterator[tuple[int, Any]],
+        pairs: Iterator[tuple[int, Any]] | Feed,
         counted: bool,
         results: Results,
     ) -> None:
         """Run every ``(index, item)`` of ``pairs``, starting workers as items arrive.
 
-        ``counted``: the items are in ``queued`` already (the input's size was known).
+        ``counted``: the items are in ``queued`` already (the input's size was
+        known), or are counted as they are pulled (a :class:`Feed`).
         """
-        first = next(pairs, None)
+        first = await pairs.next() if isinstance(pairs, Feed) else next(pairs, None)
         if first is None:
             return
         pipeline = self._pipeline
-        pulled: Iterator[tuple[int, Any]] = pairs
+        pulled: Iterator[tuple[int, Any]] | Feed = pairs
         if not counted:
+            assert not isinstance(pairs, Feed)
             pulled = _counting(pairs, pipeline)
         async with asyncio.TaskGroup() as group:
 
@@ -441,6 +447,26 @@ class Runner:
             peak_concurrency=peak,
         )
         return RunReport(slots, stats)  # type: ignore[arg-type]
+
+
+def _count_into(pipeline: TaskPipeline, counted: bool) -> Callable[[tuple[int, Any]], None]:
+    """What a Feed calls with each pair pulled: count it in ``queued`` unless it is."""
+
+    def count(_: tuple[int, Any]) -> None:
+        if not counted:
+            pipeline.queued += 1
+
+    return count
+
+
+async def _take(pairs: Iterator[tuple[int, Any]] | Feed, size: int) -> list[tuple[int, Any]]:
+    """The next ``size`` pairs (fewer at the end): a batch."""
+    if not isinstance(pairs, Feed):
+        return list(itertools.islice(pairs, size))
+    batch: list[tuple[int, Any]] = []
+    while len(batch) < size and (pair := await pairs.next()) is not None:
+        batch.append(pair)
+    return batch
 
 
 def _counting(pairs: Iterator[tuple[int, Any]], pipeline: TaskPipeline) -> Iterator[Any]:

@@ -8,7 +8,9 @@ task through these steps:
 2. **rate-limit**: wait for the limiter's start (every attempt is a start);
 3. **attempt**: call the function, bounded by ``timeout`` (see
    :mod:`labkit.executors` for what a timeout does per kind of call);
-4. **decide**: accept the value, or retry after a backoff, or give up;
+4. **decide**: accept the value, or retry after a backoff (or the wait a
+   refusing service asked for), or give up; a refusal also slows an adaptive
+   rate limit;
 5. **record**: the one place that finishes a :class:`TaskResult`, updates the
    counters and emits the task's last event.
 
@@ -30,7 +32,8 @@ from labkit.errors import ConfigError, ResourceUnavailable, ResultRejected, Task
 from labkit.events import ConcurrencyEvent, EventBus, TaskEvent, TaskEventKind
 from labkit.executors import AttemptExpired, Invoker
 from labkit.guard import ResourceGuard, cost_of
-from labkit.policies import RateLimiter
+from labkit.policies import RateLimiter, is_rejection, retry_after_of
+from labkit.runner.inputs import Feed
 from labkit.runner.options import RunOptions
 from labkit.runner.records import TaskResult
 from labkit.runner.slots import Slots
@@ -64,9 +67,8 @@ class Crew:
         self.size += 1
         self._start(pair)
 
-    def more(self, pairs: Iterator[tuple[int, Any]]) -> None:
-        """Pull one more item and start a worker for it, unless there is none."""
-        following = next(pairs, None)
+    def offer(self, following: tuple[int, Any] | None) -> None:
+        """Start a worker for the item pulled ahead, unless there is none."""
         if following is None:
             self.cap = self.size  # the input is exhausted: start no more
         else:
@@ -147,7 +149,7 @@ class TaskPipeline:
         self,
         invoker: Invoker,
         pair: tuple[int, Any] | None,
-        pairs: Iterator[tuple[int, Any]],
+        pairs: Iterator[tuple[int, Any]] | Feed,
         results: Results,
         crew: Crew | None = None,
     ) -> None:
@@ -161,7 +163,8 @@ class TaskPipeline:
         Args:
             invoker: The function to run.
             pair: The first ``(index, item)``, pulled by whoever started this worker.
-            pairs: Where the next ones come from.
+            pairs: Where the next ones come from: an iterator pulled on the loop,
+                or a :class:`Feed` (a user's iterable that may block).
             results: Where each task's result is recorded.
             crew: Starts more workers as items arrive (one per item pulled ahead).
         """
@@ -174,10 +177,11 @@ class TaskPipeline:
         retry = self._retry
         begin = self._begin
         record = self.record
+        feed, iterator = (pairs, iter(())) if isinstance(pairs, Feed) else (None, pairs)
         while pair is not None:
             if crew is not None:
                 if crew.size < crew.cap:
-                    crew.more(pairs)
+                    crew.offer(next(iterator, None) if feed is None else await feed.next())
                 else:
                     crew = None  # full: nothing more to check for this worker
             index, item = pair
@@ -222,6 +226,8 @@ class TaskPipeline:
                         self.running -= 1
                     # 4. decide
                     result.error = error
+                    if limiter is not None and limiter.policy.adaptive and is_rejection(error):
+                        limiter.rejected()
                     if retry is None or not await self._decide(result, error):
                         break
             except asyncio.CancelledError as cancelled:
@@ -234,7 +240,7 @@ class TaskPipeline:
                     self.queued -= 1
                 # 5. record
                 record(result, results)
-            pair = next(pairs, None)
+            pair = next(iterator, None) if feed is None else await feed.next()
 
     def _begin(self, result: TaskResult[Any]) -> int:
         """An attempt starts now: count it, stamp it, announce it; its number."""
@@ -301,7 +307,7 @@ class TaskPipeline:
         assert retry is not None
         if not retry.should_retry(error, result.attempts):
             return False
-        delay = retry.delay(result.attempts, self._rng)
+        delay = retry.delay(result.attempts, self._rng, retry_after_of(error))
         self.retries += 1
         if self._bus.route(TaskEvent):
             self._bus.emit(

@@ -8,18 +8,32 @@ private directory, or an E2B cloud VM) and reports what they cost. Implementatio
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from labkit.errors import ConfigError, SandboxPathError, check
+from labkit.errors import ConfigError, SandboxPathError, check, is_int, is_real
 
-__all__ = ("CommandResult", "ResourceSample", "Sandbox", "SandboxLifecycle", "TIMEOUT_EXIT_CODE")
+__all__ = (
+    "DEFAULT_MAX_OUTPUT",
+    "TIMEOUT_EXIT_CODE",
+    "CommandResult",
+    "ResourceSample",
+    "Sandbox",
+    "SandboxLifecycle",
+)
 
 TIMEOUT_EXIT_CODE = 124
 """Exit code reported for a command killed by its timeout (the code GNU ``timeout`` uses)."""
+
+DEFAULT_MAX_OUTPUT = 16 * 2**20
+"""Bytes of a command's stdout, and as many of its stderr, kept by default (16 MiB).
+
+What a command writes past it is dropped and its result says ``truncated``: a
+command printing without end costs labkit's process this much at most."""
 
 DEFAULT_SECRETS: frozenset[str] = frozenset({"E2B_API_KEY"})
 """Variables a sandbox never receives, whatever the caller passes."""
@@ -46,6 +60,8 @@ class CommandResult:
             nothing did: ``"timeout"`` (with ``timed_out``), ``"memory"`` (a process
             went past the sandbox's ``memory_mb``; the exit code is then usually
             137) or ``"closed"`` (the sandbox was closed while it ran).
+        truncated: ``True`` when ``stdout`` or ``stderr`` holds only the first
+            ``max_output`` bytes of what the command wrote (the rest was dropped).
     """
 
     exit_code: int
@@ -54,6 +70,7 @@ class CommandResult:
     duration: float
     timed_out: bool = False
     killed_reason: str | None = None
+    truncated: bool = False
 
     @property
     def ok(self) -> bool:
@@ -138,6 +155,7 @@ class Sandbox(Protocol):
         *,
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
+        max_output: int | None = None,
     ) -> CommandResult:
         """Run ``cmd`` with a shell in the working directory.
 
@@ -146,6 +164,9 @@ class Sandbox(Protocol):
             timeout: Seconds before the command (and every process it started) is
                 killed; ``None`` means no limit.
             env: Variables added to the sandbox's clean environment.
+            max_output: Bytes of stdout, and of stderr, kept in the result; what
+                is past them is dropped and the result is ``truncated``. ``None``:
+                the sandbox's own ``max_output``.
         """
         ...
 
@@ -195,10 +216,86 @@ def check_timeout(timeout: float | None) -> None:
     """Refuse a command ``timeout`` that is neither ``None`` nor a positive number.
 
     Raises:
-        ConfigError: ``timeout`` is zero or negative.
+        ConfigError: ``timeout`` is not a number (``"1"``), or is zero or negative.
     """
     if timeout is not None:
-        check(timeout > 0, "timeout", timeout, "None or a number of seconds > 0")
+        check(
+            is_real(timeout, finite=False) and timeout > 0,
+            "timeout",
+            timeout,
+            "None or a number of seconds > 0",
+        )
+
+
+def check_command(cmd: object) -> None:
+    """Refuse a command line that no shell can be given.
+
+    Raises:
+        ConfigError: ``cmd`` is not a ``str`` or holds a NUL byte.
+    """
+    check(isinstance(cmd, str), "cmd", cmd, "a shell command line (a str)")
+    check("\0" not in str(cmd), "cmd", cmd, "a command line without NUL bytes")
+
+
+def check_env(option: str, env: object) -> None:
+    """Refuse an environment that no process can be given.
+
+    Raises:
+        ConfigError: ``env`` is not ``None`` or a mapping of ``str`` to ``str``, a
+            name is empty or holds ``=`` or a NUL byte, or a value holds a NUL byte.
+    """
+    if env is None:
+        return
+    check(isinstance(env, Mapping), option, env, "None or a mapping of variable names to str")
+    assert isinstance(env, Mapping)
+    for name, value in env.items():
+        good_name = isinstance(name, str) and name and "=" not in name and "\0" not in name
+        check(bool(good_name), option, name, "variable names: non-empty str without '=' or NUL")
+        check(
+            isinstance(value, str) and "\0" not in value,
+            f"{option}[{name!r}]",
+            value,
+            "a str without NUL bytes",
+        )
+
+
+def check_max_output(max_output: int | None, *, allow_none: bool) -> None:
+    """Refuse a ``max_output`` that is not a whole number of bytes >= 1.
+
+    Raises:
+        ConfigError: ``max_output`` is not an int >= 1 (or ``None`` where allowed).
+    """
+    if max_output is None and allow_none:
+        return
+    allowed = "an int of bytes >= 1" + (" or None (the sandbox's own)" if allow_none else "")
+    good = max_output is not None and is_int(max_output) and max_output >= 1
+    check(good, "max_output", max_output, allowed)
+
+
+def decode_head(data: bytes, truncated: bool) -> str:
+    """The text of ``data`` (UTF-8, undecodable bytes replaced); a character cut in
+    two at the end of a truncated output is left out rather than replaced."""
+    return codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=not truncated)
+
+
+def capped(result: CommandResult, max_output: int) -> CommandResult:
+    """``result`` with ``stdout`` and ``stderr`` cut to ``max_output`` bytes of UTF-8 each.
+
+    For sandboxes whose output arrives whole (a scripted fake, a cloud SDK).
+    """
+    outputs = []
+    truncated = result.truncated
+    for text in (result.stdout, result.stderr):
+        if len(text) <= max_output // 4:  # 4 bytes a character at most: nothing to cut
+            outputs.append(text)
+            continue
+        data = text.encode("utf-8", errors="surrogatepass")
+        cut = len(data) > max_output
+        truncated |= cut
+        outputs.append(decode_head(data[:max_output], cut) if cut else text)
+    if not truncated:
+        return result
+    return replace(result, stdout=outputs[0], stderr=outputs[1], truncated=True)
 
 
 def refuse_secrets(option: str, env: Mapping[str, str], secrets: Collection[str]) -> None:

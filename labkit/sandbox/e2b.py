@@ -52,12 +52,17 @@ from labkit.errors import (
     is_real,
 )
 from labkit.sandbox.base import (
+    DEFAULT_MAX_OUTPUT,
     DEFAULT_SECRETS,
     MARKER_VARIABLE,
     TIMEOUT_EXIT_CODE,
     CommandResult,
     ResourceSample,
     SandboxLifecycle,
+    capped,
+    check_command,
+    check_env,
+    check_max_output,
     check_timeout,
     refuse_secrets,
     relative_path,
@@ -167,6 +172,11 @@ class E2BSandbox(SandboxLifecycle):
         memory_mb: Refused: an E2B VM's memory comes from its template.
         cpus: Refused: an E2B VM's CPUs come from its template.
         clock: The clock creations are paced on.
+        max_output: Bytes of each command's stdout, and of its stderr, kept in
+            its result (16 MiB by default); the rest is dropped and the result
+            says ``truncated``. The SDK itself receives the whole output (it
+            streams it into its own buffers), so this bounds what results hold,
+            not what the SDK reads: send large outputs to a file in the VM.
 
     Raises:
         SandboxAuthError: No key was given and ``E2B_API_KEY`` is not set.
@@ -184,6 +194,7 @@ class E2BSandbox(SandboxLifecycle):
         "_gone",
         "_id",
         "_key",
+        "_max_output",
         "_price",
         "_sdk_class",
         "_sdk_obj",
@@ -213,7 +224,11 @@ class E2BSandbox(SandboxLifecycle):
         memory_mb: float | None = None,
         cpus: float | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
+        check_env("envs", envs)
+        check_max_output(max_output, allow_none=False)
+        self._max_output = int(max_output)
         _check_options(
             template=template,
             timeout=timeout,
@@ -393,6 +408,7 @@ class E2BSandbox(SandboxLifecycle):
         *,
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
+        max_output: int | None = None,
     ) -> CommandResult:
         """Run ``cmd`` with bash in ``workdir``.
 
@@ -401,17 +417,26 @@ class E2BSandbox(SandboxLifecycle):
             timeout: Seconds before E2B ends the command; it is then killed and the
                 result has ``timed_out=True`` and exit code 124. ``None``: no limit.
             env: Variables for this command, on top of the sandbox's ``envs``.
+            max_output: Bytes of stdout, and of stderr, kept in the result; the
+                rest is dropped and the result is ``truncated``. ``None``: the
+                sandbox's ``max_output``.
 
         Returns:
             The command's result; a non-zero exit is a result, not an exception.
 
         Raises:
-            ConfigError: ``timeout`` is not positive, or ``env`` holds a secret.
+            ConfigError: ``cmd`` is not a ``str`` or holds a NUL byte, ``timeout``
+                is not a positive number, ``env`` holds a secret, a NUL byte or a
+                value that is not a ``str``, or ``max_output`` is not an int >= 1.
             SandboxClosed: The sandbox was closed.
             SandboxRateLimited, SandboxAuthError, SandboxError: E2B failed the call.
             asyncio.CancelledError: The caller was cancelled; the command was killed.
         """
+        check_command(cmd)
+        check_env("env", env)
         check_timeout(timeout)
+        check_max_output(max_output, allow_none=True)
+        limit = self._max_output if max_output is None else int(max_output)
         refuse_secrets("env", env or {}, self._secrets)
         sdk = await self._ready()
         e2b = _sdk()
@@ -444,7 +469,7 @@ class E2BSandbox(SandboxLifecycle):
             error = self._failure(exc, "run a command")  # before TimeoutException: subclasses
         except e2b.TimeoutException:
             await _kill_command(handle)
-            return CommandResult(
+            timed_out = CommandResult(
                 TIMEOUT_EXIT_CODE,
                 handle.stdout or "",
                 handle.stderr or "",
@@ -452,16 +477,18 @@ class E2BSandbox(SandboxLifecycle):
                 timed_out=True,
                 killed_reason="timeout",
             )
+            return capped(timed_out, limit)
         except Exception as exc:
             error = self._failure(exc, "run a command")
         if error is not None:
             raise error
-        return CommandResult(
+        result = CommandResult(
             int(outcome.exit_code),
             outcome.stdout or "",
             outcome.stderr or "",
             time.perf_counter() - started,
         )
+        return capped(result, limit)
 
     # -- files ----------------------------------------------------------------------
 

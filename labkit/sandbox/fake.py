@@ -15,10 +15,15 @@ from collections.abc import Callable, Iterable, Mapping
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import SandboxClosed
 from labkit.sandbox.base import (
+    DEFAULT_MAX_OUTPUT,
     TIMEOUT_EXIT_CODE,
     CommandResult,
     ResourceSample,
     SandboxLifecycle,
+    capped,
+    check_command,
+    check_env,
+    check_max_output,
     check_timeout,
     relative_path,
 )
@@ -46,6 +51,8 @@ class FakeSandbox(SandboxLifecycle):
         reset_error: Raised by ``reset()`` while set; assign it at any time.
         clock: Where latencies are spent; inject a ``FakeClock`` to avoid real sleeps.
         sample: What ``metrics()`` returns (its ``time`` is replaced by ``clock.now()``).
+        max_output: Bytes of a scripted stdout, and stderr, kept in a result
+            (16 MiB by default); longer ones are cut and the result is ``truncated``.
 
     Attributes (all public, for assertions and for scripting mid-test):
         commands: Every command passed to ``run``, in call order.
@@ -61,6 +68,7 @@ class FakeSandbox(SandboxLifecycle):
     __slots__ = (
         "_clock",
         "_id",
+        "_max_output",
         "_results",
         "cancelled_runs",
         "closed",
@@ -94,7 +102,10 @@ class FakeSandbox(SandboxLifecycle):
         reset_error: BaseException | None = None,
         clock: Clock = SYSTEM_CLOCK,
         sample: ResourceSample | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
+        check_max_output(max_output, allow_none=False)
+        self._max_output = int(max_output)
         self._id = f"fake-{next(_ids)}"
         self._results: deque[ScriptItem] = deque(results)
         self._clock = clock
@@ -148,14 +159,22 @@ class FakeSandbox(SandboxLifecycle):
         *,
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
+        max_output: int | None = None,
     ) -> CommandResult:
-        """Record ``cmd`` and give the next scripted answer after ``latency`` seconds.
+        """Record ``cmd`` and give the next scripted answer after ``latency`` seconds,
+        its output cut to ``max_output`` bytes (``None``: the sandbox's).
 
         Raises:
+            ConfigError: A bad ``cmd``, ``timeout``, ``env`` or ``max_output``, as
+                for a real sandbox.
             SandboxClosed: The sandbox was closed.
             BaseException: Whatever exception was scripted for this call.
         """
+        check_command(cmd)
+        check_env("env", env)
         check_timeout(timeout)
+        check_max_output(max_output, allow_none=True)
+        limit = self._max_output if max_output is None else int(max_output)
         await self.start()
         self.commands.append(cmd)
         self.envs.append(dict(env or {}))
@@ -176,7 +195,7 @@ class FakeSandbox(SandboxLifecycle):
             self.running -= 1
         if isinstance(item, BaseException):
             raise item
-        return item(cmd) if callable(item) else item
+        return capped(item(cmd) if callable(item) else item, limit)
 
     async def write_file(self, path: str, data: str | bytes) -> None:
         """Store ``data`` in :attr:`files` (paths are checked like a real sandbox's)."""

@@ -49,13 +49,18 @@ import psutil
 
 from labkit.errors import ConfigError, SandboxClosed, SandboxError, SandboxStartError
 from labkit.sandbox.base import (
+    DEFAULT_MAX_OUTPUT,
     DEFAULT_SECRETS,
     MARKER_VARIABLE,
     TIMEOUT_EXIT_CODE,
     CommandResult,
     ResourceSample,
     SandboxLifecycle,
+    check_command,
+    check_env,
+    check_max_output,
     check_timeout,
+    decode_head,
     refuse_secrets,
     relative_path,
 )
@@ -130,10 +135,17 @@ class LocalSandbox(SandboxLifecycle):
             ``"supervisor"`` (Linux only: elsewhere ``start()`` raises
             :class:`~labkit.errors.SandboxStartError` naming what is missing) or
             ``"group"`` (any POSIX system; best effort, as above).
+        max_output: Bytes of each command's stdout, and of its stderr, kept in
+            its result (16 MiB by default); the rest is dropped, the result says
+            ``truncated``, and labkit's process never holds more than that,
+            whatever a command prints (the output passes through an unnamed
+            temporary file on this machine's disk). ``run(max_output=...)``
+            overrides it for one command.
 
     Raises:
-        ConfigError: ``env`` holds a secret, a cap is not a positive number, or
-            ``boundary`` is not one of the three.
+        ConfigError: ``env`` holds a secret, a NUL byte or a value that is not a
+            ``str``, a cap is not a positive number, ``max_output`` is not an int
+            >= 1, or ``boundary`` is not one of the three.
     """
 
     __slots__ = (
@@ -144,6 +156,7 @@ class LocalSandbox(SandboxLifecycle):
         "_env",
         "_finalizer",
         "_id",
+        "_max_output",
         "_parent_dir",
         "_procs",
         "_root",
@@ -162,6 +175,7 @@ class LocalSandbox(SandboxLifecycle):
         memory_mb: float | None = None,
         cpus: float | None = None,
         boundary: str = "auto",
+        max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
         if not isinstance(boundary, str) or boundary not in _BOUNDARIES:
             raise ConfigError("boundary", boundary, '"auto", "supervisor" or "group"')
@@ -170,6 +184,9 @@ class LocalSandbox(SandboxLifecycle):
         self._boundary = boundary
         self._id = f"local-{uuid.uuid4().hex[:8]}"
         self._secrets = DEFAULT_SECRETS | frozenset(secrets)
+        check_env("env", env)
+        check_max_output(max_output, allow_none=False)
+        self._max_output = int(max_output)
         self._env = dict(env or {})
         refuse_secrets("env", self._env, self._secrets)
         check_caps(memory_mb, cpus)
@@ -328,6 +345,7 @@ class LocalSandbox(SandboxLifecycle):
         *,
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
+        max_output: int | None = None,
     ) -> CommandResult:
         """Run ``cmd`` with ``/bin/sh`` in the sandbox's directory, in a new session.
 
@@ -344,6 +362,9 @@ class LocalSandbox(SandboxLifecycle):
                 the descendants seen while it ran and the marked processes started
                 since it began.
             env: Variables added to the clean environment for this command.
+            max_output: Bytes of stdout, and of stderr, kept in the result (the
+                first ones); the rest is dropped and the result is ``truncated``.
+                ``None``: the sandbox's ``max_output`` (16 MiB by default).
 
         Returns:
             The command's result; a non-zero exit is a result, not an exception.
@@ -352,13 +373,19 @@ class LocalSandbox(SandboxLifecycle):
             ``"closed"`` when ``close()`` killed it.
 
         Raises:
-            ConfigError: ``timeout`` is not positive, or ``env`` holds a secret.
+            ConfigError: ``cmd`` is not a ``str`` or holds a NUL byte, ``timeout``
+                is not a positive number, ``env`` holds a secret, a NUL byte or a
+                value that is not a ``str``, or ``max_output`` is not an int >= 1.
             SandboxClosed: The sandbox was closed.
             SandboxError: The supervisor is gone.
             asyncio.CancelledError: The caller was cancelled; the command's process
                 tree has been killed.
         """
+        check_command(cmd)
+        check_env("env", env)
         check_timeout(timeout)
+        check_max_output(max_output, allow_none=True)
+        limit = self._max_output if max_output is None else int(max_output)
         if env:
             refuse_secrets("env", env, self._secrets)
         supervisor = await self._started()
@@ -389,13 +416,18 @@ class LocalSandbox(SandboxLifecycle):
                 supervisor.forget(ident)
                 raise
             duration = time.perf_counter() - started
-            stdout, stderr = _read_all(out), _read_all(err)
+            (stdout, cut_out), (stderr, cut_err) = _read_head(out, limit), _read_head(err, limit)
+        truncated = cut_out or cut_err
         if self._closed and not timed_out:
-            return CommandResult(outcome.exit_code, stdout, stderr, duration, False, "closed")
+            return CommandResult(
+                outcome.exit_code, stdout, stderr, duration, False, "closed", truncated
+            )
         if timed_out:
-            return CommandResult(TIMEOUT_EXIT_CODE, stdout, stderr, duration, True, "timeout")
+            return CommandResult(
+                TIMEOUT_EXIT_CODE, stdout, stderr, duration, True, "timeout", truncated
+            )
         reason = "memory" if outcome.oom else None
-        return CommandResult(outcome.exit_code, stdout, stderr, duration, False, reason)
+        return CommandResult(outcome.exit_code, stdout, stderr, duration, False, reason, truncated)
 
     # -- files ----------------------------------------------------------------------
 
@@ -599,9 +631,12 @@ def _make_writable(path: Path) -> None:
             os.chmod(dirpath, 0o700)
 
 
-def _read_all(file: IO[bytes]) -> str:
+def _read_head(file: IO[bytes], limit: int) -> tuple[str, bool]:
+    """The first ``limit`` bytes of an output file as text, and whether it holds more."""
     file.seek(0)
-    return file.read().decode("utf-8", errors="replace")
+    data = file.read(limit)
+    truncated = os.fstat(file.fileno()).st_size > len(data)
+    return decode_head(data, truncated), truncated
 
 
 @functools.cache

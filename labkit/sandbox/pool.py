@@ -43,7 +43,7 @@ from typing import Any, Self
 
 from labkit._sync import WaitQueue
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import SandboxClosed, SandboxTimeout, check, is_int, is_real
+from labkit.errors import ConfigError, SandboxClosed, SandboxTimeout, check, is_int, is_real
 from labkit.sandbox.base import Sandbox
 
 __all__ = ("SandboxFactory", "SandboxPool", "SandboxPoolStats")
@@ -342,7 +342,8 @@ class SandboxPool:
 
         Raises:
             ConfigError: ``timeout`` is not ``None`` or a finite number > 0 (a bool
-                is refused).
+                is refused), or the factory returned something that is not a
+                sandbox (``None``): the message names the factory and what it gave.
             SandboxTimeout: No sandbox came free within ``timeout``; the message
                 names the pool's size and its active and waiting sessions.
             SandboxClosed: The pool is closed (or closes while this session waits).
@@ -527,7 +528,14 @@ class SandboxPool:
         sandbox: Sandbox | None = None
         try:
             made = self._factory()
-            sandbox = await made if inspect.isawaitable(made) else made
+            given = await made if inspect.isawaitable(made) else made
+            if not all(callable(getattr(given, name, None)) for name in ("start", "run", "close")):
+                raise ConfigError(
+                    "factory",
+                    self._factory,
+                    f"a callable returning a sandbox (this one returned {given!r})",
+                )
+            sandbox = given
             await sandbox.start()
             self._created += 1
             self._startup_total += self._clock.now() - began

@@ -190,18 +190,36 @@ def average(
     # Block by block over the grid, every instance within a block, then the block's
     # statistics: each block's work stays in cache, and the full-length arrays are
     # written once.
-    for lo in range(0, size, block_points):
-        hi = min(lo + block_points, size)
-        _accumulate_block(lo, hi, series, states, n, gridder, methods, scratch, block_rows)
-        for name in metrics:
-            moments.finalize(
-                states[name],
-                n[lo:hi],
-                [array[lo:hi] for array in outputs[name]],
-                quantiles,
-                scratch,
-                round_mean=name in rounded,
-            )
+    # A plain pass may overflow at extreme magnitudes: the block is then folded
+    # again, scaled (below), so its warnings say nothing.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for lo in range(0, size, block_points):
+            hi = min(lo + block_points, size)
+            for state in states.values():
+                moments.reset(state, hi - lo)
+            _accumulate_block(lo, hi, series, states, n, gridder, methods, scratch, block_rows)
+            extreme = {name for name, state in states.items() if moments.extreme(state)}
+            if extreme:
+                # Magnitudes past 2**+-400 (rare): fold the block again, those metrics
+                # scaled, interpolating overflowing rises from the samples themselves.
+                for name, state in states.items():
+                    if name in extreme:
+                        moments.rescale(state)
+                    else:
+                        moments.reset(state, hi - lo)
+                n[lo:hi] = 0
+                gridder.careful = True
+                _accumulate_block(lo, hi, series, states, n, gridder, methods, scratch, block_rows)
+                gridder.careful = False
+            for name in metrics:
+                moments.finalize(
+                    states[name],
+                    n[lo:hi],
+                    [array[lo:hi] for array in outputs[name]],
+                    quantiles,
+                    scratch,
+                    round_mean=name in rounded,
+                )
     return _frame(grid, n, outputs, metrics, instances, size, grid_step)
 
 
@@ -216,10 +234,9 @@ def _accumulate_block(
     scratch: Scratch,
     block_rows: int,
 ) -> None:
-    """Every instance's samples on grid points ``lo:hi`` into the moment states,
-    and each grid point's instance count into ``n``."""
-    for state in states.values():
-        moments.reset(state, hi - lo)
+    """Every instance's samples on grid points ``lo:hi`` into the moment states
+    (started for the block by the caller), and each grid point's instance count
+    into ``n``."""
     full: list[Series] = []  # series covering the whole block: folded together
     for parts in series:
         for part in parts:
@@ -290,23 +307,32 @@ def _average_steps(
     for name in metrics:
         state = moments.init(size, own_count=True)
         moments.reset(state, size)
-        for instance in instances:
-            if name in instance.clean:
-                at, values = instance.t, instance.clean[name]
-            elif name in instance.ragged:
-                at, values = instance.ragged[name]
-            else:
-                continue
-            last = np.flatnonzero(
-                np.append(at[1:] != at[:-1], True)
-            )  # a repeated step: its last row
-            moments.update_at(state, np.searchsorted(steps, at[last]), values[last])
+        with np.errstate(over="ignore", invalid="ignore"):  # then folded again, scaled
+            _fold_steps(state, instances, name, steps)
+        if moments.extreme(state):  # magnitudes past 2**+-400
+            moments.rescale(state)
+            _fold_steps(state, instances, name, steps)
         outputs = [np.empty(size) for _ in range(5)]
         moments.finalize(state, n, outputs, quantiles, scratch, round_mean=name in rounded)
         for suffix, values in zip(("", *STAT_SUFFIXES), outputs, strict=True):
             columns[name + suffix] = values
         columns[name + NONFINITE] = nonfinite[name]
     return pd.DataFrame(columns, copy=False)
+
+
+def _fold_steps(
+    state: moments.Moments, instances: Sequence[Instance], name: str, steps: FloatArray
+) -> None:
+    """Every instance's values of metric ``name`` into ``state``, at their steps' rows."""
+    for instance in instances:
+        if name in instance.clean:
+            at, values = instance.t, instance.clean[name]
+        elif name in instance.ragged:
+            at, values = instance.ragged[name]
+        else:
+            continue
+        last = np.flatnonzero(np.append(at[1:] != at[:-1], True))  # a repeated step: its last row
+        moments.update_at(state, np.searchsorted(steps, at[last]), values[last])
 
 
 def _whole(values: FloatArray) -> bool:

@@ -80,12 +80,16 @@ class Gridder:
     by binary search), so a block's work stays in cache.
     """
 
-    __slots__ = ("_grid", "_scratch", "_step")
+    __slots__ = ("_grid", "_scratch", "_step", "careful")
 
     def __init__(self, grid: FloatArray, step: float, scratch: Scratch) -> None:
         self._grid = grid
         self._step = step
         self._scratch = scratch
+        # Whether linear values whose rise overflowed (samples of opposite signs
+        # near the largest float) are interpolated again from the samples: a
+        # check per value that only blocks with extreme magnitudes pay.
+        self.careful = False
 
     def _window(self, t: FloatArray, first: float, last: float, side: Any) -> tuple[int, int]:
         """Sample positions [s0, s1) holding every sample the block can need.
@@ -172,6 +176,8 @@ class Gridder:
             np.take(rise, index, out=part, mode="clip")
             part *= weight
             out += part
+            if self.careful:
+                _bridge(out, v, s0 + np.minimum(index, s1 - s0 - 1), weight)
             yield name, out
 
     def _linear(self, t: FloatArray, lo: int, hi: int) -> tuple[int, int, IntArray, FloatArray]:
@@ -197,6 +203,20 @@ class Gridder:
             # hold the first value instead of extrapolating.
             np.maximum(weight, 0.0, out=weight)
         return s0, s1, index, weight
+
+
+def _bridge(out: FloatArray, v: FloatArray, below: IntArray, weight: FloatArray) -> None:
+    """Non-finite interpolated values again as ``a (1 - w) + b w``, which cannot overflow.
+
+    ``below`` is each grid point's sample at or before it (its index in ``v``).
+    """
+    bad = np.flatnonzero(~np.isfinite(out))
+    if bad.size == 0:
+        return
+    at = below[bad]
+    a, b = v[at], v[np.minimum(at + 1, v.size - 1)]
+    w = weight[bad]
+    out[bad] = np.clip(a * (1.0 - w) + b * w, np.minimum(a, b), np.maximum(a, b))
 
 
 def layout(instances: Sequence[Instance], step: float) -> tuple[int, list[list[Series]]]:

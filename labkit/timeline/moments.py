@@ -15,6 +15,16 @@ cancellation of ``sum(x^2) - sum(x)^2/n`` loses at most a factor n+1 in relative
 precision of the variance (Chan, Golub and LeVeque's shifted data). Only a
 block's worth lives in a state: a finished block is turned into its statistics
 while still in cache, and the buffers are reused for the next.
+
+Squares overflow past about 1e154 and underflow below about 1e-154, so sums of
+plain values are exact enough only for magnitudes in [2**-400, 2**400]. A block
+with a point outside that range (:func:`extreme`, known once the block is
+folded: its extremes say so) is folded again with each point's values scaled by
+a power of two that brings its largest magnitude just under 1
+(:func:`rescale`); powers of two scale without rounding, so every finite input
+gives a finite mean and spread (wherever the true ones are finite), correctly
+rounded up to the shifted sums' error. Usual data never leave the range and
+pay one check per block.
 """
 
 from __future__ import annotations
@@ -30,12 +40,22 @@ from labkit.stats import t_quantile
 from labkit.timeline.grid import Scratch
 from labkit.timeline.inputs import FloatArray
 
+# Magnitudes whose squares (and those of their deviations, down to an ulp) stay
+# normal floats, with room for sums over millions of values.
+_SAFE_HIGH = 2.0**400
+_SAFE_LOW = 2.0**-400
+# Scale exponents: 2**-_LEAST_EXPONENT is still a finite float.
+_LEAST_EXPONENT = -1021
+_MOST_EXPONENT = 1024  # frexp's exponent of the largest finite float
+
 __all__ = (
     "Moments",
     "QuantileTable",
     "finalize",
     "init",
+    "extreme",
     "merge",
+    "rescale",
     "reset",
     "update",
     "update_at",
@@ -57,6 +77,11 @@ class Moments:
             wherever it has samples, so that the caller's ``n`` is the count.
         covered: The points that have a shift, as sorted disjoint [start, stop).
         size: The points of the current block.
+        exponent: Per point e of the scale 2**e the sums are taken in; only
+            meaningful while ``scaled``.
+        inverse: Per point 2**-e, the factor values are multiplied by.
+        scaled: Whether this block's values are folded in scaled (see
+            :func:`rescale`); shift and sums are then in units of 2**e.
     """
 
     shift: FloatArray
@@ -67,6 +92,9 @@ class Moments:
     count: npt.NDArray[np.int64] | None
     covered: list[list[int]]
     size: int
+    exponent: npt.NDArray[np.int64]
+    inverse: FloatArray
+    scaled: bool
 
 
 def init(capacity: int, *, own_count: bool) -> Moments:
@@ -80,11 +108,61 @@ def init(capacity: int, *, own_count: bool) -> Moments:
         count=np.empty(capacity, dtype=np.int64) if own_count else None,
         covered=[],
         size=0,
+        exponent=np.zeros(capacity, dtype=np.int64),
+        inverse=np.empty(capacity),
+        scaled=False,
     )
 
 
 def reset(state: Moments, size: int) -> None:
-    """Start a block of ``size`` points with nothing seen."""
+    """Start a block of ``size`` points with nothing seen, in plain (unscaled) values."""
+    state.scaled = False
+    _clear(state, size)
+
+
+def extreme(state: Moments) -> bool:
+    """Whether the folded block needs folding again scaled (see :func:`rescale`).
+
+    True when a point's largest magnitude lies outside [2**-400, 2**400] (zero
+    excepted), or a folded value was not finite (an interpolation between
+    samples of opposite signs near the largest float overflowed), in a block
+    folded plain.
+    """
+    if state.scaled:
+        return False
+    size = state.size
+    low, high = state.low[:size], state.high[:size]
+    # Two reductions, no float temporaries: this runs for every block. NaN (a
+    # non-finite folded value) fails the comparisons: extreme too.
+    if not (low.min() >= -_SAFE_HIGH and high.max() <= _SAFE_HIGH):
+        return True
+    small = (high < _SAFE_LOW) & (low > -_SAFE_LOW)  # empty points (inf, -inf) too
+    if not small.any():
+        return False
+    low, high = low[small], high[small]
+    return bool(((low <= high) & ((low != 0.0) | (high != 0.0))).any())
+
+
+def rescale(state: Moments) -> None:
+    """Start the block again, to fold each point's values scaled by 2**-e.
+
+    e is the exponent of the point's largest magnitude seen in the first pass
+    (``|x| < 2**e``), so scaled values lie in (-1, 1): squares neither overflow
+    nor lose the precision of small deviations. A point whose first pass saw a
+    non-finite value gets the largest exponent (its values are near the
+    largest float).
+    """
+    size = state.size
+    largest = np.maximum(-state.low[:size], state.high[:size])
+    _, exponent = np.frexp(np.where(np.isnan(largest), np.inf, largest))
+    exponent = np.where(np.isfinite(largest), exponent, _MOST_EXPONENT)
+    np.clip(exponent, _LEAST_EXPONENT, _MOST_EXPONENT, out=state.exponent[:size])
+    np.ldexp(1.0, -state.exponent[:size], out=state.inverse[:size])
+    state.scaled = True
+    _clear(state, size)
+
+
+def _clear(state: Moments, size: int) -> None:
     state.size = size
     state.sum1[:size] = 0.0
     state.sum2[:size] = 0.0
@@ -124,6 +202,12 @@ def _uncovered(covered: list[list[int]], lo: int, hi: int) -> list[tuple[int, in
 def update(state: Moments, start: int, x: FloatArray, scratch: Scratch) -> None:
     """Add one instance's values at block points start..start+len(x)-1."""
     stop = start + x.size
+    low = state.low[start:stop]
+    np.minimum(low, x, out=low)
+    high = state.high[start:stop]
+    np.maximum(high, x, out=high)
+    if state.scaled:
+        x = np.multiply(x, state.inverse[start:stop], out=scratch.floats("scaled", x.size))
     for lo, hi in _uncovered(state.covered, start, stop):
         state.shift[lo:hi] = x[lo - start : hi - start]
     deviation = scratch.floats("deviation", x.size)
@@ -133,10 +217,6 @@ def update(state: Moments, start: int, x: FloatArray, scratch: Scratch) -> None:
     deviation *= deviation
     sum2 = state.sum2[start:stop]
     sum2 += deviation
-    low = state.low[start:stop]
-    np.minimum(low, x, out=low)
-    high = state.high[start:stop]
-    np.maximum(high, x, out=high)
     if state.count is not None:
         state.count[start:stop] += 1
 
@@ -144,6 +224,11 @@ def update(state: Moments, start: int, x: FloatArray, scratch: Scratch) -> None:
 def update_rows(state: Moments, rows: FloatArray, scratch: Scratch) -> None:
     """Add several instances that cover the whole block: ``rows`` is (instances, size)."""
     count, size = rows.shape
+    raw = rows
+    if state.scaled:
+        rows = np.multiply(
+            rows, state.inverse[:size], out=scratch.floats("scaled", rows.size).reshape(rows.shape)
+        )
     for lo, hi in _uncovered(state.covered, 0, size):
         state.shift[lo:hi] = rows[0, lo:hi]
     deviation = scratch.floats("deviations", count * size).reshape(count, size)
@@ -154,9 +239,9 @@ def update_rows(state: Moments, rows: FloatArray, scratch: Scratch) -> None:
     deviation *= deviation
     np.add.reduce(deviation, axis=0, out=total)
     state.sum2[:size] += total
-    np.minimum.reduce(rows, axis=0, out=total)
+    np.minimum.reduce(raw, axis=0, out=total)
     np.minimum(state.low[:size], total, out=state.low[:size])
-    np.maximum.reduce(rows, axis=0, out=total)
+    np.maximum.reduce(raw, axis=0, out=total)
     np.maximum(state.high[:size], total, out=state.high[:size])
     if state.count is not None:
         state.count[:size] += count
@@ -171,13 +256,15 @@ def update_at(state: Moments, positions: npt.NDArray[np.intp], x: FloatArray) ->
     """
     if state.count is None:
         raise ValueError("update_at needs a state with its own count")
+    state.low[positions] = np.minimum(state.low[positions], x)
+    state.high[positions] = np.maximum(state.high[positions], x)
+    if state.scaled:
+        x = x * state.inverse[positions]
     fresh = state.count[positions] == 0
     state.shift[positions[fresh]] = x[fresh]
     deviation = x - state.shift[positions]
     state.sum1[positions] += deviation
     state.sum2[positions] += deviation * deviation
-    state.low[positions] = np.minimum(state.low[positions], x)
-    state.high[positions] = np.maximum(state.high[positions], x)
     state.count[positions] += 1
 
 
@@ -189,10 +276,13 @@ def merge(state: Moments, other: Moments) -> None:
     + n_b d^2``. Where ``state`` has seen nothing it takes other's values as they are.
 
     Raises:
-        ValueError: If the blocks differ in size or a state has no own count.
+        ValueError: If the blocks differ in size, a state has no own count, or
+            one is scaled (merge plain states; :func:`extreme` still applies).
     """
     if state.count is None or other.count is None or state.size != other.size:
         raise ValueError("merge needs two states of one block size, both with their own count")
+    if state.scaled or other.scaled:
+        raise ValueError("merge needs two plain (unscaled) states")
     size = state.size
     count_a, count_b = state.count[:size], other.count[:size]
     fresh = (count_a == 0) & (count_b > 0)
@@ -223,8 +313,22 @@ def finalize(
     """Write mean, std, min, max and ci95 of the block into ``out`` (five arrays).
 
     ``n`` is the number of instances at each point, used where the state keeps
-    no count of its own.
+    no count of its own. A scaled state's mean and spread are scaled back;
+    where the true spread or interval exceeds the largest float it is inf.
     """
+    with np.errstate(over="ignore"):  # inf is the answer past the largest float
+        _finalize(state, n, out, quantiles, scratch, round_mean=round_mean)
+
+
+def _finalize(
+    state: Moments,
+    n: npt.NDArray[np.int64],
+    out: Sequence[FloatArray],
+    quantiles: QuantileTable,
+    scratch: Scratch,
+    *,
+    round_mean: bool,
+) -> None:
     size = state.size
     mean, std, low, high, ci95 = out
     counts = n if state.count is None else state.count[:size]
@@ -242,6 +346,7 @@ def finalize(
         np.maximum(std, 0.0, out=std)
         std *= 1.0 / (least - 1)
         np.sqrt(std, out=std)
+        _unscale(state, mean, std)
         np.multiply(std, quantiles.get(least) / math.sqrt(least), out=ci95)
     else:
         count = scratch.floats("count", size)
@@ -255,6 +360,7 @@ def finalize(
             count -= 1.0
             std /= count
             np.sqrt(std, out=std)
+            _unscale(state, mean, std)
             quantiles.take(counts, least, most, out=ci95)
             count += 1.0
             np.sqrt(count, out=count)
@@ -277,6 +383,14 @@ def finalize(
     if round_mean:
         mean += 0.5
         np.floor(mean, out=mean)
+
+
+def _unscale(state: Moments, mean: FloatArray, std: FloatArray) -> None:
+    """A scaled state's mean and spread back in the values' units (exact: powers of two)."""
+    if state.scaled:
+        exponent = state.exponent[: state.size]
+        np.ldexp(mean, exponent, out=mean)
+        np.ldexp(std, exponent, out=std)
 
 
 class QuantileTable:

@@ -200,7 +200,13 @@ def _gather(items: list[Any]) -> _Gathered:
 
 def _mean(values: list[float], *, rounded: bool) -> float | int:
     """The mean of finite ``values`` (NaN for none), a whole number when ``rounded``."""
-    mean = math.fsum(values) / len(values) if values else math.nan
+    if not values:
+        return math.nan
+    # Summed in units of the largest magnitude (a power of two, exact): fsum
+    # overflows once the exact sum passes the largest float.
+    exponent = math.frexp(max(map(abs, values)))[1]
+    total = math.fsum(math.ldexp(value, -exponent) for value in values)
+    mean = math.ldexp(total / len(values), exponent)
     if not math.isfinite(mean):
         return mean
     if rounded:
