@@ -38,6 +38,7 @@ from labkit.graph import run_graph
 from labkit.guard import ResourceLimits
 from labkit.live import LiveTimelineModel
 from labkit.policies import RateLimit, Retry
+from labkit.race import Race
 from labkit.results import ExperimentRecorder, ExperimentResult, InstanceResult
 from labkit.runner import (
     Runner,
@@ -98,6 +99,7 @@ __all__ = (
     "LiveTimelineModel",
     "LocalSandbox",
     "NVMLInventory",
+    "Race",
     "RateLimit",
     "ResourceLimits",
     "ResourceSample",

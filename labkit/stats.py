@@ -6,8 +6,9 @@ Pure functions of numbers, no state. What each answers:
 - :func:`mean`, :func:`median`, :func:`iqm`: an estimate with its confidence
   interval (:class:`Interval`), each by a method whose coverage holds at small N
   (the tests check it by simulation; the figures are in each docstring).
-- :func:`compare`: is B better than A? Welch's t interval of the difference, its
-  p-value, the probability of improvement, and how many instances would tell.
+- :func:`compare`: is B better than A? The t interval of the difference (paired
+  by seed when both sides' instances share seeds, else Welch's), its p-value,
+  the probability of improvement, and how many instances would tell.
 - :func:`power`, :func:`instances_per_side`, :func:`instances_needed`: sample
   sizes, for a comparison and for a precise mean.
 
@@ -742,9 +743,11 @@ def _instances_per_side(
 class Comparison:
     """What two sets of instances say about which configuration is better.
 
-    The difference is ``b - a`` in the metric's units; its interval is Welch's
-    (no equal-variance assumption). ``repr`` reads as a sentence, e.g.
-    ``b is 3.2 % lower than a (95 % CI 1.1 % to 5.3 %, p = 0.004, 8 vs 8 instances)``.
+    The difference is ``b - a`` in the metric's units; its interval is the
+    paired t interval over the pairs when ``paired`` (``scipy.stats.ttest_rel``'s),
+    else Welch's (no equal-variance assumption). ``repr`` reads as a sentence
+    that names the method, e.g. ``b is 3.2 % lower than a (95 % CI 1.1 % to 5.3 %,
+    p = 0.004, 8 vs 8 instances, Welch)`` or ``(..., 8 pairs by seed, paired t)``.
 
     Attributes:
         metric: The figure compared (``None`` for plain numbers).
@@ -755,12 +758,13 @@ class Comparison:
         mean_b: B's mean.
         std_a: A's sample standard deviation (ddof=1).
         std_b: B's.
-        n_a: A's instances (finite values).
+        n_a: A's instances (finite values; when paired, the pairs).
         n_b: B's.
         difference: ``mean_b - mean_a``.
         low: The difference's interval, lower end.
         high: Its upper end.
-        df: Welch-Satterthwaite degrees of freedom (inf without spread).
+        df: Welch-Satterthwaite degrees of freedom (inf without spread); when
+            paired, pairs minus one.
         relative: ``difference / |mean_a|`` (NaN when ``mean_a`` is 0).
         relative_low: ``low / |mean_a|``.
         relative_high: ``high / |mean_a|``.
@@ -770,10 +774,17 @@ class Comparison:
             ``min_effect``, ``"a"`` likewise for A, ``None`` when these
             instances cannot tell (its false-positive rate is
             ``1 - confidence`` when A and B are the same).
-        instances_needed: Instances per side for a new comparison to detect a
-            difference of ``min_effect`` (or, when it is 0, of the observed
-            size) with power 0.8 at ``confidence``; ``None`` when there is
-            no difference to detect (a property, computed when read).
+        pairing: ``"seed"`` (results' instances matched by ``ctx.seed``),
+            ``"position"`` (two sequences, element by element) or ``None``
+            (Welch).
+        std_difference: When paired, the standard deviation (ddof=1) of the
+            pairs' differences; NaN otherwise.
+        paired: Whether the instances were compared pair by pair (a property).
+        instances_needed: Instances per side (pairs, when paired) for a new
+            comparison to detect a difference of ``min_effect`` (or, when it
+            is 0, of the observed size) with power 0.8 at ``confidence``, from
+            the spread the comparison used; ``None`` when there is no
+            difference to detect (a property, computed when read).
         equivalent: Whether the interval lies within ``±min_effect`` (a property).
     """
 
@@ -797,6 +808,13 @@ class Comparison:
     p_value: float
     probability_of_improvement: float
     better: Literal["a", "b"] | None
+    pairing: Literal["seed", "position"] | None = None
+    std_difference: float = math.nan
+
+    @property
+    def paired(self) -> bool:
+        """Whether the instances were compared pair by pair (the paired t interval)."""
+        return self.pairing is not None
 
     @property
     def equivalent(self) -> bool:
@@ -809,15 +827,24 @@ class Comparison:
         """Instances per side to detect ``min_effect`` (or, when it is 0, the
         observed difference) with power 0.8 at ``confidence``, from these spreads.
 
+        When paired, pairs for the paired t test, from the spread of the
+        differences (a one-sample t power: Welch's with no spread on one side).
         ``None`` when there is no difference to detect. Computed when asked.
         """
         target = self.min_effect if self.min_effect > 0 else abs(self.difference)
         if not target > 0:
             return None
+        if self.paired:
+            return _instances_per_side(target, self.std_difference, 0.0, self.confidence, _POWER)
         return _instances_per_side(target, self.std_a, self.std_b, self.confidence, _POWER)
 
     def __repr__(self) -> str:
-        counts = f"{self.n_a} vs {self.n_b} instances"
+        if self.pairing == "seed":
+            counts = f"{self.n_a} pairs by seed, paired t"
+        elif self.pairing == "position":
+            counts = f"{self.n_a} pairs, paired t"
+        else:
+            counts = f"{self.n_a} vs {self.n_b} instances, Welch"
         level = f"{100 * self.confidence:.3g} %"
         what = "" if self.metric is None else f"{self.metric}: "
         if self.difference == 0.0:
@@ -857,22 +884,107 @@ def _p_text(p: float) -> str:
     return f"{p:.2g}" if p < 0.01 else f"{p:.2f}"
 
 
-def _figures(side: Any, option: str, metric: str | None) -> FloatArray:
-    """The numbers to compare: a sequence as is, or a result's instances' figure."""
-    instances = getattr(side, "instances", None)
-    if instances is None or isinstance(side, np.ndarray):
-        return _values(side, option, at_least=2)
+def _figures(side: Any, option: str, metric: str | None) -> tuple[FloatArray, list[Any] | None]:
+    """The numbers to compare and, for a result, each one's seed (``None`` for a sequence).
+
+    A sequence is taken as is (NaN and inf left out). A result gives its
+    succeeded instances' figure ``metric`` with their seeds; a non-finite figure
+    is left out with its seed.
+    """
+    if not _is_result(side):
+        return _values(side, option, at_least=2), None
     if metric is None:
         raise ConfigError("metric", None, "the summary figure to compare (e.g. 'loss_last')")
     found = [
-        instance.summary[metric]
-        for instance in instances
+        (instance.summary[metric], getattr(instance, "seed", None))
+        for instance in side.instances
         if instance.ok and metric in instance.summary
     ]
     if not found:
-        names = sorted({key for instance in instances if instance.ok for key in instance.summary})
+        names = sorted(
+            {key for instance in side.instances if instance.ok for key in instance.summary}
+        )
         raise ConfigError("metric", metric, f"a summary figure of {option}'s instances: {names}")
-    return _values(found, f"{option}[{metric!r}]", at_least=2)
+    values = _values([value for value, _ in found], f"{option}[{metric!r}]", at_least=2)
+    seeds = [
+        seed
+        for value, seed in found
+        if is_real(value, finite=False) and math.isfinite(float(value))
+    ]
+    return values, seeds
+
+
+def _pairs(
+    a: Any, b: Any, metric: str | None, paired: bool | None
+) -> tuple[FloatArray, FloatArray, Literal["seed", "position"] | None]:
+    """Both sides' figures, matched pair by pair when ``paired`` (or, with ``None``, when
+    both are results whose instances share at least 2 seeds).
+
+    Results pair by seed (each seed at most once a side); two sequences pair
+    element by element, a pair with a NaN or inf side left out.
+    """
+    if paired is not None and not isinstance(paired, bool):
+        raise ConfigError("paired", paired, "None (pair by seed when possible), True or False")
+    if paired and not _is_result(a) and not _is_result(b):
+        xa, xb = _position_pairs(a, "a"), _position_pairs(b, "b")
+        if xa.size != xb.size:
+            raise ConfigError(
+                "paired",
+                paired,
+                f"two sequences of equal length to pair (a has {xa.size}, b {xb.size})",
+            )
+        kept = np.isfinite(xa) & np.isfinite(xb)
+        if int(kept.sum()) < 2:
+            raise ConfigError("paired", paired, "at least 2 pairs with both sides finite")
+        return xa[kept], xb[kept], "position"
+    xa, seeds_a = _figures(a, "a", metric)
+    xb, seeds_b = _figures(b, "b", metric)
+    if paired is False:
+        return xa, xb, None
+    shared = _shared_seeds(seeds_a, seeds_b)
+    if len(shared) >= 2 and seeds_a is not None and seeds_b is not None:
+        where_a = {seed: i for i, seed in enumerate(seeds_a)}
+        where_b = {seed: i for i, seed in enumerate(seeds_b)}
+        pick_a = np.array([where_a[seed] for seed in shared])
+        pick_b = np.array([where_b[seed] for seed in shared])
+        return xa[pick_a], xb[pick_b], "seed"
+    if paired:
+        raise ConfigError(
+            "paired",
+            paired,
+            "results whose instances share at least 2 seeds (ctx.seed), or two sequences of"
+            f" equal length ({len(shared)} seed(s) shared)",
+        )
+    return xa, xb, None
+
+
+def _is_result(side: Any) -> bool:
+    return getattr(side, "instances", None) is not None and not isinstance(side, np.ndarray)
+
+
+def _position_pairs(side: Any, option: str) -> FloatArray:
+    """A sequence's numbers in order, NaN and inf kept (their pairs are left out)."""
+    if isinstance(side, str | bytes) or not isinstance(side, Iterable | np.ndarray):
+        raise ConfigError(option, _Shown(type(side).__name__), "a sequence of numbers")
+    array = np.asarray(side if isinstance(side, np.ndarray) else list(side))
+    if array.dtype.kind not in "iuf" or array.ndim != 1:
+        raise ConfigError(
+            option,
+            _Shown(f"an array of dtype {array.dtype}, {array.ndim}-d"),
+            "numbers (not bools), 1-d",
+        )
+    return array.astype(np.float64, copy=False)
+
+
+def _shared_seeds(seeds_a: list[Any] | None, seeds_b: list[Any] | None) -> list[Any]:
+    """Seeds both sides have, in A's order; none unless every figure has a unique seed."""
+    if seeds_a is None or seeds_b is None:
+        return []
+    for seeds in (seeds_a, seeds_b):
+        if any(seed is None for seed in seeds) or len(set(seeds)) != len(seeds):
+            return []
+    others = set(seeds_b)
+    return [seed for seed in seeds_a if seed in others]
 
 
 def compare(
@@ -883,10 +995,17 @@ def compare(
     direction: Direction = "min",
     confidence: float = 0.95,
     min_effect: float = 0.0,
+    paired: bool | None = None,
 ) -> Comparison:
     """Is configuration B better than A, by how much, and how sure can one be?
 
-    Welch's t interval of ``mean_b - mean_a`` at ``confidence`` decides: B is
+    When the instances pair up (``paired``), the paired t interval of the mean
+    difference over the pairs decides (equal to ``scipy.stats.ttest_rel(b, a)``'s
+    interval and p-value): instance *i* of two configurations run with the same
+    seed share their data order, initialisation or workload, so the spread of
+    their differences is often far smaller than either side's, and so is the
+    interval. Otherwise Welch's t interval of ``mean_b - mean_a`` at
+    ``confidence`` decides. Either way B is
     ``better`` when the whole interval lies beyond ``min_effect`` on B's good
     side, A when it lies beyond it on A's. With ``min_effect=0`` this is Welch's
     two-sided test: when A and B do not differ, ``better`` is not ``None`` with
@@ -895,7 +1014,9 @@ def compare(
     lognormal data at N from 3 to 30. Welch's test is a little conservative at
     small N and on skewed data: measured at 95 % (3,000 experiments each), the
     false-positive rate is 3.9, 4.0, 4.3 and 4.5 % on normal data at N = 3, 5,
-    10 and 30, and 2.2, 1.9, 2.9 and 3.9 % on lognormal data.
+    10 and 30, and 2.2, 1.9, 2.9 and 3.9 % on lognormal data. The paired
+    interval's false-positive rate is ``1 - confidence`` for normal differences
+    (the tests measure 5 ± 1 % at 95 %).
 
     Args:
         a: An ``ExperimentResult`` (its succeeded instances' summary figure
@@ -907,13 +1028,20 @@ def compare(
         confidence: The level of the interval, 0 < confidence < 1.
         min_effect: The smallest difference that matters, in the metric's units
             (>= 0): a smaller one never makes a side ``better``.
+        paired: ``None``: pair two results' instances by seed (``ctx.seed``)
+            when every figure has a seed and at least 2 seeds are shared
+            (unshared ones are left out), else Welch. ``True``: pair them
+            (two sequences pair element by element); ``False``: Welch.
 
     Returns:
-        A frozen :class:`Comparison`. NaN and inf figures are left out.
+        A frozen :class:`Comparison` (``paired`` and ``pairing`` say which
+        interval was used). NaN and inf figures are left out (with their pair).
 
     Raises:
         ConfigError: If a side has fewer than 2 finite figures, ``metric`` is
-            missing or unknown for a result, or an option is out of range.
+            missing or unknown for a result, ``paired=True`` finds fewer than
+            2 pairs (or sequences of unequal length), or an option is out of
+            range.
 
     Example:
         >>> compare([10.1, 10.3, 9.9, 10.2], [9.1, 9.0, 9.3, 9.2]).better
@@ -925,13 +1053,20 @@ def compare(
     level = _confidence(confidence)
     if not (is_real(min_effect) and min_effect >= 0):
         raise ConfigError("min_effect", min_effect, "a difference >= 0 in the metric's units")
-    xa, xb = _figures(a, "a", metric), _figures(b, "b", metric)
+    xa, xb, pairing = _pairs(a, b, metric, paired)
     n_a, n_b = int(xa.size), int(xb.size)
     (center_a, spread_a), (center_b, spread_b) = mean_std(xa), mean_std(xb)
     mean_a, mean_b = float(center_a), float(center_b)
     std_a, std_b = float(spread_a), float(spread_b)
-    difference = mean_b - mean_a
-    se, df = _welch_df(std_a, std_b, n_a, n_b)
+    std_difference = math.nan
+    if pairing is None:
+        difference = mean_b - mean_a
+        se, df = _welch_df(std_a, std_b, n_a, n_b)
+    else:
+        center_d, spread_d = mean_std(xb - xa)
+        difference, std_difference = float(center_d), float(spread_d)
+        se = std_difference / math.sqrt(n_a)
+        df = float(n_a - 1) if se > 0 else math.inf
     if se == 0.0:
         half, p_value = 0.0, (1.0 if difference == 0.0 else 0.0)
     else:
@@ -966,6 +1101,8 @@ def compare(
         p_value=p_value,
         probability_of_improvement=_improvement(xa, xb, direction == "min"),
         better=better,
+        pairing=pairing,
+        std_difference=std_difference,
     )
 
 

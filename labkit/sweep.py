@@ -20,24 +20,30 @@ emits a :class:`SweepEvent` as each trial starts and ends, carrying a
 :class:`SweepStats` snapshot with the leaderboard so far (:func:`leaderboard`
 prints one).
 
-With ``instances="race"`` the sweep races its trials (:mod:`labkit.race`): a few
-instances each, then more only for the trials it cannot yet tell apart from the
-leader; the frame says how many each got and what was decided.
+With ``instances=lk.Race(...)`` (or ``"race"``) the sweep races its trials
+(:mod:`labkit.race`): a few instances each, then one more per round for every
+trial not yet ruled out; the frame says how many each got and what was decided,
+a statement that is wrong at most ``1 - confidence`` of the time. A racing trial
+is one experiment that grows round by round (one store record, indices and seeds
+continuing, its averaged timeline over all its instances).
 
 With a store and ``resume=True`` a trial whose experiment (same name, params and
 instance count) already finished in the store is loaded instead of run; one that
-was interrupted resumes its missing instances.
+was interrupted resumes its missing instances. A race resumes the same way: each
+trial picks up the instances its record has (its most instances, ``max_instances``,
+are the count that identifies it) and the race goes on from there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import functools
 import importlib
 import itertools
 import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -49,8 +55,9 @@ from labkit.errors import ConfigError, check, is_int, is_real
 from labkit.events import EventBus, TrialEvent
 from labkit.experiment import Experiment, run_experiment
 from labkit.experiment.options import check_resources
+from labkit.experiment.run import ExperimentRun, open_run
 from labkit.experiment.spec import MAX_INSTANCES
-from labkit.race import RaceDecision, RaceOptions, race
+from labkit.race import Race, RaceDecision, race
 from labkit.results import ExperimentResult, InstanceResult, error_text
 from labkit.runner.inputs import OnLoop
 from labkit.seeds import check_seed
@@ -246,19 +253,26 @@ def objective_value(result: ExperimentResult, objective: Objective) -> float:
     return value
 
 
-def instance_values(result: ExperimentResult, objective: Objective) -> list[float]:
-    """The objective of each instance that succeeded, as a one-instance experiment.
+def instance_values(
+    name: str,
+    params: Mapping[str, Any],
+    instances: Sequence[InstanceResult],
+    objective: Objective,
+) -> list[float]:
+    """The objective of each of ``instances``, each as a one-instance experiment.
 
     What a racing sweep compares: for a summary key, each instance's figure; for a
     recorded metric, its last value; for a function, the function of a result
-    holding that instance alone. An instance whose objective cannot be computed
-    gives NaN (left out of the comparison).
+    holding that instance alone. A failed instance, or one whose objective cannot
+    be computed, gives NaN (left out of the comparison; its place keeps the
+    instances of two trials paired by index).
     """
     values: list[float] = []
-    for instance in result.instances:
+    for instance in instances:
         if not instance.ok:
+            values.append(math.nan)
             continue
-        alone = ExperimentResult.build(result.name, result.params, [instance], result.config)
+        alone = ExperimentResult.build(name, dict(params), [instance], {})
         try:
             values.append(objective_value(alone, objective))
         except (KeyError, ValueError):
@@ -450,7 +464,7 @@ async def sweep(
     experiment: Experiment,
     space: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]] | Strategy | Any,
     *,
-    instances: int | Literal["auto", "race"] = 1,
+    instances: int | Literal["auto", "race"] | Race = 1,
     max_parallel: int = 1,
     objective: Objective,
     direction: Literal["min", "max"] = "min",
@@ -458,9 +472,9 @@ async def sweep(
     resume: bool = True,
     gpu_pool: GPUPool | None = None,
     n_trials: int | None = None,
-    confidence: float = 0.95,
-    min_effect: float = 0.0,
-    initial_instances: int = 2,
+    confidence: float | None = None,
+    min_effect: float | None = None,
+    initial_instances: int | None = None,
     max_instances: int | None = None,
     budget: int | None = None,
     seed: int = 0,
@@ -475,15 +489,21 @@ async def sweep(
     raises, or whose objective cannot be computed, is recorded as failed (its
     error text keeps the original exception's type) and the sweep goes on.
 
-    Racing (``instances="race"``): every trial starts with ``initial_instances``;
-    then, round after round, two more instances go to the leader and the trial
-    most likely to overtake it, among those :func:`labkit.stats.compare` cannot
-    yet tell apart from the leader at ``confidence``, each to whichever of the
-    two has fewer values; the race stops when
-    the leader beats every other trial (or the rest are within ``min_effect`` of
-    it), when the undecided trials have ``max_instances`` (default 10), or when
-    ``budget`` instances ran in all. Each round's instances of a trial are one
-    ``run_experiment`` (recorded in the store as such; racing does not resume).
+    Racing (``instances=lk.Race(...)``, or ``"race"`` with the options below):
+    every trial starts with ``initial`` instances (5); then, round after round,
+    one more instance goes to every trial not yet ruled out, and a trial is
+    ruled out once another trial still racing is shown better than it by an
+    anytime-valid confidence sequence on their instance-by-instance
+    differences (paired by seed in a seeded sweep). The race stops when one
+    trial is left (or, with ``min_effect``, the leader is shown within it of
+    every trial left), when the trials left reach ``max_instances`` (default
+    10), or when ``budget`` instances ran in all; its decision is wrong at most
+    ``1 - confidence`` of the time (:mod:`labkit.race` says under which
+    assumptions). Each trial is one experiment that grows round by round
+    (:func:`~labkit.experiment.run.open_run`: one store record, instance
+    indices and seeds continuing, so instance *i* of every trial shares its
+    seed and the race compares them pair by pair); with a store and
+    ``resume`` an interrupted race continues from what its trials recorded.
     A strategy is asked for ``n_trials`` trials up front and told their final
     objectives at the end.
 
@@ -492,7 +512,9 @@ async def sweep(
         space: A dict of lists (the grid), a list of param dicts, a
             :class:`Strategy`, or an ``optuna.Study`` wrapped in
             :class:`StudyStrategy`.
-        instances: Instances per trial (as in ``run_experiment``), or ``"race"``.
+        instances: Instances per trial (as in ``run_experiment``), a
+            :class:`~labkit.race.Race`, or ``"race"`` (a ``Race`` built from
+            the racing options below).
         max_parallel: Trials running at once.
         objective: What to optimise: a summary key (``"cpu_peak"``), a recorded
             metric (its last value per instance, averaged), or a function of the
@@ -506,14 +528,13 @@ async def sweep(
             one ``GPUPool()`` for the whole sweep when GPUs are asked for without one.
         n_trials: Run at most this many trials; needed for a strategy that never
             says it is done (an optuna study).
-        confidence: Racing: the level at which the leader must beat a trial.
-        min_effect: Racing: a difference that small (objective's units) never
-            needs deciding.
-        initial_instances: Racing: instances every trial starts with (>= 2; default 2).
-        max_instances: Racing: the most instances one trial gets (default 10);
+        confidence: With ``"race"``: the race's confidence (0.95).
+        min_effect: With ``"race"``: its indifference zone (0).
+        initial_instances: With ``"race"``: instances every trial starts with (5).
+        max_instances: With ``"race"``: the most instances one trial gets (10);
             with ``instances="auto"``, passed to ``run_experiment``.
-        budget: Racing: the most instances in all (default: trials times
-            ``max_instances``).
+        budget: With ``"race"``: the most instances in all (default: trials
+            times ``max_instances``). With a ``Race`` these five stay unset.
         seed: The base seed of every trial: instance *i* of every trial gets the
             same ``ctx.seed`` (common random numbers, so trials compare pair by
             pair), and no two instances of one trial share one.
@@ -527,14 +548,17 @@ async def sweep(
         ``status`` (``"ok"`` or ``"failed"``), ``objective`` (NaN when failed),
         ``best`` (exactly one True when any trial succeeded; among equal
         objectives the trial that finished first, as optuna's ``best_trial``),
-        ``tied_with_best`` (racing: not told apart from the best at
-        ``confidence``; otherwise: an objective equal to the best's),
+        ``tied_with_best`` (racing: still racing when every trial left reached
+        ``max_instances``, never ruled out; otherwise: an objective equal to
+        the best's),
         ``instances`` (instances run), ``resumed`` (loaded from the store),
         ``experiment_id``, ``error``, ``finished_order``, then the scalar figures
         of each trial's summary (``summary.<key>`` where a key clashes with a
         column above). ``frame.attrs`` holds ``direction``, ``params`` (the
         parameter columns) and, for a race, ``decision``: what was decided, as
-        a sentence ("trial 3 beats the other 7 at 95 %").
+        a sentence ("trial 3 beats the other 7 at 95 %", or "no decision:
+        trials 3 and 5 still race after 7 instances each, the budget is spent
+        (trial 3 leads); 6 others are beaten at 95 %").
 
     Raises:
         ConfigError: An option or the ``space`` is invalid, ``direction``
@@ -546,17 +570,13 @@ async def sweep(
     )
     check_resources(gpu_pool, None, store)
     run_options["seed"] = check_seed(seed)
-    racing = instances == "race"
-    options = (
-        RaceOptions(
-            initial=initial_instances,
-            max_instances=10 if max_instances is None else max_instances,
-            budget=budget,
-            confidence=confidence,
-            min_effect=min_effect,
-        )
-        if racing
-        else None
+    options = _race_options(
+        instances,
+        confidence=confidence,
+        min_effect=min_effect,
+        initial=initial_instances,
+        max_instances=max_instances,
+        budget=budget,
     )
     if instances == "auto" and max_instances is not None:
         run_options["max_instances"] = max_instances
@@ -580,7 +600,7 @@ async def sweep(
         experiment=experiment,
         objective=objective,
         store=store,
-        resume=resume and not racing,
+        resume=resume,
         gpu_pool=gpu_pool,
         board=board,
         run_options=run_options,
@@ -589,6 +609,7 @@ async def sweep(
 
     async with Runner(max_concurrency=max_parallel) as runner:
         if options is None:
+            assert not isinstance(instances, Race)  # a Race is always raced
             await _fixed(runner, trial_runner, board, strategy, source, instances)
             decision: RaceDecision | None = None
         else:
@@ -600,6 +621,31 @@ async def sweep(
     if trial_runner.refused is not None:
         raise trial_runner.refused
     return _frame(board, decision)
+
+
+def _race_options(instances: Any, **given: Any) -> Race | None:
+    """The race a sweep runs: ``instances`` itself, one built from ``given``, or none."""
+    if isinstance(instances, Race):
+        for name, value in given.items():
+            option = "initial_instances" if name == "initial" else name
+            check(
+                value is None,
+                option,
+                value,
+                "unset when instances is a labkit.Race (set it on the Race)",
+            )
+        return instances
+    if instances != "race":
+        for name in ("confidence", "min_effect", "initial", "budget"):
+            option = "initial_instances" if name == "initial" else name
+            check(
+                given[name] is None,
+                option,
+                given[name],
+                'unset unless instances is "race" or a labkit.Race',
+            )
+        return None
+    return Race(**{name: value for name, value in given.items() if value is not None})
 
 
 def _check_options(
@@ -622,10 +668,12 @@ def _check_options(
     )
     check(direction in ("min", "max"), "direction", direction, '"min" or "max"')
     check(
-        instances in ("auto", "race") or (is_int(instances) and 1 <= instances <= MAX_INSTANCES),
+        isinstance(instances, Race)
+        or instances in ("auto", "race")
+        or (is_int(instances) and 1 <= instances <= MAX_INSTANCES),
         "instances",
         instances,
-        f"an int from 1 to {MAX_INSTANCES}, 'auto' or 'race'",
+        f"an int from 1 to {MAX_INSTANCES}, 'auto', 'race' or a labkit.Race",
     )
     check(
         is_int(max_parallel) and 1 <= max_parallel <= MAX_INSTANCES,
@@ -677,32 +725,64 @@ async def _race(
     runner: Any,
     trial_runner: _TrialRunner,
     asked: Sequence[Mapping[str, Any]],
-    options: RaceOptions,
+    options: Race,
     direction: Literal["min", "max"],
 ) -> RaceDecision:
+    """Race the trials, each one experiment that grows round by round (:func:`open_run`).
+
+    Every trial's run is opened (its options checked) before any instance runs;
+    with a store and ``resume`` each picks up the instances its record already
+    has, and the race goes on from there. Each trial is finished (averaged over
+    all its instances, recorded once) when the race ends.
+    """
     board = trial_runner.board
     trials = [_Trial(number, dict(params)) for number, params in enumerate(asked)]
     for trial in trials:
         board.started(trial)
+    async with contextlib.AsyncExitStack() as stack:
+        runs = [
+            await stack.enter_async_context(trial_runner.open(trial, options.max_instances))
+            for trial in trials
+        ]
+        for trial, grown in zip(trials, runs, strict=True):
+            # Resumed instances by index; one that failed (and was forgotten) is a NaN,
+            # so that instance i of every trial stays at position i, paired by seed.
+            loaded = trial_runner.values(trial, [grown.results[i] for i in sorted(grown.results)])
+            by_index = dict(zip(sorted(grown.results), loaded, strict=True))
+            trial.resumed = bool(by_index)
+            trial.values = [by_index.get(i, math.nan) for i in range(max(by_index, default=-1) + 1)]
 
-    async def batch(job: tuple[int, int]) -> int:
-        number, size = job
-        await trial_runner.run(trials[number], size, adding=True)
-        return number
+        async def batch(job: tuple[int, int]) -> int:
+            number, size = job
+            trial = trials[number]
+            try:
+                added = await runs[number].add(size)
+            except Exception as exc:
+                trial.error = error_text(exc)
+                trial.values.extend([math.nan] * size)  # keeps later instances paired
+            else:
+                trial.values.extend(trial_runner.values(trial, added))
+            return number
 
-    async def run(batches: Sequence[tuple[int, int]]) -> dict[int, list[float]]:
-        each: Callable[[Any], Awaitable[Any]] = batch
-        await runner.map(each, OnLoop(trial_runner.unless_refused(batches)))
-        return {trial.number: trial.values for trial in trials}
+        async def run(batches: Sequence[tuple[int, int]]) -> dict[int, list[float]]:
+            each: Callable[[Any], Awaitable[Any]] = batch
+            await runner.map(each, batches)
+            return {trial.number: trial.values for trial in trials}
 
-    def on_round(decision: RaceDecision, counts: Mapping[int, int]) -> None:
-        board.decided(decision.statement(counts))
+        def on_round(decision: RaceDecision, counts: Mapping[int, int]) -> None:
+            board.decided(decision.statement(counts))
 
-    decision, _ = await race(
-        [trial.number for trial in trials], run, options, direction=direction, on_round=on_round
-    )
-    for trial in trials:
-        board.finished(trial)
+        decision, _ = await race(
+            [trial.number for trial in trials],
+            run,
+            options,
+            direction=direction,
+            on_round=on_round,
+            counts={trial.number: len(trial.values) for trial in trials},
+        )
+        for trial, grown in zip(trials, runs, strict=True):
+            trial_runner.take(trial, await grown.finish())
+            board.finished(trial)
     return decision
 
 
@@ -732,7 +812,24 @@ class _TrialRunner:
                 return
             yield item
 
-    async def run(self, trial: _Trial, instances: Any, *, adding: bool = False) -> None:
+    def open(self, trial: _Trial, planned: int) -> AbstractAsyncContextManager[ExperimentRun]:
+        """A racing trial's experiment, open to grow (``planned``: its most instances)."""
+        return open_run(
+            self.experiment.with_params(**trial.params),
+            instances=planned,
+            store=self.store,
+            resume=self.resume and self.store is not None,
+            gpu_pool=self.gpu_pool,
+            on_event=functools.partial(_wrap, self.board.bus, trial.number),
+            **self.run_options,
+        )
+
+    def values(self, trial: _Trial, instances: Sequence[InstanceResult]) -> list[float]:
+        """The objective of each of ``instances``, in order (NaN where it has none)."""
+        variant = self.experiment.with_params(**trial.params)
+        return instance_values(variant.name, dict(variant.params or {}), instances, self.objective)
+
+    async def run(self, trial: _Trial, instances: Any) -> None:
         variant = self.experiment.with_params(**trial.params)
         result: ExperimentResult | None = None
         store = self.store
@@ -760,23 +857,12 @@ class _TrialRunner:
         except Exception as exc:
             trial.error = error_text(exc)
             return
-        self._add(trial, result, adding=adding)
+        self.take(trial, result)
 
-    def _add(self, trial: _Trial, result: ExperimentResult, *, adding: bool) -> None:
-        """Take ``result``'s instances into the trial and recompute its objective."""
+    def take(self, trial: _Trial, result: ExperimentResult) -> None:
+        """Fill in the trial's row from its experiment's result."""
         trial.experiment_id = result.experiment_id
-        offset = len(trial.instances) if adding else 0
-        batch = [dataclasses.replace(i, index=i.index + offset) for i in result.instances]
-        trial.instances = [*trial.instances, *batch] if adding else batch
-        if adding:
-            trial.values.extend(instance_values(result, self.objective))
-            result = ExperimentResult.build(
-                result.name,
-                result.params,
-                trial.instances,
-                result.config,
-                experiment_id=result.experiment_id,
-            )
+        trial.instances = list(result.instances)
         trial.summary = result.summary
         trial.status, trial.error, trial.objective = "failed", None, math.nan
         if result.all_failed:
@@ -874,7 +960,8 @@ def _frame(board: _Board, decision: RaceDecision | None) -> pd.DataFrame:
     tied: set[int] = set()
     if best is not None:
         if decision is not None:
-            tied = set(decision.contenders)
+            # Only trials examined to the end are tied; an undecided race says so.
+            tied = set(decision.contenders) if decision.ending == "max_instances" else set()
         else:
             tied = {
                 trial.number

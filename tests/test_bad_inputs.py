@@ -28,7 +28,6 @@ import labkit as lk
 from labkit import stats
 from labkit.errors import ConfigError
 from labkit.experiment import ExperimentOptions
-from labkit.race import RaceOptions
 from labkit.testing import FakeClock, FakeSandbox, static_fleet
 
 NAN, INF = math.nan, math.inf
@@ -372,8 +371,12 @@ SPECS = [
     Spec("sweep race", "min_effect", sweep_option("min_effect", instances="race"), number()),
     Spec("sweep race", "initial_instances",
          sweep_option("initial_instances", instances="race", max_instances=1024),
+         count(low=1, high=1024)),
+    Spec("Race", "budget", lambda value: lk.Race(budget=value), count()),
+    Spec("Race", "max_instances", lambda value: lk.Race(max_instances=value),
          count(low=2, high=1024)),
-    Spec("RaceOptions", "budget", lambda value: RaceOptions(budget=value), count()),
+    Spec("Race", "confidence", lambda value: lk.Race(confidence=value), fraction(open_ends=True)),
+    Spec("Race", "min_effect", lambda value: lk.Race(min_effect=value), number()),
     # Averaging.
     Spec("average_timelines", "step", lambda value: lk.average_timelines([TIMELINE], step=value),
          seconds()),
@@ -536,7 +539,7 @@ def test_good_values_at_the_edges_are_accepted() -> None:
         instances=1024, gpus_per_instance=0, duration=86_400, sample_every=86_400
     )
     assert (options.instances, options.duration) == (1024, 86_400)
-    race = RaceOptions(initial=2, max_instances=1024, confidence=0.5)
+    race = lk.Race(initial=1, max_instances=1024, confidence=0.5)
     assert (race.max_instances, race.confidence) == (1024, 0.5)
     pool = lk.GPUPool(static_fleet(1), max_parallel=10**9, poll_interval=86_400)
     assert pool.max_parallel == 10**9

@@ -225,6 +225,24 @@ def test_sweep_prints_each_trial_and_the_leaderboard(tmp_path: Path) -> None:
         assert len(store.experiments()) == 3
 
 
+def test_a_raced_sweep_is_one_record_per_trial_in_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "workload.py").write_text(WORKLOAD)
+    done = labkit(
+        "sweep", "workload:work", "--grid", "scale=3,1,2", "--objective", "scale",
+        "-n", "race", "--db", "lab.db", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "trial 1 beats the other 2 at 95 %" in done.stdout
+    assert main(["history", "--db", str(tmp_path / "lab.db")]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert len(rows) == 3  # one grown experiment per trial, not one per round
+    # Each row: id name status instances succeeded failed created (date time) params.
+    assert sorted(row.split()[-1] for row in rows) == ["scale=1", "scale=2", "scale=3"]
+    assert all(row.split()[4] == "5" for row in rows)  # the first round decided
+
+
 def test_a_bad_report_path_or_param_stops_before_anything_runs(tmp_path: Path) -> None:
     (tmp_path / "workload.py").write_text(WORKLOAD)
     (tmp_path / "reports").mkdir()

@@ -48,6 +48,7 @@ PUBLIC_NAMES = {
     "LocalSandbox",
     "NVMLInventory",
     "parallel_map",
+    "Race",
     "RateLimit",
     "ResourceLimits",
     "ResourceSample",

@@ -169,7 +169,7 @@ def test_compare_repr_reads_as_a_sentence() -> None:
     text = repr(stats.compare([10.1, 10.3, 9.9, 10.2], [9.1, 9.0, 9.3, 9.2]))
     assert re.fullmatch(
         r"b is 9\.6 % lower than a \(95 % CI \d+\.\d % to \d+\.\d %, p = [\d.e-]+, "
-        r"4 vs 4 instances\)",
+        r"4 vs 4 instances, Welch\)",
         text,
     ), text
     undecided = repr(stats.compare([1.0, 2.0, 3.0], [1.5, 2.5, 2.2], metric="loss_last"))
@@ -242,6 +242,76 @@ def test_compare_errors_name_the_option(options: dict, option: str) -> None:
     with pytest.raises(ConfigError) as caught:
         stats.compare(a, b, **arguments)
     assert caught.value.option == option
+
+
+def seeded_pairs(
+    rng: np.random.Generator, runs: int, n: int, shift: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A and B measured on the same seeds: a large shared effect per seed, small noise."""
+    seed_effect = rng.normal(0.0, 3.0, (runs, n))
+    a = 10.0 + seed_effect + rng.normal(0.0, 0.5, (runs, n))
+    b = 10.0 + shift + seed_effect + rng.normal(0.0, 0.5, (runs, n))
+    return a, b
+
+
+def test_the_paired_interval_equals_scipy_ttest_rel() -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(41)
+    for n in (2, 3, 8, 30):
+        a, b = seeded_pairs(rng, 1, n, 0.4)
+        ours = stats.compare(a[0], b[0], paired=True, confidence=0.9)
+        theirs = scipy_stats.ttest_rel(b[0], a[0])
+        interval = theirs.confidence_interval(0.9)
+        assert ours.paired and ours.pairing == "position"
+        assert ours.low == pytest.approx(interval.low, rel=1e-12, abs=1e-12)
+        assert ours.high == pytest.approx(interval.high, rel=1e-12, abs=1e-12)
+        assert ours.p_value == pytest.approx(theirs.pvalue, rel=1e-9)
+        assert ours.df == n - 1
+        assert ours.std_difference == pytest.approx(np.std(b[0] - a[0], ddof=1))
+
+
+def test_paired_false_positive_rate_is_five_percent_and_pairing_finds_what_welch_misses() -> None:
+    rng = np.random.default_rng(42)
+    runs = 4000
+    a, b = seeded_pairs(rng, runs, 10, 0.0)
+    rate = np.mean(
+        [stats.compare(x, y, paired=True).better is not None for x, y in zip(a, b, strict=True)]
+    )
+    assert abs(rate - 0.05) <= 0.01, rate
+    a, b = seeded_pairs(rng, 1000, 10, -1.0)
+    paired = np.mean(
+        [stats.compare(x, y, paired=True).better == "b" for x, y in zip(a, b, strict=True)]
+    )
+    welch = np.mean([stats.compare(x, y).better == "b" for x, y in zip(a, b, strict=True)])
+    assert paired > 0.9 and welch < 0.15, (paired, welch)
+
+
+def test_paired_repr_and_instances_needed_use_the_spread_of_the_differences() -> None:
+    rng = np.random.default_rng(43)
+    a, b = seeded_pairs(rng, 1, 8, -0.3)
+    paired = stats.compare(a[0], b[0], paired=True)
+    welch = stats.compare(a[0], b[0])
+    assert ", 8 pairs, paired t)" in repr(paired)
+    assert ", 8 vs 8 instances, Welch)" in repr(welch)
+    assert not welch.paired and math.isnan(welch.std_difference)
+    assert paired.instances_needed is not None and welch.instances_needed is not None
+    assert paired.instances_needed < welch.instances_needed / 10
+    expected = stats.instances_per_side(abs(paired.difference), paired.std_difference, 0.0)
+    assert paired.instances_needed == expected
+
+
+def test_paired_option_errors_name_paired() -> None:
+    with pytest.raises(ConfigError) as unequal:
+        stats.compare([1.0, 2.0, 3.0], [1.0, 2.0], paired=True)
+    assert unequal.value.option == "paired" and "equal length" in str(unequal.value)
+    with pytest.raises(ConfigError) as wrong_type:
+        stats.compare([1.0, 2.0], [1.0, 2.0], paired="yes")
+    assert wrong_type.value.option == "paired"
+    with pytest.raises(ConfigError) as holes:
+        stats.compare([1.0, math.nan, 3.0], [math.nan, 2.0, 3.0], paired=True)
+    assert holes.value.option == "paired"
+    # Plain sequences are not paired unless asked: Welch by default.
+    assert not stats.compare([1.0, 2.0, 3.0], [1.5, 2.5, 2.0]).paired
 
 
 def test_no_spread_decides_exactly() -> None:
@@ -368,3 +438,28 @@ def test_decisions_hold_at_the_ends_of_the_float_range() -> None:
     assert stats.instances_needed([0.9e300, 1.0e300, 1.1e300]) == stats.instances_needed(
         [0.9, 1.0, 1.1]
     )
+
+
+async def test_compare_pairs_two_results_by_seed() -> None:
+    from labkit.experiment import Experiment, run_experiment
+
+    async def fn(ctx: object) -> dict[str, float]:
+        import random
+
+        shared = random.Random(ctx.seed).gauss(0.0, 5.0)  # type: ignore[attr-defined]
+        noise = random.Random(ctx.seed + ctx.params["shift"]).gauss(0.0, 0.1)  # type: ignore[attr-defined]
+        return {"loss": 10.0 + ctx.params["shift"] + shared + noise}  # type: ignore[attr-defined]
+
+    a = await run_experiment(Experiment("a", fn, params={"shift": 0.0}), instances=6, seed=3)
+    b = await run_experiment(Experiment("b", fn, params={"shift": -0.5}), instances=8, seed=3)
+    paired = stats.compare(a, b, metric="loss")
+    assert paired.pairing == "seed" and paired.n_a == 6  # the 6 seeds both have
+    assert paired.better == "b"
+    assert "6 pairs by seed, paired t" in repr(paired)
+    welch = stats.compare(a, b, metric="loss", paired=False)
+    assert not welch.paired and welch.better is None and (welch.n_a, welch.n_b) == (6, 8)
+    other = await run_experiment(Experiment("c", fn, params={"shift": -0.5}), instances=4, seed=9)
+    assert not stats.compare(a, other, metric="loss").paired  # no seed in common: Welch
+    with pytest.raises(ConfigError) as caught:
+        stats.compare(a, other, metric="loss", paired=True)
+    assert caught.value.option == "paired" and "0 seed(s) shared" in str(caught.value)

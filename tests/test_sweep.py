@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 
+import labkit as lk
 from labkit.errors import ConfigError
 from labkit.experiment import Experiment, InstanceContext
 from labkit.gpu import GPUPool, static_fleet
@@ -495,46 +495,83 @@ async def test_a_race_stops_adding_instances_once_the_leader_is_clear() -> None:
     frame = await sweep(
         experiment, {"k": [2, 0, 1]}, instances="race", objective="score", max_parallel=3
     )
-    assert frame["instances"].tolist() == [2, 2, 2]  # the initial round (2 by default) decides
+    assert frame["instances"].tolist() == [5, 5, 5]  # the first round (5 each) decides
     assert frame.loc[frame["best"], "k"].tolist() == [0]
     assert not frame["tied_with_best"].any()
     assert frame.attrs["decision"] == "trial 1 beats the other 2 at 95 %"
-    assert sorted(draws) == [0, 0, 1, 1, 2, 2]
+    assert sorted(draws) == [0] * 5 + [1] * 5 + [2] * 5
 
 
 async def test_a_race_between_equals_spends_up_to_max_instances_and_says_so() -> None:
     draws: list[int] = []
     experiment = noisy([1.0, 1.0, 9.0], 0.5).with_params(draws=draws)
     frame = await sweep(
-        experiment, {"k": [0, 1, 2]}, instances="race", objective="score", max_instances=6
+        experiment, {"k": [0, 1, 2]}, instances="race", objective="score", max_instances=7
     )
-    assert frame["instances"].tolist() == [6, 6, 2]
+    assert frame["instances"].tolist() == [7, 7, 5]  # trial 2 is ruled out after the first round
     best = int(frame.loc[frame["best"], "trial"].iloc[0])
     assert set(frame.loc[frame["tied_with_best"], "trial"]) == {1 - best}
-    assert frame.attrs["decision"].startswith(
-        f"trials {best} and {1 - best} cannot be told apart with 6 instances each at 95 %"
+    assert frame.attrs["decision"] == (
+        f"trials {best} and {1 - best} cannot be told apart with 7 instances each at 95 %"
+        f" (trial {best} leads); 1 other beaten at 95 %"
     )
-    assert frame["num_instances"].tolist() == [6, 6, 2]  # the summary covers every round
+    assert frame["num_instances"].tolist() == [7, 7, 5]  # the summary covers every round
 
 
-def test_a_round_gives_its_instances_to_whichever_of_leader_and_challenger_has_fewer() -> None:
-    from labkit.race import RaceOptions, _round
+async def test_a_race_out_of_budget_says_no_decision_and_still_marks_the_leader() -> None:
+    experiment = noisy([1.0, 1.0, 1.05, 9.0], 0.5).with_params(draws=[])
+    frame = await sweep(
+        experiment, {"k": [0, 1, 2, 3]}, instances=lk.Race(budget=26, max_instances=20),
+        objective="score",
+    )  # fmt: skip
+    assert frame["instances"].sum() == 26  # the whole budget is spent
+    assert frame["instances"].tolist()[3] == 5  # ruled out after the first round
+    decision = frame.attrs["decision"]
+    leader = int(frame.loc[frame["best"], "trial"].iloc[0])
+    assert decision.startswith("no decision: trials ")
+    assert f"the budget is spent (trial {leader} leads); 1 other beaten at 95 %" in decision
+    assert leader in (0, 1, 2)
+    assert not frame["tied_with_best"].any()  # nothing was examined to the end
 
-    options = RaceOptions(max_instances=8)
-    values = {0: [1.0, 1.2, 0.9, 1.1, 1.0], 1: [1.3, 1.6], 2: [1.4, 1.5, math.nan]}
-    counts = {0: 5, 1: 2, 2: 3}
-    # The challenger has 2 values against the leader's 5: both instances go to it.
-    assert _round(0, 1, values, counts, options, left=10) == [(1, 2)]
-    # Failed instances count towards max_instances, not towards the values: trial 2
-    # has 2 values of 3 instances, so it gets both.
-    assert _round(0, 2, values, counts, options, left=10) == [(2, 2)]
-    # Equal values: one each, the leader first.
-    even = {0: [1.0, 1.1], 1: [1.2, 1.3]}
-    assert _round(0, 1, even, {0: 2, 1: 2}, options, left=10) == [(0, 1), (1, 1)]
-    assert _round(0, 1, even, {0: 2, 1: 2}, options, left=1) == [(0, 1)]
-    # A trial at max_instances gets none; the other takes the round.
-    assert _round(0, 1, values, {0: 5, 1: 8, 2: 3}, options, left=10) == [(0, 2)]
-    assert _round(0, 1, values, {0: 8, 1: 8, 2: 3}, options, left=10) == []
+
+async def test_a_race_value_and_the_race_string_run_the_same_race() -> None:
+    space = {"k": [0, 1, 2]}
+    shorthand = await sweep(
+        noisy([0.0, 0.3, 2.0], 0.4).with_params(draws=[]), space, instances="race",
+        objective="score", max_instances=8, confidence=0.9,
+    )  # fmt: skip
+    spelled = await sweep(
+        noisy([0.0, 0.3, 2.0], 0.4).with_params(draws=[]), space,
+        instances=lk.Race(max_instances=8, confidence=0.9), objective="score",
+    )  # fmt: skip
+    pd.testing.assert_frame_equal(shorthand, spelled)
+    assert shorthand.attrs["decision"] == spelled.attrs["decision"]
+    assert "90 %" in spelled.attrs["decision"]
+
+
+def test_a_round_gives_every_plausible_trial_one_instance_then_the_rest() -> None:
+    from labkit.race import judge, next_round
+
+    options = lk.Race(max_instances=8)
+    values = {
+        0: [1.0, 1.2, 0.9, 1.1, 1.0],
+        1: [1.1, 1.4, 0.9, 1.3, 1.2],
+        2: [2.6, 1.6, 2.3, 1.9, math.nan],  # plainly worse, yet not ruled out at 4 pairs
+        3: [1.05, 0.95, 1.3, 1.0, 1.2],
+    }
+    decision = judge(values, direction="min")
+    assert decision.leader == 0 and not decision.beaten
+    counts = {0: 5, 1: 5, 2: 5, 3: 5}
+    # The leader and the trials its plain t interval cannot yet tell from it.
+    assert next_round(decision, values, counts, options, 10, direction="min") == [
+        (0, 1), (3, 1), (1, 1)
+    ]  # fmt: skip
+    # Over budget: the best means first.
+    assert next_round(decision, values, counts, options, 2, direction="min") == [(0, 1), (3, 1)]
+    # Once those are at max_instances, the budget goes to the trial left.
+    full = {0: 8, 1: 8, 2: 5, 3: 8}
+    assert next_round(decision, values, full, options, 10, direction="min") == [(2, 1)]
+    assert next_round(decision, values, {t: 8 for t in values}, options, 10, direction="min") == []
 
 
 async def test_a_race_with_an_ask_tell_strategy_tells_the_final_objectives() -> None:
@@ -552,49 +589,95 @@ async def test_a_race_with_an_ask_tell_strategy_tells_the_final_objectives() -> 
 
 async def test_race_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="initial_instances"):
-        await sweep(EXP, {"x": [1]}, instances="race", objective="score", initial_instances=1)
+        await sweep(EXP, {"x": [1]}, instances="race", objective="score", initial_instances=0)
     with pytest.raises(ConfigError, match="max_instances"):
         await sweep(EXP, {"x": [1]}, instances="race", objective="score", max_instances=1)
-    with pytest.raises(ConfigError, match="max_instances"):
+    with pytest.raises(ConfigError, match="confidence") as caught:
         await sweep(
-            EXP, {"x": [1]}, instances="race", objective="score",
-            initial_instances=3, max_instances=2,
+            EXP, {"x": [1]}, instances=lk.Race(), objective="score", confidence=0.9
+        )  # a Race carries its own options
+    assert "set it on the Race" in str(caught.value)
+    with pytest.raises(ConfigError, match="budget"):
+        await sweep(EXP, {"x": [1]}, instances=3, objective="score", budget=10)
+    with pytest.raises(ConfigError, match="budget") as small:
+        await sweep(EXP, {"x": [1, 2, 3]}, instances=lk.Race(budget=2), objective="score")
+    assert "at least one instance per trial (3)" in str(small.value)
+
+
+# --- a racing trial is one experiment that grows -------------------------------------------
+
+
+def seeded(means: Sequence[float], seed_sd: float, noise: float) -> Experiment:
+    """Trial ``k`` scores ``means[k]`` plus an effect of ``ctx.seed`` shared by every trial."""
+
+    async def fn(ctx: InstanceContext) -> dict[str, float]:
+        k = ctx.params["k"]
+        ctx.params["seen"].append((k, ctx.index, ctx.seed))
+        shared = random.Random(ctx.seed).gauss(0.0, seed_sd)
+        own = random.Random(ctx.seed * 31 + k).gauss(0.0, noise)
+        ctx.record(score=means[k] + shared + own)
+        return {"score": means[k] + shared + own}
+
+    return Experiment("seeded", fn)
+
+
+async def test_a_racing_trial_is_one_stored_experiment_whose_instances_continue(
+    tmp_path: Path,
+) -> None:
+    seen: list[tuple[int, int, int]] = []
+    experiment = seeded([0.0, 0.05, 3.0], seed_sd=1.0, noise=0.5).with_params(seen=seen)
+    with Store(tmp_path / "race.db") as store:
+        frame = await sweep(
+            experiment, {"k": [0, 1, 2]}, instances=lk.Race(max_instances=8),
+            objective="score", store=store,
         )  # fmt: skip
+        records = store.experiments()
+        assert len(records) == 3  # one record per trial, however many rounds it ran
+        for _, row in frame.iterrows():
+            result = store.load(row["experiment_id"])
+            indices = sorted(instance.index for instance in result.instances)
+            assert indices == list(range(int(row["instances"])))
+            assert int(result.averaged["n"].max()) == row["instances"]  # every round averaged
+            assert result.summary["num_instances"] == row["instances"]
+    assert frame["instances"].tolist()[:2] == [8, 8]
+    # Instance i has the same seed in every trial, and no seed repeats within a trial.
+    seeds: dict[int, set[int]] = {}
+    for _, index, seed in seen:
+        seeds.setdefault(index, set()).add(seed)
+    assert all(len(found) == 1 for found in seeds.values())
+    per_trial = [[seed for k, _, seed in seen if k == trial] for trial in range(3)]
+    assert all(len(set(trial)) == len(trial) for trial in per_trial)
 
 
-def race_rates(sweeps: int, fixed: int, seed: int) -> dict[str, float]:
-    """Simulated 8-configuration sweeps: how often each method finds the true best."""
-    from labkit.race import RaceOptions, race
-
-    means = [1.0, 1.5, 2.0, 2.0, 2.5, 3.0, 3.0, 3.5]  # best is 0, half a sd ahead
-    rng = np.random.default_rng(seed)
-    fixed_hits = race_hits = race_used = 0
-    for _ in range(sweeps):
-        draws = [rng.normal(mean, 1.0, fixed) for mean in means]
-        fixed_hits += int(np.argmin([d.mean() for d in draws]) == 0)
-        values: dict[int, list[float]] = {k: [] for k in range(8)}
-
-        async def run(
-            batches: Sequence[tuple[int, int]], values: dict[int, list[float]] = values
-        ) -> dict[int, list[float]]:
-            for k, n in batches:
-                values[k].extend(rng.normal(means[k], 1.0, n).tolist())
-            return values
-
-        options = RaceOptions(max_instances=8 * fixed // 2, budget=8 * fixed // 2)
-        decision, counts = asyncio.run(race(range(8), run, options, direction="min"))
-        race_hits += int(decision.leader == 0)
-        race_used += sum(counts.values())
-    return {
-        "fixed": fixed_hits / sweeps,
-        "race": race_hits / sweeps,
-        "race_instances": race_used / sweeps,
-    }
+async def test_trials_sharing_seeds_race_on_paired_differences() -> None:
+    # A seed's effect (sd 10) dwarfs the difference (1): compared as unrelated samples,
+    # 5 instances a side could not tell; paired by seed, the first round does.
+    experiment = seeded([0.0, 1.0, 2.0], seed_sd=10.0, noise=0.05).with_params(seen=[])
+    frame = await sweep(
+        experiment, {"k": [0, 1, 2]}, instances=lk.Race(max_instances=6), objective="score"
+    )
+    assert frame.attrs["decision"] == "trial 0 beats the other 2 at 95 %"
+    assert frame["instances"].tolist() == [5, 5, 5]
 
 
-@pytest.mark.slow
-def test_racing_finds_the_best_as_often_as_fixed_n_with_half_the_instances() -> None:
-    rates = race_rates(sweeps=400, fixed=16, seed=7)
-    assert rates["race"] >= rates["fixed"]
-    assert rates["race_instances"] <= 8 * 16 / 2
-    assert rates["fixed"] > 0.85  # a real test: neither method is near chance (1/8)
+async def test_a_race_resumes_from_its_trials_records(tmp_path: Path) -> None:
+    seen: list[tuple[int, int, int]] = []
+    experiment = seeded([0.0, 0.0, 0.1], seed_sd=1.0, noise=1.0).with_params(seen=seen)
+    race = {"k": [0, 1, 2]}
+    with Store(tmp_path / "race.db") as store:
+        first = await sweep(
+            experiment, race, instances=lk.Race(max_instances=12, budget=15),
+            objective="score", store=store,
+        )  # fmt: skip
+        assert first.attrs["decision"].startswith("no decision")
+        assert first["instances"].tolist() == [5, 5, 5]
+        seen.clear()
+        second = await sweep(
+            experiment, race, instances=lk.Race(max_instances=12, budget=24),
+            objective="score", store=store,
+        )  # fmt: skip
+        assert len(store.experiments()) == 3  # the same three records, grown
+    assert second["resumed"].all()
+    assert second["instances"].tolist() == [8, 8, 8]
+    assert sorted({index for _, index, _ in seen}) == [5, 6, 7]  # nothing ran twice
+    assert second["experiment_id"].tolist() == first["experiment_id"].tolist()
