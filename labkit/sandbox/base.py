@@ -216,14 +216,15 @@ def check_timeout(timeout: float | None) -> None:
     """Refuse a command ``timeout`` that is neither ``None`` nor a positive number.
 
     Raises:
-        ConfigError: ``timeout`` is not a number (``"1"``), or is zero or negative.
+        ConfigError: ``timeout`` is not a number (``"1"``), is zero or negative, or is
+            not finite (``None`` is the way to say "no limit").
     """
     if timeout is not None:
         check(
-            is_real(timeout, finite=False) and timeout > 0,
+            is_real(timeout) and timeout > 0,
             "timeout",
             timeout,
-            "None or a number of seconds > 0",
+            "None (no limit) or a finite number of seconds > 0",
         )
 
 
