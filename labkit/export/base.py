@@ -74,9 +74,7 @@ def require(package: str, extra: str, purpose: str) -> ModuleType:
         raise MissingDependency(package, extra, purpose) from exc
 
 
-def guarded(
-    target: str, destination: str, write: Callable[[dict[str, Any]], None]
-) -> ExportReport:
+def guarded(target: str, destination: str, write: Callable[[dict[str, Any]], None]) -> ExportReport:
     """Run ``write(details)`` and report how it went, never raising for the target's sake.
 
     ``write`` fills ``details`` as it goes, so a report of a failure still says

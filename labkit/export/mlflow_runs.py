@@ -19,6 +19,7 @@ refuses a request for its size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -170,10 +171,9 @@ def _write(
         client.set_terminated(parent_id, "FINISHED")
     except BaseException:
         for run_id in dict.fromkeys((current, parent_id)):
-            try:
+            # The store is failing already: its first error is the one told.
+            with contextlib.suppress(Exception):
                 client.set_terminated(run_id, "FAILED")
-            except Exception:  # the store is failing already: its first error is the one told
-                pass
         raise
 
 

@@ -190,7 +190,7 @@ class PrometheusExporter:
         from prometheus_client import CollectorRegistry, start_http_server
 
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(self)  # type: ignore[arg-type]
+        registry.register(self)
         self._server, self._thread = start_http_server(port, addr=addr, registry=registry)
         host, bound = self._server.server_address[:2]
         self.url = f"http://{host}:{bound}/metrics"

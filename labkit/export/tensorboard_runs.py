@@ -123,7 +123,9 @@ def _write_run(
             ]
             if points:
                 summary = summary_pb2.Summary(value=points)
-                writer.add_event(event_pb2.Event(wall_time=wall[row], step=steps[row], summary=summary))
+                writer.add_event(
+                    event_pb2.Event(wall_time=wall[row], step=steps[row], summary=summary)
+                )
     finally:
         writer.close()
     return str(directory)
