@@ -50,7 +50,10 @@ def test_the_timelines_stack_every_instance_with_its_index() -> None:
         assert rows.height == len(instance.timeline)
         np.testing.assert_array_equal(rows["loss"].to_numpy(), instance.timeline["loss"])
     one = result.instances[1].to_arrow()
-    assert data_address(one.column("loss")) == result.instances[1].timeline["loss"].to_numpy().ctypes.data
+    assert (
+        data_address(one.column("loss"))
+        == result.instances[1].timeline["loss"].to_numpy().ctypes.data
+    )
 
 
 def test_instances_give_one_row_each_with_seed_error_and_summary() -> None:

@@ -133,9 +133,7 @@ def test_writes_are_batched_within_mlflows_request_limits(tmp_path: Path) -> Non
         steps = np.arange(1500, dtype=float)
         timeline = {"t": steps / 10, "step": steps, "loss": np.sin(steps + instance.index)}
         instances.append(
-            InstanceResult(
-                index=instance.index, ok=True, error=None, timeline=lk_frame(timeline)
-            )
+            InstanceResult(index=instance.index, ok=True, error=None, timeline=lk_frame(timeline))
         )
     params = {f"p{i:03d}": i for i in range(150)}
     result = ExperimentResult.build("wide", params, instances, base.config)

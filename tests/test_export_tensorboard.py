@@ -14,8 +14,8 @@ from labkit.errors import ConfigError
 from tests._exported import run_result
 
 pytest.importorskip("tensorboard", reason="needs labkit[tensorboard]")
-from tensorboard import context  # noqa: E402
-from tensorboard.backend.event_processing import (  # noqa: E402
+from tensorboard import context
+from tensorboard.backend.event_processing import (
     data_provider,
     plugin_event_multiplexer,
 )
@@ -49,9 +49,7 @@ def assert_equal(got: dict[int, float], want: dict[int, float]) -> None:
 
 
 @pytest.mark.parametrize("band", ["ci95", "std"])
-def test_one_run_per_instance_and_an_average_run_with_its_band(
-    tmp_path: Path, band: str
-) -> None:
+def test_one_run_per_instance_and_an_average_run_with_its_band(tmp_path: Path, band: str) -> None:
     result = run_result()
 
     report = lk.export.tensorboard(result, tmp_path / "train", band=band)  # type: ignore[arg-type]
