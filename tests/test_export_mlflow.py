@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import labkit as lk
-from labkit.export.mlflow_runs import MAX_ENTITIES, MAX_METRICS, MAX_PARAMS_TAGS, batches
 from labkit.results import ExperimentResult, InstanceResult
 from tests._exported import PARAMS, run_result, with_seeds
 
@@ -126,7 +125,7 @@ def test_a_run_aligned_on_steps_keeps_its_steps(tmp_path: Path) -> None:
 
 def test_writes_are_batched_within_mlflows_request_limits(tmp_path: Path) -> None:
     # 150 params, 3 instances x 1,500 steps: past every per-request limit, which
-    # MLflow's store enforces on each log_batch (it refuses an oversized request).
+    # MLflow's store enforces on each request (it refuses an oversized one).
     base = run_result(by_step=True, instances=3)
     instances = []
     for instance in base.instances:
@@ -157,23 +156,6 @@ def lk_frame(columns: dict[str, np.ndarray]) -> Any:
     import pandas as pd
 
     return pd.DataFrame(columns)
-
-
-@pytest.mark.parametrize(("metrics", "params", "tags"), [(0, 0, 0), (999, 1, 0), (2500, 250, 120)])
-def test_batches_cover_everything_once_within_the_limits(
-    metrics: int, params: int, tags: int
-) -> None:
-    m, p, t = list(range(metrics)), list(range(params)), list(range(tags))
-
-    requests = list(batches(m, p, t))
-
-    for some_metrics, some_params, some_tags in requests:
-        assert len(some_metrics) <= MAX_METRICS
-        assert len(some_params) <= MAX_PARAMS_TAGS and len(some_tags) <= MAX_PARAMS_TAGS
-        assert len(some_metrics) + len(some_params) + len(some_tags) <= MAX_ENTITIES
-    assert [x for r in requests for x in r[0]] == m
-    assert [x for r in requests for x in r[1]] == p
-    assert [x for r in requests for x in r[2]] == t
 
 
 def test_a_tracking_server_that_does_not_answer_is_reported_and_the_result_kept(

@@ -12,9 +12,10 @@ seconds is numbered by sample (0, 1, ...) and its seconds go along as the metric
 ``t`` and as each value's timestamp (the export's start plus ``t``). NaN samples
 ("not sampled") are not written.
 
-Every write is a ``log_batch`` within MLflow's per-request limits (1,000 metrics,
-100 parameters and 100 tags, 1,000 entities in all), so a tracking server never
-refuses a request for its size.
+Each run is written with one ``MlflowClient.log_batch`` call, which MLflow's client
+splits into requests within the tracking server's per-request limits (1,000
+metrics, 100 parameters and 100 tags, 1,000 entities in all): no request is
+refused for its size, however long the timelines.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -41,14 +42,8 @@ from labkit.export.base import (
 )
 from labkit.results import ExperimentResult, InstanceResult
 
-__all__ = ("MAX_ENTITIES", "MAX_METRICS", "MAX_PARAMS_TAGS", "batches", "export_mlflow")
+__all__ = ("export_mlflow",)
 
-MAX_METRICS = 1000
-"""Metrics per ``log_batch`` request (MLflow's ``MAX_METRICS_PER_BATCH``)."""
-MAX_PARAMS_TAGS = 100
-"""Parameters, and tags, per request (MLflow's ``MAX_PARAMS_TAGS_PER_BATCH``)."""
-MAX_ENTITIES = 1000
-"""Metrics, parameters and tags together per request (``MAX_ENTITIES_PER_BATCH``)."""
 _MAX_TAG_LENGTH = 8000  # MLflow refuses longer tag values; an error text is cut to fit
 
 
@@ -89,26 +84,6 @@ def export_mlflow(
         _write(client, result, experiment_name or result.name, run_name or result.name, details)
 
     return guarded("mlflow", destination, write)
-
-
-def batches(
-    metrics: Sequence[Any], params: Sequence[Any] = (), tags: Sequence[Any] = ()
-) -> Iterator[tuple[Sequence[Any], Sequence[Any], Sequence[Any]]]:
-    """Split one run's writes into requests within MLflow's per-request limits.
-
-    Parameters and tags go first, 100 of each per request, with metrics filling the
-    rest of those requests up to 1,000 entities; the remaining metrics follow in
-    requests of 1,000.
-    """
-    start = 0
-    for first in range(0, max(len(params), len(tags)), MAX_PARAMS_TAGS):
-        some_params = params[first : first + MAX_PARAMS_TAGS]
-        some_tags = tags[first : first + MAX_PARAMS_TAGS]
-        room = min(MAX_METRICS, MAX_ENTITIES - len(some_params) - len(some_tags))
-        yield metrics[start : start + room], some_params, some_tags
-        start += room
-    for first in range(start, len(metrics), MAX_METRICS):
-        yield metrics[first : first + MAX_METRICS], (), ()
 
 
 def _write(
@@ -178,10 +153,9 @@ def _write(
 
 
 def _log(client: Any, run_id: str, metrics: list[Any], params: list[Any], tags: list[Any]) -> None:
-    for some_metrics, some_params, some_tags in batches(metrics, params, tags):
-        client.log_batch(
-            run_id, metrics=list(some_metrics), params=list(some_params), tags=list(some_tags)
-        )
+    # One call per run: MLflow's client splits it into requests within the server's
+    # limits itself, and each call costs a pass over the metrics on top of the writes.
+    client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
 
 
 def _instance_params(instance: InstanceResult) -> dict[str, Any]:
