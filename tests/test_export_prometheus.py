@@ -146,6 +146,7 @@ def test_prometheus_scrapes_a_running_experiment_and_its_end(
         halves = {dict(k)["metric"]: v for k, v in query(api, "labkit_metric_ci95").items()}
         counts = {dict(k)["metric"]: v for k, v in query(api, "labkit_metric_instances").items()}
         tasks = {dict(k)["event"]: v for k, v in query(api, "labkit_runner_tasks_total").items()}
+        dashboard = [query(api, promql) for promql in dashboard_queries("climb", "value")]
 
     assert max(seen_running) > 0  # Prometheus saw instances running, live
     assert states == {"queued": 0, "running": 0, "succeeded": 4, "failed": 1}
@@ -158,6 +159,18 @@ def test_prometheus_scrapes_a_running_experiment_and_its_end(
     assert means["other"] == -(STEPS - 1)
     assert halves["other"] == 0.0
     assert tasks["queued"] == 5 and tasks["succeeded"] == 4 and tasks["failed"] == 1
+    # Every query of the Grafana dashboard in examples/ finds its series.
+    assert len(dashboard) == 6 and all(dashboard), dashboard
+
+
+def dashboard_queries(experiment: str, metric: str) -> list[str]:
+    path = Path(__file__).parents[1] / "examples" / "grafana-labkit.json"
+    panels = json.loads(path.read_text())["panels"]
+    return [
+        target["expr"].replace("$experiment", experiment).replace("$metric", metric)
+        for panel in panels
+        for target in panel.get("targets", ())
+    ]
 
 
 def test_closing_the_exporter_stops_serving() -> None:

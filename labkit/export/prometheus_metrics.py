@@ -53,15 +53,17 @@ class PrometheusExporter:
 
     Build one with :func:`export_prometheus` (``lk.export.prometheus``), which also
     starts its HTTP server. Close it (or use it as a context manager) to stop serving.
+    It follows one experiment at a time: a sweep's events, wrapped per trial
+    (:class:`~labkit.events.TrialEvent`), are not among the events it reads.
+
+    Args:
+        experiment: The value of every series' ``experiment`` label.
     """
 
     event_types = (InstanceEvent, TimelineEvent, TaskEvent)
     sample_events = False  # samples are read from each attempt's log, in bulk, at scrapes
 
     def __init__(self, *, experiment: str = "") -> None:
-        """Args:
-        experiment: The value of every series' ``experiment`` label.
-        """
         self.experiment = experiment
         self._lock = threading.Lock()
         self._tasks: Counter[str] = Counter()
