@@ -37,6 +37,7 @@ def labkit(
     )
 
 
+@pytest.mark.slow
 def test_run_exports_to_mlflow_and_tensorboard(tmp_path: Path) -> None:
     pytest.importorskip("mlflow", reason="needs labkit[mlflow]")
     pytest.importorskip("tensorboard", reason="needs labkit[tensorboard]")
@@ -65,6 +66,7 @@ def test_run_exports_to_mlflow_and_tensorboard(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_an_export_that_fails_is_reported_and_the_result_still_printed(tmp_path: Path) -> None:
     pytest.importorskip("mlflow", reason="needs labkit[mlflow]")
     with socket.socket() as probe:

@@ -107,6 +107,7 @@ def ci95(values: list[float]) -> float:
     return t_quantile(0.975, data.size - 1) * float(data.std(ddof=1)) / math.sqrt(data.size)
 
 
+@pytest.mark.slow
 def test_prometheus_scrapes_a_running_experiment_and_its_end(
     prometheus_server: tuple[str, Path],
 ) -> None:
