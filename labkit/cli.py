@@ -32,6 +32,7 @@ from labkit.experiment import (
 from labkit.results import ExperimentResult
 
 if TYPE_CHECKING:
+    from labkit.export import PrometheusExporter
     from labkit.store import Store
 
 __all__ = ("main",)
@@ -580,22 +581,18 @@ def _execute(
     if report is not None:
         _check_report_path(report)
     exporter = _start_exports(args.export, experiment.name, human)
-    try:
-        result = asyncio.run(
-            _run_with_progress(
-                experiment,
-                instances=instances,
-                duration=duration,
-                db=None if args.no_db else args.db,
-                progress=not args.no_progress,
-                out=human,
-                options=options,
-                watchers=() if exporter is None else (exporter,),
-            )
+    result = asyncio.run(
+        _run_with_progress(
+            experiment,
+            instances=instances,
+            duration=duration,
+            db=None if args.no_db else args.db,
+            progress=not args.no_progress,
+            out=human,
+            options=options,
+            exporter=exporter,
         )
-    finally:
-        if exporter is not None:
-            exporter.close()
+    )
     if args.json:
         print(result.to_json(), file=sys.stdout)
     else:
@@ -611,7 +608,9 @@ def _execute(
     return EXIT_OK if result.ok and exported else EXIT_FAILED
 
 
-def _start_exports(targets: Sequence[tuple[str, str | None]], name: str, out: TextIO) -> Any:
+def _start_exports(
+    targets: Sequence[tuple[str, str | None]], name: str, out: TextIO
+) -> PrometheusExporter | None:
     """Check that every ``--export`` target's extra is installed, before anything runs, and
     start serving Prometheus when asked; returns the Prometheus exporter or ``None``.
 
@@ -690,7 +689,7 @@ async def _run_with_progress(
     progress: bool,
     out: TextIO,
     options: dict[str, Any],
-    watchers: Sequence[Callable[[Any], object]] = (),
+    exporter: PrometheusExporter | None = None,
 ) -> ExperimentResult:
     sandbox_kind = options.pop("sandbox", "auto")
     planned = instances if isinstance(instances, int) else options.get("max_instances", 32)
@@ -713,10 +712,10 @@ async def _run_with_progress(
         sandbox_pool = SandboxPool(E2BSandbox, max_size=planned)
     bars = _ProgressBars(duration, enabled=progress)
     on_event: Any = bars
-    if watchers:
+    if exporter is not None:  # serves the run to Prometheus while it lasts
         on_event = EventBus()
-        for watcher in (bars, *watchers):
-            on_event.subscribe(watcher)
+        on_event.subscribe(bars)
+        on_event.subscribe(exporter)
     store = None
     if db is not None:
         from labkit.store import Store
@@ -734,6 +733,8 @@ async def _run_with_progress(
         )
     finally:
         bars.close()
+        if exporter is not None:
+            exporter.close()
         if sandbox_pool is not None:
             await sandbox_pool.close()
         if store is not None:
