@@ -73,7 +73,7 @@ from labkit.timeline import (
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = frozenset({"plots", "widgets", "report", "scenarios", "testing"})
+_LAZY_MODULES = frozenset({"plots", "widgets", "report", "scenarios", "testing", "export"})
 
 __all__ = (
     "GPU",

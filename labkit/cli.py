@@ -1,7 +1,8 @@
 """The ``labkit`` command line: ``demo``, ``run``, ``sweep``, ``history`` and ``monitor``.
 
 Exit status: 0 when every instance succeeded, 1 when some failed (the report is
-still written), 2 on bad usage, with a message that says what to fix.
+still written) or an ``--export`` failed (the result is still printed and
+recorded), 2 on bad usage, with a message that says what to fix.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, get_args
 
 from labkit.errors import ConfigError, LabkitError, StoreError, error_text
-from labkit.events import TaskEvent
+from labkit.events import EventBus, TaskEvent
 from labkit.experiment import (
     MAX_INSTANCES,
     Experiment,
@@ -34,6 +35,7 @@ from labkit.experiment import (
 from labkit.results import ExperimentResult
 
 if TYPE_CHECKING:
+    from labkit.export import PrometheusExporter
     from labkit.store import Store
 
 __all__ = ("main",)
@@ -388,6 +390,36 @@ def _common_outputs(parser: argparse.ArgumentParser) -> None:
         "--json", action="store_true", help="print the result as JSON on stdout (no table)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--export",
+        action="append",
+        type=_export_target,
+        default=[],
+        metavar="TARGET[=WHERE]",
+        help="also send the run to mlflow[=TRACKING_URI] (default: MLflow's own), "
+        "tensorboard[=LOGDIR] (default: runs/NAME-TIME) or prometheus[=[HOST:]PORT] "
+        f"(live while it runs; default: 127.0.0.1:{_PROMETHEUS_PORT}); repeatable "
+        "(default: none)",
+    )
+
+
+_EXPORT_EXTRAS = {
+    "mlflow": ("mlflow", "mlflow"),
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "prometheus": ("prometheus_client", "prometheus"),
+}
+_PROMETHEUS_PORT = 9464
+
+
+def _export_target(text: str) -> tuple[str, str | None]:
+    target, sep, where = text.partition("=")
+    if target not in _EXPORT_EXTRAS:
+        raise argparse.ArgumentTypeError(
+            f"expected mlflow, tensorboard or prometheus (optionally =WHERE), got {text!r}"
+        )
+    if sep and not where:
+        raise argparse.ArgumentTypeError(f"{target}= needs a value after '=', got {text!r}")
+    return target, where or None
 
 
 def _positive_int(text: str) -> int:
@@ -650,6 +682,7 @@ def _execute(
     human = sys.stderr if args.json else sys.stdout
     if report is not None:
         _check_report_path(report)
+    exporter = _start_exports(args.export, experiment.name, human)
     result = asyncio.run(
         _run_with_progress(
             experiment,
@@ -659,6 +692,7 @@ def _execute(
             progress=not args.no_progress,
             out=human,
             options=options,
+            exporter=exporter,
         )
     )
     if args.json:
@@ -672,7 +706,63 @@ def _execute(
         print(f"report: {written}", file=human)
     if result.experiment_id is not None:
         print(f"recorded in {args.db} as {result.experiment_id}", file=human)
-    return EXIT_OK if result.ok else EXIT_FAILED
+    exported = _export_result(args.export, result, human)
+    return EXIT_OK if result.ok and exported else EXIT_FAILED
+
+
+def _start_exports(
+    targets: Sequence[tuple[str, str | None]], name: str, out: TextIO
+) -> PrometheusExporter | None:
+    """Check that every ``--export`` target's extra is installed, before anything runs, and
+    start serving Prometheus when asked; returns the Prometheus exporter or ``None``.
+
+    Raises:
+        UsageError: An extra is missing, or the Prometheus address is bad or taken.
+    """
+    from labkit.errors import MissingDependency
+    from labkit.export.base import require
+
+    for target, _ in targets:
+        try:
+            require(*_EXPORT_EXTRAS[target], f"--export {target}")
+        except MissingDependency as exc:
+            raise UsageError(str(exc)) from exc
+    served = [where for target, where in targets if target == "prometheus"]
+    if not served:
+        return None
+    from labkit.export import prometheus
+
+    host, _, port = (served[-1] or str(_PROMETHEUS_PORT)).rpartition(":")
+    try:
+        exporter = prometheus(port=int(port), addr=host or "127.0.0.1", experiment=name)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"--export prometheus={served[-1]}: cannot serve there: {exc}") from exc
+    print(f"prometheus: serving {exporter.url} while the run lasts", file=out, flush=True)
+    return exporter
+
+
+def _export_result(
+    targets: Sequence[tuple[str, str | None]], result: ExperimentResult, out: TextIO
+) -> bool:
+    """Send ``result`` to each ``--export`` target; a failure is printed, never raised.
+
+    Returns:
+        Whether every export succeeded.
+    """
+    from labkit import export
+
+    ok = True
+    for target, where in targets:
+        if target == "mlflow":
+            report = export.mlflow(result, tracking_uri=where)
+        elif target == "tensorboard":
+            logdir = where or f"runs/{result.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            report = export.tensorboard(result, logdir)
+        else:
+            continue  # prometheus served the run while it lasted
+        print(report, file=out if report.ok else sys.stderr)
+        ok = ok and report.ok
+    return ok
 
 
 def _check_report_path(report: str) -> None:
@@ -701,6 +791,7 @@ async def _run_with_progress(
     progress: bool,
     out: TextIO,
     options: dict[str, Any],
+    exporter: PrometheusExporter | None = None,
 ) -> ExperimentResult:
     sandbox_kind = options.pop("sandbox", "auto")
     planned = instances if isinstance(instances, int) else options.get("max_instances", 32)
@@ -722,6 +813,11 @@ async def _run_with_progress(
         )
         sandbox_pool = SandboxPool(E2BSandbox, max_size=planned)
     bars = _ProgressBars(duration, enabled=progress)
+    on_event: Any = bars
+    if exporter is not None:  # serves the run to Prometheus while it lasts
+        on_event = EventBus()
+        on_event.subscribe(bars)
+        on_event.subscribe(exporter)
     store = None
     if db is not None:
         from labkit.store import Store
@@ -734,11 +830,13 @@ async def _run_with_progress(
             duration=duration,
             sandbox_pool=sandbox_pool,
             store=store,
-            on_event=bars,
+            on_event=on_event,
             **options,
         )
     finally:
         bars.close()
+        if exporter is not None:
+            exporter.close()
         if sandbox_pool is not None:
             await sandbox_pool.close()
         if store is not None:

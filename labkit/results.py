@@ -15,14 +15,14 @@ import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
 from labkit import stats, timeline
 from labkit._json import to_builtins
-from labkit.errors import error_text
+from labkit.errors import MissingDependency, check, error_text, is_real
 from labkit.seeds import instance_seed
 
 __all__ = (
@@ -133,6 +133,19 @@ class InstanceResult:
             sandbox_id=data.get("sandbox_id"),
             attempts=int(data.get("attempts", 1)),
             seed=None if data.get("seed") is None else int(data["seed"]),
+        )
+
+    def to_arrow(self) -> Any:
+        """The timeline as a ``pyarrow.Table`` (NaN, "not sampled", as null), without a copy.
+
+        ``polars.from_arrow(instance.to_arrow())`` shares the same memory.
+
+        Raises:
+            MissingDependency: pyarrow is not installed (``pip install 'labkit[arrow]'``).
+        """
+        return _arrow_table(
+            {str(name): self.timeline[name].to_numpy() for name in self.timeline.columns},
+            {"instance": self.index, "ok": self.ok, "error": self.error},
         )
 
 
@@ -354,6 +367,43 @@ class ExperimentResult:
         """:meth:`to_dict` as a JSON string (NaN written as ``null``)."""
         return json.dumps(self.to_dict(), allow_nan=False, **dumps_options)
 
+    def to_arrow(self, part: ArrowPart = "timelines") -> Any:
+        """The result as a ``pyarrow.Table``, for Arrow and Polars users.
+
+        NaN ("not sampled") is null; inf stays inf. Numeric columns of ``averaged``
+        and of one instance's timeline are the DataFrame's own memory (no copy), and
+        ``polars.from_arrow`` keeps it so. The table's schema metadata holds the
+        experiment (name, params, summary, config, id, notes) as JSON under ``labkit``.
+
+        Args:
+            part: ``"timelines"``: every instance's samples stacked, an ``instance``
+                column first, then ``t`` and each metric (null where an instance
+                lacks it); ``"averaged"``: the averaged timeline, as ``averaged``;
+                ``"instances"``: one row per instance (``index``, ``ok``, ``error``,
+                ``started``, ``finished``, ``attempts``, ``seed`` when instances
+                have one, then each numeric summary figure).
+
+        Raises:
+            ConfigError: ``part`` is none of those.
+            MissingDependency: pyarrow is not installed (``pip install 'labkit[arrow]'``).
+        """
+        check(part in _ARROW_PARTS, "part", part, " or ".join(map(repr, _ARROW_PARTS)))
+        about = {
+            "name": self.name,
+            "params": self.params,
+            "summary": self.summary,
+            "config": self.config,
+            "experiment_id": self.experiment_id,
+            "notes": list(self.notes),
+        }
+        if part == "averaged":
+            data = {str(name): self.averaged[name].to_numpy() for name in self.averaged.columns}
+        elif part == "timelines":
+            data = _stacked(self.instances)
+        else:
+            data = _instance_rows(self.instances)
+        return _arrow_table(data, about)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExperimentResult:
         """Rebuild a result from :meth:`to_dict`'s output."""
@@ -399,6 +449,84 @@ def _averaging(config: Mapping[str, Any], metrics: Collection[Any]) -> dict[str,
 def _number(value: Any) -> Any:
     """``"inf"`` (how a config writes an infinite gap) as ``math.inf``."""
     return math.inf if value == "inf" else value
+
+
+ArrowPart = Literal["timelines", "averaged", "instances"]
+_ARROW_PARTS: tuple[ArrowPart, ...] = ("timelines", "averaged", "instances")
+
+
+def _arrow_table(data: Mapping[str, np.ndarray], about: Mapping[str, Any]) -> Any:
+    """Columns as an Arrow table: float NaN as null (a validity bitmap beside the same
+    memory), other numbers as they are, objects (error texts) as Arrow infers them."""
+    try:
+        import pyarrow as pa
+    except ImportError as exc:
+        raise MissingDependency("pyarrow", "arrow", "Arrow tables of results") from exc
+    arrays = {}
+    for name, values in data.items():
+        if values.dtype.kind == "f":
+            nan = np.isnan(values)
+            arrays[name] = pa.array(values, mask=nan) if nan.any() else pa.array(values)
+        elif values.dtype.kind in "iub":
+            arrays[name] = pa.array(values)
+        else:
+            array = pa.array(values.tolist())
+            # Texts that are all missing (no instance failed) are still texts.
+            arrays[name] = array.cast(pa.string()) if pa.types.is_null(array.type) else array
+    metadata = {"labkit": json.dumps(to_builtins(about), allow_nan=False)}
+    return pa.table(arrays, metadata=metadata)
+
+
+def _stacked(instances: Sequence[InstanceResult]) -> dict[str, np.ndarray]:
+    """Every instance's timeline one after the other, with the instance's index first."""
+    names = list(dict.fromkeys(str(c) for i in instances for c in i.timeline.columns))
+    sizes = [len(instance.timeline) for instance in instances]
+    data = {
+        "instance": np.repeat(
+            np.array([i.index for i in instances], dtype=np.int64), np.array(sizes, dtype=int)
+        )
+    }
+    for name in names:
+        data[name] = np.concatenate(
+            [
+                instance.timeline[name].to_numpy(dtype=float)
+                if name in instance.timeline
+                else np.full(size, np.nan)
+                for instance, size in zip(instances, sizes, strict=True)
+            ]
+            or [np.empty(0)]
+        )
+    return data
+
+
+def _instance_rows(instances: Sequence[InstanceResult]) -> dict[str, np.ndarray]:
+    """One row per instance: what it was and each numeric summary figure (NaN if absent)."""
+    data: dict[str, np.ndarray] = {
+        "index": np.array([i.index for i in instances], dtype=np.int64),
+        "ok": np.array([i.ok for i in instances], dtype=bool),
+        "error": np.array([i.error for i in instances], dtype=object),
+        "started": np.array([np.nan if i.started is None else i.started for i in instances]),
+        "finished": np.array([np.nan if i.finished is None else i.finished for i in instances]),
+        "attempts": np.array([i.attempts for i in instances], dtype=np.int64),
+    }
+    seeds = [getattr(instance, "seed", None) for instance in instances]
+    if any(seed is not None for seed in seeds):
+        data["seed"] = np.array(seeds, dtype=object)
+    figures = dict.fromkeys(
+        key
+        for instance in instances
+        for key, value in instance.summary.items()
+        if is_real(value, finite=False)
+    )
+    for key in figures:
+        data[key] = np.array(
+            [
+                float(i.summary[key]) if is_real(i.summary.get(key), finite=False) else np.nan
+                for i in instances
+            ],
+            dtype=float,
+        )
+    return data
 
 
 def _averaged_summary(ordered: Sequence[InstanceResult]) -> dict[str, Any]:
