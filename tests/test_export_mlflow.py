@@ -62,7 +62,7 @@ def test_a_run_becomes_a_parent_run_with_a_nested_run_per_instance(tmp_path: Pat
 
     # The summary, each figure with its ci95, equal to labkit's own.
     table = result.summary_table()
-    for figure in ("loss_peak", "final", "acc_peak"):
+    for figure in ("loss_last", "final", "acc_last"):
         mean, ci95 = table.loc[figure, "mean"], table.loc[figure, "ci95"]
         assert parent.data.metrics[f"summary/{figure}"] == pytest.approx(mean, abs=1e-12)
         assert parent.data.metrics[f"summary/{figure}_ci95"] == pytest.approx(ci95, abs=1e-12)
