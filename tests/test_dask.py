@@ -742,3 +742,80 @@ async def test_an_experiments_gpus_become_dask_resources(client: Client) -> None
     assert {i.gpu_uuids for i in result.instances} == {(uuid,) for uuid in uuids}
     assert all(list(i.timeline["visible"]) == [1.0] for i in result.instances)
     assert result.to_dict()["config"]["gpus_per_instance"] == 1
+
+
+# -- functions only the caller can import ------------------------------------------------
+
+DRIVER_ONLY = """
+def train(ctx):
+    ctx.record_at(0.0, x=float(ctx.index))
+    return {"from": __name__}
+"""
+
+
+def driver_only_module(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A module written after the cluster started, importable only in this process.
+
+    (Workers spawned later would inherit this process's ``sys.path``; these are
+    already running, as a remote cluster's workers are.)
+    """
+    name = f"driver_only_{os.getpid()}_{time.monotonic_ns()}"
+    (folder / f"{name}.py").write_text(DRIVER_ONLY)
+    monkeypatch.syspath_prepend(str(folder))
+    module = __import__(name)
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+async def test_a_function_the_workers_cannot_import_fails_fast_naming_the_ways_out(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = driver_only_module(tmp_path, monkeypatch)
+    begun = time.monotonic()
+    # Before, the workers failed to unpickle the task, dropped their connection and
+    # got it again, forever: this wait would time out.
+    result = await asyncio.wait_for(
+        lk.run_experiment(lk.Experiment("lonely", module.train), instances=2, executor=client),
+        timeout=30,
+    )
+    assert time.monotonic() - begun < 10
+    assert [instance.ok for instance in result.instances] == [False, False]
+    message = str(result.instances[0].error)
+    assert message.startswith("WorkerImportError: ")
+    assert f"cannot import module {module.__name__!r}" in message
+    assert "cloudpickle.register_pickle_by_value" in message
+    assert f"client.upload_file({module.__file__!r})" in message
+    assert f"{str(tmp_path)!r} on the workers' PYTHONPATH" in message
+    # The runner's own path gives the same error, as an exception of the task.
+    report = await lk.run_parallel(module.train, [None], executor=client)
+    assert isinstance(report.results[0].error, lk.errors.WorkerImportError)
+    assert report.results[0].error.name == module.__name__
+
+
+async def test_a_function_shipped_by_value_runs_on_the_workers(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cloudpickle
+
+    module = driver_only_module(tmp_path, monkeypatch)
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        result = await lk.run_experiment(
+            lk.Experiment("by-value", module.train), instances=2, executor=client
+        )
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+    assert result.ok, [instance.error for instance in result.instances]
+    assert [list(i.timeline["x"]) for i in result.instances] == [[0.0], [1.0]]
+
+
+async def test_a_module_uploaded_to_the_workers_runs_there(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = driver_only_module(tmp_path, monkeypatch)
+    await client.upload_file(module.__file__)
+    result = await lk.run_experiment(
+        lk.Experiment("uploaded", module.train), instances=2, executor=client
+    )
+    assert result.ok, [instance.error for instance in result.instances]
+    assert {instance.summary["from"] for instance in result.instances} == {module.__name__}
