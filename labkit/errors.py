@@ -8,6 +8,7 @@ that already catches the built-ins keeps working::
      +-- ConfigError (ValueError)           a bad option: names it, its value, what is allowed
      +-- MissingDependency (ImportError)    an optional extra is not installed
      +-- WorkerImportError (ImportError)    a cluster's workers cannot import what a task needs
+     +-- WorkerLost                         an instance's runs kept losing their worker
      +-- TaskFailed                         raised by RunReport.raise_for_errors() (in a group)
      +-- TaskTimeout (TimeoutError)         one attempt of a task ran past the run's `timeout`
      +-- ResultRejected                     `Retry(retry_if_result=...)` rejected every value
@@ -68,6 +69,7 @@ __all__ = (
     "TaskFailed",
     "TaskTimeout",
     "WorkerImportError",
+    "WorkerLost",
 )
 
 
@@ -201,6 +203,11 @@ class WorkerImportError(LabkitError, ImportError):
     def __reduce__(self) -> tuple[Any, ...]:
         # Raised on a worker and pickled back to the caller: keep the module's name.
         return (type(self), (str(self), self.name))
+
+
+class WorkerLost(LabkitError):
+    """An instance's attempt lost the worker running it too many times in a row
+    (each run cut off, by a Slurm job's walltime or preemption, say)."""
 
 
 class TaskFailed(LabkitError):

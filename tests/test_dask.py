@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -819,3 +820,102 @@ async def test_a_module_uploaded_to_the_workers_runs_there(
     )
     assert result.ok, [instance.error for instance in result.instances]
     assert {instance.summary["from"] for instance in result.instances} == {module.__name__}
+
+
+# -- instances whose worker is lost ----------------------------------------------------
+
+
+async def count_slowly(ctx: lk.InstanceContext) -> dict[str, int]:
+    """Samples every 0.1 s for ``seconds``; returns the worker's pid."""
+    for step in range(int(ctx.params["seconds"] * 10)):
+        ctx.record_at(step / 10, x=float(step), pid=float(os.getpid()))
+        await asyncio.sleep(0.1)
+    return {"pid": os.getpid()}
+
+
+@pytest.fixture
+async def lone_worker() -> AsyncIterator[Client]:
+    """A cluster of one worker process, whose nanny starts a new one when it dies."""
+    async with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            asynchronous=True,
+        ) as local,
+        Client(local, asynchronous=True) as client,
+    ):
+        yield client
+
+
+async def kill_once_it_records(events: list[Any], times: int) -> list[int]:
+    """Kill the worker process (SIGKILL; its nanny starts a new one) each time a run of
+    the instance has recorded 3 samples there; the pids of the runs cut off so."""
+    cut: list[int] = []
+    while len(cut) < times:
+        pids = [int(e.metrics["pid"]) for e in events if getattr(e, "kind", "") == "sample"]
+        fresh = [pid for pid in pids if pid not in cut]
+        if len(fresh) >= 3:
+            cut.append(fresh[0])
+            os.kill(fresh[0], signal.SIGKILL)
+        await asyncio.sleep(0.05)
+    return cut
+
+
+async def test_an_instance_whose_worker_is_lost_runs_again_and_only_that_run_is_kept(
+    lone_worker: Client, tmp_path: Path
+) -> None:
+    events: list[Any] = []
+    with lk.Store(tmp_path / "runs.db") as store:
+        running = asyncio.ensure_future(
+            lk.run_experiment(
+                lk.Experiment("cut", count_slowly, params={"seconds": 1.5}),
+                instances=1,
+                executor=lone_worker,
+                store=store,
+                on_event=events.append,
+            )
+        )
+        cut = await kill_once_it_records(events, times=1)
+        result = await running
+        stored = store.load(str(result.experiment_id))
+    instance = result.instances[0]
+    assert result.ok, instance.error
+    assert instance.summary["pid"] not in cut  # the run kept is the one after the loss
+    # The kept run's samples only: all from one process, each step once.
+    assert set(instance.timeline["pid"]) == {float(instance.summary["pid"])}
+    assert list(instance.timeline["x"]) == [float(step) for step in range(15)]
+    pd.testing.assert_frame_equal(stored.instances[0].timeline, instance.timeline)
+    assert [note for note in result.notes if "ran again" in note] == [
+        "instance 0 ran again from its start on another worker: the worker running it was "
+        "lost (a Slurm job's walltime, preemption or cancellation, or a worker that died); "
+        "only the new run is kept"
+    ]
+    # The live view was told: a second 'started' begins the instance's line again.
+    assert [e.kind for e in instance_events(events, 0) if e.kind != "sample"] == [
+        "started",
+        "started",
+        "finished",
+    ]
+
+
+async def test_an_instance_that_keeps_losing_its_worker_fails_with_worker_lost(
+    lone_worker: Client,
+) -> None:
+    events: list[Any] = []
+    running = asyncio.ensure_future(
+        lk.run_experiment(
+            lk.Experiment("never-ends", count_slowly, params={"seconds": 60}),
+            instances=1,
+            executor=lone_worker,
+            on_event=events.append,
+        )
+    )
+    await kill_once_it_records(events, times=3)
+    result = await asyncio.wait_for(running, timeout=30)
+    instance = result.instances[0]
+    assert not instance.ok
+    assert instance.error is not None and instance.error.startswith("WorkerLost: instance 0 ")
+    assert "3 times" in instance.error and "walltime" in instance.error
+    assert await settle(lone_worker) == (0, 0)  # its last run was cancelled on the worker

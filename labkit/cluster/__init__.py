@@ -65,13 +65,18 @@ A remote cluster is a scheduler address away: ``Client("tcp://host:8786")``.
 """
 
 from labkit.cluster.gpus import gpu_cluster
+from labkit.cluster.slurm import SlurmCluster, SlurmOptions, SlurmStats, slurm
 from labkit.cluster.topics import publish, subscribe
 from labkit.executors.dask import DaskBackend, DaskExecutor
 
 __all__ = (
     "DaskBackend",
     "DaskExecutor",
+    "SlurmCluster",
+    "SlurmOptions",
+    "SlurmStats",
     "gpu_cluster",
     "publish",
+    "slurm",
     "subscribe",
 )
