@@ -46,6 +46,11 @@ async def steps(ctx: lk.InstanceContext) -> dict[str, Any]:
     return {"job": int(os.environ["SLURM_JOB_ID"])}
 
 
+def which_job(item: int) -> tuple[int, int]:
+    time.sleep(0.3)
+    return item * item, int(os.environ["SLURM_JOB_ID"])
+
+
 def what_slurm_gave(ctx: lk.InstanceContext) -> dict[str, Any]:
     return {
         "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -230,6 +235,72 @@ async def test_an_experiment_and_a_sweep_keep_every_instance_once_when_a_job_is_
     # The cap held: never more than 3 jobs in Slurm's queue, pending ones included.
     assert watch.most <= 3, watch.most
     assert stats.lost >= 1 and stats.submitted >= 4 and stats.max_jobs == 3
+
+
+@pytest.mark.slurm
+async def test_a_run_stopped_mid_way_resumes_with_only_the_missing_instances(
+    cluster: _slurm.SlurmCluster, tmp_path: Path
+) -> None:
+    experiment = lk.Experiment("resumed", steps, params={"pause": 0.3})
+    done_before: set[int] = set()
+    two_done = asyncio.Event()
+
+    def on_first(event: Any) -> None:
+        if isinstance(event, lk.InstanceEvent) and event.kind == "finished":
+            done_before.add(event.instance)
+            if len(done_before) >= 2:
+                two_done.set()
+
+    started_again: set[int] = set()
+
+    def on_second(event: Any) -> None:
+        if isinstance(event, lk.InstanceEvent) and event.kind == "started":
+            started_again.add(event.instance)
+
+    with lk.Store(tmp_path / "runs.db") as store:
+        async with jobs_on(cluster, max_jobs=2) as executor:
+            running = asyncio.ensure_future(
+                lk.run_experiment(
+                    experiment, instances=6, executor=executor, store=store, on_event=on_first
+                )
+            )
+            await two_done.wait()
+            running.cancel()  # as a driver stopped mid-way
+            with pytest.raises(asyncio.CancelledError):
+                await running
+            # What the store committed is what resume skips.
+            (first_id,) = store.experiments()["id"]
+            finished_first = {i.index for i in store.load(first_id).instances if i.ok}
+            result = await lk.run_experiment(
+                experiment,
+                instances=6,
+                executor=executor,
+                store=store,
+                resume=True,
+                on_event=on_second,
+            )
+        stored = store.load(str(result.experiment_id))
+    assert 2 <= len(finished_first) < 6
+    assert started_again == set(range(6)) - finished_first
+    assert result.ok and [instance.index for instance in result.instances] == list(range(6))
+    assert [instance.index for instance in stored.instances] == list(range(6))
+    for instance in stored.instances:
+        assert list(instance.timeline["x"]) == [float(s + instance.index) for s in range(STEPS)]
+
+
+@pytest.mark.slurm
+def test_a_script_maps_over_jobs_with_a_synchronous_client(cluster: _slurm.SlurmCluster) -> None:
+    jobs = jobs_on(cluster, max_jobs=2)
+    with jobs as executor:
+        report = lk.run_parallel_sync(which_job, range(8), max_concurrency=4, executor=executor)
+        stats = jobs.stats()
+    assert [value for value, _ in report.values] == [item * item for item in range(8)]
+    # The keeper, on the cluster's own thread, submitted the two jobs and no more.
+    assert len({job for _, job in report.values}) == 2
+    assert stats.submitted == 2 and stats.lost == 0
+    # Leaving the block cancelled them (Slurm may still list them as completing).
+    left = [job for job in cluster.jobs() if job["name"] == jobs.job_name]
+    assert {job["state"] for job in left} <= {"COMPLETING", "CANCELLED"}, left
 
 
 @pytest.mark.slurm
