@@ -102,10 +102,21 @@ def test_bad_options_name_themselves(option: str, value: Any) -> None:
         lk.cluster.slurm(**{option: value})
 
 
-def test_dask_jobqueue_leaves_the_ctrl_c_handler_alone() -> None:
+async def test_without_dask_jobqueue_the_error_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "dask_jobqueue.slurm", None)  # as if not installed
+    with pytest.raises(lk.errors.MissingDependency, match=r"pip install 'labkit\[slurm\]'"):
+        async with lk.cluster.slurm():
+            pass
+
+
+def test_dask_jobqueue_leaves_the_ctrl_c_handler_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     from labkit.cluster.slurm import _slurm_cluster_class
 
-    sys.modules.pop("dask_jobqueue.runner", None)  # its import is what sets a handler
+    # Its first import is what sets a handler: make this one a first import.
+    for name in [name for name in sys.modules if name.startswith("dask_jobqueue")]:
+        monkeypatch.delitem(sys.modules, name)
     before = signal.getsignal(signal.SIGINT)
     _slurm_cluster_class()
     assert "dask_jobqueue.runner" in sys.modules

@@ -172,7 +172,8 @@ class SlurmCluster:
     ``async with`` it (or ``with``, from a script) to start the scheduler; the block
     gets the :class:`~labkit.cluster.DaskExecutor` to pass as ``executor=``. On
     leaving, every job is cancelled and the scheduler stops. ``client`` and
-    ``cluster`` (dask-jobqueue's ``SLURMCluster``) are there while the block runs.
+    ``cluster`` (dask-jobqueue's ``SLURMCluster``) are there while the block runs;
+    ``job_name`` is the name its jobs carry in Slurm's queue (``squeue --name``).
 
     Args:
         options: What each job asks for.
@@ -338,14 +339,18 @@ class SlurmCluster:
         known = {str(job.job_id) for job in self.cluster.workers.values() if job.job_id}
         leaving = set(self._leaving)
         # squeue's default states: pending, running, completing and the like.
-        process = await asyncio.create_subprocess_exec(
-            "squeue",
-            "--noheader",
-            f"--name={self.job_name}",
-            "--format=%i",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                "squeue",
+                "--noheader",
+                f"--name={self.job_name}",
+                "--format=%i",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            log.warning("cannot run squeue (%s): jobs that end unseen are not replaced", exc)
+            return self._queued
         out, err = await process.communicate()
         if process.returncode != 0:
             log.warning("squeue failed (%s): %s", process.returncode, err.decode().strip())
