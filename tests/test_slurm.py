@@ -337,21 +337,24 @@ async def test_workers_retire_before_the_walltime_and_their_instances_run_again(
 ) -> None:
     # A 60 s walltime with workers retiring 50 s before it: each job's worker
     # lives 10 s, long enough for one 4.8 s instance (and the worker's first
-    # imports) but not two: 2 jobs cannot run 4 of them before they retire, so
-    # jobs are replaced and the instances they cut off run again.
-    jobs = jobs_on(cluster, max_jobs=2, walltime=60, retire_before=50)
+    # imports) but not two: one job at a time cannot run both instances before
+    # it retires, so the second is cut off, runs again, and the job is replaced.
+    jobs = jobs_on(cluster, max_jobs=1, walltime=60, retire_before=50)
     async with jobs as executor:
         result = await lk.run_experiment(
             lk.Experiment("short-lived", steps, params={"pause": 1.2}),
-            instances=4,
+            instances=2,
             executor=executor,
         )
         stats = jobs.stats()
     assert result.ok, [instance.error for instance in result.instances]
-    assert [instance.index for instance in result.instances] == list(range(4))
+    assert [instance.index for instance in result.instances] == list(range(2))
     for instance in result.instances:
         assert list(instance.timeline["x"]) == [float(s + instance.index) for s in range(STEPS)]
-    assert stats.lost >= 1 and stats.submitted >= 3, stats
+        assert set(instance.timeline["job"]) == {float(instance.summary["job"])}
+    assert len({instance.summary["job"] for instance in result.instances}) == 2
+    assert [note for note in result.notes if "ran again" in note], result.notes
+    assert stats.lost >= 1 and stats.submitted >= 2, stats
 
 
 @pytest.mark.slurm
