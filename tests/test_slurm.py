@@ -254,13 +254,13 @@ async def test_a_run_stopped_mid_way_resumes_with_only_the_missing_instances(
 ) -> None:
     experiment = lk.Experiment("resumed", steps, params={"pause": 0.3})
     done_before: set[int] = set()
-    two_done = asyncio.Event()
+    some_done = asyncio.Event()
 
     def on_first(event: Any) -> None:
         if isinstance(event, lk.InstanceEvent) and event.kind == "finished":
             done_before.add(event.instance)
-            if len(done_before) >= 2:
-                two_done.set()
+            if len(done_before) >= 3:
+                some_done.set()
 
     started_again: set[int] = set()
 
@@ -275,11 +275,12 @@ async def test_a_run_stopped_mid_way_resumes_with_only_the_missing_instances(
                     experiment, instances=6, executor=executor, store=store, on_event=on_first
                 )
             )
-            await two_done.wait()
+            await some_done.wait()
             running.cancel()  # as a driver stopped mid-way
             with pytest.raises(asyncio.CancelledError):
                 await running
-            # What the store committed is what resume skips.
+            # What the store committed is what resume skips (an instance whose
+            # 'finished' went out just before the cancel may not be in it).
             (first_id,) = store.experiments()["id"]
             finished_first = {i.index for i in store.load(first_id).instances if i.ok}
             result = await lk.run_experiment(
@@ -291,7 +292,7 @@ async def test_a_run_stopped_mid_way_resumes_with_only_the_missing_instances(
                 on_event=on_second,
             )
         stored = store.load(str(result.experiment_id))
-    assert 2 <= len(finished_first) < 6
+    assert 1 <= len(finished_first) < 6
     assert started_again == set(range(6)) - finished_first
     assert result.ok and [instance.index for instance in result.instances] == list(range(6))
     assert [instance.index for instance in stored.instances] == list(range(6))
