@@ -30,6 +30,7 @@ CPUS = 4
 GPUS = 2
 MEMORY_MB = 4096
 PARTITION = "labkit"
+LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"}
 BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo")
 
 CONFIG = """\
@@ -117,7 +118,7 @@ class SlurmCluster:
     def stop(self) -> None:
         """Cancel every job, stop the daemons (TERM, then KILL), remove the folder."""
         # A controller that is gone already: the daemons' stop below ends the jobs.
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired, RuntimeError):
             subprocess.run(
                 ["scancel", "--full", "--user", "root"],
                 env=self.env,
@@ -125,6 +126,12 @@ class SlurmCluster:
                 timeout=10,
                 check=False,
             )
+            # Jobs end cleanly while slurmd is up (their step daemons report to it).
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(
+                job["state"] in LIVE_STATES for job in self.jobs()
+            ):
+                time.sleep(0.2)
         for daemon in reversed(self.daemons):
             if daemon.poll() is None:
                 daemon.send_signal(signal.SIGTERM)
@@ -232,15 +239,19 @@ def _wait_for(ready: object, what: str, seconds: float) -> None:
 
 
 def _kill_job_processes(base: Path) -> None:
-    """Kill what a job left behind (its workers write logs under ``base``)."""
+    """Kill what this cluster's jobs left behind: their step daemons (slurmstepd,
+    which wait on a slurmd that is gone) and workers, known by the SLURM_CONF
+    they inherited or by ``base`` on their command line."""
     import psutil
 
     mark = str(base)
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if any(mark in part for part in proc.info["cmdline"] or ()):
+            conf = proc.environ().get("SLURM_CONF", "")
+            ours = conf.startswith(mark) or any(mark in part for part in proc.info["cmdline"] or ())
+            if ours and proc.pid != os.getpid():
                 proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
 
 

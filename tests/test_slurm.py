@@ -336,14 +336,14 @@ async def test_gpus_asked_per_job_reach_the_instance_through_slurm(
 async def test_workers_retire_before_the_walltime_and_their_instances_run_again(
     cluster: _slurm.SlurmCluster,
 ) -> None:
-    # A 60 s walltime with workers retiring 50 s before it: each job's worker
-    # lives 10 s, long enough for one 4.8 s instance (and the worker's first
-    # imports) but not two: one job at a time cannot run both instances before
+    # A 60 s walltime with workers retiring 45 s before it: each job's worker
+    # lives 15 s, long enough for one 8 s instance (and the worker's first
+    # imports, slow on a busy machine) but not two: one job at a time cannot run both instances before
     # it retires, so the second is cut off, runs again, and the job is replaced.
-    jobs = jobs_on(cluster, max_jobs=1, walltime=60, retire_before=50)
+    jobs = jobs_on(cluster, max_jobs=1, walltime=60, retire_before=45)
     async with jobs as executor:
         result = await lk.run_experiment(
-            lk.Experiment("short-lived", steps, params={"pause": 1.2}),
+            lk.Experiment("short-lived", steps, params={"pause": 2.0}),
             instances=2,
             executor=executor,
         )
