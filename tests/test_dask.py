@@ -846,7 +846,8 @@ async def lone_worker() -> AsyncIterator[Client]:
             n_workers=1,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            # Health checks on a free port: the module's cluster may hold 8787.
+            dashboard_address="127.0.0.1:0",
             asynchronous=True,
             scheduler_kwargs={"allowed_failures": 10},
         ) as local,
