@@ -338,8 +338,9 @@ async def test_workers_retire_before_the_walltime_and_their_instances_run_again(
 ) -> None:
     # A 60 s walltime with workers retiring 45 s before it: each job's worker
     # lives 15 s, long enough for one 8 s instance (and the worker's first
-    # imports, slow on a busy machine) but not two: one job at a time cannot run both instances before
-    # it retires, so the second is cut off, runs again, and the job is replaced.
+    # imports, slow on a busy machine) but not two: one job at a time cannot run
+    # both before it retires, so the second is cut off, runs again, and the job
+    # is replaced.
     jobs = jobs_on(cluster, max_jobs=1, walltime=60, retire_before=45)
     async with jobs as executor:
         result = await lk.run_experiment(
