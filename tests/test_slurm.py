@@ -356,7 +356,9 @@ async def test_workers_retire_before_the_walltime_and_their_instances_run_again(
         assert set(instance.timeline["job"]) == {float(instance.summary["job"])}
     assert len({instance.summary["job"] for instance in result.instances}) == 2
     assert [note for note in result.notes if "ran again" in note], result.notes
-    assert stats.lost >= 1 and stats.submitted >= 2, stats
+    # Each replacement is a job that ran (not one cancelled at once for the name
+    # it shared with the lost job, over and over).
+    assert stats.lost >= 1 and 2 <= stats.submitted <= 4, stats
 
 
 @pytest.mark.slurm

@@ -459,7 +459,8 @@ def slurm_time(seconds: float) -> str:
 
 
 def _slurm_cluster_class() -> Any:
-    """dask-jobqueue's ``SLURMCluster``, imported without its side effect.
+    """dask-jobqueue's ``SLURMCluster``, imported without its side effect, and with
+    worker names that are never used twice.
 
     Importing dask-jobqueue replaces the process's SIGINT handler with one that
     calls ``sys.exit()`` (for its own runner scripts): the caller's Ctrl-C handling
@@ -474,4 +475,18 @@ def _slurm_cluster_class() -> Any:
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    return SLURMCluster
+
+    class LabkitSLURMCluster(SLURMCluster):
+        """A ``SLURMCluster`` whose every job gets a worker name of its own.
+
+        Dask would give a replacement job the name of the lost one it replaces:
+        the keeper would take it for the lost one, and Dask's lost-worker timer
+        would cancel it.
+        """
+
+        def new_worker_spec(self) -> dict[str, Any]:
+            spec: dict[str, Any] = super().new_worker_spec()  # type: ignore[no-untyped-call]
+            self._i += 1  # the next job's number, even once this one is gone
+            return spec
+
+    return LabkitSLURMCluster
