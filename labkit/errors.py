@@ -7,6 +7,8 @@ that already catches the built-ins keeps working::
     LabkitError
      +-- ConfigError (ValueError)           a bad option: names it, its value, what is allowed
      +-- MissingDependency (ImportError)    an optional extra is not installed
+     +-- WorkerImportError (ImportError)    a cluster's workers cannot import what a task needs
+     +-- WorkerLost                         an instance's runs kept losing their worker
      +-- TaskFailed                         raised by RunReport.raise_for_errors() (in a group)
      +-- TaskTimeout (TimeoutError)         one attempt of a task ran past the run's `timeout`
      +-- ResultRejected                     `Retry(retry_if_result=...)` rejected every value
@@ -74,6 +76,8 @@ __all__ = (
     "WorkerDied",
     "TaskFailed",
     "TaskTimeout",
+    "WorkerImportError",
+    "WorkerLost",
 )
 
 
@@ -187,6 +191,31 @@ class MissingDependency(LabkitError, ImportError):
             f"{purpose} needs the '{package}' package: pip install 'labkit[{extra}]'",
             name=package,
         )
+
+
+class WorkerImportError(LabkitError, ImportError):
+    """A cluster's workers cannot import a module that a task's function needs.
+
+    The caller's process can import it (the function was pickled there by
+    reference), the workers cannot, so they cannot unpickle the task. The message
+    names the module and the ways to make it reach the workers.
+
+    Args:
+        message: What failed and the ways out.
+        name: The module the workers could not import.
+    """
+
+    def __init__(self, message: str, name: str | None = None) -> None:
+        super().__init__(message, name=name)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised on a worker and pickled back to the caller: keep the module's name.
+        return (type(self), (str(self), self.name))
+
+
+class WorkerLost(LabkitError):
+    """An instance's attempt lost the worker running it too many times in a row
+    (each run cut off, by a Slurm job's walltime or preemption, say)."""
 
 
 class TaskFailed(LabkitError):

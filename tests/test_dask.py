@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -742,3 +743,189 @@ async def test_an_experiments_gpus_become_dask_resources(client: Client) -> None
     assert {i.gpu_uuids for i in result.instances} == {(uuid,) for uuid in uuids}
     assert all(list(i.timeline["visible"]) == [1.0] for i in result.instances)
     assert result.to_dict()["config"]["gpus_per_instance"] == 1
+
+
+# -- functions only the caller can import ------------------------------------------------
+
+DRIVER_ONLY = """
+def train(ctx):
+    ctx.record_at(0.0, x=float(ctx.index))
+    return {"from": __name__}
+"""
+
+
+def driver_only_module(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A module written after the cluster started, importable only in this process.
+
+    (Workers spawned later would inherit this process's ``sys.path``; these are
+    already running, as a remote cluster's workers are.)
+    """
+    name = f"driver_only_{os.getpid()}_{time.monotonic_ns()}"
+    (folder / f"{name}.py").write_text(DRIVER_ONLY)
+    monkeypatch.syspath_prepend(str(folder))
+    module = __import__(name)
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+async def test_a_function_the_workers_cannot_import_fails_fast_naming_the_ways_out(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = driver_only_module(tmp_path, monkeypatch)
+    begun = time.monotonic()
+    # Before, the workers failed to unpickle the task, dropped their connection and
+    # got it again, forever: this wait would time out.
+    result = await asyncio.wait_for(
+        lk.run_experiment(lk.Experiment("lonely", module.train), instances=2, executor=client),
+        timeout=30,
+    )
+    assert time.monotonic() - begun < 10
+    assert [instance.ok for instance in result.instances] == [False, False]
+    message = str(result.instances[0].error)
+    assert message.startswith("WorkerImportError: ")
+    assert f"cannot import module {module.__name__!r}" in message
+    assert "cloudpickle.register_pickle_by_value" in message
+    assert f"client.upload_file({module.__file__!r})" in message
+    assert f"{str(tmp_path)!r} on the workers' PYTHONPATH" in message
+    # The runner's own path gives the same error, as an exception of the task.
+    report = await lk.run_parallel(module.train, [None], executor=client)
+    assert isinstance(report.results[0].error, lk.errors.WorkerImportError)
+    assert report.results[0].error.name == module.__name__
+
+
+async def test_a_function_shipped_by_value_runs_on_the_workers(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cloudpickle
+
+    module = driver_only_module(tmp_path, monkeypatch)
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        result = await lk.run_experiment(
+            lk.Experiment("by-value", module.train), instances=2, executor=client
+        )
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+    assert result.ok, [instance.error for instance in result.instances]
+    assert [list(i.timeline["x"]) for i in result.instances] == [[0.0], [1.0]]
+
+
+async def test_a_module_uploaded_to_the_workers_runs_there(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = driver_only_module(tmp_path, monkeypatch)
+    await client.upload_file(module.__file__)
+    result = await lk.run_experiment(
+        lk.Experiment("uploaded", module.train), instances=2, executor=client
+    )
+    assert result.ok, [instance.error for instance in result.instances]
+    assert {instance.summary["from"] for instance in result.instances} == {module.__name__}
+
+
+# -- instances whose worker is lost ----------------------------------------------------
+
+
+async def count_slowly(ctx: lk.InstanceContext) -> dict[str, int]:
+    """Samples every 0.1 s for ``seconds``; returns the worker's pid."""
+    for step in range(int(ctx.params["seconds"] * 10)):
+        ctx.record_at(step / 10, x=float(step), pid=float(os.getpid()))
+        await asyncio.sleep(0.1)
+    return {"pid": os.getpid()}
+
+
+@pytest.fixture
+async def lone_worker() -> AsyncIterator[Client]:
+    """A cluster of one worker process, whose nanny starts a new one when it dies.
+
+    Its scheduler allows a task many deaths of its worker: the tests kill workers
+    to stand in for jobs that end cleanly (which Dask does not count), so Dask's
+    own limit (KilledWorker) must not decide first.
+    """
+    async with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            # Health checks on a free port: the module's cluster may hold 8787.
+            dashboard_address="127.0.0.1:0",
+            asynchronous=True,
+            scheduler_kwargs={"allowed_failures": 10},
+        ) as local,
+        Client(local, asynchronous=True) as client,
+    ):
+        yield client
+
+
+async def kill_once_it_records(events: list[Any], times: int) -> list[int]:
+    """Kill the worker process (SIGKILL; its nanny starts a new one) each time a run of
+    the instance has recorded 3 samples there; the pids of the runs cut off so."""
+    cut: list[int] = []
+    while len(cut) < times:
+        pids = [int(e.metrics["pid"]) for e in events if getattr(e, "kind", "") == "sample"]
+        fresh = [pid for pid in pids if pid not in cut]
+        if len(fresh) >= 3:
+            cut.append(fresh[0])
+            os.kill(fresh[0], signal.SIGKILL)
+        await asyncio.sleep(0.05)
+    return cut
+
+
+async def test_an_instance_whose_worker_is_lost_runs_again_and_only_that_run_is_kept(
+    lone_worker: Client, tmp_path: Path
+) -> None:
+    events: list[Any] = []
+    with lk.Store(tmp_path / "runs.db") as store:
+        running = asyncio.ensure_future(
+            lk.run_experiment(
+                lk.Experiment("cut", count_slowly, params={"seconds": 1.5}),
+                instances=1,
+                executor=lone_worker,
+                store=store,
+                on_event=events.append,
+            )
+        )
+        cut = await kill_once_it_records(events, times=1)
+        result = await running
+        stored = store.load(str(result.experiment_id))
+    instance = result.instances[0]
+    assert result.ok, instance.error
+    assert instance.summary["pid"] not in cut  # the run kept is the one after the loss
+    # The kept run's samples only: all from one process, each step once.
+    assert set(instance.timeline["pid"]) == {float(instance.summary["pid"])}
+    assert list(instance.timeline["x"]) == [float(step) for step in range(15)]
+    pd.testing.assert_frame_equal(stored.instances[0].timeline, instance.timeline)
+    assert [note for note in result.notes if "ran again" in note] == [
+        "instance 0 ran again from its start on another worker: the worker running it was "
+        "lost (a Slurm job's walltime, preemption or cancellation, or a worker that died); "
+        "only the new run is kept"
+    ]
+    # The live view was told: a second 'started' begins the instance's line again.
+    assert [e.kind for e in instance_events(events, 0) if e.kind != "sample"] == [
+        "started",
+        "started",
+        "finished",
+    ]
+
+
+@pytest.mark.timeout(240)
+async def test_an_instance_that_keeps_losing_its_worker_fails_with_worker_lost(
+    lone_worker: Client,
+) -> None:
+    events: list[Any] = []
+    running = asyncio.ensure_future(
+        lk.run_experiment(
+            lk.Experiment("never-ends", count_slowly, params={"seconds": 60}),
+            instances=1,
+            executor=lone_worker,
+            on_event=events.append,
+        )
+    )
+    await kill_once_it_records(events, times=3)
+    # The fourth run fails as it starts, once the nanny's new worker is up (seconds,
+    # but a loaded machine has taken half a minute).
+    result = await asyncio.wait_for(running, timeout=90)
+    instance = result.instances[0]
+    assert not instance.ok
+    assert instance.error is not None and instance.error.startswith("WorkerLost: instance 0 ")
+    assert "3 times" in instance.error and "walltime" in instance.error
+    assert await settle(lone_worker) == (0, 0)  # its last run was cancelled on the worker

@@ -1,8 +1,9 @@
 """Beyond one machine: running labkit's calls on a Dask cluster.
 
 The package's parts: the executor itself (:mod:`labkit.executors.dask`, re-exported
-here), worker topics (:mod:`labkit.cluster.topics`) and GPU workers
-(:mod:`labkit.cluster.gpus`).
+here), worker topics (:mod:`labkit.cluster.topics`), GPU workers
+(:mod:`labkit.cluster.gpus`) and Slurm jobs as workers (:mod:`labkit.cluster.slurm`,
+:func:`slurm`).
 
 Pass a ``distributed.Client`` as the ``executor`` of :func:`labkit.run_parallel`,
 :class:`labkit.Runner` or :func:`labkit.run_parallel_sync` (or a
@@ -25,7 +26,12 @@ client whose loop runs in another thread. In a script, where
 :func:`labkit.run_parallel_sync` starts a fresh loop, pass a synchronous client.
 
 Functions run on the workers: they and their items must pickle (cloudpickle
-handles closures and lambdas) and labkit must be importable there. Async functions
+handles closures and lambdas) and labkit must be importable there. A task is
+pickled here and unpickled by the task itself on its worker, so a function from a
+module the workers cannot import fails its task at once with
+:class:`labkit.errors.WorkerImportError`, naming the module and the ways out
+(``cloudpickle.register_pickle_by_value``, ``client.upload_file``, the workers'
+``PYTHONPATH``). Async functions
 run on the worker in a fresh event loop of their own, one per task, in the
 worker's task thread, so a slow coroutine never stalls the worker's heartbeats.
 
@@ -65,13 +71,18 @@ A remote cluster is a scheduler address away: ``Client("tcp://host:8786")``.
 """
 
 from labkit.cluster.gpus import gpu_cluster
+from labkit.cluster.slurm import SlurmCluster, SlurmOptions, SlurmStats, slurm
 from labkit.cluster.topics import publish, subscribe
 from labkit.executors.dask import DaskBackend, DaskExecutor
 
 __all__ = (
     "DaskBackend",
     "DaskExecutor",
+    "SlurmCluster",
+    "SlurmOptions",
+    "SlurmStats",
     "gpu_cluster",
     "publish",
+    "slurm",
     "subscribe",
 )

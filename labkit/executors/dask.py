@@ -14,9 +14,18 @@ import sys
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from labkit.errors import ConfigError, GPUUnavailable, MissingDependency, check, is_int, is_real
+from labkit.errors import (
+    ConfigError,
+    GPUUnavailable,
+    MissingDependency,
+    WorkerImportError,
+    check,
+    is_int,
+    is_real,
+)
 from labkit.executors.base import Call, is_async_callable
 
 __all__ = ("DaskBackend", "DaskExecutor", "at_task_end", "distributed", "is_dask_client")
@@ -118,9 +127,10 @@ class DaskExecutor:
 class _Payload:
     """One attempt as shipped to a worker.
 
-    An opaque object rather than plain arguments: Dask looks into tuples, lists and
-    dicts among a task's arguments for keys and futures, which would misread
-    items such as ``(len, "abc")`` and cost time on large ones.
+    It travels pickled (:func:`_pack`): Dask looks into tuples, lists and dicts
+    among a task's arguments for keys and futures, which would misread items such
+    as ``(len, "abc")`` and cost time on large ones, and a worker that cannot
+    unpickle a task's arguments fails the task instead of its connection.
     """
 
     fn: Callable[..., Any]
@@ -128,7 +138,36 @@ class _Payload:
     argument: Any
 
 
-def _apply(payload: _Payload) -> Any:
+def _pack(payload: _Payload) -> bytes:
+    """The payload pickled here, by cloudpickle (which honours
+    ``cloudpickle.register_pickle_by_value``)."""
+    import cloudpickle  # type: ignore[import-untyped]
+
+    data: bytes = cloudpickle.dumps(payload)
+    return data
+
+
+def _unpack(data: bytes) -> _Payload:
+    """The payload, unpickled on the worker.
+
+    Left to Dask, a function from a module only the caller can import breaks the
+    worker's connection to the scheduler, which sends the task again, forever:
+    unpickled here, the task fails and the caller hears why.
+
+    Raises:
+        WorkerImportError: This worker cannot import a module the payload needs.
+    """
+    import pickle
+
+    try:
+        payload: _Payload = pickle.loads(data)
+    except ImportError as exc:
+        raise WorkerImportError(f"a worker cannot import {exc.name!r}: {exc}", exc.name) from None
+    return payload
+
+
+def _apply(data: bytes) -> Any:
+    payload = _unpack(data)
     if payload.mode == "kwargs":
         return payload.fn(**payload.argument)
     if payload.mode == "none":
@@ -136,7 +175,7 @@ def _apply(payload: _Payload) -> Any:
     return payload.fn(payload.argument)
 
 
-def _run_sync_task(payload: _Payload) -> Any:
+def _run_sync_task(payload: bytes) -> Any:
     """The task for a sync function: call it in the worker's task thread."""
     try:
         return _apply(payload)
@@ -144,7 +183,7 @@ def _run_sync_task(payload: _Payload) -> Any:
         _task_ended()
 
 
-def _run_async_task(payload: _Payload) -> Any:
+def _run_async_task(payload: bytes) -> Any:
     """The task for an async function: run it in a loop of its own on the task thread.
 
     A watcher cancels the coroutine once the worker has dropped the task (the
@@ -159,7 +198,7 @@ def _run_async_task(payload: _Payload) -> Any:
         _task_ended()
 
 
-async def _until_released(payload: _Payload, worker: Any, key: Any) -> Any:
+async def _until_released(payload: bytes, worker: Any, key: Any) -> Any:
     task = asyncio.ensure_future(_apply(payload))
     try:
         while True:
@@ -236,17 +275,20 @@ class DaskBackend:
                 await self._check_resources()
             future = client.submit(
                 task,
-                _Payload(fn, mode, argument),
+                _pack(_Payload(fn, mode, argument)),
                 key=f"{name}-{uuid.uuid4().hex}",
                 pure=False,
                 resources=resources,
             )
-            if same_loop:
-                return await _outcome(client, future)
-            # The client's own loop waits for the future; the caller's loop only
-            # waits for that wait, so nothing here blocks.
-            waiting = asyncio.run_coroutine_threadsafe(_outcome(client, future), client_loop)
-            return await asyncio.wrap_future(waiting)
+            try:
+                if same_loop:
+                    return await _outcome(client, future)
+                # The client's own loop waits for the future; the caller's loop only
+                # waits for that wait, so nothing here blocks.
+                waiting = asyncio.run_coroutine_threadsafe(_outcome(client, future), client_loop)
+                return await asyncio.wrap_future(waiting)
+            except WorkerImportError as exc:
+                raise WorkerImportError(_import_advice(exc.name, name), exc.name) from None
 
         return call
 
@@ -310,6 +352,32 @@ async def _outcome(client: Any, future: Any) -> Any:
     except asyncio.CancelledError:
         await client.cancel([future], asynchronous=True)
         raise
+
+
+def _import_advice(module: str | None, name: str) -> str:
+    """Why the workers could not unpickle the tasks called ``name``, and the ways out."""
+    top = (module or "").split(".")[0]
+    source = getattr(sys.modules.get(top), "__file__", None)
+    what = f"module {module!r}" if module else "a module"
+    text = (
+        f"the cluster's workers cannot import {what}, which the tasks {name!r} need "
+        "(this process can"
+    )
+    if source is None:
+        return (
+            f"{text}). Make it importable on the workers: install it there, or put its "
+            "folder on the workers' PYTHONPATH"
+        )
+    path = Path(source)
+    folder = path.parent.parent if path.name == "__init__.py" else path.parent
+    upload = f"client.upload_file({str(path if path.name != '__init__.py' else path.parent)!r})"
+    return (
+        f"{text}, from {path}). Ways out: ship it by value, "
+        f"cloudpickle.register_pickle_by_value(sys.modules[{top!r}]) before the run; "
+        f"send it to the workers, {upload} (a package as a .zip); or put {str(folder)!r} "
+        "on the workers' PYTHONPATH (lk.cluster.slurm(job_setup=...) runs shell lines "
+        "in each job before its worker starts)"
+    )
 
 
 def _asyncio_loop(client: Any) -> asyncio.AbstractEventLoop:

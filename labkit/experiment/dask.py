@@ -4,6 +4,15 @@ The caller keeps the runner (cap, retries, timeouts, events), the store and the
 averaging; a worker runs one attempt and streams its start, samples and log lines
 back on the run's topic (:func:`labkit.cluster.publish`) while it runs. The
 bookkeeping is the local path's own (:class:`~labkit.experiment.attempt.Instances`).
+
+Dask runs a task again on another worker when the worker running it goes away (a
+Slurm job that reached its walltime or was preempted or cancelled). Each run of an
+attempt on a worker carries a token of its own: when a new run of an attempt
+starts, what the lost run recorded is dropped (the live view starts the instance's
+line again), only the new run's samples count, and the result's notes say which
+instance ran again. An attempt whose runs lost their worker :data:`MAX_LOST_RUNS`
+times fails with :class:`~labkit.errors.WorkerLost` rather than running again
+forever (an instance longer than a job's walltime would never end).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from labkit.clock import SYSTEM_CLOCK, Clock, SystemClock
-from labkit.errors import check
+from labkit.errors import WorkerLost, check
 from labkit.events import InstanceEvent
 from labkit.executors import is_async_callable, is_dask_client
 from labkit.experiment.attempt import Instances
@@ -32,7 +41,10 @@ if TYPE_CHECKING:
     from labkit.gpu import GPUPool
     from labkit.sandbox.pool import SandboxPool
 
-__all__ = ("DaskAttempts", "cluster_executor", "on_dask")
+__all__ = ("MAX_LOST_RUNS", "DaskAttempts", "cluster_executor", "on_dask")
+
+MAX_LOST_RUNS = 3
+"""Runs of one attempt that may lose their worker; the next loss fails the attempt."""
 
 
 def on_dask(executor: Any) -> bool:
@@ -129,6 +141,11 @@ class DaskAttempts:
         )
         self._remote: Callable[[Any], Awaitable[Any]] | None = None
         self._stack = contextlib.ExitStack()
+        self._runs: dict[int, str] = {}
+        """The run (on a worker) of each instance's attempt whose messages count."""
+        self._lost_runs: dict[int, int] = {}
+        self._cut_off: dict[int, asyncio.Future[None]] = {}
+        """Per running attempt: fails when its runs lost their worker too often."""
 
     async def __aenter__(self) -> DaskAttempts:
         from labkit.cluster import subscribe
@@ -151,11 +168,24 @@ class DaskAttempts:
         assert self._remote is not None, "enter DaskAttempts before running instances"
         book = self.instances
         record = book.begin(index)
+        self._runs.pop(index, None)
+        self._lost_runs[index] = 0
+        cut_off = self._cut_off[index] = asyncio.get_running_loop().create_future()
+        remote = asyncio.ensure_future(self._remote((index, record.attempts)))
         try:
-            value, log, gpus = await self._remote((index, record.attempts))
+            await asyncio.wait({remote, cut_off}, return_when=asyncio.FIRST_COMPLETED)
+            if not remote.done():
+                cut_off.result()  # raises WorkerLost; the task is cancelled below
+            value, log, gpus = remote.result()
         except BaseException as exc:
+            if not remote.done():
+                remote.cancel()  # which cancels the task on the cluster
+                await asyncio.wait({remote})
             book.failed(index, exc)
             raise
+        finally:
+            del self._cut_off[index]
+            cut_off.cancel()
         # Started messages arrive before the result; this only covers a lost one.
         book.started(index, tuple(gpus))
         record.log = log
@@ -174,8 +204,14 @@ class DaskAttempts:
             return
         kind = message["kind"]
         clock = book.clock
+        run = str(message["r"])
         if kind == "started":
+            current = self._runs.setdefault(index, run)
+            if current != run:
+                self._run_again(index, run)
             book.started(index, tuple(message.get("gpus", ())))
+        elif self._runs.get(index) != run:
+            return  # a lost run's late message
         elif kind == "sample":
             offset = float(message["t"])
             metrics = {str(name): float(value) for name, value in message["m"].items()}
@@ -188,6 +224,34 @@ class DaskAttempts:
                     "log", index, clock.now(), float(message["t"]), message=message["log"]
                 )
             )
+
+    def _run_again(self, index: int, run: str) -> None:
+        """Dask started the attempt of ``index`` again (its worker was lost): keep
+        only the new run, and say so in the result's notes."""
+        book = self.instances
+        record = book.records[index]
+        self._runs[index] = run
+        self._lost_runs[index] += 1
+        if self._lost_runs[index] >= MAX_LOST_RUNS:
+            cut_off = self._cut_off.get(index)
+            if cut_off is not None and not cut_off.done():
+                cut_off.set_exception(
+                    WorkerLost(
+                        f"instance {index} lost the worker running it {MAX_LOST_RUNS} times "
+                        "in a row: each run was cut off (a Slurm job's walltime or "
+                        "preemption, or workers that die). Give each job more time than "
+                        "an instance needs (walltime minus retire_before), or look for "
+                        "what kills the workers"
+                    )
+                )
+            return
+        record.log = SampleLog()
+        record.started = None  # started() reports the new run and its log
+        book.notes.append(
+            f"instance {index} ran again from its start on another worker: the worker "
+            "running it was lost (a Slurm job's walltime, preemption or cancellation, "
+            "or a worker that died); only the new run is kept"
+        )
 
 
 # -- on the worker ----------------------------------------------------------------------
@@ -210,6 +274,7 @@ def _worker_context(
     from labkit.cluster import publish
 
     index, number = job
+    run = uuid.uuid4().hex  # this run of the attempt: Dask may start it again elsewhere
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if gpus:
         # The worker was pinned to its GPUs (gpu_cluster, or by hand) before it started.
@@ -220,7 +285,7 @@ def _worker_context(
     log = SampleLog()
 
     def emit(event: InstanceEvent) -> None:
-        head = {"i": index, "a": number, "t": event.offset}
+        head = {"i": index, "a": number, "r": run, "t": event.offset}
         if event.kind == "sample":
             publish(topic, {**head, "kind": "sample", "m": dict(event.metrics or {})})
         elif event.kind == "log":
@@ -239,7 +304,7 @@ def _worker_context(
         recorder=None,
         sample_log=log,
     )
-    publish(topic, {"i": index, "a": number, "kind": "started", "gpus": list(uuids)})
+    publish(topic, {"i": index, "a": number, "r": run, "kind": "started", "gpus": list(uuids)})
     return ctx, log
 
 
