@@ -141,7 +141,7 @@ class _Payload:
 def _pack(payload: _Payload) -> bytes:
     """The payload pickled here, by cloudpickle (which honours
     ``cloudpickle.register_pickle_by_value``)."""
-    import cloudpickle  # type: ignore[import-untyped]
+    import cloudpickle
 
     data: bytes = cloudpickle.dumps(payload)
     return data
