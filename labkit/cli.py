@@ -1002,6 +1002,13 @@ def _history(args: argparse.Namespace) -> int:
         return EXIT_OK
     columns = ["id", "name", "status", "instances", "succeeded", "failed", "created"]
     shown = frame[[column for column in columns if column in frame]].copy()
+    if "created" in shown:
+        shown["created"] = shown["created"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    labels = list(frame["labels"]) if "labels" in frame else []
+    if any("sweep" in label for label in labels):
+        # Which sweep, and which of its trials, each run was.
+        shown["sweep"] = [label.get("sweep", "-") for label in labels]
+        shown["trial"] = [label.get("trial", "-") for label in labels]
     if "params" in frame:
         # A sweep's trials share a name: their parameters tell them apart.
         shown["params"] = [_params_text(params) for params in frame["params"]]

@@ -42,6 +42,7 @@ import functools
 import importlib
 import itertools
 import math
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -604,6 +605,7 @@ async def sweep(
         gpu_pool=gpu_pool,
         board=board,
         run_options=run_options,
+        sweep_id=uuid.uuid4().hex[:8],
     )
     from labkit.runner import Runner
 
@@ -797,7 +799,13 @@ class _TrialRunner:
     gpu_pool: GPUPool | None
     board: _Board
     run_options: dict[str, Any]
+    sweep_id: str
+    """Names this sweep in each trial's record (``labels``: sweep and trial)."""
     refused: ConfigError | None = None
+
+    def labels(self, trial: _Trial) -> dict[str, str | int]:
+        """What a trial's run is marked with in the store: its sweep and its number."""
+        return {"sweep": self.sweep_id, "trial": trial.number}
 
     def unless_refused(self, items: Any) -> Iterator[Any]:
         """The items, until a trial's options or the space are refused (the sweep stops)."""
@@ -821,6 +829,7 @@ class _TrialRunner:
             resume=self.resume and self.store is not None,
             gpu_pool=self.gpu_pool,
             on_event=functools.partial(_wrap, self.board.bus, trial.number),
+            labels=self.labels(trial),
             **self.run_options,
         )
 
@@ -847,6 +856,7 @@ class _TrialRunner:
                     resume=self.resume and store is not None,
                     gpu_pool=self.gpu_pool,
                     on_event=functools.partial(_wrap, self.board.bus, trial.number),
+                    labels=self.labels(trial),
                     **self.run_options,
                 )
         except ConfigError as exc:

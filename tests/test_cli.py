@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -236,11 +237,17 @@ def test_a_raced_sweep_is_one_record_per_trial_in_history(
     assert done.returncode == 0, done.stderr
     assert "trial 1 beats the other 2 at 95 %" in done.stdout
     assert main(["history", "--db", str(tmp_path / "lab.db")]) == 0
-    rows = capsys.readouterr().out.splitlines()[1:]
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[-3:] == ["sweep", "trial", "params"]
     assert len(rows) == 3  # one grown experiment per trial, not one per round
-    # Each row: id name status instances succeeded failed created (date time) params.
-    assert sorted(row.split()[-1] for row in rows) == ["scale=1", "scale=2", "scale=3"]
-    assert all(row.split()[4] == "5" for row in rows)  # the first round decided
+    # Each row: id name status instances succeeded failed created (date time) sweep
+    # trial params; the time to the second.
+    cells = [row.split() for row in rows]
+    assert sorted(row[-1] for row in cells) == ["scale=1", "scale=2", "scale=3"]
+    assert all(row[4] == "5" for row in cells)  # the first round decided
+    assert len({row[-3] for row in cells}) == 1  # one sweep ...
+    assert sorted(row[-2] for row in cells) == ["0", "1", "2"]  # ... and its trials
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d", row[7]) for row in cells)
 
 
 def test_a_bad_report_path_or_param_stops_before_anything_runs(tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ async def run_experiment(
     executor: Any = None,
     max_gap: float | Mapping[str, float | None] | None = None,
     method: Method | Mapping[str, Method] | None = None,
+    labels: Mapping[str, str | int | float | bool] | None = None,
     **runner_options: Any,
 ) -> ExperimentResult:
     """Run ``experiment`` as parallel instances and average what they measured.
@@ -122,6 +123,9 @@ async def run_experiment(
             ``cpu_peak``, else ``memory_peak``, else the first numeric figure).
         heartbeat_every: Seconds between heartbeats to a store that takes them
             (``Store.heartbeat``); wall-clock time, whatever ``clock`` is.
+        labels: Names for the run kept in its config and the store's record
+            (``store.experiments()["labels"]``): a sweep marks each trial's run
+            with ``{"sweep": ..., "trial": ...}``, which ``labkit history`` shows.
         max_gap: The averaged timeline's gaps, overriding ``experiment.max_gap``
             (see :func:`labkit.timeline.average_timelines`: by default a silence
             longer than 3 median sampling intervals of a metric is a gap where
@@ -165,6 +169,7 @@ async def run_experiment(
         executor=executor,
         max_gap=max_gap,
         method=method,
+        labels=labels,
         **runner_options,
     ) as run:
         await run_instances(run.options, run.results, run.run)
@@ -267,6 +272,7 @@ async def open_run(
     executor: Any = None,
     max_gap: float | Mapping[str, float | None] | None = None,
     method: Method | Mapping[str, Method] | None = None,
+    labels: Mapping[str, str | int | float | bool] | None = None,
     **runner_options: Any,
 ) -> AsyncIterator[ExperimentRun]:
     """An :class:`ExperimentRun` of ``experiment``, open for the block.
@@ -320,6 +326,7 @@ async def open_run(
         "seed": base_seed,
         "executor": where if isinstance(where, str) else "dask",
         **averaging_config(experiment, max_gap, method),
+        **_labels(labels),
     }
     book = Instances(
         experiment=experiment,
@@ -551,6 +558,23 @@ def _shared_cores(
         at_once = min(at_once, max_concurrency)
     cores = available_cores()
     return _SharedCores(at_once, cores, kind) if at_once > cores else None
+
+
+def _labels(labels: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``labels`` as the run's config keeps them (``{"labels": {...}}``), checked."""
+    if labels is None:
+        return {}
+    check(
+        isinstance(labels, Mapping)
+        and all(
+            isinstance(key, str) and isinstance(value, str | int | float | bool)
+            for key, value in labels.items()
+        ),
+        "labels",
+        labels,
+        "None or a mapping of str to str, int, float or bool (kept with the run's record)",
+    )
+    return {"labels": dict(labels)}
 
 
 def _say(notes: list[str], note: str) -> None:

@@ -611,8 +611,9 @@ class Store:
             ``instances`` (asked for), ``succeeded`` and ``failed`` (instances
             recorded so far), ``created`` and ``finished`` (UTC timestamps),
             ``params`` and ``summary`` (dicts), ``fingerprint``, ``heartbeat``
-            (UTC timestamp of the last one) and ``notes`` (list of what failed
-            after the instances ran).
+            (UTC timestamp of the last one), ``notes`` (list of what failed
+            after the instances ran) and ``labels`` (dict: what the run was
+            marked with, such as a sweep's ``{"sweep": id, "trial": n}``).
         """
         with self._reading("the list of experiments") as conn:
             rows = conn.execute(
@@ -623,7 +624,7 @@ class Store:
                 "COUNT(CASE WHEN i.status = 'ok' THEN 1 END), "
                 "COUNT(CASE WHEN i.status = 'failed' THEN 1 END), "
                 "e.created, e.finished, e.params, e.summary, e.fingerprint, e.heartbeat, "
-                "e.notes "
+                "e.notes, e.config "
                 "FROM experiments AS e LEFT JOIN instances AS i ON i.experiment_id = e.id "
                 "GROUP BY e.id ORDER BY e.created, e.rowid",
                 (time.time() if now is None else now, MISSED_HEARTBEATS, HEARTBEAT_EVERY),
@@ -643,6 +644,7 @@ class Store:
             "fingerprint",
             "heartbeat",
             "notes",
+            "labels",
         )
         frame = pd.DataFrame.from_records(records, columns=columns)
         for column in ("instances", "succeeded", "failed"):
@@ -665,6 +667,7 @@ class Store:
                 row[10],
                 row[11],
                 json.loads(row[12]) if row[12] else [],
+                dict(json.loads(row[13]).get("labels") or {}) if row[13] else {},
             )
         except (ValueError, TypeError) as exc:
             raise StoreError(
