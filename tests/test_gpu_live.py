@@ -100,3 +100,39 @@ async def test_child_process_sees_exactly_the_gpu_it_was_given() -> None:
         assert report["visible"] == ""
         if report["cuda_uuids"] is not None:
             assert report["cuda_uuids"] == []
+
+
+def _cuda_view_in_worker(ctx: object) -> dict[str, object]:
+    """Inside a worker process: what CUDA itself lets this process see."""
+    namespace: dict[str, object] = {}
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(CHILD, namespace)
+    view: dict[str, object] = json.loads(out.getvalue())
+    view["pid"] = os.getpid()
+    return view
+
+
+@pytest.mark.asyncio
+async def test_each_worker_process_sees_only_its_instances_gpu_through_cuda() -> None:
+    import labkit as lk
+
+    devices = live_devices()
+    pool = GPUPool(NVMLInventory())
+    result = await lk.run_experiment(
+        lk.Experiment("cuda-view", _cuda_view_in_worker),
+        instances=min(len(devices), 4),
+        gpus_per_instance=1,
+        gpu_pool=pool,
+        executor="process",
+    )
+    for instance in result.instances:
+        assert instance.ok, instance.error
+        (held,) = instance.gpu_uuids
+        view = instance.summary
+        assert view["visible"] == held and view["pid"] != os.getpid()
+        if view["cuda_uuids"] is not None and not held.startswith("MIG-"):
+            assert view["cuda_uuids"] == [held.removeprefix("GPU-")]

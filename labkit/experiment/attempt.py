@@ -127,9 +127,11 @@ class Instances:
         started = self.started(index)
         record.finished = self.clock.now()
         record.extra = _extra_summary(value)
-        self.emit(InstanceEvent("finished", index, record.finished, record.finished - started))
         if self.recorder is not None:
+            # Committed first: a run cancelled after "finished" was said never
+            # leaves that instance out of the store.
             await self.record(self.result(index, None))
+        self.emit(InstanceEvent("finished", index, record.finished, record.finished - started))
 
     async def record(self, result: InstanceResult) -> None:
         """Commit an instance's result to the store, if there is one."""
