@@ -202,6 +202,7 @@ class ExperimentRun:
         book: Instances,
         results: dict[int, InstanceResult],
         config: dict[str, Any],
+        shared_cores: _SharedCores | None = None,
     ) -> None:
         self.experiment = experiment
         self.options = options
@@ -211,7 +212,8 @@ class ExperimentRun:
         self._book = book
         self._next = max(results, default=-1) + 1
         self._attempt: Callable[[int], Awaitable[Any]] | None = None
-        self.shared_cores: _SharedCores | None = None
+        self.shared_cores = shared_cores
+        """More instances at once in processes of this machine than its cores, if so."""
 
     @property
     def experiment_id(self) -> str | None:
@@ -305,20 +307,7 @@ async def open_run(
     gpu_pool = gpu_pool if cluster is not None else _local_gpu_pool(gpus, gpu_pool)
     clock = clock or SYSTEM_CLOCK
     bus = _bus(on_event)
-    timeout = None
-    if cluster is None:
-        # Here the attempt keeps the timeout, from when the function begins: waiting
-        # for GPUs, a sandbox or a worker process is not run time.
-        timeout = runner_options.pop("timeout", None)
-        RunOptions(timeout=timeout)
-    default_concurrency = options.planned
-    if where == "process":
-        default_concurrency = min(options.planned, available_cores())
-    runner_options.setdefault("max_concurrency", default_concurrency)
-    from labkit.runner import Runner
-
-    # Built here so that bad runner options fail before anything starts.
-    runner = Runner(on_event=bus, clock=clock, **runner_options)
+    runner, timeout = _runner(where, options, bus, clock, runner_options)
     caller = ProcessCaller(experiment.fn, experiment.params or {}) if where == "process" else None
     config = {
         **options.config({**runner_options, "timeout": timeout} if timeout else runner_options),
@@ -336,28 +325,13 @@ async def open_run(
         recorder=store,
         seed=base_seed,
     )
-    results: dict[int, InstanceResult] = {}
-    if store is not None:
-        # In a thread: begin() may wait for another process's lock or a live run.
-        book.experiment_id, loaded = await asyncio.to_thread(
-            store.begin,
-            name=experiment.name,
-            params=dict(experiment.params or {}),
-            instances=options.planned,
-            config=config,
-            resume=options.resume,
-        )
-        results = {
-            index: replace(result, seed=instance_seed(base_seed, index))
-            for index, result in loaded.items()
-        }
-    run = ExperimentRun(experiment, options, runner, book, results, config)
+    results = await _begin(store, book, options, config)
     shared = _shared_cores(
         where, sandbox_pool, experiment, runner_options["max_concurrency"], options
     )
-    run.shared_cores = shared
     if shared is not None and shared.kind == "worker processes":
         _say(book.notes, shared.message())
+    run = ExperimentRun(experiment, options, runner, book, results, config, shared)
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(runner)
         await stack.enter_async_context(_heartbeat(store, book.experiment_id, heartbeat_every))
@@ -375,6 +349,57 @@ async def open_run(
             caller=caller,
         )
         yield run
+
+
+def _runner(
+    where: str | DaskExecutor,
+    options: ExperimentOptions,
+    bus: EventBus,
+    clock: Clock,
+    runner_options: dict[str, Any],
+) -> tuple[Runner, float | None]:
+    """The run's Runner (built now, so bad options fail before anything starts) and the
+    timeout its attempts keep themselves (``None`` on Dask, where the runner keeps it).
+
+    Here an attempt keeps the timeout, from when its function begins: waiting for GPUs,
+    a sandbox or a worker process is not run time. In worker processes, one instance
+    per core by default.
+    """
+    from labkit.runner import Runner
+
+    timeout = None
+    if isinstance(where, str):
+        timeout = runner_options.pop("timeout", None)
+        RunOptions(timeout=timeout)
+    default_concurrency = options.planned
+    if where == "process":
+        default_concurrency = min(options.planned, available_cores())
+    runner_options.setdefault("max_concurrency", default_concurrency)
+    return Runner(on_event=bus, clock=clock, **runner_options), timeout
+
+
+async def _begin(
+    store: ExperimentRecorder | None,
+    book: Instances,
+    options: ExperimentOptions,
+    config: dict[str, Any],
+) -> dict[int, InstanceResult]:
+    """Begin the store's record of the run; the instances it resumes, with their seeds."""
+    if store is None:
+        return {}
+    # In a thread: begin() may wait for another process's lock or a live run.
+    book.experiment_id, loaded = await asyncio.to_thread(
+        store.begin,
+        name=book.experiment.name,
+        params=dict(book.experiment.params or {}),
+        instances=options.planned,
+        config=config,
+        resume=options.resume,
+    )
+    return {
+        index: replace(result, seed=instance_seed(book.seed, index))
+        for index, result in loaded.items()
+    }
 
 
 async def _attempts(
