@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
+from labkit.errors import ConfigError
 from labkit.samplelog import SampleLog
 
 __all__ = (
@@ -26,6 +27,10 @@ __all__ = (
     "TimelineEvent",
     "TrialEvent",
     "Unsubscribe",
+    "Watcher",
+    "as_bus",
+    "method_of",
+    "name_methods",
 )
 
 log = logging.getLogger("labkit.events")
@@ -165,125 +170,244 @@ class ConcurrencyEvent(NamedTuple):
 
 Unsubscribe = Callable[[], None]
 
-_Subscriber = tuple[Callable[[Any], object], tuple[type, ...] | None, bool]
-"""A subscription: the callback, the event types it wants (``None``: all), and
-whether it takes the sample events of attempts whose log was announced."""
+
+class Watcher:
+    """A typed observer: override the methods of the events you read.
+
+    The bus calls only the methods a subclass overrides, and learns from them which
+    events anyone reads: an emitter builds an event only when some subscriber wants
+    its kind, so a watcher of finished tasks costs the runner nothing for the
+    others. Every method is called on the emitter's thread (the event loop's, for
+    the runner and the experiments) and must return quickly; an exception is logged
+    and the watcher kept.
+
+    Samples travel in each attempt's :class:`~labkit.samplelog.SampleLog`:
+    :meth:`on_samples` hands it over when the attempt starts, and the watcher reads
+    its new rows whenever it pleases. :meth:`on_sample`, one call per sample, is
+    for the rare watcher that must see each one as it comes.
+
+    A plain callable still subscribes (``on_event=print``) and gets every event.
+    """
+
+    def on_task_queued(self, event: TaskEvent) -> None:
+        """A task entered the queue."""
+
+    def on_task_started(self, event: TaskEvent) -> None:
+        """An attempt of a task began."""
+
+    def on_task_retry(self, event: TaskEvent) -> None:
+        """An attempt failed and another follows after ``event.delay`` seconds."""
+
+    def on_task_succeeded(self, event: TaskEvent) -> None:
+        """A task returned (``event.duration``: seconds since its first attempt began)."""
+
+    def on_task_failed(self, event: TaskEvent) -> None:
+        """A task failed for good (``event.error``)."""
+
+    def on_task_cancelled(self, event: TaskEvent) -> None:
+        """A task was cancelled."""
+
+    def on_instance_started(self, event: InstanceEvent) -> None:
+        """An attempt of an experiment instance began, its resources held."""
+
+    def on_samples(self, event: TimelineEvent) -> None:
+        """An attempt's log: ``event.log`` grows as the instance records; read it at will."""
+
+    def on_sample(self, event: InstanceEvent) -> None:
+        """One sample as it is recorded (``event.metrics``); costs an event per sample."""
+
+    def on_instance_log(self, event: InstanceEvent) -> None:
+        """The instance called ``ctx.log`` (``event.message``)."""
+
+    def on_instance_finished(self, event: InstanceEvent) -> None:
+        """The instance's function returned."""
+
+    def on_instance_failed(self, event: InstanceEvent) -> None:
+        """An attempt of the instance raised (``event.message``); it may be retried."""
+
+    def on_trial_event(self, event: TrialEvent) -> None:
+        """An event of one trial of a sweep, wrapped with the trial's number."""
+
+    def on_trial_started(self, event: Any) -> None:
+        """A trial of a sweep started (a ``labkit.sweep.SweepEvent``)."""
+
+    def on_trial_finished(self, event: Any) -> None:
+        """A trial of a sweep ended, ok or failed (a ``labkit.sweep.SweepEvent``)."""
+
+    def on_race_decided(self, event: Any) -> None:
+        """A racing round ended (a ``labkit.sweep.SweepEvent``)."""
+
+    def on_guard(self, event: GuardEvent) -> None:
+        """The resource guard held starts back, or let them go."""
+
+    def on_concurrency(self, event: ConcurrencyEvent) -> None:
+        """An adaptive runner changed its concurrency limit."""
+
+
+Route = tuple[Callable[[Any], object], ...]
+"""The callables an event of one kind goes to, in subscription order."""
+
+_METHODS: dict[type, dict[str | None, str]] = {
+    TaskEvent: {
+        "queued": "on_task_queued",
+        "started": "on_task_started",
+        "retrying": "on_task_retry",
+        "succeeded": "on_task_succeeded",
+        "failed": "on_task_failed",
+        "cancelled": "on_task_cancelled",
+    },
+    InstanceEvent: {
+        "started": "on_instance_started",
+        "sample": "on_sample",
+        "log": "on_instance_log",
+        "finished": "on_instance_finished",
+        "failed": "on_instance_failed",
+    },
+    TimelineEvent: {None: "on_samples"},
+    TrialEvent: {None: "on_trial_event"},
+    GuardEvent: {None: "on_guard"},
+    ConcurrencyEvent: {None: "on_concurrency"},
+}
+
+
+def name_methods(event_type: type, methods: Mapping[str | None, str]) -> None:
+    """Say which :class:`Watcher` method reads each kind of ``event_type``.
+
+    For event records defined above this module's layer (a sweep's events): keys
+    are the record's ``kind`` values (``None`` when one method reads every kind).
+    """
+    _METHODS[event_type] = dict(methods)
+
+
+def method_of(event_type: type, kind: str | None) -> str | None:
+    """The :class:`Watcher` method that reads events of this type and kind, if any."""
+    methods = _METHODS.get(event_type)
+    if methods is None:
+        return None
+    return methods.get(kind, methods.get(None))
 
 
 class EventBus:
-    """Fan-out of events to subscribers, in subscription order.
+    """Fan-out of events to watchers and callables, in subscription order.
 
-    A subscriber may ask for some event types only (``types=``, or an
-    ``event_types`` attribute on the callback); emitters ask :meth:`route` which
-    subscribers want a type, and skip creating events nobody wants. A subscriber
-    that reads samples from each attempt's log (a :class:`TimelineEvent`) may
-    decline the per-sample :class:`InstanceEvent` (``sample_events=False``, or a
-    ``sample_events`` attribute on the callback): emitters that announce every
-    attempt's log send samples along :meth:`sample_route`, which leaves it out.
-    A subscriber that raises is logged and kept: watching must never break the
-    work watched.
+    Emitters ask :meth:`route` who reads a type and kind of event before they build
+    one: a :class:`Watcher` reads the kinds whose methods it overrides, a plain
+    callable every event (or the types it subscribed with). A subscriber that
+    raises is logged and kept: watching must never break the work watched.
     """
 
-    __slots__ = ("_routes", "_sample_route", "_subscribers")
+    __slots__ = ("_routes", "_subscribers")
 
     def __init__(self) -> None:
-        self._subscribers: tuple[_Subscriber, ...] = ()
-        self._routes: dict[type, tuple[Callable[[Any], object], ...]] = {}
-        self._sample_route: tuple[Callable[[Any], object], ...] | None = None
+        self._subscribers: tuple[
+            tuple[Watcher | Callable[[Any], object], tuple[type, ...] | None], ...
+        ] = ()
+        self._routes: dict[tuple[type, str | None], Route] = {}
 
     def subscribe(
         self,
-        callback: Callable[[Any], object],
+        watcher: Watcher | Callable[[Any], object],
         *,
         types: type | tuple[type, ...] | None = None,
-        sample_events: bool | None = None,
     ) -> Unsubscribe:
-        """Call ``callback(event)`` for every event from now on; returns an unsubscriber.
+        """Deliver events to ``watcher`` from now on; returns an unsubscriber.
 
         Args:
-            callback: Called with each event, on the emitter's thread.
-            types: Only events of these types; default: the callback's own
-                ``event_types`` attribute if it has one, else every event.
-            sample_events: ``False``: not the ``sample`` events of attempts whose
-                log was announced (the callback reads the logs); default: the
-                callback's own ``sample_events`` attribute, else ``True``.
+            watcher: A :class:`Watcher` (its overridden methods say what it reads),
+                or a callable given each event.
+            types: For a callable: only events of these types (default: every event).
+
+        Raises:
+            ConfigError: ``watcher`` is neither, or ``types`` is given with a Watcher.
         """
-        if types is None:
-            types = getattr(callback, "event_types", None)
-        if sample_events is None:
-            sample_events = bool(getattr(callback, "sample_events", True))
+        if not isinstance(watcher, Watcher) and not callable(watcher):
+            raise ConfigError(
+                "watcher", watcher, "a labkit.events.Watcher or a callable taking an event"
+            )
+        if types is not None and isinstance(watcher, Watcher):
+            raise ConfigError(
+                "types", types, "None for a Watcher (it reads the events its methods name)"
+            )
         wanted = (types,) if isinstance(types, type) else types
-        entry = (callback, None if wanted is None else tuple(wanted), sample_events)
+        entry = (watcher, None if wanted is None else tuple(wanted))
         self._subscribers = (*self._subscribers, entry)
-        self._changed()
+        self._routes.clear()
 
         def unsubscribe() -> None:
             self._subscribers = tuple(s for s in self._subscribers if s is not entry)
-            self._changed()
+            self._routes.clear()
 
         return unsubscribe
 
-    def _changed(self) -> None:
-        self._routes.clear()  # in place: emitters may hold this dict (see routes)
-        self._sample_route = None
+    def route(self, event_type: type, kind: str | None = None) -> Route:
+        """Who reads events of ``event_type`` and ``kind`` (cached until subscriptions change).
 
-    @property
-    def routes(self) -> dict[type, tuple[Callable[[Any], object], ...]]:
-        """The route cache itself, for hot loops: ``routes.get(T)`` is the callbacks for
-        type ``T``, or ``None`` until :meth:`route` computes them. The same dict for the
-        bus's life (cleared in place when subscriptions change)."""
-        return self._routes
+        Empty when nobody does: the emitter then need not build the event.
+        """
+        key = (event_type, kind)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = self._build_route(event_type, kind)
+        return route
 
-    def route(self, event_type: type) -> tuple[Callable[[Any], object], ...]:
-        """The callbacks that want events of ``event_type`` (cached until subscriptions change)."""
-        callbacks = self._routes.get(event_type)
-        if callbacks is None:
-            callbacks = tuple(
-                callback
-                for callback, types, _ in self._subscribers
-                if types is None or issubclass(event_type, types)
-            )
-            self._routes[event_type] = callbacks
-        return callbacks
-
-    def sample_route(self) -> tuple[Callable[[Any], object], ...]:
-        """The callbacks for a ``sample`` :class:`InstanceEvent` of an attempt whose
-        log was announced in a :class:`TimelineEvent`: those of :meth:`route` that
-        did not decline sample events."""
-        callbacks = self._sample_route
-        if callbacks is None:
-            callbacks = self._sample_route = tuple(
-                callback
-                for callback, types, wanted in self._subscribers
-                if wanted and (types is None or issubclass(InstanceEvent, types))
-            )
-        return callbacks
-
-    def emit_sample(self, event: InstanceEvent) -> None:
-        """Deliver a ``sample`` event of an attempt whose log was announced (see
-        :meth:`sample_route`)."""
-        self.deliver(self.sample_route(), event)
+    def _build_route(self, event_type: type, kind: str | None) -> Route:
+        method = method_of(event_type, kind)
+        route: list[Callable[[Any], object]] = []
+        for subscriber, types in self._subscribers:
+            if isinstance(subscriber, Watcher):
+                if method is not None and _overrides(subscriber, method):
+                    route.append(getattr(subscriber, method))
+            elif types is None or issubclass(event_type, types):
+                route.append(subscriber)
+        return tuple(route)
 
     def __bool__(self) -> bool:
         return bool(self._subscribers)
 
     def emit(self, event: Any) -> None:
-        """Deliver ``event`` to every subscriber that wants its type."""
-        self.deliver(self.route(type(event)), event)
+        """Deliver ``event`` to whoever reads its type and kind."""
+        route = self.route(type(event), getattr(event, "kind", None))
+        if route:
+            self.deliver(route, event)
 
-    def deliver(self, callbacks: tuple[Callable[[Any], object], ...], event: Any) -> None:
-        """Deliver ``event`` to ``callbacks``, the :meth:`route` of its type.
+    def deliver(self, route: Route, event: Any) -> None:
+        """Deliver ``event`` along ``route``, the :meth:`route` of its type and kind.
 
-        The fast path for emitters that routed once (``routes.get(T)``) and so know
-        whether anybody wants the event before they build it.
+        The fast path for emitters that routed first, and so build only the
+        events somebody reads.
         """
-        for callback in callbacks:
+        for callback in route:
             try:
                 callback(event)
             except Exception:
-                self.report(callback)
+                log.exception("event subscriber %r raised; event dropped for it", callback)
 
-    @staticmethod
-    def report(callback: Callable[[Any], object]) -> None:
-        """Log the exception a subscriber just raised (call from its ``except``)."""
-        log.exception("event subscriber %r raised; event dropped for it", callback)
+
+def _overrides(watcher: Watcher, method: str) -> bool:
+    """Whether ``watcher``'s class (or the watcher itself) defines ``method`` anew."""
+    own = getattr(type(watcher), method, None)
+    if own is None:
+        return method in getattr(watcher, "__dict__", {})
+    return own is not getattr(Watcher, method, None) or method in getattr(watcher, "__dict__", {})
+
+
+def as_bus(
+    on_event: Watcher | Callable[[Any], object] | EventBus | None, option: str = "on_event"
+) -> EventBus:
+    """The bus an ``on_event=`` option names: itself, or a new bus with it subscribed.
+
+    Raises:
+        ConfigError: ``on_event`` is none of a bus, a watcher, a callable or ``None``.
+    """
+    if isinstance(on_event, EventBus):
+        return on_event
+    bus = EventBus()
+    if on_event is not None:
+        if not isinstance(on_event, Watcher) and not callable(on_event):
+            raise ConfigError(
+                option,
+                on_event,
+                "a labkit.events.Watcher, a callable taking an event, a labkit.EventBus or None",
+            )
+        bus.subscribe(on_event)
+    return bus

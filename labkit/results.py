@@ -23,6 +23,7 @@ import pandas as pd
 from labkit import stats, timeline
 from labkit._json import to_builtins
 from labkit.errors import MissingDependency, check, error_text, is_real
+from labkit.samplelog import SampleLog
 from labkit.seeds import instance_seed
 
 __all__ = (
@@ -587,10 +588,9 @@ class ExperimentRecorder(Protocol):
         not rerun). It may block: ``run_experiment`` calls it in a thread."""
         ...
 
-    def sample(
-        self, experiment_id: str, instance: int, t: float, metrics: Mapping[str, float]
-    ) -> None:
-        """Buffer one timeline sample (non-blocking; committed in batches)."""
+    def follow(self, experiment_id: str, instance: int, log: SampleLog | None) -> None:
+        """Commit an attempt's samples from its ``log`` as it grows (non-blocking,
+        in batches); ``None``: stop (the attempt ended)."""
         ...
 
     async def finish_instance(self, experiment_id: str, result: InstanceResult) -> None:

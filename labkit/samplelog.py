@@ -38,13 +38,27 @@ class SampleLog:
     every sample back exactly as it was recorded.
     """
 
-    __slots__ = ("_born", "_columns", "_count", "_offsets", "_sparse")
+    __slots__ = (
+        "_born",
+        "_columns",
+        "_count",
+        "_kinds",
+        "_offsets",
+        "_shape_names",
+        "_shapes",
+        "_sparse_rows",
+    )
 
     def __init__(self) -> None:
         self._offsets = array("d")
         self._columns: dict[str, array[float]] = {}
         self._born: dict[str, int] = {}  # metric -> the row it first appeared in
-        self._sparse: dict[int, tuple[str, ...]] = {}  # row -> its metrics, if not all
+        # The rows that lack some metric, ascending, and which metrics each has (as
+        # an index into _shape_names): 12 bytes such a row, however many there are.
+        self._sparse_rows = array("q")
+        self._kinds = array("I")
+        self._shapes: dict[tuple[str, ...], int] = {}
+        self._shape_names: list[tuple[str, ...]] = []
         self._count = 0  # rows every column holds (set last: a reader's bound)
 
     @classmethod
@@ -92,6 +106,9 @@ class SampleLog:
             del self._columns[name], self._born[name]
         for column in (self._offsets, *self._columns.values()):
             del column[count:]
+        while self._sparse_rows and self._sparse_rows[-1] >= count:
+            self._sparse_rows.pop()
+            self._kinds.pop()
 
     def _append_other(self, count: int, offset: float, values: Mapping[str, float]) -> None:
         """A sample with other metrics than the columns: new columns, NaN for those it lacks."""
@@ -103,7 +120,13 @@ class SampleLog:
         for name, column in columns.items():
             column.append(values.get(name, math.nan))
         if len(values) != len(columns):
-            self._sparse[count] = tuple(values)
+            names = tuple(values)
+            shape = self._shapes.get(names)
+            if shape is None:
+                shape = self._shapes[names] = len(self._shape_names)
+                self._shape_names.append(names)
+            self._sparse_rows.append(count)
+            self._kinds.append(shape)
         self._offsets.append(offset)
         self._count = count + 1
 
@@ -133,7 +156,12 @@ class SampleLog:
         offsets, values = self.read()
         names = list(values)
         born = self._born
-        sparse = self._sparse
+        shape_names = self._shape_names
+        # Not strict: a writer thread may be between the two appends of a new row.
+        sparse = {
+            row: shape_names[kind]
+            for row, kind in zip(self._sparse_rows, self._kinds, strict=False)
+        }
         rows = zip(*(values[name].tolist() for name in names), strict=True) if names else ()
         place = {name: column for column, name in enumerate(names)}
         out: list[tuple[float, dict[str, float]]] = []

@@ -53,7 +53,7 @@ import pandas as pd
 
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import ConfigError, check, is_int, is_real
-from labkit.events import EventBus, TrialEvent
+from labkit.events import EventBus, TrialEvent, as_bus, name_methods
 from labkit.experiment import Experiment, run_experiment
 from labkit.experiment.options import check_resources
 from labkit.experiment.run import ExperimentRun, open_run
@@ -334,6 +334,16 @@ class SweepEvent(NamedTuple):
     stats: SweepStats
 
 
+name_methods(
+    SweepEvent,
+    {
+        "trial_started": "on_trial_started",
+        "trial_finished": "on_trial_finished",
+        "decided": "on_race_decided",
+    },
+)
+
+
 def leaderboard(source: SweepStats | pd.DataFrame, *, top: int = 10) -> str:
     """The best trials as a few lines of text, best first.
 
@@ -594,7 +604,7 @@ async def sweep(
         gpu_pool = GPUPool()
     board = _Board(
         direction=direction,
-        bus=_bus(run_options.pop("on_event", None)),
+        bus=as_bus(run_options.pop("on_event", None)),
         clock=run_options.get("clock") or SYSTEM_CLOCK,
     )
     trial_runner = _TrialRunner(
@@ -889,16 +899,6 @@ class _TrialRunner:
 
 def _wrap(bus: EventBus, trial: int, event: Any) -> None:
     bus.emit(TrialEvent(trial, event))
-
-
-def _bus(on_event: Any) -> EventBus:
-    if isinstance(on_event, EventBus):
-        return on_event
-    bus = EventBus()
-    if on_event is not None:
-        check(callable(on_event), "on_event", on_event, "a callable or an EventBus")
-        bus.subscribe(on_event)
-    return bus
 
 
 def _trials(

@@ -332,7 +332,7 @@ class MemoryRecorder:
     def __init__(self, done: Mapping[int, InstanceResult] | None = None) -> None:
         self.done = dict(done or {})
         self.begun: list[dict[str, Any]] = []
-        self.samples: list[tuple[int, float, dict[str, float]]] = []
+        self.followed: list[tuple[int, SampleLog | None]] = []
         self.finished_instances: list[InstanceResult] = []
         self.finished: ExperimentResult | None = None
 
@@ -340,11 +340,9 @@ class MemoryRecorder:
         self.begun.append(kwargs)
         return "exp-1", dict(self.done) if kwargs["resume"] else {}
 
-    def sample(
-        self, experiment_id: str, instance: int, t: float, metrics: Mapping[str, float]
-    ) -> None:
+    def follow(self, experiment_id: str, instance: int, log: SampleLog | None) -> None:
         assert experiment_id == "exp-1"
-        self.samples.append((instance, t, dict(metrics)))
+        self.followed.append((instance, log))
 
     async def finish_instance(self, experiment_id: str, result: InstanceResult) -> None:
         self.finished_instances.append(result)
@@ -364,7 +362,11 @@ async def test_a_recorder_gets_every_sample_instance_and_the_result() -> None:
     result = await run(fn, instances=2, store=recorder)
 
     assert recorder.begun[0]["name"] == "exp" and recorder.begun[0]["instances"] == 2
-    assert sorted(instance for instance, _, _ in recorder.samples) == [0, 1]
+    # Each attempt's log is followed while it runs; the failed one is let go at its end.
+    logs = {instance: log for instance, log in recorder.followed if log is not None}
+    assert sorted(logs) == [0, 1] and all(len(log) == 1 for log in logs.values())
+    assert (1, None) in recorder.followed
+    pd.testing.assert_frame_equal(logs[0].frame(), result.instances[0].timeline)
     assert sorted((r.index, r.ok) for r in recorder.finished_instances) == [(0, True), (1, False)]
     assert recorder.finished is result
     assert result.experiment_id == "exp-1"
@@ -543,7 +545,7 @@ class BrokenStore:
     def begin(self, **_: Any) -> tuple[str, dict[int, InstanceResult]]:
         return "broken", {}
 
-    def sample(self, *_: Any) -> None:
+    def follow(self, *_: Any) -> None:
         pass
 
     async def finish_instance(self, experiment_id: str, result: InstanceResult) -> None:
@@ -675,33 +677,6 @@ async def test_a_cancelled_run_is_marked_interrupted_at_once_and_resumes(tmp_pat
         result = await run_experiment(experiment, instances=2, store=store, resume=True)
         assert store.experiments()["status"].tolist() == ["finished"]
     assert ran == [0, 1, 1] and result.ok
-
-
-def test_a_subscriber_may_decline_the_sample_events_of_announced_logs() -> None:
-    bus = EventBus()
-    everything: list[Any] = []
-    read_logs: list[Any] = []
-
-    def reader(event: Any) -> None:
-        read_logs.append(event)
-
-    reader.sample_events = False  # type: ignore[attr-defined]
-    bus.subscribe(everything.append)
-    unsubscribe = bus.subscribe(reader)
-    typed: list[Any] = []
-    bus.subscribe(typed.append, types=InstanceEvent, sample_events=False)
-    started = InstanceEvent("started", 0, 0.0)
-    sample = InstanceEvent("sample", 0, 0.0, 0.0, metrics={"x": 1.0})
-
-    bus.emit(started)
-    bus.emit_sample(sample)
-    assert everything == [started, sample]
-    assert read_logs == [started] and typed == [started]
-    bus.emit(sample)  # a plain emit still reaches everyone (no log was announced)
-    assert read_logs == [started, sample]
-    unsubscribe()
-    bus.emit_sample(sample)
-    assert len(everything) == 4 and len(read_logs) == 2 and typed == [started, sample]
 
 
 @pytest.mark.asyncio

@@ -13,7 +13,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -193,13 +192,17 @@ def test_a_port_out_of_range_is_refused() -> None:
         lk.export.prometheus(port=70000)
 
 
-def test_samples_sent_as_events_count_as_an_instances_latest_values() -> None:
-    # Attempts on a Dask worker announce no log: their samples come as events.
-    exporter: Any = lk.export.PrometheusExporter(experiment="remote")
+def test_samples_read_from_each_attempts_log_count_as_its_latest_values() -> None:
+    exporter = lk.export.PrometheusExporter(experiment="remote")
+    bus = lk.EventBus()
+    bus.subscribe(exporter)
+    assert not bus.route(lk.InstanceEvent, "sample")  # no event is built per sample
     for index, value in enumerate((1.0, 3.0, math.inf)):
-        exporter(lk.InstanceEvent("started", index, 0.0))
-        exporter(lk.InstanceEvent("sample", index, 0.1, 0.1, {"x": value - 1}))
-        exporter(lk.InstanceEvent("sample", index, 0.2, 0.2, {"x": value}))
+        log = lk.SampleLog()
+        bus.emit(lk.InstanceEvent("started", index, 0.0))
+        bus.emit(lk.TimelineEvent(index, 0.0, log))
+        log.append(0.1, {"x": value - 1})
+        log.append(0.2, {"x": value})
 
     families = {family.name: family for family in exporter.collect()}
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pytest
 
 from labkit.errors import ConfigError
-from labkit.events import TaskEvent, TrialEvent
-from labkit.experiment import Experiment, InstanceContext, InstanceEvent, run_experiment
+from labkit.events import EventBus, InstanceEvent, TaskEvent, TrialEvent
+from labkit.experiment import Experiment, InstanceContext, run_experiment
 from labkit.gpu import GPU, GPUPool, StaticInventory, static_fleet
 from labkit.results import ExperimentResult
 from labkit.testing import FakeClock
@@ -647,14 +646,8 @@ def _drawn_points(chart: LiveTimeline) -> int:
 async def test_a_run_is_drawn_from_its_logs_with_no_sample_event_to_the_chart() -> None:
     clock = FakeClock()
     chart = LiveTimeline(clock=clock)
-    reached: list[Any] = []
-
-    def on_event(event: Any) -> None:
-        reached.append(event)
-        chart.handle(event)
-
-    on_event.event_types = chart.event_types  # type: ignore[attr-defined]
-    on_event.sample_events = chart.sample_events  # type: ignore[attr-defined]
+    bus = EventBus()
+    bus.subscribe(chart)
     drawn_during_run: list[int] = []
 
     async def drawn(points: int) -> int:
@@ -675,10 +668,10 @@ async def test_a_run_is_drawn_from_its_logs_with_no_sample_event_to_the_chart() 
         # No event reached the chart since: it kept reading the log on its own.
         drawn_during_run.append(await drawn(25))
 
-    result = await run_experiment(Experiment("logs", fn), instances=1, on_event=on_event)
+    result = await run_experiment(Experiment("logs", fn), instances=1, on_event=bus)
 
     assert result.ok
-    assert not any(getattr(e, "kind", None) == "sample" for e in reached)
+    assert not bus.route(InstanceEvent, "sample")  # no sample event was ever built
     assert drawn_during_run == [10, 25]
     assert chart.model.snapshot().samples == 25
     chart.close()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from labkit.clock import Clock
 from labkit.errors import TaskTimeout
-from labkit.events import InstanceEvent, TimelineEvent
+from labkit.events import EventBus, InstanceEvent, TimelineEvent
 from labkit.executors.base import AttemptExpired, is_async_callable, within
 from labkit.experiment.context import InstanceContext
 from labkit.experiment.spec import Experiment, InstanceFunction, summary_figures
@@ -66,10 +66,7 @@ class Instances:
 
     experiment: Experiment
     clock: Clock
-    emit: Callable[[Any], None]
-    emit_sample: Callable[[InstanceEvent], None]
-    """Where ``sample`` events go: the bus's sample route, which spares subscribers
-    that read the attempts' logs instead (every attempt's log is announced)."""
+    bus: EventBus
     recorder: ExperimentRecorder | None = None
     seed: int = 0
     """The run's base seed: instance ``i`` gets ``instance_seed(seed, i)``."""
@@ -105,7 +102,25 @@ class Instances:
             record.gpu_uuids = record.gpu_uuids or gpus
             self.emit(InstanceEvent("started", index, record.started))
             self.emit(TimelineEvent(index, record.started, record.log))
+            if self.recorder is not None and self.experiment_id is not None:
+                self.recorder.follow(self.experiment_id, index, record.log)
         return record.started
+
+    def emit(self, event: Any) -> None:
+        """Announce ``event`` to whoever reads its kind."""
+        self.bus.emit(event)
+
+    def sample_forwarder(self, index: int) -> Callable[[float, Mapping[str, float]], None] | None:
+        """What turns each sample of ``index`` into a ``sample`` event, or ``None``
+        when no watcher reads them (samples then travel in the log alone)."""
+        if not self.bus.route(InstanceEvent, "sample"):
+            return None
+        emit, now = self.bus.emit, self.clock.now
+
+        def forward(offset: float, values: Mapping[str, float]) -> None:
+            emit(InstanceEvent("sample", index, now(), offset, metrics=values))
+
+        return forward
 
     def failed(self, index: int, error: BaseException) -> None:
         """The attempt raised (the runner may retry it)."""
@@ -113,6 +128,8 @@ class Instances:
         now = self.clock.now()
         record.finished = now
         offset = 0.0 if record.started is None else now - record.started
+        if self.recorder is not None and self.experiment_id is not None:
+            self.recorder.follow(self.experiment_id, index, None)  # code may run on: not its rows
         self.emit(InstanceEvent("failed", index, now, offset, message=describe(error)))
 
     async def finished(self, index: int, value: Any) -> None:
@@ -143,11 +160,6 @@ class Instances:
             self.notes.append(
                 f"instance {result.index} was not recorded in the store: {error_text(exc)}"
             )
-
-    def sample(self, index: int, t: float, metrics: Mapping[str, float]) -> None:
-        """Buffer a streamed sample in the store."""
-        if self.recorder is not None and self.experiment_id is not None:
-            self.recorder.sample(self.experiment_id, index, t, metrics)
 
     def result(self, index: int, error: BaseException | None) -> InstanceResult:
         """The instance's result from its last attempt (``error`` set when it failed)."""
@@ -267,6 +279,7 @@ class LocalAttempt:
                 sandbox = await stack.enter_async_context(self.sandbox_pool.session())
                 self._sandbox = sandbox
             record.sandbox_id = _sandbox_id(sandbox)
+            forward = book.sample_forwarder(self.index)
             self.ctx = ctx = InstanceContext(
                 index=self.index,
                 seed=instance_seed(book.seed, self.index),
@@ -278,8 +291,7 @@ class LocalAttempt:
                 attempt=record.attempts,
                 clock=book.clock,
                 emit=self._while_current(book.emit),
-                emit_sample=self._while_current(book.emit_sample),
-                recorder=self._while_current(book.sample) if book.recorder is not None else None,
+                forward=self._while_current(forward) if forward is not None else None,
                 sample_log=record.log,
             )
             book.started(self.index, at=ctx.started)

@@ -41,17 +41,23 @@ class InstanceContext:
         gpus: UUIDs of the GPUs this instance holds.
         sandbox: The sandbox session it holds, or ``None``.
         attempt: Which attempt this is (1 unless the runner retried).
+
+    labkit builds one per attempt. Every sample goes to ``sample_log``, the
+    attempt's timeline and the one carrier of its samples (watchers, the live
+    chart and the store read it at their own pace), and, when given, to
+    ``forward(offset, values)`` on the event loop's thread: a worker process ships
+    samples to its caller with it, and a run builds per-sample events with it only
+    when a watcher reads them. ``emit`` takes the ``log`` events.
     """
 
     __slots__ = (
         "_clock",
         "_emit",
-        "_emit_sample",
+        "_forward",
         "_lines",
         "_log",
         "_loop",
         "_loop_thread",
-        "_recorder",
         "_started",
         "attempt",
         "duration",
@@ -75,9 +81,8 @@ class InstanceContext:
         attempt: int,
         clock: Clock,
         emit: Callable[[InstanceEvent], None],
-        recorder: Callable[[int, float, Mapping[str, float]], None] | None,
         sample_log: SampleLog | None = None,
-        emit_sample: Callable[[InstanceEvent], None] | None = None,
+        forward: Callable[[float, Mapping[str, float]], None] | None = None,
         seed: int = 0,
     ) -> None:
         self.index = index
@@ -90,8 +95,7 @@ class InstanceContext:
         self.attempt = attempt
         self._clock = clock
         self._emit = emit
-        self._emit_sample = emit if emit_sample is None else emit_sample
-        self._recorder = recorder
+        self._forward = forward
         self._log = SampleLog() if sample_log is None else sample_log
         self._lines: list[str] = []
         self._started = clock.now()
@@ -158,13 +162,9 @@ class InstanceContext:
         if not values:
             return
         offset = float(t)
-        self._log.append(offset, values)  # before the event: a reader of the log has it
-        self._call_on_loop(
-            self._emit_sample,
-            InstanceEvent("sample", self.index, self._clock.now(), offset, metrics=values),
-        )
-        if self._recorder is not None:
-            self._call_on_loop(self._recorder, self.index, offset, values)
+        self._log.append(offset, values)
+        if self._forward is not None:
+            self._call_on_loop(self._forward, offset, values)
 
     def log(self, *parts: object) -> None:
         """Note a line about this instance (joined like ``print``); it goes to ``on_event``."""

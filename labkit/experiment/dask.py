@@ -144,6 +144,8 @@ class DaskAttempts:
         self._runs: dict[int, str] = {}
         """The run (on a worker) of each instance's attempt whose messages count."""
         self._lost_runs: dict[int, int] = {}
+        self._forwarders: dict[int, Callable[[float, Mapping[str, float]], None] | None] = {}
+        """Per running attempt: what turns its streamed samples into events, if read."""
         self._cut_off: dict[int, asyncio.Future[None]] = {}
         """Per running attempt: fails when its runs lost their worker too often."""
 
@@ -210,14 +212,15 @@ class DaskAttempts:
             if current != run:
                 self._run_again(index, run)
             book.started(index, tuple(message.get("gpus", ())))
+            self._forwarders[index] = book.sample_forwarder(index)
         elif self._runs.get(index) != run:
             return  # a lost run's late message
         elif kind == "sample":
             offset = float(message["t"])
             metrics = {str(name): float(value) for name, value in message["m"].items()}
             record.log.append(offset, metrics)
-            book.emit_sample(InstanceEvent("sample", index, clock.now(), offset, metrics=metrics))
-            book.sample(index, offset, metrics)
+            if forward := self._forwarders.get(index):
+                forward(offset, metrics)
         elif kind == "log":
             book.emit(
                 InstanceEvent(
@@ -284,12 +287,14 @@ def _worker_context(
         env, uuids = {"CUDA_VISIBLE_DEVICES": ""}, ()
     log = SampleLog()
 
+    head = {"i": index, "a": number, "r": run}
+
+    def forward(offset: float, values: Mapping[str, float]) -> None:
+        publish(topic, {**head, "t": offset, "kind": "sample", "m": dict(values)})
+
     def emit(event: InstanceEvent) -> None:
-        head = {"i": index, "a": number, "r": run, "t": event.offset}
-        if event.kind == "sample":
-            publish(topic, {**head, "kind": "sample", "m": dict(event.metrics or {})})
-        elif event.kind == "log":
-            publish(topic, {**head, "kind": "log", "log": event.message})
+        if event.kind == "log":
+            publish(topic, {**head, "t": event.offset, "kind": "log", "log": event.message})
 
     ctx = InstanceContext(
         index=index,
@@ -301,8 +306,8 @@ def _worker_context(
         attempt=number,
         clock=SYSTEM_CLOCK,
         emit=emit,
-        recorder=None,
         sample_log=log,
+        forward=forward,
     )
     publish(topic, {"i": index, "a": number, "r": run, "kind": "started", "gpus": list(uuids)})
     return ctx, log

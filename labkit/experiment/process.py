@@ -159,7 +159,7 @@ def _in_worker(
     fn = _function(function)
     send = channel.send
 
-    def recorder(_: int, offset: float, values: Mapping[str, float]) -> None:
+    def forward(offset: float, values: Mapping[str, float]) -> None:
         send(("s", offset, values))
 
     def emit(event: InstanceEvent) -> None:
@@ -178,8 +178,7 @@ def _in_worker(
             attempt=attempt,
             clock=SYSTEM_CLOCK,
             emit=emit,
-            emit_sample=_drop,
-            recorder=recorder,
+            forward=forward,
         )
 
     if is_async_callable(fn):
@@ -212,7 +211,3 @@ async def _async_attempt(fn: Any, context: Any) -> Any:
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
-
-
-def _drop(_: InstanceEvent) -> None:
-    pass

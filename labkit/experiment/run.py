@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from labkit.clock import SYSTEM_CLOCK, Clock, SystemClock
 from labkit.errors import OversubscribedWarning, check, is_int
-from labkit.events import EventBus
+from labkit.events import EventBus, Watcher, as_bus
 from labkit.executors.workers import available_cores
 from labkit.experiment.attempt import InstanceCaller, Instances, LocalAttempts, call_here
 from labkit.experiment.auto import run_instances
@@ -44,7 +44,7 @@ async def run_experiment(
     store: ExperimentRecorder | None = None,
     resume: bool = False,
     sample_every: float = 1.0,
-    on_event: Callable[[Any], object] | EventBus | None = None,
+    on_event: Watcher | Callable[[Any], object] | EventBus | None = None,
     clock: Clock | None = None,
     target_rel_half_width: float = 0.05,
     max_instances: int = 32,
@@ -113,8 +113,9 @@ async def run_experiment(
             A run of it that is still alive is never taken over: ``labkit.Store``
             refuses with a ``StoreError`` (or waits, see its ``resume_wait``).
         sample_every: Seconds between resource samples of an instance's sandbox.
-        on_event: A callback, or an :class:`~labkit.events.EventBus`, given every
-            :class:`~labkit.events.InstanceEvent` and the runner's ``TaskEvent``.
+        on_event: A :class:`~labkit.events.Watcher` (its methods name the events
+            it reads), a callable given every event, or an
+            :class:`~labkit.events.EventBus`: the instances' and the runner's events.
         clock: The clock for timestamps and sampling (tests pass a ``FakeClock``).
         target_rel_half_width: For ``"auto"``: the wanted 95 % confidence
             half-width of the mean, relative to the mean (0.05 is 5 %).
@@ -264,7 +265,7 @@ async def open_run(
     store: ExperimentRecorder | None = None,
     resume: bool = False,
     sample_every: float = 1.0,
-    on_event: Callable[[Any], object] | EventBus | None = None,
+    on_event: Watcher | Callable[[Any], object] | EventBus | None = None,
     clock: Clock | None = None,
     target_rel_half_width: float = 0.05,
     max_instances: int = 32,
@@ -306,7 +307,7 @@ async def open_run(
     gpus = options.gpus_per_instance if cluster is None else cluster.gpus
     gpu_pool = gpu_pool if cluster is not None else _local_gpu_pool(gpus, gpu_pool)
     clock = clock or SYSTEM_CLOCK
-    bus = _bus(on_event)
+    bus = as_bus(on_event)
     runner, timeout = _runner(where, options, bus, clock, runner_options)
     caller = ProcessCaller(experiment.fn, experiment.params or {}) if where == "process" else None
     config = {
@@ -320,8 +321,7 @@ async def open_run(
     book = Instances(
         experiment=experiment,
         clock=clock,
-        emit=bus.emit,
-        emit_sample=bus.emit_sample,
+        bus=bus,
         recorder=store,
         seed=base_seed,
     )
@@ -630,16 +630,6 @@ def _local_gpu_pool(gpus: int, gpu_pool: GPUPool | None) -> GPUPool | None:
     fleet = len(gpu_pool.stats().gpus)
     check(gpus <= fleet, "gpus_per_instance", gpus, f"at most {fleet} (the GPUs in this fleet)")
     return gpu_pool
-
-
-def _bus(on_event: Callable[[Any], object] | EventBus | None) -> EventBus:
-    if isinstance(on_event, EventBus):
-        return on_event
-    bus = EventBus()
-    if on_event is not None:
-        check(callable(on_event), "on_event", on_event, "a callable or an EventBus")
-        bus.subscribe(on_event)
-    return bus
 
 
 @contextlib.asynccontextmanager

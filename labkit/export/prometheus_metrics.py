@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from labkit.errors import check
-from labkit.events import InstanceEvent, TaskEvent, TimelineEvent
+from labkit.events import InstanceEvent, TaskEvent, TimelineEvent, Watcher
 from labkit.export.base import require
 from labkit.samplelog import SampleLog
 from labkit.stats import t_quantile
@@ -48,7 +48,7 @@ TASK_EVENTS = ("queued", "started", "retrying", "succeeded", "failed", "cancelle
 _STATES = ("queued", "running", "succeeded", "failed")
 
 
-class PrometheusExporter:
+class PrometheusExporter(Watcher):
     """Serves a running experiment's state to Prometheus; pass it as ``on_event``.
 
     Build one with :func:`export_prometheus` (``lk.export.prometheus``), which also
@@ -59,9 +59,6 @@ class PrometheusExporter:
     Args:
         experiment: The value of every series' ``experiment`` label.
     """
-
-    event_types = (InstanceEvent, TimelineEvent, TaskEvent)
-    sample_events = False  # samples are read from each attempt's log, in bulk, at scrapes
 
     def __init__(self, *, experiment: str = "") -> None:
         self.experiment = experiment
@@ -75,35 +72,33 @@ class PrometheusExporter:
         self._thread: threading.Thread | None = None
         self.url: str | None = None
 
-    def __call__(self, event: Any) -> None:
-        """Take one event of the run (the event bus calls this)."""
+    def _count_task(self, event: TaskEvent) -> None:
         with self._lock:
-            if isinstance(event, TaskEvent):
-                self._tasks[event.kind] += 1
-            elif isinstance(event, TimelineEvent):
-                # A new attempt: its log replaces the last one's samples.
-                self._logs[event.instance] = event.log
-                self._read[event.instance] = 0
-                self._latest[event.instance] = {}
-            elif isinstance(event, InstanceEvent):
-                self._instance_event(event)
+            self._tasks[event.kind] += 1
 
-    def _instance_event(self, event: InstanceEvent) -> None:
-        index = event.instance
-        if event.kind == "started":
-            self._states[index] = "running"
-            self._logs.pop(index, None)  # a log, if this attempt has one, is announced next
-            self._latest[index] = {}
-        elif event.kind == "finished":
-            self._states[index] = "succeeded"
-        elif event.kind == "failed":
-            self._states[index] = "failed"
-        elif event.kind == "sample" and event.metrics:
-            # Only attempts without a log (a Dask worker's) send their samples as events.
-            latest = self._latest.setdefault(index, {})
-            for name, value in event.metrics.items():
-                if math.isfinite(value):
-                    latest[name] = value
+    on_task_queued = on_task_started = on_task_retry = _count_task
+    on_task_succeeded = on_task_failed = on_task_cancelled = _count_task
+
+    def on_instance_started(self, event: InstanceEvent) -> None:
+        with self._lock:
+            self._states[event.instance] = "running"
+            self._logs.pop(event.instance, None)  # this attempt's log is announced next
+            self._latest[event.instance] = {}
+
+    def on_samples(self, event: TimelineEvent) -> None:
+        # A new attempt: its log replaces the last one's samples (read at scrapes).
+        with self._lock:
+            self._logs[event.instance] = event.log
+            self._read[event.instance] = 0
+            self._latest[event.instance] = {}
+
+    def on_instance_finished(self, event: InstanceEvent) -> None:
+        with self._lock:
+            self._states[event.instance] = "succeeded"
+
+    def on_instance_failed(self, event: InstanceEvent) -> None:
+        with self._lock:
+            self._states[event.instance] = "failed"
 
     def collect(self) -> Iterator[Any]:
         """The current series (``prometheus_client``'s collector protocol)."""

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from labkit.adaptive import ConcurrencyController
 from labkit.errors import ConfigError, DependencyFailed, ItemsFailed
-from labkit.events import EventBus, TaskEvent, Unsubscribe
+from labkit.events import TaskEvent, Unsubscribe, Watcher, as_bus
 from labkit.executors import Backend, Invoker
 from labkit.guard import ResourceGuard
 from labkit.policies import RateLimiter
@@ -109,12 +109,7 @@ class Runner:
         self._backend = Backend(opts.executor, opts.worker_cap, opts.clock)
         auto = opts.auto
         controller = ConcurrencyController(auto) if auto is not None else None
-        if isinstance(opts.on_event, EventBus):
-            self._bus = opts.on_event  # share the caller's bus: its routes stay exact
-        else:
-            self._bus = EventBus()
-            if opts.on_event is not None:
-                self._bus.subscribe(opts.on_event)
+        self._bus = as_bus(opts.on_event)  # a caller's bus is shared: its routes stay exact
         self._guard = (
             ResourceGuard(opts.limits, probe=opts.probe, clock=opts.clock, bus=self._bus)
             if opts.limits is not None
@@ -140,14 +135,15 @@ class Runner:
 
     # -- observation -------------------------------------------------------------------
 
-    def subscribe(self, callback: Callable[[Any], object]) -> Unsubscribe:
-        """Receive every event from now on; returns an unsubscriber.
+    def subscribe(self, watcher: Watcher | Callable[[Any], object]) -> Unsubscribe:
+        """Deliver events to ``watcher`` (a :class:`~labkit.events.Watcher` or a
+        callable) from now on; returns an unsubscriber.
 
         Events are :class:`TaskEvent` records, plus :class:`labkit.events.GuardEvent`
         when ``limits`` hold starts back and :class:`labkit.events.ConcurrencyEvent`
         when ``max_concurrency="auto"`` moves the limit.
         """
-        return self._bus.subscribe(callback)
+        return self._bus.subscribe(watcher)
 
     @property
     def concurrency(self) -> int:
@@ -319,8 +315,8 @@ class Runner:
             self._first_start = self._clock.now()
 
     def _emit_queued(self, index: int) -> None:
-        if self._bus.route(TaskEvent):
-            self._bus.emit(TaskEvent("queued", index, self._clock.now()))
+        if route := self._bus.route(TaskEvent, "queued"):
+            self._bus.deliver(route, TaskEvent("queued", index, self._clock.now()))
 
     async def _run(
         self, invoker: Invoker, items: Iterable[Any], priority: Priority | None
@@ -344,10 +340,10 @@ class Runner:
         previous, self._current = self._current, current
         if size is not None:
             pipeline.queued += size
-            if self._bus.route(TaskEvent):
-                deliver, subscribers = self._bus.deliver, self._bus.route(TaskEvent)
+            if route := self._bus.route(TaskEvent, "queued"):
+                deliver = self._bus.deliver
                 for index in range(size):
-                    deliver(subscribers, TaskEvent("queued", index, start, 0, None, 0.0, 0.0))
+                    deliver(route, TaskEvent("queued", index, start, 0, None, 0.0, 0.0))
         counted = size is not None
         feed = Feed(run_input.pairs, _count_into(pipeline, counted)) if run_input.threaded else None
         try:

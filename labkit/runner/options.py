@@ -11,7 +11,7 @@ from typing import Any, Literal
 from labkit.adaptive import AutoConcurrency
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import check, is_int, is_real
-from labkit.events import EventBus, TaskEvent
+from labkit.events import EventBus, TaskEvent, Watcher
 from labkit.guard import Cost, HostProbe, ResourceLimits, cost_of
 from labkit.policies import RateLimit, Retry
 
@@ -41,7 +41,7 @@ class RunOptions:
     batch_delay: float = 0.0
     priority: Priority | None = None
     executor: Any = "async"
-    on_event: Callable[[TaskEvent], object] | EventBus | None = None
+    on_event: Watcher | Callable[[TaskEvent], object] | EventBus | None = None
     clock: Clock = SYSTEM_CLOCK
     rng: random.Random | None = None
     limits: ResourceLimits | None = None
@@ -117,8 +117,8 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("priority", _priority, "None, a callable item -> number, or one finite number per item"),
     (
         "on_event",
-        lambda v: v is None or callable(v) or isinstance(v, EventBus),
-        "None, a callable taking an event, or a labkit.EventBus",
+        lambda v: v is None or callable(v) or isinstance(v, (EventBus, Watcher)),
+        "None, a labkit.events.Watcher, a callable taking an event, or a labkit.EventBus",
     ),
     (
         "clock",

@@ -100,7 +100,6 @@ class TaskPipeline:
         "_reject",
         "_retry",
         "_rng",
-        "_routes",
         "_timeout",
         "done",
         "failed",
@@ -138,7 +137,6 @@ class TaskPipeline:
         self._guard = guard
         self._controller = controller
         self._bus = bus
-        self._routes = bus.routes
         self._rng = rng
         self.queued = self.held = self.throttled = self.running = 0
         self.done = self.failed = self.retries = self.peak = 0
@@ -251,11 +249,9 @@ class TaskPipeline:
         running = self.running = self.running + 1
         if running > self.peak:
             self.peak = running
-        if (subscribers := self._routes.get(TaskEvent)) is None:
-            subscribers = self._bus.route(TaskEvent)
-        if subscribers:
+        if route := self._bus.route(TaskEvent, "started"):
             event = TaskEvent("started", result.index, start, attempt, None, 0.0, 0.0)
-            self._bus.deliver(subscribers, event)
+            self._bus.deliver(route, event)
         return attempt
 
     def _let_go(self, reserved: float) -> None:
@@ -309,11 +305,12 @@ class TaskPipeline:
             return False
         delay = retry.delay(result.attempts, self._rng, retry_after_of(error))
         self.retries += 1
-        if self._bus.route(TaskEvent):
-            self._bus.emit(
+        if route := self._bus.route(TaskEvent, "retrying"):
+            self._bus.deliver(
+                route,
                 TaskEvent(
                     "retrying", result.index, self._clock.now(), result.attempts, error, delay
-                )
+                ),
             )
         self.running += 1  # the backoff belongs to the task's run
         try:
@@ -349,11 +346,9 @@ class TaskPipeline:
             result.item = None
         index = result.index
         results[index] = result
-        if (subscribers := self._routes.get(TaskEvent)) is None:
-            subscribers = self._bus.route(TaskEvent)
-        if subscribers:
+        if route := self._bus.route(TaskEvent, kind):
             event = TaskEvent(kind, index, finished, attempts, result.error, 0.0, duration)
-            self._bus.deliver(subscribers, event)
+            self._bus.deliver(route, event)
         if self._controller is not None and attempts:
             self.apply_limit(self._controller.completed(finished))
 

@@ -32,7 +32,7 @@ import pandas as pd
 from labkit._json import to_builtins
 from labkit.errors import MissingDependency, StoreError, check, is_int, is_real
 from labkit.results import ExperimentResult, InstanceResult, frame_from_dict
-from labkit.samplelog import SampleRows
+from labkit.samplelog import SampleLog, SampleRows
 from labkit.store.codec import dumps, fingerprint, join_chunks, plain
 from labkit.store.filesystems import network_filesystem
 from labkit.store.ownership import Owner, ended_here, started_here
@@ -488,13 +488,34 @@ class Store:
 
         self._write(work, f"marking experiment {experiment_id} interrupted")
 
+    def follow(self, experiment_id: str, instance: int, log: SampleLog | None) -> None:
+        """Commit an instance's samples from its attempt's ``log`` as it grows.
+
+        The writer reads the rows the log gained every ``flush_interval`` seconds
+        and commits them in chunks; nothing is copied per sample. A new attempt's
+        log replaces the last one's; ``None`` stops following (the attempt ended).
+        Samples not committed when the process is killed are lost; a finished
+        instance's timeline never is (see :meth:`finish_instance`).
+
+        Args:
+            experiment_id: From :meth:`begin`.
+            instance: The instance's index.
+            log: The attempt's samples, or ``None``.
+
+        Raises:
+            StoreError: If the store is closed.
+        """
+        self._writable().follow((experiment_id, instance), log)
+
     def sample(
         self, experiment_id: str, instance: int, t: float, metrics: Mapping[str, float]
     ) -> None:
-        """Buffer one timeline sample; it is committed with the next batch.
+        """Add one timeline sample; it is committed with the next batch.
 
-        Never blocks on the database: it is appended to the instance's buffer of
-        float64 columns (8 bytes a value) until the writer commits it, in chunks.
+        For samples that do not come from a run's log (:meth:`follow`). Never
+        blocks on the database: it is appended to a log of the store's own for the
+        instance (float64 columns, 8 bytes a value), committed once ``batch_rows``
+        samples wait or every ``flush_interval`` seconds, in chunks.
         Samples still buffered when the process is killed are lost; a finished
         instance's timeline never is (see :meth:`finish_instance`).
 

@@ -1,9 +1,11 @@
 """The store's one writer: a thread that owns a connection and commits in batches.
 
-Samples are buffered per instance as float64 columns (8 bytes a value, NaN where a
-sample lacks a metric; no Python object per sample) and committed every ``batch_rows``
-samples or ``flush_interval`` seconds, in chunks of at most :data:`CHUNK_ROWS`
-samples each, so no batch and no finished timeline is ever encoded whole.
+Samples are not copied to it: the writer follows each running attempt's
+:class:`~labkit.samplelog.SampleLog` (float64 columns, the one carrier of samples)
+and commits the rows it gained every ``flush_interval`` seconds, in chunks of at
+most :data:`CHUNK_ROWS` samples each, so no batch and no finished timeline is ever
+encoded whole. Samples given one by one (:meth:`Writer.add`) go to a log of the
+writer's own, committed also once ``batch_rows`` of them wait.
 Commands (every other write) are queued behind them, so a command runs after every
 sample added before it. A thread (not an asyncio task) serves scripts, notebooks
 and several event loops alike, and keeps SQLite's blocking calls off the loop.
@@ -19,12 +21,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import math
 import sqlite3
 import threading
 import time
 import warnings
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -32,12 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import numpy as np
-
 from labkit.errors import StoreError, StoreLockWarning
-from labkit.samplelog import SampleRows
+from labkit.samplelog import SampleLog, SampleRows
 
-__all__ = ("CHUNK_ROWS", "LOCK_WARNING_AFTER", "Buffer", "Writer", "checkpoint", "chunk_json")
+__all__ = ("CHUNK_ROWS", "LOCK_WARNING_AFTER", "Writer", "checkpoint", "chunk_json")
 
 T = TypeVar("T")
 
@@ -51,64 +49,14 @@ Key = tuple[str, int]
 """An instance: its experiment's id and its index."""
 
 
-class Buffer:
-    """One instance's samples waiting for the writer, as float64 columns.
+@dataclass(slots=True)
+class _Followed:
+    """A log the writer commits from: the rows up to ``taken`` are in a batch already."""
 
-    A metric a sample lacks is NaN there, as it is once stored and loaded; so a
-    buffered sample costs 8 bytes a column, whatever metrics it has.
-    """
-
-    __slots__ = ("columns", "offsets")
-
-    def __init__(self) -> None:
-        self.offsets = array("d")
-        self.columns: dict[str, array[float]] = {}
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def append(self, t: float, metrics: Mapping[str, float]) -> None:
-        """Add one sample; a value that is not a number adds nothing.
-
-        Raises:
-            TypeError: A value (or ``t``) is not a number.
-        """
-        columns = self.columns
-        count = len(self.offsets)
-        born: list[str] = []
-        try:
-            self.offsets.append(t)
-            if len(metrics) == len(columns):
-                try:  # the usual metrics, usually: one append per column
-                    for name, value in metrics.items():
-                        columns[name].append(value)
-                    return
-                except KeyError:  # as many metrics, not the same ones: start over
-                    for column in columns.values():
-                        del column[count:]
-            for name in metrics:
-                if name not in columns:
-                    columns[name] = array("d", [math.nan]) * count
-                    born.append(name)
-            for name, column in columns.items():
-                column.append(metrics.get(name, math.nan))
-        except BaseException:
-            # Not half a row: no column it added, every other back to ``count`` rows.
-            for name in born:
-                del columns[name]
-            for column in (self.offsets, *columns.values()):
-                del column[count:]
-            raise
-
-    def rows(self, start: int, stop: int) -> SampleRows:
-        """Samples ``start`` to ``stop`` as new arrays."""
-        return _floats(self.offsets, start, stop), {
-            name: _floats(column, start, stop) for name, column in self.columns.items()
-        }
-
-
-def _floats(column: array[float], start: int, stop: int) -> np.ndarray:
-    return np.frombuffer(column[start:stop], dtype=np.float64)
+    log: SampleLog
+    own: bool = False
+    """The writer's own log, for samples given one by one (not a run's)."""
+    taken: int = 0
 
 
 @dataclass(slots=True)
@@ -149,7 +97,6 @@ class Writer:
         owners: Mapping[str, str],
     ) -> None:
         self.commands: deque[_Command] = deque()
-        self.pending_samples = 0
         self.samples_written = 0
         self.samples_dropped = 0
         self.batches = 0
@@ -162,10 +109,11 @@ class Writer:
         self._checkpoint_interval = checkpoint_interval
         self._guard = guard
         self._owners = owners
-        # The sample buffers, swapped out whole by the writer: the lock makes an
-        # append and the swap exclusive, so no sample lands in a buffer already taken.
-        self._pending: dict[Key, Buffer] = {}
-        self._pending_lock = threading.Lock()
+        # The logs followed, by instance. The lock makes following, adding a sample
+        # and taking a batch exclusive; a log's own appends need no lock (see SampleLog).
+        self._followed: dict[Key, _Followed] = {}
+        self._added = 0  # samples given one by one since the last batch
+        self._lock = threading.Lock()
         # Instances already finished in this store: late samples for them are dropped
         # instead of being appended after their final timeline.
         self._finished: set[Key] = set()
@@ -176,22 +124,56 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="labkit-store-writer", daemon=True)
         self._thread.start()
 
+    @property
+    def pending_samples(self) -> int:
+        """Samples recorded in the logs followed and not yet taken for a batch."""
+        with self._lock:
+            return sum(len(f.log) - f.taken for f in self._followed.values())
+
+    def follow(self, key: Key, log: SampleLog | None) -> None:
+        """Commit instance ``key``'s samples from ``log`` from now on (an attempt began).
+
+        ``None`` stops following it (the attempt ended: code that runs on records
+        into its own log, never the store). Rows of a log followed before and not
+        committed yet are left out: they belong to an attempt that is over.
+        """
+        with self._lock:
+            if log is None:
+                self._followed.pop(key, None)
+            else:
+                self._followed[key] = _Followed(log)
+
     def add(self, key: Key, t: float, metrics: Mapping[str, float]) -> None:
-        """Buffer one sample of instance ``key`` (never waits for the database).
+        """Add one sample of instance ``key`` to the writer's own log for it (never
+        waits for the database).
 
         Raises:
-            TypeError: A value is not a number.
+            TypeError: A value is not a number (nothing is added).
         """
-        with self._pending_lock:
-            buffer = self._pending.get(key)
-            if buffer is None:
-                buffer = self._pending[key] = Buffer()
-            buffer.append(t, metrics)
-            self.pending_samples += 1
-            full = self.pending_samples >= self._batch_rows
+        with self._lock:
+            followed = self._followed.get(key)
+            if followed is None or not followed.own:
+                followed = self._followed[key] = _Followed(SampleLog(), own=True)
+            followed.log.append(t, metrics)
+            self._added += 1
+            full = self._added >= self._batch_rows
         # is_set() takes no lock; set() does, so call it once per batch, not per sample.
         if full and not self._wake.is_set():
             self._wake.set()
+
+    def _take(self) -> tuple[list[tuple[Key, SampleLog, int, int]], int]:
+        """The rows each followed log gained since the last batch, and their count."""
+        taken: list[tuple[Key, SampleLog, int, int]] = []
+        count = 0
+        with self._lock:
+            self._added = 0
+            for key, followed in self._followed.items():
+                end = len(followed.log)
+                if end > followed.taken:
+                    taken.append((key, followed.log, followed.taken, end))
+                    count += end - followed.taken
+                    followed.taken = end
+        return taken, count
 
     def submit(
         self,
@@ -232,9 +214,7 @@ class Writer:
                 # Commands first, then samples: every sample added before a command
                 # was queued is in this drain, so it is committed before the command runs.
                 commands = _drain(self.commands)
-                with self._pending_lock:
-                    pending, self._pending = self._pending, {}
-                    count, self.pending_samples = self.pending_samples, 0
+                pending, count = self._take()
                 finishing = {c.finishing for c in commands if c.finishing is not None}
                 if pending:
                     self._write_samples(conn, pending, count, finishing)
@@ -243,7 +223,7 @@ class Writer:
                 if time.monotonic() - last_checkpoint >= self._checkpoint_interval:
                     checkpoint(conn, "PASSIVE")
                     last_checkpoint = time.monotonic()
-                if stopping and not self.commands and not self._pending:
+                if stopping and not self.commands and not self.pending_samples:
                     break
         finally:
             checkpoint(conn, "TRUNCATE")
@@ -310,25 +290,25 @@ class Writer:
     def _write_samples(
         self,
         conn: sqlite3.Connection,
-        pending: dict[Key, Buffer],
+        pending: list[tuple[Key, SampleLog, int, int]],
         count: int,
         finishing: set[Key],
     ) -> None:
         started = time.perf_counter()
         with self._finished_lock:
             skip = finishing | self._finished
-        logs = {key: buffer for key, buffer in pending.items() if key not in skip}
+        logs = [entry for entry in pending if entry[0] not in skip]
         if not logs:
             return
         written = 0
 
         def chunks(mine: set[str]) -> Iterator[tuple[str, int, int, str]]:
             nonlocal written
-            for (experiment_id, instance), buffer in logs.items():
+            for (experiment_id, instance), log, first, end in logs:
                 if experiment_id not in mine:
                     continue
-                for start in range(0, len(buffer), CHUNK_ROWS):
-                    rows = buffer.rows(start, start + CHUNK_ROWS)
+                for start in range(first, end, CHUNK_ROWS):
+                    rows = log.read(start, min(start + CHUNK_ROWS, end))
                     written += len(rows[0])
                     yield experiment_id, instance, len(rows[0]), chunk_json(rows)
 
@@ -338,7 +318,7 @@ class Writer:
                 # they would mix with that run's own.
                 mine = {
                     experiment_id
-                    for experiment_id in {key[0] for key in logs}
+                    for experiment_id in {entry[0][0] for entry in logs}
                     if _owned(conn, experiment_id, self._owners.get(experiment_id))
                 }
                 # executemany pulls one chunk at a time: one chunk's JSON in memory.
@@ -375,14 +355,15 @@ class Writer:
             if command.finishing is not None:
                 with self._finished_lock:
                     self._finished.add(command.finishing)
+                self.follow(command.finishing, None)
             command.future.set_result(value)
 
 
 def chunk_json(rows: SampleRows) -> str:
     """One stored chunk, ``{"t": [...], "<metric>": [...]}``; NaN and inf as recorded.
 
-    A metric a sample lacks is NaN in a :class:`Buffer` (and in a
-    :class:`~labkit.samplelog.SampleLog`) and is stored so: it loads as NaN, as a
+    A metric a sample lacks is NaN in a :class:`~labkit.samplelog.SampleLog` and
+    is stored so: it loads as NaN, as a
     missing value does.
     """
     offsets, values = rows

@@ -1,11 +1,11 @@
 """A live chart that grows while an experiment runs: a thin view over the live model.
 
-:class:`LiveTimeline` is an ``on_event`` callback and a plotly ``FigureWidget``:
-pass it (or :meth:`LiveTimeline.handle`) to ``run_experiment(on_event=...)`` and
-display :attr:`LiveTimeline.figure`. A run sends the chart no event per sample: it
-reads each attempt's :class:`labkit.SampleLog` at its frames (see
-:class:`labkit.TimelineEvent`); any other event costs one list append. Everything
-else happens in frames, which keep coming while a log is read. A :class:`labkit.live.FrameBudget`
+:class:`LiveTimeline` is a :class:`labkit.events.Watcher` and a plotly
+``FigureWidget``: pass it to ``run_experiment(on_event=...)`` and display
+:attr:`LiveTimeline.figure`. It reads the instances' state changes and each
+attempt's :class:`labkit.SampleLog`, which it reads at its frames: a run builds no
+event per sample for it. Everything else happens in frames, which keep coming
+while a log is read. A :class:`labkit.live.FrameBudget`
 decides when a frame is due (at most ``updates_per_s`` a second, drawing at most
 ``max_load`` of the time); a frame takes a snapshot of the
 :class:`labkit.live.LiveTimelineModel` and maps it to traces with the static
@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import ConfigError
-from labkit.events import InstanceEvent, TimelineEvent
+from labkit.events import Watcher
 from labkit.live import (
     DEFAULT_MAX_POINTS,
     AverageSnapshot,
@@ -54,7 +54,7 @@ _DATA_KEYS = ("x", "y", "customdata")
 PLACEHOLDER = "The live chart starts with the first sample: press Start."
 
 
-class LiveTimeline:
+class LiveTimeline(Watcher):
     """A ``FigureWidget`` fed by instance events: every instance and the running average.
 
     One subplot per metric shares the time axis (seconds since each instance
@@ -89,14 +89,6 @@ class LiveTimeline:
         ConfigError: If ``band``, ``updates_per_s``, ``max_load``, ``max_points``,
             ``max_gap`` or ``method`` is invalid.
     """
-
-    event_types = (InstanceEvent, TimelineEvent)
-    """What the chart reads: a bus given the chart (or ``chart.handle``) routes it only
-    instance and timeline events, so a runner creates no task events for it."""
-
-    sample_events = False
-    """The chart reads each attempt's log, so a bus spares it the sample events of
-    attempts whose log was announced (:meth:`labkit.EventBus.sample_route`)."""
 
     def __init__(
         self,
@@ -134,10 +126,6 @@ class LiveTimeline:
         self._on_frame = on_frame
         self._title = title
         self._x_axis: XAxis = x_axis or "time"
-        self._inbox = self.model.inbox
-        self._fed = self.model.fed
-        self._chunk = self.model.chunk_size
-        self._threshold = 1  # inbox length at which handle() has more to do than append
         self._frame: asyncio.Task[None] | None = None
         self._drawn_version = -1
         self._layout_key: tuple[str, ...] | None = None  # the metrics the axes are laid out for
@@ -160,43 +148,14 @@ class LiveTimeline:
         """The metrics drawn so far, top to bottom."""
         return self.model.metrics
 
-    def __call__(self, event: Any) -> None:
-        """Same as :meth:`handle`, so the chart itself can be an ``on_event`` callback."""
-        self.handle(event)
-
     def handle(self, event: Any) -> None:
-        """Take an event: at most one append, and a frame scheduled if none is (never draws here).
-
-        A sample of an attempt whose log the model reads (see
-        :class:`labkit.TimelineEvent`) costs nothing more: the frame reads the log.
-        Other samples are appended, and every ``model.chunk_size`` of them the
-        model turns them into columns (a fraction of a millisecond), so that event
-        records do not pile up for the garbage collector to walk until the next frame.
-        """
-        if event.__class__ is InstanceEvent and event.kind == "sample":
-            if event.instance in self._fed:
-                if self._frame is None:
-                    self._schedule()
-                return
-            inbox = self._inbox
-            inbox.append(event)
-            # One test per event: the threshold is 1 while no frame is scheduled
-            # (this event schedules one), the chunk size while one is.
-            if len(inbox) >= self._threshold:
-                self._take()
-            return
-        self.model.handle(event)  # a state change or a log: the model keeps track
+        """Take any instance event (a script feeding the chart by hand): the model
+        keeps it, and a frame is scheduled if none is (never draws here)."""
+        self.model.handle(event)
         if self._frame is None:
             self._schedule()
 
-    handle.event_types = event_types  # type: ignore[attr-defined]
-    handle.sample_events = sample_events  # type: ignore[attr-defined]
-
-    def _take(self) -> None:
-        if self._frame is None:
-            self._schedule()
-        if len(self._inbox) >= self._chunk:
-            self.model.compact()
+    on_instance_started = on_samples = on_instance_finished = on_instance_failed = handle
 
     def _schedule(self, *, or_draw: bool = True) -> None:
         """Schedule the next frame on the running loop; with no loop (a script feeding
@@ -209,12 +168,10 @@ class LiveTimeline:
                 self.flush()
             return
         self._frame = loop.create_task(self._next_frame(), name="labkit-live-frame")
-        self._threshold = self._chunk
 
     async def _next_frame(self) -> None:
         await self._clock.sleep(self.budget.delay())
         self._frame = None
-        self._threshold = 1
         self._frame_now()
 
     def _frame_now(self) -> None:
@@ -235,7 +192,6 @@ class LiveTimeline:
         if self._frame is not None:
             self._frame.cancel()
             self._frame = None
-        self._threshold = 1
 
     def flush(self) -> None:
         """Draw everything received now, in one frame."""
@@ -255,9 +211,6 @@ class LiveTimeline:
         """
         self._cancel_frame()
         self.model = model
-        self._inbox = model.inbox
-        self._fed = model.fed
-        self._chunk = model.chunk_size
         self._memo.clear()
         self._drawn_version = -1
         self.flush()
