@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.cli import _parser, load_target, main, parse_params
+from labkit.cli import build_parser, load_target, main, parse_params
 from labkit.errors import StoreError
 from labkit.experiment import Experiment
 from labkit.store import Store
@@ -261,7 +261,7 @@ def test_a_bad_report_path_or_param_stops_before_anything_runs(tmp_path: Path) -
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
-    parser = _parser()
+    parser = build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     return dict(commands.choices)
 
