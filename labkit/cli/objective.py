@@ -17,11 +17,14 @@ from labkit.cli.usage import UsageError
 from labkit.errors import error_text
 from labkit.results import ExperimentResult
 from labkit.sweep import objective_value
+from labkit.timeline.summaries import SUMMARY_RESERVED
 
 __all__ = ("CheckedObjective", "refuse_before_run")
 
 _AXES = ("t", "step")
 _NOT_FIGURES = frozenset({"errors", "recovery_times", "ok", "error", "index"})
+# Counts of instances and the all-failed flag: about the run, not what it measured.
+_NOT_MEASURED = SUMMARY_RESERVED | {"num_succeeded", "all_failed"}
 
 
 def refuse_before_run(name: str) -> None:
@@ -53,8 +56,7 @@ def _names(result: ExperimentResult) -> tuple[list[str], list[str]]:
         for key, value in result.summary.items()
         if isinstance(value, int | float)
         and not isinstance(value, bool)
-        and key not in _NOT_FIGURES
-        and key not in ("num_instances", "num_failed")
+        and key not in _NOT_MEASURED
     ]
     metrics: dict[str, None] = {}
     for instance in result.instances:
