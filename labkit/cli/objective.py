@@ -76,13 +76,16 @@ class CheckedObjective:
     Args:
         name: The ``--objective`` value.
         experiment: The experiment's name, for the message.
-        on_unknown: Called once when ``name`` is known to name nothing.
+
+    Attributes:
+        on_unknown: Called once when ``name`` is known to name nothing (set it to
+            what stops the sweep).
     """
 
-    def __init__(self, name: str, experiment: str, on_unknown: Callable[[], object]) -> None:
+    def __init__(self, name: str, experiment: str) -> None:
         self.name = name
         self.experiment = experiment
-        self.on_unknown = on_unknown
+        self.on_unknown: Callable[[], object] = lambda: None
         self.problem: str | None = None
         self.last_error: str | None = None
 

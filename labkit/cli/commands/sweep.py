@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from labkit.cli import arguments
 from labkit.cli.objective import CheckedObjective, refuse_before_run
@@ -15,6 +15,9 @@ from labkit.cli.target import command_experiment
 from labkit.cli.trial_lines import TrialLines
 from labkit.cli.usage import EXIT_FAILED, EXIT_OK, UsageError
 from labkit.experiment import Experiment
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ("Sweep",)
 
@@ -117,8 +120,8 @@ class Sweep(Command):
 
     @staticmethod
     async def _sweep(
-        args: argparse.Namespace, experiment: Experiment, grid: dict[str, list[Any]], human: Any
-    ) -> Any:
+        args: argparse.Namespace, experiment: Experiment, grid: dict[str, list[Any]], human: TextIO
+    ) -> pd.DataFrame:
         """The sweep's frame; stopped at the first trial that shows the objective names
         nothing.
 
@@ -128,9 +131,7 @@ class Sweep(Command):
         from labkit.store import Store
         from labkit.sweep import sweep
 
-        # Stops the sweep from inside a trial's objective, once it names nothing.
-        stop: list[asyncio.Future[Any]] = []
-        objective = CheckedObjective(args.objective, experiment.name, lambda: stop[0].cancel())
+        objective = CheckedObjective(args.objective, experiment.name)
         executor: dict[str, Any] = {"executor": "process"} if args.executor == "process" else {}
         store = None if args.no_db else Store(args.db)
         try:
@@ -149,7 +150,9 @@ class Sweep(Command):
                     **executor,
                 )
             )
-            stop.append(running)
+            # Stops the sweep from inside a trial's objective, once it names nothing (the
+            # task starts at the next await: nothing can call this before).
+            objective.on_unknown = running.cancel
             try:
                 return await running
             except asyncio.CancelledError:
