@@ -481,6 +481,22 @@ def test_a_summary_figure_is_an_objective_as_its_help_says(tmp_path: Path) -> No
     assert done.stdout.splitlines()[0] == "trial 0 ok: objective 2.5 (best so far: trial 0, 2.5)"
 
 
+def test_a_raced_sweep_takes_a_summary_figure_as_its_objective(tmp_path: Path) -> None:
+    (tmp_path / "workload.py").write_text(WORKLOAD)
+    done = labkit(
+        "sweep", "workload:work", "--grid", "scale=1,2", "--objective", "value_last",
+        "-n", "race", "--max-instances", "6", "--no-db", cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    # Equal trials: neither is ruled out, each runs to 6 instances (last values 2 ... 7).
+    lines = done.stdout.splitlines()
+    assert lines[:2] == [
+        "trial 0 ok: objective 4.5 (best so far: trial 0, 4.5)",
+        "trial 1 ok: objective 4.5 (best so far: trial 0, 4.5)",
+    ]
+
+
 def test_a_failed_trial_says_why(tmp_path: Path) -> None:
     (tmp_path / "workload.py").write_text(WORKLOAD)
     done = labkit(
