@@ -84,6 +84,7 @@ class CheckedObjective:
 
     def __init__(self, name: str, experiment: str) -> None:
         self.name = name
+        self.__name__ = name  # how a sweep names a function objective in its headings
         self.experiment = experiment
         self.on_unknown: Callable[[], object] = lambda: None
         self.problem: str | None = None

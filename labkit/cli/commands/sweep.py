@@ -132,22 +132,21 @@ class Sweep(Command):
         from labkit.sweep import sweep
 
         objective = CheckedObjective(args.objective, experiment.name)
-        executor: dict[str, Any] = {"executor": "process"} if args.executor == "process" else {}
+        instances, run_options = _size(args)
         store = None if args.no_db else Store(args.db)
         try:
             running = asyncio.ensure_future(
                 sweep(
                     experiment,
                     grid,
-                    instances=args.instances,
+                    instances=instances,
                     objective=objective,
                     direction=args.direction,
                     max_parallel=args.max_parallel,
                     store=store,
-                    max_instances=args.max_instances,
                     on_event=TrialLines(human, objective),
                     seed=args.seed,
-                    **executor,
+                    **run_options,
                 )
             )
             # Stops the sweep from inside a trial's objective, once it names nothing (the
@@ -163,3 +162,18 @@ class Sweep(Command):
         finally:
             if store is not None:
                 store.close()
+
+
+def _size(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The sweep's ``instances`` and the run options of ``--executor`` and
+    ``--max-instances``: a race's cap is set on its ``labkit.Race``, the cap of
+    ``-n auto`` is a run option, and a fixed count has none."""
+    from labkit import Race
+
+    run_options: dict[str, Any] = {"executor": "process"} if args.executor == "process" else {}
+    instances: Any = args.instances
+    if args.max_instances is not None and instances == "race":
+        instances = Race(max_instances=args.max_instances)
+    elif args.max_instances is not None and instances == "auto":
+        run_options["max_instances"] = args.max_instances
+    return instances, run_options
