@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -10,15 +11,17 @@ import select
 import shutil
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from labkit.cli import _parser, load_target, main, parse_params
+from labkit.cli import build_parser, load_target, main, parse_params
 from labkit.errors import StoreError
 from labkit.experiment import Experiment
 from labkit.store import Store
@@ -261,7 +264,7 @@ def test_a_bad_report_path_or_param_stops_before_anything_runs(tmp_path: Path) -
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
-    parser = _parser()
+    parser = build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     return dict(commands.choices)
 
@@ -414,3 +417,138 @@ def test_run_with_the_process_executor_and_a_seed(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "--executor process" in refused.stderr
     bad_seed = labkit("run", "cpu_work:work", "--seed", "-1", cwd=tmp_path)
     assert bad_seed.returncode == 2 and "--seed" in bad_seed.stderr
+
+
+# -- what the sweep says about its objective and its trials ------------------------------
+
+
+def test_a_sweep_objective_that_names_nothing_stops_after_the_first_trial(tmp_path: Path) -> None:
+    (tmp_path / "workload.py").write_text(WORKLOAD)
+    done = labkit(
+        "sweep", "workload:work", "--grid", "scale=3,1,2", "--objective", "loss_last",
+        "-n", "2", "--db", "lab.db", cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    (message,) = done.stderr.strip().splitlines()
+    assert message.startswith("labkit sweep: error: --objective loss_last:")
+    # What exists, once the first trial's instances ran: its figures and its metrics.
+    assert "summary figures: value_last, scale;" in message and "metrics: value" in message
+    assert "leaderboard" not in done.stdout and "trial 0" not in done.stdout
+    with Store(tmp_path / "lab.db") as store:
+        frame = store.experiments()
+    # Stopped there: no other trial ran an instance (the next one may have been begun).
+    assert len(frame) < 3
+    first = frame.iloc[0]
+    assert first["labels"]["trial"] == 0 and first["succeeded"] == 2
+    assert frame["succeeded"].iloc[1:].sum() == 0 and frame["failed"].sum() == 0
+
+
+def test_a_raced_sweep_stops_on_an_unknown_objective_in_its_first_round(tmp_path: Path) -> None:
+    (tmp_path / "workload.py").write_text(WORKLOAD)
+    done = labkit(
+        "sweep", "workload:work", "--grid", "scale=3,1", "--objective", "nope",
+        "-n", "race", "--no-db", cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--objective nope:" in done.stderr and "metrics: value" in done.stderr
+
+
+@pytest.mark.parametrize("axis", ["t", "step"])
+def test_an_axis_as_objective_is_refused_before_anything_runs(tmp_path: Path, axis: str) -> None:
+    (tmp_path / "workload.py").write_text(WORKLOAD)
+    done = labkit(
+        "sweep", "workload:work", "--grid", "scale=1", "--objective", axis, "--db", "lab.db",
+        cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 2
+    assert f"--objective {axis}: '{axis}' is an axis" in done.stderr
+    assert not (tmp_path / "lab.db").exists()
+
+
+def test_a_summary_figure_is_an_objective_as_its_help_says(tmp_path: Path) -> None:
+    (tmp_path / "workload.py").write_text(WORKLOAD)
+    done = labkit(
+        "sweep", "workload:work", "--grid", "scale=1,2", "--objective", "value_last",
+        "-n", "2", "--no-db", cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    # Each instance's last value is 2 + its index: 2 and 3, averaged.
+    assert done.stdout.splitlines()[0] == "trial 0 ok: objective 2.5 (best so far: trial 0, 2.5)"
+
+
+def test_a_raced_sweep_takes_a_summary_figure_as_its_objective(tmp_path: Path) -> None:
+    (tmp_path / "workload.py").write_text(WORKLOAD)
+    done = labkit(
+        "sweep", "workload:work", "--grid", "scale=1,2", "--objective", "value_last",
+        "-n", "race", "--max-instances", "6", "--no-db", cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    # Equal trials: neither is ruled out, each runs to 6 instances (last values 2 ... 7).
+    lines = done.stdout.splitlines()
+    assert lines[:2] == [
+        "trial 0 ok: objective 4.5 (best so far: trial 0, 4.5)",
+        "trial 1 ok: objective 4.5 (best so far: trial 0, 4.5)",
+    ]
+
+
+def test_a_failed_trial_says_why(tmp_path: Path) -> None:
+    (tmp_path / "workload.py").write_text(WORKLOAD)
+    done = labkit(
+        "sweep", "workload:work", "--grid", "scale=1,2", "--objective", "value_last",
+        "--param", "fail=0", "--no-db", cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert lines[:2] == [
+        f"trial {n} failed: RuntimeError: instance asked to fail (no trial succeeded so far)"
+        for n in (0, 1)
+    ]
+
+
+def test_the_summary_table_says_what_its_spread_is(tmp_path: Path) -> None:
+    (tmp_path / "workload.py").write_text(WORKLOAD)
+    done = labkit("run", "workload:work", "-n", "3", "--no-db", "--no-progress", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    heading, first = done.stdout.splitlines()[2:4]
+    assert heading.split() == ["figure", "mean", "±", "ci95", "(min", "…", "max)"]
+    assert first.split()[0] == "value_last" and " ± " in first
+
+
+def test_progress_bars_read_seconds_then_the_state(tmp_path: Path) -> None:
+    (tmp_path / "workload.py").write_text(WORKLOAD)
+    leader, follower = os.openpty()  # the bars are drawn only on a terminal ...
+    # ... as wide as it says it is: a new pseudo-terminal says 0 columns.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labkit.cli", "run", "workload:work", "-n", "2",
+         "--duration", "1", "--no-db"],
+        stdout=subprocess.DEVNULL, stderr=follower, cwd=tmp_path,
+    )  # fmt: skip
+    os.close(follower)
+    data = b""
+    try:
+        while True:
+            ready, _, _ = select.select([leader], [], [], 60)
+            assert ready, f"no output for 60 s: {data!r}"
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        assert process.wait(timeout=60) == 0
+        os.close(leader)
+    text = data.decode()
+    assert "instance 1:" in text
+    assert "1/1 s, ok" in text and "s, running" in text
+    assert " s ," not in text
