@@ -226,7 +226,13 @@ def test_million_sample_result_renders_bounded() -> None:
     timelines = [pd.DataFrame({"t": t, "cpu": rng.random(n)}) for _ in range(2)]
     timelines[1].loc[654_321, "cpu"] = 9.0
     averaged = pd.DataFrame(
-        {"t": t, "n": 2, "cpu": (timelines[0]["cpu"] + timelines[1]["cpu"]) / 2, "cpu_std": 0.1}
+        {
+            "t": t,
+            "n": 2,
+            "cpu": (timelines[0]["cpu"] + timelines[1]["cpu"]) / 2,
+            "cpu_std": 0.1,
+            "cpu_ci95": 0.2,
+        }
     )
 
     fig = timeline_figure(timelines, averaged=averaged)
@@ -260,8 +266,9 @@ def test_instance_lines_skip_rows_where_the_metric_was_not_sampled() -> None:
     averaged = average_timelines([frame, frame])
     fig = timeline_figure([frame, frame], averaged=averaged, band=None)
     cpu = [tr for tr in fig.data if tr.name == "instance 0" and tr.yaxis in ("y", None)]
-    assert cpu and list(cpu[0].y) == [10.0, 20.0, 30.0]
-    assert list(cpu[0].x) == [0.0, 1.0, 2.0]
+    # No break at the loss rows: the cpu samples joined, as averaging put them on its grid.
+    assert cpu and list(cpu[0].x) == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert list(cpu[0].y) == [10.0, 15.0, 20.0, 25.0, 30.0]
 
 
 def test_axis_titles_carry_units_and_step_indexed_timelines_go_by_step() -> None:
@@ -292,7 +299,7 @@ def test_many_instances_share_one_faint_trace_and_legend_entry() -> None:
     fig = timeline_figure(timelines, averaged=_average(timelines), metrics="cpu", outliers=[5])
 
     names = [trace.name for trace in fig.data]
-    assert names == ["instances (11)", "instance 5 (outlier)", "band (std)", "average"]
+    assert names == ["instances (11)", "instance 5 (outlier)", "band (ci95)", "average"]
     many = fig.data[0]
     assert 0.25 <= many.opacity < 0.7
     assert sorted(set(np.asarray(many.customdata).tolist())) == [i for i in range(12) if i != 5]
