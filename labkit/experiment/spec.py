@@ -224,8 +224,12 @@ def _check_labels(option: str, value: Any) -> None:
             metric,
             "metric names (any non-empty str but the axes 't' and 'step')",
         )
-        check(isinstance(text, str) and bool(text.strip()), f"{option}[{metric!r}]", text,
-              "a non-empty str")
+        check(
+            isinstance(text, str) and bool(text.strip()),
+            f"{option}[{metric!r}]",
+            text,
+            "a non-empty str",
+        )
 
 
 def _seconds(value: float | None) -> float | str | None:

@@ -36,10 +36,12 @@ from labkit.live import (
     LiveTimelineModel,
 )
 from labkit.plots import (
+    DEFAULT_BAND,
     InstanceLine,
+    MetricLabels,
     XAxis,
     average_traces,
-    axis_title,
+    figure_layout,
     instance_traces,
     time_title,
 )
@@ -65,8 +67,9 @@ class LiveTimeline:
     Args:
         metrics: The metrics to draw, in order; default: every metric seen, in
             order of first appearance.
-        band: The band drawn around the running average (``"std"``, ``"minmax"``,
-            ``"ci95"`` or ``None``).
+        band: The band drawn around the running average: ``"ci95"`` (the
+            default, the spread summary tables print after "±"), ``"std"``,
+            ``"minmax"`` or ``None``.
         updates_per_s: The most redraws per second; samples in between are batched.
         max_load: The largest fraction of the event loop's time redraws may take
             (0.05: after a 10 ms redraw the next waits at least 0.2 s). Reading
@@ -84,10 +87,13 @@ class LiveTimeline:
             (see :class:`labkit.live.LiveTimelineModel`): a gap is drawn as a
             break, never bridged.
         method: How each metric is averaged, as the experiment's ``method``.
+        units: Units by metric, for axis titles and hover values, beside the
+            sampler's (as ``Experiment(units=)``).
+        display_names: Names to show by metric (as ``Experiment(display_names=)``).
 
     Raises:
         ConfigError: If ``band``, ``updates_per_s``, ``max_load``, ``max_points``,
-            ``max_gap`` or ``method`` is invalid.
+            ``max_gap``, ``method``, ``units`` or ``display_names`` is invalid.
     """
 
     event_types = (InstanceEvent, TimelineEvent)
@@ -102,7 +108,7 @@ class LiveTimeline:
         self,
         metrics: Sequence[str] | None = None,
         *,
-        band: Band | None = "std",
+        band: Band | None = DEFAULT_BAND,
         updates_per_s: float = 4.0,
         max_load: float = 0.05,
         max_points: int = DEFAULT_MAX_POINTS,
@@ -112,12 +118,16 @@ class LiveTimeline:
         on_frame: Callable[[LiveSnapshot], object] | None = None,
         max_gap: float | Mapping[str, float | None] | None = None,
         method: Method | Mapping[str, Method] | None = None,
+        units: Mapping[str, str] | None = None,
+        display_names: Mapping[str, str] | None = None,
     ) -> None:
         if band is not None and band not in ("std", "minmax", "ci95"):
             raise ConfigError("band", band, "'std', 'minmax', 'ci95' or None")
         if x_axis not in (None, "time", "step"):
             raise ConfigError("x_axis", x_axis, "'time', 'step' or None")
         self.band = band
+        self.labels = MetricLabels.of(units=units, display_names=display_names)
+        """How metrics are named and in which units, on axes and in hover labels."""
         self.model = LiveTimelineModel(
             metrics,
             max_points=max_points,
@@ -146,13 +156,7 @@ class LiveTimeline:
         self._memo: dict[str, tuple[tuple[Any, ...], list[dict[str, Any]]]] = {}
         self.flushes = 0
         """How many redraws have happened (for tests and curiosity)."""
-        self.figure = go.FigureWidget(
-            layout={
-                "template": "plotly_white",
-                "hovermode": "closest",
-                "legend": {"groupclick": "togglegroup"},
-            }
-        )
+        self.figure = go.FigureWidget(layout=figure_layout())
         self._show_placeholder()
 
     @property
@@ -243,9 +247,29 @@ class LiveTimeline:
         self._frame_now()
 
     def show_result(self, result: Any) -> None:
-        """Replace the running average with ``result.averaged``, the exact one, and draw."""
+        """Replace the running average with ``result.averaged``, the exact one, and draw
+        with the units and display names the result's config keeps."""
+        config = getattr(result, "config", None) or {}
+        if config.get("units") or config.get("display_names"):
+            self.set_labels(config.get("units"), config.get("display_names"))
         self.model.complete(getattr(result, "averaged", None))
         self.flush()
+
+    def set_labels(
+        self,
+        units: Mapping[str, str] | None = None,
+        display_names: Mapping[str, str] | None = None,
+    ) -> None:
+        """Show metrics with these units and display names from the next frame on
+        (a panel calls it at Start with its experiment's ``units`` and ``display_names``).
+
+        Raises:
+            ConfigError: If ``units`` or ``display_names`` is not a mapping of str.
+        """
+        self.labels = MetricLabels.of(units=units, display_names=display_names)
+        self._memo.clear()
+        self._layout_key = None  # axis titles are laid out again
+        self._drawn_version = -1
 
     def watch(self, model: LiveTimelineModel) -> None:
         """Show another model from now on (a sweep's chart follows its best trial).
@@ -364,9 +388,13 @@ class LiveTimeline:
             )
             for line in lines
         ]
-        built = instance_traces(shown, metric, show_legend=first, x_axis=self._x_axis)
+        built = instance_traces(
+            shown, metric, show_legend=first, x_axis=self._x_axis, labels=self.labels
+        )
         if average is not None and average.t.size:
-            built += average_traces(average, self.band, show_legend=first, x_axis=self._x_axis)
+            built += average_traces(
+                average, self.band, show_legend=first, x_axis=self._x_axis, labels=self.labels
+            )
         return built
 
     def _layout_axes(self, metrics: Sequence[str]) -> None:
@@ -390,7 +418,7 @@ class LiveTimeline:
                 "visible": True,
                 "anchor": f"x{suffix}",
                 "domain": [max(top - height, 0.0), top],
-                "title": {"text": axis_title(metric)},
+                "title": {"text": self.labels.title(metric)},
             }
         existing = self.figure.layout.to_plotly_json()
         for key in [key for key in axes if key not in existing]:
