@@ -26,6 +26,7 @@ STAT_SUFFIXES = ("_std", "_min", "_max", "_ci95", "_n", "_nonfinite")
 
 _BANDS = ("std", "minmax", "ci95")
 _RESERVED_COLUMNS = frozenset({"t", "n"})
+_BOTTOM = 120  # the bottom margin, px: the time axis' title, and the legend under it
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,11 +200,15 @@ def timeline_figure(
         fig.update_xaxes(title_text=time_title(axis), row=len(names), col=1)
     heading = title if title is not None else name
     note = _failed_note(failed)
+    top = 90 if heading and note else 70 if heading or note else 40
+    plot_height = 240 * max(len(names), 1) - 20
     fig.update_layout(
-        title_text=heading + (f"<br><sup>{note}</sup>" if note else ""),
-        height=120 + 240 * max(len(names), 1),
-        margin={"t": (90 if note else 70) if heading or note else 40},
-        **figure_layout(),
+        title_text="<br>".join(
+            part for part in (heading, f"<sup>{note}</sup>" if note else "") if part
+        ),
+        height=top + plot_height + _BOTTOM,
+        margin={"t": top, "b": _BOTTOM},
+        **figure_layout(plot_height),
     )
     return fig
 

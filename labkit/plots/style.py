@@ -150,10 +150,20 @@ def time_title(x_axis: XAxis = "time") -> str:
     return "time (s)" if x_axis == "time" else "step"
 
 
-def figure_layout() -> dict[str, Any]:
+LEGEND_GAP = 52
+"""Pixels between the plot's bottom edge and the legend: room for the time axis's
+tick labels and title."""
+
+
+def figure_layout(plot_height: float) -> dict[str, Any]:
     """The layout every chart shares: the width it is given, a white background of
-    its own, and the legend above the plot in rows that wrap instead of scrolling,
-    the average and its band first."""
+    its own, and the legend under the time axis in rows that wrap instead of
+    scrolling, the average and its band first.
+
+    Args:
+        plot_height: The height of the subplots' area (the figure's less its
+            margins), in pixels: it places the legend a fixed distance below it.
+    """
     return {
         "autosize": True,
         "hovermode": "closest",
@@ -166,7 +176,7 @@ def figure_layout() -> dict[str, Any]:
             "orientation": "h",
             "x": 0.0,
             "xanchor": "left",
-            "y": 1.0,
-            "yanchor": "bottom",
+            "y": -LEGEND_GAP / max(plot_height, 1.0),
+            "yanchor": "top",
         },
     }

@@ -52,6 +52,7 @@ __all__ = ("LiveTimeline",)
 
 _GAP = 0.06  # vertical space between subplots, as a fraction of the plot area
 _DATA_KEYS = ("x", "y", "customdata")
+_BOTTOM = 110  # the bottom margin, px: the time axis' title, and the legend under it
 
 PLACEHOLDER = "The live chart starts with the first sample: press Start."
 
@@ -156,7 +157,7 @@ class LiveTimeline:
         self._memo: dict[str, tuple[tuple[Any, ...], list[dict[str, Any]]]] = {}
         self.flushes = 0
         """How many redraws have happened (for tests and curiosity)."""
-        self.figure = go.FigureWidget(layout=figure_layout())
+        self.figure = go.FigureWidget(layout=figure_layout(220.0))
         self._show_placeholder()
 
     @property
@@ -448,13 +449,16 @@ class LiveTimeline:
         # Arrays of objects (annotations) are set as properties: a relayout would
         # leave plotly's Python view of them as it was.
         self.figure.layout.annotations = ()
+        top = 60 if self._title else 30
+        plot_height = 220 * count - 10
         self.figure.plotly_relayout(
             {
                 **axes,
-                "height": 100 + 220 * count,
+                "height": top + plot_height + _BOTTOM,
                 "title.text": self._title,
-                "margin.t": 60 if self._title else 30,
-                "margin.b": 40,
+                "margin.t": top,
+                "margin.b": _BOTTOM,
+                "legend.y": figure_layout(plot_height)["legend"]["y"],
                 "showlegend": None,
             }
         )
