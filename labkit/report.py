@@ -16,17 +16,12 @@ import math
 import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from labkit.plots import SPREAD_HEADING, MetricLabels, metric_names, timeline_figure
 from labkit.results import ExperimentResult
 
-if TYPE_CHECKING:
-    from labkit.plots import MetricLabels
-
-__all__ = ("SPREAD_HEADING", "SPREAD_NOTE", "render_html", "write_html")
-
-SPREAD_HEADING = "mean ± ci95 (min … max)"
-"""How the summary's figures read, as the table's heading says."""
+__all__ = ("SPREAD_NOTE", "render_html", "write_html")
 
 SPREAD_NOTE = (
     '<p class="note">Each figure: its mean over the instances that succeeded '
@@ -86,8 +81,6 @@ def write_html(result: ExperimentResult, path: str | os.PathLike[str]) -> Path:
 
 def render_html(result: ExperimentResult) -> str:
     """The report page as a string (see :func:`write_html`)."""
-    from labkit.plots import MetricLabels
-
     labels = MetricLabels.of(result.config)
     summary = result.summary
     total = len(result.instances)
@@ -139,8 +132,6 @@ def _banner(total: int, failed: int) -> str:
 
 def _chart(result: ExperimentResult) -> str:
     # The chart's traces come from the builders the live chart uses too.
-    from labkit.plots import metric_names, timeline_figure
-
     if result.averaged.empty or not metric_names(result.averaged):
         return "<p>No timeline to draw: no instance that succeeded recorded any sample.</p>"
 

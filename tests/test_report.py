@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import labkit as lk
 from labkit.report import render_html, write_html
 from labkit.results import ExperimentResult, InstanceResult
 
@@ -238,3 +239,25 @@ def test_the_pages_labkit_writes_are_ignored_by_git() -> None:
             ["git", "-C", str(root), "check-ignore", "-q", name], check=False
         ).returncode
         assert ignored == 0, name
+
+
+async def _losses(ctx: lk.InstanceContext) -> None:
+    for step in range(3):
+        ctx.record(loss=1.0 / (step + 1) + ctx.index)
+
+
+async def test_the_panels_summary_says_what_plus_minus_is_as_the_report_does() -> None:
+    from labkit.widgets import ExperimentPanel
+
+    panel = ExperimentPanel(lk.Experiment("losses", _losses))
+    panel.instances.value = 3
+    result = await panel.start()
+    try:
+        table = _tables(panel.summary.value)["figure"]
+        assert [text for text, _ in table["header"]] == ["figure", "mean ± ci95 (min … max)"]
+        assert " ± " in dict((row[0][0], row[1][0]) for row in table["rows"] if row)["loss_last"]
+        assert "mean ± ci95 (min … max)" in render_html(result)
+        # The chart's band is that same interval, unless asked otherwise.
+        assert panel.chart.band == "ci95"
+    finally:
+        panel.close()

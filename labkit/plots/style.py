@@ -25,6 +25,7 @@ __all__ = (
     "METRIC_UNITS",
     "OUTLIER_COLOR",
     "PAPER_COLOR",
+    "SPREAD_HEADING",
     "TEXT_COLOR",
     "MetricLabels",
     "XAxis",
@@ -58,6 +59,10 @@ TEXT_COLOR = "#2a3f5f"
 DEFAULT_BAND: Band = "ci95"
 """The band drawn by default: the 95 % confidence interval of the mean, the same
 spread the summary tables print after "±"."""
+
+SPREAD_HEADING = "mean ± ci95 (min … max)"
+"""How a summary figure reads (``ExperimentResult.summary_texts``): the heading of
+every table that prints one, so "±" is never left unexplained."""
 
 MANY_INSTANCES = 8
 """Above this many instances, the plain ones share one trace and one legend entry
