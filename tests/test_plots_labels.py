@@ -81,8 +81,9 @@ def test_the_legend_keeps_average_and_band_first_and_the_chart_takes_the_cells_w
     )
     assert [trace.name for trace in ranked[:2]] == ["average", "band (ci95)"]
     assert len(ranked) == 10  # eight instances (one an outlier), average, band
-    # Above the plot, in rows that wrap: no scrolling legend that hides entries.
-    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y >= 1.0
+    # Under the time axis, in rows that wrap: no scrolling legend that hides entries.
+    legend = fig.layout.legend
+    assert legend.orientation == "h" and legend.y < 0 and legend.yanchor == "top"
     assert fig.layout.autosize is True and fig.layout.width is None
 
 
