@@ -392,3 +392,31 @@ def test_the_average_is_the_mean_of_the_instance_lines_drawn() -> None:
         values = [points[round(x, 9)] for points in at if round(x, 9) in points]
         assert len(values) == n
         assert mean == pytest.approx(np.mean(values), rel=1e-12)
+
+
+def test_the_live_charts_final_lines_lie_inside_its_minmax_band() -> None:
+    from labkit.events import InstanceEvent
+    from labkit.widgets.live import LiveTimeline
+
+    timelines = _jittered(count=5, samples=40, seed=42)
+    chart = LiveTimeline(band="minmax")
+    for index, frame in enumerate(timelines):
+        for t, cpu in zip(frame["t"], frame["cpu"], strict=True):
+            chart.handle(InstanceEvent("sample", index, t, t, metrics={"cpu": cpu}))
+    chart.flush()
+    result = ExperimentResult.build(
+        "live",
+        {},
+        [
+            InstanceResult(index=i, ok=True, error=None, timeline=frame[["t", "cpu"]])
+            for i, frame in enumerate(timelines)
+        ],
+        {},
+    )
+
+    chart.show_result(result)
+
+    names = [trace.name for trace in chart.figure.data]
+    assert names[:5] == [f"instance {i}" for i in range(4)] + ["instance 4 (outlier: cpu)"]
+    assert _points_outside_band(chart.figure) == []
+    chart.close()

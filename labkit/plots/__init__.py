@@ -16,7 +16,13 @@ its peaks stay visible.
 """
 
 from labkit.live import DEFAULT_MAX_POINTS, Band, decimate_indices
-from labkit.plots.figure import STAT_SUFFIXES, band_bounds, metric_names, timeline_figure
+from labkit.plots.figure import (
+    STAT_SUFFIXES,
+    band_bounds,
+    instance_lines,
+    metric_names,
+    timeline_figure,
+)
 from labkit.plots.style import (
     AVERAGE_COLOR,
     BAND_COLOR,
@@ -58,6 +64,7 @@ __all__ = (
     "band_bounds",
     "decimate_indices",
     "figure_layout",
+    "instance_lines",
     "instance_opacity",
     "instance_traces",
     "metric_names",

@@ -19,7 +19,7 @@ from labkit.plots.traces import InstanceLine, average_traces, instance_traces, r
 from labkit.timeline import Method, average_timelines
 from labkit.timeline.inputs import GAP_FACTOR, median_interval
 
-__all__ = ("STAT_SUFFIXES", "band_bounds", "metric_names", "timeline_figure")
+__all__ = ("STAT_SUFFIXES", "band_bounds", "instance_lines", "metric_names", "timeline_figure")
 
 STAT_SUFFIXES = ("_std", "_min", "_max", "_ci95", "_n", "_nonfinite")
 """Suffixes of the per-metric statistic columns of an averaged timeline."""
@@ -213,6 +213,40 @@ def timeline_figure(
     return fig
 
 
+def instance_lines(
+    result: Any, metric: str, *, max_points: int = DEFAULT_MAX_POINTS
+) -> list[InstanceLine]:
+    """The lines of ``metric`` that :func:`timeline_figure` draws for ``result``'s
+    instances that succeeded: on the averaged timeline's grid, decimated, outliers
+    marked; the live chart shows them once a run's result is in.
+
+    Args:
+        result: An ``ExperimentResult`` whose averaged timeline is indexed by time.
+        metric: The metric.
+        max_points: The most points per line.
+
+    Returns:
+        One line per instance that recorded ``metric``, in instance order.
+
+    Raises:
+        ConfigError: If ``result`` has no averaged timeline with a ``t`` column.
+    """
+    instances, _, mean_frame, _ = _read_result(result, None, None)
+    if mean_frame is None or "t" not in mean_frame.columns:
+        raise ConfigError("result", result, "a result whose averaged timeline has a 't' column")
+    config = getattr(result, "config", None) or {}
+    drawing = _Drawing(
+        band=None,
+        x_axis="time",
+        max_points=max_points,
+        labels=MetricLabels.of(config),
+        max_gap=config.get("max_gap"),
+        method=config.get("method"),
+        step=_grid_step(mean_frame["t"].to_numpy(dtype=float)),
+    )
+    return drawing.lines(metric, instances)
+
+
 @dataclass(frozen=True, slots=True)
 class _Drawing:
     """How one static figure draws each metric."""
@@ -232,10 +266,8 @@ class _Drawing:
         """The instances' lines, then the band and the average, of one metric."""
         traces: list[dict[str, Any]] = []
         if instances:
-            gap = self._gap(metric, instances)
-            lines = [self._line(inst, metric, gap) for inst in instances]
             traces += instance_traces(
-                [line for line in lines if line is not None],
+                self.lines(metric, instances),
                 metric,
                 show_legend=first,
                 x_axis=self.x_axis,
@@ -252,6 +284,12 @@ class _Drawing:
             labels=self.labels,
         )
         return traces
+
+    def lines(self, metric: str, instances: Sequence[_Instance]) -> list[InstanceLine]:
+        """The instances' lines of ``metric`` (those that recorded it)."""
+        gap = self._gap(metric, instances)
+        lines = [self._line(inst, metric, gap) for inst in instances]
+        return [line for line in lines if line is not None]
 
     def _gap(self, metric: str, instances: Sequence[_Instance]) -> float:
         """``metric``'s ``max_gap`` in seconds, resolved as averaging resolves it: the

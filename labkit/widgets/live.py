@@ -42,7 +42,9 @@ from labkit.plots import (
     XAxis,
     average_traces,
     figure_layout,
+    instance_lines,
     instance_traces,
+    metric_names,
     time_title,
 )
 from labkit.results import ROUND_TO_INT
@@ -155,6 +157,8 @@ class LiveTimeline:
         self._hidden = True  # the placeholder shows: the axes (if any) are hidden
         self._drawn: list[dict[str, Any]] = []  # the trace dicts on the figure, in order
         self._memo: dict[str, tuple[tuple[Any, ...], list[dict[str, Any]]]] = {}
+        self._max_points = max_points
+        self._final: dict[str, list[InstanceLine]] = {}  # a result's lines, once it is in
         self.flushes = 0
         """How many redraws have happened (for tests and curiosity)."""
         self.figure = go.FigureWidget(layout=figure_layout(220.0))
@@ -253,7 +257,17 @@ class LiveTimeline:
         config = getattr(result, "config", None) or {}
         if config.get("units") or config.get("display_names"):
             self.set_labels(config.get("units"), config.get("display_names"))
-        self.model.complete(getattr(result, "averaged", None))
+        averaged = getattr(result, "averaged", None)
+        self._memo.clear()
+        self._final = {}
+        if hasattr(result, "instances") and averaged is not None and "t" in averaged.columns:
+            # The instances as the average saw them, on its grid: a min-max band then
+            # holds every line (the running lines are the raw samples).
+            self._final = {
+                metric: instance_lines(result, metric, max_points=self._max_points)
+                for metric in metric_names(averaged)
+            }
+        self.model.complete(averaged)
         self.flush()
 
     def set_labels(
@@ -284,6 +298,7 @@ class LiveTimeline:
         self._fed = model.fed
         self._chunk = model.chunk_size
         self._memo.clear()
+        self._final = {}
         self._drawn_version = -1
         self.flush()
 
@@ -293,6 +308,7 @@ class LiveTimeline:
         self.model.reset()
         self.budget.reset()
         self._memo.clear()
+        self._final = {}
         self._show_placeholder()
 
     def close(self) -> None:
@@ -379,6 +395,7 @@ class LiveTimeline:
         *,
         first: bool,
     ) -> list[dict[str, Any]]:
+        final = self._final.get(metric)
         shown = [
             InstanceLine(
                 line.instance,
@@ -388,7 +405,10 @@ class LiveTimeline:
                 note="failed" if line.failed else "",
             )
             for line in lines
+            if final is None or line.failed
         ]
+        if final is not None:
+            shown = sorted([*final, *shown], key=lambda line: line.instance)
         built = instance_traces(
             shown, metric, show_legend=first, x_axis=self._x_axis, labels=self.labels
         )
