@@ -226,7 +226,13 @@ def test_million_sample_result_renders_bounded() -> None:
     timelines = [pd.DataFrame({"t": t, "cpu": rng.random(n)}) for _ in range(2)]
     timelines[1].loc[654_321, "cpu"] = 9.0
     averaged = pd.DataFrame(
-        {"t": t, "n": 2, "cpu": (timelines[0]["cpu"] + timelines[1]["cpu"]) / 2, "cpu_std": 0.1}
+        {
+            "t": t,
+            "n": 2,
+            "cpu": (timelines[0]["cpu"] + timelines[1]["cpu"]) / 2,
+            "cpu_std": 0.1,
+            "cpu_ci95": 0.2,
+        }
     )
 
     fig = timeline_figure(timelines, averaged=averaged)
@@ -260,8 +266,9 @@ def test_instance_lines_skip_rows_where_the_metric_was_not_sampled() -> None:
     averaged = average_timelines([frame, frame])
     fig = timeline_figure([frame, frame], averaged=averaged, band=None)
     cpu = [tr for tr in fig.data if tr.name == "instance 0" and tr.yaxis in ("y", None)]
-    assert cpu and list(cpu[0].y) == [10.0, 20.0, 30.0]
-    assert list(cpu[0].x) == [0.0, 1.0, 2.0]
+    # No break at the loss rows: the cpu samples joined, as averaging put them on its grid.
+    assert cpu and list(cpu[0].x) == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert list(cpu[0].y) == [10.0, 15.0, 20.0, 25.0, 30.0]
 
 
 def test_axis_titles_carry_units_and_step_indexed_timelines_go_by_step() -> None:
@@ -292,8 +299,124 @@ def test_many_instances_share_one_faint_trace_and_legend_entry() -> None:
     fig = timeline_figure(timelines, averaged=_average(timelines), metrics="cpu", outliers=[5])
 
     names = [trace.name for trace in fig.data]
-    assert names == ["instances (11)", "instance 5 (outlier)", "band (std)", "average"]
+    assert names == ["instances (11)", "instance 5 (outlier)", "band (ci95)", "average"]
     many = fig.data[0]
     assert 0.25 <= many.opacity < 0.7
     assert sorted(set(np.asarray(many.customdata).tolist())) == [i for i in range(12) if i != 5]
     assert sum(bool(trace.showlegend) for trace in fig.data) == 4
+
+
+def _jittered(count: int, samples: int, seed: int) -> list[pd.DataFrame]:
+    """Timelines sampled every 0.2 to 0.3 s, off the averaging grid, as a real sampler."""
+    rng = np.random.default_rng(seed)
+    timelines = []
+    for i in range(count):
+        t = np.cumsum(rng.uniform(0.2, 0.3, size=samples))
+        cpu = 60 + 20 * np.sin(t / 2) + rng.normal(0, 3, size=samples) + (25.0 if i == 4 else 0)
+        errors = rng.poisson(0.3, size=samples).astype(float)
+        timelines.append(pd.DataFrame({"t": t, "cpu": cpu, "errors": errors}))
+    return timelines
+
+
+def _band_at(outline: go.Scatter, x: float) -> tuple[float, float] | None:
+    """The band's (lower, upper) edge at ``x``: the outline runs up the upper edge and
+    back along the lower one, one closed shape per run between NaNs."""
+    xs, ys = np.asarray(outline.x, dtype=float), np.asarray(outline.y, dtype=float)
+    for run in np.split(np.arange(xs.size), np.flatnonzero(np.isnan(xs))):
+        run = run[np.isfinite(xs[run])]
+        half = run.size // 2
+        upper, lower = run[:half], run[half:][::-1]
+        if xs[upper][0] <= x <= xs[upper][-1]:
+            return (
+                float(np.interp(x, xs[lower], ys[lower])),
+                float(np.interp(x, xs[upper], ys[upper])),
+            )
+    return None
+
+
+def _points_outside_band(fig: go.Figure) -> list[tuple[str, float, float]]:
+    """Every instance line point not inside the min-max band of its subplot at its x."""
+    outside = []
+    bands = {trace.yaxis: trace for trace in fig.data if trace.name == "band (minmax)"}
+    for trace in fig.data:
+        if not trace.name.startswith("instance"):
+            continue
+        for x, y in zip(trace.x, trace.y, strict=True):
+            if not np.isfinite(y):
+                continue
+            edges = _band_at(bands[trace.yaxis], float(x))
+            if edges is None or not edges[0] - 1e-9 <= y <= edges[1] + 1e-9:
+                outside.append((trace.name, float(x), float(y)))
+    return outside
+
+
+def test_every_instance_line_point_lies_inside_the_minmax_band() -> None:
+    # Jittered sample times, as tutorial 02's: the band is the range of the values on
+    # the averaging grid, so lines through the raw samples between grid points used
+    # to poke out of it (23.5 % where the band stopped at 22).
+    timelines = _jittered(count=5, samples=40, seed=42)
+    averaged = average_timelines(timelines, round_to_int=["errors"])
+
+    fig = timeline_figure(timelines, averaged=averaged, band="minmax")
+
+    assert {trace.yaxis for trace in fig.data if trace.name.startswith("instance")} == {"y", "y2"}
+    assert _points_outside_band(fig) == []
+
+
+def test_a_decimated_band_still_holds_every_decimated_line() -> None:
+    timelines = _jittered(count=3, samples=6_000, seed=3)
+    timelines[1].loc[4_321, "cpu"] = 400.0  # a spike only one instance has
+    result = ExperimentResult.build("spiky", {}, [
+        InstanceResult(index=i, ok=True, error=None, timeline=frame)
+        for i, frame in enumerate(timelines)
+    ], {})  # fmt: skip
+
+    fig = timeline_figure(result, metrics="cpu", band="minmax", max_points=400)
+
+    assert all(len(trace.x) <= 400 for trace in fig.data)
+    band = _traces(fig, "band (minmax)")[0]
+    assert np.nanmax(np.asarray(band.y, dtype=float)) == result.averaged["cpu_max"].max()
+    assert _points_outside_band(fig) == []
+
+
+def test_the_average_is_the_mean_of_the_instance_lines_drawn() -> None:
+    timelines = _jittered(count=4, samples=30, seed=5)
+    averaged = average_timelines(timelines)
+
+    fig = timeline_figure(timelines, averaged=averaged, metrics="cpu", band=None)
+
+    lines = [_traces(fig, f"instance {i}")[0] for i in range(4)]
+    at = [dict(zip(np.round(line.x, 9), line.y, strict=True)) for line in lines]
+    average = _traces(fig, "average")[0]
+    for x, mean, n in zip(average.x, average.y, average.customdata, strict=True):
+        values = [points[round(x, 9)] for points in at if round(x, 9) in points]
+        assert len(values) == n
+        assert mean == pytest.approx(np.mean(values), rel=1e-12)
+
+
+def test_the_live_charts_final_lines_lie_inside_its_minmax_band() -> None:
+    from labkit.events import InstanceEvent
+    from labkit.widgets.live import LiveTimeline
+
+    timelines = _jittered(count=5, samples=40, seed=42)
+    chart = LiveTimeline(band="minmax")
+    for index, frame in enumerate(timelines):
+        for t, cpu in zip(frame["t"], frame["cpu"], strict=True):
+            chart.handle(InstanceEvent("sample", index, t, t, metrics={"cpu": cpu}))
+    chart.flush()
+    result = ExperimentResult.build(
+        "live",
+        {},
+        [
+            InstanceResult(index=i, ok=True, error=None, timeline=frame[["t", "cpu"]])
+            for i, frame in enumerate(timelines)
+        ],
+        {},
+    )
+
+    chart.show_result(result)
+
+    names = [trace.name for trace in chart.figure.data]
+    assert names[:5] == [f"instance {i}" for i in range(4)] + ["instance 4 (outlier: cpu)"]
+    assert _points_outside_band(chart.figure) == []
+    chart.close()

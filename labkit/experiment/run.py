@@ -18,7 +18,7 @@ from labkit.experiment.auto import run_instances
 from labkit.experiment.dask import DaskAttempts, cluster_executor, on_dask
 from labkit.experiment.options import ExperimentOptions, check_resources
 from labkit.experiment.process import ProcessCaller
-from labkit.experiment.spec import Experiment, averaging_config
+from labkit.experiment.spec import Experiment, averaging_config, display_config
 from labkit.results import ExperimentRecorder, ExperimentResult, InstanceResult, error_text
 from labkit.runner.options import RunOptions
 from labkit.seeds import check_seed, instance_seed
@@ -316,6 +316,7 @@ async def open_run(
         "seed": base_seed,
         "executor": where if isinstance(where, str) else "dask",
         **averaging_config(experiment, max_gap, method),
+        **display_config(experiment),
         **_labels(labels),
     }
     book = Instances(

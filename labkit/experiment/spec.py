@@ -24,6 +24,7 @@ __all__ = (
     "Experiment",
     "SummaryKind",
     "averaging_config",
+    "display_config",
     "summary_figures",
 )
 
@@ -79,12 +80,19 @@ class Experiment:
             ``"linear"``, ``"previous"``, ``"sum"``, or ``{metric: method}``.
             ``None``: ``"sum"`` for ``errors`` (its total is kept), ``"linear"``
             for the rest. ``run_experiment(method=)`` overrides it.
+        units: Each metric's unit, by metric name (``{"latency_ms": "ms"}``),
+            shown on every chart axis, hover label and summary table beside
+            the sampler's own (``cpu`` in %, ``memory`` in MB). Kept in the
+            run's config, so a stored run shows them too.
+        display_names: A name to show for a metric instead of its column name
+            (``{"latency_ms": "latency"}``), on the same charts and tables.
 
     Raises:
         ConfigError: ``name`` is empty, ``fn`` is not callable, ``params`` is not
             a mapping with str keys, ``needs_sandbox`` is not a bool,
             ``summarize`` names a kind other than those above, or ``max_gap``
-            or ``method`` is not one of the forms above.
+            or ``method`` is not one of the forms above, or ``units`` or
+            ``display_names`` is not a mapping of metric names to non-empty str.
     """
 
     name: str
@@ -97,6 +105,8 @@ class Experiment:
     )
     max_gap: float | Mapping[str, float | None] | None = field(default=None, kw_only=True)
     method: Method | Mapping[str, Method] | None = field(default=None, kw_only=True)
+    units: Mapping[str, str] | None = field(default=None, kw_only=True)
+    display_names: Mapping[str, str] | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         check(isinstance(self.name, str) and bool(self.name), "name", self.name, "a non-empty str")
@@ -117,7 +127,9 @@ class Experiment:
         check(isinstance(self.description, str), "description", self.description, "a str")
         check_max_gap(self.max_gap)
         check_method(self.method)
-        for option in ("max_gap", "method"):
+        _check_labels("units", self.units)
+        _check_labels("display_names", self.display_names)
+        for option in ("max_gap", "method", "units", "display_names"):
             value = getattr(self, option)
             if isinstance(value, Mapping):
                 object.__setattr__(self, option, MappingProxyType(dict(value)))
@@ -183,6 +195,41 @@ def averaging_config(
     if chosen is not None:
         config["method"] = chosen if isinstance(chosen, str) else dict(chosen)
     return config
+
+
+def display_config(experiment: Experiment) -> dict[str, Any]:
+    """How a run's metrics are shown, as its config keeps it: ``units`` and
+    ``display_names`` (plain dicts), each only when the experiment sets it.
+
+    Charts and reports read them back from ``result.config``, so a stored run
+    is shown as it was.
+    """
+    config: dict[str, Any] = {}
+    for option in ("units", "display_names"):
+        value = getattr(experiment, option)
+        if value:
+            config[option] = dict(value)
+    return config
+
+
+def _check_labels(option: str, value: Any) -> None:
+    """Refuse anything but ``None`` or a mapping of metric names to non-empty str."""
+    if value is None:
+        return
+    check(isinstance(value, Mapping), option, value, "None or a dict {metric: str}")
+    for metric, text in value.items():
+        check(
+            isinstance(metric, str) and bool(metric) and metric not in ("t", "step"),
+            option,
+            metric,
+            "metric names (any non-empty str but the axes 't' and 'step')",
+        )
+        check(
+            isinstance(text, str) and bool(text.strip()),
+            f"{option}[{metric!r}]",
+            text,
+            "a non-empty str",
+        )
 
 
 def _seconds(value: float | None) -> float | str | None:

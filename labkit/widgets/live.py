@@ -36,11 +36,15 @@ from labkit.live import (
     LiveTimelineModel,
 )
 from labkit.plots import (
+    DEFAULT_BAND,
     InstanceLine,
+    MetricLabels,
     XAxis,
     average_traces,
-    axis_title,
+    figure_layout,
+    instance_lines,
     instance_traces,
+    metric_names,
     time_title,
 )
 from labkit.results import ROUND_TO_INT
@@ -50,6 +54,7 @@ __all__ = ("LiveTimeline",)
 
 _GAP = 0.06  # vertical space between subplots, as a fraction of the plot area
 _DATA_KEYS = ("x", "y", "customdata")
+_BOTTOM = 110  # the bottom margin, px: the time axis' title, and the legend under it
 
 PLACEHOLDER = "The live chart starts with the first sample: press Start."
 
@@ -65,8 +70,9 @@ class LiveTimeline(Watcher):
     Args:
         metrics: The metrics to draw, in order; default: every metric seen, in
             order of first appearance.
-        band: The band drawn around the running average (``"std"``, ``"minmax"``,
-            ``"ci95"`` or ``None``).
+        band: The band drawn around the running average: ``"ci95"`` (the
+            default, the spread summary tables print after "±"), ``"std"``,
+            ``"minmax"`` or ``None``.
         updates_per_s: The most redraws per second; samples in between are batched.
         max_load: The largest fraction of the event loop's time redraws may take
             (0.05: after a 10 ms redraw the next waits at least 0.2 s). Reading
@@ -84,17 +90,20 @@ class LiveTimeline(Watcher):
             (see :class:`labkit.live.LiveTimelineModel`): a gap is drawn as a
             break, never bridged.
         method: How each metric is averaged, as the experiment's ``method``.
+        units: Units by metric, for axis titles and hover values, beside the
+            sampler's (as ``Experiment(units=)``).
+        display_names: Names to show by metric (as ``Experiment(display_names=)``).
 
     Raises:
         ConfigError: If ``band``, ``updates_per_s``, ``max_load``, ``max_points``,
-            ``max_gap`` or ``method`` is invalid.
+            ``max_gap``, ``method``, ``units`` or ``display_names`` is invalid.
     """
 
     def __init__(
         self,
         metrics: Sequence[str] | None = None,
         *,
-        band: Band | None = "std",
+        band: Band | None = DEFAULT_BAND,
         updates_per_s: float = 4.0,
         max_load: float = 0.05,
         max_points: int = DEFAULT_MAX_POINTS,
@@ -104,12 +113,16 @@ class LiveTimeline(Watcher):
         on_frame: Callable[[LiveSnapshot], object] | None = None,
         max_gap: float | Mapping[str, float | None] | None = None,
         method: Method | Mapping[str, Method] | None = None,
+        units: Mapping[str, str] | None = None,
+        display_names: Mapping[str, str] | None = None,
     ) -> None:
         if band is not None and band not in ("std", "minmax", "ci95"):
             raise ConfigError("band", band, "'std', 'minmax', 'ci95' or None")
         if x_axis not in (None, "time", "step"):
             raise ConfigError("x_axis", x_axis, "'time', 'step' or None")
         self.band = band
+        self.labels = MetricLabels.of(units=units, display_names=display_names)
+        """How metrics are named and in which units, on axes and in hover labels."""
         self.model = LiveTimelineModel(
             metrics,
             max_points=max_points,
@@ -132,15 +145,11 @@ class LiveTimeline(Watcher):
         self._hidden = True  # the placeholder shows: the axes (if any) are hidden
         self._drawn: list[dict[str, Any]] = []  # the trace dicts on the figure, in order
         self._memo: dict[str, tuple[tuple[Any, ...], list[dict[str, Any]]]] = {}
+        self._max_points = max_points
+        self._final: dict[str, list[InstanceLine]] = {}  # a result's lines, once it is in
         self.flushes = 0
         """How many redraws have happened (for tests and curiosity)."""
-        self.figure = go.FigureWidget(
-            layout={
-                "template": "plotly_white",
-                "hovermode": "closest",
-                "legend": {"groupclick": "togglegroup"},
-            }
-        )
+        self.figure = go.FigureWidget(layout=figure_layout(220.0))
         self._show_placeholder()
 
     @property
@@ -199,9 +208,39 @@ class LiveTimeline(Watcher):
         self._frame_now()
 
     def show_result(self, result: Any) -> None:
-        """Replace the running average with ``result.averaged``, the exact one, and draw."""
-        self.model.complete(getattr(result, "averaged", None))
+        """Replace the running average with ``result.averaged``, the exact one, and draw
+        with the units and display names the result's config keeps."""
+        config = getattr(result, "config", None) or {}
+        if config.get("units") or config.get("display_names"):
+            self.set_labels(config.get("units"), config.get("display_names"))
+        averaged = getattr(result, "averaged", None)
+        self._memo.clear()
+        self._final = {}
+        if hasattr(result, "instances") and averaged is not None and "t" in averaged.columns:
+            # The instances as the average saw them, on its grid: a min-max band then
+            # holds every line (the running lines are the raw samples).
+            self._final = {
+                metric: instance_lines(result, metric, max_points=self._max_points)
+                for metric in metric_names(averaged)
+            }
+        self.model.complete(averaged)
         self.flush()
+
+    def set_labels(
+        self,
+        units: Mapping[str, str] | None = None,
+        display_names: Mapping[str, str] | None = None,
+    ) -> None:
+        """Show metrics with these units and display names from the next frame on
+        (a panel calls it at Start with its experiment's ``units`` and ``display_names``).
+
+        Raises:
+            ConfigError: If ``units`` or ``display_names`` is not a mapping of str.
+        """
+        self.labels = MetricLabels.of(units=units, display_names=display_names)
+        self._memo.clear()
+        self._layout_key = None  # axis titles are laid out again
+        self._drawn_version = -1
 
     def watch(self, model: LiveTimelineModel) -> None:
         """Show another model from now on (a sweep's chart follows its best trial).
@@ -212,6 +251,7 @@ class LiveTimeline(Watcher):
         self._cancel_frame()
         self.model = model
         self._memo.clear()
+        self._final = {}
         self._drawn_version = -1
         self.flush()
 
@@ -221,6 +261,7 @@ class LiveTimeline(Watcher):
         self.model.reset()
         self.budget.reset()
         self._memo.clear()
+        self._final = {}
         self._show_placeholder()
 
     def close(self) -> None:
@@ -307,6 +348,7 @@ class LiveTimeline(Watcher):
         *,
         first: bool,
     ) -> list[dict[str, Any]]:
+        final = self._final.get(metric)
         shown = [
             InstanceLine(
                 line.instance,
@@ -316,10 +358,17 @@ class LiveTimeline(Watcher):
                 note="failed" if line.failed else "",
             )
             for line in lines
+            if final is None or line.failed
         ]
-        built = instance_traces(shown, metric, show_legend=first, x_axis=self._x_axis)
+        if final is not None:
+            shown = sorted([*final, *shown], key=lambda line: line.instance)
+        built = instance_traces(
+            shown, metric, show_legend=first, x_axis=self._x_axis, labels=self.labels
+        )
         if average is not None and average.t.size:
-            built += average_traces(average, self.band, show_legend=first, x_axis=self._x_axis)
+            built += average_traces(
+                average, self.band, show_legend=first, x_axis=self._x_axis, labels=self.labels
+            )
         return built
 
     def _layout_axes(self, metrics: Sequence[str]) -> None:
@@ -343,7 +392,7 @@ class LiveTimeline(Watcher):
                 "visible": True,
                 "anchor": f"x{suffix}",
                 "domain": [max(top - height, 0.0), top],
-                "title": {"text": axis_title(metric)},
+                "title": {"text": self.labels.title(metric)},
             }
         existing = self.figure.layout.to_plotly_json()
         for key in [key for key in axes if key not in existing]:
@@ -373,13 +422,16 @@ class LiveTimeline(Watcher):
         # Arrays of objects (annotations) are set as properties: a relayout would
         # leave plotly's Python view of them as it was.
         self.figure.layout.annotations = ()
+        top = 60 if self._title else 30
+        plot_height = 220 * count - 10
         self.figure.plotly_relayout(
             {
                 **axes,
-                "height": 100 + 220 * count,
+                "height": top + plot_height + _BOTTOM,
                 "title.text": self._title,
-                "margin.t": 60 if self._title else 30,
-                "margin.b": 40,
+                "margin.t": top,
+                "margin.b": _BOTTOM,
+                "legend.y": figure_layout(plot_height)["legend"]["y"],
                 "showlegend": None,
             }
         )

@@ -22,6 +22,7 @@ from labkit.errors import ConfigError
 from labkit.events import TaskEvent
 from labkit.experiment import Experiment, InstanceEvent, run_experiment
 from labkit.live import LiveSnapshot
+from labkit.plots import SPREAD_HEADING
 from labkit.results import ExperimentResult
 from labkit.widgets.live import LiveTimeline
 from labkit.widgets.slider import InstanceSlider
@@ -337,7 +338,8 @@ def _summary_html(result: ExperimentResult) -> str:
     spread = result.summary_texts()  # a figure as mean ± ci95 (min … max)
     rows = "".join(
         f"<tr><td>{html.escape(str(key))}</td>"
-        f"<td>{html.escape(spread[key]) if key in spread else _number(value)}</td></tr>"
+        f'<td style="text-align:right">'
+        f"{html.escape(spread[key]) if key in spread else _number(value)}</td></tr>"
         for key, value in result.summary.items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     )
@@ -347,9 +349,8 @@ def _summary_html(result: ExperimentResult) -> str:
     )
     return (
         f'<div class="labkit-summary"><b>Averaged summary: {html.escape(result.name)}</b>'
-        f'<table style="font-size:12px">{rows}</table>'
-        + (f"<b>Failed</b><ul>{failures}</ul>" if failures else "")
-        + "</div>"
+        f'<table style="font-size:12px"><tr><th>figure</th><th>{SPREAD_HEADING}</th></tr>'
+        f"{rows}</table>" + (f"<b>Failed</b><ul>{failures}</ul>" if failures else "") + "</div>"
     )
 
 
