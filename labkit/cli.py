@@ -936,7 +936,7 @@ def _cell(value: Any) -> str:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from labkit.sweep import SweepEvent, leaderboard, sweep
+    from labkit.sweep import Race, SweepEvent, leaderboard, sweep
 
     experiment = _summarized(load_target(args.target), args.summarize)
     params = parse_params(args.param)
@@ -955,7 +955,12 @@ def _sweep(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    executor: dict[str, Any] = {"executor": "process"} if args.executor == "process" else {}
+    run_options: dict[str, Any] = {"executor": "process"} if args.executor == "process" else {}
+    instances: Any = args.instances
+    if args.max_instances is not None and instances == "race":
+        instances = Race(max_instances=args.max_instances)
+    elif args.max_instances is not None:
+        run_options["max_instances"] = args.max_instances  # the cap of -n auto
 
     async def go() -> Any:
         from labkit.store import Store
@@ -965,15 +970,14 @@ def _sweep(args: argparse.Namespace) -> int:
             return await sweep(
                 experiment,
                 grid,
-                instances=args.instances,
+                instances=instances,
                 objective=args.objective,
                 direction=args.direction,
                 max_parallel=args.max_parallel,
                 store=store,
-                max_instances=args.max_instances,
                 on_event=report,
                 seed=args.seed,
-                **executor,
+                **run_options,
             )
         finally:
             if store is not None:
