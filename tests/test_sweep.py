@@ -704,3 +704,31 @@ async def test_a_race_resumes_from_its_trials_records(tmp_path: Path) -> None:
     assert second["instances"].tolist() == [8, 8, 8]
     assert sorted({index for _, index, _ in seen}) == [5, 6, 7]  # nothing ran twice
     assert second["experiment_id"].tolist() == first["experiment_id"].tolist()
+
+
+# --- objectives: checked against what an experiment records ---------------------------------
+
+
+def test_resolve_objective_says_figure_or_metric_and_lists_what_exists() -> None:
+    from labkit.sweep import recorded_names, resolve_objective
+
+    assert resolve_objective("loss_last", figures=["loss_last"], metrics=["loss"]) == "figure"
+    assert resolve_objective("loss", figures=["loss_last"], metrics=["loss"]) == "metric"
+    # A figure wins over a metric of the same name, as objective_value reads them.
+    assert resolve_objective("loss", figures=["loss"], metrics=["loss"]) == "figure"
+    with pytest.raises(ConfigError) as caught:
+        resolve_objective("los", figures=["loss_last", "cpu_peak"], metrics=["loss"])
+    assert caught.value.option == "objective" and caught.value.value == "los"
+    assert "a summary figure (loss_last, cpu_peak) or a recorded metric (loss)" in str(caught.value)
+    with pytest.raises(ConfigError, match="a name the experiment records"):
+        resolve_objective("loss")
+    result = asyncio.run(lk.run_experiment(EXP.with_params(x=1), instances=2))
+    figures, metrics = recorded_names(result)
+    assert {"score", "loss_last"} <= set(figures) and metrics == ["loss"]
+
+
+async def test_an_unknown_objective_fails_its_trials_naming_what_they_recorded() -> None:
+    frame = await sweep(EXP, {"x": [1]}, objective="loss_lats")
+    (error,) = frame["error"].tolist()
+    assert error.startswith("ConfigError: objective='loss_lats'")
+    assert "loss_last" in error and "recorded metric (loss)" in error
