@@ -66,6 +66,22 @@ def test_a_running_trials_estimate_is_the_stats_mean_of_its_instances_so_far() -
     assert board.stats().leaderboard[0].n == 0
 
 
+def test_a_live_value_is_the_figure_of_the_samples_so_far_however_far_back() -> None:
+    from labkit.sweep import live_value
+
+    log = SampleLog()
+    log.append(0.0, {"loss": 4.0, "errors": 1.0})
+    for row in range(1, 200):  # a later metric only: the loss is far back in the log
+        log.append(float(row), {"accuracy": row / 200})
+    assert live_value(log, "loss") == live_value(log, "loss_last") == 4.0
+    assert live_value(log, "accuracy_max") == pytest.approx(199 / 200)
+    assert live_value(log, "error_count") == 1.0
+    assert math.isnan(live_value(log, "loss_median")) and math.isnan(live_value(log, "nothing"))
+    log.append(200.0, {"loss": math.inf})
+    assert math.isnan(live_value(log, "loss"))  # not a finite objective yet
+    assert math.isnan(live_value(SampleLog(), "loss"))
+
+
 def test_one_ranking_ended_trials_then_running_by_estimate_then_the_rest() -> None:
     trials = [
         TrialStats(trial=0, state="running", mean=1.0, n=2),

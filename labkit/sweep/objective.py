@@ -200,9 +200,28 @@ def live_value(log: SampleLog, objective: Objective) -> float:
             return math.nan
     if metric not in names:
         return math.nan
+    if kind == "last":
+        return _latest(log, metric)
     figures = summary_figures(log.frame(), {metric: [kind]} if kind else None)
     raw = figures.get(f"{metric}_{kind}" if kind else objective, math.nan)
     return float(raw) if is_real(raw) else math.nan
+
+
+def _latest(log: SampleLog, metric: str, tail: int = 64) -> float:
+    """The last recorded (non-NaN) value of ``metric``, read from the log's end.
+
+    A figure ``last`` of the whole timeline, without copying it: a watcher asks
+    for every running instance's value at each redraw.
+    """
+    start = max(len(log) - tail, 0)
+    while True:
+        values = log.read(start)[1].get(metric, np.empty(0))
+        recorded = values[~np.isnan(values)]
+        if recorded.size or start == 0:
+            break
+        start = 0
+    value = float(recorded[-1]) if recorded.size else math.nan
+    return value if math.isfinite(value) else math.nan
 
 
 def _instance_value(
