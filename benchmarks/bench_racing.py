@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 import labkit as lk
-from labkit.race import RaceDecision, race
+from labkit.sweep import RaceDecision, race
 
 TRIALS = 8
 

@@ -38,7 +38,6 @@ from labkit.graph import run_graph
 from labkit.guard import ResourceLimits
 from labkit.live import LiveTimelineModel
 from labkit.policies import RateLimit, Retry
-from labkit.race import Race
 from labkit.results import ExperimentRecorder, ExperimentResult, InstanceResult
 from labkit.runner import (
     Runner,
@@ -63,7 +62,15 @@ from labkit.sandbox import (
 )
 from labkit.stats import Comparison, Interval, compare, iqm, median
 from labkit.store import Store, StoreStats
-from labkit.sweep import Strategy, StudyStrategy, SweepEvent, SweepStats, leaderboard, sweep
+from labkit.sweep import (
+    Race,
+    Strategy,
+    StudyStrategy,
+    SweepEvent,
+    SweepStats,
+    leaderboard,
+    sweep,
+)
 from labkit.timeline import (
     average_summaries,
     average_timelines,

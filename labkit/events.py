@@ -130,6 +130,11 @@ class TrialEvent(NamedTuple):
     trial: int
     event: Any
 
+    @property
+    def kind(self) -> str | None:
+        """The wrapped event's kind (``"sample"``, ``"started"``...), for routing."""
+        return getattr(self.event, "kind", None)
+
 
 class GuardEvent(NamedTuple):
     """The resource guard held starts back, or let them go again.
@@ -226,7 +231,11 @@ class Watcher:
         """An attempt of the instance raised (``event.message``); it may be retried."""
 
     def on_trial_event(self, event: TrialEvent) -> None:
-        """An event of one trial of a sweep, wrapped with the trial's number."""
+        """An event of one trial of a sweep, wrapped with the trial's number (its
+        per-sample events excepted: :meth:`on_trial_sample`)."""
+
+    def on_trial_sample(self, event: TrialEvent) -> None:
+        """One sample of one trial's instance, as it is recorded (an event per sample)."""
 
     def on_trial_started(self, event: Any) -> None:
         """A trial of a sweep started (a ``labkit.sweep.SweepEvent``)."""
@@ -264,7 +273,7 @@ _METHODS: dict[type, dict[str | None, str]] = {
         "failed": "on_instance_failed",
     },
     TimelineEvent: {None: "on_samples"},
-    TrialEvent: {None: "on_trial_event"},
+    TrialEvent: {"sample": "on_trial_sample", None: "on_trial_event"},
     GuardEvent: {None: "on_guard"},
     ConcurrencyEvent: {None: "on_concurrency"},
 }

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import labkit as lk
-from labkit.race import RaceDecision, judge, race
+from labkit.sweep import RaceDecision, judge, race
 
 
 @dataclass(frozen=True)

@@ -407,7 +407,12 @@ async def test_every_event_names_its_trial_and_the_best_is_published_live() -> N
     ends = [e for e in seen if isinstance(e, SweepEvent) and e.kind == "trial_finished"]
     assert [event.trial for event in ends] == [1, 2, 0]  # in the order they finished
     assert [event.stats.best_trial for event in ends] == [1, 1, 1]
-    assert ends[-1].stats.leaderboard == ((1, 1.0, 1), (2, 2.0, 1), (0, 3.0, 1))
+    board = ends[-1].stats.leaderboard
+    assert [(t.trial, t.objective, t.instances) for t in board] == [
+        (1, 1.0, 1),
+        (2, 2.0, 1),
+        (0, 3.0, 1),
+    ]
     assert ends[-1].stats.finished == 3 and ends[-1].stats.running == 0
     assert frame.loc[frame["best"], "trial"].tolist() == [1]
 
@@ -506,7 +511,7 @@ async def test_a_race_between_equals_spends_up_to_max_instances_and_says_so() ->
     draws: list[int] = []
     experiment = noisy([1.0, 1.0, 9.0], 0.5).with_params(draws=draws)
     frame = await sweep(
-        experiment, {"k": [0, 1, 2]}, instances="race", objective="score", max_instances=7
+        experiment, {"k": [0, 1, 2]}, instances=lk.Race(max_instances=7), objective="score"
     )
     assert frame["instances"].tolist() == [7, 7, 5]  # trial 2 is ruled out after the first round
     best = int(frame.loc[frame["best"], "trial"].iloc[0])
@@ -538,19 +543,25 @@ async def test_a_race_value_and_the_race_string_run_the_same_race() -> None:
     space = {"k": [0, 1, 2]}
     shorthand = await sweep(
         noisy([0.0, 0.3, 2.0], 0.4).with_params(draws=[]), space, instances="race",
-        objective="score", max_instances=8, confidence=0.9,
+        objective="score",
     )  # fmt: skip
     spelled = await sweep(
-        noisy([0.0, 0.3, 2.0], 0.4).with_params(draws=[]), space,
-        instances=lk.Race(max_instances=8, confidence=0.9), objective="score",
+        noisy([0.0, 0.3, 2.0], 0.4).with_params(draws=[]), space, instances=lk.Race(),
+        objective="score",
     )  # fmt: skip
     pd.testing.assert_frame_equal(shorthand, spelled)
     assert shorthand.attrs["decision"] == spelled.attrs["decision"]
-    assert "90 %" in spelled.attrs["decision"]
+    assert "95 %" in spelled.attrs["decision"]
+    looser = await sweep(
+        noisy([0.0, 0.3, 2.0], 0.4).with_params(draws=[]), space,
+        instances=lk.Race(max_instances=8, confidence=0.9), objective="score",
+    )  # fmt: skip
+    assert "90 %" in looser.attrs["decision"]
+    assert looser["instances"].max() <= 8
 
 
 def test_a_round_gives_every_plausible_trial_one_instance_then_the_rest() -> None:
-    from labkit.race import judge, next_round
+    from labkit.sweep import judge, next_round
 
     options = lk.Race(max_instances=8)
     values = {
@@ -588,20 +599,32 @@ async def test_a_race_with_an_ask_tell_strategy_tells_the_final_objectives() -> 
 
 
 async def test_race_options_are_checked() -> None:
-    with pytest.raises(ConfigError, match="initial_instances"):
-        await sweep(EXP, {"x": [1]}, instances="race", objective="score", initial_instances=0)
+    with pytest.raises(ConfigError, match="initial"):
+        lk.Race(initial=0)
     with pytest.raises(ConfigError, match="max_instances"):
-        await sweep(EXP, {"x": [1]}, instances="race", objective="score", max_instances=1)
-    with pytest.raises(ConfigError, match="confidence") as caught:
-        await sweep(
-            EXP, {"x": [1]}, instances=lk.Race(), objective="score", confidence=0.9
-        )  # a Race carries its own options
-    assert "set it on the Race" in str(caught.value)
-    with pytest.raises(ConfigError, match="budget"):
-        await sweep(EXP, {"x": [1]}, instances=3, objective="score", budget=10)
+        lk.Race(max_instances=1)
+    # Racing settings belong to the Race: given to the sweep, they are refused by name.
+    for option, value in (("confidence", 0.9), ("min_effect", 0.1), ("budget", 10),
+                          ("initial_instances", 3)):  # fmt: skip
+        for instances in ("race", lk.Race(), 3):
+            with pytest.raises(ConfigError) as caught:
+                await sweep(
+                    EXP, {"x": [1]}, instances=instances, objective="score", **{option: value}
+                )
+            assert caught.value.option == option
+            assert "lk.Race(" in str(caught.value)
+    with pytest.raises(ConfigError, match="max_instances") as racing:
+        await sweep(EXP, {"x": [1]}, instances="race", objective="score", max_instances=7)
+    assert "lk.Race(max_instances=" in str(racing.value)
     with pytest.raises(ConfigError, match="budget") as small:
         await sweep(EXP, {"x": [1, 2, 3]}, instances=lk.Race(budget=2), objective="score")
     assert "at least one instance per trial (3)" in str(small.value)
+
+
+async def test_auto_instances_take_max_instances_as_a_run_option() -> None:
+    frame = await sweep(EXP, {"x": [1, 2]}, instances="auto", max_instances=3, objective="score")
+    assert frame["status"].tolist() == ["ok", "ok"]
+    assert frame["instances"].max() <= 3
 
 
 # --- a racing trial is one experiment that grows -------------------------------------------
@@ -681,3 +704,31 @@ async def test_a_race_resumes_from_its_trials_records(tmp_path: Path) -> None:
     assert second["instances"].tolist() == [8, 8, 8]
     assert sorted({index for _, index, _ in seen}) == [5, 6, 7]  # nothing ran twice
     assert second["experiment_id"].tolist() == first["experiment_id"].tolist()
+
+
+# --- objectives: checked against what an experiment records ---------------------------------
+
+
+def test_resolve_objective_says_figure_or_metric_and_lists_what_exists() -> None:
+    from labkit.sweep import recorded_names, resolve_objective
+
+    assert resolve_objective("loss_last", figures=["loss_last"], metrics=["loss"]) == "figure"
+    assert resolve_objective("loss", figures=["loss_last"], metrics=["loss"]) == "metric"
+    # A figure wins over a metric of the same name, as objective_value reads them.
+    assert resolve_objective("loss", figures=["loss"], metrics=["loss"]) == "figure"
+    with pytest.raises(ConfigError) as caught:
+        resolve_objective("los", figures=["loss_last", "cpu_peak"], metrics=["loss"])
+    assert caught.value.option == "objective" and caught.value.value == "los"
+    assert "a summary figure (loss_last, cpu_peak) or a recorded metric (loss)" in str(caught.value)
+    with pytest.raises(ConfigError, match="a name the experiment records"):
+        resolve_objective("loss")
+    result = asyncio.run(lk.run_experiment(EXP.with_params(x=1), instances=2))
+    figures, metrics = recorded_names(result)
+    assert {"score", "loss_last"} <= set(figures) and metrics == ["loss"]
+
+
+async def test_an_unknown_objective_fails_its_trials_naming_what_they_recorded() -> None:
+    frame = await sweep(EXP, {"x": [1]}, objective="loss_lats")
+    (error,) = frame["error"].tolist()
+    assert error.startswith("ConfigError: objective='loss_lats'")
+    assert "loss_last" in error and "recorded metric (loss)" in error

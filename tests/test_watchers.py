@@ -204,3 +204,36 @@ async def test_a_sweep_accepts_a_watcher() -> None:
         on_event=watcher,
     )
     assert sorted(watcher.finished) == [0, 1]
+
+
+async def test_a_sweep_relays_per_sample_trial_events_only_to_who_reads_them() -> None:
+    class Trials(Watcher):
+        def __init__(self) -> None:
+            self.kinds: Counter[str] = Counter()
+
+        def on_trial_event(self, event: lk.TrialEvent) -> None:
+            self.kinds[str(event.kind)] += 1
+
+    watcher = Trials()
+    everything: list[Any] = []
+    bus = EventBus()
+    bus.subscribe(watcher)
+    await lk.sweep(
+        Experiment("sw", record_three),
+        {"lr": [0.1, 0.2]},
+        instances=2,
+        objective="loss",
+        on_event=bus,
+    )
+    assert watcher.kinds["started"] and watcher.kinds["timeline"] == 4
+    assert "sample" not in watcher.kinds  # 12 samples, and no event was built for them
+
+    await lk.sweep(
+        Experiment("sw", record_three),
+        {"lr": [0.1]},
+        instances=2,
+        objective="loss",
+        on_event=everything.append,
+    )
+    trial_samples = [e for e in everything if isinstance(e, lk.TrialEvent) and e.kind == "sample"]
+    assert len(trial_samples) == 6 and all(e.event.metrics for e in trial_samples)

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from labkit.errors import ConfigError
-from labkit.events import EventBus, InstanceEvent, TaskEvent, TrialEvent
+from labkit.events import EventBus, InstanceEvent, TaskEvent
 from labkit.experiment import Experiment, InstanceContext, run_experiment
 from labkit.gpu import GPU, GPUPool, StaticInventory, static_fleet
 from labkit.results import ExperimentResult
 from labkit.testing import FakeClock
-from labkit.widgets import ExperimentPanel, InstanceSlider, LiveTimeline, PoolMonitor, SweepPanel
+from labkit.widgets import ExperimentPanel, InstanceSlider, LiveTimeline, PoolMonitor
 
 # -- InstanceSlider --------------------------------------------------------------------
 
@@ -536,101 +535,6 @@ def test_runner_table_shows_the_limit_and_why_starts_are_held() -> None:
     assert "held back by memory" in page and ">12<" in page
     calm = runner_html(RunnerStats(0, 0, 3, 0, 0, 1.0, 1, 3.0, 8))
     assert "held back" not in calm and ">ok<" in calm
-
-
-# -- SweepPanel ------------------------------------------------------------------------
-
-
-def _trial_sample(trial: int, instance: int, offset: float, loss: float) -> TrialEvent:
-    return TrialEvent(
-        trial, InstanceEvent("sample", instance, offset, offset, metrics={"loss": loss})
-    )
-
-
-def test_sweep_panel_ranks_running_trials_by_mean_and_ci95() -> None:
-    clock = FakeClock()
-    panel = SweepPanel(objective="loss", refresh_every=0.0, clock=clock)
-    assert "No trial has started yet" in panel.board.value
-    for trial, base in ((0, 2.0), (1, 1.0)):
-        for instance in range(3):
-            panel.handle(TrialEvent(trial, InstanceEvent("started", instance, 0.0)))
-            for step in range(4):
-                panel.handle(_trial_sample(trial, instance, step * 0.5, base + 0.1 * instance))
-    panel.handle(TaskEvent("started", 0, 0.0))  # not a sweep's event: ignored
-
-    rows = panel.board.value.split('<tr class="labkit-trial"')[1:]
-    assert len(rows) == 2
-    # Trial 1 leads (lower loss): mean 1.1 ± t(0.975, 2) * 0.1 / sqrt(3) = 0.25.
-    assert "<td>1</td><td>1</td>" in rows[0] and "1.1 ± 0.25" in rows[0]
-    assert "running" in rows[0] and "0/3" in rows[0] and "(n=3)" in rows[0]
-    assert "2.1 ± 0.25" in rows[1]
-    assert panel.shown_trial == 1  # the chart follows the leader
-    snapshot = panel.chart.model.snapshot()
-    assert snapshot.instances == (0, 1, 2) and snapshot.samples == 12
-    panel.close()
-
-
-def test_sweep_panel_follows_the_sweeps_best_and_marks_failures() -> None:
-    from labkit.sweep import SweepEvent, SweepStats
-
-    def stats(best: int | None, board: tuple[tuple[int, float, int], ...]) -> SweepStats:
-        return SweepStats(2, len(board), 0, 2 - len(board), "max", best, math.nan, {}, board)
-
-    panel = SweepPanel(objective="loss", direction="min", refresh_every=0.0)
-    for trial in (0, 1):
-        panel.handle(SweepEvent("trial_started", 0.0, trial, None, math.nan, stats(None, ())))
-        panel.handle(_trial_sample(trial, 0, 0.0, float(trial)))
-    panel.handle(TrialEvent(0, InstanceEvent("failed", 0, 1.0, 1.0, message="boom")))
-    panel.handle(SweepEvent("trial_finished", 1.0, 1, "ok", 5.0, stats(1, ((1, 5.0, 1),))))
-    panel.handle(SweepEvent("trial_finished", 2.0, 0, "failed", math.nan, stats(1, ((1, 5.0, 1),))))
-
-    assert panel.direction == "max"  # the sweep said so
-    assert panel.shown_trial == 1
-    rows = panel.board.value.split('<tr class="labkit-trial"')[1:]
-    assert "font-weight:bold" in rows[0] and "1 ★" in rows[0] and "5" in rows[0]
-    assert ">ok<" in rows[0]
-    assert ">failed<" in rows[1] and "1 failed" in rows[1]
-    assert "2 trials, 2 ended, 1 failed" in panel.heading.value
-    panel.close()
-
-
-@pytest.mark.asyncio
-async def test_sweep_panel_watches_a_real_sweep() -> None:
-    from labkit.sweep import sweep
-
-    async def descend(ctx: InstanceContext) -> None:
-        for step in range(5):
-            ctx.record(loss=ctx.params["x"] / (step + 1) + 0.01 * ctx.index)
-            await ctx.sleep(0.1)
-
-    clock = FakeClock(autojump=True)
-    panel = SweepPanel(objective="loss", clock=clock)
-    frame = await sweep(
-        Experiment("descend", descend), {"x": [3.0, 1.0, 2.0]}, instances=3,
-        objective="loss", max_parallel=3, on_event=panel.handle, clock=clock,
-    )  # fmt: skip
-    best = int(frame.loc[frame["best"], "trial"].iloc[0])
-    assert panel.shown_trial == best == 1
-    rows = panel.board.value.split('<tr class="labkit-trial"')[1:]
-    assert len(rows) == 3 and all(">ok<" in row and "3/3" in row for row in rows)
-    expected = float(frame.loc[frame["trial"] == best, "objective"].iloc[0])
-    assert f"{expected:.4g} ± " in rows[0] and "★" in rows[0]
-    panel.chart.flush()
-    names = [trace.name for trace in panel.chart.figure.data]
-    assert {"instance 0", "instance 1", "instance 2", "average"} <= set(names)
-    # The best trial's chart read its instances' logs, each sample once.
-    assert panel.chart.model.fed == {0, 1, 2}
-    assert panel.chart.model.snapshot().samples == 3 * 5
-    panel.close()
-
-
-def test_sweep_panel_options_checked() -> None:
-    with pytest.raises(ConfigError, match="direction"):
-        SweepPanel(direction="up")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="top"):
-        SweepPanel(top=0)
-    with pytest.raises(ConfigError, match="refresh_every"):
-        SweepPanel(refresh_every=-1)
 
 
 def _drawn_points(chart: LiveTimeline) -> int:

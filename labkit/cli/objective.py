@@ -5,8 +5,8 @@ An experiment's function declares no metrics: what exists is known once a trial'
 instances have run. A name that can never be an objective (an axis) is refused
 before anything runs; a name that the first finished trial has neither as a
 summary figure nor as a metric stops the sweep there, with the names it has.
-The sweep's own objective extraction (``labkit.sweep.objective_value``) is
-imported here and only here.
+The sweep's own objective extraction (``labkit.sweep.objective_value``) and its
+list of what a result recorded (``recorded_names``) are used here.
 """
 
 from __future__ import annotations
@@ -14,17 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from labkit.cli.usage import UsageError
-from labkit.errors import error_text
+from labkit.errors import ConfigError, error_text
 from labkit.results import ExperimentResult
-from labkit.sweep import objective_value
-from labkit.timeline.summaries import SUMMARY_RESERVED
+from labkit.sweep import objective_value, recorded_names
 
 __all__ = ("CheckedObjective", "refuse_before_run")
 
 _AXES = ("t", "step")
 _NOT_FIGURES = frozenset({"errors", "recovery_times", "ok", "error", "index"})
-# Counts of instances and the all-failed flag: about the run, not what it measured.
-_NOT_MEASURED = SUMMARY_RESERVED | {"num_succeeded", "all_failed"}
 
 
 def refuse_before_run(name: str) -> None:
@@ -46,23 +43,6 @@ def refuse_before_run(name: str) -> None:
             f"--objective {name}: the summary's {name!r} is not a figure; give a summary "
             "figure (loss_last) or a recorded metric (loss)"
         )
-
-
-def _names(result: ExperimentResult) -> tuple[list[str], list[str]]:
-    """The numeric summary figures and the recorded metrics of ``result``'s
-    successful instances, in order of first appearance."""
-    figures = [
-        key
-        for key, value in result.summary.items()
-        if isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and key not in _NOT_MEASURED
-    ]
-    metrics: dict[str, None] = {}
-    for instance in result.instances:
-        if instance.ok:
-            metrics.update(dict.fromkeys(c for c in instance.timeline.columns if c not in _AXES))
-    return figures, list(metrics)
 
 
 class CheckedObjective:
@@ -94,12 +74,12 @@ class CheckedObjective:
         """The objective of ``result``.
 
         Raises:
-            KeyError: ``result`` has no figure or metric ``name``.
+            ConfigError: ``result`` has no figure or metric ``name``.
             ValueError: Its value is not a finite number.
         """
         try:
             value = objective_value(result, self.name)
-        except KeyError as exc:
+        except ConfigError as exc:  # names neither a figure nor a metric of the result
             self.last_error = error_text(exc)
             self._unknown(result)
             raise
@@ -112,7 +92,7 @@ class CheckedObjective:
     def _unknown(self, result: ExperimentResult) -> None:
         if self.problem is not None or not any(instance.ok for instance in result.instances):
             return  # said already, or nothing succeeded: nothing is known yet
-        figures, metrics = _names(result)
+        figures, metrics = recorded_names(result)
         self.problem = (
             f"--objective {self.name}: {self.experiment} has no summary figure or metric of "
             f"that name; its summary figures: {', '.join(figures) or 'none'}; "
