@@ -17,7 +17,7 @@ chart's builders (:func:`labkit.plots.instance_traces`,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -144,6 +144,7 @@ class LiveTimeline:
         self._hidden = True  # the placeholder shows: the axes (if any) are hidden
         self._drawn: list[dict[str, Any]] = []  # the trace dicts on the figure, in order
         self._memo: dict[str, tuple[tuple[Any, ...], list[dict[str, Any]]]] = {}
+        self._stopped: frozenset[int] = frozenset()  # ended by the user's Stop, not failed
         self.flushes = 0
         """How many redraws have happened (for tests and curiosity)."""
         self.figure = go.FigureWidget(
@@ -262,8 +263,15 @@ class LiveTimeline:
         self._drawn_version = -1
         self.flush()
 
+    def mark_stopped(self, instances: Iterable[int]) -> None:
+        """Label these instances' lines "stopped" (the user stopped them), not "failed"."""
+        self._stopped = frozenset(instances)
+        self._memo.clear()
+        self._drawn_version = -1
+
     def reset(self) -> None:
         """Forget every instance for a new run; the chart shows its placeholder again."""
+        self._stopped = frozenset()
         self._cancel_frame()
         self.model.reset()
         self.budget.reset()
@@ -360,7 +368,7 @@ class LiveTimeline:
                 line.t,
                 line.y,
                 state="failed" if line.failed else "ok",
-                note="failed" if line.failed else "",
+                note="" if not line.failed else _ENDED[line.instance in self._stopped],
             )
             for line in lines
         ]
@@ -465,6 +473,8 @@ class LiveTimeline:
         )
         self._hidden = True
 
+
+_ENDED = ("failed", "stopped")  # a line's note once its instance ended early, by stopped
 
 _PLACEHOLDER_NOTE = {
     "text": PLACEHOLDER,
