@@ -319,11 +319,18 @@ def test_monitor_renders_gpus_sandboxes_and_runner() -> None:
     monitor.close()
 
 
-def test_monitor_shows_na_without_nvml_and_without_pools() -> None:
+def test_monitor_shows_na_without_nvml_and_only_what_it_was_given() -> None:
     monitor = PoolMonitor(gpu_pool=GPUPool(StaticInventory([])))
     assert "N/A" in monitor.gpus.value and "no GPU found" in monitor.gpus.value
-    assert "N/A" in monitor.sandboxes.value and "N/A" in monitor.runner_stats.value
+    # No sandbox pool, no runner: no table of N/A for them, their sections hidden.
+    assert monitor.sandboxes.value == "" and monitor.runner_stats.value == ""
+    shown = [child for child in monitor.children if child.layout.display != "none"]
+    assert shown == [monitor.gpus, monitor.status]
     monitor.close()
+    nothing = PoolMonitor()
+    assert "Nothing to monitor" in nothing.status.value
+    assert all(child.layout.display == "none" for child in nothing.children[:-1])
+    nothing.close()
 
 
 def test_monitor_degrades_when_stats_fail_and_skips_unchanged() -> None:
@@ -439,7 +446,8 @@ async def test_panel_start_runs_on_the_loop_and_shows_results() -> None:
     assert isinstance(result, ExperimentResult) and panel.result is result
     assert len(result.instances) == 3
     assert all(
-        row.bar.value == 1.0 and row.bar.bar_style == "success" for row in panel.progress.rows.values()
+        row.bar.value == 1.0 and row.bar.bar_style == "success"
+        for row in panel.progress.rows.values()
     )
     assert "3 of 3" in panel.message.value
     assert "num_instances" in panel.summary.value and "loss_last" in panel.summary.value
@@ -472,9 +480,7 @@ async def test_panel_stop_cancels_and_gives_gpus_back() -> None:
         await task
     assert pool.stats().gpus_allocated == 0
     assert "Stopped" in panel.message.value
-    assert {row.status.value.split(" · ")[0] for row in panel.progress.rows.values()} == {
-        "stopped"
-    }
+    assert {row.status.value.split(" · ")[0] for row in panel.progress.rows.values()} == {"stopped"}
     assert not panel.running and not panel.start_button.disabled
     panel.close()
 
