@@ -1,0 +1,66 @@
+"""A panel's last state survives in a notebook read without a live kernel.
+
+A real kernel runs a small notebook with an experiment panel (nbclient); the
+executed notebook is converted to HTML (nbconvert), as GitHub's viewer or a
+reader without widgets would see it: the chart and the summary are there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+nbconvert = pytest.importorskip("nbconvert")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CELLS = [
+    """\
+import labkit as lk
+
+
+async def steps(ctx):
+    for step in range(5):
+        ctx.record(loss=1.0 / (step + 1), step=step)
+        await ctx.sleep(0.02)
+
+
+panel = lk.widgets.ExperimentPanel(lk.Experiment("steps", steps))
+panel.instances.value = 2
+panel""",
+    "_ = await panel.start()",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_an_executed_panel_leaves_its_chart_and_summary_in_the_html(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(source) for source in CELLS],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}},
+    )
+    # The kernel imports this checkout's labkit.
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    monkeypatch.setenv("PYTHONPATH", path)
+    client = nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3")
+    client.execute(cwd=str(tmp_path))
+
+    outputs = notebook.cells[0].outputs
+    widget, fallback = outputs[0], outputs[1]
+    assert "application/vnd.jupyter.widget-view+json" in widget["data"]
+    # Shown without a chart at first, updated in place (display_id) when the run ended.
+    html_copy = fallback["data"]["text/html"]
+    assert "labkit-static-fallback" in html_copy and "plotly-graph-div" in html_copy
+
+    page, _ = nbconvert.HTMLExporter().from_notebook_node(notebook)
+    (tmp_path / "panel.html").write_text(page, encoding="utf-8")
+    assert "plotly-graph-div" in page and '"name":"instance 1"' in page.replace(": ", ":")
+    assert "Averaged summary: steps" in page and "loss_last" in page
+    assert "Done: 2 of 2 instances succeeded." in page
+    assert "2 instances: 2 done" in page
