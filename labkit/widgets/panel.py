@@ -14,6 +14,7 @@ import asyncio
 import html
 import importlib
 import inspect
+import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -111,6 +112,7 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
         """The progress of the running (or last) run, as the bars show it."""
         self._fallback: Any = None  # the display of the static copy, once shown
         self._stop_reason = "Stopped."
+        self._message = ""  # the message's text, for the static copy
         self.result: ExperimentResult | None = None
         """The last finished run's result."""
 
@@ -310,6 +312,7 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
 
     def _show_message(self, text: str, *, error: bool = False) -> None:
         color = "#c0392b" if error else "inherit"
+        self._message = text
         self.message.value = (
             f'<span class="labkit-panel-message" style="color:{color}">{text}</span>'
         )
@@ -339,8 +342,8 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
         if not self.chart.model.snapshot().empty:
             figure = static_figure_html(self.chart.figure)
         return (
-            f'<div class="{FALLBACK_CLASS}">{self.message.value}'
-            f"{html.escape(self.progress.summary_text)}{figure}{self.summary.value}</div>"
+            f'<div class="{FALLBACK_CLASS}"><p>{self._message}</p>'
+            f"<p>{html.escape(self.progress.summary_text)}</p>{figure}{self.summary.value}</div>"
         )
 
     def _show_fallback(self) -> None:
@@ -428,10 +431,38 @@ def reads_duration(fn: Callable[..., Any]) -> bool:
 
 
 def static_figure_html(figure: Any) -> str:
-    """A plotly figure as an HTML fragment (plotly.js from its CDN when online)."""
-    import plotly.graph_objects as go
+    """A plotly figure as an HTML fragment that draws itself where it is visible.
 
-    return str(go.Figure(figure).to_html(full_html=False, include_plotlyjs="cdn"))
+    The fragment holds the figure's JSON and a script that loads plotly.js from
+    its CDN and draws it, unless plotly.js is there already, and only when the
+    fragment is displayed: a notebook with live widgets hides the static copy,
+    so it loads nothing there (an offline kernel logs no failed download).
+    """
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs_version
+
+    source = f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"  # as plotly's "cdn"
+
+    key = f"labkit-figure-{uuid.uuid4().hex}"
+    spec = pio.to_json(figure, validate=False).replace("</", "<\\/")
+    return (
+        f'<div id="{key}" class="plotly-graph-div" style="height:{_height(figure)}px"></div>'
+        f'<script type="application/json" id="{key}-spec">{spec}</script>'
+        "<script>(function () {"
+        f'var el = document.getElementById("{key}");'
+        "if (!el || el.offsetParent === null) { return; }"
+        f'var spec = JSON.parse(document.getElementById("{key}-spec").textContent);'
+        "function draw() { window.Plotly.newPlot(el, spec.data, spec.layout); }"
+        "if (window.Plotly) { draw(); return; }"
+        'var tag = document.createElement("script");'
+        f'tag.src = "{source}"; tag.onload = draw; document.head.appendChild(tag);'
+        "})();</script>"
+    )
+
+
+def _height(figure: Any) -> int:
+    height = figure.layout.height
+    return int(height) if height else 450
 
 
 def _ipython(module: str) -> Any:
