@@ -113,6 +113,7 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
         self._fallback: Any = None  # the display of the static copy, once shown
         self._stop_reason = "Stopped."
         self._message = ""  # the message's text, for the static copy
+        self._detached = False  # the cell was run again: this panel's output is gone
         self.result: ExperimentResult | None = None
         """The last finished run's result."""
 
@@ -235,9 +236,10 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
             return
         self._stop_reason = reason
         self.model.stop()
-        self.chart.mark_stopped(
-            status.index for status in self.model.snapshot().instances if status.state == "stopped"
-        )
+        if not self._detached:
+            self.chart.mark_stopped(
+                s.index for s in self.model.snapshot().instances if s.state == "stopped"
+            )
         self.progress.show(self.model.snapshot())
         self._task.cancel()
 
@@ -272,7 +274,8 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
             if not self.model.stopped:  # cancelled from elsewhere: it stopped all the same
                 self.model.stop()
             self._show_message(self._stop_reason, error=True)
-            self.chart.flush()
+            if not self._detached:
+                self.chart.flush()
             self.progress.show(self.model.snapshot())
             self._show_fallback()
             raise
@@ -295,7 +298,8 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
 
     def _on_event(self, event: Any) -> None:
         """One event of the run: the chart and the progress model take it."""
-        self.chart.handle(event)
+        if not self._detached:
+            self.chart.handle(event)
         if self.model.handle(event):
             self.progress.show(self.model.snapshot())
 
@@ -327,9 +331,22 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
 
     # Notebook output: the static copy, and a cell run again ----------------------------
 
+    def detach(self) -> None:
+        """The panel's output is gone (its cell was run again): stop its run, close its chart.
+
+        A browser whose chart view is gone fails on every update sent to it, so the
+        chart is closed at once rather than redrawn for a run nobody sees.
+        """
+        self._detached = True
+        self.chart.close()
+        self.stop("Stopped: this cell was run again.")
+
     def _ipython_display_(self) -> None:
         """Show the widget, then a static copy of its last state for readers without widgets."""
         display = _ipython("IPython.display").display
+        # What plotly does when a figure widget is displayed on its own: its views start
+        # from the figure as it is now (the chart's placeholder), not as it was created.
+        self.chart.figure._repr_mimebundle_()
         display(self._repr_mimebundle_(), raw=True)
         self._fallback = display(self._fallback_bundle(), raw=True, display_id=True)
 
@@ -361,7 +378,7 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
         _BY_CELL[self._cell] = self
         if previous is not None and previous is not self and previous.running:
             name = html.escape(str(previous.experiment.value))
-            previous.stop("Stopped: this cell was run again.")
+            previous.detach()
             self._show_message(f"The previous run of this cell ({name}) was stopped.")
 
 
