@@ -65,9 +65,10 @@ class InstanceStatus:
         step: The latest sample's ``step`` value, when the samples carry one.
         elapsed: Seconds since the attempt started (to its end once it ended).
         error: The last failed attempt's error text, or ``None``.
-        fraction: How much is done, 0.0 to 1.0: 1.0 only once the instance ended;
-            while it runs, elapsed over the expected length (never 1.0), or
-            ``None`` when nothing tells how long it will take.
+        fraction: How much is done, 0.0 to 1.0: 1.0 only once the instance
+            finished or failed; otherwise (running, or stopped and cancelled
+            part way) elapsed over the expected length (never 1.0), or ``None``
+            when nothing tells how long it would take.
     """
 
     index: int
@@ -325,9 +326,9 @@ class InstanceProgress:
                 (record.ended_at if record.ended_at is not None else now) - record.started, 0.0
             )
         fraction: float | None = None
-        if record.state in ENDED:
+        if record.state in ("done", "failed"):
             fraction = 1.0
-        elif record.state == "queued":
+        elif record.state == "queued" or record.started is None:
             fraction = 0.0
         elif self.expected_s is not None:
             # Full only once ended: a function may run past what it was told.

@@ -194,6 +194,7 @@ async def test_running_a_cell_again_stops_its_previous_run_and_both_panels_say_s
     with pytest.raises(asyncio.CancelledError):
         await task
     assert "this cell was run again" in first.message.value
+    assert first.chart.figure.comm is None  # its chart closed: a gone view gets no update
     assert _labels(first) == {"stopped"}
     assert "previous run of this cell (forever) was stopped" in second.message.value
 

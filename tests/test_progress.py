@@ -137,6 +137,7 @@ async def test_stopped_instances_stay_stopped_whatever_their_cancellation_says()
     snapshot = progress.snapshot()
     assert snapshot.stopped and snapshot.counts == {"stopped": 2}
     assert {s.text().split(" · ")[0] for s in snapshot.instances} == {"stopped"}
+    assert all(s.fraction is None for s in snapshot.instances)  # stopped part way: not full
 
 
 @pytest.mark.asyncio
