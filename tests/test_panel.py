@@ -220,3 +220,24 @@ async def test_the_static_copy_holds_the_chart_and_the_summary() -> None:
     # The live panel hides the copy (it is for readers without live widgets).
     assert f".{FALLBACK_CLASS}{{display:none}}" in panel.children[-1].value
     panel.close()
+
+
+@pytest.mark.asyncio
+async def test_the_pool_monitor_draws_the_panels_progress_as_the_panel_does() -> None:
+    from labkit.widgets import PoolMonitor
+
+    clock = FakeClock(autojump=True)
+    panel = ExperimentPanel(Experiment("steps", _fixed_steps), clock=clock)
+    monitor = PoolMonitor(progress=panel, autostart=False)
+    assert [c for c in monitor.children if c.layout.display != "none"] == [
+        monitor.instances,
+        monitor.status,
+    ]
+    panel.instances.value = 3
+    await panel.start()
+    monitor.refresh()
+    text = monitor.instances.value
+    assert "3 instances: 3 done" in text and text.count("labkit-cell labkit-done") == 3
+    assert "3 instances: 3 done" in panel.progress.summary.value  # the same model, drawn alike
+    monitor.close()
+    panel.close()

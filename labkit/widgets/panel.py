@@ -117,36 +117,9 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
         self.result: ExperimentResult | None = None
         """The last finished run's result."""
 
-        names = list(self._experiments)
-        self.experiment = w.Dropdown(options=names, value=names[0], description="Experiment")
-        self.experiment.layout.display = "" if len(names) > 1 else "none"
-        self.duration = w.FloatSlider(
-            value=duration,
-            min=0.5,
-            max=max(max_duration, duration),
-            step=0.5,
-            description="Duration (s), as ctx.duration",
-            style={"description_width": "initial"},
+        self._make_inputs(
+            max_instances or default_max_instances(sandbox_pool), duration, max_duration
         )
-        self.intensity = w.ToggleButtons(
-            options=INTENSITIES, value="medium", description="Intensity"
-        )
-        self.instances = InstanceSlider(max=max_instances or default_max_instances(sandbox_pool))
-        self.gpus = w.IntSlider(
-            value=0,
-            min=0,
-            max=max(_gpu_count(gpu_pool), 1),
-            description="GPUs per instance",
-            style={"description_width": "initial"},
-        )
-        # No GPU to hand out: no GPU control at all (a disabled one only puzzles).
-        self.gpus.layout.display = "" if _gpu_count(gpu_pool) else "none"
-        self.start_button = w.Button(description="Start", button_style="success", icon="play")
-        self.stop_button = w.Button(
-            description="Stop", button_style="danger", icon="stop", disabled=True
-        )
-        self.start_button.on_click(lambda _button: self.start())
-        self.stop_button.on_click(lambda _button: self.stop())
         self.message = w.HTML()
         self.progress = ProgressView()
         # The chart's frames are timed on the run's clock (a test's FakeClock too).
@@ -172,6 +145,39 @@ class ExperimentPanel(w.VBox):  # type: ignore[misc]
         self.add_class("labkit-experiment-panel")
         self._cell = cell_id()
         self._replace_previous()
+
+    def _make_inputs(self, max_instances: int, duration: float, max_duration: float) -> None:
+        """The controls that become the run's arguments, and Start and Stop."""
+        names = list(self._experiments)
+        self.experiment = w.Dropdown(options=names, value=names[0], description="Experiment")
+        self.experiment.layout.display = "" if len(names) > 1 else "none"
+        self.duration = w.FloatSlider(
+            value=duration,
+            min=0.5,
+            max=max(max_duration, duration),
+            step=0.5,
+            description="Duration (s), as ctx.duration",
+            style={"description_width": "initial"},
+        )
+        self.intensity = w.ToggleButtons(
+            options=INTENSITIES, value="medium", description="Intensity"
+        )
+        self.instances = InstanceSlider(max=max_instances)
+        self.gpus = w.IntSlider(
+            value=0,
+            min=0,
+            max=max(_gpu_count(self.gpu_pool), 1),
+            description="GPUs per instance",
+            style={"description_width": "initial"},
+        )
+        # No GPU to hand out: no GPU control at all (a disabled one only puzzles).
+        self.gpus.layout.display = "" if _gpu_count(self.gpu_pool) else "none"
+        self.start_button = w.Button(description="Start", button_style="success", icon="play")
+        self.stop_button = w.Button(
+            description="Stop", button_style="danger", icon="stop", disabled=True
+        )
+        self.start_button.on_click(lambda _button: self.start())
+        self.stop_button.on_click(lambda _button: self.stop())
 
     @property
     def running(self) -> bool:
