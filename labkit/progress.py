@@ -20,7 +20,9 @@ tells what is known (steps, samples, elapsed time) and leaves the fraction
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,7 +30,14 @@ from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.events import InstanceEvent, TaskEvent, TimelineEvent
 from labkit.samplelog import SampleLog
 
-__all__ = ("STATES", "InstanceProgress", "InstanceState", "InstanceStatus", "ProgressSnapshot")
+__all__ = (
+    "STATES",
+    "InstanceProgress",
+    "InstanceState",
+    "InstanceStatus",
+    "ProgressSnapshot",
+    "reads_duration",
+)
 
 InstanceState = Literal["queued", "running", "retrying", "done", "failed", "stopped", "cancelled"]
 
@@ -358,6 +367,40 @@ class InstanceProgress:
         record.state = state
         self.version += 1
         return True
+
+
+def reads_duration(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` reads ``ctx.duration`` or ``ctx.remaining``, as far as its code tells.
+
+    Only then does a run's ``duration`` say how long an instance takes (pass it
+    as ``expected_s``), and only then is it worth asking for or recording.
+
+    Looks for those attribute names in the function's code, its nested functions,
+    and the functions of its own module it calls by name (one level at a time,
+    each once). A callable whose code cannot be read counts as reading it.
+    """
+    fn = inspect.unwrap(getattr(fn, "func", fn))  # functools.partial, decorators
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return True
+    namespace = getattr(fn, "__globals__", {})
+    seen: set[Any] = set()
+    todo = [code]
+    while todo:
+        code = todo.pop()
+        if code in seen:
+            continue
+        seen.add(code)
+        if {"duration", "remaining"} & set(code.co_names):
+            return True
+        todo += [const for const in code.co_consts if inspect.iscode(const)]
+        todo += [
+            namespace[name].__code__
+            for name in code.co_names
+            if inspect.isfunction(namespace.get(name))
+            and namespace[name].__module__ == getattr(fn, "__module__", None)
+        ]
+    return False
 
 
 def _latest(log: SampleLog | None) -> tuple[int, float | None, float | None]:

@@ -10,10 +10,11 @@ import pytest
 
 from labkit.experiment import Experiment, InstanceContext
 from labkit.gpu import GPUPool, static_fleet
+from labkit.progress import reads_duration
 from labkit.testing import FakeClock
 from labkit.widgets import ExperimentPanel, InstanceSlider
 from labkit.widgets.bars import MAX_ROWS
-from labkit.widgets.panel import FALLBACK_CLASS, reads_duration
+from labkit.widgets.panel import FALLBACK_CLASS
 from labkit.widgets.slider import MAX_DEFAULT_INSTANCES, default_max_instances
 
 
@@ -117,6 +118,9 @@ def test_reads_duration_follows_nested_code_and_helpers() -> None:
 
     assert reads_duration(outer)
     assert reads_duration(object())  # no code to read: assume it does
+    from labkit.scenarios import SCENARIOS
+
+    assert all(reads_duration(make().fn) for make in SCENARIOS.values())  # they honour it
 
 
 @pytest.mark.asyncio

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import html
 import importlib
-import inspect
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,13 +25,13 @@ from labkit.errors import ConfigError
 from labkit.events import InstanceEvent, TaskEvent, TimelineEvent
 from labkit.experiment import Experiment, run_experiment
 from labkit.live import LiveSnapshot
-from labkit.progress import InstanceProgress
+from labkit.progress import InstanceProgress, reads_duration
 from labkit.results import ExperimentResult
 from labkit.widgets.bars import ProgressView
 from labkit.widgets.live import LiveTimeline
 from labkit.widgets.slider import InstanceSlider, default_max_instances
 
-__all__ = ("FALLBACK_CLASS", "ExperimentPanel", "cell_id", "reads_duration", "static_figure_html")
+__all__ = ("FALLBACK_CLASS", "ExperimentPanel", "cell_id", "static_figure_html")
 
 FALLBACK_CLASS = "labkit-static-fallback"
 """The class of the static copy a panel leaves in its output (hidden while widgets are live)."""
@@ -420,37 +419,6 @@ def cell_id() -> str | None:
     metadata = (parent or {}).get("metadata") or {}
     value = metadata.get("cellId")
     return str(value) if value else None
-
-
-def reads_duration(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn`` reads ``ctx.duration`` or ``ctx.remaining``, as far as its code tells.
-
-    Looks for those attribute names in the function's code, its nested functions,
-    and the functions of its own module it calls by name (one level at a time,
-    each once). A callable whose code cannot be read counts as reading it.
-    """
-    fn = inspect.unwrap(getattr(fn, "func", fn))  # functools.partial, decorators
-    code = getattr(fn, "__code__", None)
-    if code is None:
-        return True
-    namespace = getattr(fn, "__globals__", {})
-    seen: set[Any] = set()
-    todo = [code]
-    while todo:
-        code = todo.pop()
-        if code in seen:
-            continue
-        seen.add(code)
-        if {"duration", "remaining"} & set(code.co_names):
-            return True
-        todo += [const for const in code.co_consts if inspect.iscode(const)]
-        todo += [
-            namespace[name].__code__
-            for name in code.co_names
-            if inspect.isfunction(namespace.get(name))
-            and namespace[name].__module__ == getattr(fn, "__module__", None)
-        ]
-    return False
 
 
 def static_figure_html(figure: Any) -> str:
