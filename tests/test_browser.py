@@ -2,10 +2,13 @@
 
 Runs a notebook that shows the experiment panel, a chart and the pool monitor,
 checks that they render without error output, presses Start and watches the
-progress bars and the live chart move; then runs 16 instances in a second panel
-(one faint trace for the instances, the average on top, a short legend).
-Screenshots are kept for people to look at: ``artifacts/browser-panel.png``, and
-the 16-instance panel before, during and after its run in ``/tmp/shots/``.
+progress and the live chart move; then runs 16 instances in a second panel
+(one faint trace for the instances, the average on top, a short legend); stops a
+run (every label then reads "stopped", and stays so); runs 64 instances (a grid
+and a summary line, the chart in the first 1280 x 800 viewport); and runs a
+panel's cell again while it runs (the old run is stopped and says so, and the
+browser logs no error). Screenshots are kept for people to look at:
+``artifacts/browser-panel.png``, and one per state in ``/tmp/shots/``.
 """
 
 from __future__ import annotations
@@ -87,7 +90,37 @@ async def load(ctx):
 many = lk.widgets.ExperimentPanel(lk.Experiment("load", load), max_instances=16, duration=4.0)
 many.instances.value = 16
 many""",
+    """\
+async def slow(ctx):
+    for step in range(600):
+        ctx.record(signal=np.sin(step / 10) + ctx.index, step=step)
+        await ctx.sleep(0.1)
+
+
+stoppable = lk.widgets.ExperimentPanel(lk.Experiment("slow", slow))
+stoppable.instances.value = 4
+stoppable""",
+    """\
+async def quick(ctx):
+    for step in range(40 + 3 * (ctx.index % 7)):
+        ctx.record(cpu=50 + 10 * np.sin(step / 5 + ctx.index / 3), step=step)
+        await ctx.sleep(0.1)
+
+
+crowd = lk.widgets.ExperimentPanel(lk.Experiment("crowd", quick), max_instances=64)
+crowd.instances.value = 64
+crowd""",
+    """\
+again = lk.widgets.ExperimentPanel(lk.Experiment("slow", slow))
+again.instances.value = 3
+again""",
 ]
+
+RESTART_NOTE = "Could not restore the debugger state"
+"""What JupyterLab itself logs as an error when "Restart Kernel and Run All" restarts."""
+
+PANELS = {"first": 0, "sixteen": 1, "stoppable": 2, "crowd": 3, "again": 4}
+"""Each panel's position among the notebook's panels."""
 
 
 def _notebook(path: Path) -> None:
@@ -177,7 +210,7 @@ def jupyterlab(tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_panel_chart_and_monitor_render_and_run(jupyterlab: str) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     ARTIFACTS.mkdir(exist_ok=True)
@@ -186,6 +219,13 @@ def test_panel_chart_and_monitor_render_and_run(jupyterlab: str) -> None:
             executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS
         )
         page = browser.new_page(viewport={"width": 1400, "height": 2600})
+        console: list[str] = []
+        page.on(
+            "console",
+            lambda msg: (
+                console.append(f"{msg.text} at {msg.location}") if msg.type == "error" else None
+            ),
+        )
         try:
             page.goto(f"{jupyterlab}/lab/tree/widgets.ipynb?reset")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
@@ -197,13 +237,13 @@ def test_panel_chart_and_monitor_render_and_run(jupyterlab: str) -> None:
 
             # Every cell ran and the widgets rendered.
             page.wait_for_selector(".labkit-pool-monitor .labkit-gpus", timeout=90_000)
-            page.wait_for_selector(".widget-slider", timeout=30_000)
+            page.wait_for_selector(".labkit-instance-slider .widget-slider", timeout=30_000)
             page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=30_000)
             static_traces = page.locator(".js-plotly-plot .scatterlayer .trace").count()
             assert static_traces >= 4  # three instances and the average
-            # both panels (the 3-instance one and the 16-instance one) render, in time
-            page.locator(".labkit-experiment-panel").nth(1).wait_for(timeout=60_000)
-            assert page.locator(".labkit-experiment-panel").count() == 2
+            # every panel renders, in time
+            page.locator(".labkit-experiment-panel").nth(len(PANELS) - 1).wait_for(timeout=60_000)
+            assert page.locator(".labkit-experiment-panel").count() == len(PANELS)
             assert (
                 page.locator(".labkit-experiment-panel").first.locator(".widget-slider").count()
                 == 3
@@ -221,8 +261,8 @@ def test_panel_chart_and_monitor_render_and_run(jupyterlab: str) -> None:
             bars = panel.locator(".progress-bar")
             page.wait_for_function(
                 """() => [...document.querySelectorAll(
-                    '.labkit-experiment-panel')[0].querySelectorAll('.progress-bar')]
-                    .some(bar => parseFloat(bar.style.width) > 5)""",
+                    '.labkit-experiment-panel')[0].querySelectorAll('.labkit-instance-status')]
+                    .some(status => status.textContent.includes('samples'))""",
                 timeout=30_000,
             )
             assert bars.count() == 3
@@ -250,8 +290,14 @@ def test_panel_chart_and_monitor_render_and_run(jupyterlab: str) -> None:
             assert "num_instances" in panel.locator(".labkit-summary").inner_text()
             assert errors.count() == 0, errors.all_inner_texts()
             page.screenshot(path=str(ARTIFACTS / "browser-panel.png"), full_page=True)
-            _run_sixteen(page, page.locator(".labkit-experiment-panel").nth(1))
+            panels = page.locator(".labkit-experiment-panel")
+            _run_sixteen(page, panels.nth(PANELS["sixteen"]))
+            _stop(page, panels.nth(PANELS["stoppable"]))
+            _run_again(page, console)
+            _run_many(page, panels.nth(PANELS["crowd"]))
             assert errors.count() == 0, errors.all_inner_texts()
+            # JupyterLab's own note on a kernel restart is not the page's error.
+            assert [e for e in console if not e.startswith(RESTART_NOTE)] == [], console
         except Exception:
             # What the browser showed when it went wrong, for whoever reads the failure.
             page.screenshot(path=str(ARTIFACTS / "browser-failure.png"), full_page=True)
@@ -272,8 +318,8 @@ def _run_sixteen(page: Page, panel: Locator) -> None:
     page.wait_for_function(
         """() => {
             const panel = document.querySelectorAll('.labkit-experiment-panel')[1];
-            const bars = [...panel.querySelectorAll('.progress-bar')];
-            return bars.length === 16 && bars.every(bar => parseFloat(bar.style.width) > 20)
+            const rows = [...panel.querySelectorAll('.labkit-instance-status')];
+            return rows.length === 16 && rows.every(row => row.textContent.includes('samples'))
                 && panel.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length >= 4;
         }""",
         timeout=30_000,
@@ -322,3 +368,96 @@ def _run_sixteen(page: Page, panel: Locator) -> None:
     assert "instances (16)" in (legend.text_content() or "")
     assert {"cpu (%)", "memory (MB)"} <= set(titles.all_text_contents())
     panel.screenshot(path=str(SHOTS / "sixteen-again.png"))
+
+
+def _statuses(panel: Locator) -> set[str]:
+    """The first word of every instance row's status."""
+    return {
+        text.split(" · ")[0] for text in panel.locator(".labkit-instance-status").all_inner_texts()
+    }
+
+
+def _stop(page: Page, panel: Locator) -> None:
+    """Start, then Stop: every label, the message and the legend say "stopped", and stay so."""
+    panel.scroll_into_view_if_needed()
+    panel.locator("button", has_text="Start").click()
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.labkit-experiment-panel')[2]
+            .querySelectorAll('.labkit-instance-status')]
+            .filter(row => row.textContent.includes('step')).length === 4""",
+        timeout=30_000,
+    )
+    panel.screenshot(path=str(SHOTS / "stop-running.png"))
+    panel.locator("button", has_text="Stop").click()
+    page.wait_for_function(
+        """() => document.querySelectorAll('.labkit-panel-message')[2]
+            .textContent.includes('Stopped')""",
+        timeout=30_000,
+    )
+    page.wait_for_timeout(1500)  # frames and late events come: nothing turns back to running
+    assert _statuses(panel) == {"stopped"}
+    legend = panel.locator(".js-plotly-plot .legend").text_content() or ""
+    assert "(stopped)" in legend and "(failed)" not in legend
+    assert "4 stopped" in panel.locator(".labkit-progress-summary").inner_text()
+    panel.screenshot(path=str(SHOTS / "stop-stopped.png"))
+
+
+def _run_again(page: Page, console: list[str]) -> None:
+    """Run the cell of a running panel again: the old run stops and says so, no error logged."""
+    panels = page.locator(".labkit-experiment-panel")
+    old = panels.nth(PANELS["again"])
+    old.scroll_into_view_if_needed()
+    old.locator("button", has_text="Start").click()
+    page.wait_for_function(
+        """() => document.querySelectorAll('.labkit-experiment-panel')[4]
+            .querySelectorAll('.js-plotly-plot .scatterlayer .trace').length >= 3""",
+        timeout=30_000,
+    )
+    old.screenshot(path=str(SHOTS / "again-before.png"))
+    count = len(console)
+    cell = page.locator(".jp-Notebook .jp-CodeCell").nth(len(CELLS) - 1)
+    cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.labkit-panel-message')]
+            .some(m => m.textContent.includes('previous run of this cell (slow) was stopped'))""",
+        timeout=30_000,
+    )
+    fresh = panels.nth(PANELS["again"])
+    fresh.locator("button", has_text="Start").click()
+    page.wait_for_function(
+        """() => document.querySelectorAll('.labkit-experiment-panel')[4]
+            .querySelectorAll('.js-plotly-plot .scatterlayer .trace').length >= 3""",
+        timeout=30_000,
+    )
+    page.wait_for_timeout(1500)
+    assert console[count:] == [], console[count:]
+    fresh.screenshot(path=str(SHOTS / "again-after.png"))
+    fresh.locator("button", has_text="Stop").click()
+
+
+def _run_many(page: Page, panel: Locator) -> None:
+    """64 instances: a grid and a summary line, and the chart in a 1280 x 800 window."""
+    page.set_viewport_size({"width": 1280, "height": 800})
+    panel.evaluate("node => node.scrollIntoView({block: 'start'})")
+    panel.locator("button", has_text="Start").click()
+    page.wait_for_function(
+        """() => document.querySelectorAll('.labkit-experiment-panel')[3]
+            .querySelectorAll('.js-plotly-plot .scatterlayer .trace').length >= 2""",
+        timeout=60_000,
+    )
+    panel.evaluate("node => node.scrollIntoView({block: 'start'})")
+    assert panel.locator(".labkit-instance-status").count() == 0  # no column of 64 bars
+    assert panel.locator(".labkit-cell").count() == 64
+    assert "64 instances:" in panel.locator(".labkit-progress-summary").inner_text()
+    chart = panel.locator(".js-plotly-plot").bounding_box()
+    assert chart is not None and chart["y"] + chart["height"] <= 800, chart
+    page.screenshot(path=str(SHOTS / "sixty-four-during.png"))
+    page.wait_for_function(
+        """() => document.querySelectorAll('.labkit-panel-message')[3]
+            .textContent.includes('64 of 64')""",
+        timeout=90_000,
+    )
+    panel.evaluate("node => node.scrollIntoView({block: 'start'})")
+    assert "64 done" in panel.locator(".labkit-progress-summary").inner_text()
+    page.screenshot(path=str(SHOTS / "sixty-four-after.png"))

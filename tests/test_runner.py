@@ -647,11 +647,7 @@ async def test_subscribers_get_only_the_event_types_they_ask_for() -> None:
     await runner.map(lambda x: x, range(3))
     assert limit_events == []
 
-    def wants_tasks(event: lk.TaskEvent) -> None:
-        task_events.append(event)
-
-    wants_tasks.event_types = (lk.TaskEvent,)  # type: ignore[attr-defined]
-    unsubscribe = bus.subscribe(wants_tasks)
+    unsubscribe = bus.subscribe(task_events.append, types=lk.TaskEvent)
     await runner.map(lambda x: x, range(2))
     assert [e.kind for e in task_events].count("succeeded") == 2
     unsubscribe()

@@ -317,11 +317,18 @@ def test_monitor_renders_gpus_sandboxes_and_runner() -> None:
     monitor.close()
 
 
-def test_monitor_shows_na_without_nvml_and_without_pools() -> None:
+def test_monitor_shows_na_without_nvml_and_only_what_it_was_given() -> None:
     monitor = PoolMonitor(gpu_pool=GPUPool(StaticInventory([])))
     assert "N/A" in monitor.gpus.value and "no GPU found" in monitor.gpus.value
-    assert "N/A" in monitor.sandboxes.value and "N/A" in monitor.runner_stats.value
+    # No sandbox pool, no runner: no table of N/A for them, their sections hidden.
+    assert monitor.sandboxes.value == "" and monitor.runner_stats.value == ""
+    shown = [child for child in monitor.children if child.layout.display != "none"]
+    assert shown == [monitor.gpus, monitor.status]
     monitor.close()
+    nothing = PoolMonitor()
+    assert "Nothing to monitor" in nothing.status.value
+    assert all(child.layout.display == "none" for child in nothing.children[:-1])
+    nothing.close()
 
 
 def test_monitor_degrades_when_stats_fail_and_skips_unchanged() -> None:
@@ -389,7 +396,7 @@ async def _forever(ctx: InstanceContext) -> None:
 async def _until_started(panel: ExperimentPanel, count: int) -> None:
     """Run the loop (no time passes) until ``count`` instances show as running."""
     for _ in range(1000):
-        if sum(row.status.value == "running" for row in panel._rows.values()) >= count:
+        if panel.model.snapshot().counts.get("running", 0) >= count:
             return
         await asyncio.sleep(0)
     raise AssertionError("instances never started")
@@ -413,7 +420,7 @@ async def test_panel_runs_instances_in_worker_processes_when_asked() -> None:
     assert isinstance(result, ExperimentResult), panel.message.value
     assert result.config["executor"] == "process" and result.config["seed"] == 4
     assert all(i.ok and i.summary["pid"] != os.getpid() for i in result.instances)
-    assert [row.bar.bar_style for row in panel._rows.values()] == ["success", "success"]
+    assert [row.bar.bar_style for row in panel.progress.rows.values()] == ["success", "success"]
     panel.close()
 
 
@@ -426,7 +433,7 @@ async def test_panel_start_runs_on_the_loop_and_shows_results() -> None:
         clock=clock,
     )
     assert panel.experiment.options == ("steady", "forever")
-    assert panel.gpus.disabled  # no GPU pool
+    assert panel.gpus.layout.display == "none"  # no GPU pool: no GPU control
     panel.instances.value = 3
 
     task = panel.start()
@@ -437,7 +444,8 @@ async def test_panel_start_runs_on_the_loop_and_shows_results() -> None:
     assert isinstance(result, ExperimentResult) and panel.result is result
     assert len(result.instances) == 3
     assert all(
-        row.bar.value == 1.0 and row.bar.bar_style == "success" for row in panel._rows.values()
+        row.bar.value == 1.0 and row.bar.bar_style == "success"
+        for row in panel.progress.rows.values()
     )
     assert "3 of 3" in panel.message.value
     assert "num_instances" in panel.summary.value and "loss_last" in panel.summary.value
@@ -470,7 +478,7 @@ async def test_panel_stop_cancels_and_gives_gpus_back() -> None:
         await task
     assert pool.stats().gpus_allocated == 0
     assert "Stopped" in panel.message.value
-    assert {row.status.value for row in panel._rows.values()} == {"stopped"}
+    assert {row.status.value.split(" · ")[0] for row in panel.progress.rows.values()} == {"stopped"}
     assert not panel.running and not panel.start_button.disabled
     panel.close()
 
@@ -493,8 +501,8 @@ async def test_panel_shows_errors_and_failed_instances() -> None:
     panel.instances.value = 2
     result = await panel.start()
     assert result is not None and not result.ok
-    assert panel._rows[1].bar.bar_style == "danger"
-    assert "instance one broke" in panel._rows[1].status.value
+    assert panel.progress.rows[1].bar.bar_style == "danger"
+    assert "instance one broke" in panel.progress.rows[1].status.value
     assert "1 of 2" in panel.message.value and "instance one broke" in panel.summary.value
     panel.close()
 

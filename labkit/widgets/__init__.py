@@ -2,8 +2,9 @@
 
 - :class:`InstanceSlider`: how many parallel instances ("Nx", results averaged).
 - :class:`ExperimentPanel`: choose and configure an experiment, Start and Stop it,
-  watch one progress bar per instance, a live chart and the averaged summary.
-- :class:`PoolMonitor`: live GPU, sandbox-pool and runner tables.
+  watch each instance's progress (rows, or a grid when many), a live chart and the
+  averaged summary; all drawn from a :class:`labkit.progress.InstanceProgress`.
+- :class:`PoolMonitor`: live GPU, sandbox-pool and runner tables, and a run's progress.
 - :class:`LiveTimeline`: the live chart alone, as an ``on_event`` callback.
 - :class:`SweepPanel`: a sweep's live leaderboard beside the chart of its best trial.
 

@@ -17,7 +17,7 @@ chart's builders (:func:`labkit.plots.instance_traces`,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -147,6 +147,7 @@ class LiveTimeline(Watcher):
         self._memo: dict[str, tuple[tuple[Any, ...], list[dict[str, Any]]]] = {}
         self._max_points = max_points
         self._final: dict[str, list[InstanceLine]] = {}  # a result's lines, once it is in
+        self._stopped: frozenset[int] = frozenset()  # ended by the user's Stop, not failed
         self.flushes = 0
         """How many redraws have happened (for tests and curiosity)."""
         self.figure = go.FigureWidget(layout=figure_layout(220.0))
@@ -255,8 +256,15 @@ class LiveTimeline(Watcher):
         self._drawn_version = -1
         self.flush()
 
+    def mark_stopped(self, instances: Iterable[int]) -> None:
+        """Label these instances' lines "stopped" (the user stopped them), not "failed"."""
+        self._stopped = frozenset(instances)
+        self._memo.clear()
+        self._drawn_version = -1
+
     def reset(self) -> None:
         """Forget every instance for a new run; the chart shows its placeholder again."""
+        self._stopped = frozenset()
         self._cancel_frame()
         self.model.reset()
         self.budget.reset()
@@ -355,7 +363,7 @@ class LiveTimeline(Watcher):
                 line.t,
                 line.y,
                 state="failed" if line.failed else "ok",
-                note="failed" if line.failed else "",
+                note="" if not line.failed else _ENDED[line.instance in self._stopped],
             )
             for line in lines
             if final is None or line.failed
@@ -470,6 +478,8 @@ class LiveTimeline(Watcher):
         )
         self._hidden = True
 
+
+_ENDED = ("failed", "stopped")  # a line's note once its instance ended early, by stopped
 
 _PLACEHOLDER_NOTE = {
     "text": PLACEHOLDER,

@@ -1,11 +1,14 @@
 """A live monitor of the GPU pool, the sandbox pool and a runner.
 
 :class:`PoolMonitor` only reads ``stats()`` snapshots (frozen dataclasses) and
-renders them as HTML tables; it never touches a pool's internals. It refreshes
-from an asyncio task on the running loop every ``interval`` seconds, redraws a
-section only when its snapshot changed, shows "N/A" for what the hardware does
-not report (no NVML, no utilisation on MIG), and stops on :meth:`PoolMonitor.stop`
-or when the widget is closed.
+renders them as HTML tables; it never touches a pool's internals. It shows only
+what it was given (no table for a pool it does not watch), refreshes from an
+asyncio task on the running loop every ``interval`` seconds, redraws a section
+only when its snapshot changed, shows "N/A" for what the hardware does not report
+(no NVML, no utilisation on MIG), and stops on :meth:`PoolMonitor.stop` or when
+the widget is closed. Given a run's :class:`labkit.progress.InstanceProgress`
+(or a panel holding one), it also shows where the instances stand, drawn as the
+panel draws it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import ipywidgets as w
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import ConfigError
 from labkit.loop import running_loop
+from labkit.progress import ProgressSnapshot
+from labkit.widgets.bars import grid_html, summary_html
 
-__all__ = ("PoolMonitor", "gpu_table_html", "runner_html", "sandbox_html")
+__all__ = ("PoolMonitor", "gpu_table_html", "progress_html", "runner_html", "sandbox_html")
 
 log = logging.getLogger("labkit.widgets")
 
@@ -117,6 +122,23 @@ def sandbox_html(stats: Any) -> str:
     return _table("Sandboxes", header, [row], "labkit-sandboxes")
 
 
+def progress_html(snapshot: ProgressSnapshot | None) -> str:
+    """Where a run's instances stand: the summary line and one square per instance.
+
+    Args:
+        snapshot: A run's progress, or ``None`` when it cannot be read.
+
+    Returns:
+        An HTML fragment.
+    """
+    if snapshot is None:
+        return f'<div class="labkit-instances"><b>Instances</b> {NA}</div>'
+    return (
+        f'<div class="labkit-instances"><b>Instances</b> {summary_html(snapshot)}'
+        f"{grid_html(snapshot)}</div>"
+    )
+
+
 def runner_html(stats: Any) -> str:
     """The runner's queue, progress and throughput.
 
@@ -153,6 +175,7 @@ def runner_html(stats: Any) -> str:
 class PoolMonitor(w.VBox):  # type: ignore[misc]
     """Live tables of GPUs, sandboxes and runner progress, refreshed every ``interval`` s.
 
+    Only what it was given has a section; given nothing, it says so in one line.
     Created inside a running loop (a notebook cell), it starts refreshing at once
     from an asyncio task; elsewhere call :meth:`start` from a coroutine, or
     :meth:`refresh` by hand. Reading a snapshot that fails shows N/A for that
@@ -162,6 +185,8 @@ class PoolMonitor(w.VBox):  # type: ignore[misc]
         gpu_pool: A ``GPUPool`` (anything with ``stats()`` -> ``GPUPoolStats``).
         sandbox_pool: A ``SandboxPool`` (``stats()`` -> ``SandboxPoolStats``).
         runner: A ``Runner`` (``stats()`` -> ``RunnerStats``).
+        progress: A run's :class:`~labkit.progress.InstanceProgress`, or an
+            ``ExperimentPanel`` (its current run's progress is shown).
         interval: Seconds between refreshes.
         clock: The clock the refresh task sleeps on (tests pass a ``FakeClock``).
         autostart: Start refreshing at once when a loop is running.
@@ -177,6 +202,7 @@ class PoolMonitor(w.VBox):  # type: ignore[misc]
         runner: Any = None,
         interval: float = 1.0,
         *,
+        progress: Any = None,
         clock: Clock | None = None,
         autostart: bool = True,
     ) -> None:
@@ -187,6 +213,7 @@ class PoolMonitor(w.VBox):  # type: ignore[misc]
         self.gpu_pool = gpu_pool
         self.sandbox_pool = sandbox_pool
         self.runner = runner
+        self.progress = progress
         self.interval = float(interval)
         self._clock = clock or SYSTEM_CLOCK
         self._last: dict[str, Any] = {}
@@ -195,8 +222,17 @@ class PoolMonitor(w.VBox):  # type: ignore[misc]
         self.gpus = w.HTML()
         self.sandboxes = w.HTML()
         self.runner_stats = w.HTML()
+        self.instances = w.HTML()
         self.status = w.HTML()
-        super().__init__([self.gpus, self.sandboxes, self.runner_stats, self.status])
+        sections = {
+            self.gpus: gpu_pool,
+            self.sandboxes: sandbox_pool,
+            self.runner_stats: runner,
+            self.instances: progress,
+        }
+        for section, source in sections.items():
+            section.layout.display = "none" if source is None else ""
+        super().__init__([*sections, self.status])
         self.add_class("labkit-pool-monitor")
         self.refresh()
         if autostart and running_loop() is not None:
@@ -235,21 +271,29 @@ class PoolMonitor(w.VBox):  # type: ignore[misc]
     def refresh(self) -> None:
         """Read every snapshot once and redraw the sections that changed."""
         self.refreshes += 1
+        if not any((self.gpu_pool, self.sandbox_pool, self.runner, self.progress)):
+            self.status.value = (
+                "<i>Nothing to monitor: give a gpu_pool, sandbox_pool, runner or progress.</i>"
+            )
+            return
         self._show("gpus", self.gpu_pool, gpu_table_html, self.gpus)
         self._show("sandboxes", self.sandbox_pool, sandbox_html, self.sandboxes)
         self._show("runner", self.runner, runner_html, self.runner_stats)
+        progress = getattr(self.progress, "model", self.progress)  # a panel's current run
+        self._show("instances", progress, progress_html, self.instances, read="snapshot")
 
-    def _show(self, key: str, source: Any, render: Any, target: w.HTML) -> None:
+    def _show(
+        self, key: str, source: Any, render: Any, target: w.HTML, read: str = "stats"
+    ) -> None:
         if source is None:
-            snapshot = None
-        else:
-            try:
-                snapshot = source.stats()
-            except Exception as exc:  # monitoring degrades, it never raises
-                log.warning("%s stats unavailable: %s", key, exc)
-                target.value = render(None)
-                self._last.pop(key, None)
-                return
+            return  # not given: its section stays hidden
+        try:
+            snapshot = getattr(source, read)()
+        except Exception as exc:  # monitoring degrades, it never raises
+            log.warning("%s stats unavailable: %s", key, exc)
+            target.value = render(None)
+            self._last.pop(key, None)
+            return
         if key in self._last and self._last[key] == snapshot:
             return  # unchanged: spare the browser a redraw
         self._last[key] = snapshot
