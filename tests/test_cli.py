@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import fcntl
+import io
 import json
 import os
 import re
@@ -18,6 +20,7 @@ import termios
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -522,7 +525,9 @@ def test_the_summary_table_says_what_its_spread_is(tmp_path: Path) -> None:
     assert first.split()[0] == "value_last" and " ± " in first
 
 
-def test_progress_bars_read_seconds_then_the_state(tmp_path: Path) -> None:
+def test_progress_bars_say_what_is_known_and_fill_only_when_an_instance_ended(
+    tmp_path: Path,
+) -> None:
     (tmp_path / "workload.py").write_text(WORKLOAD)
     leader, follower = os.openpty()  # the bars are drawn only on a terminal ...
     # ... as wide as it says it is: a new pseudo-terminal says 0 columns.
@@ -550,5 +555,37 @@ def test_progress_bars_read_seconds_then_the_state(tmp_path: Path) -> None:
         os.close(leader)
     text = data.decode()
     assert "instance 1:" in text
-    assert "1/1 s, ok" in text and "s, running" in text
-    assert " s ," not in text
+    assert "running · " in text and "done · 3 samples · " in text
+    # The function ignores ctx.duration: no percentage says how far a running
+    # instance is, and a bar is full only once its instance ended.
+    frames = [frame for frame in re.split(r"[\r\n]|\x1b\[A", text) if "instance" in frame]
+    assert all("%" not in frame for frame in frames if "running" in frame)
+    assert all("done" in frame for frame in frames if "100%" in frame)
+    assert any("100%" in frame for frame in frames) and ", " not in text
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_past_sixteen_instances_the_bars_are_one_line_of_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from labkit.cli.progress import ProgressBars
+    from labkit.experiment import run_experiment
+
+    async def work(ctx: Any) -> None:
+        for step in range(3):
+            ctx.record(value=float(step), step=step)
+            await asyncio.sleep(0.01)
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    bars = ProgressBars(20, None, enabled=True)
+    await run_experiment(Experiment("many", work), instances=20, on_event=bars)
+    bars.close()
+
+    text = terminal.getvalue()
+    assert "instances: 20/20 ended" in text and "20 instances: 20 done" in text
+    assert "instance 3:" not in text  # no bar of its own per instance

@@ -17,6 +17,7 @@ from labkit.cli.tables import format_summary
 from labkit.cli.usage import EXIT_FAILED, EXIT_OK, UsageError
 from labkit.events import EventBus
 from labkit.experiment import Experiment, estimate_cost, run_experiment
+from labkit.progress import reads_duration
 from labkit.results import ExperimentResult
 
 if TYPE_CHECKING:
@@ -126,7 +127,8 @@ async def _run_with_progress(
 ) -> ExperimentResult:
     planned = instances if isinstance(instances, int) else options.get("max_instances", 32)
     sandbox_pool = _sandbox_pool(options.pop("sandbox", "auto"), planned, duration, out)
-    bars = ProgressBars(duration, enabled=progress)
+    expected = duration if duration and reads_duration(experiment.fn) else None
+    bars = ProgressBars(instances if isinstance(instances, int) else 0, expected, enabled=progress)
     on_event: Any = bars
     if exporter is not None:  # serves the run to Prometheus while it lasts
         on_event = EventBus()
