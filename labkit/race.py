@@ -72,7 +72,8 @@ from typing import Literal
 
 import numpy as np
 
-from labkit.errors import ConfigError, check, is_int, is_real
+from labkit._checks import check, is_int, is_real
+from labkit.errors import ConfigError
 from labkit.experiment.spec import MAX_INSTANCES
 from labkit.stats import t_quantile
 

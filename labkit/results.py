@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from labkit import stats, timeline
+from labkit._checks import check, is_real
 from labkit._json import to_builtins
-from labkit.errors import MissingDependency, check, error_text, is_real
+from labkit.errors import MissingDependency, error_text
 from labkit.seeds import instance_seed
 
 __all__ = (

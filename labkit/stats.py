@@ -31,7 +31,8 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from labkit.errors import ConfigError, is_real
+from labkit._checks import Shown, is_real
+from labkit.errors import ConfigError
 
 __all__ = (
     "Comparison",
@@ -58,18 +59,6 @@ FloatArray: TypeAlias = npt.NDArray[np.float64]
 _NORMAL = NormalDist()
 _TINY = 1e-300
 _POWER = 0.8
-
-
-class _Shown:
-    """A value for :class:`ConfigError` whose repr is a short description, not the data."""
-
-    __slots__ = ("_text",)
-
-    def __init__(self, text: str) -> None:
-        self._text = text
-
-    def __repr__(self) -> str:
-        return self._text
 
 
 # --------------------------------------------------------------------------------------
@@ -340,19 +329,19 @@ def _t_cdf(x: float, df: float) -> float:
 def _values(values: Any, option: str, *, at_least: int) -> FloatArray:
     """Finite float64 values from a sequence or array; NaN and inf are left out."""
     if isinstance(values, str | bytes) or not isinstance(values, Iterable | np.ndarray):
-        raise ConfigError(option, _Shown(type(values).__name__), "a sequence of numbers")
+        raise ConfigError(option, Shown(type(values).__name__), "a sequence of numbers")
     array = np.asarray(values if isinstance(values, np.ndarray) else list(values))
     if array.dtype.kind not in "iuf" or array.ndim != 1:
         raise ConfigError(
             option,
-            _Shown(f"an array of dtype {array.dtype}, {array.ndim}-d"),
+            Shown(f"an array of dtype {array.dtype}, {array.ndim}-d"),
             "numbers (not bools), 1-d",
         )
     data = array.astype(np.float64, copy=False)
     finite = data[np.isfinite(data)]
     if finite.size < at_least:
         raise ConfigError(
-            option, _Shown(f"{finite.size} finite value(s)"), f"at least {at_least} finite values"
+            option, Shown(f"{finite.size} finite value(s)"), f"at least {at_least} finite values"
         )
     return finite
 
@@ -965,12 +954,12 @@ def _is_result(side: Any) -> bool:
 def _position_pairs(side: Any, option: str) -> FloatArray:
     """A sequence's numbers in order, NaN and inf kept (their pairs are left out)."""
     if isinstance(side, str | bytes) or not isinstance(side, Iterable | np.ndarray):
-        raise ConfigError(option, _Shown(type(side).__name__), "a sequence of numbers")
+        raise ConfigError(option, Shown(type(side).__name__), "a sequence of numbers")
     array = np.asarray(side if isinstance(side, np.ndarray) else list(side))
     if array.dtype.kind not in "iuf" or array.ndim != 1:
         raise ConfigError(
             option,
-            _Shown(f"an array of dtype {array.dtype}, {array.ndim}-d"),
+            Shown(f"an array of dtype {array.dtype}, {array.ndim}-d"),
             "numbers (not bools), 1-d",
         )
     return array.astype(np.float64, copy=False)
@@ -1181,17 +1170,17 @@ def instances_needed(
         raise ConfigError("confidence", confidence, "a level strictly between 0 and 1")
     array = np.asarray(values if isinstance(values, np.ndarray) else list(values))
     if array.dtype.kind not in "biuf":
-        raise ConfigError("values", _Shown(f"an array of dtype {array.dtype}"), "numbers")
+        raise ConfigError("values", Shown(f"an array of dtype {array.dtype}"), "numbers")
     pilot = array.astype(np.float64)
     if pilot.ndim != 1 or pilot.size < 2:
-        raise ConfigError("values", _Shown(f"{pilot.size} value(s)"), "a pilot of >= 2 values")
+        raise ConfigError("values", Shown(f"{pilot.size} value(s)"), "a pilot of >= 2 values")
     if not bool(np.isfinite(pilot).all()):
-        raise ConfigError("values", _Shown("a pilot with NaN or inf"), "finite values")
+        raise ConfigError("values", Shown("a pilot with NaN or inf"), "finite values")
     average, deviation = mean_std(pilot)
     center, spread = float(average), float(deviation)
     if center == 0.0:
         raise ConfigError(
-            "values", _Shown("a pilot whose mean is 0"), "a nonzero mean (the width is relative)"
+            "values", Shown("a pilot whose mean is 0"), "a nonzero mean (the width is relative)"
         )
     if spread == 0.0:
         return 2

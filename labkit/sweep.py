@@ -51,8 +51,9 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_ch
 import numpy as np
 import pandas as pd
 
+from labkit._checks import check, is_int, is_real
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import ConfigError, check, is_int, is_real
+from labkit.errors import ConfigError
 from labkit.events import EventBus, TrialEvent
 from labkit.experiment import Experiment, run_experiment
 from labkit.experiment.options import check_resources

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from labkit.errors import GPUUnavailable, check
+from labkit._checks import check
+from labkit.errors import GPUUnavailable
 from labkit.executors.dask import distributed as _distributed
 
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from labkit.errors import check
+from labkit._checks import check
 from labkit.events import InstanceEvent, TaskEvent, TimelineEvent
 from labkit.export.base import require
 from labkit.samplelog import SampleLog

@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
+from labkit._checks import check, is_int, is_real
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import (
     ConfigError,
@@ -46,10 +47,7 @@ from labkit.errors import (
     SandboxError,
     SandboxRateLimited,
     SandboxStartError,
-    check,
     error_text,
-    is_int,
-    is_real,
 )
 from labkit.sandbox.base import (
     DEFAULT_MAX_OUTPUT,

@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+from labkit._checks import check, is_int, is_real
 from labkit._sync import WaitQueue
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import ConfigError, SandboxClosed, SandboxTimeout, check, is_int, is_real
+from labkit.errors import ConfigError, SandboxClosed, SandboxTimeout
 from labkit.sandbox.base import Sandbox
 
 __all__ = ("SandboxFactory", "SandboxPool", "SandboxPoolStats")

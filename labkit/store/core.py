@@ -29,8 +29,9 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import pandas as pd
 
+from labkit._checks import check, is_int, is_real
 from labkit._json import to_builtins
-from labkit.errors import MissingDependency, StoreError, check, is_int, is_real
+from labkit.errors import MissingDependency, StoreError
 from labkit.results import ExperimentResult, InstanceResult, frame_from_dict
 from labkit.samplelog import SampleRows
 from labkit.store.codec import dumps, fingerprint, join_chunks, plain

@@ -19,7 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from labkit.errors import ConfigError, is_int
+from labkit._checks import is_int
+from labkit.errors import ConfigError
 from labkit.timeline import moments
 from labkit.timeline.grid import BLOCK_POINTS, Gridder, Scratch, Series, layout
 from labkit.timeline.inputs import (

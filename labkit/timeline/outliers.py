@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labkit.errors import ConfigError, is_real
+from labkit._checks import Shown, is_real
+from labkit.errors import ConfigError
 from labkit.timeline.grid import BLOCK_POINTS, Gridder, Scratch, Series, layout
 from labkit.timeline.inputs import (
     Axis,
     FloatArray,
     Instance,
     Method,
-    Shown,
     read_timelines,
     resolve_methods,
     resolve_names,
