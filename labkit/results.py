@@ -320,7 +320,7 @@ class ExperimentResult:
                 rows.append((math.nan,) * 5 + (0, math.nan))
                 continue
             std = float(np.std(values, ddof=1)) if n > 1 else math.nan
-            ci95 = stats.t_quantile(0.975, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+            ci95 = stats.t_half_width(std, n)
             rows.append(
                 (
                     float(np.mean(values)),

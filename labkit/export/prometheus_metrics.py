@@ -35,7 +35,7 @@ from labkit._checks import check
 from labkit.events import InstanceEvent, TaskEvent, TimelineEvent
 from labkit.export.base import require
 from labkit.samplelog import SampleLog
-from labkit.stats import t_quantile
+from labkit.stats import t_half_width
 
 __all__ = ("DEFAULT_PORT", "PrometheusExporter", "TASK_EVENTS", "export_prometheus")
 
@@ -150,7 +150,7 @@ class PrometheusExporter:
             mean.add_metric([*label, name], float(data.mean()))
             count.add_metric([*label, name], n)
             if n > 1:
-                half = t_quantile(0.975, n - 1) * float(data.std(ddof=1)) / math.sqrt(n)
+                half = t_half_width(float(data.std(ddof=1)), n)
                 ci95.add_metric([*label, name], half)
         yield mean
         yield ci95

@@ -230,7 +230,7 @@ def average(
     states = {
         name: moments.init(capacity, own_count=name not in grid_layout.shared) for name in metrics
     }
-    quantiles = moments.QuantileTable(len(instances))
+    half_widths = moments.HalfWidthTable(len(instances))
     scratch = Scratch()
     gridder = Gridder(grid, grid_step, scratch)
     # A summed counter is rounded on its running total, so that the rounded counts
@@ -265,7 +265,7 @@ def average(
                     states[name],
                     n[lo:hi],
                     [array[lo:hi] for array in outputs[name]],
-                    quantiles,
+                    half_widths,
                     scratch,
                     round_mean=name in rounded and name not in totals,
                     count_out=counts[name][lo:hi],
@@ -364,7 +364,7 @@ def _average_steps(
     for instance in instances:
         n[np.searchsorted(steps, np.unique(instance.t))] += 1
     scratch = Scratch()
-    quantiles = moments.QuantileTable(len(instances))
+    half_widths = moments.HalfWidthTable(len(instances))
     columns: dict[str, Any] = {}
     columns["step"] = steps.astype(np.int64) if _whole(steps) else steps
     columns["n"] = n
@@ -382,7 +382,7 @@ def _average_steps(
         outputs = [np.empty(size) for _ in range(5)]
         count = np.empty(size, dtype=np.int64)
         moments.finalize(
-            state, n, outputs, quantiles, scratch, round_mean=name in rounded, count_out=count
+            state, n, outputs, half_widths, scratch, round_mean=name in rounded, count_out=count
         )
         for suffix, values in zip(("", *STAT_SUFFIXES), outputs, strict=True):
             columns[name + suffix] = values
