@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from labkit.errors import check, is_int, is_real
+from labkit._checks import check, is_int, is_real
 
 __all__ = ("AutoConcurrency", "ConcurrencyController")
 

@@ -120,40 +120,6 @@ class ConfigError(LabkitError, ValueError):
         super().__init__(f"{option}={value!r} is not allowed: expected {allowed}")
 
 
-def check(condition: bool, option: str, value: Any, allowed: str) -> None:
-    """Raise :class:`ConfigError` unless ``condition`` holds."""
-    if not condition:
-        raise ConfigError(option, value, allowed)
-
-
-def is_real(value: object, *, finite: bool = True) -> bool:
-    """Whether ``value`` is a real number, never a bool; finite unless ``finite=False``.
-
-    The one "a number, not a bool" check of labkit: an ``int``, a ``float`` or
-    another real number (numpy's integer and floating scalars, ``Fraction``).
-    ``True`` is an ``int`` to Python but never a number to labkit, nor is numpy's
-    ``bool_``.
-
-    Args:
-        value: What the user passed.
-        finite: Refuse NaN, ``inf`` and ``-inf``; with ``False`` they count as
-            numbers (a range check after it refuses NaN, which compares with nothing).
-    """
-    kind = type(value)
-    if kind is int:
-        return True
-    if kind is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-        return False
-    if not finite or isinstance(value, numbers.Integral):
-        return True  # an integer is finite, also past float's range (isfinite would overflow)
-    return math.isfinite(value)  # type: ignore[arg-type]
-
-
-def is_int(value: object) -> bool:
-    """Whether ``value`` is an integer (a Python ``int``, never a bool)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @overload
 def error_text(error: BaseException) -> str: ...
 
@@ -311,12 +277,12 @@ class RetryAfter(LabkitError):
     """
 
     def __init__(self, retry_after: float, message: str = "") -> None:
-        check(
-            is_real(retry_after) and retry_after >= 0,
-            "retry_after",
-            retry_after,
-            "a finite number of seconds >= 0",
-        )
+        # labkit._checks.is_real written as a range: that module sits above this one
+        # (it raises ConfigError); a real number in [0, inf) is finite and not NaN.
+        given: object = retry_after  # typed float, but any object can come in
+        number = isinstance(given, numbers.Real) and not isinstance(given, bool)
+        if not (number and 0 <= retry_after < math.inf):
+            raise ConfigError("retry_after", retry_after, "a finite number of seconds >= 0")
         self.retry_after = float(retry_after)
         self.message = message
         detail = f"{message}: " if message else ""
@@ -497,50 +463,12 @@ class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped a blocking run; ``report`` holds what had finished.
 
     Tasks that had not finished appear in the report as failed with a
-    ``CancelledError``. Being a ``KeyboardInterrupt``, it still stops a script.
+    ``CancelledError``. Being a ``KeyboardInterrupt``, it still stops a script; when
+    it came out of :func:`labkit.loop.run_sync`, left uncaught it ends the process with
+    status 130, as Ctrl-C does (see :func:`labkit.loop.install_interrupt_exit`).
     """
 
     def __init__(self, report: _Report) -> None:
         self.report: Any = report  # a labkit.RunReport
         stats = report.stats
         super().__init__(f"interrupted: {stats.completed} of {stats.submitted} tasks had completed")
-        _exit_130_if_uncaught()
-
-
-def _exit_130_if_uncaught() -> None:
-    """Make an uncaught RunInterrupted end the process as Ctrl-C does (status 130).
-
-    Python gives status 130 only to a bare ``KeyboardInterrupt`` left uncaught; a
-    subclass exits with 1. The hook chains the current ``sys.excepthook``: for a
-    RunInterrupted it prints the traceback as usual, runs the normal shutdown
-    (non-daemon threads, ``atexit``), flushes the standard streams and ends the
-    process with SIGINT, the way the interpreter does for a KeyboardInterrupt.
-    """
-    import sys
-
-    previous = sys.excepthook
-    if getattr(previous, "_labkit_interrupt_hook", False):
-        return
-
-    def hook(kind: type[BaseException], error: BaseException, tb: Any) -> None:
-        previous(kind, error, tb)
-        if not issubclass(kind, RunInterrupted):
-            return
-        import atexit
-        import contextlib
-        import os
-        import signal
-        import threading
-
-        shutdown = getattr(threading, "_shutdown", None)
-        if callable(shutdown):
-            shutdown()  # join non-daemon threads, as interpreter shutdown would
-        atexit._run_exitfuncs()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(AttributeError, OSError, ValueError):
-                stream.flush()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    hook._labkit_interrupt_hook = True  # type: ignore[attr-defined]
-    sys.excepthook = hook

@@ -18,8 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from labkit._checks import check, is_real
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import ConfigError, ResourceUnavailable, check, is_real
+from labkit.errors import ConfigError, ResourceUnavailable
 from labkit.events import EventBus, GuardEvent
 
 __all__ = (

@@ -38,8 +38,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from labkit._checks import is_int, is_real
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import ConfigError, is_int, is_real
+from labkit.errors import ConfigError
 from labkit.events import InstanceEvent, TimelineEvent
 from labkit.samplelog import SampleLog
 from labkit.stats import mean_std, t_quantile

@@ -9,19 +9,29 @@
   ``nest_asyncio2``, so widgets bound to the kernel's loop keep updating while the
   cell blocks. Without ``nest_asyncio2`` the coroutine runs on a private loop in a
   worker thread instead (it still finishes; live widgets then pause).
+
+When Ctrl-C ends a run here, :func:`run_sync` also installs (once) the hook that
+makes an uncaught :class:`~labkit.errors.RunInterrupted` end the process as Ctrl-C
+does: with the normal shutdown and death by SIGINT (shell status 130).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Coroutine
+from types import TracebackType
 from typing import Any, TypeVar
 
-__all__ = ("run_sync", "running_loop")
+from labkit.errors import RunInterrupted
+
+__all__ = ("install_interrupt_exit", "run_sync", "running_loop")
 
 T = TypeVar("T")
 
@@ -41,16 +51,60 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
     Raises:
         KeyboardInterrupt: On Ctrl-C, after the coroutine was cancelled and its
-            ``finally`` blocks ran.
+            ``finally`` blocks ran. A :class:`~labkit.errors.RunInterrupted` made of it
+            and left uncaught then ends the process as Ctrl-C does (status 130).
         BaseException: Whatever the coroutine raised.
     """
-    loop = running_loop()
-    if loop is None:
-        if threading.current_thread() is not threading.main_thread():
-            with asyncio.Runner() as runner:
-                return runner.run(coro)
-        return _run_interruptible(coro)
-    return _run_nested(loop, coro)
+    try:
+        loop = running_loop()
+        if loop is None:
+            if threading.current_thread() is not threading.main_thread():
+                with asyncio.Runner() as runner:
+                    return runner.run(coro)
+            return _run_interruptible(coro)
+        return _run_nested(loop, coro)
+    except KeyboardInterrupt:
+        install_interrupt_exit()
+        raise
+
+
+def install_interrupt_exit() -> None:
+    """Make an uncaught RunInterrupted end the process as Ctrl-C does (status 130).
+
+    Python gives status 130 only to a bare ``KeyboardInterrupt`` left uncaught; a
+    subclass exits with 1. The hook chains the current ``sys.excepthook``: for a
+    RunInterrupted it prints the traceback as usual, runs the normal shutdown
+    (non-daemon threads, ``atexit``), flushes the standard streams and ends the
+    process with SIGINT, the way the interpreter does for a KeyboardInterrupt.
+    Installed once; every other exception goes to the previous hook alone.
+    """
+    previous = sys.excepthook
+    if isinstance(previous, _InterruptExit):
+        return
+    sys.excepthook = _InterruptExit(previous)
+
+
+class _InterruptExit:
+    """The ``sys.excepthook`` of :func:`install_interrupt_exit`."""
+
+    def __init__(self, previous: Any) -> None:
+        self._previous = previous
+
+    def __call__(
+        self, kind: type[BaseException], error: BaseException, tb: TracebackType | None
+    ) -> None:
+        self._previous(kind, error, tb)
+        if not issubclass(kind, RunInterrupted):
+            return
+        shutdown = getattr(threading, "_shutdown", None)
+        if callable(shutdown):
+            shutdown()  # join non-daemon threads, as interpreter shutdown would
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                stream.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _run_interruptible(coro: Coroutine[Any, Any, T]) -> T:

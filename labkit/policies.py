@@ -23,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
+from labkit._checks import check, is_int, is_real
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import RetryAfter, check, is_int, is_real
+from labkit.errors import RetryAfter
 
 __all__ = ("RateLimit", "RateLimiter", "Retry", "is_rejection", "retry_after_of")
 

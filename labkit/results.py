@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from labkit import stats, timeline
+from labkit._checks import check, is_real
 from labkit._json import to_builtins
-from labkit.errors import MissingDependency, check, error_text, is_real
+from labkit.errors import MissingDependency, error_text
 from labkit.samplelog import SampleLog
 from labkit.seeds import instance_seed
 
@@ -150,6 +151,48 @@ class InstanceResult:
         )
 
 
+def _measured_timelines(succeeded: Sequence[InstanceResult]) -> list[pd.DataFrame] | None:
+    """The succeeded instances' timelines, each with ``t`` and the metrics some succeeded
+    instance measured; ``None`` when none was measured.
+
+    A metric no succeeded instance measured (all NaN) is left out, not an error.
+    """
+    metrics = {
+        column
+        for instance in succeeded
+        for column in instance.timeline
+        if column != "t" and instance.timeline[column].notna().any()
+    }
+    if not metrics:
+        return None
+    return [
+        instance.timeline[["t", *(c for c in instance.timeline if c in metrics)]]
+        for instance in succeeded
+    ]
+
+
+def _average(frames: list[pd.DataFrame], config: Mapping[str, Any]) -> pd.DataFrame:
+    """The averaged timeline of ``frames``, as the run's ``config`` asks."""
+    metrics = {column for frame in frames for column in frame if column != "t"}
+    return timeline.average_timelines(
+        frames,
+        round_to_int=tuple(m for m in ROUND_TO_INT if m in metrics),
+        **_averaging(config, metrics),
+    )
+
+
+def _counts(
+    ordered: Sequence[InstanceResult], succeeded: Sequence[InstanceResult]
+) -> dict[str, Any]:
+    """The summary's counts of instances."""
+    return {
+        "num_instances": len(ordered),
+        "num_succeeded": len(succeeded),
+        "num_failed": len(ordered) - len(succeeded),
+        "all_failed": not succeeded,
+    }
+
+
 def _seeded(instances: Sequence[InstanceResult], config: Mapping[str, Any]) -> list[InstanceResult]:
     """The instances, each with its seed: one it lacks is derived from the run's base seed
     (``config["seed"]``), as the run derived it (a store keeps the base seed, not each seed)."""
@@ -234,39 +277,22 @@ class ExperimentResult:
         kept = list(notes)
         ordered = tuple(sorted(_seeded(instances, config), key=lambda instance: instance.index))
         succeeded = [instance for instance in ordered if instance.ok]
-        metrics = {
-            column
-            for instance in succeeded
-            for column in instance.timeline
-            if column != "t" and instance.timeline[column].notna().any()
-        }
-        # A metric no succeeded instance measured (all NaN) is left out, not an error.
-        frames = [
-            instance.timeline[["t", *(c for c in instance.timeline if c in metrics)]]
-            for instance in (succeeded if metrics else ())
-        ]
+        frames = _measured_timelines(succeeded)
         averaged = pd.DataFrame({"t": np.array([], dtype=float), "n": np.array([], dtype=int)})
-        if metrics:
-            try:
-                averaged = timeline.average_timelines(
-                    frames,
-                    round_to_int=tuple(m for m in ROUND_TO_INT if m in metrics),
-                    **_averaging(config, metrics),
-                )
-            except Exception as exc:
-                kept.append(f"averaging the timelines failed: {error_text(exc)}")
         summary: dict[str, Any] = {}
+        outliers: dict[str, list[int]] = {}
+        try:
+            if frames is not None:
+                averaged = _average(frames, config)
+        except Exception as exc:
+            kept.append(f"averaging the timelines failed: {error_text(exc)}")
         try:
             summary = _averaged_summary(ordered)
         except Exception as exc:
             kept.append(f"averaging the summaries failed: {error_text(exc)}")
-        summary["num_instances"] = len(ordered)
-        summary["num_succeeded"] = len(succeeded)
-        summary["num_failed"] = len(ordered) - len(succeeded)
-        summary["all_failed"] = not succeeded
-        outliers: dict[str, list[int]] = {}
+        summary.update(_counts(ordered, succeeded))
         try:
-            outliers = _outliers(succeeded, frames if metrics else None)
+            outliers = _outliers(succeeded, frames)
         except Exception as exc:
             kept.append(f"finding outliers failed: {error_text(exc)}")
         return cls(
@@ -320,7 +346,7 @@ class ExperimentResult:
                 rows.append((math.nan,) * 5 + (0, math.nan))
                 continue
             std = float(np.std(values, ddof=1)) if n > 1 else math.nan
-            ci95 = stats.t_quantile(0.975, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+            ci95 = stats.t_half_width(std, n)
             rows.append(
                 (
                     float(np.mean(values)),

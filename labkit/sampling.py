@@ -16,8 +16,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
+from labkit._checks import check
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import check, error_text
+from labkit.errors import error_text
 
 __all__ = ("MetricsSource", "ResourceSampler")
 

@@ -32,7 +32,7 @@ import statistics
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from labkit.errors import check
+from labkit._checks import check
 from labkit.experiment import Experiment, InstanceContext
 
 __all__ = (

@@ -19,7 +19,7 @@ accepts: ``random.Random``, ``numpy.random.default_rng``, scikit-learn's
 
 from __future__ import annotations
 
-from labkit.errors import check
+from labkit._checks import check
 
 __all__ = ("MAX_SEED", "check_seed", "instance_seed")
 

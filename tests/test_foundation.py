@@ -158,6 +158,18 @@ def test_errors_name_option_value_and_allowed() -> None:
     assert not issubclass(lk.errors.RunInterrupted, Exception)
 
 
+def test_an_exception_changes_no_process_state() -> None:
+    # Importing labkit or making a RunInterrupted leaves sys.excepthook alone: only
+    # a Ctrl-C inside labkit.loop.run_sync installs the exit-like-Ctrl-C hook.
+    code = (
+        "import sys; from types import SimpleNamespace as NS; before = sys.excepthook; "
+        "import labkit as lk; stats = NS(completed=0, submitted=1); "
+        "lk.errors.RunInterrupted(NS(results=[], stats=stats)); print(sys.excepthook is before)"
+    )
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert child.stdout.strip() == "True", child.stderr
+
+
 # -- the layer map (pyproject.toml's [tool.importlinter], as .ci/run checks it) --------
 
 LINT_IMPORTS = (
@@ -246,7 +258,7 @@ def test_is_real_is_the_one_number_check() -> None:
 
     import numpy as np
 
-    from labkit.errors import is_int, is_real
+    from labkit._checks import is_int, is_real
 
     for number in (0, -3, 2.5, 10**400, np.float32(1.5), np.int64(7), fractions.Fraction(1, 3)):
         assert is_real(number) and is_real(number, finite=False), number

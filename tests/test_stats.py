@@ -16,6 +16,7 @@ from fractions import Fraction
 from statistics import NormalDist
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from labkit import stats
@@ -100,6 +101,30 @@ def test_t_quantile_errors_name_the_option(args: tuple, option: str) -> None:
     with pytest.raises(ConfigError) as caught:
         stats.t_quantile(*args)
     assert caught.value.option == option
+
+
+def test_one_t_half_width_gives_every_ci95() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.normal(10.0, 2.0, 7)
+    spread = float(np.std(values, ddof=1))
+    half = stats.t_half_width(spread, 7)
+    assert half == pytest.approx(stats.t_quantile(0.975, 6) * spread / math.sqrt(7), rel=1e-15)
+    assert stats.t_half_width(spread, 7, 0.9) < half
+    assert math.isnan(stats.t_half_width(spread, 1))
+    assert stats.mean(values).half_width == pytest.approx(half, rel=1e-12)
+    instances = [
+        InstanceResult(
+            index=i,
+            ok=True,
+            error=None,
+            summary={"x_last": float(v)},
+            timeline=pd.DataFrame({"t": [0.0, 1.0], "x": [float(v), float(v)]}),
+        )
+        for i, v in enumerate(values)
+    ]
+    result = ExperimentResult.build("x", {}, instances, {})
+    assert result.summary_table().loc["x_last", "ci95"] == pytest.approx(half, rel=1e-12)
+    assert result.averaged["x_ci95"].to_numpy() == pytest.approx([half, half], rel=1e-12)
 
 
 def test_median_interval_uses_binomial_order_statistics() -> None:

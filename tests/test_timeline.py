@@ -1207,7 +1207,7 @@ def test_block_sizes_must_be_positive_integers(option: str) -> None:
 
 def finalized(state: moments.Moments, n: np.ndarray) -> list[np.ndarray]:
     out = [np.empty(state.size) for _ in range(5)]
-    moments.finalize(state, n, out, moments.QuantileTable(64), Scratch(), round_mean=False)
+    moments.finalize(state, n, out, moments.HalfWidthTable(64), Scratch(), round_mean=False)
     return out
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from labkit.errors import GPUUnavailable, check
+from labkit._checks import check
+from labkit.errors import GPUUnavailable
 from labkit.executors.dask import distributed as _distributed
 
 if TYPE_CHECKING:
@@ -55,6 +57,30 @@ def gpu_cluster(
             ``threads_per_worker`` < 1.
     """
     distributed = _distributed()
+    devices = _devices(inventory, gpus_per_worker, threads_per_worker)
+    workers = _worker_specs(
+        distributed.Nanny, devices, gpus_per_worker, threads_per_worker, host, worker_options
+    )
+    scheduler = _scheduler_spec(distributed.Scheduler, host, dashboard_address)
+    return distributed.SpecCluster(
+        workers=workers,
+        scheduler=scheduler,
+        asynchronous=asynchronous,
+        name="labkit-gpu",
+    )
+
+
+def _devices(
+    inventory: Inventory | None, gpus_per_worker: int, threads_per_worker: int
+) -> list[Any]:
+    """The fleet's GPUs by index, the worker options checked against it.
+
+    Raises:
+        MissingDependency: NVML is missing (``inventory`` is ``None``).
+        GPUUnavailable: The inventory has no GPU.
+        ConfigError: ``gpus_per_worker`` does not divide the fleet, or
+            ``threads_per_worker`` < 1.
+    """
     if inventory is None:
         from labkit.gpu.nvml import NVMLInventory
 
@@ -71,12 +97,25 @@ def gpu_cluster(
         f"an integer >= 1 that divides the fleet's {len(devices)} GPUs",
     )
     check(threads_per_worker >= 1, "threads_per_worker", threads_per_worker, "an integer >= 1")
+    return devices
+
+
+def _worker_specs(
+    nanny: Any,
+    devices: Sequence[Any],
+    gpus_per_worker: int,
+    threads_per_worker: int,
+    host: str,
+    worker_options: Mapping[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """The ``SpecCluster`` specs of one worker per group of ``gpus_per_worker`` GPUs,
+    each seeing only its GPUs (``CUDA_VISIBLE_DEVICES`` by UUID), by worker name."""
     workers = {}
     for start in range(0, len(devices), gpus_per_worker):
         group = devices[start : start + gpus_per_worker]
         name = "gpu-" + "-".join(str(gpu.index) for gpu in group)
         workers[name] = {
-            "cls": distributed.Nanny,
+            "cls": nanny,
             "options": {
                 "name": name,
                 "nthreads": threads_per_worker,
@@ -87,8 +126,13 @@ def gpu_cluster(
                 **worker_options,
             },
         }
-    scheduler = {
-        "cls": distributed.Scheduler,
+    return workers
+
+
+def _scheduler_spec(scheduler: Any, host: str, dashboard_address: str | None) -> dict[str, Any]:
+    """The ``SpecCluster`` spec of the scheduler, its dashboard where asked."""
+    return {
+        "cls": scheduler,
         "options": {
             "host": host,
             "dashboard": dashboard_address is not None,
@@ -97,12 +141,6 @@ def gpu_cluster(
             "dashboard_address": dashboard_address or f"{host}:0",
         },
     }
-    return distributed.SpecCluster(
-        workers=workers,
-        scheduler=scheduler,
-        asynchronous=asynchronous,
-        name="labkit-gpu",
-    )
 
 
 def _memory_share(workers: int) -> int:

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from labkit.errors import MissingDependency, check, is_int, is_real
+from labkit._checks import check, is_int, is_real
+from labkit.errors import MissingDependency
 from labkit.executors.dask import DaskExecutor, distributed
 
 __all__ = ("KEEP_EVERY", "SlurmCluster", "SlurmOptions", "SlurmStats", "slurm")

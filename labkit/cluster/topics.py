@@ -15,7 +15,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from labkit.errors import LabkitError, check
+from labkit._checks import check
+from labkit.errors import LabkitError
 from labkit.events import EventBus, Unsubscribe
 from labkit.executors.dask import at_task_end, distributed, is_dask_client
 from labkit.loop import running_loop

@@ -17,15 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labkit.errors import (
-    ConfigError,
-    GPUUnavailable,
-    MissingDependency,
-    WorkerImportError,
-    check,
-    is_int,
-    is_real,
-)
+from labkit._checks import check, is_int, is_real
+from labkit.errors import ConfigError, GPUUnavailable, MissingDependency, WorkerImportError
 from labkit.executors.base import Call, is_async_callable
 
 __all__ = ("DaskBackend", "DaskExecutor", "at_task_end", "distributed", "is_dask_client")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from labkit.errors import is_real
+from labkit._checks import is_real
 from labkit.experiment.options import ExperimentOptions
 from labkit.results import InstanceResult
 from labkit.timeline import instances_needed

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from labkit._checks import check, is_real
 from labkit.clock import Clock
-from labkit.errors import check, is_real
 from labkit.events import InstanceEvent
 from labkit.loop import running_loop
 from labkit.samplelog import SampleLog

@@ -27,8 +27,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from labkit._checks import check
 from labkit.clock import SYSTEM_CLOCK, Clock, SystemClock
-from labkit.errors import WorkerLost, check
+from labkit.errors import WorkerLost
 from labkit.events import InstanceEvent
 from labkit.executors import is_async_callable, is_dask_client
 from labkit.experiment.attempt import Instances

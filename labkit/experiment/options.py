@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from labkit.errors import check, is_int, is_real
+from labkit._checks import check, is_int, is_real
 from labkit.experiment.spec import MAX_DURATION, MAX_INSTANCES
 
 __all__ = ("MAX_GPUS_PER_INSTANCE", "ExperimentOptions", "check_resources")

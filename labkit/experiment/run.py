@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from labkit._checks import check, is_int
 from labkit.clock import SYSTEM_CLOCK, Clock, SystemClock
-from labkit.errors import OversubscribedWarning, check, is_int
+from labkit.errors import OversubscribedWarning
 from labkit.events import EventBus, Watcher, as_bus
 from labkit.executors.workers import available_cores
 from labkit.experiment.attempt import InstanceCaller, Instances, LocalAttempts, call_here

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 import pandas as pd
 
-from labkit.errors import check
+from labkit._checks import check
 from labkit.timeline import Method, default_figure, summarize_timeline
 from labkit.timeline.inputs import check_max_gap, check_method
 

@@ -93,8 +93,6 @@ def _write(
     run_name: str,
     details: dict[str, Any],
 ) -> None:
-    from mlflow.entities import RunStatus
-
     found = client.get_experiment_by_name(experiment_name)
     experiment_id = (
         found.experiment_id if found is not None else client.create_experiment(experiment_name)
@@ -125,30 +123,9 @@ def _write(
         metrics = _parent_metrics(result, started_ms, by_step)
         client.log_batch(parent_id, metrics=metrics, params=params + config)
         for instance in result.instances:
-            run = client.create_run(
-                experiment_id,
-                run_name=f"instance {instance.index}",
-                tags=_tags(
-                    {
-                        "mlflow.parentRunId": parent_id,
-                        "labkit.instance": instance.index,
-                        "labkit.ok": instance.ok,
-                        "labkit.error": instance.error,
-                        "labkit.attempts": instance.attempts,
-                    }
-                ),
-            )
-            current = run.info.run_id
+            current = _instance_run(client, experiment_id, parent_id, instance)
             run_ids[instance.index] = current
-            # One call per run: MLflow's client splits it into requests within the
-            # server's limits itself.
-            client.log_batch(
-                current,
-                metrics=_instance_metrics(instance, started_ms, by_step),
-                params=params + _params(_instance_params(instance)),
-            )
-            status = RunStatus.FINISHED if instance.ok else RunStatus.FAILED
-            client.set_terminated(current, RunStatus.to_string(status))
+            _log_instance(client, current, instance, params, started_ms, by_step)
         client.set_terminated(parent_id, "FINISHED")
     except BaseException:
         for run_id in dict.fromkeys((current, parent_id)):
@@ -156,6 +133,46 @@ def _write(
             with contextlib.suppress(Exception):
                 client.set_terminated(run_id, "FAILED")
         raise
+
+
+def _instance_run(client: Any, experiment_id: str, parent_id: str, instance: InstanceResult) -> str:
+    """Create the child run of ``instance`` under the run ``parent_id``; its id."""
+    run = client.create_run(
+        experiment_id,
+        run_name=f"instance {instance.index}",
+        tags=_tags(
+            {
+                "mlflow.parentRunId": parent_id,
+                "labkit.instance": instance.index,
+                "labkit.ok": instance.ok,
+                "labkit.error": instance.error,
+                "labkit.attempts": instance.attempts,
+            }
+        ),
+    )
+    return str(run.info.run_id)
+
+
+def _log_instance(
+    client: Any,
+    run_id: str,
+    instance: InstanceResult,
+    params: list[Any],
+    started_ms: int,
+    by_step: bool,
+) -> None:
+    """Log ``instance``'s metrics and params to its run, and end the run as it ended."""
+    from mlflow.entities import RunStatus
+
+    # One call per run: MLflow's client splits it into requests within the
+    # server's limits itself.
+    client.log_batch(
+        run_id,
+        metrics=_instance_metrics(instance, started_ms, by_step),
+        params=params + _params(_instance_params(instance)),
+    )
+    status = RunStatus.FINISHED if instance.ok else RunStatus.FAILED
+    client.set_terminated(run_id, RunStatus.to_string(status))
 
 
 def _instance_params(instance: InstanceResult) -> dict[str, Any]:

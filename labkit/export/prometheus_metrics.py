@@ -23,7 +23,6 @@ on the server's thread, when Prometheus asks.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -31,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from labkit.errors import check
+from labkit._checks import check
 from labkit.events import InstanceEvent, TaskEvent, TimelineEvent, Watcher
 from labkit.export.base import require
 from labkit.samplelog import SampleLog
-from labkit.stats import t_quantile
+from labkit.stats import t_half_width
 
 __all__ = ("DEFAULT_PORT", "PrometheusExporter", "TASK_EVENTS", "export_prometheus")
 
@@ -145,7 +144,7 @@ class PrometheusExporter(Watcher):
             mean.add_metric([*label, name], float(data.mean()))
             count.add_metric([*label, name], n)
             if n > 1:
-                half = t_quantile(0.975, n - 1) * float(data.std(ddof=1)) / math.sqrt(n)
+                half = t_half_width(float(data.std(ddof=1)), n)
                 ci95.add_metric([*label, name], half)
         yield mean
         yield ci95

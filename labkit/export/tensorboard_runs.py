@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from labkit.errors import check
+from labkit._checks import check
 from labkit.export.base import (
     ExportReport,
     averaged_metrics,

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from labkit.errors import ConfigError, check
+from labkit._checks import check
+from labkit.errors import ConfigError
 
 __all__ = ("GPU", "GPUProcess", "Inventory", "StaticInventory", "static_fleet")
 

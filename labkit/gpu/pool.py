@@ -25,18 +25,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from labkit._checks import check, is_int, is_real
 from labkit._sync import WaitQueue
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import (
-    GPUError,
-    GPUPoolClosed,
-    GPUTimeout,
-    GPUUnavailable,
-    MissingDependency,
-    check,
-    is_int,
-    is_real,
-)
+from labkit.errors import GPUError, GPUPoolClosed, GPUTimeout, GPUUnavailable, MissingDependency
 from labkit.gpu.inventory import GPU, Inventory, StaticInventory
 
 __all__ = (

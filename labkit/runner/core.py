@@ -238,14 +238,7 @@ class Runner:
             **kwargs: Its keyword arguments (``depends_on`` and ``label`` are
                 labkit's).
         """
-        _check_callable(fn)
-        _check_iterable("depends_on", depends_on)
-        dependencies = tuple(depends_on)
-        for dependency in dependencies:
-            if not isinstance(dependency, TaskHandle):
-                raise ConfigError("depends_on", dependency, "handles returned by runner.submit()")
-        if label is not None and not isinstance(label, str):
-            raise ConfigError("label", label, "None or a str")
+        dependencies = _checked_submission(fn, depends_on, label)
         pipeline = self._pipeline
         index = next(self._submit_counter)
         invoker = self._backend.make_call(functools.partial(fn, *args, **kwargs), mode="none")
@@ -257,14 +250,9 @@ class Runner:
         async def run_one() -> TaskResult[Any]:
             # This task is the submitted unit: its cancellation becomes its result.
             try:
-                for dependency in dependencies:
-                    outcome = await dependency
-                    if not outcome.ok:
-                        name = (
-                            dependency.label if dependency.label is not None else dependency.index
-                        )
-                        error = DependencyFailed(name, outcome.error)
-                        return pipeline.record_unstarted(index, args, error, results)
+                failed = await _first_failed(dependencies)
+                if failed is not None:
+                    return pipeline.record_unstarted(index, args, failed, results)
             except asyncio.CancelledError:
                 cancelled = asyncio.CancelledError(_NOT_STARTED)
                 return pipeline.record_unstarted(index, args, cancelled, results)
@@ -480,3 +468,33 @@ def _check_callable(fn: object) -> None:
 def _check_iterable(option: str, value: object) -> None:
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         raise ConfigError(option, value, "an iterable (a list, a range, a generator...)")
+
+
+def _checked_submission(
+    fn: Any, depends_on: Iterable[TaskHandle[Any]], label: str | None
+) -> tuple[TaskHandle[Any], ...]:
+    """Check :meth:`Runner.submit`'s function, dependencies and label; the dependencies.
+
+    Raises:
+        ConfigError: Naming the first that is wrong.
+    """
+    _check_callable(fn)
+    _check_iterable("depends_on", depends_on)
+    dependencies = tuple(depends_on)
+    for dependency in dependencies:
+        if not isinstance(dependency, TaskHandle):
+            raise ConfigError("depends_on", dependency, "handles returned by runner.submit()")
+    if label is not None and not isinstance(label, str):
+        raise ConfigError("label", label, "None or a str")
+    return dependencies
+
+
+async def _first_failed(dependencies: Iterable[TaskHandle[Any]]) -> DependencyFailed | None:
+    """Wait for each dependency in turn; the error naming the first that failed (by label
+    if it has one, else by index), or ``None`` when all succeeded."""
+    for dependency in dependencies:
+        outcome = await dependency
+        if not outcome.ok:
+            name = dependency.label if dependency.label is not None else dependency.index
+            return DependencyFailed(name, outcome.error)
+    return None

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from labkit.errors import check, is_real
+from labkit._checks import check, is_real
 from labkit.runner.options import Priority
 
 __all__ = ("Feed", "Input", "OnLoop", "ordered_input")

@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from labkit._checks import check, is_int, is_real
 from labkit.adaptive import AutoConcurrency
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import check, is_int, is_real
 from labkit.events import EventBus, TaskEvent, Watcher
 from labkit.guard import Cost, HostProbe, ResourceLimits, cost_of
 from labkit.policies import RateLimit, Retry

@@ -166,14 +166,6 @@ class TaskPipeline:
             results: Where each task's result is recorded.
             crew: Starts more workers as items arrive (one per item pulled ahead).
         """
-        slots = self.slots
-        waiters = slots._waiters
-        guard = self._guard
-        limiter = self._limiter
-        timeout = self._timeout
-        reject = self._reject
-        retry = self._retry
-        begin = self._begin
         record = self.record
         feed, iterator = (pairs, iter(())) if isinstance(pairs, Feed) else (None, pairs)
         while pair is not None:
@@ -182,63 +174,73 @@ class TaskPipeline:
                     crew.offer(next(iterator, None) if feed is None else await feed.next())
                 else:
                     crew = None  # full: nothing more to check for this worker
-            index, item = pair
-            result: TaskResult[Any] = TaskResult(index, item, False, None, None, 0)
-            reserved = 0.0
-            admitted = False
+            result: TaskResult[Any] = TaskResult(pair[0], pair[1], False, None, None, 0)
             try:
-                # 1. admit
-                if slots.free > 0 and not waiters:
-                    slots.free -= 1
-                else:
-                    await slots.acquire()
-                admitted = True
-                self.queued -= 1
-                if guard is not None:
-                    reserved = await self._admit(result)  # < 0: refused, the result says why
-                while reserved >= 0:
-                    # 2. rate-limit
-                    if limiter is not None:
-                        await self._rate_limit(result)
-                    # 3. attempt
-                    attempt = begin(result)
-                    try:
-                        if timeout is None:
-                            value = await invoker.run(item)
-                        else:
-                            value = await invoker.timed(item, timeout)
-                    except AttemptExpired as expired:
-                        error: Exception = TaskTimeout(index, attempt, timeout or 0.0)
-                        error.__cause__ = expired
-                    except Exception as raised:
-                        error = raised
-                    else:
-                        if reject is None or not reject(value):
-                            result.ok = True
-                            result.value = value
-                            result.error = None
-                            break
-                        result.value = value
-                        error = ResultRejected(index, attempt, value)
-                    finally:
-                        self.running -= 1
-                    # 4. decide
-                    result.error = error
-                    if limiter is not None and limiter.policy.adaptive and is_rejection(error):
-                        limiter.rejected()
-                    if retry is None or not await self._decide(result, error):
-                        break
-            except asyncio.CancelledError as cancelled:
-                result.error = cancelled
-                raise
+                await self._run(invoker, result)
             finally:
-                if admitted:
-                    self._let_go(reserved)
-                else:
-                    self.queued -= 1
-                # 5. record
-                record(result, results)
+                record(result, results)  # 5. record
             pair = next(iterator, None) if feed is None else await feed.next()
+
+    async def _run(self, invoker: Invoker, result: TaskResult[Any]) -> None:
+        """One task's steps 1 to 4: admit, rate-limit, attempt, decide (again while a
+        retry says so); its outcome is written on ``result``."""
+        slots = self.slots
+        limiter = self._limiter
+        timeout = self._timeout
+        reject = self._reject
+        index, item = result.index, result.item
+        reserved = 0.0
+        admitted = False
+        try:
+            # 1. admit
+            if slots.free > 0 and not slots._waiters:
+                slots.free -= 1
+            else:
+                await slots.acquire()
+            admitted = True
+            self.queued -= 1
+            if self._guard is not None:
+                reserved = await self._admit(result)  # < 0: refused, the result says why
+            while reserved >= 0:
+                # 2. rate-limit
+                if limiter is not None:
+                    await self._rate_limit(result)
+                # 3. attempt
+                attempt = self._begin(result)
+                try:
+                    if timeout is None:
+                        value = await invoker.run(item)
+                    else:
+                        value = await invoker.timed(item, timeout)
+                except AttemptExpired as expired:
+                    error: Exception = TaskTimeout(index, attempt, timeout or 0.0)
+                    error.__cause__ = expired
+                except Exception as raised:
+                    error = raised
+                else:
+                    if reject is None or not reject(value):
+                        result.ok = True
+                        result.value = value
+                        result.error = None
+                        break
+                    result.value = value
+                    error = ResultRejected(index, attempt, value)
+                finally:
+                    self.running -= 1
+                # 4. decide
+                result.error = error
+                if limiter is not None and limiter.policy.adaptive and is_rejection(error):
+                    limiter.rejected()
+                if self._retry is None or not await self._decide(result, error):
+                    break
+        except asyncio.CancelledError as cancelled:
+            result.error = cancelled
+            raise
+        finally:
+            if admitted:
+                self._let_go(reserved)
+            else:
+                self.queued -= 1
 
     def _begin(self, result: TaskResult[Any]) -> int:
         """An attempt starts now: count it, stamp it, announce it; its number."""

@@ -15,7 +15,8 @@ from pathlib import PurePosixPath
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from labkit.errors import ConfigError, SandboxPathError, check, is_int, is_real
+from labkit._checks import check, is_int, is_real
+from labkit.errors import ConfigError, SandboxPathError
 
 __all__ = (
     "DEFAULT_MAX_OUTPUT",

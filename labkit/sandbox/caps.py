@@ -30,7 +30,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit.errors import ConfigError, SandboxError, is_real
+from labkit._checks import is_real
+from labkit.errors import ConfigError, SandboxError
 
 __all__ = (
     "CgroupSet",

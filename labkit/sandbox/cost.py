@@ -8,7 +8,7 @@ allocates, whatever the sandbox actually uses. The same rates price a plan
 
 from __future__ import annotations
 
-from labkit.errors import check, is_real
+from labkit._checks import check, is_real
 
 __all__ = (
     "E2B_PRICE_PER_GIB_SECOND",

@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
+from labkit._checks import check, is_int, is_real
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import (
     ConfigError,
@@ -46,10 +47,7 @@ from labkit.errors import (
     SandboxError,
     SandboxRateLimited,
     SandboxStartError,
-    check,
     error_text,
-    is_int,
-    is_real,
 )
 from labkit.sandbox.base import (
     DEFAULT_MAX_OUTPUT,
@@ -439,15 +437,24 @@ class E2BSandbox(SandboxLifecycle):
         limit = self._max_output if max_output is None else int(max_output)
         refuse_secrets("env", env or {}, self._secrets)
         sdk = await self._ready()
-        e2b = _sdk()
-        command_env = {**(env or {}), MARKER_VARIABLE: self._id}
         started = time.perf_counter()
+        handle = await self._start(sdk, cmd, {**(env or {}), MARKER_VARIABLE: self._id}, timeout)
+        return capped(await self._wait(handle, started), limit)
+
+    async def _start(
+        self, sdk: Any, cmd: str, command_env: dict[str, str], timeout: float | None
+    ) -> Any:
+        """Start ``cmd`` in the background (making ``workdir`` first); its handle.
+
+        Raises:
+            SandboxRateLimited, SandboxAuthError, SandboxError: E2B failed the call.
+        """
         error: SandboxError | None = None
         try:
             if not self._workdir_ready:
                 await sdk.files.make_dir(self._workdir)
                 self._workdir_ready = True
-            handle = await sdk.commands.run(
+            return await sdk.commands.run(
                 cmd,
                 background=True,
                 envs=command_env,
@@ -456,8 +463,17 @@ class E2BSandbox(SandboxLifecycle):
             )
         except Exception as exc:
             error = self._failure(exc, "start a command")
-        if error is not None:
-            raise error
+        raise error
+
+    async def _wait(self, handle: Any, started: float) -> CommandResult:
+        """The result of the command of ``handle``, started at ``started`` (perf_counter
+        seconds); killed when it times out or the caller is cancelled.
+
+        Raises:
+            SandboxError: E2B failed the call (or a subclass).
+        """
+        e2b = _sdk()
+        error: SandboxError | None = None
         try:
             outcome = await handle.wait()
         except asyncio.CancelledError:
@@ -469,7 +485,7 @@ class E2BSandbox(SandboxLifecycle):
             error = self._failure(exc, "run a command")  # before TimeoutException: subclasses
         except e2b.TimeoutException:
             await _kill_command(handle)
-            timed_out = CommandResult(
+            return CommandResult(
                 TIMEOUT_EXIT_CODE,
                 handle.stdout or "",
                 handle.stderr or "",
@@ -477,18 +493,16 @@ class E2BSandbox(SandboxLifecycle):
                 timed_out=True,
                 killed_reason="timeout",
             )
-            return capped(timed_out, limit)
         except Exception as exc:
             error = self._failure(exc, "run a command")
         if error is not None:
             raise error
-        result = CommandResult(
+        return CommandResult(
             int(outcome.exit_code),
             outcome.stdout or "",
             outcome.stderr or "",
             time.perf_counter() - started,
         )
-        return capped(result, limit)
 
     # -- files ----------------------------------------------------------------------
 

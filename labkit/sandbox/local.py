@@ -74,7 +74,7 @@ from labkit.sandbox.caps import (
 )
 from labkit.sandbox.group import GroupBoundary, marked_processes
 from labkit.sandbox.safefs import read_below, write_below
-from labkit.sandbox.supervision import Supervisor, supervisor_missing
+from labkit.sandbox.supervision import CommandExit, Supervisor, supervisor_missing
 
 __all__ = ("LocalSandbox",)
 
@@ -389,8 +389,25 @@ class LocalSandbox(SandboxLifecycle):
         if env:
             refuse_secrets("env", env, self._secrets)
         supervisor = await self._started()
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            started = time.perf_counter()
+            ident = supervisor.submit(cmd, self._command_env(env), out.fileno(), err.fileno())
+            outcome, timed_out = await _wait(supervisor, ident, timeout)
+            duration = time.perf_counter() - started
+            (stdout, cut_out), (stderr, cut_err) = _read_head(out, limit), _read_head(err, limit)
+        if timed_out:
+            reason: str | None = "timeout"
+        elif self._closed:
+            reason = "closed"
+        else:
+            reason = "memory" if outcome.oom else None
+        code = TIMEOUT_EXIT_CODE if timed_out else outcome.exit_code
+        return CommandResult(code, stdout, stderr, duration, timed_out, reason, cut_out or cut_err)
+
+    def _command_env(self, env: Mapping[str, str] | None) -> dict[str, str]:
+        """A command's whole environment: a clean one, the sandbox's, ``env``, the marker."""
         root = str(self._root)
-        command_env = {
+        return {
             "PATH": os.environ.get("PATH", os.defpath),
             "HOME": root,
             "TMPDIR": root,
@@ -399,35 +416,6 @@ class LocalSandbox(SandboxLifecycle):
             **(env or {}),
             MARKER_VARIABLE: self._id,
         }
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            started = time.perf_counter()
-            ident = supervisor.submit(cmd, command_env, out.fileno(), err.fileno())
-            timed_out = False
-            try:
-                async with asyncio.timeout(timeout):
-                    outcome = await supervisor.result(ident)
-            except TimeoutError:
-                timed_out = True
-                supervisor.kill(ident)
-                outcome = await supervisor.result(ident)
-            except BaseException:
-                # Cancelled (or worse): kill now, before anything else can interrupt
-                # us, so no orphan survives the caller.
-                supervisor.forget(ident)
-                raise
-            duration = time.perf_counter() - started
-            (stdout, cut_out), (stderr, cut_err) = _read_head(out, limit), _read_head(err, limit)
-        truncated = cut_out or cut_err
-        if self._closed and not timed_out:
-            return CommandResult(
-                outcome.exit_code, stdout, stderr, duration, False, "closed", truncated
-            )
-        if timed_out:
-            return CommandResult(
-                TIMEOUT_EXIT_CODE, stdout, stderr, duration, True, "timeout", truncated
-            )
-        reason = "memory" if outcome.oom else None
-        return CommandResult(outcome.exit_code, stdout, stderr, duration, False, reason, truncated)
 
     # -- files ----------------------------------------------------------------------
 
@@ -642,3 +630,25 @@ def _read_head(file: IO[bytes], limit: int) -> tuple[str, bool]:
 @functools.cache
 def _total_memory() -> int:
     return psutil.virtual_memory().total
+
+
+async def _wait(
+    supervisor: Boundary, ident: int, timeout: float | None
+) -> tuple[CommandExit, bool]:
+    """The outcome of the supervisor's command ``ident``, and whether it timed out (it is
+    then killed, and its outcome awaited).
+
+    Raises:
+        asyncio.CancelledError: The caller was cancelled; the command was killed first.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            return await supervisor.result(ident), False
+    except TimeoutError:
+        supervisor.kill(ident)
+        return await supervisor.result(ident), True
+    except BaseException:
+        # Cancelled (or worse): kill now, before anything else can interrupt
+        # us, so no orphan survives the caller.
+        supervisor.forget(ident)
+        raise

@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+from labkit._checks import check, is_int, is_real
 from labkit._sync import WaitQueue
 from labkit.clock import SYSTEM_CLOCK, Clock
-from labkit.errors import ConfigError, SandboxClosed, SandboxTimeout, check, is_int, is_real
+from labkit.errors import ConfigError, SandboxClosed, SandboxTimeout
 from labkit.sandbox.base import Sandbox
 
 __all__ = ("SandboxFactory", "SandboxPool", "SandboxPoolStats")
@@ -175,37 +176,7 @@ class SandboxPool:
         max_idle: float | None = 60.0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        check(callable(factory), "factory", factory, "a callable returning a sandbox")
-        check(
-            is_int(max_size) and 1 <= max_size <= _MAX_SIZE,
-            "max_size",
-            max_size,
-            f"an int from 1 to {_MAX_SIZE:,}",
-        )
-        check(
-            is_int(prewarm) and 0 <= prewarm <= max_size,
-            "prewarm",
-            prewarm,
-            f"an int from 0 to max_size ({max_size})",
-        )
-        check(
-            is_int(min_size) and 0 <= min_size <= max_size,
-            "min_size",
-            min_size,
-            f"an int from 0 to max_size ({max_size})",
-        )
-        check(
-            max_idle is None or (is_real(max_idle) and max_idle > 0),
-            "max_idle",
-            max_idle,
-            "None or a finite number of seconds > 0",
-        )
-        check(
-            isinstance(clock, Clock) and not isinstance(clock, type),
-            "clock",
-            clock,
-            "a labkit.Clock instance",
-        )
+        _check_options(factory, max_size, prewarm, min_size, max_idle, clock)
         self._factory = factory
         self._max_size = max_size
         self._min_size = min_size
@@ -678,3 +649,44 @@ async def _close_quietly(sandbox: Sandbox) -> None:
         await sandbox.close()
     except Exception as exc:
         log.warning("closing sandbox %s failed: %r", getattr(sandbox, "id", "?"), exc)
+
+
+def _check_options(
+    factory: Any, max_size: Any, prewarm: Any, min_size: Any, max_idle: Any, clock: Any
+) -> None:
+    """Check :class:`SandboxPool`'s options.
+
+    Raises:
+        ConfigError: Naming the first option out of range.
+    """
+    check(callable(factory), "factory", factory, "a callable returning a sandbox")
+    check(
+        is_int(max_size) and 1 <= max_size <= _MAX_SIZE,
+        "max_size",
+        max_size,
+        f"an int from 1 to {_MAX_SIZE:,}",
+    )
+    check(
+        is_int(prewarm) and 0 <= prewarm <= max_size,
+        "prewarm",
+        prewarm,
+        f"an int from 0 to max_size ({max_size})",
+    )
+    check(
+        is_int(min_size) and 0 <= min_size <= max_size,
+        "min_size",
+        min_size,
+        f"an int from 0 to max_size ({max_size})",
+    )
+    check(
+        max_idle is None or (is_real(max_idle) and max_idle > 0),
+        "max_idle",
+        max_idle,
+        "None or a finite number of seconds > 0",
+    )
+    check(
+        isinstance(clock, Clock) and not isinstance(clock, type),
+        "clock",
+        clock,
+        "a labkit.Clock instance",
+    )

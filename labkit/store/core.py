@@ -1,9 +1,11 @@
 """The :class:`Store` itself: recording, queries and upkeep over one SQLite file.
 
-The parts it is built from: the schema and its migrations
-(:mod:`labkit.store.schema`), the batching writer thread (:mod:`labkit.store.writer`)
-and the JSON codec (:mod:`labkit.store.codec`); see :mod:`labkit.store` for how they
-keep parallel writers fast and safe.
+The parts it is built from: the file and its connections
+(:mod:`labkit.store.connection`), the schema and its migrations
+(:mod:`labkit.store.schema`), the batching writer thread (:mod:`labkit.store.writer`),
+what a run writes (:mod:`labkit.store.records`), what is read back
+(:mod:`labkit.store.queries`) and the JSON codec (:mod:`labkit.store.codec`); see
+:mod:`labkit.store` for how they keep parallel writers fast and safe.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -26,31 +27,30 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-import numpy as np
 import pandas as pd
 
-from labkit._json import to_builtins
-from labkit.errors import MissingDependency, StoreError, check, is_int, is_real
-from labkit.results import ExperimentResult, InstanceResult, frame_from_dict
-from labkit.samplelog import SampleLog, SampleRows
-from labkit.store.codec import dumps, fingerprint, join_chunks, plain
+from labkit._checks import check
+from labkit.errors import MissingDependency, StoreError
+from labkit.results import ExperimentResult, InstanceResult
+from labkit.samplelog import SampleLog
+from labkit.store import queries, records
+from labkit.store.codec import dumps, fingerprint, plain
+from labkit.store.connection import FileWatch, connect, connect_read_only, pragmas
 from labkit.store.filesystems import network_filesystem
-from labkit.store.ownership import Owner, ended_here, started_here
+from labkit.store.options import check_options
+from labkit.store.ownership import (
+    HEARTBEAT_EVERY,
+    MISSED_HEARTBEATS,
+    Owner,
+    ended_here,
+    started_here,
+)
 from labkit.store.schema import check_version, migrate
-from labkit.store.writer import CHUNK_ROWS, Writer, chunk_json
+from labkit.store.writer import Writer
 
 __all__ = ("HEARTBEAT_EVERY", "MISSED_HEARTBEATS", "Store", "StoreStats")
 
 T = TypeVar("T")
-
-HEARTBEAT_EVERY = 5.0
-"""Seconds between heartbeats assumed for a run that has not said (``Store.heartbeat``)."""
-
-MISSED_HEARTBEATS = 3
-"""A running experiment whose heartbeat is older than this many intervals is ``interrupted``."""
-_WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes kept in the -wal file after a checkpoint
-_MAX_SECONDS = 86_400.0  # a longer wait or interval is a typo (inf stopped the writer)
-_MAX_BATCH_ROWS = 1_000_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,7 +130,7 @@ class Store:
         read_only: bool = False,
         resume_wait: float = 0.0,
     ) -> None:
-        _check_options(
+        check_options(
             path,
             synchronous=synchronous,
             timeout=timeout,
@@ -148,90 +148,46 @@ class Store:
                 f"{self._path} is on a network filesystem ({fstype}); SQLite's WAL "
                 "needs a local disk. Put the store on a local path."
             )
-        self._pragmas = (
-            f"PRAGMA busy_timeout = {round(timeout * 1000)}",
-            f"PRAGMA synchronous = {synchronous.upper()}",
-            f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}",
-        )
+        self._pragmas = pragmas(timeout, synchronous)
         self._closed = False
         self._read_lock = threading.Lock()
-        self._writer: Writer | None = None
         # The runs this store began, by experiment id (see labkit.store.ownership).
         self._owners: dict[str, str] = {}
-        self._lost: str | None = None
-        self._reader = self._connect_read_only() if read_only else self._connect()
+        if read_only:
+            self._reader = connect_read_only(self._path, self._pragmas[0])
+        else:
+            self._reader = connect(self._path, self._pragmas)
         try:
-            if read_only:
-                check_version(self._reader, self._path)
-            else:
-                migrate(self._reader, self._path)
-            self._identity = _identity(self._path)
-            if not read_only:
-                self._writer = Writer(
-                    self._connect,
-                    path=self._path,
-                    timeout=timeout,
-                    batch_rows=batch_rows,
-                    flush_interval=flush_interval,
-                    checkpoint_interval=checkpoint_interval,
-                    guard=self._check_file,
-                    owners=self._owners,
-                )
+            self._writer = self._open(
+                read_only,
+                timeout=timeout,
+                batch_rows=batch_rows,
+                flush_interval=flush_interval,
+                checkpoint_interval=checkpoint_interval,
+            )
         except BaseException:
             self._reader.close()
             raise
         # Close the writer and reader even if the store is dropped without close().
         self._finalizer = weakref.finalize(self, _shutdown, self._writer, self._reader)
 
-    # -- connections ---------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open {self._path}: {exc}") from exc
-        try:
-            for pragma in self._pragmas:
-                conn.execute(pragma)
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise StoreError(f"{self._path} cannot use WAL (journal_mode is {mode!r})")
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StoreError(f"cannot open {self._path}: {exc}") from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _connect_read_only(self) -> sqlite3.Connection:
-        """A connection that never writes: ``mode=ro``, else ``immutable=1``.
-
-        ``mode=ro`` still needs the WAL's shared-memory file; where it cannot be
-        created (a read-only directory or filesystem), ``immutable=1`` reads the
-        main file as it is: complete for a store closed cleanly (``close()``
-        checkpoints the WAL into it).
-        """
-        if not self._path.is_file():
-            raise StoreError(f"cannot read {self._path}: no such file (read_only creates none)")
-        last: sqlite3.Error | None = None
-        for flags in ("mode=ro", "immutable=1"):
-            conn: sqlite3.Connection | None = None
-            try:
-                conn = sqlite3.connect(
-                    f"{self._path.as_uri()}?{flags}",
-                    uri=True,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-                conn.execute(self._pragmas[0])  # busy_timeout
-                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens lazily
-                return conn
-            except sqlite3.Error as exc:
-                if conn is not None:
-                    conn.close()
-                last = exc
-        raise StoreError(f"cannot read {self._path}: {last}") from last
+    def _open(self, read_only: bool, **writing: Any) -> Writer | None:
+        """Check (read-only) or migrate the schema, start watching the file, and start
+        the writer thread unless ``read_only``; ``writing`` are its options."""
+        if read_only:
+            check_version(self._reader, self._path)
+        else:
+            migrate(self._reader, self._path)
+        self._file = FileWatch(self._path)
+        if read_only:
+            return None
+        return Writer(
+            lambda: connect(self._path, self._pragmas),
+            path=self._path,
+            guard=self._file.check,
+            owners=self._owners,
+            **writing,
+        )
 
     def _writable(self) -> Writer:
         self._check_open()
@@ -248,7 +204,7 @@ class Store:
                 holds failed (a damaged file), naming the file and ``what`` was read.
         """
         self._check_open()
-        self._check_file()
+        self._file.check()
         where = f"{self._path}{f' ({what})' if what else ''}"
         with self._read_lock:
             conn = self._reader
@@ -266,30 +222,6 @@ class Store:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"the store {self._path} is closed")
-
-    def _check_file(self) -> None:
-        """Refuse to go on with a file that is no longer the one opened.
-
-        SQLite keeps writing to a deleted file through its open handle, and to its
-        own handle of a file replaced at the same path: both would lose every
-        write in silence.
-
-        Raises:
-            StoreError: The file was deleted or replaced since the store opened it.
-        """
-        if self._lost is None:
-            try:
-                now = _identity(self._path)
-            except FileNotFoundError:
-                self._lost = "was deleted (its file or folder removed)"
-            else:
-                if now != self._identity:
-                    self._lost = "was replaced by another file"
-        if self._lost is not None:
-            raise StoreError(
-                f"the store {self._path} {self._lost} after it was opened: nothing written "
-                "since can be kept; open a new Store to record again"
-            )
 
     def _write(
         self,
@@ -350,84 +282,41 @@ class Store:
             StoreError: If the store is closed or the write fails, or (with
                 ``resume=True``) the experiment's run is still alive.
         """
-        key = fingerprint(name, params, instances)
-        params_json = dumps(plain(params, "params"))
-        config_json = dumps(plain(config, "config"))
-        owner = Owner.new()
-
-        def work(conn: sqlite3.Connection) -> tuple[str, list[int]] | _Live:
-            now = time.time()
-            found = None
-            if resume:
-                found = conn.execute(
-                    "SELECT id, status, heartbeat, heartbeat_every, owner FROM experiments "
-                    "WHERE fingerprint = ? ORDER BY created DESC LIMIT 1",
-                    (key,),
-                ).fetchone()
-            if found is None:
-                experiment_id = uuid.uuid4().hex[:16]
-                conn.execute(
-                    "INSERT INTO experiments (id, name, params, config, instances, "
-                    "fingerprint, status, created, heartbeat, heartbeat_every, owner) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-                    (
-                        experiment_id,
-                        name,
-                        params_json,
-                        config_json,
-                        instances,
-                        key,
-                        now,
-                        now,
-                        HEARTBEAT_EVERY,
-                        str(owner),
-                    ),
-                )
-                return experiment_id, []
-            experiment_id, status, heartbeat, every, holder = found
-            live = _live(experiment_id, status, heartbeat, every, Owner.parse(holder), now)
-            if live is not None:
-                return live
-            conn.execute(
-                "DELETE FROM samples WHERE experiment_id = ? AND instance NOT IN "
-                "(SELECT idx FROM instances WHERE experiment_id = ? AND status = 'ok')",
-                (experiment_id, experiment_id),
-            )
-            conn.execute(
-                "DELETE FROM instances WHERE experiment_id = ? AND status != 'ok'",
-                (experiment_id,),
-            )
-            conn.execute(
-                "UPDATE experiments SET status = 'running', finished = NULL, summary = NULL, "
-                "notes = NULL, config = ?, heartbeat = ?, heartbeat_every = ?, owner = ? "
-                "WHERE id = ?",
-                (config_json, now, HEARTBEAT_EVERY, str(owner), experiment_id),
-            )
-            done = conn.execute(
-                "SELECT idx FROM instances WHERE experiment_id = ? AND idx < ?",
-                (experiment_id, instances),
-            ).fetchall()
-            return experiment_id, [row[0] for row in done]
-
-        what = f"beginning experiment {name!r}"
-        deadline = time.monotonic() + self._resume_wait
-        while True:
-            begun = _result(self._write(work, what))
-            if not isinstance(begun, _Live):
-                break
-            if time.monotonic() >= deadline:
-                raise StoreError(begun.refusal(self._path, name, self._resume_wait))
-            # Look again once the run could have beaten or ended.
-            time.sleep(min(begun.every / 2, max(0.0, deadline - time.monotonic())))
-        experiment_id, done = begun
-        self._owners[experiment_id] = str(owner)
-        started_here(str(owner))
+        experiment = records.Experiment(
+            name=name,
+            key=fingerprint(name, params, instances),
+            params_json=dumps(plain(params, "params")),
+            config_json=dumps(plain(config, "config")),
+            instances=instances,
+            owner=Owner.new(),
+        )
+        experiment_id, done = self._begin_when_free(experiment, resume)
+        self._owners[experiment_id] = str(experiment.owner)
+        started_here(str(experiment.owner))
         self._writable().reopen(experiment_id)
         if not done:
             return experiment_id, {}
         with self._reading(f"experiment {experiment_id}") as conn:
-            loaded = self._instances(conn, experiment_id)
+            loaded = queries.instances(conn, experiment_id, self._path)
         return experiment_id, {index: loaded[index] for index in done if index in loaded}
+
+    def _begin_when_free(self, experiment: records.Experiment, resume: bool) -> records.Begun:
+        """:func:`labkit.store.records.begin`, again while the experiment's run is alive,
+        until ``resume_wait`` has passed.
+
+        Raises:
+            StoreError: The run was still alive at the end of the wait.
+        """
+        what = f"beginning experiment {experiment.name!r}"
+        deadline = time.monotonic() + self._resume_wait
+        while True:
+            begun = _result(self._write(lambda conn: records.begin(conn, experiment, resume), what))
+            if not isinstance(begun, records.LiveRun):
+                return begun
+            if time.monotonic() >= deadline:
+                raise StoreError(begun.refusal(self._path, experiment.name, self._resume_wait))
+            # Look again once the run could have beaten or ended.
+            time.sleep(min(begun.every / 2, max(0.0, deadline - time.monotonic())))
 
     def heartbeat(self, experiment_id: str, *, every: float = HEARTBEAT_EVERY) -> None:
         """Note that the experiment's run is alive; ``run_experiment`` calls this.
@@ -544,44 +433,13 @@ class Store:
             StoreError: If the commit fails, or another run took the experiment
                 over (see :meth:`begin`); the message names the instance.
         """
-        row = (
-            experiment_id,
-            result.index,
-            "ok" if result.ok else "failed",
-            result.error,
-            to_builtins(result.started),
-            to_builtins(result.finished),
-            dumps(to_builtins(result.summary)),
-            dumps(list(result.gpu_uuids)),
-            result.sandbox_id,
-            result.attempts,
-        )
+        row = records.instance_row(experiment_id, result)
         owner = self._owners.get(experiment_id)
         timeline = result.timeline
         what = f"recording instance {result.index} of experiment {experiment_id}"
 
         def work(conn: sqlite3.Connection) -> None:
-            _check_owner(conn, experiment_id, owner)
-            conn.execute(
-                "DELETE FROM samples WHERE experiment_id = ? AND instance = ?",
-                (experiment_id, result.index),
-            )
-            # The final timeline keeps inf and NaN as recorded (a diverged loss stays
-            # inf when loaded); only the summaries are strict JSON. One chunk at a
-            # time is encoded: executemany pulls them from the generator.
-            conn.executemany(
-                "INSERT INTO samples (experiment_id, instance, n, data) VALUES (?, ?, ?, ?)",
-                (
-                    (experiment_id, result.index, len(rows[0]), chunk_json(rows))
-                    for rows in _timeline_chunks(timeline)
-                ),
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO instances (experiment_id, idx, status, error, started, "
-                "finished, summary, gpu_uuids, sandbox_id, attempts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
+            records.record_instance(conn, row, owner, timeline)
 
         await asyncio.wrap_future(self._write(work, what, finishing=(experiment_id, result.index)))
 
@@ -606,7 +464,7 @@ class Store:
             ended_here(owner)
 
         def work(conn: sqlite3.Connection) -> None:
-            _check_owner(conn, experiment_id, owner)
+            records.check_owner(conn, experiment_id, owner)
             conn.execute(
                 "UPDATE experiments SET status = ?, summary = ?, config = ?, finished = ?, "
                 "notes = ? WHERE id = ?",
@@ -637,63 +495,8 @@ class Store:
             marked with, such as a sweep's ``{"sweep": id, "trial": n}``).
         """
         with self._reading("the list of experiments") as conn:
-            rows = conn.execute(
-                "SELECT e.id, e.name, "
-                "CASE WHEN e.status = 'running' AND e.heartbeat < ? - ? * "
-                "COALESCE(e.heartbeat_every, ?) THEN 'interrupted' ELSE e.status END, "
-                "e.instances, "
-                "COUNT(CASE WHEN i.status = 'ok' THEN 1 END), "
-                "COUNT(CASE WHEN i.status = 'failed' THEN 1 END), "
-                "e.created, e.finished, e.params, e.summary, e.fingerprint, e.heartbeat, "
-                "e.notes, e.config "
-                "FROM experiments AS e LEFT JOIN instances AS i ON i.experiment_id = e.id "
-                "GROUP BY e.id ORDER BY e.created, e.rowid",
-                (time.time() if now is None else now, MISSED_HEARTBEATS, HEARTBEAT_EVERY),
-            ).fetchall()
-            records = [self._experiment_row(row) for row in rows]
-        columns = (
-            "id",
-            "name",
-            "status",
-            "instances",
-            "succeeded",
-            "failed",
-            "created",
-            "finished",
-            "params",
-            "summary",
-            "fingerprint",
-            "heartbeat",
-            "notes",
-            "labels",
-        )
-        frame = pd.DataFrame.from_records(records, columns=columns)
-        for column in ("instances", "succeeded", "failed"):
-            frame[column] = frame[column].astype("int64")
-        for column in ("created", "finished", "heartbeat"):
-            frame[column] = pd.to_datetime(frame[column].astype(float), unit="s", utc=True)
-        return frame
-
-    def _experiment_row(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
-        """A row of :meth:`experiments` with its JSON parsed.
-
-        Raises:
-            StoreError: Its JSON is damaged (naming the experiment).
-        """
-        try:
-            return (
-                *row[:8],
-                json.loads(row[8]),
-                json.loads(row[9]) if row[9] else {},
-                row[10],
-                row[11],
-                json.loads(row[12]) if row[12] else [],
-                dict(json.loads(row[13]).get("labels") or {}) if row[13] else {},
-            )
-        except (ValueError, TypeError) as exc:
-            raise StoreError(
-                f"reading {self._path} failed: experiment {row[0]} is damaged: {exc}"
-            ) from exc
+            rows = queries.list_experiments(conn, self._path, time.time() if now is None else now)
+        return queries.experiments_frame(rows)
 
     def find(self, name: str, params: Mapping[str, Any], instances: int) -> str | None:
         """The id of the last finished experiment with this name, params and count.
@@ -729,7 +532,7 @@ class Store:
             ).fetchone()
             if row is None:
                 raise StoreError(f"no experiment {experiment_id!r} in {self._path}")
-            instances = self._instances(conn, experiment_id)
+            instances = queries.instances(conn, experiment_id, self._path)
             name, params, config, notes = row
             params, config = json.loads(params), json.loads(config)
             notes = json.loads(notes) if notes else ()
@@ -741,45 +544,6 @@ class Store:
             experiment_id=experiment_id,
             notes=notes,
         )
-
-    def _instances(self, conn: sqlite3.Connection, experiment_id: str) -> dict[int, InstanceResult]:
-        """The recorded instances of an experiment, by index.
-
-        Raises:
-            StoreError: An instance's row or samples cannot be read (naming it).
-        """
-        rows = conn.execute(
-            "SELECT idx, status, error, started, finished, summary, gpu_uuids, sandbox_id, "
-            "attempts FROM instances WHERE experiment_id = ? ORDER BY idx",
-            (experiment_id,),
-        ).fetchall()
-        chunks: dict[int, list[str]] = {}
-        for instance, data in conn.execute(
-            "SELECT instance, data FROM samples WHERE experiment_id = ? ORDER BY instance, id",
-            (experiment_id,),
-        ):
-            chunks.setdefault(instance, []).append(data)
-        loaded: dict[int, InstanceResult] = {}
-        for row in rows:
-            try:
-                loaded[row[0]] = InstanceResult(
-                    index=row[0],
-                    ok=row[1] == "ok",
-                    error=row[2],
-                    timeline=frame_from_dict(join_chunks(chunks.get(row[0], []))),
-                    summary=json.loads(row[5]),
-                    started=row[3],
-                    finished=row[4],
-                    gpu_uuids=tuple(json.loads(row[6])),
-                    sandbox_id=row[7],
-                    attempts=row[8],
-                )
-            except (ValueError, TypeError) as exc:
-                raise StoreError(
-                    f"reading {self._path} failed: instance {row[0]} of experiment "
-                    f"{experiment_id} is damaged: {exc}"
-                ) from exc
-        return loaded
 
     # -- upkeep ----------------------------------------------------------------------
 
@@ -818,15 +582,7 @@ class Store:
         check(suffix in (".csv", ".parquet", ".pq"), "path", str(path), "a .csv or .parquet file")
         if suffix != ".csv" and importlib.util.find_spec("pyarrow") is None:
             raise MissingDependency("pyarrow", "parquet", "Parquet export")
-        result = self.load(experiment_id)
-        frames = [
-            instance.timeline.assign(instance=instance.index) for instance in result.instances
-        ]
-        if frames:
-            table = pd.concat(frames, ignore_index=True)
-            table = table[["instance", *(c for c in table.columns if c != "instance")]]
-        else:
-            table = pd.DataFrame({"instance": [], "t": []})
+        table = queries.timelines_table(self.load(experiment_id))
         if suffix == ".csv":
             table.to_csv(target, index=False)
         else:
@@ -911,132 +667,3 @@ def _shutdown(writer: Writer | None, reader: sqlite3.Connection) -> None:
 
 def _result(future: concurrent.futures.Future[T]) -> T:
     return future.result()
-
-
-def _identity(path: Path) -> tuple[int, int]:
-    """The file at ``path`` as the filesystem knows it: device and inode.
-
-    Raises:
-        FileNotFoundError: Nothing is at ``path``.
-    """
-    stat = os.stat(path)
-    return stat.st_dev, stat.st_ino
-
-
-@dataclass(frozen=True, slots=True)
-class _Live:
-    """A resumed experiment whose run is alive: who holds it, when it last beat."""
-
-    experiment_id: str
-    owner: Owner | None
-    age: float
-    every: float
-
-    def refusal(self, path: Path, name: str, waited: float) -> str:
-        who = "another run" if self.owner is None else self.owner.describe()
-        waiting = f", waited {waited:g} s for it to end" if waited else ""
-        return (
-            f"experiment {self.experiment_id} ({name!r}) in {path} is still running in "
-            f"{who} (last heartbeat {self.age:.1f} s ago{waiting}): resume=True never "
-            "takes over a live run. Let it finish or stop it, or wait for it with "
-            f"Store(..., resume_wait=seconds); a run that died unnoticed reads as "
-            f"interrupted {MISSED_HEARTBEATS * self.every:g} s after its last heartbeat."
-        )
-
-
-def _live(
-    experiment_id: str,
-    status: str,
-    heartbeat: float | None,
-    every: float | None,
-    owner: Owner | None,
-    now: float,
-) -> _Live | None:
-    """The live run that holds an experiment, or ``None`` when it may be taken over."""
-    every = every or HEARTBEAT_EVERY
-    age = now - (heartbeat or 0.0)
-    if status != "running" or age > MISSED_HEARTBEATS * every:
-        return None
-    if owner is not None and owner.dead():
-        return None
-    return _Live(experiment_id, owner, age, every)
-
-
-def _check_owner(conn: sqlite3.Connection, experiment_id: str, owner: str | None) -> None:
-    """Refuse a write for an experiment that is gone or that another run took over.
-
-    Raises:
-        StoreError: Either.
-    """
-    row = conn.execute("SELECT owner FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
-    if row is None:
-        raise StoreError(f"no experiment {experiment_id!r}")
-    if owner is not None and row[0] != owner:
-        holder = Owner.parse(row[0])
-        who = "another run" if holder is None else holder.describe()
-        raise StoreError(
-            f"experiment {experiment_id} was taken over by {who} (this run's heartbeat "
-            "had stopped for long enough to read as dead)"
-        )
-
-
-def _timeline_chunks(timeline: pd.DataFrame) -> Iterator[SampleRows]:
-    """A timeline as stored chunks of at most ``CHUNK_ROWS`` samples; one (maybe empty)
-    chunk at least, so that an empty timeline keeps its columns."""
-    offsets = timeline["t"].to_numpy(dtype=float) if "t" in timeline else np.empty(0)
-    values = {
-        str(name): timeline[name].to_numpy(dtype=float) for name in timeline.columns if name != "t"
-    }
-    for start in range(0, max(len(offsets), 1), CHUNK_ROWS):
-        stop = start + CHUNK_ROWS
-        yield offsets[start:stop], {name: column[start:stop] for name, column in values.items()}
-
-
-def _check_options(
-    path: str | os.PathLike[str],
-    *,
-    synchronous: str,
-    timeout: float,
-    batch_rows: int,
-    flush_interval: float,
-    checkpoint_interval: float,
-    read_only: bool,
-    resume_wait: float,
-) -> None:
-    """Refuse a bad option of :class:`Store`, naming it (ConfigError)."""
-    check(synchronous in ("normal", "full"), "synchronous", synchronous, '"normal" or "full"')
-    check(
-        is_real(timeout) and 0 <= timeout <= _MAX_SECONDS,
-        "timeout",
-        timeout,
-        f"a finite number of seconds from 0 to {_MAX_SECONDS:,.0f}",
-    )
-    check(
-        is_int(batch_rows) and 1 <= batch_rows <= _MAX_BATCH_ROWS,
-        "batch_rows",
-        batch_rows,
-        f"an integer from 1 to {_MAX_BATCH_ROWS:,}",
-    )
-    for option, seconds in (
-        ("flush_interval", flush_interval),
-        ("checkpoint_interval", checkpoint_interval),
-    ):
-        check(
-            is_real(seconds) and 0 < seconds <= _MAX_SECONDS,
-            option,
-            seconds,
-            f"a finite number of seconds > 0 and <= {_MAX_SECONDS:,.0f}",
-        )
-    check(isinstance(read_only, bool), "read_only", read_only, "True or False")
-    check(
-        is_real(resume_wait) and 0 <= resume_wait <= _MAX_SECONDS,
-        "resume_wait",
-        resume_wait,
-        f"a finite number of seconds from 0 to {_MAX_SECONDS:,.0f}",
-    )
-    check(
-        isinstance(path, str | os.PathLike) and str(path) not in (":memory:", ""),
-        "path",
-        path,
-        "a file path",
-    )

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 import psutil
 
-__all__ = ("Owner", "ended_here", "started_here")
+__all__ = ("HEARTBEAT_EVERY", "MISSED_HEARTBEATS", "Owner", "ended_here", "started_here")
+
+HEARTBEAT_EVERY = 5.0
+"""Seconds between heartbeats assumed for a run that has not said (``Store.heartbeat``)."""
+
+MISSED_HEARTBEATS = 3
+"""A running experiment whose heartbeat is older than this many intervals is ``interrupted``."""
 
 # The runs of this process that have begun and not ended yet, as written.
 _RUNNING_HERE: set[str] = set()

@@ -17,7 +17,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from labkit.errors import ConfigError, check, is_real
+from labkit._checks import check, is_real
+from labkit.errors import ConfigError
 from labkit.experiment.spec import SummaryKind, summary_figures
 from labkit.results import ExperimentResult, InstanceResult
 from labkit.samplelog import SampleLog

@@ -70,7 +70,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from labkit.errors import ConfigError, check, is_int, is_real
+from labkit._checks import check, is_int, is_real
+from labkit.errors import ConfigError
 from labkit.experiment.spec import MAX_INSTANCES
 from labkit.stats import t_quantile
 from labkit.sweep.decision import Direction, Ending, RaceDecision, costs_of, judge, moments

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from labkit._checks import check, is_int
 from labkit.clock import SYSTEM_CLOCK
-from labkit.errors import ConfigError, check, is_int
+from labkit.errors import ConfigError
 from labkit.events import as_bus
 from labkit.experiment import Experiment
 from labkit.experiment.options import check_resources

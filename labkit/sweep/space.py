@@ -17,7 +17,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from labkit.errors import ConfigError, check
+from labkit._checks import check
+from labkit.errors import ConfigError
 
 __all__ = ("Strategy", "StudyStrategy", "trial_source")
 

@@ -19,9 +19,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from labkit.errors import ConfigError, is_int
+from labkit._checks import is_int
+from labkit.errors import ConfigError
 from labkit.timeline import moments
-from labkit.timeline.grid import BLOCK_POINTS, Gridder, Scratch, Series, layout
+from labkit.timeline.grid import BLOCK_POINTS, Gridder, Layout, Scratch, Series, layout
 from labkit.timeline.inputs import (
     COUNT,
     NONFINITE,
@@ -218,6 +219,24 @@ def average(
     gaps = resolve_max_gaps(max_gap, instances, metrics, grid_step)
 
     grid_layout = layout(instances, grid_step, methods, gaps)
+    return _average_grid(
+        grid_layout, grid_step, instances, metrics, methods, rounded, block_points, block_rows
+    )
+
+
+def _average_grid(
+    grid_layout: Layout,
+    grid_step: float,
+    instances: Sequence[Instance],
+    metrics: Sequence[str],
+    methods: Mapping[str, str],
+    rounded: set[str],
+    block_points: int,
+    block_rows: int,
+) -> pd.DataFrame:
+    """The averaged frame of instances laid out on the grid, block by block over the
+    grid: every instance within a block, then the block's statistics, so that each
+    block's work stays in cache and the full-length arrays are written once."""
     size, series = grid_layout.size, grid_layout.series
     grid = np.arange(size, dtype=np.float64) * grid_step
     n = np.zeros(size, dtype=np.int64)
@@ -229,42 +248,25 @@ def average(
     states = {
         name: moments.init(capacity, own_count=name not in grid_layout.shared) for name in metrics
     }
-    quantiles = moments.QuantileTable(len(instances))
+    half_widths = moments.HalfWidthTable(len(instances))
     scratch = Scratch()
     gridder = Gridder(grid, grid_step, scratch)
     # A summed counter is rounded on its running total, so that the rounded counts
     # still add up to the rounded average total.
     totals = dict.fromkeys((name for name in rounded if methods[name] == "sum"), 0.0)
-    # Block by block over the grid, every instance within a block, then the block's
-    # statistics: each block's work stays in cache, and the full-length arrays are
-    # written once.
     # A plain pass may overflow at extreme magnitudes: the block is then folded
-    # again, scaled (below), so its warnings say nothing.
+    # again, scaled (see _fold_block), so its warnings say nothing.
     with np.errstate(over="ignore", invalid="ignore"):
         for lo in range(0, size, block_points):
             hi = min(lo + block_points, size)
-            for state in states.values():
-                moments.reset(state, hi - lo)
-            _accumulate_block(lo, hi, series, states, gridder, methods, scratch, block_rows)
-            extreme = {name for name, state in states.items() if moments.extreme(state)}
-            if extreme:
-                # Magnitudes past 2**+-400 (rare): fold the block again, those metrics
-                # scaled, interpolating overflowing rises from the samples themselves.
-                for name, state in states.items():
-                    if name in extreme:
-                        moments.rescale(state)
-                    else:
-                        moments.reset(state, hi - lo)
-                gridder.careful = True
-                _accumulate_block(lo, hi, series, states, gridder, methods, scratch, block_rows)
-                gridder.careful = False
+            _fold_block(lo, hi, series, states, gridder, methods, scratch, block_rows)
             for name in metrics:
                 mean = outputs[name][0][lo:hi]
                 moments.finalize(
                     states[name],
                     n[lo:hi],
                     [array[lo:hi] for array in outputs[name]],
-                    quantiles,
+                    half_widths,
                     scratch,
                     round_mean=name in rounded and name not in totals,
                     count_out=counts[name][lo:hi],
@@ -272,6 +274,35 @@ def average(
                 if name in totals:
                     totals[name] = _round_running_total(mean, totals[name])
     return _frame(grid, n, outputs, counts, metrics, instances, size, grid_step)
+
+
+def _fold_block(
+    lo: int,
+    hi: int,
+    series: Sequence[Sequence[Series]],
+    states: Mapping[str, Any],
+    gridder: Gridder,
+    methods: Mapping[str, str],
+    scratch: Scratch,
+    block_rows: int,
+) -> None:
+    """Fold every instance's values at grid points ``lo`` to ``hi`` into ``states``;
+    again, scaled, for the metrics whose plain pass overflowed."""
+    for state in states.values():
+        moments.reset(state, hi - lo)
+    _accumulate_block(lo, hi, series, states, gridder, methods, scratch, block_rows)
+    extreme = {name for name, state in states.items() if moments.extreme(state)}
+    if extreme:
+        # Magnitudes past 2**+-400 (rare): fold the block again, those metrics
+        # scaled, interpolating overflowing rises from the samples themselves.
+        for name, state in states.items():
+            if name in extreme:
+                moments.rescale(state)
+            else:
+                moments.reset(state, hi - lo)
+        gridder.careful = True
+        _accumulate_block(lo, hi, series, states, gridder, methods, scratch, block_rows)
+        gridder.careful = False
 
 
 def _round_running_total(mean: FloatArray, before: float) -> float:
@@ -363,7 +394,7 @@ def _average_steps(
     for instance in instances:
         n[np.searchsorted(steps, np.unique(instance.t))] += 1
     scratch = Scratch()
-    quantiles = moments.QuantileTable(len(instances))
+    half_widths = moments.HalfWidthTable(len(instances))
     columns: dict[str, Any] = {}
     columns["step"] = steps.astype(np.int64) if _whole(steps) else steps
     columns["n"] = n
@@ -381,7 +412,7 @@ def _average_steps(
         outputs = [np.empty(size) for _ in range(5)]
         count = np.empty(size, dtype=np.int64)
         moments.finalize(
-            state, n, outputs, quantiles, scratch, round_mean=name in rounded, count_out=count
+            state, n, outputs, half_widths, scratch, round_mean=name in rounded, count_out=count
         )
         for suffix, values in zip(("", *STAT_SUFFIXES), outputs, strict=True):
             columns[name + suffix] = values

@@ -17,7 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from labkit.errors import ConfigError, is_real
+from labkit._checks import Shown, is_real
+from labkit.errors import ConfigError
 
 Method = Literal["linear", "previous", "sum"]
 """How an instance's samples give its value at a grid time."""
@@ -37,18 +38,6 @@ GAP_FACTOR = 3.0
 _FALLBACK_STEP = 1.0
 _STEP_SAMPLE = 250_000  # intervals looked at for the default step, at most
 _GAP_SAMPLE = 25_000  # ... and for a default max_gap (three times a median: a rougher need)
-
-
-class Shown:
-    """A value for :class:`ConfigError` whose repr is a short description, not the data."""
-
-    __slots__ = ("_text",)
-
-    def __init__(self, text: str) -> None:
-        self._text = text
-
-    def __repr__(self) -> str:
-        return self._text
 
 
 @dataclass(slots=True)

@@ -29,14 +29,13 @@ pay one check per block.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from labkit.stats import t_quantile
+from labkit.stats.tdist import t_half_width
 from labkit.timeline.grid import Scratch
 from labkit.timeline.inputs import FloatArray
 
@@ -50,7 +49,7 @@ _MOST_EXPONENT = 1024  # frexp's exponent of the largest finite float
 
 __all__ = (
     "Moments",
-    "QuantileTable",
+    "HalfWidthTable",
     "finalize",
     "init",
     "extreme",
@@ -325,7 +324,7 @@ def finalize(
     state: Moments,
     n: npt.NDArray[np.int64],
     out: Sequence[FloatArray],
-    quantiles: QuantileTable,
+    half_widths: HalfWidthTable,
     scratch: Scratch,
     *,
     round_mean: bool,
@@ -339,14 +338,14 @@ def finalize(
     where the true spread or interval exceeds the largest float it is inf.
     """
     with np.errstate(over="ignore"):  # inf is the answer past the largest float
-        _finalize(state, n, out, quantiles, scratch, round_mean=round_mean, count_out=count_out)
+        _finalize(state, n, out, half_widths, scratch, round_mean=round_mean, count_out=count_out)
 
 
 def _finalize(
     state: Moments,
     n: npt.NDArray[np.int64],
     out: Sequence[FloatArray],
-    quantiles: QuantileTable,
+    half_widths: HalfWidthTable,
     scratch: Scratch,
     *,
     round_mean: bool,
@@ -372,7 +371,7 @@ def _finalize(
         std *= 1.0 / (least - 1)
         np.sqrt(std, out=std)
         _unscale(state, mean, std)
-        np.multiply(std, quantiles.get(least) / math.sqrt(least), out=ci95)
+        np.multiply(std, half_widths.get(least), out=ci95)
     else:
         count = scratch.floats("count", size)
         np.copyto(count, counts, casting="unsafe")
@@ -386,11 +385,8 @@ def _finalize(
             std /= count
             np.sqrt(std, out=std)
             _unscale(state, mean, std)
-            quantiles.take(counts, least, most, out=ci95)
-            count += 1.0
-            np.sqrt(count, out=count)
+            half_widths.take(counts, least, most, out=ci95)
             ci95 *= std
-            ci95 /= count
     # The mean of values within [low, high] lies there too: keep rounding from
     # stepping an ulp outside.
     np.maximum(mean, state.low[:size], out=mean)
@@ -418,8 +414,9 @@ def _unscale(state: Moments, mean: FloatArray, std: FloatArray) -> None:
         np.ldexp(std, exponent, out=std)
 
 
-class QuantileTable:
-    """Student t quantiles for the 95 % interval, by number of values (NaN below 2)."""
+class HalfWidthTable:
+    """The 95 % t interval's half-width per unit of spread (``t_half_width(1.0, n)``),
+    by number of values ``n`` (NaN below 2), computed once per ``n``."""
 
     __slots__ = ("_known", "_table")
 
@@ -429,14 +426,15 @@ class QuantileTable:
         self._known[:2] = True
 
     def get(self, count: int) -> float:
-        """The quantile for ``count`` values."""
+        """The half-width per unit of spread for ``count`` values."""
         if not self._known[count]:
-            self._table[count] = t_quantile(0.975, count - 1)
+            self._table[count] = t_half_width(1.0, count)
             self._known[count] = True
         return float(self._table[count])
 
     def take(self, counts: npt.NDArray[np.int64], least: int, most: int, out: FloatArray) -> None:
-        """The quantile for each of ``counts`` (whose extremes are given) into ``out``."""
+        """The half-width per unit of spread for each of ``counts`` (whose extremes are
+        given) into ``out``."""
         if not self._known[least : most + 1].all():
             present = np.flatnonzero(np.bincount(counts - least)) + least
             for count in present.tolist():

@@ -1,4 +1,21 @@
-"""Instances that stand apart: robust z-scores of summaries and of timeline shapes."""
+"""Instances that stand apart: robust z-scores of summaries and of timeline shapes.
+
+Summaries: each numeric key that :func:`~labkit.timeline.average_summaries` would
+average is compared across the successful instances; an instance is flagged where
+``|z| > threshold``. Timelines: the instances are aligned as in
+:func:`~labkit.timeline.average_timelines`, the median curve is taken over the
+instances at each grid point (where at least 3 have a value), and each instance's
+RMS distance to it is compared across instances; unusually *large* distances are
+flagged. The score is the robust z-score ``(x - median) / (1.4826 * MAD)`` of
+Iglewicz and Hoaglin, whose threshold 3.5 is the default. With few instances the
+MAD is only the smallest gap between them, so a difference must also matter in
+practice: an instance is flagged only when it lies more than ``min_relative`` of
+the metric's typical magnitude from the median (for summaries, of ``|median|``; for
+timelines, of the median curve's mean ``|value|``).
+
+Timeline mode holds instances x grid values per metric at once (a median is not a
+running statistic): pass a coarser ``step`` for very long timelines.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +27,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labkit.errors import ConfigError, is_real
+from labkit._checks import Shown, is_real
+from labkit.errors import ConfigError
 from labkit.timeline.grid import BLOCK_POINTS, Gridder, Scratch, Series, layout
 from labkit.timeline.inputs import (
     Axis,
     FloatArray,
     Instance,
     Method,
-    Shown,
     read_timelines,
     resolve_methods,
     resolve_names,
@@ -84,23 +101,8 @@ def detect_outliers(
     method: Method | Mapping[str, Method] = "linear",
     on: Axis | None = None,
 ) -> list[Outlier]:
-    """Find instances whose behaviour differs from the rest.
-
-    Summaries: each numeric key that :func:`average_summaries` would average is
-    compared across the successful instances; an instance is flagged where
-    ``|z| > threshold``. Timelines: the instances are aligned as in
-    :func:`average_timelines`, the median curve is taken over the instances at
-    each grid point (where at least 3 have a value), and each instance's RMS
-    distance to it is compared across instances; unusually *large* distances are
-    flagged. The score is the robust z-score ``(x - median) / (1.4826 * MAD)``
-    of Iglewicz and Hoaglin, whose threshold 3.5 is the default. With few
-    instances the MAD is only the smallest gap between them, so a difference must
-    also matter in practice: an instance is flagged only when it lies more than
-    ``min_relative`` of the metric's typical magnitude from the median (for
-    summaries, of ``|median|``; for timelines, of the median curve's mean ``|value|``).
-
-    Timeline mode holds instances x grid values per metric at once (a median is
-    not a running statistic): pass a coarser ``step`` for very long timelines.
+    """Find instances whose behaviour differs from the rest, in their summaries or
+    in their timelines' shapes (the module's text says how).
 
     Args:
         data: Either timelines (one DataFrame per instance) or summaries (one
@@ -123,18 +125,7 @@ def detect_outliers(
             ``method``, for timelines that :func:`average_timelines` rejects,
             or for a mix of timelines and summaries.
     """
-    if not (is_real(threshold) and threshold > 0):
-        raise ConfigError("threshold", threshold, "a finite number > 0 (a robust z-score)")
-    if not (is_real(min_relative) and min_relative >= 0):
-        raise ConfigError("min_relative", min_relative, "a fraction >= 0")
-    if isinstance(data, pd.DataFrame | Mapping | str) or not isinstance(data, Iterable):
-        kind = type(data).__name__
-        raise ConfigError(
-            "data",
-            Shown(f"a single {kind}" if isinstance(data, pd.DataFrame | Mapping) else kind),
-            "a sequence, one item per instance",
-        )
-    items = list(data)
+    items = _items(data, threshold, min_relative)
     frames = [isinstance(item, pd.DataFrame) for item in items]
     if items and all(frames):
         found = _timeline_outliers(
@@ -152,6 +143,26 @@ def detect_outliers(
         raise ConfigError("data", Shown("a mix of DataFrames and summaries"), "one kind")
     found.sort(key=lambda o: (-abs(o.score), o.instance, o.metric))
     return found
+
+
+def _items(data: Any, threshold: Any, min_relative: Any) -> list[Any]:
+    """:func:`detect_outliers`'s ``data`` as a list, its thresholds checked.
+
+    Raises:
+        ConfigError: A threshold is out of range, or ``data`` is not a sequence.
+    """
+    if not (is_real(threshold) and threshold > 0):
+        raise ConfigError("threshold", threshold, "a finite number > 0 (a robust z-score)")
+    if not (is_real(min_relative) and min_relative >= 0):
+        raise ConfigError("min_relative", min_relative, "a fraction >= 0")
+    if isinstance(data, pd.DataFrame | Mapping | str) or not isinstance(data, Iterable):
+        kind = type(data).__name__
+        raise ConfigError(
+            "data",
+            Shown(f"a single {kind}" if isinstance(data, pd.DataFrame | Mapping) else kind),
+            "a sequence, one item per instance",
+        )
+    return list(data)
 
 
 def _summary_outliers(

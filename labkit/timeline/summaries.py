@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labkit.errors import ConfigError, error_text, is_real
-from labkit.timeline.inputs import FloatArray, Shown, as_float
+from labkit._checks import Shown, is_real
+from labkit.errors import ConfigError, error_text
+from labkit.timeline.inputs import FloatArray, as_float
 
 SUMMARY_RESERVED = frozenset(
     {"ok", "error", "index", "num_instances", "num_failed", "errors", "recovery_times"}
