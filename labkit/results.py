@@ -335,7 +335,7 @@ class ExperimentResult:
             ``max``, ``n`` and ``median``; ``std`` and ``ci95`` are NaN below 2
             values. Empty (these columns, no rows) when no instance succeeded.
         """
-        figures = timeline.summary_figures(
+        figures = timeline.figure_arrays(
             instance.summary if instance.ok else None for instance in self.instances
         )
         columns = ("mean", "std", "ci95", "min", "max", "n", "median")

@@ -1,6 +1,6 @@
 """One attempt of one instance, and the bookkeeping every attempt shares.
 
-:class:`Instances` keeps what each instance's last attempt left behind (one
+:class:`InstanceLedger` keeps what each instance's last attempt left behind (one
 attempt counter per instance) and does what every attempt does, wherever it runs:
 reset, report ``failed`` or ``finished``, commit the finished instance to the
 store, build its :class:`~labkit.results.InstanceResult`. :class:`LocalAttempt`
@@ -38,9 +38,9 @@ if TYPE_CHECKING:
 __all__ = (
     "AttemptRecord",
     "InstanceCaller",
-    "Instances",
+    "InstanceLedger",
     "LocalAttempt",
-    "LocalAttempts",
+    "LocalInstances",
     "call_here",
     "instance_threads",
 )
@@ -61,7 +61,7 @@ class AttemptRecord:
 
 
 @dataclass(slots=True, kw_only=True)
-class Instances:
+class InstanceLedger:
     """The instances of one run: their attempts, events and store records."""
 
     experiment: Experiment
@@ -230,7 +230,7 @@ class LocalAttempt:
 
     def __init__(
         self,
-        instances: Instances,
+        instances: InstanceLedger,
         index: int,
         *,
         params: Mapping[str, Any],
@@ -433,7 +433,7 @@ InstanceCaller = Callable[[InstanceFunction, LocalAttempt, "float | None", Clock
 
 
 @dataclass(slots=True, kw_only=True)
-class LocalAttempts:
+class LocalInstances:
     """The attempts of one run's instances on this machine (see :class:`LocalAttempt`).
 
     ``timeout`` (s) bounds each attempt's function from when it begins: waiting for
@@ -441,7 +441,7 @@ class LocalAttempts:
     :class:`~labkit.errors.TaskTimeout`, as a runner's timeout does.
     """
 
-    instances: Instances
+    instances: InstanceLedger
     duration: float | None
     gpus: int
     gpu_pool: GPUPool | None

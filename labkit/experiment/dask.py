@@ -3,7 +3,7 @@
 The caller keeps the runner (cap, retries, timeouts, events), the store and the
 averaging; a worker runs one attempt and streams its start, samples and log lines
 back on the run's topic (:func:`labkit.cluster.publish`) while it runs. The
-bookkeeping is the local path's own (:class:`~labkit.experiment.attempt.Instances`).
+bookkeeping is the local path's own (:class:`~labkit.experiment.attempt.InstanceLedger`).
 
 Dask runs a task again on another worker when the worker running it goes away (a
 Slurm job that reached its walltime or was preempted or cancelled). Each run of an
@@ -32,7 +32,7 @@ from labkit.clock import SYSTEM_CLOCK, Clock, SystemClock
 from labkit.errors import WorkerLost
 from labkit.events import InstanceEvent
 from labkit.executors import is_async_callable, is_dask_client
-from labkit.experiment.attempt import Instances
+from labkit.experiment.attempt import InstanceLedger
 from labkit.experiment.context import InstanceContext
 from labkit.experiment.spec import Experiment, InstanceFunction
 from labkit.samplelog import SampleLog
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from labkit.gpu import GPUPool
     from labkit.sandbox.pool import SandboxPool
 
-__all__ = ("MAX_LOST_RUNS", "DaskAttempts", "cluster_executor", "on_dask")
+__all__ = ("MAX_LOST_RUNS", "DaskInstances", "cluster_executor", "on_dask")
 
 MAX_LOST_RUNS = 3
 """Runs of one attempt that may lose their worker; the next loss fails the attempt."""
@@ -110,7 +110,7 @@ def cluster_executor(
     return executor
 
 
-class DaskAttempts:
+class DaskInstances:
     """The attempts of one run's instances as tasks on a Dask cluster.
 
     Use as an async context manager around the run: it subscribes to the run's
@@ -122,7 +122,7 @@ class DaskAttempts:
         duration: ``ctx.duration`` (s).
     """
 
-    def __init__(self, instances: Instances, executor: DaskExecutor, duration: float | None):
+    def __init__(self, instances: InstanceLedger, executor: DaskExecutor, duration: float | None):
         from labkit.cluster import DaskBackend
 
         self.instances = instances
@@ -150,7 +150,7 @@ class DaskAttempts:
         self._cut_off: dict[int, asyncio.Future[None]] = {}
         """Per running attempt: fails when its runs lost their worker too often."""
 
-    async def __aenter__(self) -> DaskAttempts:
+    async def __aenter__(self) -> DaskInstances:
         from labkit.cluster import subscribe
 
         # Each attempt is one Dask task; the runner here keeps the cap, retries,
@@ -168,7 +168,7 @@ class DaskAttempts:
 
         The returned samples, not the streamed ones, make the final timeline.
         """
-        assert self._remote is not None, "enter DaskAttempts before running instances"
+        assert self._remote is not None, "enter DaskInstances before running instances"
         book = self.instances
         record = book.begin(index)
         self._runs.pop(index, None)

@@ -14,9 +14,9 @@ from labkit.clock import SYSTEM_CLOCK, Clock, SystemClock
 from labkit.errors import OversubscribedWarning
 from labkit.events import EventBus, Watcher, as_bus
 from labkit.executors.workers import available_cores
-from labkit.experiment.attempt import InstanceCaller, Instances, LocalAttempts, call_here
+from labkit.experiment.attempt import InstanceCaller, InstanceLedger, LocalInstances, call_here
 from labkit.experiment.auto import run_instances
-from labkit.experiment.dask import DaskAttempts, cluster_executor, on_dask
+from labkit.experiment.dask import DaskInstances, cluster_executor, on_dask
 from labkit.experiment.options import ExperimentOptions, check_resources
 from labkit.experiment.process import ProcessCaller
 from labkit.experiment.spec import Experiment, averaging_config, display_config
@@ -201,7 +201,7 @@ class ExperimentRun:
         experiment: Experiment,
         options: ExperimentOptions,
         runner: Runner,
-        book: Instances,
+        book: InstanceLedger,
         results: dict[int, InstanceResult],
         config: dict[str, Any],
         shared_cores: _SharedCores | None = None,
@@ -320,7 +320,7 @@ async def open_run(
         **display_config(experiment),
         **_labels(labels),
     }
-    book = Instances(
+    book = InstanceLedger(
         experiment=experiment,
         clock=clock,
         bus=bus,
@@ -382,7 +382,7 @@ def _runner(
 
 async def _begin(
     store: ExperimentRecorder | None,
-    book: Instances,
+    book: InstanceLedger,
     options: ExperimentOptions,
     config: dict[str, Any],
 ) -> dict[int, InstanceResult]:
@@ -406,7 +406,7 @@ async def _begin(
 
 async def _attempts(
     stack: contextlib.AsyncExitStack,
-    book: Instances,
+    book: InstanceLedger,
     cluster: Any,
     options: ExperimentOptions,
     experiment: Experiment,
@@ -421,12 +421,12 @@ async def _attempts(
     """The function that runs one instance: on the Dask cluster, or here (holding its
     GPUs, sandbox and sampler); what it holds is closed with ``stack``."""
     if cluster is not None:
-        remote = await stack.enter_async_context(DaskAttempts(book, cluster, options.duration))
+        remote = await stack.enter_async_context(DaskInstances(book, cluster, options.duration))
         return remote.instance
     if sandbox_pool is None and experiment.needs_sandbox:
         sandbox_pool = await stack.enter_async_context(_local_sandboxes(options.planned))
     config["sandbox"] = None if sandbox_pool is None else type(sandbox_pool).__name__
-    local = LocalAttempts(
+    local = LocalInstances(
         instances=book,
         duration=options.duration,
         gpus=gpus,
@@ -442,7 +442,7 @@ async def _attempts(
 async def _run_batch(
     runner: Any,
     attempt: Callable[[int], Awaitable[Any]],
-    book: Instances,
+    book: InstanceLedger,
     results: dict[int, InstanceResult],
     indices: Sequence[int],
 ) -> None:
@@ -459,7 +459,7 @@ async def _run_batch(
 
 async def _finish(
     experiment: Experiment,
-    book: Instances,
+    book: InstanceLedger,
     results: list[InstanceResult],
     config: dict[str, Any],
     *,

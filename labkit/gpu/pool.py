@@ -26,10 +26,10 @@ from types import TracebackType
 from typing import Any
 
 from labkit._checks import check, is_int, is_real
-from labkit._sync import WaitQueue
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import GPUError, GPUPoolClosed, GPUTimeout, GPUUnavailable, MissingDependency
 from labkit.gpu.inventory import GPU, Inventory, StaticInventory
+from labkit.waitqueue import WaitQueue
 
 __all__ = (
     "GPUAllocation",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from labkit._sync import WaitQueue
+from labkit.waitqueue import WaitQueue
 
 __all__ = ("Slots",)
 

@@ -42,10 +42,10 @@ from types import TracebackType
 from typing import Any, Self
 
 from labkit._checks import check, is_int, is_real
-from labkit._sync import WaitQueue
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import ConfigError, SandboxClosed, SandboxTimeout
 from labkit.sandbox.base import Sandbox
+from labkit.waitqueue import WaitQueue
 
 __all__ = ("SandboxFactory", "SandboxPool", "SandboxPoolStats")
 

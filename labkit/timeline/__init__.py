@@ -60,8 +60,8 @@ from labkit.timeline.outliers import Outlier, detect_outliers
 from labkit.timeline.summaries import (
     average_summaries,
     default_figure,
+    figure_arrays,
     summarize_timeline,
-    summary_figures,
 )
 
 __all__ = (
@@ -73,6 +73,6 @@ __all__ = (
     "detect_outliers",
     "instances_needed",
     "summarize_timeline",
-    "summary_figures",
+    "figure_arrays",
     "t_quantile",
 )

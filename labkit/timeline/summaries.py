@@ -2,7 +2,7 @@
 
 A *summary* is a flat dict of one instance's figures (``{"cpu_peak": 45.2,
 "loss_last": 0.31, "error_count": 7, "recovery_time": 1.5, ...}``); :func:`average_summaries`
-reduces many to one in the same format, :func:`summary_figures` gives each
+reduces many to one in the same format, :func:`figure_arrays` gives each
 figure's values for tables and comparisons.
 """
 
@@ -157,7 +157,7 @@ def average_summaries(
     return result
 
 
-def summary_figures(summaries: Iterable[Mapping[str, Any] | None]) -> dict[str, FloatArray]:
+def figure_arrays(summaries: Iterable[Mapping[str, Any] | None]) -> dict[str, FloatArray]:
     """Each numeric figure of the successful summaries, as one array per key.
 
     The keys :func:`average_summaries` averages, in order of first appearance;

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from labkit._sync import WaitQueue
+from labkit.waitqueue import WaitQueue
 
 
 async def test_values_go_to_waiters_in_arrival_order() -> None:
