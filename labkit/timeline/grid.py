@@ -69,10 +69,7 @@ class Gaps:
         before = np.flatnonzero(np.subtract(t[1:], t[:-1]) > limit)
         if not before.size:
             return None
-        # nearest_index's rounding, vectorised: floor(t/step + 1/2).
-        end = np.floor(t[before] / step + 0.5).astype(np.intp)
-        start = np.floor(t[before + 1] / step + 0.5).astype(np.intp)
-        return cls(before, end, start)
+        return cls(before, nearest_index(t[before], step), nearest_index(t[before + 1], step))
 
 
 @dataclass(slots=True)
@@ -351,17 +348,12 @@ class Gridder:
         """Into ``out``: per grid point lo..hi-1, the sum of the samples nearest it."""
         step, size = self._step, hi - lo
         s0, s1 = self._window(t, (lo - 0.5) * step, (hi - 0.5) * step, "left")
-        # The rounding of nearest_index and of the non-finite counts, so that a
-        # sample is summed at exactly one grid point whatever the blocks.
-        position = self._scratch.floats("position", s1 - s0)
-        np.divide(t[s0:s1], step, out=position)
-        position += 0.5
-        np.floor(position, out=position)
-        position -= lo
-        first, last = np.searchsorted(position, (0, size)).tolist()  # the block's samples
-        bins = self._scratch.ints("bins", last - first)
-        np.copyto(bins, position[first:last], casting="unsafe")
-        out[:] = np.bincount(bins, weights=v[s0 + first : s0 + last], minlength=size)
+        # The grid's one rounding rule: a sample is summed at exactly one grid
+        # point whatever the blocks, the one its inf samples are counted at.
+        bins = nearest_index(t[s0:s1], step)
+        bins -= lo
+        first, last = np.searchsorted(bins, (0, size)).tolist()  # the block's samples
+        out[:] = np.bincount(bins[first:last], weights=v[s0 + first : s0 + last], minlength=size)
 
     def _linear(self, t: FloatArray, lo: int, hi: int) -> tuple[int, int, IntArray, FloatArray]:
         step, scratch = self._step, self._scratch

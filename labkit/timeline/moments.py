@@ -3,7 +3,8 @@
 Plain functions over a small state, the way dask's ``moment_chunk`` /
 ``moment_combine`` / ``moment_agg`` read: :func:`init` allocates a state for
 blocks of up to ``capacity`` points, :func:`reset` starts a block,
-:func:`update` and :func:`update_rows` fold instances' values in,
+:func:`update`, :func:`update_rows` (the final average) and
+:func:`update_ragged` (the live chart's running average) fold instances' values in,
 :func:`merge` combines two states over the same points (partial results from
 elsewhere), and :func:`finalize` writes the block's mean, standard deviation,
 min, max and 95 % interval.
@@ -57,8 +58,10 @@ __all__ = (
     "merge",
     "rescale",
     "reset",
+    "round_running_total",
     "update",
     "update_at",
+    "update_ragged",
     "update_rows",
 )
 
@@ -288,6 +291,42 @@ def update_at(state: Moments, positions: npt.NDArray[np.intp], x: FloatArray) ->
     state.count[positions] += 1
 
 
+def update_ragged(state: Moments, rows: FloatArray, scratch: Scratch) -> None:
+    """Add several instances' values where each has one: ``rows`` is (instances, size),
+    NaN where an instance has no value at that point (a gap, or not there yet).
+
+    For states with their own count, filled with this alone: as with
+    :func:`update_at`, a point's shift is its first value by count (the first
+    instance in ``rows`` with a value there, when nothing was seen before).
+    """
+    if state.count is None:
+        raise ValueError("update_ragged needs a state with its own count")
+    count, size = rows.shape
+    valid = ~np.isnan(rows)
+    present = valid.sum(axis=0)
+    values = np.where(valid, rows, 0.0)  # a left-out value: a finite stand-in, never counted
+    low, high = state.low[:size], state.high[:size]
+    np.minimum(low, np.where(valid, rows, np.inf).min(axis=0, initial=np.inf), out=low)
+    np.maximum(high, np.where(valid, rows, -np.inf).max(axis=0, initial=-np.inf), out=high)
+    if state.scaled:
+        values *= state.inverse[:size]
+    fresh = (state.count[:size] == 0) & (present > 0)
+    if fresh.any():
+        first = valid.argmax(axis=0)  # the first instance with a value at each point
+        points = np.flatnonzero(fresh)
+        state.shift[points] = values[first[points], points]
+    deviation = scratch.floats("deviations", count * size).reshape(count, size)
+    np.subtract(values, state.shift[:size], out=deviation)
+    deviation *= valid
+    total = scratch.floats("total", size)
+    np.add.reduce(deviation, axis=0, out=total)
+    state.sum1[:size] += total
+    deviation *= deviation
+    np.add.reduce(deviation, axis=0, out=total)
+    state.sum2[:size] += total
+    state.count[:size] += present
+
+
 def merge(state: Moments, other: Moments) -> None:
     """Fold ``other`` (the same block points, other instances) into ``state``.
 
@@ -408,6 +447,25 @@ def _finalize(
     if round_mean:
         mean += 0.5
         np.floor(mean, out=mean)
+
+
+def round_running_total(mean: FloatArray, before: float) -> float:
+    """Round counts in place so that their running total is the rounded running total.
+
+    How a summed counter's mean is rounded (``round_to_int``): ``before`` is
+    the unrounded total of the counts before these; returns it with these
+    added. Each count becomes ``round(total up to it) - round(total before
+    it)`` (halves up): whole numbers whose sum is within 0.5 of the sum of the
+    unrounded ones, however many there are.
+    """
+    running = np.cumsum(mean)
+    running += before
+    after = float(running[-1]) if running.size else before
+    np.floor(running + 0.5, out=running)
+    mean[1:] = running[1:] - running[:-1]
+    if mean.size:
+        mean[0] = running[0] - math.floor(before + 0.5)
+    return after
 
 
 def _unscale(state: Moments, mean: FloatArray, std: FloatArray) -> None:

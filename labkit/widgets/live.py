@@ -5,9 +5,10 @@ pass it (or :meth:`LiveTimeline.handle`) to ``run_experiment(on_event=...)`` and
 display :attr:`LiveTimeline.figure`. A run sends the chart no event per sample: it
 reads each attempt's :class:`labkit.SampleLog` at its frames (see
 :class:`labkit.TimelineEvent`); any other event costs one list append. Everything
-else happens in frames, which keep coming while a log is read. A :class:`labkit.live.FrameBudget`
-decides when a frame is due (at most ``updates_per_s`` a second, drawing at most
-``max_load`` of the time); a frame takes a snapshot of the
+else happens in frames, which keep coming while a log is read. A
+:class:`~labkit.widgets.frames.FrameBudget` decides when a frame is due (at most
+``updates_per_s`` a second, drawing at most ``max_load`` of the time); a frame takes
+a snapshot of the
 :class:`labkit.live.LiveTimelineModel` and maps it to traces with the static
 chart's builders (:func:`labkit.plots.instance_traces`,
 :func:`labkit.plots.average_traces`), sending only the traces whose data changed.
@@ -30,7 +31,6 @@ from labkit.live import (
     DEFAULT_MAX_POINTS,
     AverageSnapshot,
     Band,
-    FrameBudget,
     LineSnapshot,
     LiveSnapshot,
     LiveTimelineModel,
@@ -45,6 +45,7 @@ from labkit.plots import (
 )
 from labkit.results import ROUND_TO_INT
 from labkit.timeline import Method
+from labkit.widgets.frames import FrameBudget
 
 __all__ = ("LiveTimeline",)
 
