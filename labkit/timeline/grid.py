@@ -226,23 +226,14 @@ class Gridder:
         below, above = np.searchsorted(t, (first, last), side=side).tolist()
         return max(below - 2, 0), min(above + 2, t.size)
 
-    def _positions(
-        self, tw: FloatArray, lo: int, hi: int, offset: float, rounding: Any, name: str
-    ) -> IntArray:
-        """For grid points lo..hi-1: index in ``tw`` of the last sample with
-        ``rounding(t/step + offset) <= k`` (0 before the first sample)."""
-        size = hi - lo
-        position = self._scratch.floats("position", tw.size)
-        np.multiply(tw, 1.0 / self._step, out=position)
-        # t/step - lo + offset, rounded: the grid point (from lo) each sample goes to.
-        np.subtract(position, lo - offset, out=position)
-        rounding(position, out=position)
+    def _positions(self, bins: IntArray, size: int, name: str) -> IntArray:
+        """For grid points lo..lo+size-1: index in the window of the last sample whose
+        bin (its grid point, counted from lo: ``bins``, ascending) is at or before
+        each point (0 before the first sample)."""
         # Only the two samples of margin at each end of the window can fall outside
         # the block (see _window): clip just those.
-        for edge in (position[:2], position[-2:]):
+        for edge in (bins[:2], bins[-2:]):
             np.clip(edge, 0, size, out=edge)
-        bins = self._scratch.ints("bins", tw.size)
-        np.copyto(bins, position, casting="unsafe")
         counts = np.bincount(bins, minlength=size + 1)[:size]
         # index = (number of samples at or before k) - 1: take the 1 off the first
         # count so that the running sum is the index itself.
@@ -280,15 +271,13 @@ class Gridder:
             if methods[name] == "previous":
                 if previous is None:
                     # A sample belongs to its nearest grid point: it is "at or
-                    # before" k when t < (k + 1/2) * step.
+                    # before" k when that point is (t < (k + 1/2) * step). The rule
+                    # is the one that ends the series (stop), so its last grid point
+                    # holds its last sample, ties included.
                     s0, s1 = self._window(t, (lo + 0.5) * step, (hi - 0.5) * step, "left")
-                    index = self._positions(t[s0:s1], lo, hi, 0.5, np.floor, "previous")
-                    if hi == series.stop and s1 == t.size:
-                        # The series' last grid point is the one nearest its last
-                        # sample: it holds that sample even when a half-step tie
-                        # rounds the other way in the vectorised arithmetic.
-                        index[-1] = s1 - s0 - 1
-                    previous = (s0, s1, index)
+                    bins = nearest_index(t[s0:s1], step)
+                    bins -= lo
+                    previous = (s0, s1, self._positions(bins, size, "previous"))
                 s0, s1, index = previous
                 np.take(v[s0:s1], index, out=out, mode="clip")
                 yield name, out
@@ -361,7 +350,13 @@ class Gridder:
         s0, s1 = self._window(t, lo * step, (hi - 1) * step, "right")
         tw = t[s0:s1]
         # index: the last sample at or before each grid time (ceil(t/step) <= k).
-        index = self._positions(tw, lo, hi, 0.0, np.ceil, "linear")
+        position = scratch.floats("position", tw.size)
+        np.multiply(tw, 1.0 / step, out=position)
+        np.subtract(position, lo, out=position)
+        np.ceil(position, out=position)
+        bins = scratch.ints("bins", tw.size)
+        np.copyto(bins, position, casting="unsafe")
+        index = self._positions(bins, size, "linear")
         gap = scratch.floats("gap", tw.size)
         np.subtract(tw[1:], tw[:-1], out=gap[:-1])
         # Past the last sample the next gap is infinite: weight 0, so the value is

@@ -396,37 +396,14 @@ def _finalize(
     counts = n if state.count is None else state.count[:size]
     if count_out is not None:
         count_out[:] = counts
-    sum1, sum2 = state.sum1[:size], state.sum2[:size]
     least, most = int(counts.min()), int(counts.max())
-    offset = scratch.floats("offset", size)
     if least == most and least >= 2:
-        # Every point has the same number of values (the usual case): scalars.
-        np.multiply(sum1, 1.0 / least, out=offset)
-        np.add(state.shift[:size], offset, out=mean)
-        # M2 = sum(d^2) - sum(d)^2/n with d the shifted values, clipped at 0
-        # against rounding.
-        offset *= sum1
-        np.subtract(sum2, offset, out=std)
-        np.maximum(std, 0.0, out=std)
-        std *= 1.0 / (least - 1)
-        np.sqrt(std, out=std)
-        _unscale(state, mean, std)
+        _spread_even(state, least, mean, std, scratch)
         np.multiply(std, quantiles.get(least) / math.sqrt(least), out=ci95)
     else:
-        count = scratch.floats("count", size)
-        np.copyto(count, counts, casting="unsafe")
         with np.errstate(divide="ignore", invalid="ignore"):
-            np.divide(sum1, count, out=offset)
-            np.add(state.shift[:size], offset, out=mean)
-            offset *= sum1
-            np.subtract(sum2, offset, out=std)
-            np.maximum(std, 0.0, out=std)
-            count -= 1.0
-            std /= count
-            np.sqrt(std, out=std)
-            _unscale(state, mean, std)
+            count = _spread_uneven(state, counts, mean, std, scratch)
             quantiles.take(counts, least, most, out=ci95)
-            count += 1.0
             np.sqrt(count, out=count)
             ci95 *= std
             ci95 /= count
@@ -447,6 +424,56 @@ def _finalize(
     if round_mean:
         mean += 0.5
         np.floor(mean, out=mean)
+
+
+def _spread_even(
+    state: Moments,
+    count: int,
+    mean: FloatArray,
+    std: FloatArray,
+    scratch: Scratch,
+) -> None:
+    """Mean and standard deviation where every point has ``count`` (>= 2) values (the
+    usual case): scalar factors."""
+    size = state.size
+    sum1, sum2 = state.sum1[:size], state.sum2[:size]
+    offset = scratch.floats("offset", size)
+    np.multiply(sum1, 1.0 / count, out=offset)
+    np.add(state.shift[:size], offset, out=mean)
+    # M2 = sum(d^2) - sum(d)^2/n with d the shifted values, clipped at 0 against rounding.
+    offset *= sum1
+    np.subtract(sum2, offset, out=std)
+    np.maximum(std, 0.0, out=std)
+    std *= 1.0 / (count - 1)
+    np.sqrt(std, out=std)
+    _unscale(state, mean, std)
+
+
+def _spread_uneven(
+    state: Moments,
+    counts: npt.NDArray[np.int64],
+    mean: FloatArray,
+    std: FloatArray,
+    scratch: Scratch,
+) -> FloatArray:
+    """Mean and standard deviation with ``counts`` values per point (NaN below 1 and 2
+    values); returns the counts as floats, for the interval."""
+    size = state.size
+    sum1, sum2 = state.sum1[:size], state.sum2[:size]
+    offset = scratch.floats("offset", size)
+    count = scratch.floats("count", size)
+    np.copyto(count, counts, casting="unsafe")
+    np.divide(sum1, count, out=offset)
+    np.add(state.shift[:size], offset, out=mean)
+    offset *= sum1
+    np.subtract(sum2, offset, out=std)
+    np.maximum(std, 0.0, out=std)
+    count -= 1.0
+    std /= count
+    np.sqrt(std, out=std)
+    _unscale(state, mean, std)
+    count += 1.0
+    return count
 
 
 def round_running_total(mean: FloatArray, before: float) -> float:
