@@ -157,8 +157,9 @@ class LiveTimelineModel:
 
     # ----------------------------------------------------------------------------------
     # Intake: how events and logs reach the model. Everything that receives, queues
-    # or reads events and logs is here; the bookkeeping below only sees prepared
-    # columns (_add_instance) and state changes (_apply).
+    # or reads events and logs is here; it reaches the bookkeeping below only through
+    # _prepare and _add_instance (samples as columns) and _started, _failed_now and
+    # _finished_now (state changes).
     # ----------------------------------------------------------------------------------
 
     def handle(self, event: Any) -> None:
