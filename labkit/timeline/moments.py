@@ -254,14 +254,8 @@ def update_rows(state: Moments, rows: FloatArray, scratch: Scratch) -> None:
         )
     for lo, hi in _uncovered(state.covered, 0, size):
         state.shift[lo:hi] = rows[0, lo:hi]
-    deviation = scratch.floats("deviations", count * size).reshape(count, size)
-    np.subtract(rows, state.shift[:size], out=deviation)
+    _add_deviations(state, rows, scratch)
     total = scratch.floats("total", size)
-    np.add.reduce(deviation, axis=0, out=total)
-    state.sum1[:size] += total
-    deviation *= deviation
-    np.add.reduce(deviation, axis=0, out=total)
-    state.sum2[:size] += total
     np.minimum.reduce(raw, axis=0, out=total)
     np.minimum(state.low[:size], total, out=state.low[:size])
     np.maximum.reduce(raw, axis=0, out=total)
@@ -301,7 +295,7 @@ def update_ragged(state: Moments, rows: FloatArray, scratch: Scratch) -> None:
     """
     if state.count is None:
         raise ValueError("update_ragged needs a state with its own count")
-    count, size = rows.shape
+    size = rows.shape[1]
     valid = ~np.isnan(rows)
     present = valid.sum(axis=0)
     values = np.where(valid, rows, 0.0)  # a left-out value: a finite stand-in, never counted
@@ -315,16 +309,29 @@ def update_ragged(state: Moments, rows: FloatArray, scratch: Scratch) -> None:
         first = valid.argmax(axis=0)  # the first instance with a value at each point
         points = np.flatnonzero(fresh)
         state.shift[points] = values[first[points], points]
+    _add_deviations(state, values, scratch, valid)
+    state.count[:size] += present
+
+
+def _add_deviations(
+    state: Moments,
+    rows: FloatArray,
+    scratch: Scratch,
+    valid: npt.NDArray[np.bool_] | None = None,
+) -> None:
+    """Add the rows' deviations from each point's shift, and their squares, to the
+    sums (only where ``valid``, when given)."""
+    count, size = rows.shape
     deviation = scratch.floats("deviations", count * size).reshape(count, size)
-    np.subtract(values, state.shift[:size], out=deviation)
-    deviation *= valid
+    np.subtract(rows, state.shift[:size], out=deviation)
+    if valid is not None:
+        deviation *= valid
     total = scratch.floats("total", size)
     np.add.reduce(deviation, axis=0, out=total)
     state.sum1[:size] += total
     deviation *= deviation
     np.add.reduce(deviation, axis=0, out=total)
     state.sum2[:size] += total
-    state.count[:size] += present
 
 
 def merge(state: Moments, other: Moments) -> None:
