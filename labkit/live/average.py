@@ -75,6 +75,8 @@ class RunningAverage:
         self._intervals: dict[str, list[FloatArray]] = {}  # seen before a gap is known
         self._seen: dict[_Key, float] = {}  # each line's latest time, till then
         self._cache: dict[str, AverageSnapshot] = {}
+        # Each metric's grid and placing rule once its step and gap are settled.
+        self._placing: dict[str, tuple[MetricGrid, tuple[str, float, float | None]]] = {}
 
     @property
     def step(self) -> float | None:
@@ -103,6 +105,11 @@ class RunningAverage:
         on the grid, or hold them until the step and the metric's gap are known."""
         key = (instance, metric)
         cursor = self._cursors.get(key)
+        placing = self._placing.get(metric)
+        if placing is not None and cursor is not None and not cursor.waiting:
+            grid, rule = placing  # the usual case, once a run is under way
+            self._axis.place(grid, self._row(instance), cursor, (t, y), rule)
+            return
         if cursor is None:
             cursor = self._cursors[key] = GridCursor()
         ready = self._ready(key, t) and self._step is not None
@@ -188,8 +195,11 @@ class RunningAverage:
         step = self._step
         assert step is not None
         instance, metric = key
-        rule = (self._method_of(metric), step, self._gap_of(metric))
-        self._axis.place(self._grid_of(metric), self._row(instance), cursor, (t, y), rule)
+        grid, method, gap = self._grid_of(metric), self._method_of(metric), self._gap_of(metric)
+        rule = (method, step, gap)
+        if gap is not None or self._axis.gap_free(method):
+            self._placing[metric] = (grid, rule)  # settled: step and gap never change again
+        self._axis.place(grid, self._row(instance), cursor, (t, y), rule)
 
     def _method_of(self, metric: str) -> str:
         method = self._method
