@@ -178,7 +178,6 @@ async def test_sweep_panel_watches_a_real_sweep() -> None:
     names = [trace.name for trace in panel.chart.figure.data]
     assert {"instance 0", "instance 1", "instance 2", "average"} <= set(names)
     # The best trial's chart read its instances' logs, each sample once.
-    assert panel.chart.model.fed == {0, 1, 2}
     assert panel.chart.model.snapshot().samples == 3 * 5
     panel.close()
 

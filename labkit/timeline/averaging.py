@@ -11,7 +11,6 @@ never instances x grid. Timelines indexed by step are aligned exactly instead.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -33,6 +32,7 @@ from labkit.timeline.inputs import (
     IntArray,
     Method,
     check_max_gap,
+    nearest_index,
     read_timelines,
     resolve_max_gaps,
     resolve_methods,
@@ -272,7 +272,7 @@ def _average_grid(
                     count_out=counts[name][lo:hi],
                 )
                 if name in totals:
-                    totals[name] = _round_running_total(mean, totals[name])
+                    totals[name] = moments.round_running_total(mean, totals[name])
     return _frame(grid, n, outputs, counts, metrics, instances, size, grid_step)
 
 
@@ -303,24 +303,6 @@ def _fold_block(
         gridder.careful = True
         _accumulate_block(lo, hi, series, states, gridder, methods, scratch, block_rows)
         gridder.careful = False
-
-
-def _round_running_total(mean: FloatArray, before: float) -> float:
-    """Round counts in place so that their running total is the rounded running total.
-
-    ``before`` is the unrounded total of the counts before these; returns it
-    with these added. Each count becomes ``round(total up to it) - round(total
-    before it)`` (halves up): whole numbers whose sum is within 0.5 of the sum
-    of the unrounded ones, however many there are.
-    """
-    running = np.cumsum(mean)
-    running += before
-    after = float(running[-1]) if running.size else before
-    np.floor(running + 0.5, out=running)
-    mean[1:] = running[1:] - running[:-1]
-    if mean.size:
-        mean[0] = running[0] - math.floor(before + 0.5)
-    return after
 
 
 def _accumulate_block(
@@ -364,7 +346,7 @@ def _frame(
 ) -> pd.DataFrame:
     """The averaged frame: grid points where no instance contributes are dropped."""
     nonfinite = _nonfinite_counts(
-        instances, metrics, size, lambda times: np.floor(times / grid_step + 0.5)
+        instances, metrics, size, lambda times: nearest_index(times, grid_step)
     )
     keep = n > 0
     everywhere = bool(keep.all())

@@ -69,10 +69,7 @@ class Gaps:
         before = np.flatnonzero(np.subtract(t[1:], t[:-1]) > limit)
         if not before.size:
             return None
-        # nearest_index's rounding, vectorised: floor(t/step + 1/2).
-        end = np.floor(t[before] / step + 0.5).astype(np.intp)
-        start = np.floor(t[before + 1] / step + 0.5).astype(np.intp)
-        return cls(before, end, start)
+        return cls(before, nearest_index(t[before], step), nearest_index(t[before + 1], step))
 
 
 @dataclass(slots=True)
@@ -229,23 +226,14 @@ class Gridder:
         below, above = np.searchsorted(t, (first, last), side=side).tolist()
         return max(below - 2, 0), min(above + 2, t.size)
 
-    def _positions(
-        self, tw: FloatArray, lo: int, hi: int, offset: float, rounding: Any, name: str
-    ) -> IntArray:
-        """For grid points lo..hi-1: index in ``tw`` of the last sample with
-        ``rounding(t/step + offset) <= k`` (0 before the first sample)."""
-        size = hi - lo
-        position = self._scratch.floats("position", tw.size)
-        np.multiply(tw, 1.0 / self._step, out=position)
-        # t/step - lo + offset, rounded: the grid point (from lo) each sample goes to.
-        np.subtract(position, lo - offset, out=position)
-        rounding(position, out=position)
+    def _positions(self, bins: IntArray, size: int, name: str) -> IntArray:
+        """For grid points lo..lo+size-1: index in the window of the last sample whose
+        bin (its grid point, counted from lo: ``bins``, ascending) is at or before
+        each point (0 before the first sample)."""
         # Only the two samples of margin at each end of the window can fall outside
         # the block (see _window): clip just those.
-        for edge in (position[:2], position[-2:]):
+        for edge in (bins[:2], bins[-2:]):
             np.clip(edge, 0, size, out=edge)
-        bins = self._scratch.ints("bins", tw.size)
-        np.copyto(bins, position, casting="unsafe")
         counts = np.bincount(bins, minlength=size + 1)[:size]
         # index = (number of samples at or before k) - 1: take the 1 off the first
         # count so that the running sum is the index itself.
@@ -283,15 +271,13 @@ class Gridder:
             if methods[name] == "previous":
                 if previous is None:
                     # A sample belongs to its nearest grid point: it is "at or
-                    # before" k when t < (k + 1/2) * step.
+                    # before" k when that point is (t < (k + 1/2) * step). The rule
+                    # is the one that ends the series (stop), so its last grid point
+                    # holds its last sample, ties included.
                     s0, s1 = self._window(t, (lo + 0.5) * step, (hi - 0.5) * step, "left")
-                    index = self._positions(t[s0:s1], lo, hi, 0.5, np.floor, "previous")
-                    if hi == series.stop and s1 == t.size:
-                        # The series' last grid point is the one nearest its last
-                        # sample: it holds that sample even when a half-step tie
-                        # rounds the other way in the vectorised arithmetic.
-                        index[-1] = s1 - s0 - 1
-                    previous = (s0, s1, index)
+                    bins = nearest_index(t[s0:s1], step)
+                    bins -= lo
+                    previous = (s0, s1, self._positions(bins, size, "previous"))
                 s0, s1, index = previous
                 np.take(v[s0:s1], index, out=out, mode="clip")
                 yield name, out
@@ -351,17 +337,12 @@ class Gridder:
         """Into ``out``: per grid point lo..hi-1, the sum of the samples nearest it."""
         step, size = self._step, hi - lo
         s0, s1 = self._window(t, (lo - 0.5) * step, (hi - 0.5) * step, "left")
-        # The rounding of nearest_index and of the non-finite counts, so that a
-        # sample is summed at exactly one grid point whatever the blocks.
-        position = self._scratch.floats("position", s1 - s0)
-        np.divide(t[s0:s1], step, out=position)
-        position += 0.5
-        np.floor(position, out=position)
-        position -= lo
-        first, last = np.searchsorted(position, (0, size)).tolist()  # the block's samples
-        bins = self._scratch.ints("bins", last - first)
-        np.copyto(bins, position[first:last], casting="unsafe")
-        out[:] = np.bincount(bins, weights=v[s0 + first : s0 + last], minlength=size)
+        # The grid's one rounding rule: a sample is summed at exactly one grid
+        # point whatever the blocks, the one its inf samples are counted at.
+        bins = nearest_index(t[s0:s1], step)
+        bins -= lo
+        first, last = np.searchsorted(bins, (0, size)).tolist()  # the block's samples
+        out[:] = np.bincount(bins[first:last], weights=v[s0 + first : s0 + last], minlength=size)
 
     def _linear(self, t: FloatArray, lo: int, hi: int) -> tuple[int, int, IntArray, FloatArray]:
         step, scratch = self._step, self._scratch
@@ -369,7 +350,13 @@ class Gridder:
         s0, s1 = self._window(t, lo * step, (hi - 1) * step, "right")
         tw = t[s0:s1]
         # index: the last sample at or before each grid time (ceil(t/step) <= k).
-        index = self._positions(tw, lo, hi, 0.0, np.ceil, "linear")
+        position = scratch.floats("position", tw.size)
+        np.multiply(tw, 1.0 / step, out=position)
+        np.subtract(position, lo, out=position)
+        np.ceil(position, out=position)
+        bins = scratch.ints("bins", tw.size)
+        np.copyto(bins, position, casting="unsafe")
+        index = self._positions(bins, size, "linear")
         gap = scratch.floats("gap", tw.size)
         np.subtract(tw[1:], tw[:-1], out=gap[:-1])
         # Past the last sample the next gap is infinite: weight 0, so the value is

@@ -3,7 +3,8 @@
 Plain functions over a small state, the way dask's ``moment_chunk`` /
 ``moment_combine`` / ``moment_agg`` read: :func:`init` allocates a state for
 blocks of up to ``capacity`` points, :func:`reset` starts a block,
-:func:`update` and :func:`update_rows` fold instances' values in,
+:func:`update`, :func:`update_rows` (the final average) and
+:func:`update_ragged` (the live chart's running average) fold instances' values in,
 :func:`merge` combines two states over the same points (partial results from
 elsewhere), and :func:`finalize` writes the block's mean, standard deviation,
 min, max and 95 % interval.
@@ -29,6 +30,7 @@ pay one check per block.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,8 +58,10 @@ __all__ = (
     "merge",
     "rescale",
     "reset",
+    "round_running_total",
     "update",
     "update_at",
+    "update_ragged",
     "update_rows",
 )
 
@@ -250,14 +254,8 @@ def update_rows(state: Moments, rows: FloatArray, scratch: Scratch) -> None:
         )
     for lo, hi in _uncovered(state.covered, 0, size):
         state.shift[lo:hi] = rows[0, lo:hi]
-    deviation = scratch.floats("deviations", count * size).reshape(count, size)
-    np.subtract(rows, state.shift[:size], out=deviation)
+    _add_deviations(state, rows, scratch)
     total = scratch.floats("total", size)
-    np.add.reduce(deviation, axis=0, out=total)
-    state.sum1[:size] += total
-    deviation *= deviation
-    np.add.reduce(deviation, axis=0, out=total)
-    state.sum2[:size] += total
     np.minimum.reduce(raw, axis=0, out=total)
     np.minimum(state.low[:size], total, out=state.low[:size])
     np.maximum.reduce(raw, axis=0, out=total)
@@ -285,6 +283,55 @@ def update_at(state: Moments, positions: npt.NDArray[np.intp], x: FloatArray) ->
     state.sum1[positions] += deviation
     state.sum2[positions] += deviation * deviation
     state.count[positions] += 1
+
+
+def update_ragged(state: Moments, rows: FloatArray, scratch: Scratch) -> None:
+    """Add several instances' values where each has one: ``rows`` is (instances, size),
+    NaN where an instance has no value at that point (a gap, or not there yet).
+
+    For states with their own count, filled with this alone: as with
+    :func:`update_at`, a point's shift is its first value by count (the first
+    instance in ``rows`` with a value there, when nothing was seen before).
+    """
+    if state.count is None:
+        raise ValueError("update_ragged needs a state with its own count")
+    size = rows.shape[1]
+    valid = ~np.isnan(rows)
+    present = valid.sum(axis=0)
+    values = np.where(valid, rows, 0.0)  # a left-out value: a finite stand-in, never counted
+    low, high = state.low[:size], state.high[:size]
+    np.minimum(low, np.where(valid, rows, np.inf).min(axis=0, initial=np.inf), out=low)
+    np.maximum(high, np.where(valid, rows, -np.inf).max(axis=0, initial=-np.inf), out=high)
+    if state.scaled:
+        values *= state.inverse[:size]
+    fresh = (state.count[:size] == 0) & (present > 0)
+    if fresh.any():
+        first = valid.argmax(axis=0)  # the first instance with a value at each point
+        points = np.flatnonzero(fresh)
+        state.shift[points] = values[first[points], points]
+    _add_deviations(state, values, scratch, valid)
+    state.count[:size] += present
+
+
+def _add_deviations(
+    state: Moments,
+    rows: FloatArray,
+    scratch: Scratch,
+    valid: npt.NDArray[np.bool_] | None = None,
+) -> None:
+    """Add the rows' deviations from each point's shift, and their squares, to the
+    sums (only where ``valid``, when given)."""
+    count, size = rows.shape
+    deviation = scratch.floats("deviations", count * size).reshape(count, size)
+    np.subtract(rows, state.shift[:size], out=deviation)
+    if valid is not None:
+        deviation *= valid
+    total = scratch.floats("total", size)
+    np.add.reduce(deviation, axis=0, out=total)
+    state.sum1[:size] += total
+    deviation *= deviation
+    np.add.reduce(deviation, axis=0, out=total)
+    state.sum2[:size] += total
 
 
 def merge(state: Moments, other: Moments) -> None:
@@ -356,35 +403,13 @@ def _finalize(
     counts = n if state.count is None else state.count[:size]
     if count_out is not None:
         count_out[:] = counts
-    sum1, sum2 = state.sum1[:size], state.sum2[:size]
     least, most = int(counts.min()), int(counts.max())
-    offset = scratch.floats("offset", size)
     if least == most and least >= 2:
-        # Every point has the same number of values (the usual case): scalars.
-        np.multiply(sum1, 1.0 / least, out=offset)
-        np.add(state.shift[:size], offset, out=mean)
-        # M2 = sum(d^2) - sum(d)^2/n with d the shifted values, clipped at 0
-        # against rounding.
-        offset *= sum1
-        np.subtract(sum2, offset, out=std)
-        np.maximum(std, 0.0, out=std)
-        std *= 1.0 / (least - 1)
-        np.sqrt(std, out=std)
-        _unscale(state, mean, std)
+        _spread_even(state, least, mean, std, scratch)
         np.multiply(std, half_widths.get(least), out=ci95)
     else:
-        count = scratch.floats("count", size)
-        np.copyto(count, counts, casting="unsafe")
         with np.errstate(divide="ignore", invalid="ignore"):
-            np.divide(sum1, count, out=offset)
-            np.add(state.shift[:size], offset, out=mean)
-            offset *= sum1
-            np.subtract(sum2, offset, out=std)
-            np.maximum(std, 0.0, out=std)
-            count -= 1.0
-            std /= count
-            np.sqrt(std, out=std)
-            _unscale(state, mean, std)
+            _spread_uneven(state, counts, mean, std, scratch)
             half_widths.take(counts, least, most, out=ci95)
             ci95 *= std
     # The mean of values within [low, high] lies there too: keep rounding from
@@ -404,6 +429,73 @@ def _finalize(
     if round_mean:
         mean += 0.5
         np.floor(mean, out=mean)
+
+
+def _spread_even(
+    state: Moments,
+    count: int,
+    mean: FloatArray,
+    std: FloatArray,
+    scratch: Scratch,
+) -> None:
+    """Mean and standard deviation where every point has ``count`` (>= 2) values (the
+    usual case): scalar factors."""
+    size = state.size
+    sum1, sum2 = state.sum1[:size], state.sum2[:size]
+    offset = scratch.floats("offset", size)
+    np.multiply(sum1, 1.0 / count, out=offset)
+    np.add(state.shift[:size], offset, out=mean)
+    # M2 = sum(d^2) - sum(d)^2/n with d the shifted values, clipped at 0 against rounding.
+    offset *= sum1
+    np.subtract(sum2, offset, out=std)
+    np.maximum(std, 0.0, out=std)
+    std *= 1.0 / (count - 1)
+    np.sqrt(std, out=std)
+    _unscale(state, mean, std)
+
+
+def _spread_uneven(
+    state: Moments,
+    counts: npt.NDArray[np.int64],
+    mean: FloatArray,
+    std: FloatArray,
+    scratch: Scratch,
+) -> None:
+    """Mean and standard deviation with ``counts`` values per point (NaN below 1 and 2
+    values)."""
+    size = state.size
+    sum1, sum2 = state.sum1[:size], state.sum2[:size]
+    offset = scratch.floats("offset", size)
+    count = scratch.floats("count", size)
+    np.copyto(count, counts, casting="unsafe")
+    np.divide(sum1, count, out=offset)
+    np.add(state.shift[:size], offset, out=mean)
+    offset *= sum1
+    np.subtract(sum2, offset, out=std)
+    np.maximum(std, 0.0, out=std)
+    count -= 1.0
+    std /= count
+    np.sqrt(std, out=std)
+    _unscale(state, mean, std)
+
+
+def round_running_total(mean: FloatArray, before: float) -> float:
+    """Round counts in place so that their running total is the rounded running total.
+
+    How a summed counter's mean is rounded (``round_to_int``): ``before`` is
+    the unrounded total of the counts before these; returns it with these
+    added. Each count becomes ``round(total up to it) - round(total before
+    it)`` (halves up): whole numbers whose sum is within 0.5 of the sum of the
+    unrounded ones, however many there are.
+    """
+    running = np.cumsum(mean)
+    running += before
+    after = float(running[-1]) if running.size else before
+    np.floor(running + 0.5, out=running)
+    mean[1:] = running[1:] - running[:-1]
+    if mean.size:
+        mean[0] = running[0] - math.floor(before + 0.5)
+    return after
 
 
 def _unscale(state: Moments, mean: FloatArray, std: FloatArray) -> None:

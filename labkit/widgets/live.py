@@ -5,9 +5,9 @@
 :attr:`LiveTimeline.figure`. It reads the instances' state changes and each
 attempt's :class:`labkit.SampleLog`, which it reads at its frames: a run builds no
 event per sample for it. Everything else happens in frames, which keep coming
-while a log is read. A :class:`labkit.live.FrameBudget`
-decides when a frame is due (at most ``updates_per_s`` a second, drawing at most
-``max_load`` of the time); a frame takes a snapshot of the
+while a log is read. A :class:`~labkit.widgets.frames.FrameBudget` decides when a
+frame is due (at most ``updates_per_s`` a second, drawing at most ``max_load`` of
+the time); a frame takes a snapshot of the
 :class:`labkit.live.LiveTimelineModel` and maps it to traces with the static
 chart's builders (:func:`labkit.plots.instance_traces`,
 :func:`labkit.plots.average_traces`), sending only the traces whose data changed.
@@ -30,7 +30,6 @@ from labkit.live import (
     DEFAULT_MAX_POINTS,
     AverageSnapshot,
     Band,
-    FrameBudget,
     LineSnapshot,
     LiveSnapshot,
     LiveTimelineModel,
@@ -49,6 +48,7 @@ from labkit.plots import (
 )
 from labkit.results import ROUND_TO_INT
 from labkit.timeline import Method
+from labkit.widgets.frames import FrameBudget
 
 __all__ = ("LiveTimeline",)
 
