@@ -305,13 +305,14 @@ class EventBus:
     raises is logged and kept: watching must never break the work watched.
     """
 
-    __slots__ = ("_routes", "_subscribers")
+    __slots__ = ("_kinds", "_routes", "_subscribers")
 
     def __init__(self) -> None:
         self._subscribers: tuple[
             tuple[Watcher | Callable[[Any], object], tuple[type, ...] | None], ...
         ] = ()
         self._routes: dict[tuple[type, str | None], Route] = {}
+        self._kinds: dict[type, dict[str | None, Route]] = {}
 
     def subscribe(
         self,
@@ -340,13 +341,31 @@ class EventBus:
         wanted = (types,) if isinstance(types, type) else types
         entry = (watcher, None if wanted is None else tuple(wanted))
         self._subscribers = (*self._subscribers, entry)
-        self._routes.clear()
+        self._changed()
 
         def unsubscribe() -> None:
             self._subscribers = tuple(s for s in self._subscribers if s is not entry)
-            self._routes.clear()
+            self._changed()
 
         return unsubscribe
+
+    def _changed(self) -> None:
+        self._routes.clear()
+        for event_type, routes in self._kinds.items():
+            routes.update({kind: self._build_route(event_type, kind) for kind in routes})
+
+    def routes_of(self, event_type: type) -> Mapping[str | None, Route]:
+        """The route of every kind of ``event_type``, by kind, for a hot path.
+
+        The same mapping for the bus's life, kept current as subscriptions change:
+        an emitter holds it and looks a kind up with no call at all.
+        """
+        routes = self._kinds.get(event_type)
+        if routes is None:
+            kinds = _METHODS.get(event_type, {None: ""})
+            routes = {kind: self._build_route(event_type, kind) for kind in kinds}
+            self._kinds[event_type] = routes
+        return routes
 
     def route(self, event_type: type, kind: str | None = None) -> Route:
         """Who reads events of ``event_type`` and ``kind`` (cached until subscriptions change).

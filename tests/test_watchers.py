@@ -237,3 +237,18 @@ async def test_a_sweep_relays_per_sample_trial_events_only_to_who_reads_them() -
     )
     trial_samples = [e for e in everything if isinstance(e, lk.TrialEvent) and e.kind == "sample"]
     assert len(trial_samples) == 6 and all(e.event.metrics for e in trial_samples)
+
+
+def test_a_hot_paths_routes_by_kind_follow_subscriptions() -> None:
+    bus = EventBus()
+    routes = bus.routes_of(TaskEvent)
+    assert routes["succeeded"] == () and routes["started"] == ()
+    watcher = Finished()
+    unsubscribe = bus.subscribe(watcher)
+    assert bus.routes_of(TaskEvent) is routes  # the same mapping, kept current
+    assert routes["succeeded"] == (watcher.on_task_succeeded,) and routes["started"] == ()
+    everything: list[Any] = []
+    bus.subscribe(everything.append)
+    assert routes["started"] == (everything.append,)
+    unsubscribe()
+    assert routes["succeeded"] == (everything.append,)

@@ -100,6 +100,7 @@ class TaskPipeline:
         "_reject",
         "_retry",
         "_rng",
+        "_routes",
         "_timeout",
         "done",
         "failed",
@@ -137,6 +138,7 @@ class TaskPipeline:
         self._guard = guard
         self._controller = controller
         self._bus = bus
+        self._routes = bus.routes_of(TaskEvent)
         self._rng = rng
         self.queued = self.held = self.throttled = self.running = 0
         self.done = self.failed = self.retries = self.peak = 0
@@ -251,7 +253,7 @@ class TaskPipeline:
         running = self.running = self.running + 1
         if running > self.peak:
             self.peak = running
-        if route := self._bus.route(TaskEvent, "started"):
+        if route := self._routes["started"]:
             event = TaskEvent("started", result.index, start, attempt, None, 0.0, 0.0)
             self._bus.deliver(route, event)
         return attempt
@@ -348,7 +350,7 @@ class TaskPipeline:
             result.item = None
         index = result.index
         results[index] = result
-        if route := self._bus.route(TaskEvent, kind):
+        if route := self._routes[kind]:
             event = TaskEvent(kind, index, finished, attempts, result.error, 0.0, duration)
             self._bus.deliver(route, event)
         if self._controller is not None and attempts:
