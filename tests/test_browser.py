@@ -7,8 +7,10 @@ progress and the live chart move; then runs 16 instances in a second panel
 run (every label then reads "stopped", and stays so); runs 64 instances (a grid
 and a summary line, the chart in the first 1280 x 800 viewport); and runs a
 panel's cell again while it runs (the old run is stopped and says so, and the
-browser logs no error). Screenshots are kept for people to look at:
-``artifacts/browser-panel.png``, and one per state in ``/tmp/shots/``.
+browser logs no error); a racing sweep's board shows each trial's instances as the
+sweep's frame does, with a finite mean ± ci95 of ``loss_last``. Screenshots are
+kept for people to look at: ``artifacts/browser-panel.png``, and one per state in
+``/tmp/shots/``.
 """
 
 from __future__ import annotations
@@ -110,6 +112,26 @@ async def quick(ctx):
 crowd = lk.widgets.ExperimentPanel(lk.Experiment("crowd", quick), max_instances=64)
 crowd.instances.value = 64
 crowd""",
+    """\
+import random
+
+
+async def noisy(ctx):
+    # Instance i of every trial shares ctx.seed: each trial draws its own noise from it.
+    rng = random.Random(ctx.seed * 31 + int(100 * ctx.params["x"]))
+    for step in range(3):
+        ctx.record(loss=ctx.params["x"] + rng.gauss(0.0, 0.4), step=step)
+        await ctx.sleep(0.02)
+
+
+board = lk.widgets.SweepPanel(objective="loss_last")
+board""",
+    """\
+race = await lk.sweep(
+    lk.Experiment("noisy", noisy), {"x": [0.0, 0.2, 3.0]},
+    instances=lk.Race(max_instances=8), objective="loss_last", on_event=board,
+)
+print("race instances:", " ".join(str(n) for n in race.sort_values("trial")["instances"]))""",
     """\
 again = lk.widgets.ExperimentPanel(lk.Experiment("slow", slow))
 again.instances.value = 3
@@ -295,6 +317,7 @@ def test_panel_chart_and_monitor_render_and_run(jupyterlab: str) -> None:
             _stop(page, panels.nth(PANELS["stoppable"]))
             _run_again(page, console)
             _run_many(page, panels.nth(PANELS["crowd"]))
+            _check_race_board(page)
             assert errors.count() == 0, errors.all_inner_texts()
             # JupyterLab's own note on a kernel restart is not the page's error.
             assert [e for e in console if not e.startswith(RESTART_NOTE)] == [], console
@@ -461,3 +484,25 @@ def _run_many(page: Page, panel: Locator) -> None:
     panel.evaluate("node => node.scrollIntoView({block: 'start'})")
     assert "64 done" in panel.locator(".labkit-progress-summary").inner_text()
     page.screenshot(path=str(SHOTS / "sixty-four-after.png"))
+
+
+def _check_race_board(page: Page) -> None:
+    """The racing sweep's board: each trial's instances as the sweep's frame says, and
+    a finite mean ± ci95 with its n for the summary figure ``loss_last``."""
+    printed = page.locator(".jp-OutputArea-output", has_text="race instances:")
+    printed.wait_for(timeout=60_000)
+    counts = printed.inner_text().split("race instances:")[1].split()
+    board = page.locator(".labkit-sweep-panel")
+    board.scroll_into_view_if_needed()
+    rows = board.locator("tr.labkit-trial")
+    assert rows.count() == 3
+    shown: dict[str, str] = {}
+    for row in rows.all():
+        cells = row.locator("td").all_inner_texts()
+        trial, figure, instances = cells[1].rstrip(" ★"), cells[3], cells[4]
+        shown[trial] = instances.split(",")[0]
+        assert "±" in figure and "nan" not in figure, figure
+        assert f"(n={instances.split(',')[0]})" in figure, (figure, instances)
+    assert [shown[str(trial)] for trial in range(3)] == counts
+    assert len(set(counts)) > 1  # racing gave the trials different numbers of instances
+    board.screenshot(path=str(SHOTS / "race-board.png"))
