@@ -7,8 +7,9 @@ Three workloads, in one process, each run three ways in turn (the best of
 - subscribed: a callback that does nothing is subscribed to the events, which is
   what any watcher costs the core (it then creates and delivers events);
 - watched: the ``LiveTimeline`` is subscribed as a notebook user subscribes it
-  (it takes instance events, and reads each attempt's samples from the log its
-  ``TimelineEvent`` announces, so a run sends it no sample event) and a
+  (a watcher: it reads instance state changes, and each attempt's samples from
+  the log its ``on_samples`` gets, so a run builds no task and no sample event
+  for it) and a
   ``PoolMonitor`` refreshes from the runner's and a GPU pool's ``stats()`` every
   0.1 s (ten times its default).
   One chart serves every watched run, reset before each, as the experiment panel's
@@ -109,7 +110,7 @@ async def runner_throughput(mode: str) -> tuple[float, float]:
         runner.subscribe(_noop)
     elif mode == "watched":
         chart = _chart()
-        runner.subscribe(chart.handle)
+        runner.subscribe(chart)
         monitor = PoolMonitor(gpu_pool=lk.GPUPool(static_fleet(4)), runner=runner, interval=0.1)
     clock = _Stopwatch()
     async with runner:
@@ -140,7 +141,7 @@ async def experiment_throughput(
         on_event = _noop
     elif mode == "watched":
         chart = _chart()
-        on_event = chart.handle
+        on_event = chart
         monitor = PoolMonitor(gpu_pool=pool, interval=0.1)
     clock = _Stopwatch()
     result = await lk.run_experiment(
@@ -202,7 +203,7 @@ async def scale(watched: bool) -> dict[str, float]:
         lk.Experiment("scale", train4, params={"samples": SCALE_SAMPLES}),
         instances=SCALE_INSTANCES,
         max_concurrency=SCALE_INSTANCES,
-        on_event=None if chart is None else chart.handle,
+        on_event=chart,
     )
     elapsed = time.perf_counter() - start
     stop.set()
