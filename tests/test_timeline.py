@@ -1385,3 +1385,28 @@ def test_averaged_summaries_at_the_ends_of_the_float_range() -> None:
     summary = average_summaries([{"peak": 1.7e308}, {"peak": 1.7e308}, {"peak": 1.6e308}])
     assert summary["peak"] == pytest.approx(1.7e308 / 3 * 2 + 1.6e308 / 3, rel=1e-12)
     assert average_summaries([{"x": 1e-320}, {"x": 3e-320}])["x"] == 2e-320
+
+
+def test_a_spike_left_out_in_a_gap_costs_no_precision_to_the_others() -> None:
+    # Instance 0 jumps to 7e5 just before a gap longer than max_gap: the points in
+    # the gap leave its (interpolated, huge) values out. The others' spread there
+    # must not depend on where the data sit: shifting them keeps it to 1e-9.
+    spike_t = [0.0, 1.516461, 2.466201, 3.343374, 4.192244, 4.797467, 6.297467, 7.653093]
+    spike_t += [8.685369, 10.400742, 12.216251, 13.891054, 15.07481, 16.441994, 17.374337]
+    spiky = pd.DataFrame({"t": spike_t, "cpu": 0.0})
+    spiky.loc[6, "cpu"] = 7.028647e5
+    flat = pd.DataFrame(
+        {"t": [*np.linspace(1.99327, 2.16327, 9), 3.645872, *np.linspace(4.899186, 4.999186, 11)],
+         "cpu": 0.0}
+    )  # fmt: skip
+    bumpy = pd.DataFrame(
+        {"t": [4.287529, 5.043683, 5.515898, 5.771335, 6.673299, 7.044679],
+         "cpu": [0.0, 0.0, 0.006234, 0.0, 0.0, 0.0]}
+    )  # fmt: skip
+    frames = [spiky, flat, bumpy]
+    shift = 61203.385684678564
+    before = average_timelines(frames, max_gap=0.5)
+    after = average_timelines([f.assign(cpu=f["cpu"] + shift) for f in frames], max_gap=0.5)
+    spread = before["cpu_std"].to_numpy()
+    assert np.nanmax(spread) > 0  # the bump has a spread somewhere
+    np.testing.assert_allclose(after["cpu_std"], spread, rtol=0, atol=1e-9 * (1 + shift))

@@ -227,8 +227,13 @@ def update(
             x = np.where(keep, x, 0.0)
         x = np.multiply(x, state.inverse[start:stop], out=scratch.floats("scaled", x.size))
     for lo, hi in _uncovered(state.covered, start, stop):
-        # A value left out is still a finite number near the data: a fine shift.
         state.shift[lo:hi] = x[lo - start : hi - start]
+    if keep is not None and state.count is not None:
+        # A value left out may lie far from the data (a gap interpolated across a
+        # spike): a point's shift is its first value counted. Its sums are still
+        # zero then, so moving its shift changes nothing else.
+        first = np.logical_and(keep, state.count[start:stop] == 0)
+        np.copyto(state.shift[start:stop], x, where=first)
     deviation = scratch.floats("deviation", x.size)
     np.subtract(x, state.shift[start:stop], out=deviation)
     if keep is not None:
