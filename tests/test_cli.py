@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import fcntl
 import io
 import json
@@ -28,6 +27,7 @@ from labkit.cli import build_parser, load_target, main, parse_params
 from labkit.errors import StoreError
 from labkit.experiment import Experiment
 from labkit.store import Store
+from labkit.testing import FakeClock
 
 WORKLOAD = textwrap.dedent(
     """
@@ -578,12 +578,13 @@ async def test_past_sixteen_instances_the_bars_are_one_line_of_counts(
     async def work(ctx: Any) -> None:
         for step in range(3):
             ctx.record(value=float(step), step=step)
-            await asyncio.sleep(0.01)
+            await ctx.sleep(0.01)
 
+    clock = FakeClock(autojump=True)
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    bars = ProgressBars(20, None, enabled=True)
-    await run_experiment(Experiment("many", work), instances=20, on_event=bars)
+    bars = ProgressBars(20, None, enabled=True, clock=clock)
+    await run_experiment(Experiment("many", work), instances=20, on_event=bars, clock=clock)
     bars.close()
 
     text = terminal.getvalue()

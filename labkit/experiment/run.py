@@ -313,12 +313,7 @@ async def open_run(
     caller = ProcessCaller(experiment.fn, experiment.params or {}) if where == "process" else None
     config = {
         **options.config({**runner_options, "timeout": timeout} if timeout else runner_options),
-        "gpus_per_instance": gpus,
-        "seed": base_seed,
-        "executor": where if isinstance(where, str) else "dask",
-        **averaging_config(experiment, max_gap, method),
-        **display_config(experiment),
-        **_labels(labels),
+        **_run_config(experiment, where, gpus, base_seed, max_gap, method, labels),
     }
     book = InstanceLedger(
         experiment=experiment,
@@ -351,6 +346,27 @@ async def open_run(
             caller=caller,
         )
         yield run
+
+
+def _run_config(
+    experiment: Experiment,
+    where: str | DaskExecutor,
+    gpus: int,
+    seed: int,
+    max_gap: float | Mapping[str, float | None] | None,
+    method: Method | Mapping[str, Method] | None,
+    labels: Mapping[str, str | int | float | bool] | None,
+) -> dict[str, Any]:
+    """What the store keeps of a run beside its options: GPUs, the base seed, where
+    instances run, how they are averaged and shown, and the caller's labels."""
+    return {
+        "gpus_per_instance": gpus,
+        "seed": seed,
+        "executor": where if isinstance(where, str) else "dask",
+        **averaging_config(experiment, max_gap, method),
+        **display_config(experiment),
+        **_labels(labels),
+    }
 
 
 def _runner(

@@ -408,14 +408,10 @@ def _fold_steps(
 ) -> None:
     """Every instance's values of metric ``name`` into ``state``, at their steps' rows."""
     for instance in instances:
-        if name in instance.clean:
-            at, values = instance.t, instance.clean[name]
-        elif name in instance.ragged:
-            at, values = instance.ragged[name]
-        else:
-            continue
-        last = np.flatnonzero(np.append(at[1:] != at[:-1], True))  # a repeated step: its last row
-        moments.update_at(state, np.searchsorted(steps, at[last]), values[last])
+        found = instance.at_steps(name)
+        if found is not None:
+            at, values = found
+            moments.update_at(state, np.searchsorted(steps, at), values)
 
 
 def _whole(values: FloatArray) -> bool:

@@ -55,6 +55,18 @@ class Instance:
     ragged: dict[str, tuple[FloatArray, FloatArray]]
     nonfinite: dict[str, FloatArray]
 
+    def at_steps(self, name: str) -> tuple[FloatArray, FloatArray] | None:
+        """Metric ``name``'s finite values by step, one per step (a repeated step
+        keeps its last row), or ``None`` when the instance has none."""
+        if name in self.clean:
+            at, values = self.t, self.clean[name]
+        elif name in self.ragged:
+            at, values = self.ragged[name]
+        else:
+            return None
+        last = np.flatnonzero(np.append(at[1:] != at[:-1], True))
+        return at[last], values[last]
+
 
 def as_float(values: Any, where: str, what: str) -> FloatArray:
     """A numeric pandas/numpy column as float64 (a view when it already is)."""

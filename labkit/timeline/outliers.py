@@ -229,14 +229,10 @@ def _step_stacks(
     for name in wanted:
         stack = np.full((len(instances), steps.size), np.nan)
         for row, instance in enumerate(instances):
-            if name in instance.clean:
-                at, values = instance.t, instance.clean[name]
-            elif name in instance.ragged:
-                at, values = instance.ragged[name]
-            else:
-                continue
-            last = np.flatnonzero(np.append(at[1:] != at[:-1], True))  # a repeated step
-            stack[row, np.searchsorted(steps, at[last])] = values[last]
+            found = instance.at_steps(name)
+            if found is not None:
+                at, values = found
+                stack[row, np.searchsorted(steps, at)] = values
         yield name, stack
 
 
