@@ -6,9 +6,10 @@ progress and the live chart move; then runs 16 instances in a second panel
 (one faint trace for the instances, the average on top, a short legend); stops a
 run (every label then reads "stopped", and stays so); runs 64 instances (a grid
 and a summary line, the chart in the first 1280 x 800 viewport); and runs a
-panel's cell again while it runs (the old run is stopped and says so, and the
-browser logs no error); a racing sweep's board shows each trial's instances as the
-sweep's frame does, with a finite mean ± ci95 of ``loss_last``. Screenshots are
+panel's cell again while it runs (the old run is stopped and says so) and clears
+a running panel's output (the browser logs no error either way); a racing sweep's
+board shows each trial's instances as the sweep's frame does, with a finite mean ±
+ci95 of ``loss_last``. Screenshots are
 kept for people to look at: ``artifacts/browser-panel.png``, and one per state in
 ``/tmp/shots/``.
 """
@@ -426,7 +427,8 @@ def _stop(page: Page, panel: Locator) -> None:
 
 
 def _run_again(page: Page, console: list[str]) -> None:
-    """Run the cell of a running panel again: the old run stops and says so, no error logged."""
+    """Run the cell of a running panel again: the old run stops and says so; clear the
+    output of a running panel: its chart draws on for nobody. The browser logs no error."""
     panels = page.locator(".labkit-experiment-panel")
     old = panels.nth(PANELS["again"])
     old.scroll_into_view_if_needed()
@@ -440,19 +442,8 @@ def _run_again(page: Page, console: list[str]) -> None:
     count = len(console)
     cell = page.locator(".jp-Notebook .jp-CodeCell").nth(len(CELLS) - 1)
     cell.locator(".jp-InputArea-editor").click()
-    # Run the cell again right after the old chart drew a frame. A frame the kernel
-    # sends between JupyterLab clearing the output and the kernel starting the cell
-    # reaches plotly's removed views, which log "Error setting state" (a known race
-    # the kernel cannot see, left open); frames come at most 4 a second, so right
-    # after one that window is clear, and what is checked is labkit's own part.
-    page.evaluate(
-        """() => new Promise(resolve => {
-            const plot = document.querySelectorAll('.labkit-experiment-panel')[4]
-                .querySelector('.js-plotly-plot .scatterlayer');
-            const seen = new MutationObserver(() => { seen.disconnect(); resolve(); });
-            seen.observe(plot, {subtree: true, attributes: true, childList: true});
-        })"""
-    )
+    # Run the cell again while the old chart draws: the frames the old run sends after
+    # JupyterLab cleared the output reach no removed view (labkit.widgets.figure).
     page.keyboard.press("Control+Enter")
     page.wait_for_function(
         """() => [...document.querySelectorAll('.labkit-panel-message')]
@@ -469,7 +460,24 @@ def _run_again(page: Page, console: list[str]) -> None:
     page.wait_for_timeout(1500)
     assert console[count:] == [], console[count:]
     fresh.screenshot(path=str(SHOTS / "again-after.png"))
-    fresh.locator("button", has_text="Stop").click()
+    # Clear the output of the running panel: its chart goes on drawing for nobody.
+    cell.locator(".jp-InputArea-editor").click(button="right")
+    page.locator(".lm-Menu-itemLabel", has_text="Clear Cell Output").click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('.labkit-experiment-panel').length === 4",
+        timeout=30_000,
+    )
+    page.wait_for_timeout(1500)  # about six frames
+    assert console[count:] == [], console[count:]
+    # Running the cell again stops that run (the cleared panel's note is gone with it).
+    cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.labkit-panel-message')]
+            .some(m => m.textContent.includes('previous run of this cell (slow) was stopped'))""",
+        timeout=30_000,
+    )
+    assert console[count:] == [], console[count:]
 
 
 def _run_many(page: Page, panel: Locator) -> None:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 
 from labkit.clock import SYSTEM_CLOCK, Clock
 from labkit.errors import ConfigError
@@ -48,6 +47,7 @@ from labkit.plots import (
 )
 from labkit.results import ROUND_TO_INT
 from labkit.timeline import Method
+from labkit.widgets.figure import LiveFigure
 from labkit.widgets.frames import FrameBudget
 
 __all__ = ("LiveTimeline",)
@@ -150,7 +150,7 @@ class LiveTimeline(Watcher):
         self._stopped: frozenset[int] = frozenset()  # ended by the user's Stop, not failed
         self.flushes = 0
         """How many redraws have happened (for tests and curiosity)."""
-        self.figure = go.FigureWidget(layout=figure_layout(220.0))
+        self.figure = LiveFigure(layout=figure_layout(220.0))
         self._show_placeholder()
 
     @property
