@@ -6,8 +6,9 @@ By idea, each in a module of its own:
   (:class:`LineSnapshot`, :class:`AverageSnapshot`, :class:`LiveSnapshot`),
   shared by the static chart, the report and the live chart;
 - :mod:`~labkit.live.decimation`: keeping a line's shape in few points
-  (:func:`decimate_indices` for a whole series, a streaming min/max line for a
-  live one): peaks stay visible and memory stays fixed however long the run;
+  (:func:`decimate_indices` and :func:`decimate_line` for a whole series, a
+  streaming min/max line for a live one's samples): peaks stay visible and memory
+  stays fixed however long the run;
 - :mod:`~labkit.live.grid` and :mod:`~labkit.live.average`: the running average,
   on the final average's grid and with its statistics kernel
   (:mod:`labkit.timeline.moments`), so that once every sample has arrived its
@@ -21,7 +22,7 @@ Frame pacing belongs to the widget that draws: :mod:`labkit.widgets.frames`.
 
 from __future__ import annotations
 
-from labkit.live.decimation import DEFAULT_MAX_POINTS, decimate_indices
+from labkit.live.decimation import DEFAULT_MAX_POINTS, decimate_indices, decimate_line
 from labkit.live.model import LiveTimelineModel
 from labkit.live.snapshots import AverageSnapshot, Axis, Band, LineSnapshot, LiveSnapshot
 
@@ -34,4 +35,5 @@ __all__ = (
     "LiveSnapshot",
     "LiveTimelineModel",
     "decimate_indices",
+    "decimate_line",
 )

@@ -177,6 +177,28 @@ class RunningAverage:
         self._cache[metric] = average
         return average
 
+    def line_version(self, instance: int, metric: str) -> int:
+        """How often ``instance``'s row of ``metric`` has changed (-1: it has none): a
+        :meth:`line` read at one version is current while it holds."""
+        grid = self._grids.get(metric)
+        row = self._rows.get(instance)
+        if grid is None or row is None or row >= grid.row_versions.shape[0]:
+            return -1
+        return int(grid.row_versions[row])
+
+    def line(self, instance: int, metric: str) -> tuple[FloatArray, FloatArray] | None:
+        """``instance``'s line of ``metric`` as the average reads it: its values on the
+        grid (times in seconds or steps, values; a gap is one NaN), or ``None`` while
+        it has none there (the step or gap not yet known, or the instance left)."""
+        grid = self._grids.get(metric)
+        row = self._rows.get(instance)
+        if grid is None or row is None or self._step is None or row >= grid.values.shape[0]:
+            return None
+        columns, y = self._axis.drawn(grid.row(row))
+        if not columns.size:
+            return None
+        return frozen(columns * (grid.stride * self._step)), frozen(y)
+
     # Internals -----------------------------------------------------------------------
 
     def _row(self, instance: int) -> int:

@@ -91,6 +91,11 @@ class TimeAxis:
         from the first to the last, a gap every instance has drawn as a break."""
         return np.arange(covered[0], covered[-1] + 1) if covered.size else covered
 
+    def drawn(self, values: FloatArray) -> tuple[IntArray, FloatArray]:
+        """A line's grid columns and values from its row: its first to its last
+        covered column, each gap one NaN (a break in the line)."""
+        return _with_breaks(values)
+
     def close(self, grid: MetricGrid, row: int, cursor: GridCursor, step: float) -> None:
         """End a finished line's run: it covers the grid point nearest its last sample
         too, holding that sample's value."""
@@ -157,6 +162,12 @@ class StepAxis:
         result's rows (steps recorded every k are joined, not k - 1 breaks apart)."""
         return covered
 
+    def drawn(self, values: FloatArray) -> tuple[IntArray, FloatArray]:
+        """A line's grid columns and values from its row: the steps it recorded,
+        joined (as :meth:`shown` joins the average's)."""
+        columns = np.flatnonzero(~np.isnan(values))
+        return columns, values[columns]
+
     def close(self, grid: MetricGrid, row: int, cursor: GridCursor, step: float) -> None:
         """Nothing to end: a step's value is placed with its sample."""
 
@@ -168,6 +179,22 @@ AxisRule: TypeAlias = TimeAxis | StepAxis
 def axis_rule(name: Axis) -> AxisRule:
     """The strategy of the axis ``name`` (``"t"`` or ``"step"``)."""
     return StepAxis() if name == "step" else TimeAxis()
+
+
+def _with_breaks(values: FloatArray) -> tuple[IntArray, FloatArray]:
+    """The covered span of a row (first to last non-NaN), each run of NaN one NaN."""
+    covered = np.flatnonzero(~np.isnan(values))
+    if not covered.size:
+        return covered, values[:0]
+    first, last = int(covered[0]), int(covered[-1])
+    span = values[first : last + 1]
+    missing = np.isnan(span)
+    if not missing.any():
+        return np.arange(first, last + 1), span
+    # A NaN is kept where the one before it was not: one break per gap.
+    kept = ~missing
+    kept[1:] |= ~missing[:-1]
+    return np.flatnonzero(kept) + first, span[kept]
 
 
 def _count(

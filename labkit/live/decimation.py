@@ -4,10 +4,12 @@ A chart cannot usefully draw more points than it has pixels, but a peak that
 decimation drops is a peak the reader never sees. Both forms here keep each
 bucket's minimum and maximum (with their times) and the first and last point:
 
-- :func:`decimate_indices` picks the positions to draw of a whole series (the
-  static chart and the report);
-- :class:`MinMaxLine` keeps one live line to a fixed number of points as samples
-  stream in, whatever the length of the run (the live chart).
+- :func:`decimate_indices` picks the positions to draw of a whole series, and
+  :func:`decimate_line` draws a line with them, its breaks kept (the static
+  chart, the report, and the live chart's lines on the running grid);
+- :class:`MinMaxLine` keeps one live line's samples to a fixed number of points
+  as they stream in, whatever the length of the run (the live chart draws it
+  until a line has points on the running grid, and for a failed instance).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy.typing as npt
 from labkit.errors import ConfigError
 from labkit.live.snapshots import FloatArray, IntArray, frozen
 
-__all__ = ("DEFAULT_MAX_POINTS", "MinMaxLine", "decimate_indices")
+__all__ = ("DEFAULT_MAX_POINTS", "MinMaxLine", "decimate_indices", "decimate_line", "run_ends")
 
 DEFAULT_MAX_POINTS = 2000
 """Points per line above which a timeline is decimated for display."""
@@ -62,6 +64,29 @@ def decimate_indices(values: npt.ArrayLike, max_points: int = DEFAULT_MAX_POINTS
     offsets = np.arange(buckets) * size
     picked = np.concatenate(([0, n - 1], offsets + low, offsets + high))
     return np.unique(picked[picked < n])
+
+
+def run_ends(*series: npt.ArrayLike) -> IntArray:
+    """Positions where any of ``series`` turns from a number to NaN or back, both sides:
+    decimation must keep them, or a gap would be bridged."""
+    known = np.isfinite(np.asarray(series[0], dtype=float))
+    changes = np.zeros(known.size, dtype=bool)
+    for values in series:
+        finite = np.isfinite(np.asarray(values, dtype=float))
+        changes[1:] |= finite[1:] != finite[:-1]
+    after = np.flatnonzero(changes)
+    return np.union1d(after, after - 1)
+
+
+def decimate_line(
+    t: FloatArray, y: FloatArray, max_points: int = DEFAULT_MAX_POINTS
+) -> tuple[FloatArray, FloatArray]:
+    """A line (times, values; a NaN is a break) kept to about ``max_points`` points
+    by :func:`decimate_indices`, its breaks kept (a few points more where it has any)."""
+    if y.shape[0] <= max_points:
+        return t, y
+    keep = np.union1d(decimate_indices(y, max_points), run_ends(y))
+    return t[keep], y[keep]
 
 
 class MinMaxLine:

@@ -134,6 +134,7 @@ class MetricGrid:
         "_stats",
         "members",
         "rounded",
+        "row_versions",
         "stride",
         "summed",
         "values",
@@ -146,6 +147,8 @@ class MetricGrid:
         self.rounded = rounded
         self.values = np.full((rows, _INITIAL_COLUMNS), np.nan)
         self.members = np.zeros(rows, dtype=bool)  # summed: the rows that have counted
+        # Each row's changes so far: a line drawn from a row is current while it holds.
+        self.row_versions = np.zeros(rows, dtype=np.int64)
         self.summed = summed
         self.stride = 1
         self._stats = GridStatistics(0)
@@ -179,6 +182,9 @@ class MetricGrid:
             members = np.zeros(tall, dtype=bool)
             members[:have_rows] = self.members
             self.members = members
+            versions = np.zeros(tall, dtype=np.int64)
+            versions[:have_rows] = self.row_versions
+            self.row_versions = versions
         if columns > self._stats.columns:
             self._stats = self._stats.resized(columns)
 
@@ -196,6 +202,7 @@ class MetricGrid:
         columns = ks // self.stride
         self.ensure(row + 1, int(columns[-1]) + 1)
         self.values[row, columns] = values
+        self.row_versions[row] += 1
         self._dirty_from = min(self._dirty_from, int(columns[0]))
 
     def add(self, row: int, ks: IntArray, counts: FloatArray) -> None:
@@ -207,16 +214,26 @@ class MetricGrid:
         self.ensure(row + 1, int(columns[-1]) + 1)
         held = self.values[row, columns]
         self.values[row, columns] = np.where(np.isnan(held), 0.0, held) + counts
+        self.row_versions[row] += 1
         if not self.members[row]:
             self.members[row] = True
             self._dirty_from = 0  # its zeros count everywhere
         self._dirty_from = min(self._dirty_from, int(columns[0]))
+
+    def row(self, row: int) -> FloatArray:
+        """Instance ``row``'s values over the columns with statistics, as they count
+        in them (a copy; NaN: not covered, but 0 where a counter's row counts 0)."""
+        values = self.values[row, : self.columns].copy()
+        if self.summed and self.members[row]:
+            values[np.isnan(values)] = 0.0
+        return values
 
     def clear_row(self, row: int) -> None:
         """Forget an instance's values (it failed, or starts over)."""
         if row < self.values.shape[0]:
             self.values[row, :] = np.nan
             self.members[row] = False
+            self.row_versions[row] += 1
             self._dirty_from = 0
 
     def _thin(self) -> None:
@@ -226,6 +243,7 @@ class MetricGrid:
         values = np.full_like(self.values, np.nan)
         values[:, :half] = self.values[:, : 2 * half : 2]
         self.values = values
+        self.row_versions += 1
         self._stats = self._stats.thinned()
         self._dirty_from = min(self._dirty_from // 2, half)
 

@@ -1,9 +1,12 @@
 """The live chart's model: instance events in, immutable snapshots out, no UI.
 
 :class:`LiveTimelineModel` keeps the books of a run as a chart sees it: which
-instances started, finished or failed, each instance's decimated line per metric
+instances started, finished or failed, each instance's decimated samples per metric
 (:class:`~labkit.live.decimation.MinMaxLine`), and the running average
-(:class:`~labkit.live.average.RunningAverage`); it hands out
+(:class:`~labkit.live.average.RunningAverage`). A line is drawn from the points the
+average reads (the instance's values on the running grid), so that a min-max band
+holds every line; from its samples until it has any there, and once its instance
+failed (it left the average). It hands out
 :class:`~labkit.live.snapshots.LiveSnapshot` records that a widget only maps to
 traces. Whether lines run over seconds or steps is a strategy object
 (:mod:`labkit.live.axes`), chosen from the first samples or given.
@@ -34,7 +37,7 @@ from labkit.events import InstanceEvent, TimelineEvent, Watcher
 from labkit.live.average import RunningAverage
 from labkit.live.axes import AxisRule, axis_rule
 from labkit.live.columns import SampleColumns
-from labkit.live.decimation import DEFAULT_MAX_POINTS, MinMaxLine
+from labkit.live.decimation import DEFAULT_MAX_POINTS, MinMaxLine, decimate_line
 from labkit.live.snapshots import (
     AverageSnapshot,
     Axis,
@@ -133,7 +136,8 @@ class LiveTimelineModel(Watcher):
     def _clear(self) -> None:
         self._metrics: list[str] = list(self._initial_metrics)
         self._lines: dict[tuple[int, str], MinMaxLine] = {}
-        self._line_cache: dict[tuple[int, str], LineSnapshot] = {}
+        # Each line's record, and the version of its grid row it was drawn from (-1: none).
+        self._line_cache: dict[tuple[int, str], tuple[int, LineSnapshot]] = {}
         self._instances: set[int] = set()  # every instance that had a line
         self._latest: dict[int, float] = {}  # instance -> its latest sample's offset (s)
         self._failed: set[int] = set()
@@ -456,20 +460,31 @@ class LiveTimelineModel(Watcher):
 
     def _line_snapshots(self) -> tuple[LineSnapshot, ...]:
         """Every line, by metric then instance (a line unchanged since the last
-        snapshot is the same record)."""
+        snapshot is the same record).
+
+        A line is drawn from the points the running average reads, its values on
+        the grid, so that the band holds every line; until it has any there (the
+        first samples), and once its instance failed, from its samples.
+        """
         lines = []
+        average = self._average
         for metric in self._metrics:
             for instance in sorted(i for i, m in self._lines if m == metric):
                 key = (instance, metric)
-                cached = self._line_cache.get(key)
                 failed = instance in self._failed
-                if cached is None or cached.failed != failed:
-                    line = self._lines[key]
-                    t, y = line.points()
-                    cached = LineSnapshot(instance, metric, t, y, line.samples, failed)
-                    self._line_cache[key] = cached
-                lines.append(cached)
+                version = -1 if failed or average is None else average.line_version(*key)
+                cached = self._line_cache.get(key)
+                if cached is None or cached[0] != version or cached[1].failed != failed:
+                    cached = self._line_cache[key] = (version, self._line(key, version, failed))
+                lines.append(cached[1])
         return tuple(lines)
+
+    def _line(self, key: tuple[int, str], version: int, failed: bool) -> LineSnapshot:
+        """Line ``key``'s record: from its grid row at ``version`` (-1: its samples)."""
+        line = self._lines[key]
+        drawn = None if version < 0 or self._average is None else self._average.line(*key)
+        t, y = line.points() if drawn is None else decimate_line(*drawn, self.max_points)
+        return LineSnapshot(key[0], key[1], t, y, line.samples, failed)
 
 
 class _Feed:

@@ -13,9 +13,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from labkit.errors import ConfigError, error_text
-from labkit.live import DEFAULT_MAX_POINTS, AverageSnapshot, Band, decimate_indices
+from labkit.live import DEFAULT_MAX_POINTS, AverageSnapshot, Band, decimate_line
 from labkit.plots.style import DEFAULT_BAND, MetricLabels, XAxis, figure_layout, time_title
-from labkit.plots.traces import InstanceLine, average_traces, instance_traces, run_ends
+from labkit.plots.traces import InstanceLine, average_traces, instance_traces
 from labkit.timeline import Method, average_timelines
 from labkit.timeline.inputs import GAP_FACTOR, median_interval
 
@@ -314,11 +314,11 @@ class _Drawing:
             return None
         if self.step is not None:
             t, y = _on_grid(t, y, metric, self.step, self._method(metric), gap)
-        keep = np.union1d(decimate_indices(y, self.max_points), run_ends(y))
+        t, y = decimate_line(t, y, self.max_points)
         if inst.outlier_in is None:
-            return InstanceLine(inst.index, t[keep], y[keep])
+            return InstanceLine(inst.index, t, y)
         note = f"outlier: {', '.join(inst.outlier_in)}" if inst.outlier_in else "outlier"
-        return InstanceLine(inst.index, t[keep], y[keep], state="outlier", note=note)
+        return InstanceLine(inst.index, t, y, state="outlier", note=note)
 
     def _method(self, metric: str) -> Any:
         return self.method.get(metric) if isinstance(self.method, Mapping) else self.method

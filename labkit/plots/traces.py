@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from labkit.live import DEFAULT_MAX_POINTS, AverageSnapshot, Band, decimate_indices
+from labkit.live.decimation import run_ends
 from labkit.plots.style import (
     AVERAGE_COLOR,
     BAND_COLOR,
@@ -241,18 +242,6 @@ def average_traces(
         }
     )
     return traces
-
-
-def run_ends(*series: np.ndarray) -> np.ndarray:
-    """Positions where any of ``series`` turns from a number to NaN or back, both sides:
-    decimation must keep them, or a gap would be bridged."""
-    known = np.isfinite(np.asarray(series[0], dtype=float))
-    changes = np.zeros(known.size, dtype=bool)
-    for values in series:
-        finite = np.isfinite(np.asarray(values, dtype=float))
-        changes[1:] |= finite[1:] != finite[:-1]
-    after = np.flatnonzero(changes)
-    return np.union1d(after, after - 1)
 
 
 def _band_outline(

@@ -218,8 +218,8 @@ class LiveTimeline(Watcher):
         self._memo.clear()
         self._final = {}
         if hasattr(result, "instances") and averaged is not None and "t" in averaged.columns:
-            # The instances as the average saw them, on its grid: a min-max band then
-            # holds every line (the running lines are the raw samples).
+            # The instances as the final average saw them, on its grid (the running
+            # lines were on the running grid): a min-max band holds every line.
             self._final = {
                 metric: instance_lines(result, metric, max_points=self._max_points)
                 for metric in metric_names(averaged)
