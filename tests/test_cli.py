@@ -54,6 +54,26 @@ def labkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_python_dash_m_labkit_is_the_labkit_command(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "labkit", "run", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: labkit run")
+    wrong = subprocess.run(
+        [sys.executable, "-m", "labkit", "no-such-command"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert wrong.returncode == 2 and "no-such-command" in wrong.stderr
+
+
 def test_demo_prints_the_summary_writes_the_report_and_records_the_run(tmp_path: Path) -> None:
     done = labkit(
         "demo", "--duration", "2", "--report", "demo.html", "--db", "lab.db", cwd=tmp_path
