@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -330,8 +331,9 @@ async def open_run(
         _say(book.notes, shared.message())
     run = ExperimentRun(experiment, options, runner, book, results, config, shared)
     async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(runner)
+        # The heartbeat first: from here, a run that ends by an exception is marked.
         await stack.enter_async_context(_heartbeat(store, book.experiment_id, heartbeat_every))
+        await stack.enter_async_context(runner)
         run._attempt = await _attempts(
             stack,
             book,
@@ -402,22 +404,54 @@ async def _begin(
     options: ExperimentOptions,
     config: dict[str, Any],
 ) -> dict[int, InstanceResult]:
-    """Begin the store's record of the run; the instances it resumes, with their seeds."""
+    """Begin the store's record of the run; the instances it resumes, with their seeds.
+
+    ``store.begin`` runs in a thread: it may wait for another process's lock or a
+    live run. A run cancelled meanwhile still leaves its record ``interrupted``, not
+    ``running``: whichever of the thread and the cancelled run comes second marks it.
+    """
     if store is None:
         return {}
-    # In a thread: begin() may wait for another process's lock or a live run.
-    book.experiment_id, loaded = await asyncio.to_thread(
-        store.begin,
-        name=book.experiment.name,
-        params=dict(book.experiment.params or {}),
-        instances=options.planned,
-        config=config,
-        resume=options.resume,
-    )
+    lock = threading.Lock()
+    begun: list[str] = []  # the record's id, once begun
+    cancelled: list[bool] = []
+
+    def begin() -> tuple[str, dict[int, InstanceResult]]:
+        experiment_id, loaded = store.begin(
+            name=book.experiment.name,
+            params=dict(book.experiment.params or {}),
+            instances=options.planned,
+            config=config,
+            resume=options.resume,
+        )
+        with lock:
+            begun.append(experiment_id)
+            late = bool(cancelled)
+        if late:
+            _mark_interrupted(store, experiment_id)
+        return experiment_id, loaded
+
+    try:
+        book.experiment_id, loaded = await asyncio.to_thread(begin)
+    except asyncio.CancelledError:
+        with lock:
+            cancelled.append(True)
+            done = list(begun)
+        for experiment_id in done:
+            _mark_interrupted(store, experiment_id)
+        raise
     return {
         index: replace(result, seed=instance_seed(book.seed, index))
         for index, result in loaded.items()
     }
+
+
+def _mark_interrupted(store: ExperimentRecorder | None, experiment_id: str) -> None:
+    """Mark a run that ended without finishing, with the store's ``mark_interrupted``
+    if it has one (a recorder without it says so by its heartbeat going stale)."""
+    mark = getattr(store, "mark_interrupted", None)
+    if mark is not None:
+        mark(experiment_id)
 
 
 async def _attempts(
@@ -678,7 +712,6 @@ async def _heartbeat(
     if beat is None or experiment_id is None:
         yield
         return
-    mark = getattr(store, "mark_interrupted", None)
 
     async def beating() -> None:
         while True:
@@ -689,8 +722,7 @@ async def _heartbeat(
     try:
         yield
     except BaseException:
-        if mark is not None:
-            mark(experiment_id)
+        _mark_interrupted(store, experiment_id)
         raise
     finally:
         task.cancel()
