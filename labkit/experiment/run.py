@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -20,10 +18,11 @@ from labkit.experiment.auto import run_instances
 from labkit.experiment.dask import DaskInstances, cluster_executor, on_dask
 from labkit.experiment.options import ExperimentOptions, check_resources
 from labkit.experiment.process import ProcessCaller
+from labkit.experiment.record import begin_record, heartbeat
 from labkit.experiment.spec import Experiment, averaging_config, display_config
 from labkit.results import ExperimentRecorder, ExperimentResult, InstanceResult, error_text
 from labkit.runner.options import RunOptions
-from labkit.seeds import check_seed, instance_seed
+from labkit.seeds import check_seed
 
 if TYPE_CHECKING:
     from labkit.cluster import DaskExecutor
@@ -323,7 +322,7 @@ async def open_run(
         recorder=store,
         seed=base_seed,
     )
-    results = await _begin(store, book, options, config)
+    results = await begin_record(store, book, options, config)
     shared = _shared_cores(
         where, sandbox_pool, experiment, runner_options["max_concurrency"], options
     )
@@ -332,7 +331,7 @@ async def open_run(
     run = ExperimentRun(experiment, options, runner, book, results, config, shared)
     async with contextlib.AsyncExitStack() as stack:
         # The heartbeat first: from here, a run that ends by an exception is marked.
-        await stack.enter_async_context(_heartbeat(store, book.experiment_id, heartbeat_every))
+        await stack.enter_async_context(heartbeat(store, book.experiment_id, heartbeat_every))
         await stack.enter_async_context(runner)
         run._attempt = await _attempts(
             stack,
@@ -396,62 +395,6 @@ def _runner(
         default_concurrency = min(options.planned, available_cores())
     runner_options.setdefault("max_concurrency", default_concurrency)
     return Runner(on_event=bus, clock=clock, **runner_options), timeout
-
-
-async def _begin(
-    store: ExperimentRecorder | None,
-    book: InstanceLedger,
-    options: ExperimentOptions,
-    config: dict[str, Any],
-) -> dict[int, InstanceResult]:
-    """Begin the store's record of the run; the instances it resumes, with their seeds.
-
-    ``store.begin`` runs in a thread: it may wait for another process's lock or a
-    live run. A run cancelled meanwhile still leaves its record ``interrupted``, not
-    ``running``: whichever of the thread and the cancelled run comes second marks it.
-    """
-    if store is None:
-        return {}
-    lock = threading.Lock()
-    begun: list[str] = []  # the record's id, once begun
-    cancelled: list[bool] = []
-
-    def begin() -> tuple[str, dict[int, InstanceResult]]:
-        experiment_id, loaded = store.begin(
-            name=book.experiment.name,
-            params=dict(book.experiment.params or {}),
-            instances=options.planned,
-            config=config,
-            resume=options.resume,
-        )
-        with lock:
-            begun.append(experiment_id)
-            late = bool(cancelled)
-        if late:
-            _mark_interrupted(store, experiment_id)
-        return experiment_id, loaded
-
-    try:
-        book.experiment_id, loaded = await asyncio.to_thread(begin)
-    except asyncio.CancelledError:
-        with lock:
-            cancelled.append(True)
-            done = list(begun)
-        for experiment_id in done:
-            _mark_interrupted(store, experiment_id)
-        raise
-    return {
-        index: replace(result, seed=instance_seed(book.seed, index))
-        for index, result in loaded.items()
-    }
-
-
-def _mark_interrupted(store: ExperimentRecorder | None, experiment_id: str) -> None:
-    """Mark a run that ended without finishing, with the store's ``mark_interrupted``
-    if it has one (a recorder without it says so by its heartbeat going stale)."""
-    mark = getattr(store, "mark_interrupted", None)
-    if mark is not None:
-        mark(experiment_id)
 
 
 async def _attempts(
@@ -695,36 +638,3 @@ async def _local_sandboxes(size: int) -> AsyncIterator[SandboxPool]:
         yield pool
     finally:
         await pool.close()
-
-
-@contextlib.asynccontextmanager
-async def _heartbeat(
-    store: ExperimentRecorder | None, experiment_id: str | None, every: float
-) -> AsyncIterator[None]:
-    """Beat ``store.heartbeat(experiment_id, every=every)`` every ``every`` s while the run runs.
-
-    Liveness is about the real process, so this sleeps on the system clock even
-    when the run's clock is a test's ``FakeClock``. A recorder without a
-    ``heartbeat`` method gets none. A run that ends by an exception (cancelled,
-    Ctrl-C) is marked at once with ``store.mark_interrupted``, if it has one.
-    """
-    beat = getattr(store, "heartbeat", None)
-    if beat is None or experiment_id is None:
-        yield
-        return
-
-    async def beating() -> None:
-        while True:
-            beat(experiment_id, every=every)
-            await SYSTEM_CLOCK.sleep(every)
-
-    task = asyncio.get_running_loop().create_task(beating())
-    try:
-        yield
-    except BaseException:
-        _mark_interrupted(store, experiment_id)
-        raise
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
