@@ -10,6 +10,8 @@ labkit's wrapped module does not, and its views' listeners are gone.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -48,6 +50,25 @@ def test_the_installed_plotly_module_is_wrapped() -> None:
     assert WRAPPED
     assert "labkitFigure" in figure._esm
     assert figure._esm.startswith(_PLOTLY_MODULE[:1000])
+
+
+def test_without_anywidget_the_widgets_import_and_the_chart_says_what_to_install() -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['anywidget'] = None  # as if it were not installed\n"
+        "import labkit.widgets as widgets\n"
+        "from labkit.widgets.figure import WRAPPED\n"
+        "assert not WRAPPED\n"
+        "try:\n"
+        "    widgets.LiveTimeline()\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "install anywidget" in done.stdout
 
 
 DRIVE = """async ([source]) => {

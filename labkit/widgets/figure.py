@@ -57,7 +57,9 @@ def _only_comments(tail: str) -> bool:
     return not re.sub(r"/\*.*?\*/|//[^\n]*", "", tail, flags=re.DOTALL).strip(" \t\r\n;")
 
 
-_PLOTLY_MODULE = str(go.FigureWidget._esm)
+# Without anywidget, plotly's FigureWidget is a stand-in with no module, whose
+# constructor says to install anywidget: LiveFigure then does the same.
+_PLOTLY_MODULE = str(getattr(go.FigureWidget, "_esm", ""))
 _WRAPPED_MODULE = wrap_module(_PLOTLY_MODULE, _WRAPPER.read_text(encoding="utf-8"))
 WRAPPED = _WRAPPED_MODULE is not None
 """Whether :class:`LiveFigure`'s views let go when removed (plotly's module was wrapped)."""
