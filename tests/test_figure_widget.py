@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("plotly")
 
-from labkit.widgets.figure import _PLOTLY_MODULE, WRAPPED, LiveFigure, wrap_module
+from labkit.widgets.figure import PLOTLY_MODULE, WRAPPED, LiveFigure, wrap_module
 from tests.test_browser import CHROMIUM_ARGS
 
 WRAPPER = "export default {wrapped: LABKIT_PLOTLY_WIDGET};\n"
@@ -49,7 +49,7 @@ def test_the_installed_plotly_module_is_wrapped() -> None:
     figure = LiveFigure()
     assert WRAPPED
     assert "labkitFigure" in figure._esm
-    assert figure._esm.startswith(_PLOTLY_MODULE[:1000])
+    assert figure._esm.startswith(PLOTLY_MODULE[:1000])
 
 
 def test_without_anywidget_the_widgets_import_and_the_chart_says_what_to_install() -> None:
@@ -143,7 +143,7 @@ def _drive(module: str) -> dict[str, Any]:
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 def test_a_removed_view_stops_listening_where_plotlys_own_throws() -> None:
-    plotly = _drive(_PLOTLY_MODULE)
+    plotly = _drive(PLOTLY_MODULE)
     # plotly's view drew, and redraws into its purged element after its removal.
     assert plotly["line"]
     assert plotly["after"] == plotly["rendered"] > plotly["before"]

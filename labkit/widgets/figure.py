@@ -18,7 +18,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-__all__ = ("WRAPPED", "LiveFigure", "wrap_module")
+__all__ = ("PLOTLY_MODULE", "WRAPPED", "LiveFigure", "wrap_module")
 
 _WRAPPER = Path(__file__).with_name("figure.js")
 _EXPORTS = re.compile(r"export\s*\{([^{}]*)\}\s*;?")
@@ -59,8 +59,9 @@ def _only_comments(tail: str) -> bool:
 
 # Without anywidget, plotly's FigureWidget is a stand-in with no module, whose
 # constructor says to install anywidget: LiveFigure then does the same.
-_PLOTLY_MODULE = str(getattr(go.FigureWidget, "_esm", ""))
-_WRAPPED_MODULE = wrap_module(_PLOTLY_MODULE, _WRAPPER.read_text(encoding="utf-8"))
+PLOTLY_MODULE = str(getattr(go.FigureWidget, "_esm", ""))
+"""plotly's own front-end module for ``FigureWidget`` (empty without anywidget)."""
+_WRAPPED_MODULE = wrap_module(PLOTLY_MODULE, _WRAPPER.read_text(encoding="utf-8"))
 WRAPPED = _WRAPPED_MODULE is not None
 """Whether :class:`LiveFigure`'s views let go when removed (plotly's module was wrapped)."""
 
@@ -68,4 +69,4 @@ WRAPPED = _WRAPPED_MODULE is not None
 class LiveFigure(go.FigureWidget):  # type: ignore[misc]
     """plotly's ``FigureWidget``, whose views stop listening once removed from the page."""
 
-    _esm = _WRAPPED_MODULE or _PLOTLY_MODULE
+    _esm = _WRAPPED_MODULE or PLOTLY_MODULE
