@@ -158,10 +158,8 @@ def test_lines_are_decimated_to_a_fixed_size_and_keep_peaks() -> None:
     model = LiveTimelineModel(max_points=100)
     rng = np.random.default_rng(3)
     values = rng.random(100_000)
-    # Past 2,000 grid points the running grid keeps every 64th millisecond: these
-    # two are grid points, and decimation keeps them.
-    values[43_200] = 7.0
-    values[76_800] = -3.0
+    values[43_210] = 7.0
+    values[77_777] = -3.0
     for start in range(0, values.size, 9_999):  # uneven batches, as frames come
         for i in range(start, min(start + 9_999, values.size)):
             model.handle(_sample(0, i * 0.001, cpu=float(values[i])))
@@ -170,18 +168,18 @@ def test_lines_are_decimated_to_a_fixed_size_and_keep_peaks() -> None:
     line = model.snapshot().lines[0]
     assert line.samples == 100_000
     assert len(line.t) <= 100
-    assert line.y.max() == pytest.approx(7.0) and line.y.min() == pytest.approx(-3.0)
-    assert line.t[0] == 0.0 and 99.999 - 0.064 < line.t[-1] <= 99.999
+    assert line.y.max() == 7.0 and line.y.min() == -3.0
+    assert line.t[0] == 0.0 and line.t[-1] == pytest.approx(99.999)
     assert np.all(np.diff(line.t) > 0)
     # Buckets cover equal sample counts: the kept points spread over the whole run.
     assert np.diff(line.t).max() < 10 * 100.0 / 100
 
 
 def test_every_line_lies_inside_the_running_min_max_band() -> None:
-    """Lines are drawn from the points the running average reads: the band holds them
-    all, also where a sample between two grid points peaks (drawn as sampled, it would
-    poke out of the band)."""
-    model = LiveTimelineModel()
+    """With ``lines="grid"`` lines are drawn from the points the running average reads:
+    the band holds them all, also where a sample between two grid points peaks
+    (drawn as sampled, it pokes out of the band)."""
+    model = LiveTimelineModel(lines="grid")
     rng = np.random.default_rng(11)
     for instance in range(3):
         t = np.cumsum(rng.uniform(0.05, 0.15, 200))
@@ -197,6 +195,25 @@ def test_every_line_lies_inside_the_running_min_max_band() -> None:
         np.testing.assert_allclose(average.t[at], line.t)  # the grid's own points
         assert np.all(average.min[at] <= line.y) and np.all(line.y <= average.max[at])
     assert max(float(line.y.max()) for line in snapshot.lines_of("cpu")) > 4.0  # spikes show
+
+
+def test_lines_follow_their_samples_by_default_and_the_grid_on_request() -> None:
+    model = LiveTimelineModel()
+    for i, t in enumerate([0.0, 0.13, 0.2, 0.41, 0.5]):
+        model.handle(_sample(0, t, cpu=float(i)))
+    assert model.lines == "samples"
+    assert list(model.snapshot().lines[0].t) == [0.0, 0.13, 0.2, 0.41, 0.5]
+    version = model.snapshot().version
+    model.lines = "grid"
+    on_grid = model.snapshot()
+    assert on_grid.version > version  # a view redraws
+    step = model.step
+    assert step is not None
+    np.testing.assert_allclose(on_grid.lines[0].t / step, np.round(on_grid.lines[0].t / step))
+    with pytest.raises(ConfigError, match="lines"):
+        model.lines = "raw"  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="lines"):
+        LiveTimelineModel(lines="points")  # type: ignore[arg-type]
 
 
 def test_short_lines_are_kept_whole() -> None:
@@ -317,12 +334,8 @@ def test_metrics_sampled_apart_each_get_their_own_line() -> None:
         model.handle(_sample(0, step * 0.5, **metrics))
     snapshot = model.snapshot()
     assert snapshot.metrics == ("loss", "cpu")
-    # Each on the grid the average reads (every 0.5 s), from its own first sample on.
-    cpu, loss = snapshot.lines_of("cpu")[0], snapshot.lines_of("loss")[0]
-    assert list(cpu.t) == [0.5, 1.0, 1.5, 2.0, 2.5]
-    assert list(cpu.y) == [1.0, 2.0, 3.0, 4.0, 5.0]  # through its samples at 0.5, 1.5, 2.5
-    assert list(loss.t) == [0.0, 0.5, 1.0, 1.5, 2.0]
-    assert list(loss.y[::2]) == [1.0, 1 / 3, 1 / 5]
+    assert list(snapshot.lines_of("cpu")[0].t) == [0.5, 1.5, 2.5]
+    assert list(snapshot.lines_of("loss")[0].t) == [0.0, 1.0, 2.0]
 
 
 def test_error_counts_are_rounded_like_the_result() -> None:

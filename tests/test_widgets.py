@@ -12,6 +12,7 @@ from labkit.errors import ConfigError
 from labkit.events import EventBus, InstanceEvent, TaskEvent
 from labkit.experiment import Experiment, InstanceContext, run_experiment
 from labkit.gpu import GPU, GPUPool, StaticInventory, static_fleet
+from labkit.live import LiveTimelineModel
 from labkit.results import ExperimentResult
 from labkit.testing import FakeClock
 from labkit.widgets import ExperimentPanel, InstanceSlider, LiveTimeline, PoolMonitor
@@ -215,14 +216,42 @@ def test_live_chart_decimates_long_instances() -> None:
     chart = LiveTimeline(max_points=100)
     rng = np.random.default_rng(3)
     values = rng.random(5000)
-    values[4320] = 7.0  # a point of the running grid (every 4 ms past 2,000 points)
+    values[4321] = 7.0
     for i, value in enumerate(values):
         chart.handle(_sample(0, i * 0.001, cpu=float(value)))
     chart.flush()  # no loop: what came after the last timed redraw waits for flush()
 
     trace = _by_name(chart, "instance 0")[0]
     assert len(trace.x) <= 100
-    assert max(trace.y) == pytest.approx(7.0)
+    assert max(trace.y) == 7.0
+    chart.close()
+
+
+def test_a_min_max_band_draws_the_lines_on_the_grid_the_band_is_computed_on() -> None:
+    chart = LiveTimeline(band="minmax")
+    assert chart.model.lines == "grid"
+    rng = np.random.default_rng(5)
+    for instance in range(3):
+        t = np.cumsum(rng.uniform(0.05, 0.15, 60))
+        for time, value in zip(t, rng.normal(instance, 1.0, t.size), strict=True):
+            chart.handle(_sample(instance, float(time), cpu=float(value)))
+    chart.flush()
+    step = chart.model.step
+    assert step is not None
+    for instance in range(3):
+        x = np.asarray(_by_name(chart, f"instance {instance}")[0].x, dtype=float)
+        np.testing.assert_allclose(x / step, np.round(x / step))  # grid times only
+    chart.band = "ci95"  # the lines go back to their samples, every peak shown
+    assert chart.model.lines == "samples"
+    chart.flush()
+    x = np.asarray(_by_name(chart, "instance 0")[0].x, dtype=float)
+    assert not np.allclose(x / step, np.round(x / step))
+    other = LiveTimelineModel()
+    chart.band = "minmax"
+    chart.watch(other)  # a sweep's chart following another trial
+    assert other.lines == "grid"
+    with pytest.raises(ConfigError, match="band"):
+        chart.band = "iqr"  # type: ignore[assignment]
     chart.close()
 
 
@@ -560,32 +589,28 @@ async def test_a_run_is_drawn_from_its_logs_with_no_sample_event_to_the_chart() 
     bus.subscribe(chart)
     drawn_during_run: list[int] = []
 
-    async def drawn(beyond: int) -> int:
-        """Let the chart's clock run until a frame drew more than ``beyond`` points (on
-        the running grid: not one per sample), or 50 s passed."""
+    async def drawn(points: int) -> int:
+        """Let the chart's clock run until a frame drew ``points`` (or 50 s passed)."""
         for _ in range(50):
             clock.advance(1.0)
             await asyncio.sleep(0)
-            if _drawn_points(chart) > beyond:
+            if _drawn_points(chart) >= points:
                 break
         return _drawn_points(chart)
 
     async def fn(ctx: InstanceContext) -> None:
         for step in range(10):
             ctx.record(loss=1.0 / (step + 1))
-            await asyncio.sleep(0.001)
-        drawn_during_run.append(await drawn(0))  # the frame the started event scheduled
+        drawn_during_run.append(await drawn(10))  # the frame the started event scheduled
         for step in range(10, 25):
             ctx.record(loss=1.0 / (step + 1))
-            await asyncio.sleep(0.001)
         # No event reached the chart since: it kept reading the log on its own.
-        drawn_during_run.append(await drawn(drawn_during_run[0]))
+        drawn_during_run.append(await drawn(25))
 
     result = await run_experiment(Experiment("logs", fn), instances=1, on_event=bus)
 
     assert result.ok
     assert not bus.route(InstanceEvent, "sample")  # no sample event was ever built
-    first, second = drawn_during_run
-    assert 0 < first < second
+    assert drawn_during_run == [10, 25]
     assert chart.model.snapshot().samples == 25
     chart.close()

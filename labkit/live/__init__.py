@@ -23,7 +23,7 @@ Frame pacing belongs to the widget that draws: :mod:`labkit.widgets.frames`.
 from __future__ import annotations
 
 from labkit.live.decimation import DEFAULT_MAX_POINTS, decimate_indices, decimate_line
-from labkit.live.model import LiveTimelineModel
+from labkit.live.model import LinePoints, LiveTimelineModel
 from labkit.live.snapshots import AverageSnapshot, Axis, Band, LineSnapshot, LiveSnapshot
 
 __all__ = (
@@ -31,6 +31,7 @@ __all__ = (
     "AverageSnapshot",
     "Axis",
     "Band",
+    "LinePoints",
     "LineSnapshot",
     "LiveSnapshot",
     "LiveTimelineModel",

@@ -8,8 +8,8 @@ bucket's minimum and maximum (with their times) and the first and last point:
   :func:`decimate_line` draws a line with them, its breaks kept (the static
   chart, the report, and the live chart's lines on the running grid);
 - :class:`MinMaxLine` keeps one live line's samples to a fixed number of points
-  as they stream in, whatever the length of the run (the live chart draws it
-  until a line has points on the running grid, and for a failed instance).
+  as they stream in, whatever the length of the run (what the live chart draws,
+  unless its lines are on the running grid).
 """
 
 from __future__ import annotations

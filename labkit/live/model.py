@@ -3,10 +3,11 @@
 :class:`LiveTimelineModel` keeps the books of a run as a chart sees it: which
 instances started, finished or failed, each instance's decimated samples per metric
 (:class:`~labkit.live.decimation.MinMaxLine`), and the running average
-(:class:`~labkit.live.average.RunningAverage`). A line is drawn from the points the
-average reads (the instance's values on the running grid), so that a min-max band
-holds every line; from its samples until it has any there, and once its instance
-failed (it left the average). It hands out
+(:class:`~labkit.live.average.RunningAverage`). A line is drawn from its samples
+(peaks between grid points stay visible), or with ``lines="grid"`` from the
+points the average reads, the instance's values on the running grid, so that a
+min-max band holds every line (a chart drawing a min-max band asks for that). It
+hands out
 :class:`~labkit.live.snapshots.LiveSnapshot` records that a widget only maps to
 traces. Whether lines run over seconds or steps is a strategy object
 (:mod:`labkit.live.axes`), chosen from the first samples or given.
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,10 @@ from labkit.live.snapshots import (
 from labkit.samplelog import SampleLog
 from labkit.timeline.inputs import Method, check_max_gap, check_method
 
-__all__ = ("LiveTimelineModel",)
+__all__ = ("LinePoints", "LiveTimelineModel")
+
+LinePoints = Literal["samples", "grid"]
+"""What a line is drawn from: its samples, or its values on the running grid."""
 
 _Prepared = tuple[IntArray, FloatArray, dict[str, FloatArray], FloatArray]
 """A chunk ready for the lines: owners, times on the axis, metrics to draw, offsets."""
@@ -95,11 +99,18 @@ class LiveTimelineModel(Watcher):
             average is per whole step, with no interpolation, as the result's);
             default: ``"step"`` when the first samples read carry a ``step``.
         clock: The clock that stamps snapshots.
+        lines: What a line is drawn from: ``"samples"`` (its samples, min/max
+            decimated: every peak stays visible) or ``"grid"`` (its values on the
+            running grid, the points the average reads, decimated the same way: a
+            min-max band then holds every line, as on the final chart; a line has
+            its samples until it has grid points, and once its instance failed).
+            Settable later (:attr:`lines`).
 
     Raises:
         ConfigError: If ``max_points`` or ``max_grid_points`` is below 4,
-            ``step`` is not a positive number, or ``max_gap`` or ``method`` is
-            not one of the forms above.
+            ``step`` is not a positive number, ``max_gap`` or ``method`` is not
+            one of the forms above, or ``lines`` is neither ``"samples"`` nor
+            ``"grid"``.
     """
 
     def __init__(
@@ -114,8 +125,10 @@ class LiveTimelineModel(Watcher):
         clock: Clock = SYSTEM_CLOCK,
         max_gap: float | Mapping[str, float | None] | None = None,
         method: Method | Mapping[str, Method] | None = None,
+        lines: LinePoints = "samples",
     ) -> None:
         _check_options(on, max_points, max_grid_points, step)
+        self._on_grid = _check_lines(lines)
         check_max_gap(max_gap)
         check_method(method)
         self._max_gap = max_gap
@@ -202,6 +215,18 @@ class LiveTimelineModel(Watcher):
         as of the last update): a view keeps its frames coming, since the attempt's
         samples may come with no event at all."""
         return bool(self._feeds)
+
+    @property
+    def lines(self) -> LinePoints:
+        """What lines are drawn from: ``"samples"`` or ``"grid"`` (see the class)."""
+        return "grid" if self._on_grid else "samples"
+
+    @lines.setter
+    def lines(self, lines: LinePoints) -> None:
+        on_grid = _check_lines(lines)
+        if on_grid != self._on_grid:
+            self._on_grid = on_grid
+            self._version += 1  # a view redraws: every line changes
 
     def update(self) -> bool:
         """Apply the staged state changes, in order, and read the new rows of every log.
@@ -462,12 +487,13 @@ class LiveTimelineModel(Watcher):
         """Every line, by metric then instance (a line unchanged since the last
         snapshot is the same record).
 
-        A line is drawn from the points the running average reads, its values on
-        the grid, so that the band holds every line; until it has any there (the
-        first samples), and once its instance failed, from its samples.
+        With ``lines="grid"``, a line is drawn from the points the running average
+        reads, its values on the grid, so that the band holds every line; until
+        it has any there (the first samples), and once its instance failed, from
+        its samples.
         """
         lines = []
-        average = self._average
+        average = self._average if self._on_grid else None
         for metric in self._metrics:
             for instance in sorted(i for i, m in self._lines if m == metric):
                 key = (instance, metric)
@@ -495,6 +521,17 @@ class _Feed:
     def __init__(self, log: SampleLog) -> None:
         self.log = log
         self.read = 0
+
+
+def _check_lines(lines: Any) -> bool:
+    """Whether ``lines`` asks for lines on the grid.
+
+    Raises:
+        ConfigError: ``lines`` is neither ``"samples"`` nor ``"grid"``.
+    """
+    if lines not in ("samples", "grid"):
+        raise ConfigError("lines", lines, "'samples' or 'grid'")
+    return bool(lines == "grid")
 
 
 def _check_options(on: Any, max_points: Any, max_grid_points: Any, step: Any) -> None:

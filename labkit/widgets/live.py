@@ -29,6 +29,7 @@ from labkit.live import (
     DEFAULT_MAX_POINTS,
     AverageSnapshot,
     Band,
+    LinePoints,
     LineSnapshot,
     LiveSnapshot,
     LiveTimelineModel,
@@ -72,7 +73,10 @@ class LiveTimeline(Watcher):
             order of first appearance.
         band: The band drawn around the running average: ``"ci95"`` (the
             default, the spread summary tables print after "±"), ``"std"``,
-            ``"minmax"`` or ``None``.
+            ``"minmax"`` or ``None``. With ``"minmax"`` the instances' lines are
+            drawn on the running grid (the model's ``lines="grid"``), so that the
+            band holds every line; with the others, from their samples, so that
+            every peak shows. Settable later (:attr:`band`).
         updates_per_s: The most redraws per second; samples in between are batched.
         max_load: The largest fraction of the event loop's time redraws may take
             (0.05: after a 10 ms redraw the next waits at least 0.2 s). Reading
@@ -116,11 +120,10 @@ class LiveTimeline(Watcher):
         units: Mapping[str, str] | None = None,
         display_names: Mapping[str, str] | None = None,
     ) -> None:
-        if band is not None and band not in ("std", "minmax", "ci95"):
-            raise ConfigError("band", band, "'std', 'minmax', 'ci95' or None")
+        _check_band(band)
         if x_axis not in (None, "time", "step"):
             raise ConfigError("x_axis", x_axis, "'time', 'step' or None")
-        self.band = band
+        self._band = band
         self.labels = MetricLabels.of(units=units, display_names=display_names)
         """How metrics are named and in which units, on axes and in hover labels."""
         self.model = LiveTimelineModel(
@@ -131,6 +134,7 @@ class LiveTimeline(Watcher):
             clock=clock,
             max_gap=max_gap,
             method=method,
+            lines=_lines_for(band),
         )
         """The model behind the chart: ``chart.model.snapshot()`` is what it shows."""
         self.budget = FrameBudget(updates_per_s, max_load, clock=clock)
@@ -152,6 +156,19 @@ class LiveTimeline(Watcher):
         """How many redraws have happened (for tests and curiosity)."""
         self.figure = LiveFigure(layout=figure_layout(220.0))
         self._show_placeholder()
+
+    @property
+    def band(self) -> Band | None:
+        """The band drawn around the average (see the class); lines follow it."""
+        return self._band
+
+    @band.setter
+    def band(self, band: Band | None) -> None:
+        _check_band(band)
+        self._band = band
+        self.model.lines = _lines_for(band)
+        self._memo.clear()
+        self._drawn_version = -1
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -218,8 +235,8 @@ class LiveTimeline(Watcher):
         self._memo.clear()
         self._final = {}
         if hasattr(result, "instances") and averaged is not None and "t" in averaged.columns:
-            # The instances as the final average saw them, on its grid (the running
-            # lines were on the running grid): a min-max band holds every line.
+            # The instances as the final average saw them, on its grid, as the static
+            # chart draws them: a min-max band holds every line.
             self._final = {
                 metric: instance_lines(result, metric, max_points=self._max_points)
                 for metric in metric_names(averaged)
@@ -251,6 +268,7 @@ class LiveTimeline(Watcher):
         """
         self._cancel_frame()
         self.model = model
+        model.lines = _lines_for(self._band)
         self._memo.clear()
         self._final = {}
         self._drawn_version = -1
@@ -375,7 +393,7 @@ class LiveTimeline(Watcher):
         )
         if average is not None and average.t.size:
             built += average_traces(
-                average, self.band, show_legend=first, x_axis=self._x_axis, labels=self.labels
+                average, self._band, show_legend=first, x_axis=self._x_axis, labels=self.labels
             )
         return built
 
@@ -501,3 +519,14 @@ def _shape(trace: dict[str, Any]) -> tuple[Any, ...]:
 
 def _same_shapes(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
     return len(a) == len(b) and all(_shape(x) == _shape(y) for x, y in zip(a, b, strict=True))
+
+
+def _check_band(band: Any) -> None:
+    """Raises ConfigError: ``band`` is not one the chart draws."""
+    if band is not None and band not in ("std", "minmax", "ci95"):
+        raise ConfigError("band", band, "'std', 'minmax', 'ci95' or None")
+
+
+def _lines_for(band: Band | None) -> LinePoints:
+    """What the lines are drawn from under ``band``: a min-max band must hold them."""
+    return "grid" if band == "minmax" else "samples"
