@@ -541,45 +541,53 @@ async def test_damaged_sample_json_is_a_store_error_naming_the_instance(tmp_path
 
 
 class _HeldBegin(lk.Store):
-    """A store whose ``begin`` waits until let go, as one waiting for another's lock."""
+    """A store whose ``begin`` waits until let go, as one waiting for another's lock;
+    ``marked`` is set once a run was marked interrupted."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.entered = threading.Event()
         self.go = threading.Event()
+        self.marked = threading.Event()
 
     def begin(self, **kwargs: Any) -> tuple[str, dict[int, Any]]:
         self.entered.set()
         assert self.go.wait(10)
         return super().begin(**kwargs)
 
+    def mark_interrupted(self, experiment_id: str) -> None:
+        super().mark_interrupted(experiment_id)
+        self.marked.set()
+
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("cancelled", ["while begin waits", "right after begin"])
+@pytest.mark.parametrize("cancelled", ["while begin waits", "once its instance runs"])
 async def test_a_run_cancelled_while_its_record_begins_is_left_interrupted(
     tmp_path: Path, cancelled: str
 ) -> None:
+    started = asyncio.Event()
+
+    class Started(lk.Watcher):
+        def on_instance_started(self, event: object) -> None:
+            started.set()
+
     async def steady(ctx: lk.InstanceContext) -> None:
         await ctx.sleep(10)
 
     with _HeldBegin(tmp_path / "lab.db") as store:
-        run = asyncio.ensure_future(lk.run_experiment(lk.Experiment("held", steady), store=store))
+        experiment = lk.Experiment("held", steady)
+        run = asyncio.ensure_future(lk.run_experiment(experiment, store=store, on_event=Started()))
         assert await asyncio.to_thread(store.entered.wait, 10)
         if cancelled == "while begin waits":
             run.cancel()
             store.go.set()
         else:
             store.go.set()  # begin returns: the run goes on into its heartbeat and runner
-            await asyncio.sleep(0.05)
+            await started.wait()
             run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await run
-
-        def status() -> list[str]:
-            return list(store.experiments()["status"])
-
-        for _ in range(500):  # the mark is queued to the store's writer: up to 10 s
-            if status() == ["interrupted"]:
-                break
-            await asyncio.sleep(0.02)
-        assert status() == ["interrupted"]
+        # The thread or the cancelled run marks it (queued to the store's writer).
+        assert await asyncio.to_thread(store.marked.wait, 10)
+        store.flush()
+        assert list(store.experiments()["status"]) == ["interrupted"]
