@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from statistics import NormalDist
 
 import numpy as np
@@ -112,6 +113,34 @@ def _cornish_fisher(z: float, df: float) -> float:
     return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
 
 
+def _newton_in_bracket(
+    excess_and_slope: Callable[[float], tuple[float, float]],
+    x: float,
+    low: float,
+    high: float,
+    *,
+    steps: int,
+) -> float:
+    """The root in [low, high] of an excess that grows with x, from ``x``: Newton's
+    steps, and bisection where a step would leave the bracket (or the excess is not
+    finite); done at a step of 4e-16 relative, or after ``steps``."""
+    for _ in range(steps):
+        error, slope = excess_and_slope(x)
+        if error == 0.0:
+            return x
+        if error < 0:
+            low = x
+        else:
+            high = x
+        following = x - error / slope if math.isfinite(error) else math.nan
+        if not low < following < high:
+            following = 0.5 * (low + high)
+        if abs(following - x) <= 4e-16 * x:
+            return following
+        x = following
+    return x
+
+
 @functools.lru_cache(maxsize=4096)
 def _t_quantile_int(p: float, dof: int) -> float:
     if p == 0.5:
@@ -147,21 +176,7 @@ def _t_quantile_int(p: float, dof: int) -> float:
     while excess_and_slope(high)[0] < 0:
         low, high = high, high * 2.0
     x = min(max(guess, low), high)
-    for _ in range(200):
-        error, slope = excess_and_slope(x)
-        if error == 0.0:
-            return x
-        if error < 0:
-            low = x
-        else:
-            high = x
-        following = x - error / slope if math.isfinite(error) else math.nan
-        if not low < following < high:
-            following = 0.5 * (low + high)
-        if abs(following - x) <= 4e-16 * x:
-            return following
-        x = following
-    return x
+    return _newton_in_bracket(excess_and_slope, x, low, high, steps=200)
 
 
 # --------------------------------------------------------------------------------------
@@ -220,29 +235,16 @@ def _t_quantile_float(p: float, df: float) -> float:
     below, above = math.floor(df), math.ceil(df)
     # The quantile falls as df grows: the integer neighbours bracket it.
     high, low = _t_quantile_int(p, max(below, 1)), _t_quantile_int(p, above)
-    alpha = 2.0 * (1.0 - p)
-    log_alpha = math.log(alpha)
+    log_alpha = math.log(2.0 * (1.0 - p))
     x = low + (high - low) * (above - df) if above > below else low
-    for _ in range(60):
+
+    def excess_and_slope(x: float) -> tuple[float, float]:
         tail = t_two_sided(x, df)
         if tail <= 0.0:
-            high = x
-            x = 0.5 * (low + high)
-            continue
-        error = math.log(tail) - log_alpha  # > 0: x is too small
-        if error == 0.0:
-            return x
-        if error > 0:
-            low = x
-        else:
-            high = x
-        following = x + error * tail / (2.0 * _t_density(x, df))
-        if not low < following < high:
-            following = 0.5 * (low + high)
-        if abs(following - x) <= 4e-16 * x:
-            return following
-        x = following
-    return x
+            return math.inf, math.inf  # past the last float's tail: x is too large
+        return log_alpha - math.log(tail), 2.0 * _t_density(x, df) / tail
+
+    return _newton_in_bracket(excess_and_slope, x, low, high, steps=60)
 
 
 def t_quantile(p: float, df: float) -> float:
