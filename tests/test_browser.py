@@ -9,9 +9,8 @@ and a summary line, the chart in the first 1280 x 800 viewport); and runs a
 panel's cell again while it runs (the old run is stopped and says so) and clears
 a running panel's output (the browser logs no error either way); a racing sweep's
 board shows each trial's instances as the sweep's frame does, with a finite mean ±
-ci95 of ``loss_last``. Screenshots are
-kept for people to look at: ``artifacts/browser-panel.png``, and one per state in
-``/tmp/shots/``.
+ci95 of ``loss_last``. Screenshots are kept for people to look at:
+``artifacts/browser-panel.png``, and one per state in ``/tmp/shots/``.
 """
 
 from __future__ import annotations

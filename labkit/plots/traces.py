@@ -28,7 +28,7 @@ from labkit.plots.style import (
     XAxis,
 )
 
-__all__ = ("InstanceLine", "average_traces", "instance_opacity", "instance_traces", "run_ends")
+__all__ = ("InstanceLine", "average_traces", "instance_opacity", "instance_traces")
 
 _X_HOVER = {"time": "t=%{x:.3g} s", "step": "step=%{x:.0f}"}
 _INSTANCE_RANK = 1000  # legend ranks: the average (1) and its band (2) come first
